@@ -1,0 +1,96 @@
+//! The library's error type. Every variant says what was wrong and, where it can, what to do.
+
+use std::path::PathBuf;
+
+/// Errors returned by glassbox. The library never panics on user input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a model glassbox can load: {reason}")]
+    NotAModel { path: PathBuf, reason: String },
+
+    #[error("{path} is corrupt or truncated: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+
+    #[error("unknown architecture `{name}`; supported: {supported}")]
+    UnknownArchitecture { name: String, supported: String },
+
+    #[error("the {format} file for architecture `{arch}` lacks `{key}`, which glassbox needs")]
+    MissingMetadata {
+        format: &'static str,
+        arch: String,
+        key: String,
+    },
+
+    #[error("tensor `{name}` is missing from the weights")]
+    MissingTensor { name: String },
+
+    #[error("tensor `{name}` has shape {got:?}; expected {expected:?}")]
+    TensorShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+
+    #[error("unknown hook point `{name}`; hook names look like `blocks.3.attn.hook_z` or `hook_embed` (run `glassbox hooks` to list them)")]
+    UnknownHook { name: String },
+
+    #[error("layer {layer} is out of range: this model has {n_layers} layers (0..={max})", max = n_layers.saturating_sub(1))]
+    LayerOutOfRange { layer: usize, n_layers: usize },
+
+    #[error("head {head} is out of range at {point}: it has {n_heads} heads (0..={max})", max = n_heads.saturating_sub(1))]
+    HeadOutOfRange {
+        head: usize,
+        n_heads: usize,
+        point: String,
+    },
+
+    #[error("position {position} is out of range: the prompt has {n_positions} tokens (0..={max})", max = n_positions.saturating_sub(1))]
+    PositionOutOfRange { position: usize, n_positions: usize },
+
+    #[error("the prompt is empty; give at least one token of text")]
+    EmptyPrompt,
+
+    #[error("the prompt is {n_tokens} tokens long, but this model takes at most {max} positions; shorten it")]
+    PromptTooLong { n_tokens: usize, max: usize },
+
+    #[error("{text:?} is {n_tokens} tokens in this model's vocabulary ({pieces}); answers must be one token{hint}")]
+    NotSingleToken {
+        text: String,
+        n_tokens: usize,
+        pieces: String,
+        hint: String,
+    },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("intervention at {point}: {detail}")]
+    Intervention { point: String, detail: String },
+
+    #[error("fetching model `{model}` failed: {detail}")]
+    Fetch { model: String, detail: String },
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `ModelConfig`: one description for every architecture. The forward pass reads only this;
+//! it never asks which family a model belongs to.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which normalisation a model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * w + b`
+    LayerNorm,
+    /// `x / sqrt(mean(x^2) + eps) * w`
+    RmsNorm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NormConfig {
+    pub kind: NormKind,
+    pub eps: f64,
+}
+
+/// How rotary embedding pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotaryPairing {
+    /// Dimension i pairs with i + rot_dim/2 (Hugging Face LLaMA, NeoX `rotate_half`).
+    HalfSplit,
+    /// Dimension 2i pairs with 2i+1 (GPT-J, original Meta LLaMA).
+    Interleaved,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RotaryConfig {
+    /// Number of leading dimensions of each head that rotate (== d_head for full rotary).
+    pub dim: usize,
+    pub pairing: RotaryPairing,
+}
+
+/// How positions enter the model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// A learned table added to the token embedding; row `pos + offset` is used.
+    Learned { offset: usize },
+    /// Rotary embedding of queries and keys (the base is per layer, see `LayerAttention`).
+    Rotary(RotaryConfig),
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU with erf.
+    Gelu,
+    /// The tanh approximation of GELU (GPT-2's `gelu_new`).
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MlpConfig {
+    pub activation: Activation,
+    /// Gated MLP: `act(x W_gate) * (x W_in)` (SwiGLU, GeGLU).
+    pub gated: bool,
+}
+
+/// Per-layer attention settings; most models use the same for every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerAttention {
+    /// Keys further back than this many positions are masked (sliding-window layers).
+    pub sliding_window: Option<usize>,
+    /// Rotary base (theta) of this layer; ignored without rotary positions.
+    pub rope_base: f64,
+}
+
+/// Everything the forward pass needs to know about a model's shape and components.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// The family the model was loaded as (for display; the forward never reads it).
+    pub architecture: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    /// Key/value heads: equal to `n_heads` for MHA, fewer for GQA/MQA.
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    /// The most positions the model takes.
+    pub n_ctx: usize,
+    pub norm: NormConfig,
+    pub positions: Positions,
+    /// Multiplier of `q·k` (usually `1/sqrt(d_head)`).
+    pub attn_scale: f64,
+    pub mlp: MlpConfig,
+    /// Attention and MLP both read the block's input (GPT-J, NeoX).
+    pub parallel_block: bool,
+    /// The unembedding is the token embedding.
+    pub tied_embeddings: bool,
+    /// The token embedding is multiplied by this (Gemma: sqrt(d_model)).
+    pub embed_scale: Option<f64>,
+    pub layers: Vec<LayerAttention>,
+}
+
+impl ModelConfig {
+    /// Query heads that share one key/value head.
+    pub fn group_size(&self) -> usize {
+        self.n_heads / self.n_kv_heads.max(1)
+    }
+
+    /// Checks the invariants the forward relies on; loaders call this before building a model.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Invalid(format!("model config: {what}")));
+        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_head == 0 {
+            return bad(format!(
+                "layers ({}), d_model ({}), heads ({}) and d_head ({}) must be positive",
+                self.n_layers, self.d_model, self.n_heads, self.d_head
+            ));
+        }
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!(
+                "{} query heads cannot be grouped over {} key/value heads",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.layers.len() != self.n_layers {
+            return bad(format!(
+                "{} per-layer attention settings for {} layers",
+                self.layers.len(),
+                self.n_layers
+            ));
+        }
+        if let Positions::Rotary(r) = self.positions {
+            if r.dim == 0 || r.dim > self.d_head || r.dim % 2 != 0 {
+                return bad(format!(
+                    "rotary dimension {} must be even and within d_head {}",
+                    r.dim, self.d_head
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Error unless `layer` is a layer of this model.
+    pub fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.n_layers {
+            return Err(Error::LayerOutOfRange {
+                layer,
+                n_layers: self.n_layers,
+            });
+        }
+        Ok(())
+    }
+}

