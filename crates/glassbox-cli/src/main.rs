@@ -1,1 +1,242 @@
-fn main(){}
+//! The `glassbox` command line: thin front end over the library; it renders results only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor, D};
+use clap::{Args, Parser, Subcommand};
+use glassbox::{registry, Batch, HookPoint, Hooks, Model};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "glassbox", version, about = "See what a transformer language model is doing on a prompt")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ModelArg {
+    /// A registry model name (see `glassbox models list`), a GGUF file or a Hugging Face model folder.
+    #[arg(long, default_value = registry::DEFAULT_MODEL)]
+    model: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenize a prompt and show the model's top next tokens.
+    Run {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        /// How many next tokens to show.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a prompt and write cached activations as safetensors.
+    Cache {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        /// Hook point to cache, e.g. `blocks.3.attn.hook_pattern` (repeatable).
+        #[arg(long = "hook", required = true)]
+        hooks: Vec<String>,
+        /// Output file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List the hook points of a model.
+    Hooks {
+        #[command(flatten)]
+        model: ModelArg,
+    },
+    /// Manage the named models glassbox fetches itself.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download a registry model into the cache ($GLASSBOX_HOME, default ~/.cache/glassbox).
+    Pull { name: String },
+    /// Show registry models and which are cached.
+    List,
+}
+
+fn progress(msg: &str) {
+    eprintln!("{msg}");
+}
+
+fn load_model(arg: &ModelArg) -> Result<Model> {
+    let path = registry::resolve(&arg.model, &mut progress)?;
+    let model = Model::load(&path).with_context(|| format!("loading model from {}", path.display()))?;
+    Ok(model)
+}
+
+#[derive(Serialize)]
+struct TokenOut {
+    id: u32,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    token_id: u32,
+    token: String,
+    logit: f32,
+    prob: f32,
+}
+
+#[derive(Serialize)]
+struct RunOut {
+    model: String,
+    tokens: Vec<TokenOut>,
+    top: Vec<Prediction>,
+}
+
+fn run(model: &Model, prompt: &str, top_k: usize) -> Result<RunOut> {
+    let ids = model.tokenize(prompt)?;
+    let out = model.forward(&Batch::new(&[ids.clone()])?, &Hooks::new())?;
+    let last = out.last_logits()?.squeeze(0)?.to_dtype(DType::F32)?;
+    let probs = softmax(&last)?.to_vec1::<f32>()?;
+    let logits = last.to_vec1::<f32>()?;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let top = order
+        .into_iter()
+        .take(top_k)
+        .map(|i| Prediction {
+            token_id: i as u32,
+            token: model.tokenizer.token_str(i as u32),
+            logit: logits[i],
+            prob: probs[i],
+        })
+        .collect();
+    Ok(RunOut {
+        model: model.name.clone(),
+        tokens: ids
+            .iter()
+            .map(|&id| TokenOut {
+                id,
+                text: model.tokenizer.token_str(id),
+            })
+            .collect(),
+        top,
+    })
+}
+
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+fn print_run(r: &RunOut) {
+    println!("model: {}", r.model);
+    println!("tokens ({}):", r.tokens.len());
+    for (i, t) in r.tokens.iter().enumerate() {
+        println!("  {i:>3}  {:>6}  {:?}", t.id, t.text);
+    }
+    println!("\ntop next tokens:");
+    println!("  {:>4}  {:<20} {:>10} {:>8}", "rank", "token", "logit", "prob");
+    for (i, p) in r.top.iter().enumerate() {
+        println!(
+            "  {:>4}  {:<20} {:>10.4} {:>7.2}%",
+            i + 1,
+            format!("{:?}", p.token),
+            p.logit,
+            100.0 * p.prob
+        );
+    }
+}
+
+fn cache(model: &Model, prompt: &str, hooks: &[String], out: &PathBuf) -> Result<()> {
+    let points = hooks
+        .iter()
+        .map(|h| h.parse::<HookPoint>())
+        .collect::<glassbox::Result<Vec<_>>>()?;
+    let ids = model.tokenize(prompt)?;
+    let result = model.forward(&Batch::new(&[ids])?, &Hooks::new().cache(points.iter().copied()))?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for p in &points {
+        tensors.insert(p.to_string(), result.cache.get(*p)?.to_dtype(DType::F32)?);
+    }
+    candle_core::safetensors::save(&tensors, out).with_context(|| format!("writing {}", out.display()))?;
+    for p in &points {
+        eprintln!("{p}: {:?}", tensors[&p.to_string()].dims());
+    }
+    eprintln!("wrote {} tensors to {}", tensors.len(), out.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            model,
+            prompt,
+            top_k,
+            json,
+        } => {
+            let m = load_model(&model)?;
+            let r = run(&m, &prompt, top_k)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_run(&r);
+            }
+        }
+        Command::Cache {
+            model,
+            prompt,
+            hooks,
+            out,
+        } => {
+            let m = load_model(&model)?;
+            cache(&m, &prompt, &hooks, &out)?;
+        }
+        Command::Hooks { model } => {
+            let m = load_model(&model)?;
+            for p in HookPoint::all(m.config.n_layers) {
+                println!("{p}");
+            }
+        }
+        Command::Models { command } => match command {
+            ModelsCommand::Pull { name } => {
+                let e = registry::entry(&name).with_context(|| {
+                    format!(
+                        "`{name}` is not a registry model; known: {}",
+                        registry::REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+                let path = registry::pull(e, &mut progress)?;
+                println!("{}", path.display());
+            }
+            ModelsCommand::List => {
+                let cached = registry::list_cached();
+                println!("{:<16} {:<8} {:>9}  description", "name", "cached", "size");
+                for e in registry::REGISTRY {
+                    let c = cached.iter().find(|(ce, _, _)| ce.name == e.name);
+                    let (flag, size) = match c {
+                        Some((_, _, s)) => ("yes", format!("{:.1} MB", *s as f64 / 1e6)),
+                        None => ("no", "-".to_string()),
+                    };
+                    println!("{:<16} {:<8} {:>9}  {}", e.name, flag, size, e.description);
+                }
+                for (e, p, _) in &cached {
+                    println!("{}: {}", e.name, p.display());
+                }
+                println!("cache: {}", registry::home().display());
+            }
+        },
+    }
+    Ok(())
+}

@@ -69,3 +69,106 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// Writes a tiny LLaMA fixture folder as a llama.cpp-style GGUF file (f32 tensors, Q and K rows
+/// permuted as llama.cpp's converter does, vocabulary and merges from tokenizer.json), so the
+/// GGUF loader can be checked against the `transformers` reference of the same weights.
+/// `arch` is written as `general.architecture`.
+pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+
+    let dir = fixtures().join(name);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap()).unwrap();
+    let st = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let u = |k: &str| cfg[k].as_u64().unwrap() as u32;
+    let (heads, kv) = (u("num_attention_heads"), u("num_key_value_heads"));
+
+    let vocab = tok["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (t, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = t.clone();
+    }
+    let merges: Vec<Value> = tok["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Value::String(s.clone()),
+            other => Value::String(format!("{} {}", other[0].as_str().unwrap(), other[1].as_str().unwrap())),
+        })
+        .collect();
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (format!("{arch}.block_count"), Value::U32(u("num_hidden_layers"))),
+        (format!("{arch}.context_length"), Value::U32(u("max_position_embeddings"))),
+        (format!("{arch}.embedding_length"), Value::U32(u("hidden_size"))),
+        (format!("{arch}.feed_forward_length"), Value::U32(u("intermediate_size"))),
+        (format!("{arch}.attention.head_count"), Value::U32(heads)),
+        (format!("{arch}.attention.head_count_kv"), Value::U32(kv)),
+        (format!("{arch}.rope.freq_base"), Value::F32(cfg["rope_theta"].as_f64().unwrap() as f32)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
+    ];
+
+    // llama.cpp's permute: rows (head, 2, d_head/2) -> (head, d_head/2, 2).
+    let permute = |w: &Tensor, n: u32| -> Tensor {
+        let (rows, cols) = w.dims2().unwrap();
+        w.reshape((n as usize, 2, rows / n as usize / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        ("token_embd.weight".into(), st["model.embed_tokens.weight"].clone()),
+        ("output_norm.weight".into(), st["model.norm.weight"].clone()),
+    ];
+    if let Some(lm) = st.get("lm_head.weight") {
+        tensors.push(("output.weight".into(), lm.clone()));
+    }
+    for l in 0..u("num_hidden_layers") {
+        let hf = |s: &str| st[&format!("model.layers.{l}.{s}")].clone();
+        let gg = |s: &str| format!("blk.{l}.{s}");
+        tensors.extend([
+            (gg("attn_norm.weight"), hf("input_layernorm.weight")),
+            (gg("attn_q.weight"), permute(&hf("self_attn.q_proj.weight"), heads)),
+            (gg("attn_k.weight"), permute(&hf("self_attn.k_proj.weight"), kv)),
+            (gg("attn_v.weight"), hf("self_attn.v_proj.weight")),
+            (gg("attn_output.weight"), hf("self_attn.o_proj.weight")),
+            (gg("ffn_norm.weight"), hf("post_attention_layernorm.weight")),
+            (gg("ffn_gate.weight"), hf("mlp.gate_proj.weight")),
+            (gg("ffn_up.weight"), hf("mlp.up_proj.weight")),
+            (gg("ffn_down.weight"), hf("mlp.down_proj.weight")),
+        ]);
+    }
+    let q: Vec<(String, QTensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
+        .collect();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &q_refs).unwrap();
+}
+
+/// A fresh scratch folder under the target directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

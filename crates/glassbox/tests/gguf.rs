@@ -1,0 +1,35 @@
+//! The GGUF loader on tiny LLaMA models written as llama.cpp would (Q/K rows permuted):
+//! logits and activations must match `transformers` on the original weights.
+
+mod common;
+
+use common::{fixtures, max_abs_diff, scratch, write_gguf_from_fixture, Reference};
+use glassbox::{Batch, HookPoint, Hooks, Model};
+
+fn check(name: &str) {
+    let path = scratch(&format!("gguf-{name}")).join("model.gguf");
+    write_gguf_from_fixture(name, "llama", &path);
+    let model = Model::load(&path).unwrap();
+    let reference = Reference::load(fixtures().join(name).join("reference.safetensors"));
+    for (i, prompt) in reference.prompts().iter().enumerate() {
+        let ids = reference.ids(i);
+        // GGUF models get BOS (id 0 here) prepended; the rest is the same BPE.
+        assert_eq!(model.tokenize(prompt).unwrap()[1..], ids[..], "{prompt:?}");
+        let out = model.forward(&Batch::new(&[ids]).unwrap(), &Hooks::new().cache([HookPoint::Z(1)])).unwrap();
+        let d = max_abs_diff(&out.logits.squeeze(0).unwrap(), reference.get(&format!("p{i}.logits")));
+        assert!(d <= 1e-4, "{name} prompt {i}: logits differ by {d:e}");
+        let z = out.cache.get(HookPoint::Z(1)).unwrap().squeeze(0).unwrap();
+        let d = max_abs_diff(&z, reference.get(&format!("p{i}.blocks.1.attn.hook_z")));
+        assert!(d <= 1e-4, "{name} prompt {i}: hook_z differs by {d:e} (Q/K permutation undone?)");
+    }
+}
+
+#[test]
+fn gguf_tiny_llama_gqa_untied() {
+    check("tiny-llama");
+}
+
+#[test]
+fn gguf_tiny_llama_tied() {
+    check("tiny-llama-tied");
+}

@@ -1,0 +1,111 @@
+//! Interventions at hook points, each checked against an independent computation.
+
+mod common;
+
+use candle_core::{Tensor, D};
+use common::{fixtures, load_tiny, max_abs_diff, Reference};
+use glassbox::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+
+fn ioi_batch(name: &str) -> (Model, Batch, Reference) {
+    let model = load_tiny(name);
+    let reference = Reference::load(fixtures().join(name).join("reference.safetensors"));
+    let batch = Batch::new(&[reference.ids(0)]).unwrap();
+    (model, batch, reference)
+}
+
+/// Zero-ablating head h at `hook_z` equals the run whose W_O has that head's d_head inputs
+/// (TransformerLens's W_O[h] rows) zeroed.
+#[test]
+fn zero_ablating_a_head_equals_zeroing_its_w_o_rows() {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-llama-tied"] {
+        let (model, batch, _) = ioi_batch(name);
+        let (layer, head) = (1, 2);
+        let hooks = Hooks::new().intervene(Intervention::new(HookPoint::Z(layer), Action::Zero).heads(vec![head]));
+        let ablated = model.forward(&batch, &hooks).unwrap().logits;
+
+        let mut edited = model.clone();
+        let dh = model.config.d_head;
+        let w_o = &model.weights.layers[layer].attn.w_o; // [d_model, heads*d_head]
+        let cols = w_o.dim(1).unwrap();
+        let keep: Vec<f32> = (0..cols).map(|c| if c / dh == head { 0.0 } else { 1.0 }).collect();
+        let keep = Tensor::from_vec(keep, (1, cols), w_o.device()).unwrap();
+        edited.weights.layers[layer].attn.w_o = w_o.broadcast_mul(&keep).unwrap();
+        let reference = edited.forward(&batch, &Hooks::new()).unwrap().logits;
+        let d = max_abs_diff(&ablated, &reference);
+        assert!(d <= 1e-5, "{name}: {d:e}");
+        let clean = model.forward(&batch, &Hooks::new()).unwrap().logits;
+        assert!(max_abs_diff(&clean, &ablated) > 1e-3, "{name}: ablation changed nothing");
+    }
+}
+
+/// Replacing the whole residual stream at a layer with another prompt's gives that prompt's logits;
+/// patching one position changes only positions at or after it.
+#[test]
+fn replacing_from_another_run_reproduces_it() {
+    let model = load_tiny("tiny-llama");
+    let a = vec![10u32, 20, 30, 40, 50, 60];
+    let b = vec![11u32, 21, 31, 41, 51, 61];
+    let (ba, bb) = (Batch::new(&[a]).unwrap(), Batch::new(&[b]).unwrap());
+    let point = HookPoint::ResidPre(1);
+    let run_b = model.forward(&bb, &Hooks::new().cache([point])).unwrap();
+    let cached = run_b.cache.get(point).unwrap().clone();
+    let patched = model
+        .forward(&ba, &Hooks::new().intervene(Intervention::new(point, Action::Replace(cached.clone()))))
+        .unwrap();
+    assert!(max_abs_diff(&patched.logits, &run_b.logits) <= 1e-5);
+
+    let clean = model.forward(&ba, &Hooks::new()).unwrap();
+    let one = model
+        .forward(&ba, &Hooks::new().intervene(Intervention::new(point, Action::Replace(cached)).positions(vec![3])))
+        .unwrap();
+    let before = |t: &Tensor| t.narrow(1, 0, 3).unwrap();
+    assert!(max_abs_diff(&before(&one.logits), &before(&clean.logits)) <= 1e-6);
+    assert!(max_abs_diff(&one.logits, &clean.logits) > 1e-3);
+}
+
+/// Adding then subtracting the same tensor at two points in a row is the identity; mean
+/// ablation over a batch of identical prompts changes nothing.
+#[test]
+fn add_and_mean_ablation_identities() {
+    let (model, batch, reference) = ioi_batch("tiny-gpt2");
+    let clean = model.forward(&batch, &Hooks::new()).unwrap().logits;
+    let delta = Tensor::ones((1, batch.n_pos(), model.config.d_model), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let hooks = Hooks::new()
+        .intervene(Intervention::new(HookPoint::ResidMid(0), Action::Add(delta.clone())))
+        .intervene(Intervention::new(HookPoint::ResidMid(0), Action::Add(delta.neg().unwrap())));
+    assert!(max_abs_diff(&model.forward(&batch, &hooks).unwrap().logits, &clean) <= 1e-5);
+
+    let twice = Batch::new(&[reference.ids(0), reference.ids(0)]).unwrap();
+    let mean = Hooks::new().intervene(Intervention::new(HookPoint::MlpOut(0), Action::MeanOverBatch));
+    let out = model.forward(&twice, &mean).unwrap().logits;
+    assert!(max_abs_diff(&out.get(0).unwrap().unsqueeze(0).unwrap(), &clean) <= 1e-5);
+}
+
+/// The cached hook values obey the model's own algebra: resid_post = resid_mid + mlp_out,
+/// patterns are distributions, ln_final.hook_normalized has unit RMS (RMSNorm).
+#[test]
+fn cached_values_are_consistent() {
+    let (model, batch, _) = ioi_batch("tiny-llama");
+    let out = model.forward(&batch, &Hooks::new().cache_all()).unwrap();
+    let c = &out.cache;
+    let sum = (c.get(HookPoint::ResidMid(0)).unwrap() + c.get(HookPoint::MlpOut(0)).unwrap()).unwrap();
+    assert!(max_abs_diff(&sum, c.get(HookPoint::ResidPost(0)).unwrap()) <= 1e-5);
+    let rows = c.get(HookPoint::Pattern(1)).unwrap().sum(D::Minus1).unwrap();
+    assert!(max_abs_diff(&rows, &rows.ones_like().unwrap()) <= 1e-5);
+    assert_eq!(c.get(HookPoint::K(0)).unwrap().dims()[2], model.config.n_kv_heads);
+    assert_eq!(c.get(HookPoint::MlpPost(0)).unwrap().dims()[2], model.config.d_mlp);
+    let n = c.get(HookPoint::LnFinalNormalized).unwrap();
+    let rms = n.sqr().unwrap().mean(D::Minus1).unwrap().sqrt().unwrap();
+    assert!(max_abs_diff(&rms, &rms.ones_like().unwrap()) <= 1e-3);
+    assert_eq!(c.values.len(), HookPoint::all(model.config.n_layers).len() - 1, "all but hook_pos_embed (rotary model)");
+}
+
+#[test]
+fn hook_names_round_trip() {
+    for p in HookPoint::all(3) {
+        let s = p.to_string();
+        assert_eq!(s.parse::<HookPoint>().unwrap(), p, "{s}");
+    }
+    assert_eq!("blocks.11.attn.hook_z".parse::<HookPoint>().unwrap(), HookPoint::Z(11));
+    assert_eq!(HookPoint::MlpPost(2).to_string(), "blocks.2.mlp.hook_post");
+}

@@ -1,0 +1,80 @@
+//! The default model, SmolLM2-135M-Instruct from its Q4_1 GGUF, against `transformers` loading
+//! the same file (reference recorded by `scripts/make_fixtures.py`). The model is pulled into
+//! the cache on first use (`glassbox models pull smollm2-135m`).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, D};
+use common::{fixtures, max_abs_diff, Reference};
+use glassbox::{registry, Batch, Hooks, Model};
+
+pub fn smollm2() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}"))
+            .expect("pulling the default model");
+        Model::load(&path).expect("loading SmolLM2")
+    })
+}
+
+const IOI: &str = "When Mary and John went to the store, John gave a drink to";
+
+#[test]
+fn config_read_from_gguf_metadata() {
+    let c = &smollm2().config;
+    assert_eq!(
+        (c.n_layers, c.n_heads, c.n_kv_heads, c.d_head, c.d_model, c.d_vocab),
+        (30, 9, 3, 64, 576, 49152)
+    );
+    assert_eq!(c.layers[0].rope_base, 100_000.0);
+    assert!(c.tied_embeddings);
+}
+
+#[test]
+fn tokenizes_like_transformers() {
+    let model = smollm2();
+    let reference = Reference::load(fixtures().join("smollm2/reference.safetensors"));
+    for (i, prompt) in reference.prompts().iter().enumerate() {
+        assert_eq!(model.tokenize(prompt).unwrap(), reference.ids(i), "prompt {prompt:?}");
+    }
+    let ids = model.tokenize(IOI).unwrap();
+    assert_eq!(ids.len(), 15);
+    assert_eq!(ids[0], 1, "BOS first");
+    assert_eq!(model.answer_token(" Mary").unwrap(), 5099);
+    assert_eq!(model.answer_token(" John").unwrap(), 2322);
+}
+
+#[test]
+fn last_logits_match_transformers() {
+    let model = smollm2();
+    let reference = Reference::load(fixtures().join("smollm2/reference.safetensors"));
+    for i in 0..3 {
+        let out = model.forward(&Batch::new(&[reference.ids(i)]).unwrap(), &Hooks::new()).unwrap();
+        let ours = out.last_logits().unwrap().squeeze(0).unwrap();
+        let theirs = reference.get(&format!("p{i}.last_logits"));
+        let d = max_abs_diff(&ours, theirs);
+        eprintln!("prompt {i}: max |logit - transformers| = {d:e}");
+        assert!(d <= 1e-3, "prompt {i}: max |logit - transformers| = {d:e}");
+        let top = |t: &candle_core::Tensor| t.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(top(&ours), top(theirs), "prompt {i}: top-1 token");
+    }
+}
+
+#[test]
+fn ioi_prefers_mary_by_the_reference_margin() {
+    let model = smollm2();
+    let reference = Reference::load(fixtures().join("smollm2/reference.safetensors"));
+    let (mary, john) = (5099usize, 2322usize);
+    let theirs = reference.get("p0.last_logits").to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let reference_ld = theirs[mary] - theirs[john];
+    assert!((reference_ld - 5.2873).abs() < 1e-3, "fixture LD {reference_ld}");
+
+    let batch = model.batch(&[IOI]).unwrap();
+    let out = model.forward(&batch, &Hooks::new()).unwrap();
+    let ld = out.logit_diff(&[mary as u32], &[john as u32]).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+    assert!((ld - reference_ld).abs() <= 1e-3, "LD {ld} vs transformers {reference_ld}");
+    let top = out.last_logits().unwrap().argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()[0];
+    assert_eq!(model.tokenizer.token_str(top), " Mary");
+}
