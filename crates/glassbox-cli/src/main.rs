@@ -66,7 +66,12 @@ enum Command {
 #[derive(Subcommand)]
 enum ModelsCommand {
     /// Download a registry model into the cache ($GLASSBOX_HOME, default ~/.cache/glassbox).
-    Pull { name: String },
+    Pull {
+        name: String,
+        /// Do nothing when the model is already cached.
+        #[arg(long)]
+        if_missing: bool,
+    },
     /// Show registry models and which are cached.
     List,
 }
@@ -210,14 +215,19 @@ fn main() -> Result<()> {
             }
         }
         Command::Models { command } => match command {
-            ModelsCommand::Pull { name } => {
+            ModelsCommand::Pull { name, if_missing } => {
                 let e = registry::entry(&name).with_context(|| {
                     format!(
                         "`{name}` is not a registry model; known: {}",
                         registry::REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
                     )
                 })?;
-                let path = registry::pull(e, &mut progress)?;
+                let cached = registry::cached_path(e);
+                let path = if if_missing && cached.exists() {
+                    cached
+                } else {
+                    registry::pull(e, &mut progress)?
+                };
                 println!("{}", path.display());
             }
             ModelsCommand::List => {

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod forward;
 pub mod hooks;
+pub mod kernels;
 pub mod load;
 pub mod ops;
 pub mod tokenizer;

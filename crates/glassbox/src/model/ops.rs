@@ -3,7 +3,9 @@
 //! drop gradients), except `linear`, a custom op whose backward skips the weight gradient.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+
+use crate::model::kernels;
 
 use crate::error::Result;
 use crate::model::config::{Activation, NormKind, RotaryPairing};
@@ -30,6 +32,14 @@ impl CustomOp2 for LinearNoWeightGrad {
         if k != k2 {
             candle_core::bail!("linear: input has {k} features, weight expects {k2}");
         }
+        if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w) {
+            if let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) {
+                if kernels::preferred(m, n) {
+                    let y = kernels::x_wt(&xs[x0..x1], &ws[w0..w1], m, k, n);
+                    return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                }
+            }
+        }
         let wt = lw.transpose(0, 1)?;
         let out = x.matmul(w, (1, m, n, k), lx, &wt)?;
         Ok((out, Shape::from((m, n))))
@@ -42,6 +52,16 @@ impl CustomOp2 for LinearNoWeightGrad {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (m, n) = grad.dims2()?;
+        let k = w.dim(1)?;
+        if grad.dtype() == DType::F32 && kernels::preferred(m, k) {
+            let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let (storage, layout) = w.storage_and_layout();
+            if let (Storage::Cpu(CpuStorage::F32(ws)), Some((w0, w1))) = (&*storage, layout.contiguous_offsets()) {
+                let dx = kernels::g_w(&g, &ws[w0..w1], m, n, k);
+                return Ok((Some(Tensor::from_vec(dx, (m, k), grad.device())?), None));
+            }
+        }
         Ok((Some(grad.matmul(w)?), None))
     }
 }

@@ -1,0 +1,83 @@
+//! Engine benchmark on SmolLM2-135M (the default model) with the 15-token IOI prompt:
+//! model load, one forward, forward + backward to all `hook_z` taps, a batch of 8 prompts,
+//! and peak memory. Run: `cargo bench -p glassbox --bench engine`.
+
+mod common;
+
+use common::*;
+use glassbox::{Batch, HookPoint, Hooks, Model};
+
+const PROMPTS: [&str; 8] = [
+    IOI,
+    "When Alice and Bob entered the room, Bob handed the key to",
+    "After Tom and Anna left the party, Anna gave a ride to",
+    "When Sarah and Mike arrived at the office, Mike sent an email to",
+    "While Emma and David were at the park, David threw the ball to",
+    "When Lisa and Mark sat down for dinner, Mark passed the salt to",
+    "After Kate and Paul finished the game, Paul gave the prize to",
+    "When Laura and James visited the museum, James showed the map to",
+];
+
+fn main() {
+    let path = default_model_path();
+    let rss_start = peak_rss_mb();
+    let load = median_secs(3, || {
+        let m = Model::load(&path).unwrap();
+        std::hint::black_box(&m);
+    });
+    let model = Model::load(&path).unwrap();
+    let rss_loaded = peak_rss_mb();
+
+    let batch = model.batch(&[IOI]).unwrap();
+    let mary = model.answer_token(" Mary").unwrap();
+    let john = model.answer_token(" John").unwrap();
+    let forward = median_secs(20, || {
+        std::hint::black_box(model.forward(&batch, &Hooks::new()).unwrap());
+    });
+    let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    let fwd_bwd = median_secs(10, || {
+        let out = model.forward(&batch, &Hooks::new().grad_tap(taps.iter().copied())).unwrap();
+        let ld = out.logit_diff(&[mary], &[john]).unwrap().sum_all().unwrap();
+        std::hint::black_box(out.backward(&ld).unwrap());
+    });
+    let batch8: Batch = model.batch(&PROMPTS).unwrap();
+    let forward8 = median_secs(10, || {
+        std::hint::black_box(model.forward(&batch8, &Hooks::new()).unwrap());
+    });
+    let cache_all = median_secs(10, || {
+        std::hint::black_box(model.forward(&batch, &Hooks::new().cache_all()).unwrap());
+    });
+
+    let f32_mb = model_bytes(&model) as f64 / 1e6;
+    println!("SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32, {f32_mb:.0} MB), IOI prompt ({} tokens), {} threads", batch.n_pos(), rayon_threads());
+    println!("| {:<58} | {:>13} |", "what", "median");
+    println!("|{}|{}|", "-".repeat(60), "-".repeat(15));
+    row("load GGUF + dequantize + tokenizer", load);
+    row("forward (1 prompt)", forward);
+    row("forward + backward to all 30 hook_z taps", fwd_bwd);
+    row(&format!("forward, batch of 8 prompts (padded to {})", batch8.n_pos()), forward8);
+    row("forward caching every hook point", cache_all);
+    println!("| {:<58} | {:>10.2} x  |", "forward+backward / forward", fwd_bwd / forward);
+    println!("| {:<58} | {:>10.0} MB |", "peak RSS before loading", rss_start);
+    println!("| {:<58} | {:>10.0} MB |", "peak RSS after one load", rss_loaded);
+    println!("| {:<58} | {:>10.0} MB |", "peak RSS at the end (3 more loads, all runs)", peak_rss_mb());
+}
+
+fn model_bytes(m: &Model) -> usize {
+    let w = &m.weights;
+    let mut n = w.embed.elem_count() + w.pos_embed.as_ref().map_or(0, |t| t.elem_count());
+    if !m.config.tied_embeddings {
+        n += w.unembed.elem_count();
+    }
+    for l in &w.layers {
+        for t in [&l.attn.w_q, &l.attn.w_k, &l.attn.w_v, &l.attn.w_o, &l.mlp.w_in, &l.mlp.w_out, &l.ln1.w, &l.ln2.w] {
+            n += t.elem_count();
+        }
+        n += l.mlp.w_gate.as_ref().map_or(0, |t| t.elem_count());
+    }
+    n * 4
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}

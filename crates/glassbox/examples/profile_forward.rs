@@ -1,0 +1,15 @@
+//! Runs the default model's forward on the IOI prompt in a loop (for profilers).
+use glassbox::{registry, Hooks, Model};
+fn main() {
+    let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
+    let model = Model::load(&path).unwrap();
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let b: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let prompts = vec!["When Mary and John went to the store, John gave a drink to"; b];
+    let batch = model.batch(&prompts).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(model.forward(&batch, &Hooks::new()).unwrap());
+    }
+    eprintln!("{:.1} ms per forward", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+}

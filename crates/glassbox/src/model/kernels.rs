@@ -1,0 +1,265 @@
+//! Matrix products for the skinny shapes of interpretability work: a few dozen token rows
+//! against large weight matrices. `gemm` (behind candle's matmul) packs the whole weight for
+//! every call, which costs more than the product itself at 15 rows; these kernels stream each
+//! weight row once, keep the token rows in cache, and split the weight across threads.
+//! x86-64 with AVX2+FMA only; callers fall back to candle's matmul elsewhere.
+
+/// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 128
+/// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s
+/// packing pays off). Measured with `cargo run --release -p glassbox --example mm`.
+pub fn preferred(m: usize, n: usize) -> bool {
+    available() && (m <= 32 || (m <= 128 && n <= 8192))
+}
+
+/// Whether the kernels can run on this CPU.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ` (both row-major). Requires `available()`.
+pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert!(available() && x.len() == m * k && w.len() == n * k);
+    let mut y = vec![0f32; m * n];
+    let parts = threads().min(n.div_ceil(64)).max(1);
+    // Column ranges rounded to the 4-row block so each thread writes its own columns.
+    let per = n.div_ceil(parts).div_ceil(4) * 4;
+    let yp = SendPtr(y.as_mut_ptr());
+    rayon::scope(|s| {
+        for t in 0..parts {
+            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+            if j0 >= j1 {
+                continue;
+            }
+            let yp = &yp;
+            s.spawn(move |_| {
+                // Safety: every thread writes only columns j0..j1 of y, which outlives the scope.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    avx::x_wt_cols(x.as_ptr(), w.as_ptr(), yp.0, m, k, n, j0, j1)
+                }
+            });
+        }
+    });
+    y
+}
+
+/// `dx[m, k] = g[m, n] · w[n, k]` (both row-major). Requires `available()`.
+pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    assert!(available() && g.len() == m * n && w.len() == n * k);
+    let parts = threads().min(n.div_ceil(64)).max(1);
+    let per = n.div_ceil(parts);
+    let mut partial: Vec<Vec<f32>> = (0..parts).map(|_| vec![0f32; m * k]).collect();
+    rayon::scope(|s| {
+        for (t, acc) in partial.iter_mut().enumerate() {
+            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+            s.spawn(move |_| {
+                #[cfg(target_arch = "x86_64")]
+                // Safety: acc is this thread's own m×k buffer; g and w are read-only.
+                unsafe {
+                    avx::g_w_rows(g.as_ptr(), w.as_ptr(), acc.as_mut_ptr(), m, n, k, j0, j1)
+                }
+            });
+        }
+    });
+    let mut out = partial.pop().unwrap_or_else(|| vec![0f32; m * k]);
+    for p in partial {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+struct SendPtr(*mut f32);
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Columns `j0..j1` of `y = x · wᵀ`: blocks of 2 token rows × 4 weight rows.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn x_wt_cols(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
+        let mut j = j0;
+        while j + 4 <= j1 {
+            let mut i = 0;
+            // 2 token rows × 4 weight rows: 8 accumulators, 4 weight vectors and one token
+            // vector stay in the 16 AVX registers (3 rows spill).
+            while i < m {
+                if m - i == 1 {
+                    block::<1>(x, w, y, k, n, i, j);
+                } else {
+                    block::<2>(x, w, y, k, n, i, j);
+                }
+                i += (m - i).min(2);
+            }
+            j += 4;
+        }
+        for jj in j..j1 {
+            for i in 0..m {
+                let mut s = 0f32;
+                for t in 0..k {
+                    s += *x.add(i * k + t) * *w.add(jj * k + t);
+                }
+                *y.add(i * n + jj) = s;
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const MR: usize>(x: *const f32, w: *const f32, y: *mut f32, k: usize, n: usize, i: usize, j: usize) {
+        let k8 = k / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); 4]; MR];
+        let wr = [w.add(j * k), w.add((j + 1) * k), w.add((j + 2) * k), w.add((j + 3) * k)];
+        let mut kk = 0;
+        while kk < k8 {
+            let wv = [
+                _mm256_loadu_ps(wr[0].add(kk)),
+                _mm256_loadu_ps(wr[1].add(kk)),
+                _mm256_loadu_ps(wr[2].add(kk)),
+                _mm256_loadu_ps(wr[3].add(kk)),
+            ];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add((i + r) * k + kk));
+                for c in 0..4 {
+                    a[c] = _mm256_fmadd_ps(xv, wv[c], a[c]);
+                }
+            }
+            kk += 8;
+        }
+        for (r, a) in acc.iter().enumerate() {
+            for c in 0..4 {
+                let mut s = hsum(a[c]);
+                for t in k8..k {
+                    s += *x.add((i + r) * k + t) * *wr[c].add(t);
+                }
+                *y.add((i + r) * n + j + c) = s;
+            }
+        }
+    }
+
+    /// `acc += g[:, j0..j1] · w[j0..j1, :]`, weight rows in blocks that stay in L2 while every
+    /// token row passes over them.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn g_w_rows(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+        const JB: usize = 64;
+        let k32 = k / 32 * 32;
+        let mut jb = j0;
+        while jb < j1 {
+            let je = (jb + JB).min(j1);
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(2);
+                let mut kc = 0;
+                while kc < k32 {
+                    if mr == 1 {
+                        chunk::<1>(g, w, acc, n, k, i, kc, jb, je);
+                    } else {
+                        chunk::<2>(g, w, acc, n, k, i, kc, jb, je);
+                    }
+                    kc += 32;
+                }
+                for r in i..i + mr {
+                    for j in jb..je {
+                        let gv = *g.add(r * n + j);
+                        for t in k32..k {
+                            *acc.add(r * k + t) += gv * *w.add(j * k + t);
+                        }
+                    }
+                }
+                i += mr;
+            }
+            jb = je;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chunk<const MR: usize>(g: *const f32, w: *const f32, acc: *mut f32, n: usize, k: usize, i: usize, kc: usize, jb: usize, je: usize) {
+        let mut a = [[_mm256_setzero_ps(); 4]; MR];
+        for (r, ar) in a.iter_mut().enumerate() {
+            for c in 0..4 {
+                ar[c] = _mm256_loadu_ps(acc.add((i + r) * k + kc + 8 * c));
+            }
+        }
+        for j in jb..je {
+            let wp = w.add(j * k + kc);
+            let wv = [
+                _mm256_loadu_ps(wp),
+                _mm256_loadu_ps(wp.add(8)),
+                _mm256_loadu_ps(wp.add(16)),
+                _mm256_loadu_ps(wp.add(24)),
+            ];
+            for (r, ar) in a.iter_mut().enumerate() {
+                let gv = _mm256_set1_ps(*g.add((i + r) * n + j));
+                for c in 0..4 {
+                    ar[c] = _mm256_fmadd_ps(gv, wv[c], ar[c]);
+                }
+            }
+        }
+        for (r, ar) in a.iter().enumerate() {
+            for c in 0..4 {
+                _mm256_storeu_ps(acc.add((i + r) * k + kc + 8 * c), ar[c]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
+    }
+
+    /// Both kernels against a plain triple loop (in f64), on shapes that exercise every tail:
+    /// odd token rows, weight rows not a multiple of 4, widths not a multiple of 8 or 32.
+    #[test]
+    fn kernels_match_naive_products() {
+        if !available() {
+            return;
+        }
+        for &(m, k, n) in &[(1, 8, 4), (2, 37, 5), (3, 64, 130), (5, 100, 67), (15, 576, 259), (64, 33, 9)] {
+            let x = data(m * k, 1);
+            let w = data(n * k, 2);
+            let y = x_wt(&x, &w, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let r: f64 = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum();
+                    assert!((y[i * n + j] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()), "x_wt {m}x{k}x{n} at ({i},{j})");
+                }
+            }
+            let g = data(m * n, 3);
+            let dx = g_w(&g, &w, m, n, k);
+            for i in 0..m {
+                for t in 0..k {
+                    let r: f64 = (0..n).map(|j| g[i * n + j] as f64 * w[j * k + t] as f64).sum();
+                    assert!((dx[i * k + t] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()), "g_w {m}x{n}x{k} at ({i},{t})");
+                }
+            }
+        }
+    }
+}
