@@ -4,8 +4,19 @@
 //! `registry::resolve` for a named default model), run it with hooks at every
 //! TransformerLens-named point (`HookPoint`), and read activations, interventions and
 //! gradients from one forward pass.
+//!
+//! Hook points print and parse as TransformerLens names; an unknown name is an error:
+//!
+//! ```
+//! use glassbox::HookPoint;
+//! let p: HookPoint = "blocks.9.attn.hook_z".parse().unwrap();
+//! assert_eq!(p, HookPoint::Z(9));
+//! assert_eq!(p.to_string(), "blocks.9.attn.hook_z");
+//! assert!("blocks.9.attn.hook_scores".parse::<HookPoint>().is_err());
+//! ```
 
 pub mod error;
+pub mod methods;
 pub mod model;
 pub mod registry;
 

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::error::{Error, Result};
 use crate::model::config::Positions;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
-use crate::model::ops::{activation, linear, norm_scale, rotary, softmax_last};
+use crate::model::ops::{activation, linear, norm_parts, rotary, softmax_last};
 use crate::model::weights::Norm;
 use crate::model::Model;
 
@@ -52,7 +52,7 @@ impl Batch {
 
 /// What a forward pass returns: logits, the cached activations, and the gradient taps.
 pub struct ForwardOutput {
-    /// `[b, p, d_vocab]`
+    /// `[b, p, d_vocab]`, or `[b, 1, d_vocab]` with `Hooks::last_logits_only`
     pub logits: Tensor,
     pub cache: ActivationCache,
     pub taps: HashMap<HookPoint, Var>,
@@ -93,6 +93,9 @@ impl Gradients {
 impl ForwardOutput {
     /// Logits at each prompt's last real position: `[b, d_vocab]`.
     pub fn last_logits(&self) -> Result<Tensor> {
+        if self.logits.dim(1)? == 1 {
+            return Ok(self.logits.squeeze(1)?);
+        }
         let rows = self
             .lengths
             .iter()
@@ -217,10 +220,16 @@ impl Model {
             x = self.block(l, x, &mask, cos_sin, &mut st)?;
         }
 
-        let (scale, normalized) = norm_scale(&x, cfg.norm.kind, cfg.norm.eps)?;
-        st.apply(HookPoint::LnFinalScale, scale)?;
-        let normalized = st.apply(HookPoint::LnFinalNormalized, normalized)?;
-        let x = apply_norm_weights(&normalized, &w.ln_final)?;
+        let normalized = normalize(&x, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, cfg, &mut st)?;
+        let mut x = apply_norm_weights(&normalized, &w.ln_final)?;
+        if hooks.last_logits_only {
+            let rows = lengths
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| x.get(i)?.narrow(0, len - 1, 1))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            x = Tensor::stack(&rows, 0)?;
+        }
         let logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
 
         Ok(ForwardOutput {
@@ -274,9 +283,7 @@ impl Model {
         let lw = &self.weights.layers[l];
         let resid_pre = st.apply(HookPoint::ResidPre(l), x)?;
 
-        let (scale, normalized) = norm_scale(&resid_pre, cfg.norm.kind, cfg.norm.eps)?;
-        st.apply(HookPoint::Ln1Scale(l), scale)?;
-        let normalized = st.apply(HookPoint::Ln1Normalized(l), normalized)?;
+        let normalized = normalize(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
         let attn_in = apply_norm_weights(&normalized, &lw.ln1)?;
         let attn_out = self.attention(l, &attn_in, mask, cos_sin, st)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
@@ -286,9 +293,7 @@ impl Model {
         } else {
             st.apply(HookPoint::ResidMid(l), (&resid_pre + &attn_out)?)?
         };
-        let (scale, normalized) = norm_scale(&mlp_in_resid, cfg.norm.kind, cfg.norm.eps)?;
-        st.apply(HookPoint::Ln2Scale(l), scale)?;
-        let normalized = st.apply(HookPoint::Ln2Normalized(l), normalized)?;
+        let normalized = normalize(&mlp_in_resid, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
         let mlp_in = apply_norm_weights(&normalized, &lw.ln2)?;
         let mlp_out = self.mlp(l, &mlp_in, st)?;
         let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
@@ -355,6 +360,13 @@ impl Model {
         let post = st.apply(HookPoint::MlpPost(l), post)?;
         linear(&post, &m.w_out, m.b_out.as_ref())
     }
+}
+
+/// A norm's normalisation with its two hooks: the scale (before it divides) and the result.
+fn normalize(x: &Tensor, scale_hook: HookPoint, out_hook: HookPoint, cfg: &crate::model::ModelConfig, st: &mut HookState) -> Result<Tensor> {
+    let (centred, scale) = norm_parts(x, cfg.norm.kind, cfg.norm.eps)?;
+    let scale = st.apply(scale_hook, scale)?;
+    st.apply(out_hook, centred.broadcast_div(&scale)?)
 }
 
 fn apply_norm_weights(normalized: &Tensor, n: &Norm) -> Result<Tensor> {

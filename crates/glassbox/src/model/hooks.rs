@@ -351,6 +351,9 @@ pub struct Hooks {
     pub interventions: Vec<Intervention>,
     /// Points whose gradient is wanted: each gets a zero `Var` added to it.
     pub grad_taps: Vec<HookPoint>,
+    /// Compute logits at each prompt's last real position only (`logits: [b, 1, d_vocab]`);
+    /// saves the unembedding of every other position.
+    pub last_logits_only: bool,
 }
 
 impl Hooks {
@@ -376,6 +379,10 @@ impl Hooks {
     }
     pub fn grad_tap(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
         self.grad_taps.extend(points);
+        self
+    }
+    pub fn last_logits_only(mut self) -> Self {
+        self.last_logits_only = true;
         self
     }
 

@@ -82,14 +82,21 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
-/// Normalises the last axis: returns `(scale, normalized)` with `normalized = x' / scale`,
-/// `x'` centred for LayerNorm; the caller applies the weight and bias.
-pub fn norm_scale(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tensor)> {
+/// The two halves of a norm over the last axis: `(centred, scale)` with the normalised value
+/// `centred / scale`; `centred` is `x − mean(x)` for LayerNorm and `x` for RMSNorm. The forward
+/// hooks the scale (`hook_scale`) before dividing, so a patched scale takes effect.
+pub fn norm_parts(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tensor)> {
     let centred = match kind {
         NormKind::LayerNorm => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
         NormKind::RmsNorm => x.clone(),
     };
     let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    Ok((centred, scale))
+}
+
+/// `norm_parts` followed by the division: `(scale, normalized)`.
+pub fn norm_scale(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tensor)> {
+    let (centred, scale) = norm_parts(x, kind, eps)?;
     let normalized = centred.broadcast_div(&scale)?;
     Ok((scale, normalized))
 }

@@ -185,6 +185,11 @@ impl Tokenizer {
         self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
     }
 
+    /// The BOS token `encode` prepends, if it prepends one.
+    pub fn bos(&self) -> Option<u32> {
+        self.prepend_bos
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

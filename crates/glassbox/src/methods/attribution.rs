@@ -1,0 +1,256 @@
+//! Attribution patching (Nanda et al. 2023) and integrated gradients (Sundararajan et al. 2017)
+//! over attention heads (`hook_z`), MLP outputs (`hook_mlp_out`) or attention outputs
+//! (`hook_attn_out`), for the logit difference `LD = logit[correct] - logit[incorrect]` at the
+//! last position.
+//!
+//! Taylor: `attr(c) = Σ_pos ∇_{a_c} LD · (a_clean − a_corr)`, the gradient taken on the normal
+//! computation graph of the clean run (every later head and MLP carries gradient), so `attr(c)`
+//! estimates `LD_clean − LD(clean with c patched from the corrupted run)` to first order.
+//!
+//! Integrated gradients: the features are the token embeddings and the chosen activation at
+//! every layer, all moved together on the straight line from the corrupted run (α = 0) to the
+//! clean run (α = 1) by `Replace` interventions; the gradient at each feature is averaged over
+//! the midpoints of `n_steps` intervals, all steps in one batched forward and backward (chunked
+//! to keep the batch within 128 token rows). With the embeddings included the path starts
+//! exactly at the corrupted run, so completeness holds:
+//! `Σ attr + embed_attribution = LD_clean − LD_corr` up to the midpoint rule's error, which
+//! `completeness_residual` reports.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::methods::{order_by_magnitude, Contrast, Head};
+use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+
+/// Which activations are attributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    /// Every attention head, at `hook_z`.
+    Heads,
+    /// Every layer's MLP output.
+    Mlp,
+    /// Every layer's attention output (all heads and the output bias).
+    AttnOut,
+}
+
+impl Component {
+    pub fn point(self, layer: usize) -> HookPoint {
+        match self {
+            Component::Heads => HookPoint::Z(layer),
+            Component::Mlp => HookPoint::MlpOut(layer),
+            Component::AttnOut => HookPoint::AttnOut(layer),
+        }
+    }
+
+    fn label(self, layer: usize, unit: usize) -> String {
+        match self {
+            Component::Heads => Head { layer, head: unit }.to_string(),
+            Component::Mlp => format!("MLP{layer:02}"),
+            Component::AttnOut => format!("ATTN{layer:02}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Taylor,
+    IntegratedGradients,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "taylor" => Ok(Method::Taylor),
+            "integrated_gradients" | "ig" => Ok(Method::IntegratedGradients),
+            other => Err(Error::Invalid(format!(
+                "unknown attribution method `{other}`; use taylor or integrated_gradients"
+            ))),
+        }
+    }
+}
+
+/// One attributed component.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub name: String,
+    pub layer: usize,
+    /// The head, for head attributions.
+    pub head: Option<usize>,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attribution {
+    pub method: Method,
+    pub component: Component,
+    pub n_steps: Option<usize>,
+    /// `scores[layer][head]` (one entry per layer for MLP and attention outputs).
+    pub scores: Vec<Vec<f32>>,
+    /// Score by name (`L09H09`, `MLP03`, `ATTN03`).
+    pub attributions: BTreeMap<String, f32>,
+    /// All components by decreasing |score|.
+    pub top: Vec<Scored>,
+    pub clean_ld: f32,
+    pub corrupted_ld: f32,
+    /// Integrated gradients only: the token embeddings' share of `LD_clean − LD_corr`.
+    pub embed_attribution: Option<f32>,
+    /// Integrated gradients only: `|Σ attr + embed − (LD_clean − LD_corr)| / |LD_clean − LD_corr|`.
+    pub completeness_residual: Option<f32>,
+}
+
+/// Sums `x: [p, ...]` to one value per unit: per head for head activations `[p, h, d_head]`.
+fn per_unit(x: &Tensor, component: Component) -> Result<Vec<f32>> {
+    let x = x.to_dtype(DType::F32)?;
+    Ok(match component {
+        Component::Heads => x.sum(2)?.sum(0)?.to_vec1::<f32>()?,
+        _ => vec![x.sum_all()?.to_scalar::<f32>()?],
+    })
+}
+
+fn answers(c: &Contrast, n: usize) -> (Vec<u32>, Vec<u32>) {
+    (vec![c.correct_id; n], vec![c.incorrect_id; n])
+}
+
+/// Attribution of every component of kind `component` for the contrast.
+pub fn attribute(model: &Model, contrast: &Contrast, component: Component, method: Method, n_steps: usize) -> Result<Attribution> {
+    let layers = model.config.n_layers;
+    let points: Vec<HookPoint> = (0..layers).map(|l| component.point(l)).collect();
+    let batch = contrast.batch()?;
+    let (good, bad) = answers(contrast, 2);
+
+    let (scores, lds, embed_attribution) = match method {
+        Method::Taylor => {
+            let hooks = Hooks::new().cache(points.iter().copied()).grad_tap(points.iter().copied()).last_logits_only();
+            let out = model.forward(&batch, &hooks)?;
+            let ld = out.logit_diff(&good, &bad)?;
+            let grads = out.backward(&ld.get(0)?)?;
+            let scores = points
+                .iter()
+                .map(|&p| {
+                    let act = out.cache.get(p)?;
+                    let delta = (act.get(0)? - act.get(1)?)?;
+                    per_unit(&(grads.get(p)?.get(0)? * delta)?, component)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (scores, ld.to_dtype(DType::F32)?.to_vec1::<f32>()?, None)
+        }
+        Method::IntegratedGradients => {
+            if n_steps == 0 {
+                return Err(Error::Invalid("integrated gradients need at least one step".into()));
+            }
+            let mut features = vec![HookPoint::Embed];
+            features.extend(points.iter().copied());
+            let out = model.forward(&batch, &Hooks::new().cache(features.iter().copied()).last_logits_only())?;
+            let lds = out.logit_diff(&good, &bad)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let ends = features
+                .iter()
+                .map(|&p| {
+                    let act = out.cache.get(p)?;
+                    let corr = act.get(1)?;
+                    Ok((corr.clone(), (act.get(0)? - corr)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let answers = (contrast.correct_id, contrast.incorrect_id);
+            let mean_grads = integrated_gradients(model, &contrast.clean, &features, &ends, answers, n_steps)?;
+            let mut attrs = features
+                .iter()
+                .zip(&ends)
+                .zip(&mean_grads)
+                .map(|((&p, (_, delta)), g)| {
+                    let prod = (g * delta)?;
+                    if p == HookPoint::Embed {
+                        Ok(vec![prod.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?])
+                    } else {
+                        per_unit(&prod, component)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let embed = attrs.remove(0)[0];
+            (attrs, lds, Some(embed))
+        }
+    };
+
+    let (clean_ld, corrupted_ld) = (lds[0], lds[1]);
+    let completeness_residual = embed_attribution.map(|e| {
+        let total: f32 = scores.iter().flatten().sum::<f32>() + e;
+        let change = clean_ld - corrupted_ld;
+        (total - change).abs() / change.abs().max(1e-12)
+    });
+    let mut attributions = BTreeMap::new();
+    let mut flat = Vec::new();
+    for (l, row) in scores.iter().enumerate() {
+        for (u, &s) in row.iter().enumerate() {
+            let name = component.label(l, u);
+            attributions.insert(name.clone(), s);
+            flat.push(Scored {
+                name,
+                layer: l,
+                head: (component == Component::Heads).then_some(u),
+                score: s,
+            });
+        }
+    }
+    let values: Vec<f32> = flat.iter().map(|s| s.score).collect();
+    let top = order_by_magnitude(&values).into_iter().map(|i| flat[i].clone()).collect();
+    Ok(Attribution {
+        method,
+        component,
+        n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
+        scores,
+        attributions,
+        top,
+        clean_ld,
+        corrupted_ld,
+        embed_attribution,
+        completeness_residual,
+    })
+}
+
+/// Mean gradient of `LD = logit[correct] − logit[incorrect]` at each feature over the midpoints `α = (k + 0.5) / n_steps` of the path
+/// `corr + α · delta` (all features moved together), batched in chunks of ≤ 128 token rows.
+pub(crate) fn integrated_gradients(
+    model: &Model,
+    tokens: &[u32],
+    features: &[HookPoint],
+    ends: &[(Tensor, Tensor)],
+    (correct, incorrect): (u32, u32),
+    n_steps: usize,
+) -> Result<Vec<Tensor>> {
+    let p = tokens.len();
+    let chunk = (128 / p.max(1)).clamp(1, n_steps);
+    let mut sums: Vec<Option<Tensor>> = vec![None; features.len()];
+    let mut k = 0;
+    while k < n_steps {
+        let c = chunk.min(n_steps - k);
+        let alphas: Vec<f32> = (k..k + c).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
+        let mut hooks = Hooks::new().last_logits_only();
+        for (&point, (corr, delta)) in features.iter().zip(ends) {
+            let mut shape = vec![c];
+            shape.extend(std::iter::repeat_n(1, corr.rank()));
+            let a = Tensor::from_vec(alphas.clone(), shape, &Device::Cpu)?.to_dtype(corr.dtype())?;
+            let value = corr.unsqueeze(0)?.broadcast_add(&a.broadcast_mul(&delta.unsqueeze(0)?)?)?;
+            hooks = hooks.intervene(Intervention::new(point, Action::Replace(value))).grad_tap([point]);
+        }
+        let batch = Batch::new(&vec![tokens.to_vec(); c])?;
+        let out = model.forward(&batch, &hooks)?;
+        let metric = out.logit_diff(&vec![correct; c], &vec![incorrect; c])?.sum_all()?;
+        let grads = out.backward(&metric)?;
+        for (slot, &point) in sums.iter_mut().zip(features) {
+            let g = grads.get(point)?.sum(0)?;
+            *slot = Some(match slot.take() {
+                Some(s) => (s + g)?,
+                None => g,
+            });
+        }
+        k += c;
+    }
+    sums.into_iter()
+        .map(|s| Ok((s.ok_or_else(|| Error::Invalid("no steps".into()))? / n_steps as f64)?))
+        .collect()
+}

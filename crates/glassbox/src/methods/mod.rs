@@ -1,0 +1,47 @@
+//! Interpretability methods: each is a function of the model and its inputs that returns a
+//! plain serialisable result, with the key names of the Glassbox reference tool.
+
+pub mod attention;
+pub mod attribution;
+pub mod contrast;
+pub mod logit_lens;
+pub mod token_attribution;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use contrast::Contrast;
+
+/// An attention head: prints as `L09H09`, serialises as `[layer, head]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "[usize; 2]", into = "[usize; 2]")]
+pub struct Head {
+    pub layer: usize,
+    pub head: usize,
+}
+
+impl From<[usize; 2]> for Head {
+    fn from([layer, head]: [usize; 2]) -> Self {
+        Head { layer, head }
+    }
+}
+
+impl From<Head> for [usize; 2] {
+    fn from(h: Head) -> Self {
+        [h.layer, h.head]
+    }
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "L{:02}H{:02}", self.layer, self.head)
+    }
+}
+
+/// Indices of `values` by decreasing absolute value.
+pub(crate) fn order_by_magnitude(values: &[f32]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()));
+    idx
+}

@@ -1,0 +1,134 @@
+//! Token saliency: which input tokens drive `LD = logit[correct] − logit[incorrect]`.
+//!
+//! `gradient_x_input`: `Σ_d ∂LD/∂e[pos, d] · e[pos, d]` over the token embedding (plus the
+//! learned position embedding where the model has one), one forward and backward pass.
+//! `integrated_gradients`: the token embeddings move from a baseline (zeros, or one token's
+//! embedding at every position) to the prompt's; attributions sum to `LD − LD(baseline)`
+//! (`completeness_residual` says how closely). Position embeddings stay as they are.
+
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::methods::attribution::integrated_gradients;
+use crate::methods::order_by_magnitude;
+use crate::model::config::Positions;
+use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    Zero,
+    /// This token's embedding at every position (e.g. a pad or EOS token).
+    Token(u32),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenAttr {
+    pub position: usize,
+    pub token_id: u32,
+    pub token_str: String,
+    pub attribution: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenAttribution {
+    /// `"gradient_x_input"` or `"integrated_gradients"`.
+    pub method: String,
+    /// In prompt order.
+    pub tokens: Vec<TokenAttr>,
+    /// By decreasing |attribution|.
+    pub top_tokens: Vec<TokenAttr>,
+    pub ld: f32,
+    pub baseline: Option<Baseline>,
+    pub baseline_ld: Option<f32>,
+    pub n_steps: Option<usize>,
+    pub completeness_residual: Option<f32>,
+}
+
+fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// Token attributions of one prompt. `ig`: `Some((n_steps, baseline))` for integrated gradients.
+pub fn token_attribution(
+    model: &Model,
+    tokens: &[u32],
+    correct: u32,
+    incorrect: u32,
+    ig: Option<(usize, Baseline)>,
+) -> Result<TokenAttribution> {
+    let batch = Batch::new(&[tokens.to_vec()])?;
+    let learned_pos = matches!(model.config.positions, Positions::Learned { .. });
+    let mut taps = vec![HookPoint::Embed];
+    if learned_pos {
+        taps.push(HookPoint::PosEmbed);
+    }
+    let hooks = Hooks::new().cache(taps.iter().copied()).grad_tap(taps.iter().copied()).last_logits_only();
+    let out = model.forward(&batch, &hooks)?;
+    let ld_t = out.logit_diff(&[correct], &[incorrect])?;
+    let ld = to_vec(&ld_t)?[0];
+
+    let (values, method, baseline_ld, completeness, n_steps, baseline) = match ig {
+        None => {
+            let grads = out.backward(&ld_t.sum_all()?)?;
+            let mut per_token = Tensor::zeros(tokens.len(), DType::F64, &candle_core::Device::Cpu)?;
+            for p in &taps {
+                let gx = (grads.get(*p)?.get(0)? * out.cache.get(*p)?.get(0)?)?.sum(1)?;
+                per_token = (per_token + gx.to_dtype(DType::F64)?)?;
+            }
+            (to_vec(&per_token)?, "gradient_x_input", None, None, None, None)
+        }
+        Some((n_steps, baseline)) => {
+            if n_steps == 0 {
+                return Err(Error::Invalid("integrated gradients need at least one step".into()));
+            }
+            let emb = out.cache.get(HookPoint::Embed)?.get(0)?;
+            let base = match baseline {
+                Baseline::Zero => emb.zeros_like()?,
+                Baseline::Token(id) => {
+                    if id as usize >= model.config.d_vocab {
+                        return Err(Error::Invalid(format!("baseline token {id} is outside the vocabulary")));
+                    }
+                    let mut row = model.weights.embed.get(id as usize)?;
+                    if let Some(s) = model.config.embed_scale {
+                        row = (row * s)?;
+                    }
+                    row.unsqueeze(0)?.broadcast_as(emb.shape())?.contiguous()?
+                }
+            };
+            let delta = (&emb - &base)?;
+            let replace = Hooks::new()
+                .intervene(Intervention::new(HookPoint::Embed, Action::Replace(base.unsqueeze(0)?)))
+                .last_logits_only();
+            let baseline_ld = to_vec(&model.forward(&batch, &replace)?.logit_diff(&[correct], &[incorrect])?)?[0];
+            let g = integrated_gradients(model, tokens, &[HookPoint::Embed], &[(base, delta.clone())], (correct, incorrect), n_steps)?;
+            let values = to_vec(&(&g[0] * &delta)?.sum(1)?)?;
+            let total: f32 = values.iter().sum();
+            let change = ld - baseline_ld;
+            let residual = (total - change).abs() / change.abs().max(1e-12);
+            (values, "integrated_gradients", Some(baseline_ld), Some(residual), Some(n_steps), Some(baseline))
+        }
+    };
+    let attrs: Vec<TokenAttr> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| TokenAttr {
+            position: i,
+            token_id: tokens[i],
+            token_str: model.tokenizer.token_str(tokens[i]),
+            attribution: a,
+        })
+        .collect();
+    let top_tokens = order_by_magnitude(&values).into_iter().map(|i| attrs[i].clone()).collect();
+    Ok(TokenAttribution {
+        method: method.to_string(),
+        tokens: attrs,
+        top_tokens,
+        ld,
+        baseline,
+        baseline_ld,
+        n_steps,
+        completeness_residual: completeness,
+    })
+}
