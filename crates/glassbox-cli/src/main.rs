@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use glassbox::{registry, Batch, HookPoint, Hooks, Model};
 use serde::Serialize;
 
+mod methods;
+use methods::ContrastArgs;
+
 #[derive(Parser)]
 #[command(name = "glassbox", version, about = "See what a transformer language model is doing on a prompt")]
 struct Cli {
@@ -50,6 +53,77 @@ enum Command {
         /// Output file (.safetensors).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Attribution patching (Taylor) or integrated gradients per head, MLP or attention output.
+    Attribution {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        contrast: ContrastArgs,
+        /// taylor or integrated_gradients.
+        #[arg(long, default_value = "taylor")]
+        method: String,
+        /// Integration steps for integrated_gradients.
+        #[arg(long, default_value_t = 20)]
+        n_steps: usize,
+        /// heads, mlp or attn_out.
+        #[arg(long, default_value = "heads")]
+        component: String,
+        /// Rows of the table.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logit lens: LD and top tokens after every layer, and per-head direct effects.
+    LogitLens {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        correct: String,
+        #[arg(long)]
+        incorrect: String,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Token saliency: gradient × input, or integrated gradients from a baseline.
+    TokenAttribution {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        correct: String,
+        #[arg(long)]
+        incorrect: String,
+        /// gradient_x_input or integrated_gradients.
+        #[arg(long, default_value = "gradient_x_input")]
+        method: String,
+        #[arg(long, default_value_t = 20)]
+        n_steps: usize,
+        /// Integrated-gradients baseline: zero, bos, or a token id.
+        #[arg(long, default_value = "bos")]
+        baseline: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attention patterns, entropy and head types.
+    Attention {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        /// Heads to show (L9H6 or 9.6; repeatable); by default the most focused.
+        #[arg(long = "head")]
+        heads: Vec<String>,
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// List the hook points of a model.
     Hooks {
@@ -207,6 +281,22 @@ fn main() -> Result<()> {
         } => {
             let m = load_model(&model)?;
             cache(&m, &prompt, &hooks, &out)?;
+        }
+        Command::Attribution { model, contrast, method, n_steps, component, top, json } => {
+            let m = load_model(&model)?;
+            methods::run_attribution(&m, &contrast, &method, n_steps, &component, top, json)?;
+        }
+        Command::LogitLens { model, prompt, correct, incorrect, top_k, json } => {
+            let m = load_model(&model)?;
+            methods::run_logit_lens(&m, &prompt, &correct, &incorrect, top_k, json)?;
+        }
+        Command::TokenAttribution { model, prompt, correct, incorrect, method, n_steps, baseline, json } => {
+            let m = load_model(&model)?;
+            methods::run_token_attribution(&m, &prompt, &correct, &incorrect, &method, n_steps, &baseline, json)?;
+        }
+        Command::Attention { model, prompt, heads, top_k, json } => {
+            let m = load_model(&model)?;
+            methods::run_attention(&m, &prompt, &heads, top_k, json)?;
         }
         Command::Hooks { model } => {
             let m = load_model(&model)?;

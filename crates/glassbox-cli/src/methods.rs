@@ -1,0 +1,185 @@
+//! Subcommands for the methods: argument types, calls into the library, and table rendering.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use glassbox::methods::attention::attention_patterns;
+use glassbox::methods::attribution::{attribute, Attribution, Component, Method};
+use glassbox::methods::logit_lens::{logit_lens, LogitLens};
+use glassbox::methods::token_attribution::{token_attribution, Baseline, TokenAttribution};
+use glassbox::methods::{Contrast, Head};
+use glassbox::Model;
+use serde::Serialize;
+
+/// A prompt with the two answers compared, and optionally the corrupted prompt.
+#[derive(Args, Clone)]
+pub struct ContrastArgs {
+    #[arg(long)]
+    pub prompt: String,
+    /// The answer the model should give, e.g. " Mary" (one token).
+    #[arg(long)]
+    pub correct: String,
+    /// The competing answer, e.g. " John" (one token).
+    #[arg(long)]
+    pub incorrect: String,
+    /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
+    #[arg(long)]
+    pub corrupted: Option<String>,
+}
+
+impl ContrastArgs {
+    pub fn build(&self, model: &Model) -> Result<Contrast> {
+        Ok(Contrast::new(model, &self.prompt, &self.correct, &self.incorrect, self.corrupted.as_deref())?)
+    }
+}
+
+pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn parse_component(s: &str) -> Result<Component> {
+    Ok(match s {
+        "heads" => Component::Heads,
+        "mlp" => Component::Mlp,
+        "attn_out" | "attn" => Component::AttnOut,
+        other => bail!("unknown component `{other}`; use heads, mlp or attn_out"),
+    })
+}
+
+/// Parses `L9H6`, `L09H06` or `9.6` into a head.
+pub fn parse_head(s: &str) -> Result<Head> {
+    let t = s.trim().to_ascii_uppercase();
+    let (l, h) = if let Some(rest) = t.strip_prefix('L') {
+        rest.split_once('H').context("expected LxxHyy")?
+    } else {
+        t.split_once('.').with_context(|| format!("`{s}` is not a head; write L9H6 or 9.6"))?
+    };
+    Ok(Head {
+        layer: l.parse().with_context(|| format!("bad layer in `{s}`"))?,
+        head: h.parse().with_context(|| format!("bad head in `{s}`"))?,
+    })
+}
+
+pub fn print_contrast(c: &Contrast) {
+    println!("clean     : {:?}", c.clean_prompt);
+    println!("corrupted : {:?} ({})", c.corrupted_prompt, c.corruption);
+    println!("answers   : {:?} vs {:?}", c.correct, c.incorrect);
+}
+
+pub fn print_attribution(a: &Attribution, top: usize) {
+    println!("clean LD {:.4}   corrupted LD {:.4}", a.clean_ld, a.corrupted_ld);
+    if let (Some(e), Some(r)) = (a.embed_attribution, a.completeness_residual) {
+        println!("embeddings {e:.4}   completeness residual {:.2e} ({} steps)", r, a.n_steps.unwrap_or(0));
+    }
+    println!("{:<12} {:>12}", "component", "attribution");
+    println!("{:<12} {:>12}", "-".repeat(12), "-".repeat(12));
+    for s in a.top.iter().take(top) {
+        println!("{:<12} {:>12.4}", s.name, s.score);
+    }
+}
+
+pub fn run_attribution(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, component: &str, top: usize, json: bool) -> Result<()> {
+    let contrast = c.build(model)?;
+    let method: Method = method.parse()?;
+    let a = attribute(model, &contrast, parse_component(component)?, method, n_steps)?;
+    if json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            contrast: &'a Contrast,
+            #[serde(flatten)]
+            attribution: &'a Attribution,
+        }
+        return print_json(&Out { contrast: &contrast, attribution: &a });
+    }
+    print_contrast(&contrast);
+    print_attribution(&a, top);
+    Ok(())
+}
+
+fn print_lens(model: &Model, l: &LogitLens) {
+    println!("final LD {:.4} (frozen final-norm scale {:.4}; decomposition residual {:.1e})", l.final_ld, l.frozen_scale, l.decomposition_residual);
+    println!("{:<8} {:>9} {:>9}  top tokens", "layer", "LD", "shift");
+    for (i, ld) in l.logit_diffs.iter().enumerate() {
+        let name = if i == 0 { "embed".to_string() } else { format!("{}", i - 1) };
+        let shift = if i == 0 { String::new() } else { format!("{:+.3}", l.logit_shifts[i - 1]) };
+        let tops: Vec<String> = l.top_tokens[i].iter().map(|t| format!("{:?}", t.token)).collect();
+        println!("{:<8} {:>9.3} {:>9}  {}", name, ld, shift, tops.join(" "));
+    }
+    let mut heads: Vec<(Head, f32)> = l
+        .head_direct_effects
+        .iter()
+        .enumerate()
+        .flat_map(|(layer, row)| row.iter().enumerate().map(move |(head, &v)| (Head { layer, head }, v)))
+        .collect();
+    heads.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    println!("\nlargest head direct effects:");
+    for (h, v) in heads.iter().take(10) {
+        println!("  {h}  {v:+.4}");
+    }
+    let _ = model;
+}
+
+pub fn run_logit_lens(model: &Model, prompt: &str, correct: &str, incorrect: &str, top_k: usize, json: bool) -> Result<()> {
+    let tokens = model.tokenize(prompt)?;
+    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+    let l = logit_lens(model, &tokens, c, i, top_k)?;
+    if json {
+        return print_json(&l);
+    }
+    print_lens(model, &l);
+    Ok(())
+}
+
+pub fn parse_baseline(model: &Model, s: &str) -> Result<Baseline> {
+    Ok(match s {
+        "zero" => Baseline::Zero,
+        "bos" => Baseline::Token(model.tokenizer.bos().context("this model has no BOS token; use zero or a token id")?),
+        id => Baseline::Token(id.parse().with_context(|| format!("baseline `{id}`: use zero, bos or a token id"))?),
+    })
+}
+
+fn print_tokens(t: &TokenAttribution) {
+    println!("LD {:.4}   method {}", t.ld, t.method);
+    if let (Some(b), Some(r)) = (t.baseline_ld, t.completeness_residual) {
+        println!("baseline LD {b:.4}   completeness residual {r:.2e}");
+    }
+    println!("{:>4}  {:<16} {:>12}", "pos", "token", "attribution");
+    for a in &t.tokens {
+        println!("{:>4}  {:<16} {:>12.4}", a.position, format!("{:?}", a.token_str), a.attribution);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run_token_attribution(model: &Model, prompt: &str, correct: &str, incorrect: &str, method: &str, n_steps: usize, baseline: &str, json: bool) -> Result<()> {
+    let tokens = model.tokenize(prompt)?;
+    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+    let ig = match method {
+        "gradient_x_input" | "taylor" => None,
+        "integrated_gradients" | "ig" => Some((n_steps, parse_baseline(model, baseline)?)),
+        other => bail!("unknown method `{other}`; use gradient_x_input or integrated_gradients"),
+    };
+    let t = token_attribution(model, &tokens, c, i, ig)?;
+    if json {
+        return print_json(&t);
+    }
+    print_tokens(&t);
+    Ok(())
+}
+
+pub fn run_attention(model: &Model, prompt: &str, heads: &[String], top_k: usize, json: bool) -> Result<()> {
+    let tokens = model.tokenize(prompt)?;
+    let chosen = heads.iter().map(|h| parse_head(h)).collect::<Result<Vec<_>>>()?;
+    let view = attention_patterns(model, &tokens, (!chosen.is_empty()).then_some(&chosen[..]), top_k, 0)?;
+    if json {
+        return print_json(&view);
+    }
+    println!("{:<8} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", "head", "type", "entropy", "prev", "dup", "induct", "bos", "max");
+    for h in &view.heads {
+        let s = h.scores;
+        println!(
+            "{:<8} {:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            h.name, h.head_type, s.entropy, s.previous_token, s.duplicate_token, s.induction, s.bos_sink, s.max_attention
+        );
+    }
+    Ok(())
+}

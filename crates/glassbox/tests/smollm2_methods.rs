@@ -1,0 +1,44 @@
+//! The methods on the real default model (SmolLM2-135M, GQA + RoPE + RMSNorm + SwiGLU).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use glassbox::methods::attribution::{attribute, Component, Method};
+use glassbox::methods::logit_lens::logit_lens;
+use glassbox::methods::Contrast;
+use glassbox::{registry, Model};
+
+fn smollm2() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
+        Model::load(&path).unwrap()
+    })
+}
+
+const IOI: &str = "When Mary and John went to the store, John gave a drink to";
+
+#[test]
+fn integrated_gradients_complete_on_ioi() {
+    let model = smollm2();
+    let contrast = Contrast::new(model, IOI, " Mary", " John", None).unwrap();
+    let ig = attribute(model, &contrast, Component::Heads, Method::IntegratedGradients, 50).unwrap();
+    let r = ig.completeness_residual.unwrap();
+    eprintln!("IG(50) completeness residual {r:.2e}; LD clean {} corrupted {}", ig.clean_ld, ig.corrupted_ld);
+    assert!(r < 0.01, "completeness residual {r}");
+    assert!(ig.clean_ld > 4.0 && ig.corrupted_ld < 0.0, "{} {}", ig.clean_ld, ig.corrupted_ld);
+    assert_eq!(ig.scores.len(), 30);
+    assert_eq!(ig.scores[0].len(), 9);
+}
+
+#[test]
+fn logit_lens_decomposition_on_ioi() {
+    let model = smollm2();
+    let tokens = model.tokenize(IOI).unwrap();
+    let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
+    let lens = logit_lens(model, &tokens, c, i, 5).unwrap();
+    assert!(lens.decomposition_residual <= 1e-4, "{}", lens.decomposition_residual);
+    assert!((lens.final_ld - 5.2873).abs() < 1e-3, "{}", lens.final_ld);
+    assert_eq!(lens.top_tokens[30][0].token, " Mary");
+}
