@@ -75,6 +75,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Edge attribution patching (EAP, or EAP-IG) over every sender → receiver edge.
+    Edges {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        contrast: ContrastArgs,
+        /// eap or eap-ig.
+        #[arg(long, default_value = "eap")]
+        method: String,
+        #[arg(long, default_value_t = 20)]
+        n_steps: usize,
+        /// How many edges to list.
+        #[arg(long, default_value_t = 50)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Logit lens: LD and top tokens after every layer, and per-head direct effects.
     LogitLens {
         #[command(flatten)]
@@ -285,6 +302,10 @@ fn main() -> Result<()> {
         Command::Attribution { model, contrast, method, n_steps, component, top, json } => {
             let m = load_model(&model)?;
             methods::run_attribution(&m, &contrast, &method, n_steps, &component, top, json)?;
+        }
+        Command::Edges { model, contrast, method, n_steps, top_k, json } => {
+            let m = load_model(&model)?;
+            methods::run_edges(&m, &contrast, &method, n_steps, top_k, json)?;
         }
         Command::LogitLens { model, prompt, correct, incorrect, top_k, json } => {
             let m = load_model(&model)?;

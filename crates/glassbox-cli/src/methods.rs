@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use glassbox::methods::attention::attention_patterns;
 use glassbox::methods::attribution::{attribute, Attribution, Component, Method};
+use glassbox::methods::edges::edge_attribution;
 use glassbox::methods::logit_lens::{logit_lens, LogitLens};
 use glassbox::methods::token_attribution::{token_attribution, Baseline, TokenAttribution};
 use glassbox::methods::{Contrast, Head};
@@ -180,6 +181,26 @@ pub fn run_attention(model: &Model, prompt: &str, heads: &[String], top_k: usize
             "{:<8} {:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
             h.name, h.head_type, s.entropy, s.previous_token, s.duplicate_token, s.induction, s.bos_sink, s.max_attention
         );
+    }
+    Ok(())
+}
+
+pub fn run_edges(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, top_k: usize, json: bool) -> Result<()> {
+    let contrast = c.build(model)?;
+    let method = match method {
+        "eap" | "taylor" => Method::Taylor,
+        "eap-ig" | "eap_ig" | "integrated_gradients" => Method::IntegratedGradients,
+        other => bail!("unknown edge method `{other}`; use eap or eap-ig"),
+    };
+    let r = edge_attribution(model, &contrast, method, n_steps, top_k)?;
+    if json {
+        return print_json(&r);
+    }
+    print_contrast(&contrast);
+    println!("clean LD {:.4}   corrupted LD {:.4}   {} edges scored", r.clean_ld, r.corrupted_ld, r.n_edges);
+    println!("{:<10}    {:<14} {:>10}", "sender", "receiver", "score");
+    for e in &r.top_edges {
+        println!("{:<10} →  {:<14} {:>10.4}", e.sender, e.receiver, e.score);
     }
     Ok(())
 }

@@ -93,3 +93,38 @@ fn models_list_shows_the_registry() {
     assert!(ok);
     assert!(stdout.contains("smollm2-135m"));
 }
+
+/// Every method subcommand answers in JSON with the reference tool's key names.
+#[test]
+fn method_subcommands_json_keys() {
+    let model = fixtures().join("tiny-llama");
+    let m = model.to_str().unwrap();
+    let p = "When Mary and John went to the store, John gave a drink to";
+    let base = ["--model", m, "--prompt", p];
+    let answers = ["--correct", " Mary", "--incorrect", " John", "--json"];
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["attribution"], vec!["attributions", "top", "clean_ld", "corrupted_ld"]),
+        (vec!["attribution", "--method", "integrated_gradients", "--component", "mlp"], vec!["completeness_residual", "embed_attribution"]),
+        (vec!["logit-lens"], vec!["logit_diffs", "logit_shifts", "head_direct_effects", "decomposition_residual"]),
+        (vec!["token-attribution"], vec!["top_tokens", "tokens", "ld"]),
+        (vec!["edges", "--top-k", "5"], vec!["top_edges", "n_edges"]),
+    ];
+    for (cmd, keys) in cases {
+        let mut args = cmd.clone();
+        args.extend(base);
+        args.extend(answers);
+        let (ok, stdout, stderr) = glassbox(&args);
+        assert!(ok, "{cmd:?}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for k in keys {
+            assert!(v.get(k).is_some(), "{cmd:?} lacks `{k}`");
+        }
+    }
+    let (ok, stdout, stderr) = glassbox(&["attention", "--model", m, "--prompt", p, "--head", "L1H2", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(v["head_types"]["L01H02"].is_string());
+    assert!(v["entropy"]["L01H02"].is_number());
+    let (ok, _, stderr) = glassbox(&["attribution", "--model", m, "--prompt", p, "--correct", " Mary and", "--incorrect", " John"]);
+    assert!(!ok && stderr.contains("answers must be one token"), "{stderr}");
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use common::{fixtures, load_tiny, Reference};
 use glassbox::methods::attribution::{attribute, Component, Method};
 use glassbox::methods::logit_lens::logit_lens;
@@ -24,28 +24,7 @@ fn ld(model: &Model, tokens: &[u32], c: u32, i: u32, hooks: Hooks) -> f64 {
 #[test]
 fn attribution_patching_matches_exact_patching_in_the_linear_regime() {
     for name in ["tiny-gpt2", "tiny-llama"] {
-        let mut model = load_tiny(name).to_dtype(DType::F64).unwrap();
-        let contrast0 = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-        // A new token whose embedding is " John"'s plus ε·noise: the corrupted prompt puts it in
-        // place of " John" at position 4 (its first occurrence).
-        let (john, spare) = (contrast0.incorrect_id as usize, 383usize);
-        let d = model.config.d_model;
-        let noise: Vec<f64> = (0..d).map(|k| ((k as f64) * 1.7).sin()).collect();
-        let noise = Tensor::from_vec(noise, d, &Device::Cpu).unwrap();
-        let eps = 1e-4;
-        let row = (model.weights.embed.get(john).unwrap() + (noise * eps).unwrap()).unwrap();
-        let mut rows: Vec<Tensor> = (0..model.config.d_vocab).map(|i| model.weights.embed.get(i).unwrap()).collect();
-        rows[spare] = row;
-        let embed = Tensor::stack(&rows, 0).unwrap();
-        if model.config.tied_embeddings {
-            model.weights.unembed = embed.clone();
-        }
-        model.weights.embed = embed;
-        let mut contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-        let pos = contrast.clean.iter().position(|&t| t as usize == john).unwrap();
-        contrast.corrupted = contrast.clean.clone();
-        contrast.corrupted[pos] = spare as u32;
-
+        let (model, contrast) = common::eps_close(name, 1e-4);
         let attr = attribute(&model, &contrast, Component::Heads, Method::Taylor, 0).unwrap();
         let (c, i) = (contrast.correct_id, contrast.incorrect_id);
         let clean_ld = ld(&model, &contrast.clean, c, i, Hooks::new());

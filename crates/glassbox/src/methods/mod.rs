@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod attribution;
 pub mod contrast;
+pub mod edges;
 pub mod logit_lens;
 pub mod token_attribution;
 

@@ -293,7 +293,8 @@ impl Model {
         } else {
             st.apply(HookPoint::ResidMid(l), (&resid_pre + &attn_out)?)?
         };
-        let normalized = normalize(&mlp_in_resid, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
+        let mlp_read = st.apply(HookPoint::MlpIn(l), mlp_in_resid.clone())?;
+        let normalized = normalize(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
         let mlp_in = apply_norm_weights(&normalized, &lw.ln2)?;
         let mlp_out = self.mlp(l, &mlp_in, st)?;
         let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;

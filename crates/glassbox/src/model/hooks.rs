@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `hook_embed`, `hook_pos_embed` | `[b, p, d_model]` |
 //! | `blocks.{l}.hook_resid_pre` / `hook_resid_mid` / `hook_resid_post` | `[b, p, d_model]` |
+//! | `blocks.{l}.hook_mlp_in` | `[b, p, d_model]`: the residual as the MLP reads it (a copy; patching it changes the MLP's input only) |
 //! | `blocks.{l}.ln1.hook_scale`, `ln2.hook_scale`, `ln_final.hook_scale` | `[b, p, 1]` |
 //! | `blocks.{l}.ln1.hook_normalized`, `ln2.hook_normalized`, `ln_final.hook_normalized` | `[b, p, d_model]`, before the norm's weight and bias |
 //! | `blocks.{l}.attn.hook_q`, `hook_rot_q` | `[b, p, h, d_head]` (`rot`: after rotary) |
@@ -43,6 +44,7 @@ pub enum HookPoint {
     Z(usize),
     AttnOut(usize),
     ResidMid(usize),
+    MlpIn(usize),
     Ln2Scale(usize),
     Ln2Normalized(usize),
     MlpPre(usize),
@@ -69,6 +71,7 @@ const BLOCK_HOOKS: &[(&str, fn(usize) -> HookPoint)] = &[
     ("attn.hook_z", HookPoint::Z),
     ("hook_attn_out", HookPoint::AttnOut),
     ("hook_resid_mid", HookPoint::ResidMid),
+    ("hook_mlp_in", HookPoint::MlpIn),
     ("ln2.hook_scale", HookPoint::Ln2Scale),
     ("ln2.hook_normalized", HookPoint::Ln2Normalized),
     ("mlp.hook_pre", HookPoint::MlpPre),
@@ -101,7 +104,7 @@ impl HookPoint {
             Embed | PosEmbed | LnFinalScale | LnFinalNormalized => None,
             ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
             | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l)
-            | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
+            | MlpIn(l) | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
             | MlpOut(l) | ResidPost(l) => Some(l),
         }
     }

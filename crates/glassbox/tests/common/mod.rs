@@ -172,3 +172,29 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The IOI contrast on a tiny model (in f64) whose corrupted run is ε-close to the clean one: a
+/// spare token gets " John"'s embedding plus ε·noise and replaces " John"'s first occurrence.
+pub fn eps_close(name: &str, eps: f64) -> (Model, glassbox::methods::Contrast) {
+    use glassbox::methods::Contrast;
+    const IOI: &str = "When Mary and John went to the store, John gave a drink to";
+    let mut model = load_tiny(name).to_dtype(DType::F64).unwrap();
+    let contrast0 = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+    let (john, spare) = (contrast0.incorrect_id as usize, model.config.d_vocab - 1);
+    let d = model.config.d_model;
+    let noise: Vec<f64> = (0..d).map(|k| ((k as f64) * 1.7).sin()).collect();
+    let noise = Tensor::from_vec(noise, d, &Device::Cpu).unwrap();
+    let row = (model.weights.embed.get(john).unwrap() + (noise * eps).unwrap()).unwrap();
+    let mut rows: Vec<Tensor> = (0..model.config.d_vocab).map(|i| model.weights.embed.get(i).unwrap()).collect();
+    rows[spare] = row;
+    let embed = Tensor::stack(&rows, 0).unwrap();
+    if model.config.tied_embeddings {
+        model.weights.unembed = embed.clone();
+    }
+    model.weights.embed = embed;
+    let mut contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+    let pos = contrast.clean.iter().position(|&t| t as usize == john).unwrap();
+    contrast.corrupted = contrast.clean.clone();
+    contrast.corrupted[pos] = spare as u32;
+    (model, contrast)
+}
