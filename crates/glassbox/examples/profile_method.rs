@@ -1,0 +1,17 @@
+//! Runs one method in a loop on the default model (for profilers): `profile_method taylor|ig N`.
+use glassbox::methods::attribution::{attribute, Component, Method};
+use glassbox::methods::Contrast;
+use glassbox::{registry, Model};
+fn main() {
+    let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
+    let model = Model::load(&path).unwrap();
+    let which = std::env::args().nth(1).unwrap_or_else(|| "taylor".into());
+    let n: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let c = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
+    let method = if which == "ig" { Method::IntegratedGradients } else { Method::Taylor };
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(attribute(&model, &c, Component::Heads, method, 20).unwrap());
+    }
+    eprintln!("{:.1} ms per call", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+}
