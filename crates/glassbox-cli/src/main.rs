@@ -54,6 +54,46 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Find the circuit behind a prediction, with exact faithfulness figures.
+    Analyze {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        contrast: ContrastArgs,
+        /// Attribution used to rank heads: taylor or integrated_gradients.
+        #[arg(long, default_value = "taylor")]
+        method: String,
+        #[arg(long, default_value_t = 20)]
+        n_steps: usize,
+        /// Target exact sufficiency of the circuit.
+        #[arg(long, default_value_t = 0.85)]
+        target: f32,
+        /// Most heads in the circuit.
+        #[arg(long, default_value_t = 40)]
+        max_heads: usize,
+        /// Ablation of heads outside (or inside) the circuit: resample, mean or zero.
+        #[arg(long, default_value = "resample")]
+        ablation: String,
+        /// Include the logit lens in the result.
+        #[arg(long)]
+        logit_lens: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exact activation patching of every head and MLP (batched).
+    Patch {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        contrast: ContrastArgs,
+        /// into_clean (corrupted activation into the clean run) or into_corrupted.
+        #[arg(long, default_value = "into_clean")]
+        direction: String,
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Attribution patching (Taylor) or integrated gradients per head, MLP or attention output.
     Attribution {
         #[command(flatten)]
@@ -298,6 +338,14 @@ fn main() -> Result<()> {
         } => {
             let m = load_model(&model)?;
             cache(&m, &prompt, &hooks, &out)?;
+        }
+        Command::Analyze { model, contrast, method, n_steps, target, max_heads, ablation, logit_lens, json } => {
+            let m = load_model(&model)?;
+            methods::run_analyze(&m, &contrast, &method, n_steps, target, max_heads, &ablation, logit_lens, json)?;
+        }
+        Command::Patch { model, contrast, direction, top, json } => {
+            let m = load_model(&model)?;
+            methods::run_patch(&m, &contrast, &direction, top, json)?;
         }
         Command::Attribution { model, contrast, method, n_steps, component, top, json } => {
             let m = load_model(&model)?;

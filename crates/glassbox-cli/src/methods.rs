@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use glassbox::methods::analyze::{analyze, AnalyzeOptions};
 use glassbox::methods::attention::attention_patterns;
+use glassbox::methods::patching::{exact_patching, Direction};
 use glassbox::methods::attribution::{attribute, Attribution, Component, Method};
 use glassbox::methods::edges::edge_attribution;
 use glassbox::methods::logit_lens::{logit_lens, LogitLens};
@@ -201,6 +203,76 @@ pub fn run_edges(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, 
     println!("{:<10}    {:<14} {:>10}", "sender", "receiver", "score");
     for e in &r.top_edges {
         println!("{:<10} →  {:<14} {:>10.4}", e.sender, e.receiver, e.score);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run_analyze(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, target: f32, max_heads: usize, ablation: &str, lens: bool, json: bool) -> Result<()> {
+    let contrast = c.build(model)?;
+    let opts = AnalyzeOptions {
+        method: method.parse()?,
+        n_steps,
+        target,
+        max_heads,
+        ablation: ablation.parse()?,
+        include_mlps: false,
+        logit_lens: lens,
+    };
+    let a = analyze(model, &contrast, &opts)?;
+    if json {
+        return print_json(&a);
+    }
+    let f = &a.faithfulness;
+    print_contrast(&contrast);
+    println!("clean LD {:.4}   corrupted LD {:.4}", a.clean_ld, a.corrupted_ld);
+    println!();
+    println!("  Sufficiency      : {:.1}%  (exact, {:?} ablation)", 100.0 * f.sufficiency, f.ablation);
+    if let Some(t) = f.taylor_sufficiency {
+        println!("  Sufficiency ≈    : {:.1}%  (first-order Taylor estimate, for comparison)", 100.0 * t);
+    }
+    println!("  Comprehensiveness: {:.1}%", 100.0 * f.comprehensiveness);
+    println!("  F1-score         : {:.1}%", 100.0 * f.f1);
+    println!("  Category         : {}", f.category);
+    let names: Vec<String> = a.circuit.iter().map(|h| h.to_string()).collect();
+    println!("  Circuit ({} heads{}): {}", a.circuit.len(), if a.target_reached { "" } else { ", target not reached" }, names.join(" "));
+    println!();
+    println!("  {:<12} {:>12}", "Head", "Attribution");
+    println!("  {:<12} {:>12}", "-".repeat(12), "-".repeat(12));
+    for s in a.top_heads.iter().take(10) {
+        println!("  {:<12} {:>12.4}", s.name, s.score);
+    }
+    if let Some(l) = &a.logit_lens {
+        println!();
+        print_lens(model, l);
+    }
+    Ok(())
+}
+
+pub fn run_patch(model: &Model, c: &ContrastArgs, direction: &str, top: usize, json: bool) -> Result<()> {
+    let contrast = c.build(model)?;
+    let direction = match direction {
+        "into_clean" => Direction::IntoClean,
+        "into_corrupted" => Direction::IntoCorrupted,
+        o => bail!("unknown direction `{o}`; use into_clean or into_corrupted"),
+    };
+    let p = exact_patching(model, &contrast, direction)?;
+    if json {
+        return print_json(&p);
+    }
+    print_contrast(&contrast);
+    println!("base LD {:.4}   source LD {:.4}", p.base_ld, p.source_ld);
+    let mut all: Vec<(String, f32, f32)> = Vec::new();
+    for (l, row) in p.heads.iter().enumerate() {
+        for (h, &ld) in row.iter().enumerate() {
+            all.push((Head { layer: l, head: h }.to_string(), ld, p.head_effects[l][h]));
+        }
+        all.push((format!("MLP{l:02}"), p.mlps[l], p.mlp_effects[l]));
+    }
+    all.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+    println!("{:<10} {:>12} {:>10}", "component", "patched LD", "effect");
+    for (n, ld, e) in all.iter().take(top) {
+        println!("{:<10} {:>12.4} {:>10.4}", n, ld, e);
     }
     Ok(())
 }

@@ -1,11 +1,15 @@
 //! Interpretability methods: each is a function of the model and its inputs that returns a
 //! plain serialisable result, with the key names of the Glassbox reference tool.
 
+pub mod analyze;
 pub mod attention;
 pub mod attribution;
+pub mod circuit;
 pub mod contrast;
 pub mod edges;
+pub mod faithfulness;
 pub mod logit_lens;
+pub mod patching;
 pub mod token_attribution;
 
 use std::fmt;

@@ -1,0 +1,123 @@
+//! The minimum faithful circuit: heads added greedily in order of attribution until the exact
+//! sufficiency reaches the target (or the cap), then each head removed whose removal keeps the
+//! target, least attributed first. Every step is judged by exact ablation runs
+//! (`faithfulness::CircuitEvaluator`), four candidates per batched forward.
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::methods::faithfulness::{Circuit, CircuitEvaluator, Faithfulness};
+use crate::methods::Head;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `"add"` or `"remove"`.
+    pub action: String,
+    pub head: Head,
+    pub size: usize,
+    pub sufficiency: f32,
+    pub comprehensiveness: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CircuitSearch {
+    pub circuit: Vec<Head>,
+    pub faithfulness: Faithfulness,
+    pub target: f32,
+    /// Whether the target sufficiency was reached within the cap.
+    pub reached: bool,
+    pub trajectory: Vec<Step>,
+}
+
+/// Heads by decreasing attribution (the heads that push towards the correct answer first).
+pub fn heads_by_attribution(attributions: &[Vec<f32>]) -> Vec<Head> {
+    let mut heads: Vec<(Head, f32)> = attributions
+        .iter()
+        .enumerate()
+        .flat_map(|(layer, row)| row.iter().enumerate().map(move |(head, &a)| (Head { layer, head }, a)))
+        .collect();
+    heads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    heads.into_iter().map(|(h, _)| h).collect()
+}
+
+const BATCH: usize = 4;
+
+pub fn minimum_faithful_circuit(ev: &CircuitEvaluator, attributions: &[Vec<f32>], target: f32, cap: usize) -> Result<CircuitSearch> {
+    let order = heads_by_attribution(attributions);
+    let cap = cap.min(order.len()).max(1);
+    let mut trajectory = Vec::new();
+    let circuit_of = |heads: &[Head]| Circuit { heads: heads.to_vec(), mlps: vec![] };
+
+    // Growth by prefixes of the attribution order.
+    let mut chosen: Option<(usize, Faithfulness)> = None;
+    let mut best: Option<(usize, Faithfulness)> = None;
+    let mut k = 1;
+    while k <= cap && chosen.is_none() {
+        let sizes: Vec<usize> = (k..(k + BATCH).min(cap + 1)).collect();
+        let circuits: Vec<Circuit> = sizes.iter().map(|&s| circuit_of(&order[..s])).collect();
+        for (s, f) in sizes.iter().zip(ev.evaluate(&circuits)?) {
+            if chosen.is_some() {
+                break;
+            }
+            trajectory.push(Step {
+                action: "add".into(),
+                head: order[s - 1],
+                size: *s,
+                sufficiency: f.sufficiency,
+                comprehensiveness: f.comprehensiveness,
+            });
+            if best.as_ref().is_none_or(|(_, b)| f.sufficiency > b.sufficiency) {
+                best = Some((*s, f.clone()));
+            }
+            if f.sufficiency >= target {
+                chosen = Some((*s, f));
+            }
+        }
+        k += sizes.len();
+    }
+    let reached = chosen.is_some();
+    let (size, mut faith) = match chosen.or(best) {
+        Some(x) => x,
+        None => return Err(crate::error::Error::Invalid("the model has no heads".into())),
+    };
+    let mut circuit: Vec<Head> = order[..size].to_vec();
+
+    // Pruning, least attributed first, only when the target was reached.
+    if reached {
+        let mut candidates: Vec<Head> = circuit.iter().rev().copied().collect();
+        while !candidates.is_empty() && circuit.len() > 1 {
+            let batch: Vec<Head> = candidates.iter().take(BATCH).copied().collect();
+            let trials: Vec<Circuit> = batch
+                .iter()
+                .map(|h| circuit_of(&circuit.iter().filter(|c| *c != h).copied().collect::<Vec<_>>()))
+                .collect();
+            let results = ev.evaluate(&trials)?;
+            let accepted = batch.iter().zip(results).position(|(_, f)| f.sufficiency >= target);
+            match accepted {
+                Some(i) => {
+                    let h = batch[i];
+                    circuit.retain(|c| *c != h);
+                    faith = ev.evaluate(&[circuit_of(&circuit)])?.remove(0);
+                    trajectory.push(Step {
+                        action: "remove".into(),
+                        head: h,
+                        size: circuit.len(),
+                        sufficiency: faith.sufficiency,
+                        comprehensiveness: faith.comprehensiveness,
+                    });
+                    candidates.drain(..=i);
+                }
+                None => {
+                    candidates.drain(..batch.len());
+                }
+            }
+        }
+    }
+    Ok(CircuitSearch {
+        circuit,
+        faithfulness: faith,
+        target,
+        reached,
+        trajectory,
+    })
+}

@@ -1,0 +1,98 @@
+//! Exact patching and faithfulness: batched runs against independent full runs, and the
+//! identities at the ends (everything patched, nothing ablated, the full and empty circuits).
+
+mod common;
+
+use candle_core::DType;
+use common::load_tiny;
+use glassbox::methods::faithfulness::{faithfulness, Ablation, Circuit, CircuitEvaluator};
+use glassbox::methods::patching::{exact_patching, Direction};
+use glassbox::methods::{Contrast, Head};
+use glassbox::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+
+const IOI: &str = "When Mary and John went to the store, John gave a drink to";
+
+fn ld(model: &Model, tokens: &[u32], c: &Contrast, hooks: Hooks) -> f32 {
+    let out = model.forward(&Batch::new(&[tokens.to_vec()]).unwrap(), &hooks.last_logits_only()).unwrap();
+    out.logit_diff(&[c.correct_id], &[c.incorrect_id]).unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()[0]
+}
+
+#[test]
+fn batched_exact_patching_equals_independent_runs() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let model = load_tiny(name);
+        let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+        for direction in [Direction::IntoClean, Direction::IntoCorrupted] {
+            let p = exact_patching(&model, &c, direction).unwrap();
+            let (base, source) = match direction {
+                Direction::IntoClean => (&c.clean, &c.corrupted),
+                Direction::IntoCorrupted => (&c.corrupted, &c.clean),
+            };
+            let points: Vec<HookPoint> = (0..2).flat_map(|l| [HookPoint::Z(l), HookPoint::MlpOut(l)]).collect();
+            let src = model.forward(&Batch::new(&[source.clone()]).unwrap(), &Hooks::new().cache(points)).unwrap();
+            for l in 0..2 {
+                for h in 0..model.config.n_heads {
+                    let z = src.cache.get(HookPoint::Z(l)).unwrap().clone();
+                    let full = ld(&model, base, &c, Hooks::new().intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z)).heads(vec![h])));
+                    assert!((full - p.heads[l][h]).abs() <= 1e-5, "{name} {direction:?} L{l}H{h}: {full} vs {}", p.heads[l][h]);
+                }
+                let m = src.cache.get(HookPoint::MlpOut(l)).unwrap().clone();
+                let full = ld(&model, base, &c, Hooks::new().intervene(Intervention::new(HookPoint::MlpOut(l), Action::Replace(m))));
+                assert!((full - p.mlps[l]).abs() <= 1e-5, "{name} MLP{l}");
+            }
+        }
+    }
+}
+
+#[test]
+fn patching_everything_reproduces_the_corrupted_run() {
+    let model = load_tiny("tiny-llama");
+    let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+    let mut points = vec![HookPoint::Embed];
+    points.extend((0..2).flat_map(|l| [HookPoint::Z(l), HookPoint::MlpOut(l)]));
+    let corr = model.forward(&Batch::new(&[c.corrupted.clone()]).unwrap(), &Hooks::new().cache(points.iter().copied())).unwrap();
+    let mut hooks = Hooks::new();
+    for p in &points {
+        hooks = hooks.intervene(Intervention::new(*p, Action::Replace(corr.cache.get(*p).unwrap().clone())));
+    }
+    let all = ld(&model, &c.clean, &c, hooks);
+    let corrupted = ld(&model, &c.corrupted, &c, Hooks::new());
+    assert!((all - corrupted).abs() <= 1e-5, "{all} vs {corrupted}");
+    assert!((ld(&model, &c.clean, &c, Hooks::new()) - ld(&model, &c.clean, &c, Hooks::new().cache_all())).abs() == 0.0);
+}
+
+#[test]
+fn full_and_empty_circuits() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let model = load_tiny(name);
+        let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+        let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+        for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean] {
+            for include_mlps in [false, true] {
+                let ev = CircuitEvaluator::new(&model, &c, ablation, include_mlps, None).unwrap();
+                let full = Circuit { heads: all_heads.clone(), mlps: if include_mlps { vec![0, 1] } else { vec![] } };
+                let r = ev.evaluate(&[full, Circuit::default()]).unwrap();
+                assert!((r[0].sufficiency - 1.0).abs() < 1e-5, "{name} {ablation:?}: full sufficiency {}", r[0].sufficiency);
+                assert!((r[0].comprehensiveness - 1.0).abs() < 1e-5);
+                assert!(r[1].comprehensiveness.abs() < 1e-5, "empty comprehensiveness {}", r[1].comprehensiveness);
+                assert!(r[1].sufficiency.abs() < 1e-5);
+            }
+        }
+        // One circuit's figures against hand-made ablation runs.
+        let circuit = Circuit { heads: vec![Head { layer: 1, head: 0 }, Head { layer: 0, head: 2 }], mlps: vec![] };
+        let f = faithfulness(&model, &c, &circuit, Ablation::Resample, false, None).unwrap();
+        let corr = model.forward(&Batch::new(&[c.corrupted.clone()]).unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
+        let z = |l| corr.cache.get(HookPoint::Z(l)).unwrap().clone();
+        let only = Hooks::new()
+            .intervene(Intervention::new(HookPoint::Z(0), Action::Replace(z(0))).heads(vec![0, 1, 3]))
+            .intervene(Intervention::new(HookPoint::Z(1), Action::Replace(z(1))).heads(vec![1, 2, 3]));
+        assert!((ld(&model, &c.clean, &c, only) - f.ld_circuit_only).abs() < 1e-5);
+        let without = Hooks::new()
+            .intervene(Intervention::new(HookPoint::Z(0), Action::Replace(z(0))).heads(vec![2]))
+            .intervene(Intervention::new(HookPoint::Z(1), Action::Replace(z(1))).heads(vec![0]));
+        assert!((ld(&model, &c.clean, &c, without) - f.ld_circuit_ablated).abs() < 1e-5);
+        let (s, k) = (f.sufficiency.max(0.0), f.comprehensiveness.max(0.0));
+        let expected = if s + k > 0.0 { 2.0 * s * k / (s + k) } else { 0.0 };
+        assert!((f.f1 - expected).abs() < 1e-6, "{name}: f1 {} for {} and {}", f.f1, f.sufficiency, f.comprehensiveness);
+    }
+}
