@@ -58,8 +58,32 @@ enum Command {
     Analyze {
         #[command(flatten)]
         model: ModelArg,
-        #[command(flatten)]
-        contrast: ContrastArgs,
+        /// The prompt (or give --task).
+        #[arg(long, required_unless_present = "task")]
+        prompt: Option<String>,
+        /// The answer the model should give, e.g. " Mary" (one token).
+        #[arg(long, required_unless_present = "task")]
+        correct: Option<String>,
+        /// The competing answer, e.g. " John" (one token).
+        #[arg(long, required_unless_present = "task")]
+        incorrect: Option<String>,
+        /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
+        #[arg(long)]
+        corrupted: Option<String>,
+        /// Run over a generated prompt set instead: `ioi`.
+        #[arg(long, conflicts_with_all = ["prompt", "correct", "incorrect", "corrupted"])]
+        task: Option<String>,
+        /// Prompts in the task set.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Task corruption: name_swap or abc.
+        #[arg(long, default_value = "name_swap")]
+        corruption: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bootstrap resamples for the task's confidence intervals.
+        #[arg(long, default_value_t = 1000)]
+        n_boot: usize,
         /// Attribution used to rank heads: taylor or integrated_gradients.
         #[arg(long, default_value = "taylor")]
         method: String,
@@ -339,9 +363,39 @@ fn main() -> Result<()> {
             let m = load_model(&model)?;
             cache(&m, &prompt, &hooks, &out)?;
         }
-        Command::Analyze { model, contrast, method, n_steps, target, max_heads, ablation, logit_lens, json } => {
+        Command::Analyze {
+            model,
+            prompt,
+            correct,
+            incorrect,
+            corrupted,
+            task,
+            n,
+            corruption,
+            seed,
+            n_boot,
+            method,
+            n_steps,
+            target,
+            max_heads,
+            ablation,
+            logit_lens,
+            json,
+        } => {
             let m = load_model(&model)?;
-            methods::run_analyze(&m, &contrast, &method, n_steps, target, max_heads, &ablation, logit_lens, json)?;
+            let opts = methods::analyze_options(&method, n_steps, target, max_heads, &ablation, logit_lens)?;
+            match task {
+                Some(task) => methods::run_analyze_task(&m, &task, n, &corruption, seed, n_boot, &opts, json)?,
+                None => {
+                    let contrast = ContrastArgs {
+                        prompt: prompt.unwrap_or_default(),
+                        correct: correct.unwrap_or_default(),
+                        incorrect: incorrect.unwrap_or_default(),
+                        corrupted,
+                    };
+                    methods::run_analyze(&m, &contrast, &opts, json)?;
+                }
+            }
         }
         Command::Patch { model, contrast, direction, top, json } => {
             let m = load_model(&model)?;

@@ -207,10 +207,8 @@ pub fn run_edges(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, 
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run_analyze(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, target: f32, max_heads: usize, ablation: &str, lens: bool, json: bool) -> Result<()> {
-    let contrast = c.build(model)?;
-    let opts = AnalyzeOptions {
+pub fn analyze_options(method: &str, n_steps: usize, target: f32, max_heads: usize, ablation: &str, lens: bool) -> Result<AnalyzeOptions> {
+    Ok(AnalyzeOptions {
         method: method.parse()?,
         n_steps,
         target,
@@ -218,15 +216,10 @@ pub fn run_analyze(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize
         ablation: ablation.parse()?,
         include_mlps: false,
         logit_lens: lens,
-    };
-    let a = analyze(model, &contrast, &opts)?;
-    if json {
-        return print_json(&a);
-    }
-    let f = &a.faithfulness;
-    print_contrast(&contrast);
-    println!("clean LD {:.4}   corrupted LD {:.4}", a.clean_ld, a.corrupted_ld);
-    println!();
+    })
+}
+
+fn print_faithfulness(f: &glassbox::methods::faithfulness::Faithfulness, circuit: &[Head], reached: bool) {
     println!("  Sufficiency      : {:.1}%  (exact, {:?} ablation)", 100.0 * f.sufficiency, f.ablation);
     if let Some(t) = f.taylor_sufficiency {
         println!("  Sufficiency ≈    : {:.1}%  (first-order Taylor estimate, for comparison)", 100.0 * t);
@@ -234,8 +227,20 @@ pub fn run_analyze(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize
     println!("  Comprehensiveness: {:.1}%", 100.0 * f.comprehensiveness);
     println!("  F1-score         : {:.1}%", 100.0 * f.f1);
     println!("  Category         : {}", f.category);
-    let names: Vec<String> = a.circuit.iter().map(|h| h.to_string()).collect();
-    println!("  Circuit ({} heads{}): {}", a.circuit.len(), if a.target_reached { "" } else { ", target not reached" }, names.join(" "));
+    let names: Vec<String> = circuit.iter().map(|h| h.to_string()).collect();
+    println!("  Circuit ({} heads{}): {}", circuit.len(), if reached { "" } else { ", target not reached" }, names.join(" "));
+}
+
+pub fn run_analyze(model: &Model, c: &ContrastArgs, opts: &AnalyzeOptions, json: bool) -> Result<()> {
+    let contrast = c.build(model)?;
+    let a = analyze(model, &contrast, opts)?;
+    if json {
+        return print_json(&a);
+    }
+    print_contrast(&contrast);
+    println!("clean LD {:.4}   corrupted LD {:.4}", a.clean_ld, a.corrupted_ld);
+    println!();
+    print_faithfulness(&a.faithfulness, &a.circuit, a.target_reached);
     println!();
     println!("  {:<12} {:>12}", "Head", "Attribution");
     println!("  {:<12} {:>12}", "-".repeat(12), "-".repeat(12));
@@ -273,6 +278,44 @@ pub fn run_patch(model: &Model, c: &ContrastArgs, direction: &str, top: usize, j
     println!("{:<10} {:>12} {:>10}", "component", "patched LD", "effect");
     for (n, ld, e) in all.iter().take(top) {
         println!("{:<10} {:>12.4} {:>10.4}", n, ld, e);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, seed: u64, n_boot: usize, opts: &AnalyzeOptions, json: bool) -> Result<()> {
+    if task != "ioi" {
+        bail!("unknown task `{task}`; the tasks are: ioi");
+    }
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let prompts = glassbox::tasks::ioi::generate(model, n, seed, corruption.parse()?)?;
+    let contrasts = glassbox::tasks::ioi::contrasts(model, &prompts)?;
+    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |done: usize, total: usize, stage: &str| {
+        if show {
+            eprint!("\r{stage}: {done}/{total}          ");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let a = glassbox::methods::analyze::analyze_set(model, &contrasts, opts, n_boot, seed, &mut progress)?;
+    if json {
+        return print_json(&a);
+    }
+    println!("task ioi: {} prompts ({corruption} corruption, seed {seed})", a.n);
+    println!("mean clean LD {:.4}   mean corrupted LD {:.4}", a.mean_clean_ld, a.mean_corrupted_ld);
+    println!();
+    print_faithfulness(&a.faithfulness, &a.circuit, a.target_reached);
+    let b = &a.bootstrap;
+    println!("  95% CI ({} resamples): sufficiency [{:.3}, {:.3}]  comprehensiveness [{:.3}, {:.3}]  F1 [{:.3}, {:.3}]",
+        b.n_boot, b.sufficiency.ci_lo, b.sufficiency.ci_hi, b.comprehensiveness.ci_lo, b.comprehensiveness.ci_hi, b.f1.ci_lo, b.f1.ci_hi);
+    println!();
+    println!("  {:<12} {:>12}", "Head", "Mean attr.");
+    for s in a.top_heads.iter().take(10) {
+        println!("  {:<12} {:>12.4}", s.name, s.score);
     }
     Ok(())
 }

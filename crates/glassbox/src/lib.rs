@@ -19,6 +19,7 @@ pub mod error;
 pub mod methods;
 pub mod model;
 pub mod registry;
+pub mod tasks;
 
 pub use error::{Error, Result};
 pub use model::{

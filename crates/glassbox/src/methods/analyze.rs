@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::methods::attribution::{attribute, Component, Method, Scored};
+use crate::methods::bootstrap::{bootstrap, Bootstrap};
 use crate::methods::circuit::{minimum_faithful_circuit, Step};
 use crate::methods::faithfulness::{taylor_sufficiency, Ablation, Circuit, CircuitEvaluator, Faithfulness};
 use crate::methods::logit_lens::{logit_lens, LogitLens};
@@ -93,5 +94,111 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
         target_reached: search.reached,
         trajectory: search.trajectory,
         logit_lens,
+    })
+}
+
+/// `analyze` over a prompt set: mean attributions, one circuit judged on all prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetAnalysis {
+    pub model: String,
+    pub n: usize,
+    pub method: Method,
+    pub mean_clean_ld: f32,
+    pub mean_corrupted_ld: f32,
+    pub circuit: Vec<Head>,
+    /// Mean attribution per head.
+    pub attributions: BTreeMap<String, f32>,
+    pub top_heads: Vec<Scored>,
+    pub faithfulness: Faithfulness,
+    pub target_reached: bool,
+    pub trajectory: Vec<Step>,
+    /// Percentile bootstrap of the exact figures over the prompts.
+    pub bootstrap: Bootstrap,
+    pub prompts: Vec<PromptFigures>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptFigures {
+    pub prompt: String,
+    pub corrupted_prompt: String,
+    pub clean_ld: f32,
+    pub corrupted_ld: f32,
+    pub ld_circuit_only: f32,
+    pub ld_circuit_ablated: f32,
+}
+
+/// Runs `analyze` over a prompt set; `progress(done, total, stage)` is called as it goes.
+pub fn analyze_set(
+    model: &Model,
+    contrasts: &[Contrast],
+    opts: &AnalyzeOptions,
+    n_boot: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<SetAnalysis> {
+    let cfg = &model.config;
+    let n = contrasts.len();
+    if n == 0 {
+        return Err(crate::error::Error::Invalid("the prompt set is empty".into()));
+    }
+    let mut sum = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
+    let (mut clean, mut corrupted) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (i, c) in contrasts.iter().enumerate() {
+        let a = attribute(model, c, Component::Heads, opts.method, opts.n_steps)?;
+        for (row, s) in sum.iter_mut().zip(&a.scores) {
+            for (x, y) in row.iter_mut().zip(s) {
+                *x += y / n as f32;
+            }
+        }
+        clean.push(a.clean_ld);
+        corrupted.push(a.corrupted_ld);
+        progress(i + 1, n, "attribution");
+    }
+    progress(0, 1, "ablation baselines");
+    let ev = CircuitEvaluator::for_set(model, contrasts, opts.ablation, opts.include_mlps, None)?;
+    progress(0, 1, "circuit search");
+    let search = minimum_faithful_circuit(&ev, &sum, opts.target, opts.max_heads)?;
+    let circuit = Circuit { heads: search.circuit.clone(), mlps: vec![] };
+    let lds = ev.prompt_lds(std::slice::from_ref(&circuit))?.remove(0);
+    let mean_clean = clean.iter().sum::<f32>() / n as f32;
+    let mut faithfulness = search.faithfulness;
+    faithfulness.taylor_sufficiency = Some(taylor_sufficiency(&circuit, &sum, mean_clean));
+    let mut named = BTreeMap::new();
+    let mut flat = Vec::new();
+    for (layer, row) in sum.iter().enumerate() {
+        for (head, &s) in row.iter().enumerate() {
+            let h = Head { layer, head };
+            named.insert(h.to_string(), s);
+            flat.push(Scored { name: h.to_string(), layer, head: Some(head), score: s });
+        }
+    }
+    flat.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    flat.truncate(20);
+    Ok(SetAnalysis {
+        model: model.name.clone(),
+        n,
+        method: opts.method,
+        mean_clean_ld: mean_clean,
+        mean_corrupted_ld: corrupted.iter().sum::<f32>() / n as f32,
+        circuit: search.circuit,
+        attributions: named,
+        top_heads: flat,
+        faithfulness,
+        target_reached: search.reached,
+        trajectory: search.trajectory,
+        bootstrap: bootstrap(&lds, n_boot, 0.05, seed),
+        prompts: contrasts
+            .iter()
+            .zip(&lds)
+            .zip(&corrupted)
+            .map(|((c, l), &corr)| PromptFigures {
+                prompt: c.clean_prompt.clone(),
+                corrupted_prompt: c.corrupted_prompt.clone(),
+                clean_ld: l.clean_ld,
+                corrupted_ld: corr,
+                ld_circuit_only: l.ld_circuit_only,
+                ld_circuit_ablated: l.ld_circuit_ablated,
+            })
+            .collect(),
     })
 }

@@ -97,77 +97,103 @@ pub fn f1(s: f32, c: f32) -> f32 {
     }
 }
 
-/// Evaluates many circuits against one contrast, batched: ablation values computed once.
-pub struct CircuitEvaluator<'a> {
-    model: &'a Model,
-    contrast: &'a Contrast,
-    include_mlps: bool,
+/// One prompt's state in a `CircuitEvaluator`.
+struct PromptState {
+    contrast: Contrast,
     /// Per layer: the ablation value of `hook_z` and of `hook_mlp_out`, `[1, p, ...]`.
     values: Vec<(Tensor, Tensor)>,
-    pub ablation: Ablation,
+    clean_ld: f32,
+    all_ablated_ld: f32,
+}
+
+/// LDs of one circuit on one prompt: the circuit alone, and the circuit ablated.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptLds {
     pub clean_ld: f32,
-    pub all_ablated_ld: f32,
+    pub ld_circuit_only: f32,
+    pub ld_circuit_ablated: f32,
+    pub ld_all_ablated: f32,
+}
+
+/// Evaluates many circuits against one or more contrasts (a prompt set), batched; the ablation
+/// values are computed once. Over a prompt set the figures are ratios of sums:
+/// `sufficiency = Σ(ld_only − B) / Σ(LD_clean − B)` and likewise comprehensiveness.
+pub struct CircuitEvaluator<'a> {
+    model: &'a Model,
+    include_mlps: bool,
+    prompts: Vec<PromptState>,
+    pub ablation: Ablation,
 }
 
 impl<'a> CircuitEvaluator<'a> {
     /// `mean_set`: the prompts (same token count as the contrast) whose mean activations
-    /// `Ablation::Mean` uses; by default the clean and corrupted prompts.
-    pub fn new(model: &'a Model, contrast: &'a Contrast, ablation: Ablation, include_mlps: bool, mean_set: Option<&[Vec<u32>]>) -> Result<Self> {
+    /// `Ablation::Mean` uses; by default each prompt's clean and corrupted runs.
+    pub fn new(model: &'a Model, contrast: &Contrast, ablation: Ablation, include_mlps: bool, mean_set: Option<&[Vec<u32>]>) -> Result<Self> {
+        Self::for_set(model, std::slice::from_ref(contrast), ablation, include_mlps, mean_set)
+    }
+
+    pub fn for_set(model: &'a Model, contrasts: &[Contrast], ablation: Ablation, include_mlps: bool, mean_set: Option<&[Vec<u32>]>) -> Result<Self> {
+        if contrasts.is_empty() {
+            return Err(Error::Invalid("no prompts to evaluate the circuit on".into()));
+        }
         let layers = model.config.n_layers;
         let points: Vec<HookPoint> = (0..layers).flat_map(|l| [HookPoint::Z(l), HookPoint::MlpOut(l)]).collect();
-        let set: Vec<Vec<u32>> = match (ablation, mean_set) {
-            (Ablation::Mean, Some(s)) => {
-                if s.iter().any(|t| t.len() != contrast.n_pos()) {
-                    return Err(Error::Invalid("mean ablation prompts must have the clean prompt's token count".into()));
+        let mut prompts = Vec::with_capacity(contrasts.len());
+        for contrast in contrasts {
+            let set: Vec<Vec<u32>> = match (ablation, mean_set) {
+                (Ablation::Mean, Some(s)) => {
+                    if s.iter().any(|t| t.len() != contrast.n_pos()) {
+                        return Err(Error::Invalid("mean ablation prompts must have the clean prompt's token count".into()));
+                    }
+                    s.to_vec()
                 }
-                s.to_vec()
-            }
-            _ => vec![contrast.clean.clone(), contrast.corrupted.clone()],
-        };
-        let out = model.forward(&Batch::new(&set)?, &Hooks::new().cache(points.iter().copied()).last_logits_only())?;
-        let values = (0..layers)
-            .map(|l| {
-                let pick = |p: HookPoint| -> Result<Tensor> {
-                    let a = out.cache.get(p)?;
-                    Ok(match ablation {
-                        Ablation::Resample => a.narrow(0, 1, 1)?,
-                        Ablation::Mean => a.mean_keepdim(0)?,
-                        Ablation::Zero => a.narrow(0, 0, 1)?.zeros_like()?,
-                    })
-                };
-                Ok((pick(HookPoint::Z(l))?, pick(HookPoint::MlpOut(l))?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let clean_batch = Batch::new(&[contrast.clean.clone()])?;
-        let clean = model.forward(&clean_batch, &Hooks::new().last_logits_only())?;
-        let clean_ld = clean.logit_diff(&[contrast.correct_id], &[contrast.incorrect_id])?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0];
-        let mut ev = CircuitEvaluator {
-            model,
-            contrast,
-            include_mlps,
-            values,
-            ablation,
-            clean_ld,
-            all_ablated_ld: 0.0,
-        };
-        let all = ev.run(&[Ablate::Complement(&Circuit::default())])?;
-        ev.all_ablated_ld = all[0];
+                _ => vec![contrast.clean.clone(), contrast.corrupted.clone()],
+            };
+            let out = model.forward(&Batch::new(&set)?, &Hooks::new().cache(points.iter().copied()).last_logits_only())?;
+            let values = (0..layers)
+                .map(|l| {
+                    let pick = |p: HookPoint| -> Result<Tensor> {
+                        let a = out.cache.get(p)?;
+                        Ok(match ablation {
+                            Ablation::Resample => a.narrow(0, 1, 1)?,
+                            Ablation::Mean => a.mean_keepdim(0)?,
+                            Ablation::Zero => a.narrow(0, 0, 1)?.zeros_like()?,
+                        })
+                    };
+                    Ok((pick(HookPoint::Z(l))?, pick(HookPoint::MlpOut(l))?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            prompts.push(PromptState { contrast: contrast.clone(), values, clean_ld: 0.0, all_ablated_ld: 0.0 });
+        }
+        let mut ev = CircuitEvaluator { model, include_mlps, prompts, ablation };
+        let empty = Circuit::default();
+        for i in 0..ev.prompts.len() {
+            let lds = ev.run(i, &[Ablate::Nothing, Ablate::Complement(&empty)])?;
+            ev.prompts[i].clean_ld = lds[0];
+            ev.prompts[i].all_ablated_ld = lds[1];
+        }
         Ok(ev)
     }
 
-    /// LDs of the clean prompt with the given ablations, one row each, in chunks of 8 rows.
-    fn run(&self, rows: &[Ablate]) -> Result<Vec<f32>> {
+    pub fn n_prompts(&self) -> usize {
+        self.prompts.len()
+    }
+
+    /// LDs of prompt `i`'s clean run with the given ablations, one row each, 8 rows a batch.
+    fn run(&self, i: usize, rows: &[Ablate]) -> Result<Vec<f32>> {
         let cfg = &self.model.config;
+        let st = &self.prompts[i];
         let mut lds = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(8) {
             let n = chunk.len();
             let mut hooks = Hooks::new().last_logits_only();
             for l in 0..cfg.n_layers {
-                let (z, mlp) = &self.values[l];
+                let (z, mlp) = &st.values[l];
                 for (r, ab) in chunk.iter().enumerate() {
                     let (circuit, complement) = match ab {
                         Ablate::Complement(c) => (*c, true),
                         Ablate::Circuit(c) => (*c, false),
+                        Ablate::Nothing => continue,
                     };
                     let in_circuit: Vec<usize> = circuit.heads.iter().filter(|h| h.layer == l).map(|h| h.head).collect();
                     let heads: Vec<usize> = (0..cfg.n_heads).filter(|h| in_circuit.contains(h) != complement).collect();
@@ -179,16 +205,15 @@ impl<'a> CircuitEvaluator<'a> {
                     }
                 }
             }
-            let batch = Batch::new(&vec![self.contrast.clean.clone(); n])?;
+            let batch = Batch::new(&vec![st.contrast.clean.clone(); n])?;
             let out = self.model.forward(&batch, &hooks)?;
-            let ld = out.logit_diff(&vec![self.contrast.correct_id; n], &vec![self.contrast.incorrect_id; n])?;
+            let ld = out.logit_diff(&vec![st.contrast.correct_id; n], &vec![st.contrast.incorrect_id; n])?;
             lds.extend(ld.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
         Ok(lds)
     }
 
-    /// Exact faithfulness of each circuit (two ablated runs per circuit, batched).
-    pub fn evaluate(&self, circuits: &[Circuit]) -> Result<Vec<Faithfulness>> {
+    fn check(&self, circuits: &[Circuit]) -> Result<()> {
         let cfg = &self.model.config;
         for c in circuits {
             for h in &c.heads {
@@ -201,35 +226,65 @@ impl<'a> CircuitEvaluator<'a> {
                 return Err(Error::LayerOutOfRange { layer: l, n_layers: cfg.n_layers });
             }
         }
+        Ok(())
+    }
+
+    /// Per circuit, per prompt: the LDs of the ablation runs (two runs per circuit and prompt).
+    pub fn prompt_lds(&self, circuits: &[Circuit]) -> Result<Vec<Vec<PromptLds>>> {
+        self.check(circuits)?;
         let rows: Vec<Ablate> = circuits.iter().flat_map(|c| [Ablate::Complement(c), Ablate::Circuit(c)]).collect();
-        let lds = self.run(&rows)?;
-        let span = self.clean_ld - self.all_ablated_ld;
-        let norm = |x: f32| if span.abs() > 1e-12 { x / span } else { 0.0 };
-        Ok(lds
-            .chunks(2)
-            .map(|p| {
-                let s = norm(p[0] - self.all_ablated_ld);
-                let c = norm(self.clean_ld - p[1]);
-                Faithfulness {
-                    sufficiency: s,
-                    comprehensiveness: c,
-                    f1: f1(s, c),
-                    category: category(s, c).to_string(),
-                    suff_is_approx: false,
-                    taylor_sufficiency: None,
-                    clean_ld: self.clean_ld,
-                    ld_circuit_only: p[0],
-                    ld_circuit_ablated: p[1],
-                    ld_all_ablated: self.all_ablated_ld,
-                    ablation: self.ablation,
-                    include_mlps: self.include_mlps,
-                }
-            })
+        let mut per_circuit = vec![Vec::with_capacity(self.prompts.len()); circuits.len()];
+        for (i, st) in self.prompts.iter().enumerate() {
+            let lds = self.run(i, &rows)?;
+            for (k, pair) in lds.chunks(2).enumerate() {
+                per_circuit[k].push(PromptLds {
+                    clean_ld: st.clean_ld,
+                    ld_circuit_only: pair[0],
+                    ld_circuit_ablated: pair[1],
+                    ld_all_ablated: st.all_ablated_ld,
+                });
+            }
+        }
+        Ok(per_circuit)
+    }
+
+    /// Exact faithfulness of each circuit over the prompt set.
+    pub fn evaluate(&self, circuits: &[Circuit]) -> Result<Vec<Faithfulness>> {
+        Ok(self
+            .prompt_lds(circuits)?
+            .iter()
+            .map(|lds| figures(lds, self.ablation, self.include_mlps))
             .collect())
     }
 }
 
+/// Faithfulness from per-prompt LDs (ratios of sums; averages of the LDs).
+pub fn figures(lds: &[PromptLds], ablation: Ablation, include_mlps: bool) -> Faithfulness {
+    let n = lds.len().max(1) as f32;
+    let sum = |f: &dyn Fn(&PromptLds) -> f32| lds.iter().map(f).sum::<f32>();
+    let span = sum(&|p| p.clean_ld - p.ld_all_ablated);
+    let norm = |x: f32| if span.abs() > 1e-12 { x / span } else { 0.0 };
+    let s = norm(sum(&|p| p.ld_circuit_only - p.ld_all_ablated));
+    let c = norm(sum(&|p| p.clean_ld - p.ld_circuit_ablated));
+    Faithfulness {
+        sufficiency: s,
+        comprehensiveness: c,
+        f1: f1(s, c),
+        category: category(s, c).to_string(),
+        suff_is_approx: false,
+        taylor_sufficiency: None,
+        clean_ld: sum(&|p| p.clean_ld) / n,
+        ld_circuit_only: sum(&|p| p.ld_circuit_only) / n,
+        ld_circuit_ablated: sum(&|p| p.ld_circuit_ablated) / n,
+        ld_all_ablated: sum(&|p| p.ld_all_ablated) / n,
+        ablation,
+        include_mlps,
+    }
+}
+
 enum Ablate<'c> {
+    /// The clean run as it is.
+    Nothing,
     /// Ablate everything in the universe except the circuit.
     Complement(&'c Circuit),
     /// Ablate the circuit.

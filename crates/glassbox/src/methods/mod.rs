@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod attention;
 pub mod attribution;
+pub mod bootstrap;
 pub mod circuit;
 pub mod contrast;
 pub mod edges;

@@ -1,0 +1,74 @@
+//! Percentile bootstrap confidence intervals of the exact faithfulness figures over a prompt set:
+//! prompts are resampled with replacement `n_boot` times (seeded) and the ratio-of-sums figures
+//! recomputed on each resample.
+
+use serde::Serialize;
+
+use crate::methods::faithfulness::{figures, Ablation, PromptLds};
+use crate::tasks::Rng;
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interval {
+    /// The figure on the whole prompt set.
+    pub mean: f32,
+    /// Standard deviation of the bootstrap distribution (the standard error).
+    pub std: f32,
+    pub ci_lo: f32,
+    pub ci_hi: f32,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Bootstrap {
+    pub sufficiency: Interval,
+    pub comprehensiveness: Interval,
+    pub f1: Interval,
+    pub n_boot: usize,
+    pub alpha: f32,
+    pub seed: u64,
+}
+
+/// The `q`-quantile of sorted values (linear interpolation).
+pub fn quantile(sorted: &[f32], q: f32) -> f32 {
+    if sorted.is_empty() {
+        return f32::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
+}
+
+fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) -> Interval {
+    samples.sort_by(f32::total_cmp);
+    let m = samples.iter().sum::<f32>() / samples.len().max(1) as f32;
+    let var = samples.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / (samples.len().max(2) - 1) as f32;
+    Interval {
+        mean: point,
+        std: var.sqrt(),
+        ci_lo: quantile(&samples, alpha / 2.0),
+        ci_hi: quantile(&samples, 1.0 - alpha / 2.0),
+        n,
+    }
+}
+
+pub fn bootstrap(lds: &[PromptLds], n_boot: usize, alpha: f32, seed: u64) -> Bootstrap {
+    let n = lds.len();
+    let point = figures(lds, Ablation::Resample, false);
+    let mut rng = Rng::new(seed);
+    let (mut s, mut c, mut f) = (Vec::with_capacity(n_boot), Vec::with_capacity(n_boot), Vec::with_capacity(n_boot));
+    for _ in 0..n_boot {
+        let sample: Vec<PromptLds> = (0..n).map(|_| lds[rng.below(n)]).collect();
+        let fig = figures(&sample, Ablation::Resample, false);
+        s.push(fig.sufficiency);
+        c.push(fig.comprehensiveness);
+        f.push(fig.f1);
+    }
+    Bootstrap {
+        sufficiency: interval(point.sufficiency, s, alpha, n),
+        comprehensiveness: interval(point.comprehensiveness, c, alpha, n),
+        f1: interval(point.f1, f, alpha, n),
+        n_boot,
+        alpha,
+        seed,
+    }
+}
