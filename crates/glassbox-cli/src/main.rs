@@ -104,6 +104,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attribution stability across random corruptions (per-head stability, Kendall τ-b).
+    Stability {
+        #[command(flatten)]
+        model: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        correct: String,
+        #[arg(long)]
+        incorrect: String,
+        #[arg(long, default_value_t = 25)]
+        n_corruptions: usize,
+        /// Probability that each non-BOS token is replaced.
+        #[arg(long, default_value_t = 0.3)]
+        p: f32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Exact activation patching of every head and MLP (batched).
     Patch {
         #[command(flatten)]
@@ -396,6 +416,10 @@ fn main() -> Result<()> {
                     methods::run_analyze(&m, &contrast, &opts, json)?;
                 }
             }
+        }
+        Command::Stability { model, prompt, correct, incorrect, n_corruptions, p, seed, json } => {
+            let m = load_model(&model)?;
+            methods::run_stability(&m, &prompt, &correct, &incorrect, n_corruptions, p, seed, json)?;
         }
         Command::Patch { model, contrast, direction, top, json } => {
             let m = load_model(&model)?;

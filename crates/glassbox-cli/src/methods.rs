@@ -319,3 +319,28 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
     }
     Ok(())
 }
+
+#[allow(clippy::too_many_arguments)]
+pub fn run_stability(model: &Model, prompt: &str, correct: &str, incorrect: &str, k: usize, p: f32, seed: u64, json: bool) -> Result<()> {
+    let tokens = model.tokenize(prompt)?;
+    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |done: usize, total: usize| {
+        if show {
+            eprint!("\rcorruptions: {done}/{total}   ");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let s = glassbox::methods::stability::attribution_stability(model, &tokens, c, i, k, p, seed, &mut progress)?;
+    if json {
+        return print_json(&s);
+    }
+    println!("{} corruptions (p = {}, seed {}): rank consistency (mean Kendall τ-b) {:.3}", s.n_corruptions, s.p, s.seed, s.rank_consistency);
+    println!("{:<8} {:>10} {:>10} {:>10}", "head", "mean", "std", "stability");
+    for h in s.top_stable_heads.iter().take(10) {
+        println!("{:<8} {:>10.4} {:>10.4} {:>10.3}", h.name, h.mean, h.std, h.stability);
+    }
+    Ok(())
+}

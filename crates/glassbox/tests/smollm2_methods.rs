@@ -42,3 +42,19 @@ fn logit_lens_decomposition_on_ioi() {
     assert!((lens.final_ld - 5.2873).abs() < 1e-3, "{}", lens.final_ld);
     assert_eq!(lens.top_tokens[30][0].token, " Mary");
 }
+
+/// `analyze` on the IOI prompt: a circuit whose exact sufficiency reaches the target, with the
+/// name-mover head L23H03 in it, and the Taylor estimate reported beside the exact figure.
+#[test]
+fn analyze_finds_a_faithful_circuit() {
+    use glassbox::methods::analyze::{analyze, AnalyzeOptions};
+    let model = smollm2();
+    let contrast = Contrast::new(model, IOI, " Mary", " John", None).unwrap();
+    let a = analyze(model, &contrast, &AnalyzeOptions::default()).unwrap();
+    assert!(a.target_reached);
+    assert!(a.faithfulness.sufficiency >= 0.85, "{:?}", a.faithfulness);
+    assert!(!a.faithfulness.suff_is_approx);
+    assert!(a.faithfulness.taylor_sufficiency.is_some());
+    assert!(a.circuit.iter().any(|h| h.to_string() == "L23H03"), "{:?}", a.circuit);
+    assert!(a.circuit.len() <= 40);
+}

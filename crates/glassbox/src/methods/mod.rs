@@ -11,6 +11,7 @@ pub mod edges;
 pub mod faithfulness;
 pub mod logit_lens;
 pub mod patching;
+pub mod stability;
 pub mod token_attribution;
 
 use std::fmt;

@@ -1,0 +1,85 @@
+//! IOI generation, Kendall τ-b, bootstrap, stability and the prompt-set analysis.
+
+mod common;
+
+use common::load_tiny;
+use glassbox::methods::bootstrap::{bootstrap, quantile};
+use glassbox::methods::faithfulness::PromptLds;
+use glassbox::methods::stability::{attribution_stability, kendall_tau_b};
+use glassbox::tasks::ioi::{contrasts, generate, Corruption};
+
+#[test]
+fn kendall_tau_b_with_ties_matches_hand_computation() {
+    // Pairs: 3 concordant, 1 discordant, one tied in x only, one tied in y only:
+    // τ_b = (3 − 1) / sqrt((6 − 1)(6 − 1)) = 0.4 (scipy.stats.kendalltau gives 0.4).
+    let t = kendall_tau_b(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 2.0]);
+    assert!((t - 0.4).abs() < 1e-6, "{t}");
+    assert!((kendall_tau_b(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-6);
+    assert!((kendall_tau_b(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]) - 1.0).abs() < 1e-6);
+    assert!(kendall_tau_b(&[1.0, 1.0], &[2.0, 3.0]).is_nan());
+}
+
+#[test]
+fn ioi_prompts_are_well_formed() {
+    let model = load_tiny("tiny-gpt2");
+    for corruption in [Corruption::NameSwap, Corruption::Abc] {
+        let prompts = generate(&model, 12, 7, corruption).unwrap();
+        assert_eq!(prompts.len(), 12);
+        assert_eq!(prompts.iter().filter(|p| p.order == "BABA").count(), 6);
+        let cs = contrasts(&model, &prompts).unwrap();
+        for (p, c) in prompts.iter().zip(&cs) {
+            assert_eq!(c.clean.len(), c.corrupted.len(), "{p:?}");
+            let io = p.io.trim();
+            let s = p.subject.trim();
+            assert_eq!(p.clean.matches(io).count(), 1, "{}", p.clean);
+            assert_eq!(p.clean.matches(s).count(), 2, "{}", p.clean);
+            match corruption {
+                Corruption::NameSwap => assert_eq!(p.corrupted.matches(io).count(), 2),
+                Corruption::Abc => {
+                    assert_eq!(p.corrupted.matches(s).count(), 1, "{}", p.corrupted);
+                    assert_eq!(p.corrupted.matches(io).count(), 1, "{}", p.corrupted);
+                }
+            }
+        }
+        assert_eq!(prompts[0].clean, generate(&model, 12, 7, corruption).unwrap()[0].clean, "seeded");
+    }
+}
+
+#[test]
+fn bootstrap_intervals() {
+    assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.5), 3.0);
+    assert_eq!(quantile(&[0.0, 10.0], 0.25), 2.5);
+    let lds: Vec<PromptLds> = (0..20)
+        .map(|i| PromptLds {
+            clean_ld: 4.0 + (i % 3) as f32,
+            ld_circuit_only: 3.0 + (i % 5) as f32 * 0.3,
+            ld_circuit_ablated: 1.0 - (i % 4) as f32 * 0.2,
+            ld_all_ablated: -2.0,
+        })
+        .collect();
+    let b = bootstrap(&lds, 500, 0.05, 3);
+    for i in [b.sufficiency, b.comprehensiveness, b.f1] {
+        assert!(i.ci_lo <= i.mean && i.mean <= i.ci_hi, "{i:?}");
+        assert!(i.std > 0.0 && i.n == 20);
+    }
+    let again = bootstrap(&lds, 500, 0.05, 3);
+    assert_eq!(b.sufficiency.ci_lo, again.sufficiency.ci_lo);
+    let same: Vec<PromptLds> = vec![lds[0]; 10];
+    let flat = bootstrap(&same, 100, 0.05, 1);
+    assert_eq!(flat.sufficiency.ci_lo, flat.sufficiency.ci_hi);
+}
+
+#[test]
+fn stability_of_attributions() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let model = load_tiny(name);
+        let tokens = model.tokenize("When Mary and John went to the store, John gave a drink to").unwrap();
+        let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
+        let s = attribution_stability(&model, &tokens, c, i, 6, 0.3, 42, &mut |_, _| {}).unwrap();
+        assert!(s.rank_consistency.is_finite() && s.rank_consistency <= 1.0 && s.rank_consistency >= -1.0);
+        assert_eq!(s.stability.len(), 2);
+        assert!(s.stability.iter().flatten().all(|&x| (0.0..=1.0).contains(&x)));
+        let again = attribution_stability(&model, &tokens, c, i, 6, 0.3, 42, &mut |_, _| {}).unwrap();
+        assert_eq!(s.rank_consistency, again.rank_consistency, "seeded");
+    }
+}
