@@ -150,13 +150,43 @@ class FamilySpec:
     make_config    (vocab_size) -> transformers PretrainedConfig
     attn_out_proj  (model, layer) -> the attention output projection module;
                    its input (captured with a forward pre-hook) is hook_z.
+
+    Optional (all default to "nothing extra", so the original fixtures are
+    reproduced byte for byte):
+
+    norm_center    raw norm weights are norm_center + 0.1 * randn.  1.0 for
+                   `w * x` norms; 0.0 for Gemma's `(1 + w) * x` norms, so that
+                   the *effective* scale is 1 + 0.1 * randn in both cases (and a
+                   reader that forgets Gemma's `1 +` is off by a factor ~10).
+    moe_block      (model, layer) -> the sparse-MoE block; adds
+                   p{i}.blocks.L.mlp.hook_router_logits [seq, n_experts] and
+                   p{i}.blocks.L.hook_mlp_out [seq, d] (block output), and
+                   re-derives the block output by hand (top-k renormalised).
+    windows        {layer: w} sliding-window layers: the eager pattern is
+                   checked to be zero exactly for keys k <= q - w, and the
+                   pattern of every such layer other than REF_LAYER is stored as
+                   p{i}.blocks.<layer>.attn.hook_pattern too.
+    ablations      [(label, config_overrides, mutate)]: reload the saved model
+                   with the overrides (and mutate(model) if given) and assert
+                   that the prompt-0 logits change, i.e. the feature is live.
+    check          (model, ctx) -> None: family-specific assertions that pin a
+                   convention down numerically (see each family's comment).
+    notes          conventions the Rust side must replicate; printed, and
+                   stored in reference.safetensors' metadata as "notes".
     """
 
-    def __init__(self, name, seed, make_config, attn_out_proj):
+    def __init__(self, name, seed, make_config, attn_out_proj, *, norm_center=1.0,
+                 moe_block=None, windows=None, ablations=(), check=None, notes=""):
         self.name = name
         self.seed = seed
         self.make_config = make_config
         self.attn_out_proj = attn_out_proj
+        self.norm_center = norm_center
+        self.moe_block = moe_block
+        self.windows = dict(windows or {})
+        self.ablations = list(ablations)
+        self.check = check
+        self.notes = notes
 
 
 def _gpt2_config(vocab):
@@ -178,6 +208,187 @@ def _llama_config(vocab, *, tied, kv_heads, rope_theta):
     )
 
 
+def _qwen2_config(vocab):
+    from transformers import Qwen2Config
+    return Qwen2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=False,
+        hidden_act="silu", use_sliding_window=False, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _mistral_config(vocab):
+    from transformers import MistralConfig
+    return MistralConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=10_000.0,
+        sliding_window=4, rms_norm_eps=1e-5, max_position_embeddings=128,
+        tie_word_embeddings=False, hidden_act="silu", bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _mixtral_config(vocab):
+    from transformers import MixtralConfig
+    return MixtralConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=1_000_000.0,
+        num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0,
+        sliding_window=None, rms_norm_eps=1e-5, max_position_embeddings=128,
+        tie_word_embeddings=False, hidden_act="silu", bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _neox_config(vocab):
+    from transformers import GPTNeoXConfig
+    return GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, rotary_pct=0.25, rotary_emb_base=10_000,
+        use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
+        max_position_embeddings=128, tie_word_embeddings=False, attention_bias=True,
+        bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _opt_config(vocab, *, pre_ln):
+    from transformers import OPTConfig
+    return OPTConfig(
+        vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
+        do_layer_norm_before=pre_ln, activation_function="relu", enable_bias=True,
+        layer_norm_elementwise_affine=True, tie_word_embeddings=True,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _gptneo_config(vocab):
+    from transformers import GPTNeoConfig
+    return GPTNeoConfig(
+        vocab_size=vocab, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+        attention_types=[[["global", "local"], 1]], window_size=4,
+        max_position_embeddings=128, activation_function="gelu_new",
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _gemma_config(vocab):
+    from transformers import GemmaConfig
+    return GemmaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
+        rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=128,
+        tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _gemma2_config(vocab):
+    from transformers import Gemma2Config
+    return Gemma2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+        rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=128,
+        tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _gemma3_config(vocab):
+    from transformers import Gemma3TextConfig
+    return Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=20,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling=None,
+        attn_logit_softcapping=None, final_logit_softcapping=None,
+        rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=True,
+        architectures=["Gemma3ForCausalLM"],
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _zero_qkv_bias(model):
+    import torch
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.zero_()
+
+
+# ---- family-specific convention checks (called with ctx, see write_tiny_reference) ----
+
+def _check_gemma_embed_scale(model, ctx):
+    """hidden_states[0] == embed_tokens.weight[ids] * sqrt(hidden_size)."""
+    import torch
+    emb = model.get_input_embeddings().weight[ctx["input_ids"][0]]
+    scale = model.config.hidden_size ** 0.5
+    h0 = ctx["res"].hidden_states[0][0]
+    assert torch.allclose(h0, emb * scale, rtol=1e-6, atol=1e-9), "gemma embedding scale"
+    ctx["log"](f"embedding scaled by sqrt({model.config.hidden_size}) = {scale}: ok")
+
+
+def _check_gemma2(model, ctx):
+    import torch
+    _check_gemma_embed_scale(model, ctx)
+    cap = model.config.final_logit_softcapping
+    lg = ctx["res"].logits
+    assert lg.abs().max() < cap
+    ctx["log"](f"final logits = {cap} * tanh(raw / {cap}): max |logit| {lg.abs().max():.3f} < {cap}")
+
+
+def _check_neox_qkv_layout(model, ctx):
+    """query_key_value rows are [heads, 3 (q|k|v), head_dim]: rebuild hook_z from v."""
+    import torch
+    att = model.gpt_neox.layers[REF_LAYER].attention
+    x = ctx["inputs"]["qkv"]  # input of query_key_value: ln1(resid_pre)  [seq, d]
+    seq, n_heads = x.shape[0], model.config.num_attention_heads
+    hd = model.config.hidden_size // n_heads
+    w = att.query_key_value.weight.view(n_heads, 3, hd, -1)
+    b = att.query_key_value.bias.view(n_heads, 3, hd)
+    v = torch.einsum("sd,hed->hse", x, w[:, 2]) + b[:, 2][:, None, :]  # [heads, seq, head_dim]
+    pattern = ctx["res"].attentions[REF_LAYER][0]
+    z = torch.einsum("hqk,hke->qhe", pattern, v)
+    assert torch.allclose(z, ctx["z"], atol=1e-10), "neox fused qkv layout"
+    ctx["log"]("query_key_value.weight rows = [heads, 3 (q,k,v), head_dim]: hook_z rebuilt from v: ok")
+
+
+def _check_opt_positions(model, ctx):
+    """Learned positions are looked up at index position + 2."""
+    import torch
+    pe = model.model.decoder.embed_positions
+    seq = ctx["input_ids"].shape[1]
+    assert pe.weight.shape[0] == model.config.max_position_embeddings + 2
+    assert torch.equal(ctx["outputs"]["pos"][0], pe.weight[2:2 + seq])
+    ctx["log"](f"embed_positions.weight has {pe.weight.shape[0]} = max_positions + 2 rows; "
+               f"token t uses row t + 2: ok")
+
+
+def _check_gptneo_unscaled(model, ctx):
+    """GPT-Neo's local layer: scores = q.k (no 1/sqrt(d)), window keys q-w+1..q."""
+    import torch
+    attn = model.transformer.h[REF_LAYER].attn.attention
+    x = ctx["inputs"]["attn"]  # ln_1(resid_pre)  [seq, d]
+    seq, n_heads = x.shape[0], model.config.num_heads
+    hd = model.config.hidden_size // n_heads
+    q = attn.q_proj(x).view(seq, n_heads, hd).transpose(0, 1)
+    k = attn.k_proj(x).view(seq, n_heads, hd).transpose(0, 1)
+    w = model.config.window_size
+    qi = torch.arange(seq)[:, None]
+    ki = torch.arange(seq)[None, :]
+    allowed = (ki <= qi) & (ki > qi - w)
+    pattern = ctx["res"].attentions[REF_LAYER][0]
+    for scale, want in ((1.0, True), (hd ** -0.5, False)):
+        s = (q @ k.transpose(1, 2)) * scale
+        p = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1)
+        # transformers computes GPT-Neo's scores in float32 even in a float64 model
+        same = torch.allclose(p, pattern, atol=1e-5)
+        assert same == want, (scale, same)
+    ctx["log"]("attention scores are q.k with NO 1/sqrt(d_head) scaling: ok")
+
+
 FAMILIES = [
     FamilySpec(
         "tiny-gpt2", 1001, _gpt2_config,
@@ -193,14 +404,7 @@ FAMILIES = [
         lambda v: _llama_config(v, tied=True, kv_heads=1, rope_theta=20000.0),
         lambda m, l: m.model.layers[l].self_attn.o_proj,
     ),
-    # To add later (hook for hook_z in brackets):
-    #   gemma   (model.layers[l].self_attn.o_proj)  -- mind head_dim != d_model/heads
-    #   qwen2   (model.layers[l].self_attn.o_proj)  -- q/k/v biases
-    #   mistral (model.layers[l].self_attn.o_proj)
-    #   mixtral (model.layers[l].self_attn.o_proj)  -- MoE MLP
-    #   neox    (gpt_neox.layers[l].attention.dense)
-    #   opt     (model.decoder.layers[l].self_attn.out_proj)
-    #   gpt-neo (transformer.h[l].attn.attention.out_proj)
+    # @@NEW_FAMILIES@@
 ]
 
 TINY_PROMPTS = [

@@ -124,6 +124,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Path patching: the effect of paths from every earlier head to a receiver.
+    PathPatch {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        contrast: ContrastArgs,
+        /// `logits`, or a head's input: `L10H7.q`, `L10KV1.k`, `L10KV1.v` (key/value head index).
+        #[arg(long, default_value = "logits")]
+        receiver: String,
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Causal scrubbing of a hypothesis on generated IOI prompts.
+    Scrub {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Head=feature pairs, e.g. `L23H3=io,L29H1=io` (features: io, subject, template, order).
+        #[arg(long, default_value = "")]
+        hypothesis: String,
+        #[arg(long, default_value_t = 32)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Exact activation patching of every head and MLP (batched).
     Patch {
         #[command(flatten)]
@@ -420,6 +448,14 @@ fn main() -> Result<()> {
         Command::Stability { model, prompt, correct, incorrect, n_corruptions, p, seed, json } => {
             let m = load_model(&model)?;
             methods::run_stability(&m, &prompt, &correct, &incorrect, n_corruptions, p, seed, json)?;
+        }
+        Command::PathPatch { model, contrast, receiver, top, json } => {
+            let m = load_model(&model)?;
+            methods::run_path_patch(&m, &contrast, &receiver, top, json)?;
+        }
+        Command::Scrub { model, hypothesis, n, seed, json } => {
+            let m = load_model(&model)?;
+            methods::run_scrub(&m, &hypothesis, n, seed, json)?;
         }
         Command::Patch { model, contrast, direction, top, json } => {
             let m = load_model(&model)?;

@@ -344,3 +344,56 @@ pub fn run_stability(model: &Model, prompt: &str, correct: &str, incorrect: &str
     }
     Ok(())
 }
+
+fn parse_receiver(s: &str) -> Result<glassbox::methods::path_patching::PathReceiver> {
+    use glassbox::methods::path_patching::PathReceiver;
+    if s == "logits" {
+        return Ok(PathReceiver::Logits);
+    }
+    let (node, kind) = s.rsplit_once('.').with_context(|| format!("receiver `{s}`: write logits, L10H7.q, L10KV1.k or L10KV1.v"))?;
+    let head = parse_head(&node.to_ascii_uppercase().replace("KV", "H"))?;
+    Ok(match kind {
+        "q" => PathReceiver::Q(head),
+        "k" => PathReceiver::K(head),
+        "v" => PathReceiver::V(head),
+        o => bail!("receiver input `{o}`: use q, k or v"),
+    })
+}
+
+pub fn run_path_patch(model: &Model, c: &ContrastArgs, receiver: &str, top: usize, json: bool) -> Result<()> {
+    let contrast = c.build(model)?;
+    let r = glassbox::methods::path_patching::path_patching(model, &contrast, parse_receiver(receiver)?, None)?;
+    if json {
+        return print_json(&r);
+    }
+    print_contrast(&contrast);
+    println!("clean LD {:.4}   corrupted LD {:.4}   receiver {receiver}", r.clean_ld, r.corrupted_ld);
+    let mut paths = r.paths.clone();
+    paths.sort_by(|a, b| b.effect.abs().total_cmp(&a.effect.abs()));
+    println!("{:<8} {:>12} {:>10}", "sender", "patched LD", "effect");
+    for p in paths.iter().take(top) {
+        println!("{:<8} {:>12.4} {:>10.4}", p.name, p.patched_ld, p.effect);
+    }
+    Ok(())
+}
+
+pub fn run_scrub(model: &Model, hypothesis: &str, n: usize, seed: u64, json: bool) -> Result<()> {
+    let hyp = hypothesis
+        .split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|pair| {
+            let (h, f) = pair.split_once('=').with_context(|| format!("`{pair}`: write HEAD=feature, e.g. L23H3=io"))?;
+            Ok((parse_head(h)?, f.trim().to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let prompts = glassbox::tasks::ioi::generate(model, n, seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
+    let set = glassbox::tasks::ioi::scrub_prompts(model, &prompts)?;
+    let r = glassbox::methods::scrubbing::causal_scrubbing(model, &set, &hyp, seed)?;
+    if json {
+        return print_json(&r);
+    }
+    println!("{} IOI prompts; hypothesis: {}", r.n, if hyp.is_empty() { "(no head matters)".to_string() } else { hypothesis.to_string() });
+    println!("mean LD: clean {:.4}  corrupted {:.4}  scrubbed {:.4}", r.mean_clean_ld, r.mean_corrupted_ld, r.mean_scrubbed_ld);
+    println!("preserved: {:.1}% of the clean − corrupted LD ({} unmatched head/prompt pairs)", 100.0 * r.preserved, r.unmatched);
+    Ok(())
+}

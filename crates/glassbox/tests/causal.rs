@@ -96,3 +96,78 @@ fn full_and_empty_circuits() {
         assert!((f.f1 - expected).abs() < 1e-6, "{name}: f1 {} for {} and {}", f.f1, f.sufficiency, f.comprehensiveness);
     }
 }
+
+mod paths {
+    use super::*;
+    use glassbox::methods::path_patching::{path_patching, PathReceiver};
+
+    /// From a last-layer head to the logits there is nothing left to freeze: path patching
+    /// equals exact activation patching of that head.
+    #[test]
+    fn last_layer_paths_to_logits_equal_exact_patching() {
+        for name in ["tiny-gpt2", "tiny-llama"] {
+            let model = load_tiny(name);
+            let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+            let exact = exact_patching(&model, &c, Direction::IntoClean).unwrap();
+            let senders: Vec<Head> = (0..model.config.n_heads).map(|head| Head { layer: 1, head }).collect();
+            let pp = path_patching(&model, &c, PathReceiver::Logits, Some(&senders)).unwrap();
+            for p in &pp.paths {
+                let e = exact.heads[1][p.sender.head];
+                assert!((p.patched_ld - e).abs() < 1e-5, "{name} {}: {} vs {e}", p.name, p.patched_ld);
+            }
+        }
+    }
+
+    /// Sender → a later head's query, against the two runs written out one sender at a time.
+    #[test]
+    fn path_to_a_query_input_matches_two_manual_runs() {
+        let model = load_tiny("tiny-llama");
+        let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+        let receiver = Head { layer: 1, head: 3 };
+        let pp = path_patching(&model, &c, PathReceiver::Q(receiver), None).unwrap();
+        assert_eq!(pp.paths.len(), model.config.n_heads);
+        let both = model.forward(&c.batch().unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
+        let z = |l: usize, r: usize| both.cache.get(HookPoint::Z(l)).unwrap().narrow(0, r, 1).unwrap();
+        for p in &pp.paths {
+            let s = p.sender;
+            let run1 = Hooks::new()
+                .intervene(Intervention::new(HookPoint::Z(0), Action::Replace(z(0, 0))))
+                .intervene(Intervention::new(HookPoint::Z(1), Action::Replace(z(1, 0))))
+                .intervene(Intervention::new(HookPoint::Z(s.layer), Action::Replace(z(s.layer, 1))).heads(vec![s.head]))
+                .cache([HookPoint::Q(1)]);
+            let out = model.forward(&Batch::new(&[c.clean.clone()]).unwrap(), &run1).unwrap();
+            let q = out.cache.get(HookPoint::Q(1)).unwrap().clone();
+            let run2 = Hooks::new().intervene(Intervention::new(HookPoint::Q(1), Action::Replace(q)).heads(vec![receiver.head]));
+            let manual = ld(&model, &c.clean, &c, run2);
+            assert!((manual - p.patched_ld).abs() < 1e-5, "{}: {manual} vs {}", p.name, p.patched_ld);
+        }
+    }
+}
+
+mod scrub {
+    use super::*;
+    use glassbox::methods::scrubbing::{causal_scrubbing, ScrubPrompt};
+    use glassbox::tasks::ioi::{generate, scrub_prompts, Corruption};
+
+    /// A hypothesis whose feature no other prompt shares leaves every claimed head as it is:
+    /// claiming every head preserves the LD exactly. Claiming none resamples every head.
+    #[test]
+    fn scrubbing_identities() {
+        let model = load_tiny("tiny-gpt2");
+        let prompts = generate(&model, 12, 3, Corruption::NameSwap).unwrap();
+        let mut set: Vec<ScrubPrompt> = scrub_prompts(&model, &prompts).unwrap();
+        for (i, p) in set.iter_mut().enumerate() {
+            p.features.insert("id".into(), i.to_string());
+        }
+        let all: Vec<(Head, String)> = (0..2)
+            .flat_map(|layer| (0..model.config.n_heads).map(move |head| (Head { layer, head }, "id".to_string())))
+            .collect();
+        let r = causal_scrubbing(&model, &set, &all, 0).unwrap();
+        assert!((r.preserved - 1.0).abs() < 1e-5, "{}", r.preserved);
+        assert_eq!(r.unmatched, 12 * 2 * model.config.n_heads);
+        let none = causal_scrubbing(&model, &set, &[], 0).unwrap();
+        assert!((none.preserved - 1.0).abs() > 1e-3, "resampling every head changed nothing");
+        let e = causal_scrubbing(&model, &set, &[(Head { layer: 0, head: 0 }, "colour".into())], 0).unwrap_err();
+        assert!(e.to_string().contains("colour"));
+    }
+}

@@ -10,7 +10,9 @@ pub mod contrast;
 pub mod edges;
 pub mod faithfulness;
 pub mod logit_lens;
+pub mod path_patching;
 pub mod patching;
+pub mod scrubbing;
 pub mod stability;
 pub mod token_attribution;
 

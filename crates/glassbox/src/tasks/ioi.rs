@@ -140,3 +140,23 @@ pub fn contrasts(model: &Model, prompts: &[IoiPrompt]) -> Result<Vec<Contrast>> 
         .map(|p| Contrast::new(model, &p.clean, &p.io, &p.subject, Some(&p.corrupted)))
         .collect()
 }
+
+/// The prompts with their features for causal scrubbing: `io`, `subject`, `template`, `order`.
+pub fn scrub_prompts(model: &Model, prompts: &[IoiPrompt]) -> Result<Vec<crate::methods::scrubbing::ScrubPrompt>> {
+    prompts
+        .iter()
+        .zip(contrasts(model, prompts)?)
+        .map(|(p, contrast)| {
+            let features = [
+                ("io", p.io.clone()),
+                ("subject", p.subject.clone()),
+                ("template", p.template.to_string()),
+                ("order", p.order.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            Ok(crate::methods::scrubbing::ScrubPrompt { contrast, features })
+        })
+        .collect()
+}

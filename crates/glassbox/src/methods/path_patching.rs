@@ -1,0 +1,128 @@
+//! Path patching (Wang et al. 2022): the effect of the paths from sender heads to a receiver,
+//! with everything else frozen at its clean value.
+//!
+//! For each sender head `s` (one batch row each): (1) run the clean prompt with every head's
+//! output frozen at its clean value except `s`, which takes its corrupted value (MLPs recompute,
+//! so the paths through MLPs count); (2) if the receiver is the logits, that run's LD is the
+//! answer; otherwise run the clean prompt again with only the receiver's input (its query, key
+//! or value) replaced by the value it had in run (1).
+
+use candle_core::DType;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::methods::{Contrast, Head};
+use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathReceiver {
+    Logits,
+    /// A query head's query input.
+    Q(Head),
+    /// A key/value head's key input (`head` is the key/value head index).
+    K(Head),
+    V(Head),
+}
+
+impl PathReceiver {
+    fn point(&self) -> Option<(HookPoint, usize)> {
+        match *self {
+            PathReceiver::Logits => None,
+            PathReceiver::Q(h) => Some((HookPoint::Q(h.layer), h.head)),
+            PathReceiver::K(h) => Some((HookPoint::K(h.layer), h.head)),
+            PathReceiver::V(h) => Some((HookPoint::V(h.layer), h.head)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PathEffect {
+    pub sender: Head,
+    pub name: String,
+    pub patched_ld: f32,
+    /// `(patched − clean) / (corrupted − clean)`.
+    pub effect: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PathPatching {
+    pub receiver: PathReceiver,
+    pub clean_ld: f32,
+    pub corrupted_ld: f32,
+    pub paths: Vec<PathEffect>,
+}
+
+/// Path patching from each of `senders` (all heads before the receiver when `None`).
+pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver, senders: Option<&[Head]>) -> Result<PathPatching> {
+    let cfg = &model.config;
+    let layers = cfg.n_layers;
+    let recv_layer = match receiver {
+        PathReceiver::Logits => layers,
+        PathReceiver::Q(h) | PathReceiver::K(h) | PathReceiver::V(h) => h.layer,
+    };
+    if let Some((point, head)) = receiver.point() {
+        point.check(cfg)?;
+        let n = point.n_heads(cfg).unwrap_or(cfg.n_heads);
+        if head >= n {
+            return Err(Error::HeadOutOfRange { head, n_heads: n, point: point.to_string() });
+        }
+    }
+    let senders: Vec<Head> = match senders {
+        Some(s) => s.to_vec(),
+        None => (0..recv_layer).flat_map(|layer| (0..cfg.n_heads).map(move |head| Head { layer, head })).collect(),
+    };
+    if let Some(s) = senders.iter().find(|s| s.layer >= recv_layer || s.head >= cfg.n_heads) {
+        return Err(Error::Invalid(format!("sender {s} cannot reach a receiver in layer {recv_layer}")));
+    }
+    let z_points: Vec<HookPoint> = (0..layers).map(HookPoint::Z).collect();
+    let mut cache = z_points.clone();
+    if let Some((p, _)) = receiver.point() {
+        cache.push(p);
+    }
+    let both = model.forward(&contrast.batch()?, &Hooks::new().cache(cache).last_logits_only())?;
+    let lds = both.logit_diff(&[contrast.correct_id; 2], &[contrast.incorrect_id; 2])?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let (clean_ld, corrupted_ld) = (lds[0], lds[1]);
+    let z = |l: usize, row: usize| -> Result<candle_core::Tensor> { Ok(both.cache.get(HookPoint::Z(l))?.narrow(0, row, 1)?) };
+
+    let mut paths = Vec::with_capacity(senders.len());
+    let per_chunk = (128 / contrast.n_pos().max(1)).max(1);
+    for chunk in senders.chunks(per_chunk) {
+        let n = chunk.len();
+        // Run (1): heads frozen at clean, the row's sender corrupted.
+        let mut hooks = Hooks::new().last_logits_only();
+        for l in 0..layers {
+            hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 0)?)));
+            for (r, s) in chunk.iter().enumerate().filter(|(_, s)| s.layer == l) {
+                hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 1)?)).heads(vec![s.head]).batch(vec![r]));
+            }
+        }
+        if let Some((p, _)) = receiver.point() {
+            hooks = hooks.cache([p]);
+        }
+        let batch = Batch::new(&vec![contrast.clean.clone(); n])?;
+        let run1 = model.forward(&batch, &hooks)?;
+        let good = vec![contrast.correct_id; n];
+        let bad = vec![contrast.incorrect_id; n];
+        let ld = match receiver.point() {
+            None => run1.logit_diff(&good, &bad)?,
+            Some((p, head)) => {
+                // Run (2): the clean run with only the receiver's input from run (1).
+                let value = run1.cache.get(p)?.clone();
+                let hooks = Hooks::new().last_logits_only().intervene(Intervention::new(p, Action::Replace(value)).heads(vec![head]));
+                model.forward(&batch, &hooks)?.logit_diff(&good, &bad)?
+            }
+        };
+        let ld = ld.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let span = corrupted_ld - clean_ld;
+        for (s, &x) in chunk.iter().zip(&ld) {
+            paths.push(PathEffect {
+                sender: *s,
+                name: s.to_string(),
+                patched_ld: x,
+                effect: if span.abs() > 1e-12 { (x - clean_ld) / span } else { 0.0 },
+            });
+        }
+    }
+    Ok(PathPatching { receiver, clean_ld, corrupted_ld, paths })
+}
