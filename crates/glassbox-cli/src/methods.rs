@@ -292,16 +292,14 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
     }
     let prompts = glassbox::tasks::ioi::generate(model, n, seed, corruption.parse()?)?;
     let contrasts = glassbox::tasks::ioi::contrasts(model, &prompts)?;
-    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = progress_bar(json);
     let mut progress = |done: usize, total: usize, stage: &str| {
-        if show {
-            eprint!("\r{stage}: {done}/{total}          ");
-            if done == total {
-                eprintln!();
-            }
-        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(stage.to_string());
     };
     let a = glassbox::methods::analyze::analyze_set(model, &contrasts, opts, n_boot, seed, &mut progress)?;
+    bar.finish_and_clear();
     if json {
         return print_json(&a);
     }
@@ -324,16 +322,14 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
 pub fn run_stability(model: &Model, prompt: &str, correct: &str, incorrect: &str, k: usize, p: f32, seed: u64, json: bool) -> Result<()> {
     let tokens = model.tokenize(prompt)?;
     let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
-    let show = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = progress_bar(json);
+    bar.set_message("corruptions");
     let mut progress = |done: usize, total: usize| {
-        if show {
-            eprint!("\rcorruptions: {done}/{total}   ");
-            if done == total {
-                eprintln!();
-            }
-        }
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
     };
     let s = glassbox::methods::stability::attribution_stability(model, &tokens, c, i, k, p, seed, &mut progress)?;
+    bar.finish_and_clear();
     if json {
         return print_json(&s);
     }
@@ -396,4 +392,16 @@ pub fn run_scrub(model: &Model, hypothesis: &str, n: usize, seed: u64, json: boo
     println!("mean LD: clean {:.4}  corrupted {:.4}  scrubbed {:.4}", r.mean_clean_ld, r.mean_corrupted_ld, r.mean_scrubbed_ld);
     println!("preserved: {:.1}% of the clean − corrupted LD ({} unmatched head/prompt pairs)", 100.0 * r.preserved, r.unmatched);
     Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal and the output is not JSON; hidden otherwise.
+fn progress_bar(json: bool) -> indicatif::ProgressBar {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} ({elapsed})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
