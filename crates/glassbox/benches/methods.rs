@@ -9,7 +9,11 @@ use glassbox::methods::attribution::{attribute, Component, Method};
 use glassbox::methods::edges::edge_attribution;
 use glassbox::methods::logit_lens::logit_lens;
 use glassbox::methods::token_attribution::{token_attribution, Baseline};
-use glassbox::methods::Contrast;
+use glassbox::methods::analyze::{analyze, AnalyzeOptions};
+use glassbox::methods::path_patching::{path_patching, PathReceiver};
+use glassbox::methods::patching::{exact_patching, Direction};
+use glassbox::methods::stability::attribution_stability;
+use glassbox::methods::{Contrast, Head};
 
 fn main() {
     let model = load_default();
@@ -59,4 +63,20 @@ fn main() {
         attention_patterns(&model, &tokens, None, 10, 0).unwrap();
     });
     row("attention patterns + head typing (all heads, 2 runs)", t);
+    let t = median_secs(5, || {
+        analyze(&model, &contrast, &AnalyzeOptions::default()).unwrap();
+    });
+    row("analyze (Taylor + minimum faithful circuit, exact figures)", t);
+    let t = median_secs(2, || {
+        exact_patching(&model, &contrast, Direction::IntoClean).unwrap();
+    });
+    row("exact activation patching, 270 heads + 30 MLPs", t);
+    let t = median_secs(2, || {
+        path_patching(&model, &contrast, PathReceiver::Q(Head { layer: 23, head: 3 }), None).unwrap();
+    });
+    row("path patching, 207 senders -> L23H03 query", t);
+    let t = median_secs(2, || {
+        attribution_stability(&model, &tokens, c, i, 25, 0.3, 42, &mut |_, _| {}).unwrap();
+    });
+    row("attribution stability, 25 corruptions", t);
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head};
-use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, HookPoint, Hooks, Intervention, Model, Start};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,8 +75,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
     if let Some(s) = senders.iter().find(|s| s.layer >= recv_layer || s.head >= cfg.n_heads) {
         return Err(Error::Invalid(format!("sender {s} cannot reach a receiver in layer {recv_layer}")));
     }
-    let z_points: Vec<HookPoint> = (0..layers).map(HookPoint::Z).collect();
-    let mut cache = z_points.clone();
+    let mut cache: Vec<HookPoint> = (0..layers).flat_map(|l| [HookPoint::Z(l), HookPoint::ResidPre(l)]).collect();
     if let Some((p, _)) = receiver.point() {
         cache.push(p);
     }
@@ -84,14 +83,19 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
     let lds = both.logit_diff(&[contrast.correct_id; 2], &[contrast.incorrect_id; 2])?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let (clean_ld, corrupted_ld) = (lds[0], lds[1]);
     let z = |l: usize, row: usize| -> Result<candle_core::Tensor> { Ok(both.cache.get(HookPoint::Z(l))?.narrow(0, row, 1)?) };
+    // Both runs match the clean run up to the first layer they change: start them there.
+    let clean_resid = |l: usize, n: usize| -> Result<candle_core::Tensor> {
+        Ok(both.cache.get(HookPoint::ResidPre(l))?.narrow(0, 0, 1)?.broadcast_as((n, contrast.n_pos(), cfg.d_model))?.contiguous()?)
+    };
 
     let mut paths = Vec::with_capacity(senders.len());
     let per_chunk = (128 / contrast.n_pos().max(1)).max(1);
     for chunk in senders.chunks(per_chunk) {
         let n = chunk.len();
         // Run (1): heads frozen at clean, the row's sender corrupted.
+        let first = chunk.iter().map(|s| s.layer).min().unwrap_or(0);
         let mut hooks = Hooks::new().last_logits_only();
-        for l in 0..layers {
+        for l in first..layers {
             hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 0)?)));
             for (r, s) in chunk.iter().enumerate().filter(|(_, s)| s.layer == l) {
                 hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 1)?)).heads(vec![s.head]).batch(vec![r]));
@@ -100,8 +104,9 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
         if let Some((p, _)) = receiver.point() {
             hooks = hooks.cache([p]);
         }
-        let batch = Batch::new(&vec![contrast.clean.clone(); n])?;
-        let run1 = model.forward(&batch, &hooks)?;
+        let lengths = vec![contrast.n_pos(); n];
+        let resid = clean_resid(first, n)?;
+        let run1 = model.forward_from(Start::Residual { layer: first, resid: &resid, lengths: &lengths }, &hooks)?;
         let good = vec![contrast.correct_id; n];
         let bad = vec![contrast.incorrect_id; n];
         let ld = match receiver.point() {
@@ -110,7 +115,10 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
                 // Run (2): the clean run with only the receiver's input from run (1).
                 let value = run1.cache.get(p)?.clone();
                 let hooks = Hooks::new().last_logits_only().intervene(Intervention::new(p, Action::Replace(value)).heads(vec![head]));
-                model.forward(&batch, &hooks)?.logit_diff(&good, &bad)?
+                let resid = clean_resid(recv_layer, n)?;
+                model
+                    .forward_from(Start::Residual { layer: recv_layer, resid: &resid, lengths: &lengths }, &hooks)?
+                    .logit_diff(&good, &bad)?
             }
         };
         let ld = ld.to_dtype(DType::F32)?.to_vec1::<f32>()?;
