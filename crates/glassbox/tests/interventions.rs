@@ -97,7 +97,12 @@ fn cached_values_are_consistent() {
     let n = c.get(HookPoint::LnFinalNormalized).unwrap();
     let rms = n.sqr().unwrap().mean(D::Minus1).unwrap().sqrt().unwrap();
     assert!(max_abs_diff(&rms, &rms.ones_like().unwrap()) <= 1e-3);
-    assert_eq!(c.values.len(), HookPoint::all(model.config.n_layers).len() - 1, "all but hook_pos_embed (rotary model)");
+    let all = HookPoint::all_for(&model.config);
+    assert_eq!(c.values.len(), all.len(), "every hook point of the model fires");
+    assert!(all.iter().all(|p| c.values.contains_key(p)));
+    let gpt2 = load_tiny("tiny-gpt2");
+    let out = gpt2.forward(&batch, &Hooks::new().cache_all()).unwrap();
+    assert_eq!(out.cache.values.len(), HookPoint::all_for(&gpt2.config).len());
 }
 
 #[test]

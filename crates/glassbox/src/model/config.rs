@@ -76,6 +76,34 @@ pub struct LayerAttention {
     pub rope_base: f64,
 }
 
+/// Mixture of experts in place of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Moe {
+    pub n_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Divide the chosen experts' softmax weights by their sum (Mixtral).
+    pub renormalize: bool,
+}
+
+/// Components that only some families have; the default is none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Variants {
+    /// Norms after the residual additions instead of before the sublayers (OPT-350m).
+    pub post_ln: bool,
+    /// No final norm before the unembedding (post-LN OPT); its hooks then carry scale 1.
+    pub no_final_norm: bool,
+    /// Extra norms on the attention and MLP outputs before they join the residual (Gemma 2/3).
+    pub post_norms: bool,
+    /// RMSNorm of each head's query and key before rotary (Gemma 3).
+    pub qk_norm: bool,
+    /// `scores = c · tanh(scores / c)` before the mask (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// `logits = c · tanh(logits / c)` (Gemma 2).
+    pub final_softcap: Option<f64>,
+    pub moe: Option<Moe>,
+}
+
 /// Everything the forward pass needs to know about a model's shape and components.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -103,6 +131,8 @@ pub struct ModelConfig {
     /// The token embedding is multiplied by this (Gemma: sqrt(d_model)).
     pub embed_scale: Option<f64>,
     pub layers: Vec<LayerAttention>,
+    #[serde(default)]
+    pub variants: Variants,
 }
 
 impl ModelConfig {
@@ -132,6 +162,11 @@ impl ModelConfig {
                 self.layers.len(),
                 self.n_layers
             ));
+        }
+        if let Some(m) = self.variants.moe {
+            if m.top_k == 0 || m.top_k > m.n_experts {
+                return bad(format!("top-{} routing over {} experts", m.top_k, m.n_experts));
+            }
         }
         if let Positions::Rotary(r) = self.positions {
             if r.dim == 0 || r.dim > self.d_head || r.dim % 2 != 0 {

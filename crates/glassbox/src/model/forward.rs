@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::Positions;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
 use crate::model::ops::{activation, linear, norm_parts, rotary, softmax_last};
-use crate::model::weights::Norm;
+use crate::model::weights::{MoeWeights, Norm};
 use crate::model::Model;
 
 /// A batch of token sequences, right-padded to one length.
@@ -220,7 +220,12 @@ impl Model {
             x = self.block(l, x, &mask, cos_sin, &mut st)?;
         }
 
-        let normalized = normalize(&x, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, cfg, &mut st)?;
+        let normalized = if cfg.variants.no_final_norm {
+            st.apply(HookPoint::LnFinalScale, Tensor::ones((batch_size, n_pos, 1), dtype, &Device::Cpu)?)?;
+            st.apply(HookPoint::LnFinalNormalized, x)?
+        } else {
+            normalize(&x, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, cfg, &mut st)?
+        };
         let mut x = apply_norm_weights(&normalized, &w.ln_final)?;
         if hooks.last_logits_only {
             let rows = lengths
@@ -230,7 +235,10 @@ impl Model {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             x = Tensor::stack(&rows, 0)?;
         }
-        let logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
+        let mut logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
+        if let Some(c) = cfg.variants.final_softcap {
+            logits = ((logits / c)?.tanh()? * c)?;
+        }
 
         Ok(ForwardOutput {
             logits,
@@ -282,10 +290,30 @@ impl Model {
         let cfg = &self.config;
         let lw = &self.weights.layers[l];
         let resid_pre = st.apply(HookPoint::ResidPre(l), x)?;
+        let post_norm = |x: Tensor, n: &Option<Norm>| -> Result<Tensor> {
+            match n {
+                Some(n) => apply_norm_weights(&norm_parts_normalized(&x, cfg)?, n),
+                None => Ok(x),
+            }
+        };
+
+        if cfg.variants.post_ln {
+            // Post-LN (OPT-350m): the sublayers read the raw residual; a norm follows each
+            // residual addition.
+            let attn_out = self.attention(l, &resid_pre, mask, cos_sin, st)?;
+            let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
+            let normalized = normalize(&(&resid_pre + &attn_out)?, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
+            let resid_mid = st.apply(HookPoint::ResidMid(l), apply_norm_weights(&normalized, &lw.ln1)?)?;
+            let mlp_read = st.apply(HookPoint::MlpIn(l), resid_mid.clone())?;
+            let mlp_out = self.mlp_or_moe(l, &mlp_read, st)?;
+            let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
+            let normalized = normalize(&(resid_mid + mlp_out)?, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
+            return st.apply(HookPoint::ResidPost(l), apply_norm_weights(&normalized, &lw.ln2)?);
+        }
 
         let normalized = normalize(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
         let attn_in = apply_norm_weights(&normalized, &lw.ln1)?;
-        let attn_out = self.attention(l, &attn_in, mask, cos_sin, st)?;
+        let attn_out = post_norm(self.attention(l, &attn_in, mask, cos_sin, st)?, &lw.extra.ln1_post)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
 
         let mlp_in_resid = if cfg.parallel_block {
@@ -296,7 +324,7 @@ impl Model {
         let mlp_read = st.apply(HookPoint::MlpIn(l), mlp_in_resid.clone())?;
         let normalized = normalize(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
         let mlp_in = apply_norm_weights(&normalized, &lw.ln2)?;
-        let mlp_out = self.mlp(l, &mlp_in, st)?;
+        let mlp_out = post_norm(self.mlp_or_moe(l, &mlp_in, st)?, &lw.extra.ln2_post)?;
         let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
 
         let resid_post = if cfg.parallel_block {
@@ -305,6 +333,49 @@ impl Model {
             (mlp_in_resid + mlp_out)?
         };
         st.apply(HookPoint::ResidPost(l), resid_post)
+    }
+
+    fn mlp_or_moe(&self, l: usize, x: &Tensor, st: &mut HookState) -> Result<Tensor> {
+        match &self.weights.layers[l].extra.moe {
+            Some(moe) => self.moe(l, x, moe, st),
+            None => self.mlp(l, x, st),
+        }
+    }
+
+    /// Mixture of experts: router logits, softmax, the top-k experts per token (their weights
+    /// renormalised where the family does), the weighted sum of the chosen experts' outputs.
+    /// Every expert runs on every token (exact and differentiable; the unchosen get weight 0).
+    fn moe(&self, l: usize, x: &Tensor, moe: &MoeWeights, st: &mut HookState) -> Result<Tensor> {
+        let cfg = self.config.variants.moe.ok_or_else(|| Error::Invalid("MoE weights without an MoE config".into()))?;
+        let logits = st.apply(HookPoint::RouterLogits(l), linear(x, &moe.router, None)?)?;
+        let probs = softmax_last(&logits)?;
+        // The top-k mask, chosen on the values (the choice itself has no gradient).
+        let (b, p, e) = probs.dims3()?;
+        let rows = probs.to_dtype(DType::F32)?.reshape((b * p, e))?.to_vec2::<f32>()?;
+        let mut mask = vec![0f32; b * p * e];
+        for (r, row) in rows.iter().enumerate() {
+            let mut idx: Vec<usize> = (0..e).collect();
+            idx.sort_by(|&i, &j| row[j].total_cmp(&row[i]).then(i.cmp(&j)));
+            for &i in idx.iter().take(cfg.top_k) {
+                mask[r * e + i] = 1.0;
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, p, e), &Device::Cpu)?.to_dtype(probs.dtype())?;
+        let mut weights = (probs * mask)?;
+        if cfg.renormalize {
+            weights = weights.broadcast_div(&weights.sum_keepdim(D::Minus1)?)?;
+        }
+        let weights = st.apply(HookPoint::ExpertWeights(l), weights)?;
+        let mut out: Option<Tensor> = None;
+        for (i, ex) in moe.experts.iter().enumerate() {
+            let y = st.apply(HookPoint::ExpertOut(l, i), gated_mlp(x, ex, self.config.mlp.activation)?)?;
+            let y = y.broadcast_mul(&weights.narrow(2, i, 1)?)?;
+            out = Some(match out {
+                Some(o) => (o + y)?,
+                None => y,
+            });
+        }
+        out.ok_or_else(|| Error::Invalid("a mixture of experts with no experts".into()))
     }
 
     fn attention(
@@ -326,6 +397,11 @@ impl Model {
         let mut q = st.apply(HookPoint::Q(l), q)?;
         let mut k = st.apply(HookPoint::K(l), k)?;
         let v = st.apply(HookPoint::V(l), v)?;
+        let extra = &self.weights.layers[l].extra;
+        if let (Some(qn), Some(kn)) = (&extra.q_norm, &extra.k_norm) {
+            q = apply_norm_weights(&norm_parts_normalized(&q, cfg)?, qn)?;
+            k = apply_norm_weights(&norm_parts_normalized(&k, cfg)?, kn)?;
+        }
         if let (Some((cos, sin)), Positions::Rotary(r)) = (cos_sin, cfg.positions) {
             q = st.apply(HookPoint::RotQ(l), rotary(&q, cos, sin, r.pairing)?)?;
             k = st.apply(HookPoint::RotK(l), rotary(&k, cos, sin, r.pairing)?)?;
@@ -336,7 +412,11 @@ impl Model {
         let k = repeat_kv(&k.transpose(1, 2)?, cfg.group_size())?;
         let v = repeat_kv(&v.transpose(1, 2)?, cfg.group_size())?;
 
-        let scores = (q.matmul(&k.t()?)? * cfg.attn_scale)?.broadcast_add(mask)?;
+        let mut scores = (q.matmul(&k.t()?)? * cfg.attn_scale)?;
+        if let Some(c) = cfg.variants.attn_softcap {
+            scores = ((scores / c)?.tanh()? * c)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
         let scores = st.apply(HookPoint::AttnScores(l), scores)?;
         let pattern = st.apply(HookPoint::Pattern(l), softmax_last(&scores)?)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, p, h, dh]
@@ -368,6 +448,22 @@ fn normalize(x: &Tensor, scale_hook: HookPoint, out_hook: HookPoint, cfg: &crate
     let (centred, scale) = norm_parts(x, cfg.norm.kind, cfg.norm.eps)?;
     let scale = st.apply(scale_hook, scale)?;
     st.apply(out_hook, centred.broadcast_div(&scale)?)
+}
+
+/// A norm's normalisation without hooks (post-norms, query/key norms).
+fn norm_parts_normalized(x: &Tensor, cfg: &crate::model::ModelConfig) -> Result<Tensor> {
+    let (centred, scale) = norm_parts(x, cfg.norm.kind, cfg.norm.eps)?;
+    Ok(centred.broadcast_div(&scale)?)
+}
+
+/// `w_out · (act(w_gate · x) ⊙ (w_in · x))`: one expert of a mixture.
+fn gated_mlp(x: &Tensor, m: &crate::model::weights::MlpWeights, act: crate::model::config::Activation) -> Result<Tensor> {
+    let up = linear(x, &m.w_in, m.b_in.as_ref())?;
+    let hidden = match &m.w_gate {
+        Some(g) => (activation(&linear(x, g, m.b_gate.as_ref())?, act)? * up)?,
+        None => activation(&up, act)?,
+    };
+    linear(&hidden, &m.w_out, m.b_out.as_ref())
 }
 
 fn apply_norm_weights(normalized: &Tensor, n: &Norm) -> Result<Tensor> {

@@ -15,7 +15,9 @@
 //! | `blocks.{l}.attn.hook_attn_scores`, `hook_pattern` | `[b, h, p_query, p_key]` (scores after the mask) |
 //! | `blocks.{l}.attn.hook_z` | `[b, p, h, d_head]` |
 //! | `blocks.{l}.hook_attn_out`, `hook_mlp_out` | `[b, p, d_model]` |
-//! | `blocks.{l}.mlp.hook_pre`, `hook_pre_linear`, `hook_post` | `[b, p, d_mlp]` (gated MLPs: `hook_pre` is the gate, `hook_pre_linear` the up projection) |
+//! | `blocks.{l}.mlp.hook_pre`, `hook_pre_linear`, `hook_post` | `[b, p, d_mlp]` (gated MLPs: `hook_pre` is the gate, `hook_pre_linear` the up projection; not in MoE layers) |
+//! | `blocks.{l}.mlp.hook_router_logits`, `hook_expert_weights` | `[b, p, n_experts]` (weights: 0 for unchosen experts) |
+//! | `blocks.{l}.mlp.experts.{e}.hook_out` | `[b, p, d_model]`, expert `e`'s output before its weight |
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -50,6 +52,10 @@ pub enum HookPoint {
     MlpPre(usize),
     MlpPreLinear(usize),
     MlpPost(usize),
+    RouterLogits(usize),
+    ExpertWeights(usize),
+    /// Expert `.1`'s output (before its routing weight) in layer `.0`.
+    ExpertOut(usize, usize),
     MlpOut(usize),
     ResidPost(usize),
     LnFinalScale,
@@ -77,6 +83,8 @@ const BLOCK_HOOKS: &[(&str, fn(usize) -> HookPoint)] = &[
     ("mlp.hook_pre", HookPoint::MlpPre),
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
+    ("mlp.hook_router_logits", HookPoint::RouterLogits),
+    ("mlp.hook_expert_weights", HookPoint::ExpertWeights),
     ("hook_mlp_out", HookPoint::MlpOut),
     ("hook_resid_post", HookPoint::ResidPost),
 ];
@@ -105,7 +113,7 @@ impl HookPoint {
             ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
             | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l)
             | MlpIn(l) | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
-            | MlpOut(l) | ResidPost(l) => Some(l),
+            | RouterLogits(l) | ExpertWeights(l) | ExpertOut(l, _) | MlpOut(l) | ResidPost(l) => Some(l),
         }
     }
 
@@ -143,7 +151,42 @@ impl HookPoint {
         if let Some(l) = self.layer() {
             cfg.check_layer(l)?;
         }
+        if let HookPoint::ExpertOut(_, e) = self {
+            let n = cfg.variants.moe.map_or(0, |m| m.n_experts);
+            if *e >= n {
+                return Err(Error::Invalid(format!("{self}: this model has {n} experts per layer")));
+            }
+        }
         Ok(())
+    }
+
+    /// The hook points a model of config `cfg` has, in forward order: without the rotary
+    /// points for models without rotary, the position embedding for models without learned
+    /// positions, the up projection for ungated MLPs, and the MLP's inner points or the
+    /// router's by whether it is a mixture of experts.
+    pub fn all_for(cfg: &ModelConfig) -> Vec<HookPoint> {
+        use crate::model::config::Positions;
+        let rotary = matches!(cfg.positions, Positions::Rotary(_));
+        let learned = matches!(cfg.positions, Positions::Learned { .. });
+        let moe = cfg.variants.moe.is_some();
+        let mut v: Vec<HookPoint> = Self::all(cfg.n_layers)
+            .into_iter()
+            .filter(|p| match p {
+                HookPoint::PosEmbed => learned,
+                HookPoint::RotQ(_) | HookPoint::RotK(_) => rotary,
+                HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe,
+                HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe,
+                HookPoint::RouterLogits(_) | HookPoint::ExpertWeights(_) => moe,
+                _ => true,
+            })
+            .collect();
+        if let Some(m) = cfg.variants.moe {
+            for l in 0..cfg.n_layers {
+                let at = v.iter().position(|p| *p == HookPoint::MlpOut(l)).unwrap_or(v.len());
+                v.splice(at..at, (0..m.n_experts).map(|e| HookPoint::ExpertOut(l, e)));
+            }
+        }
+        v
     }
 }
 
@@ -153,6 +196,9 @@ impl fmt::Display for HookPoint {
             return f.write_str(name);
         }
         let l = self.layer().unwrap_or(0);
+        if let HookPoint::ExpertOut(l, e) = self {
+            return write!(f, "blocks.{l}.mlp.experts.{e}.hook_out");
+        }
         let name = BLOCK_HOOKS
             .iter()
             .find(|(_, c)| c(l) == *self)
@@ -172,6 +218,13 @@ impl FromStr for HookPoint {
         let rest = s.strip_prefix("blocks.").ok_or_else(unknown)?;
         let (layer, name) = rest.split_once('.').ok_or_else(unknown)?;
         let layer: usize = layer.parse().map_err(|_| unknown())?;
+        if let Some(rest) = name.strip_prefix("mlp.experts.") {
+            let (e, hook) = rest.split_once('.').ok_or_else(unknown)?;
+            if hook != "hook_out" {
+                return Err(unknown());
+            }
+            return Ok(HookPoint::ExpertOut(layer, e.parse().map_err(|_| unknown())?));
+        }
         BLOCK_HOOKS
             .iter()
             .find(|(n, _)| *n == name)

@@ -37,12 +37,34 @@ pub struct MlpWeights {
     pub b_out: Option<Tensor>,
 }
 
+/// A mixture of experts: the router `[n_experts, d_model]` and each expert's gated MLP.
+#[derive(Debug, Clone)]
+pub struct MoeWeights {
+    pub router: Tensor,
+    pub experts: Vec<MlpWeights>,
+}
+
+/// Weights only some families have (see `config::Variants`).
+#[derive(Debug, Clone, Default)]
+pub struct LayerExtras {
+    /// Norm of the attention output (Gemma 2/3 `post_attention_layernorm`).
+    pub ln1_post: Option<Norm>,
+    /// Norm of the MLP output (Gemma 2/3 `post_feedforward_layernorm`).
+    pub ln2_post: Option<Norm>,
+    /// Per-head query and key RMSNorm weights `[d_head]` (Gemma 3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    /// Present when the MLP is a mixture of experts (`mlp` is then unused).
+    pub moe: Option<MoeWeights>,
+}
+
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
     pub ln1: Norm,
     pub attn: AttnWeights,
     pub ln2: Norm,
     pub mlp: MlpWeights,
+    pub extra: LayerExtras,
 }
 
 /// All weights. `embed: [d_vocab, d_model]`, `pos_embed: [n_positions, d_model]`,
@@ -74,6 +96,19 @@ impl Norm {
     }
 }
 
+impl MlpWeights {
+    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        Ok(MlpWeights {
+            w_in: cast(&self.w_in, dtype)?,
+            b_in: cast_opt(&self.b_in, dtype)?,
+            w_gate: cast_opt(&self.w_gate, dtype)?,
+            b_gate: cast_opt(&self.b_gate, dtype)?,
+            w_out: cast(&self.w_out, dtype)?,
+            b_out: cast_opt(&self.b_out, dtype)?,
+        })
+    }
+}
+
 impl Weights {
     pub fn dtype(&self) -> DType {
         self.embed.dtype()
@@ -98,13 +133,23 @@ impl Weights {
                         w_o: cast(&l.attn.w_o, dtype)?,
                         b_o: cast_opt(&l.attn.b_o, dtype)?,
                     },
-                    mlp: MlpWeights {
-                        w_in: cast(&l.mlp.w_in, dtype)?,
-                        b_in: cast_opt(&l.mlp.b_in, dtype)?,
-                        w_gate: cast_opt(&l.mlp.w_gate, dtype)?,
-                        b_gate: cast_opt(&l.mlp.b_gate, dtype)?,
-                        w_out: cast(&l.mlp.w_out, dtype)?,
-                        b_out: cast_opt(&l.mlp.b_out, dtype)?,
+                    mlp: l.mlp.to_dtype(dtype)?,
+                    extra: LayerExtras {
+                        ln1_post: l.extra.ln1_post.as_ref().map(|n| n.to_dtype(dtype)).transpose()?,
+                        ln2_post: l.extra.ln2_post.as_ref().map(|n| n.to_dtype(dtype)).transpose()?,
+                        q_norm: l.extra.q_norm.as_ref().map(|n| n.to_dtype(dtype)).transpose()?,
+                        k_norm: l.extra.k_norm.as_ref().map(|n| n.to_dtype(dtype)).transpose()?,
+                        moe: l
+                            .extra
+                            .moe
+                            .as_ref()
+                            .map(|m| {
+                                Ok::<_, crate::error::Error>(MoeWeights {
+                                    router: cast(&m.router, dtype)?,
+                                    experts: m.experts.iter().map(|e| e.to_dtype(dtype)).collect::<Result<_>>()?,
+                                })
+                            })
+                            .transpose()?,
                     },
                 })
             })

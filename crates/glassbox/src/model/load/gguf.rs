@@ -135,6 +135,7 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
             };
             n_layers
         ],
+        variants: Default::default(),
     })
 }
 

@@ -143,6 +143,7 @@ fn gpt2_config(c: &Cfg) -> Result<ModelConfig> {
             };
             n_layers
         ],
+        variants: Default::default(),
     })
 }
 
@@ -193,6 +194,7 @@ fn llama_config(c: &Cfg) -> Result<ModelConfig> {
             };
             n_layers
         ],
+        variants: Default::default(),
     })
 }
 

@@ -221,6 +221,7 @@ pub(crate) fn build_weights(
                 w_out,
                 b_out,
             },
+            extra: Default::default(),
         });
     }
     let ln_final = norm(src, names.ln_final_w, names.ln_final_b, 0)?;
