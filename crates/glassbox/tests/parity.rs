@@ -16,18 +16,23 @@ fn check_family(name: &str) {
     for (i, prompt) in prompts.iter().enumerate() {
         let ids = reference.ids(i);
         assert_eq!(model.tokenize(prompt).unwrap(), ids, "{name}: tokenization of {prompt:?}");
+        // Every activation the reference recorded, by its hook name.
+        let points: Vec<(HookPoint, String)> = reference
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("p{i}.")))
+            .filter(|k| *k != "input_ids" && *k != "logits")
+            .map(|k| (k.parse::<HookPoint>().unwrap_or_else(|e| panic!("{name}: {e}")), k.to_string()))
+            .collect();
+        assert!(!points.is_empty());
         let batch = Batch::new(&[ids]).unwrap();
-        let hooks = Hooks::new().cache([HookPoint::ResidPre(1), HookPoint::Pattern(1), HookPoint::Z(1)]);
+        let hooks = Hooks::new().cache(points.iter().map(|(p, _)| *p));
         let out = model.forward(&batch, &hooks).unwrap();
         let logits = out.logits.squeeze(0).unwrap();
         let d = max_abs_diff(&logits, reference.get(&format!("p{i}.logits")));
         assert!(d <= TOL, "{name} prompt {i}: max |logit - reference| = {d:e}");
-        for (point, key) in [
-            (HookPoint::ResidPre(1), "blocks.1.hook_resid_pre"),
-            (HookPoint::Pattern(1), "blocks.1.attn.hook_pattern"),
-            (HookPoint::Z(1), "blocks.1.attn.hook_z"),
-        ] {
-            let ours = out.cache.get(point).unwrap().squeeze(0).unwrap();
+        for (point, key) in &points {
+            let ours = out.cache.get(*point).unwrap().squeeze(0).unwrap();
             let d = max_abs_diff(&ours, reference.get(&format!("p{i}.{key}")));
             assert!(d <= TOL, "{name} prompt {i}: {key} differs by {d:e}");
         }
@@ -47,6 +52,56 @@ fn tiny_llama_gqa_untied_matches_transformers() {
 #[test]
 fn tiny_llama_mqa_tied_matches_transformers() {
     check_family("tiny-llama-tied");
+}
+
+#[test]
+fn tiny_qwen2_qkv_bias_matches_transformers() {
+    check_family("tiny-qwen2");
+}
+
+#[test]
+fn tiny_mistral_sliding_window_matches_transformers() {
+    check_family("tiny-mistral");
+}
+
+#[test]
+fn tiny_mixtral_moe_matches_transformers() {
+    check_family("tiny-mixtral");
+}
+
+#[test]
+fn tiny_neox_parallel_partial_rotary_matches_transformers() {
+    check_family("tiny-neox");
+}
+
+#[test]
+fn tiny_opt_matches_transformers() {
+    check_family("tiny-opt");
+}
+
+#[test]
+fn tiny_opt_post_ln_matches_transformers() {
+    check_family("tiny-opt-postln");
+}
+
+#[test]
+fn tiny_gptneo_local_attention_matches_transformers() {
+    check_family("tiny-gptneo");
+}
+
+#[test]
+fn tiny_gemma_matches_transformers() {
+    check_family("tiny-gemma");
+}
+
+#[test]
+fn tiny_gemma2_softcap_sliding_matches_transformers() {
+    check_family("tiny-gemma2");
+}
+
+#[test]
+fn tiny_gemma3_qk_norm_local_rope_matches_transformers() {
+    check_family("tiny-gemma3");
 }
 
 /// A padded batch gives each prompt the logits it gets alone.

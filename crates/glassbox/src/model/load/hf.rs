@@ -12,8 +12,8 @@ use super::names::{self, TensorNames, T};
 use super::{build_weights, TensorSource};
 use crate::error::{Error, Result};
 use crate::model::config::{
-    Activation, LayerAttention, MlpConfig, ModelConfig, NormConfig, NormKind, Positions,
-    RotaryConfig, RotaryPairing,
+    Activation, LayerAttention, MlpConfig, Moe, ModelConfig, NormConfig, NormKind, Positions,
+    RotaryConfig, RotaryPairing, Variants,
 };
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -33,9 +33,44 @@ const FAMILIES: &[HfFamily] = &[
         names: &names::GPT2_HF,
     },
     HfFamily {
-        model_types: &["llama"],
+        model_types: &["llama", "qwen2", "mistral"],
         config: llama_config,
         names: &names::LLAMA_HF,
+    },
+    HfFamily {
+        model_types: &["mixtral"],
+        config: mixtral_config,
+        names: &names::MIXTRAL_HF,
+    },
+    HfFamily {
+        model_types: &["gemma"],
+        config: gemma_config,
+        names: &names::GEMMA_HF,
+    },
+    HfFamily {
+        model_types: &["gemma2"],
+        config: gemma_config,
+        names: &names::GEMMA2_HF,
+    },
+    HfFamily {
+        model_types: &["gemma3_text", "gemma3"],
+        config: gemma_config,
+        names: &names::GEMMA3_HF,
+    },
+    HfFamily {
+        model_types: &["gpt_neox"],
+        config: neox_config,
+        names: &names::NEOX_HF,
+    },
+    HfFamily {
+        model_types: &["opt"],
+        config: opt_config,
+        names: &names::OPT_HF,
+    },
+    HfFamily {
+        model_types: &["gpt_neo"],
+        config: gptneo_config,
+        names: &names::GPTNEO_HF,
     },
 ];
 
@@ -161,8 +196,9 @@ fn llama_config(c: &Cfg) -> Result<ModelConfig> {
         }
     }
     let rope_base = c.f64_or("rope_theta", 10_000.0)?;
+    let windows = sliding_windows(c, n_layers)?;
     Ok(ModelConfig {
-        architecture: "llama".into(),
+        architecture: c.arch.clone(),
         n_layers,
         d_model,
         n_heads,
@@ -187,13 +223,183 @@ fn llama_config(c: &Cfg) -> Result<ModelConfig> {
         parallel_block: false,
         tied_embeddings: c.bool_or("tie_word_embeddings", false),
         embed_scale: None,
-        layers: vec![
-            LayerAttention {
-                sliding_window: None,
-                rope_base
-            };
-            n_layers
-        ],
+        layers: windows
+            .into_iter()
+            .map(|sliding_window| LayerAttention { sliding_window, rope_base })
+            .collect(),
+        variants: Default::default(),
+    })
+}
+
+/// Each layer's sliding window: from `layer_types` where the config lists them, else the
+/// config's `sliding_window` for every layer (Mistral; Qwen2 only with `use_sliding_window`).
+fn sliding_windows(c: &Cfg, n_layers: usize) -> Result<Vec<Option<usize>>> {
+    let window = match c.get("sliding_window") {
+        Some(_) => Some(c.usize("sliding_window")?),
+        None => None,
+    };
+    if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
+        if types.len() != n_layers {
+            return Err(Error::Invalid(format!("config.json: {} layer_types for {n_layers} layers", types.len())));
+        }
+        return Ok(types
+            .iter()
+            .map(|t| if t.as_str() == Some("sliding_attention") { window } else { None })
+            .collect());
+    }
+    let used = c.arch != "qwen2" || c.bool_or("use_sliding_window", false);
+    Ok(vec![if used { window } else { None }; n_layers])
+}
+
+fn mixtral_config(c: &Cfg) -> Result<ModelConfig> {
+    let mut cfg = llama_config(c)?;
+    cfg.variants.moe = Some(Moe {
+        n_experts: c.usize("num_local_experts")?,
+        top_k: c.usize("num_experts_per_tok")?,
+        renormalize: true,
+    });
+    Ok(cfg)
+}
+
+/// Gemma 1, 2 and 3: `(1 + w)` RMSNorm (added at load), embeddings scaled by √d_model, GeGLU,
+/// tied; Gemma 2 adds post-norms, soft-capping and `query_pre_attn_scalar`; Gemma 3 drops the
+/// soft-capping, adds query/key norms and a separate rotary base for its sliding layers.
+fn gemma_config(c: &Cfg) -> Result<ModelConfig> {
+    let mut cfg = llama_config(c)?;
+    let v2 = c.arch != "gemma";
+    cfg.tied_embeddings = c.bool_or("tie_word_embeddings", true);
+    cfg.embed_scale = Some((cfg.d_model as f64).sqrt());
+    let act = c.get("hidden_activation").or(c.get("hidden_act")).and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
+    cfg.mlp = MlpConfig { activation: activation(act)?, gated: true };
+    cfg.norm.eps = c.f64_or("rms_norm_eps", 1e-6)?;
+    if v2 {
+        let scalar = c.f64_or("query_pre_attn_scalar", cfg.d_head as f64)?;
+        cfg.attn_scale = 1.0 / scalar.sqrt();
+        cfg.variants.post_norms = true;
+        cfg.variants.attn_softcap = c.get("attn_logit_softcapping").and_then(Value::as_f64);
+        cfg.variants.final_softcap = c.get("final_logit_softcapping").and_then(Value::as_f64);
+    }
+    if c.arch.starts_with("gemma3") {
+        cfg.variants.qk_norm = true;
+        let local = c.f64_or("rope_local_base_freq", 10_000.0)?;
+        for la in &mut cfg.layers {
+            if la.sliding_window.is_some() {
+                la.rope_base = local;
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+fn neox_config(c: &Cfg) -> Result<ModelConfig> {
+    let d_model = c.usize("hidden_size")?;
+    let n_heads = c.usize("num_attention_heads")?;
+    let n_layers = c.usize("num_hidden_layers")?;
+    let d_head = d_model / n_heads.max(1);
+    let pct = match c.get("partial_rotary_factor") {
+        Some(_) => c.f64_or("partial_rotary_factor", 1.0)?,
+        None => c.f64_or("rotary_pct", 1.0)?,
+    };
+    let rope_base = match c.get("rope_theta") {
+        Some(_) => c.f64_or("rope_theta", 10_000.0)?,
+        None => c.f64_or("rotary_emb_base", 10_000.0)?,
+    };
+    Ok(ModelConfig {
+        architecture: "gpt_neox".into(),
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head,
+        d_mlp: c.usize_or("intermediate_size", Some(4 * d_model))?,
+        d_vocab: c.usize("vocab_size")?,
+        n_ctx: c.usize("max_position_embeddings")?,
+        norm: NormConfig { kind: NormKind::LayerNorm, eps: c.f64_or("layer_norm_eps", 1e-5)? },
+        positions: Positions::Rotary(RotaryConfig {
+            dim: ((d_head as f64 * pct) as usize) / 2 * 2,
+            pairing: RotaryPairing::HalfSplit,
+        }),
+        attn_scale: 1.0 / (d_head as f64).sqrt(),
+        mlp: MlpConfig { activation: activation(c.str_or("hidden_act", "gelu"))?, gated: false },
+        parallel_block: c.bool_or("use_parallel_residual", true),
+        tied_embeddings: c.bool_or("tie_word_embeddings", false),
+        embed_scale: None,
+        layers: vec![LayerAttention { sliding_window: None, rope_base }; n_layers],
+        variants: Default::default(),
+    })
+}
+
+fn opt_config(c: &Cfg) -> Result<ModelConfig> {
+    let d_model = c.usize("hidden_size")?;
+    let n_heads = c.usize("num_attention_heads")?;
+    let n_layers = c.usize("num_hidden_layers")?;
+    if c.usize_or("word_embed_proj_dim", Some(d_model))? != d_model {
+        return Err(Error::Invalid(
+            "OPT models whose word_embed_proj_dim differs from hidden_size (project_in/out) are not supported yet".into(),
+        ));
+    }
+    let pre = c.bool_or("do_layer_norm_before", true);
+    Ok(ModelConfig {
+        architecture: "opt".into(),
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head: d_model / n_heads.max(1),
+        d_mlp: c.usize("ffn_dim")?,
+        d_vocab: c.usize("vocab_size")?,
+        n_ctx: c.usize("max_position_embeddings")?,
+        norm: NormConfig { kind: NormKind::LayerNorm, eps: 1e-5 },
+        positions: Positions::Learned { offset: 2 },
+        attn_scale: 1.0 / ((d_model / n_heads.max(1)) as f64).sqrt(),
+        mlp: MlpConfig { activation: activation(c.str_or("activation_function", "relu"))?, gated: false },
+        parallel_block: false,
+        tied_embeddings: c.bool_or("tie_word_embeddings", true),
+        embed_scale: None,
+        layers: vec![LayerAttention { sliding_window: None, rope_base: 0.0 }; n_layers],
+        variants: Variants { post_ln: !pre, no_final_norm: !pre, ..Default::default() },
+    })
+}
+
+fn gptneo_config(c: &Cfg) -> Result<ModelConfig> {
+    let d_model = c.usize("hidden_size")?;
+    let n_heads = c.usize("num_heads")?;
+    let n_layers = c.usize("num_layers")?;
+    let window = c.usize_or("window_size", Some(256))?;
+    // attention_types: [[["global", "local"], repeats], ...]
+    let mut kinds: Vec<String> = Vec::new();
+    for group in c.get("attention_types").and_then(Value::as_array).into_iter().flatten() {
+        let pattern = group.get(0).and_then(Value::as_array);
+        let times = group.get(1).and_then(Value::as_u64).unwrap_or(1);
+        for _ in 0..times {
+            kinds.extend(pattern.into_iter().flatten().filter_map(Value::as_str).map(String::from));
+        }
+    }
+    if kinds.len() != n_layers {
+        return Err(Error::Invalid(format!("config.json: attention_types give {} layers, num_layers is {n_layers}", kinds.len())));
+    }
+    Ok(ModelConfig {
+        architecture: "gpt_neo".into(),
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads: n_heads,
+        d_head: d_model / n_heads.max(1),
+        d_mlp: c.usize_or("intermediate_size", Some(4 * d_model))?,
+        d_vocab: c.usize("vocab_size")?,
+        n_ctx: c.usize("max_position_embeddings")?,
+        norm: NormConfig { kind: NormKind::LayerNorm, eps: c.f64_or("layer_norm_epsilon", 1e-5)? },
+        positions: Positions::Learned { offset: 0 },
+        // GPT-Neo does not scale its attention scores.
+        attn_scale: 1.0,
+        mlp: MlpConfig { activation: activation(c.str_or("activation_function", "gelu_new"))?, gated: false },
+        parallel_block: false,
+        tied_embeddings: c.bool_or("tie_word_embeddings", true),
+        embed_scale: None,
+        layers: kinds
+            .iter()
+            .map(|k| LayerAttention { sliding_window: (k == "local").then_some(window), rope_base: 0.0 })
+            .collect(),
         variants: Default::default(),
     })
 }

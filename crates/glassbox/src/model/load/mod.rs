@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
-use crate::model::weights::{AttnWeights, LayerWeights, MlpWeights, Norm, Weights};
+use crate::model::weights::{AttnWeights, LayerExtras, LayerWeights, MlpWeights, MoeWeights, Norm, Weights};
 use crate::model::Model;
 use names::{Linear, Qkv, TensorNames, T};
 
@@ -50,6 +50,14 @@ fn name_at(template: &str, layer: usize) -> String {
     template.replace("{l}", &layer.to_string())
 }
 
+/// A map entry with `{e}` (an expert's index) filled in.
+fn expert(t: T, e: usize) -> (T, String) {
+    match t {
+        T::Req(n) | T::Opt(n) => (t, n.replace("{e}", &e.to_string())),
+        T::No => (t, String::new()),
+    }
+}
+
 /// Reads one tensor of the map (at `layer`), checks it against `shape`, as `[out, in]`
 /// when `linear` (transposing a Conv1D layout).
 fn fetch(
@@ -59,12 +67,20 @@ fn fetch(
     shape: &[usize],
     linear: Option<Linear>,
 ) -> Result<Option<Tensor>> {
-    let (template, required) = match t {
-        T::Req(n) => (n, true),
-        T::Opt(n) => (n, false),
-        T::No => return Ok(None),
-    };
-    let name = name_at(template, layer);
+    match t {
+        T::Req(n) | T::Opt(n) => fetch_name(src, &name_at(n, layer), matches!(t, T::Req(_)), shape, linear),
+        T::No => Ok(None),
+    }
+}
+
+fn fetch_name(
+    src: &mut dyn TensorSource,
+    name: &str,
+    required: bool,
+    shape: &[usize],
+    linear: Option<Linear>,
+) -> Result<Option<Tensor>> {
+    let name = name.to_string();
     if !src.contains(&name) {
         return if required {
             Err(Error::MissingTensor { name })
@@ -117,11 +133,20 @@ pub(crate) fn build_weights(
     let d = cfg.d_model;
     let (q_rows, kv_rows) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
     let lin = Some(names.linear);
-    let norm = |src: &mut dyn TensorSource, w: T, b: T, l: usize| -> Result<Norm> {
-        Ok(Norm {
-            w: required(fetch(src, w, l, &[d], None)?, w, l)?,
-            b: fetch(src, b, l, &[d], None)?,
-        })
+    let plus_one = names.norm_plus_one;
+    let norm_of = |src: &mut dyn TensorSource, w: T, b: T, l: usize, width: usize| -> Result<Norm> {
+        let mut wt = required(fetch(src, w, l, &[width], None)?, w, l)?;
+        if plus_one {
+            wt = (wt + 1.0)?;
+        }
+        Ok(Norm { w: wt, b: fetch(src, b, l, &[width], None)? })
+    };
+    let norm = |src: &mut dyn TensorSource, w: T, b: T, l: usize| norm_of(src, w, b, l, d);
+    let opt_norm = |src: &mut dyn TensorSource, w: T, l: usize, width: usize| -> Result<Option<Norm>> {
+        if w == T::No {
+            return Ok(None);
+        }
+        norm_of(src, w, T::No, l, width).map(Some)
     };
 
     let embed = required(fetch(src, names.embed, 0, &[cfg.d_vocab, d], None)?, names.embed, 0)?;
@@ -169,6 +194,21 @@ pub(crate) fn build_weights(
                 let b_v = fetch(src, bv, l, &[kv_rows], None)?;
                 (w_q, b_q, w_k, b_k, w_v, b_v)
             }
+            Qkv::FusedPerHead { w, b } => {
+                // Rows [head][q, k, v][d_head] (GPT-NeoX; no GQA).
+                let rows = 3 * q_rows;
+                let wt = required(fetch(src, w, l, &[rows, d], lin)?, w, l)?;
+                let bt = fetch(src, b, l, &[rows], None)?;
+                let (h, dh) = (cfg.n_heads, cfg.d_head);
+                let part = |x: &Tensor, i: usize| -> Result<Tensor> {
+                    let cols: usize = x.dims()[1..].iter().product();
+                    Ok(x.reshape((h, 3, dh, cols))?.narrow(1, i, 1)?.contiguous()?.reshape((h * dh, cols))?)
+                };
+                let bpart = |i: usize| -> Result<Option<Tensor>> {
+                    bt.as_ref().map(|b| Ok(part(&b.reshape((rows, 1))?, i)?.reshape(h * dh)?)).transpose()
+                };
+                (part(&wt, 0)?, bpart(0)?, part(&wt, 1)?, bpart(1)?, part(&wt, 2)?, bpart(2)?)
+            }
             Qkv::Fused { w, b } => {
                 let rows = q_rows + 2 * kv_rows;
                 let wt = required(fetch(src, w, l, &[rows, d], lin)?, w, l)?;
@@ -191,15 +231,55 @@ pub(crate) fn build_weights(
         let b_o = fetch(src, names.bo, l, &[d], None)?;
         let ln2 = norm(src, names.ln2_w, names.ln2_b, l)?;
         let m = cfg.d_mlp;
-        let w_in = required(fetch(src, names.mlp_in, l, &[m, d], lin)?, names.mlp_in, l)?;
-        let b_in = fetch(src, names.mlp_b_in, l, &[m], None)?;
-        let w_gate = if cfg.mlp.gated {
+        let moe = match cfg.variants.moe {
+            Some(moe) => {
+                let router = required(fetch(src, names.moe_router, l, &[moe.n_experts, d], lin)?, names.moe_router, l)?;
+                let experts = (0..moe.n_experts)
+                    .map(|e| {
+                        let mut get = |t: T, shape: &[usize]| -> Result<Tensor> {
+                            let (t, template) = expert(t, e);
+                            let name = name_at(&template, l);
+                            fetch_name(src, &name, t != T::No, shape, lin)?.ok_or(Error::MissingTensor { name })
+                        };
+                        Ok(MlpWeights {
+                            w_gate: Some(get(names.expert_gate, &[m, d])?),
+                            b_gate: None,
+                            w_in: get(names.expert_up, &[m, d])?,
+                            b_in: None,
+                            w_out: get(names.expert_down, &[d, m])?,
+                            b_out: None,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some(MoeWeights { router, experts })
+            }
+            None => None,
+        };
+        let dense = moe.is_none();
+        let w_in = if dense {
+            required(fetch(src, names.mlp_in, l, &[m, d], lin)?, names.mlp_in, l)?
+        } else {
+            Tensor::zeros((0, d), DType::F32, &candle_core::Device::Cpu)?
+        };
+        let b_in = if dense { fetch(src, names.mlp_b_in, l, &[m], None)? } else { None };
+        let w_gate = if cfg.mlp.gated && dense {
             Some(required(fetch(src, names.mlp_gate, l, &[m, d], lin)?, names.mlp_gate, l)?)
         } else {
             None
         };
-        let w_out = required(fetch(src, names.mlp_out, l, &[d, m], lin)?, names.mlp_out, l)?;
-        let b_out = fetch(src, names.mlp_b_out, l, &[d], None)?;
+        let w_out = if dense {
+            required(fetch(src, names.mlp_out, l, &[d, m], lin)?, names.mlp_out, l)?
+        } else {
+            Tensor::zeros((d, 0), DType::F32, &candle_core::Device::Cpu)?
+        };
+        let b_out = if dense { fetch(src, names.mlp_b_out, l, &[d], None)? } else { None };
+        let extra = LayerExtras {
+            ln1_post: opt_norm(src, names.ln1_post, l, d)?,
+            ln2_post: opt_norm(src, names.ln2_post, l, d)?,
+            q_norm: opt_norm(src, names.q_norm, l, cfg.d_head)?,
+            k_norm: opt_norm(src, names.k_norm, l, cfg.d_head)?,
+            moe,
+        };
         layers.push(LayerWeights {
             ln1,
             attn: AttnWeights {
@@ -221,10 +301,14 @@ pub(crate) fn build_weights(
                 w_out,
                 b_out,
             },
-            extra: Default::default(),
+            extra,
         });
     }
-    let ln_final = norm(src, names.ln_final_w, names.ln_final_b, 0)?;
+    let ln_final = if cfg.variants.no_final_norm {
+        Norm { w: Tensor::ones(d, DType::F32, &candle_core::Device::Cpu)?, b: None }
+    } else {
+        norm(src, names.ln_final_w, names.ln_final_b, 0)?
+    };
     let unembed = fetch(src, names.unembed, 0, &[cfg.d_vocab, d], None)?;
     let unembed = match unembed {
         Some(u) => u,

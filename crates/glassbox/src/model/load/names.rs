@@ -15,6 +15,8 @@ pub enum Qkv {
     Separate { q: T, k: T, v: T, bq: T, bk: T, bv: T },
     /// One matrix with rows `[q; k; v]` (after transposing a Conv1D layout), and its bias.
     Fused { w: T, b: T },
+    /// One matrix with rows `[head][q, k, v][d_head]` (GPT-NeoX), and its bias.
+    FusedPerHead { w: T, b: T },
 }
 
 /// How a checkpoint stores linear maps.
@@ -50,7 +52,53 @@ pub struct TensorNames {
     pub unembed_b: T,
     /// llama.cpp permutes the rows of Q and K for interleaved rotary; undo it at load.
     pub qk_rows_permuted: bool,
+    /// Norms on the attention and MLP outputs (Gemma 2/3).
+    pub ln1_post: T,
+    pub ln2_post: T,
+    /// Per-head query and key norms (Gemma 3).
+    pub q_norm: T,
+    pub k_norm: T,
+    /// Norm weights are stored as `w` for a `(1 + w)` scale (Hugging Face Gemma): add 1.
+    pub norm_plus_one: bool,
+    /// Mixture of experts: the router, and each expert's maps (`{e}` is the expert).
+    pub moe_router: T,
+    pub expert_gate: T,
+    pub expert_up: T,
+    pub expert_down: T,
 }
+
+/// The fields most families leave out.
+const NONE: TensorNames = TensorNames {
+    linear: Linear::OutIn,
+    embed: No,
+    pos_embed: No,
+    ln1_w: No,
+    ln1_b: No,
+    qkv: Qkv::Fused { w: No, b: No },
+    o: No,
+    bo: No,
+    ln2_w: No,
+    ln2_b: No,
+    mlp_in: No,
+    mlp_b_in: No,
+    mlp_gate: No,
+    mlp_out: No,
+    mlp_b_out: No,
+    ln_final_w: No,
+    ln_final_b: No,
+    unembed: No,
+    unembed_b: No,
+    qk_rows_permuted: false,
+    ln1_post: No,
+    ln2_post: No,
+    q_norm: No,
+    k_norm: No,
+    norm_plus_one: false,
+    moe_router: No,
+    expert_gate: No,
+    expert_up: No,
+    expert_down: No,
+};
 
 use T::{No, Opt, Req};
 
@@ -78,6 +126,7 @@ pub const GPT2_HF: TensorNames = TensorNames {
     unembed: Opt("lm_head.weight"),
     unembed_b: No,
     qk_rows_permuted: false,
+    ..NONE
 };
 
 pub const LLAMA_HF: TensorNames = TensorNames {
@@ -108,6 +157,7 @@ pub const LLAMA_HF: TensorNames = TensorNames {
     unembed: Opt("lm_head.weight"),
     unembed_b: No,
     qk_rows_permuted: false,
+    ..NONE
 };
 
 pub const LLAMA_GGUF: TensorNames = TensorNames {
@@ -138,4 +188,130 @@ pub const LLAMA_GGUF: TensorNames = TensorNames {
     unembed: Opt("output.weight"),
     unembed_b: No,
     qk_rows_permuted: true,
+    ..NONE
+};
+
+pub const MIXTRAL_HF: TensorNames = TensorNames {
+    mlp_in: No,
+    mlp_gate: No,
+    mlp_out: No,
+    mlp_b_in: No,
+    mlp_b_out: No,
+    moe_router: Req("model.layers.{l}.block_sparse_moe.gate.weight"),
+    expert_gate: Req("model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight"),
+    expert_up: Req("model.layers.{l}.block_sparse_moe.experts.{e}.w3.weight"),
+    expert_down: Req("model.layers.{l}.block_sparse_moe.experts.{e}.w2.weight"),
+    ..LLAMA_HF
+};
+
+pub const GEMMA_HF: TensorNames = TensorNames {
+    norm_plus_one: true,
+    ..LLAMA_HF
+};
+
+/// Gemma 2: the norm after attention is `post_attention_layernorm`; the MLP has its own pre-norm.
+pub const GEMMA2_HF: TensorNames = TensorNames {
+    ln1_post: Req("model.layers.{l}.post_attention_layernorm.weight"),
+    ln2_w: Req("model.layers.{l}.pre_feedforward_layernorm.weight"),
+    ln2_post: Req("model.layers.{l}.post_feedforward_layernorm.weight"),
+    ..GEMMA_HF
+};
+
+pub const GEMMA3_HF: TensorNames = TensorNames {
+    q_norm: Req("model.layers.{l}.self_attn.q_norm.weight"),
+    k_norm: Req("model.layers.{l}.self_attn.k_norm.weight"),
+    ..GEMMA2_HF
+};
+
+pub const NEOX_HF: TensorNames = TensorNames {
+    linear: Linear::OutIn,
+    embed: Req("gpt_neox.embed_in.weight"),
+    ln1_w: Req("gpt_neox.layers.{l}.input_layernorm.weight"),
+    ln1_b: Req("gpt_neox.layers.{l}.input_layernorm.bias"),
+    qkv: Qkv::FusedPerHead {
+        w: Req("gpt_neox.layers.{l}.attention.query_key_value.weight"),
+        b: Opt("gpt_neox.layers.{l}.attention.query_key_value.bias"),
+    },
+    o: Req("gpt_neox.layers.{l}.attention.dense.weight"),
+    bo: Opt("gpt_neox.layers.{l}.attention.dense.bias"),
+    ln2_w: Req("gpt_neox.layers.{l}.post_attention_layernorm.weight"),
+    ln2_b: Req("gpt_neox.layers.{l}.post_attention_layernorm.bias"),
+    mlp_in: Req("gpt_neox.layers.{l}.mlp.dense_h_to_4h.weight"),
+    mlp_b_in: Opt("gpt_neox.layers.{l}.mlp.dense_h_to_4h.bias"),
+    mlp_out: Req("gpt_neox.layers.{l}.mlp.dense_4h_to_h.weight"),
+    mlp_b_out: Opt("gpt_neox.layers.{l}.mlp.dense_4h_to_h.bias"),
+    ln_final_w: Req("gpt_neox.final_layer_norm.weight"),
+    ln_final_b: Req("gpt_neox.final_layer_norm.bias"),
+    unembed: Opt("embed_out.weight"),
+    ..NONE
+};
+
+pub const OPT_HF: TensorNames = TensorNames {
+    linear: Linear::OutIn,
+    embed: Req("model.decoder.embed_tokens.weight"),
+    pos_embed: Req("model.decoder.embed_positions.weight"),
+    ln1_w: Req("model.decoder.layers.{l}.self_attn_layer_norm.weight"),
+    ln1_b: Req("model.decoder.layers.{l}.self_attn_layer_norm.bias"),
+    qkv: Qkv::Separate {
+        q: Req("model.decoder.layers.{l}.self_attn.q_proj.weight"),
+        k: Req("model.decoder.layers.{l}.self_attn.k_proj.weight"),
+        v: Req("model.decoder.layers.{l}.self_attn.v_proj.weight"),
+        bq: Opt("model.decoder.layers.{l}.self_attn.q_proj.bias"),
+        bk: Opt("model.decoder.layers.{l}.self_attn.k_proj.bias"),
+        bv: Opt("model.decoder.layers.{l}.self_attn.v_proj.bias"),
+    },
+    o: Req("model.decoder.layers.{l}.self_attn.out_proj.weight"),
+    bo: Opt("model.decoder.layers.{l}.self_attn.out_proj.bias"),
+    ln2_w: Req("model.decoder.layers.{l}.final_layer_norm.weight"),
+    ln2_b: Req("model.decoder.layers.{l}.final_layer_norm.bias"),
+    mlp_in: Req("model.decoder.layers.{l}.fc1.weight"),
+    mlp_b_in: Opt("model.decoder.layers.{l}.fc1.bias"),
+    mlp_out: Req("model.decoder.layers.{l}.fc2.weight"),
+    mlp_b_out: Opt("model.decoder.layers.{l}.fc2.bias"),
+    ln_final_w: Opt("model.decoder.final_layer_norm.weight"),
+    ln_final_b: Opt("model.decoder.final_layer_norm.bias"),
+    unembed: Opt("lm_head.weight"),
+    ..NONE
+};
+
+pub const GPTNEO_HF: TensorNames = TensorNames {
+    linear: Linear::OutIn,
+    embed: Req("transformer.wte.weight"),
+    pos_embed: Req("transformer.wpe.weight"),
+    ln1_w: Req("transformer.h.{l}.ln_1.weight"),
+    ln1_b: Req("transformer.h.{l}.ln_1.bias"),
+    qkv: Qkv::Separate {
+        q: Req("transformer.h.{l}.attn.attention.q_proj.weight"),
+        k: Req("transformer.h.{l}.attn.attention.k_proj.weight"),
+        v: Req("transformer.h.{l}.attn.attention.v_proj.weight"),
+        bq: No,
+        bk: No,
+        bv: No,
+    },
+    o: Req("transformer.h.{l}.attn.attention.out_proj.weight"),
+    bo: Req("transformer.h.{l}.attn.attention.out_proj.bias"),
+    ln2_w: Req("transformer.h.{l}.ln_2.weight"),
+    ln2_b: Req("transformer.h.{l}.ln_2.bias"),
+    mlp_in: Req("transformer.h.{l}.mlp.c_fc.weight"),
+    mlp_b_in: Req("transformer.h.{l}.mlp.c_fc.bias"),
+    mlp_out: Req("transformer.h.{l}.mlp.c_proj.weight"),
+    mlp_b_out: Req("transformer.h.{l}.mlp.c_proj.bias"),
+    ln_final_w: Req("transformer.ln_f.weight"),
+    ln_final_b: Req("transformer.ln_f.bias"),
+    unembed: Opt("lm_head.weight"),
+    ..NONE
+};
+
+pub const QWEN2_GGUF: TensorNames = TensorNames {
+    qk_rows_permuted: false,
+    ..LLAMA_GGUF
+};
+
+pub const GEMMA3_GGUF: TensorNames = TensorNames {
+    qk_rows_permuted: false,
+    ln1_post: Req("blk.{l}.post_attention_norm.weight"),
+    ln2_post: Req("blk.{l}.post_ffw_norm.weight"),
+    q_norm: Req("blk.{l}.attn_q_norm.weight"),
+    k_norm: Req("blk.{l}.attn_k_norm.weight"),
+    ..LLAMA_GGUF
 };
