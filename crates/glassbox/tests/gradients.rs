@@ -42,18 +42,21 @@ fn rel_err(a: f64, b: f64) -> f64 {
 }
 
 fn check_taps(name: &str) {
+    check_taps_at(name, &[HookPoint::Embed, HookPoint::ResidPre(1), HookPoint::Z(0), HookPoint::Z(1)]);
+}
+
+fn check_taps_at(name: &str, points: &[HookPoint]) {
     let model = load_tiny(name).to_dtype(DType::F64).unwrap();
     let reference = Reference::load(fixtures().join(name).join("reference.safetensors"));
     // Two prompts of different lengths: gradients must respect the padding.
     let batch = Batch::new(&[reference.ids(0), reference.ids(1)]).unwrap();
     let (a, b) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
-    let points = [HookPoint::Embed, HookPoint::ResidPre(1), HookPoint::Z(0), HookPoint::Z(1)];
-    let (_, out) = metric(&model, &batch, &Hooks::new().grad_tap(points), a, b);
+    let (_, out) = metric(&model, &batch, &Hooks::new().grad_tap(points.iter().copied()), a, b);
     let n = batch.size();
     let ld = out.logit_diff(&vec![a; n], &vec![b; n]).unwrap().sum_all().unwrap();
     let grads = out.backward(&ld).unwrap();
     let eps = 1e-5;
-    for point in points {
+    for &point in points {
         let g = grads.get(point).unwrap();
         let shape = g.dims().to_vec();
         let fd = |delta: &Tensor| {
@@ -110,4 +113,20 @@ fn padding_positions_get_zero_gradient() {
     let pad = g.get(1).unwrap().narrow(0, len1, batch.n_pos() - len1).unwrap();
     let max = pad.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     assert_eq!(max, 0.0);
+}
+
+/// Gradients flow through the mixture of experts: at the router logits (through the softmax
+/// and the renormalised top-k weights) and at an expert's output.
+#[test]
+fn gradient_taps_through_the_router() {
+    check_taps_at("tiny-mixtral", &[HookPoint::RouterLogits(0), HookPoint::ExpertOut(1, 2), HookPoint::Z(0)]);
+}
+
+/// Gradients through Gemma 3's query/key norms, soft-capped Gemma 2 attention, and NeoX's
+/// parallel block with partial rotary.
+#[test]
+fn gradient_taps_on_modern_families() {
+    check_taps("tiny-gemma3");
+    check_taps("tiny-gemma2");
+    check_taps("tiny-neox");
 }

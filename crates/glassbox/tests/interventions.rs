@@ -114,3 +114,21 @@ fn hook_names_round_trip() {
     assert_eq!("blocks.11.attn.hook_z".parse::<HookPoint>().unwrap(), HookPoint::Z(11));
     assert_eq!(HookPoint::MlpPost(2).to_string(), "blocks.2.mlp.hook_post");
 }
+
+/// Patching through the router: giving a prompt another prompt's router logits in one layer
+/// changes which experts run (and the output); giving it its own changes nothing.
+#[test]
+fn router_logits_can_be_patched() {
+    let model = load_tiny("tiny-mixtral");
+    let (a, b) = (Batch::new(&[vec![10u32, 20, 30, 40, 50]]).unwrap(), Batch::new(&[vec![60u32, 70, 80, 90, 100]]).unwrap());
+    let p = HookPoint::RouterLogits(1);
+    let ra = model.forward(&a, &Hooks::new().cache([p, HookPoint::ExpertWeights(1)])).unwrap();
+    let rb = model.forward(&b, &Hooks::new().cache([p])).unwrap();
+    let w = ra.cache.get(HookPoint::ExpertWeights(1)).unwrap();
+    let chosen = w.ne(0f32).unwrap().to_dtype(candle_core::DType::F32).unwrap().sum(candle_core::D::Minus1).unwrap();
+    assert!(max_abs_diff(&chosen, &(chosen.ones_like().unwrap() * 2.0).unwrap()) == 0.0, "top-2 of 4");
+    let own = model.forward(&a, &Hooks::new().intervene(Intervention::new(p, Action::Replace(ra.cache.get(p).unwrap().clone())))).unwrap();
+    assert!(max_abs_diff(&own.logits, &ra.logits) <= 1e-6);
+    let other = model.forward(&a, &Hooks::new().intervene(Intervention::new(p, Action::Replace(rb.cache.get(p).unwrap().clone())))).unwrap();
+    assert!(max_abs_diff(&other.logits, &ra.logits) > 1e-3);
+}

@@ -104,10 +104,11 @@ fn tiny_gemma3_qk_norm_local_rope_matches_transformers() {
     check_family("tiny-gemma3");
 }
 
-/// A padded batch gives each prompt the logits it gets alone.
+/// A padded batch gives each prompt the logits it gets alone (with sliding windows shorter
+/// than the padding too).
 #[test]
 fn padded_batch_equals_single_runs() {
-    for name in ["tiny-gpt2", "tiny-llama"] {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-gemma3", "tiny-gptneo", "tiny-mixtral"] {
         let model = load_tiny(name);
         let reference = Reference::load(fixtures().join(name).join("reference.safetensors"));
         let seqs: Vec<Vec<u32>> = (0..3).map(|i| reference.ids(i)).collect();

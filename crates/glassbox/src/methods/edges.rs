@@ -154,8 +154,13 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
             for i in 0..heads {
                 let gi = g.narrow(2, i, 1)?.squeeze(2)?; // [b, p, dh]
                 let wi = w.narrow(0, i * dh, dh)?; // [dh, d]
-                let gn = gi.broadcast_matmul(&wi)?.broadcast_mul(w_ln)?; // [b, p, d]
-                res.push(normalize_vjp(&gn, n, s, c.norm.kind)?);
+                let g_in = gi.broadcast_matmul(&wi)?; // [b, p, d]
+                res.push(if c.variants.post_ln {
+                    // Post-LN: attention reads the raw residual.
+                    g_in
+                } else {
+                    normalize_vjp(&g_in.broadcast_mul(w_ln)?, n, s, c.norm.kind)?
+                });
             }
             Ok(())
         };

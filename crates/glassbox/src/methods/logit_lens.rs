@@ -10,7 +10,9 @@
 //! final norm's scale **of the clean run, frozen** (the scale is not linear, so per-component
 //! effects are only defined with it held fixed). With that scale the effects of the embeddings,
 //! every head, every attention output bias, every MLP and the constant biases sum to the final
-//! LD exactly; `decomposition_residual` reports how exactly.
+//! LD exactly; `decomposition_residual` reports how exactly. Models with a norm on the attention
+//! output (Gemma 2/3) have that norm's scale frozen as well, so the identity holds for them too;
+//! post-LN models (OPT-350m style) renormalise the stream after every block and do not decompose.
 
 use candle_core::{DType, Tensor, D};
 use serde::Serialize;
@@ -42,7 +44,9 @@ pub struct LogitLens {
     pub bias_direct_effect: f32,
     /// The model's own LD at the last position.
     pub final_ld: f32,
-    /// `|Σ direct effects − final_ld|`.
+    /// `|Σ direct effects − LD|`, with the LD before any final soft-capping. The identity holds
+    /// for pre-norm models; in post-LN models the residual stream is renormalised after every
+    /// block, so the components do not add up and this residual says by how much.
     pub decomposition_residual: f32,
     /// The clean run's final-norm scale at the last position, held fixed for direct effects.
     pub frozen_scale: f32,
@@ -74,12 +78,24 @@ pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, t
         resid.push(at_last(HookPoint::ResidPost(l))?);
     }
     let resid = Tensor::stack(&resid, 0)?; // [L+1, d]
-    let (_, normalized) = norm_scale(&resid, cfg.norm.kind, cfg.norm.eps)?;
+    let normalized = if cfg.variants.no_final_norm {
+        resid.clone()
+    } else {
+        norm_scale(&resid, cfg.norm.kind, cfg.norm.eps)?.1
+    };
     let mut x = normalized.broadcast_mul(&w.ln_final.w)?;
     if let Some(b) = &w.ln_final.b {
         x = x.broadcast_add(b)?;
     }
-    let lens_logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?.to_dtype(DType::F32)?;
+    let mut lens_logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
+    let precap_ld = {
+        let last = lens_logits.get(layers)?;
+        scalar(&(last.get(correct as usize)? - last.get(incorrect as usize)?)?)?
+    };
+    if let Some(c) = cfg.variants.final_softcap {
+        lens_logits = ((lens_logits / c)?.tanh()? * c)?;
+    }
+    let lens_logits = lens_logits.to_dtype(DType::F32)?;
     let ld_col = (lens_logits.narrow(1, correct as usize, 1)? - lens_logits.narrow(1, incorrect as usize, 1)?)?;
     let logit_diffs = ld_col.squeeze(1)?.to_vec1::<f32>()?;
     let logit_shifts = logit_diffs.windows(2).map(|p| p[1] - p[0]).collect();
@@ -124,12 +140,25 @@ pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, t
     let mut mlp_direct_effects = Vec::with_capacity(layers);
     for l in 0..layers {
         let a = &w.layers[l].attn;
-        // W_Oᵀ u, split per head: [h, d_head].
-        let wu = a.w_o.t()?.matmul(&u.unsqueeze(1)?)?.reshape((cfg.n_heads, cfg.d_head))?;
         let z = at_last(HookPoint::Z(l))?; // [h, d_head]
+        // With a norm on the attention output (Gemma 2/3), its scale is frozen too: the heads'
+        // summed output is divided by it and multiplied by its weight before joining the stream.
+        let u_attn = match &w.layers[l].extra.ln1_post {
+            Some(post) => {
+                let mut pre = linear(&z.flatten_all()?.unsqueeze(0)?, &a.w_o, a.b_o.as_ref())?.squeeze(0)?;
+                if cfg.norm.kind == NormKind::LayerNorm {
+                    pre = pre.broadcast_sub(&pre.mean_keepdim(D::Minus1)?)?;
+                }
+                let s = (pre.sqr()?.mean_all()? + cfg.norm.eps)?.sqrt()?;
+                (&post.w * &u)?.broadcast_div(&s)?
+            }
+            None => u.clone(),
+        };
+        // W_Oᵀ u, split per head: [h, d_head].
+        let wu = a.w_o.t()?.matmul(&u_attn.unsqueeze(1)?)?.reshape((cfg.n_heads, cfg.d_head))?;
         head_direct_effects.push((z * wu)?.sum(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         if let Some(b) = &a.b_o {
-            bias += dot(b)?;
+            bias += scalar(&(b * &u_attn)?.sum_all()?)?;
         }
         mlp_direct_effects.push(dot(&at_last(HookPoint::MlpOut(l))?)?);
     }
@@ -146,7 +175,7 @@ pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, t
         embed_direct_effect,
         bias_direct_effect: bias,
         final_ld,
-        decomposition_residual: (total - final_ld).abs(),
+        decomposition_residual: (total - precap_ld).abs(),
         frozen_scale: scalar(&scale)?,
     })
 }

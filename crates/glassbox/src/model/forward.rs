@@ -494,9 +494,12 @@ fn attention_mask(lengths: &[usize], p: usize, window: Option<usize>, dtype: DTy
     let mut m = vec![f32::NEG_INFINITY; b * p * p];
     for (bi, &len) in lengths.iter().enumerate() {
         for q in 0..p {
-            for k in 0..=q {
-                let in_window = window.is_none_or(|w| q - k < w);
-                if k < len && in_window {
+            for k in 0..=q.min(len.saturating_sub(1)) {
+                // Padding queries (q ≥ len) see the whole real prompt: a sliding window could
+                // otherwise leave them no key at all, and a row of -inf gives NaN, which would
+                // reach real positions through `0 · NaN` in the value products.
+                let in_window = q >= len || window.is_none_or(|w| q - k < w);
+                if in_window {
                     m[(bi * p + q) * p + k] = 0.0;
                 }
             }
