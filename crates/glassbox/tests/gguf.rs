@@ -7,8 +7,12 @@ use common::{fixtures, max_abs_diff, scratch, write_gguf_from_fixture, Reference
 use glassbox::{Batch, HookPoint, Hooks, Model};
 
 fn check(name: &str) {
+    check_arch(name, "llama");
+}
+
+fn check_arch(name: &str, arch: &str) {
     let path = scratch(&format!("gguf-{name}")).join("model.gguf");
-    write_gguf_from_fixture(name, "llama", &path);
+    write_gguf_from_fixture(name, arch, &path);
     let model = Model::load(&path).unwrap();
     let reference = Reference::load(fixtures().join(name).join("reference.safetensors"));
     for (i, prompt) in reference.prompts().iter().enumerate() {
@@ -32,4 +36,16 @@ fn gguf_tiny_llama_gqa_untied() {
 #[test]
 fn gguf_tiny_llama_tied() {
     check("tiny-llama-tied");
+}
+
+/// Qwen2 in GGUF: q/k/v biases, GQA, rope 1e6, no row permutation.
+#[test]
+fn gguf_tiny_qwen2() {
+    check_arch("tiny-qwen2", "qwen2");
+}
+
+/// Mistral ships in GGUF as the `llama` architecture with `llama.attention.sliding_window`.
+#[test]
+fn gguf_tiny_mistral_as_llama_with_sliding_window() {
+    check_arch("tiny-mistral", "llama");
 }

@@ -16,14 +16,118 @@ use crate::error::{Error, Result};
 /// A model's tokenizer. `encode` adds what the model expects (e.g. BOS) itself.
 #[derive(Clone)]
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Backend,
     /// Prepended by `encode` (GGUF files say so in `tokenizer.ggml.add_bos_token`).
     prepend_bos: Option<u32>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// Hugging Face tokenizers (tokenizer.json, or byte-level BPE from a GGUF vocabulary).
+    Hf(Box<tokenizers::Tokenizer>),
+    /// SentencePiece BPE with scores, as llama.cpp runs it (GGUF `tokenizer.ggml.model = llama`).
+    Spm(Box<SpmBpe>),
+}
+
+/// llama.cpp's SentencePiece-BPE rule: spaces become `▁` (no prefix space unless the file asks),
+/// start from characters, repeatedly merge the adjacent pair whose joined piece is in the
+/// vocabulary with the highest score (the leftmost on ties), and spell what is left that is not
+/// in the vocabulary as byte tokens `<0xXX>`. Control tokens written in the text (`<bos>`,
+/// `<start_of_turn>`, ...) are matched whole first.
+#[derive(Clone)]
+pub struct SpmBpe {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    ids: std::collections::HashMap<String, u32>,
+    bytes: [Option<u32>; 256],
+    specials: Vec<(String, u32)>,
+    add_space_prefix: bool,
+}
+
+impl SpmBpe {
+    fn piece_id(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        let mut t = text.replace(' ', "\u{2581}");
+        if self.add_space_prefix {
+            t.insert(0, '\u{2581}');
+        }
+        let mut syms: Vec<String> = t.chars().map(String::from).collect();
+        loop {
+            let mut best: Option<(usize, f32)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                let joined = format!("{}{}", syms[i], syms[i + 1]);
+                if let Some(id) = self.piece_id(&joined) {
+                    let score = self.scores.get(id as usize).copied().unwrap_or(f32::MIN);
+                    if best.is_none_or(|(_, b)| score > b) {
+                        best = Some((i, score));
+                    }
+                }
+            }
+            let Some((i, _)) = best else { break };
+            let right = syms.remove(i + 1);
+            syms[i].push_str(&right);
+        }
+        for sym in &syms {
+            match self.piece_id(sym) {
+                Some(id) => out.push(id),
+                None => {
+                    for b in sym.as_bytes() {
+                        out.push(self.bytes[*b as usize].ok_or_else(|| {
+                            Error::Tokenizer(format!("byte 0x{b:02X} has no <0x{b:02X}> token in this vocabulary"))
+                        })?);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let hit = self
+                .specials
+                .iter()
+                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
+            match hit {
+                Some((at, len, id)) => {
+                    self.encode_text(&rest[..at], &mut out)?;
+                    out.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    self.encode_text(rest, &mut out)?;
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn token_str(&self, id: u32) -> String {
+        let Some(t) = self.tokens.get(id as usize) else { return format!("<{id}>") };
+        if let Some(hex) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return String::from_utf8_lossy(&[b]).into_owned();
+            }
+        }
+        t.replace('\u{2581}', " ")
+    }
 }
 
 fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
+
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's `tokenizer.ggml.pre` names and the Hugging Face pre-tokenizers they stand for.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
@@ -32,9 +136,21 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper> {
         "default" | "gpt2" | "gpt-2" => byte_level.into(),
         // SmolLM: every digit on its own, then GPT-2's byte-level split.
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        // Qwen2's split (as in its tokenizer.json), then byte-level without its own regex.
+        "qwen2" => Sequence::new(vec![
+            tokenizers::pre_tokenizers::split::Split::new(
+                tokenizers::pre_tokenizers::split::SplitPattern::Regex(QWEN2_SPLIT.into()),
+                tokenizers::SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(tk_err)?
+            .into(),
+            ByteLevel::new(false, false, false).into(),
+        ])
+        .into(),
         other => {
             return Err(Error::Tokenizer(format!(
-                "the GGUF pre-tokenizer `{other}` is not supported yet (supported: default, gpt2, smollm)"
+                "the GGUF pre-tokenizer `{other}` is not supported yet (supported: default, gpt2, smollm, qwen2)"
             )))
         }
     })
@@ -77,7 +193,7 @@ impl Tokenizer {
             detail: format!("not a tokenizer.json ({e})"),
         })?;
         Ok(Tokenizer {
-            inner,
+            inner: Backend::Hf(Box::new(inner)),
             prepend_bos: None,
         })
     }
@@ -88,9 +204,12 @@ impl Tokenizer {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(Error::Tokenizer("the GGUF file has no `tokenizer.ggml.model`".into())),
         };
+        if model == "llama" {
+            return Self::spm_from_gguf(content);
+        }
         if model != "gpt2" {
             return Err(Error::Tokenizer(format!(
-                "GGUF tokenizer model `{model}` is not supported yet (supported: gpt2)"
+                "GGUF tokenizer model `{model}` is not supported yet (supported: gpt2, llama)"
             )));
         }
         let tokens = meta_strings(content, "tokenizer.ggml.tokens")?;
@@ -133,8 +252,50 @@ impl Tokenizer {
         // `tokenizer.ggml.add_bos_token` says (llama.cpp honours that key; SmolLM2's file sets
         // it false). A fixed first token also gives every prompt the same attention sink.
         Ok(Tokenizer {
-            inner,
+            inner: Backend::Hf(Box::new(inner)),
             prepend_bos: meta_u32(content, "tokenizer.ggml.bos_token_id"),
+        })
+    }
+
+    fn spm_from_gguf(content: &Content) -> Result<Self> {
+        let tokens = meta_strings(content, "tokenizer.ggml.tokens")?;
+        let scores: Vec<f32> = match content.metadata.get("tokenizer.ggml.scores") {
+            Some(Value::Array(a)) => a.iter().map(|v| if let Value::F32(x) = v { *x } else { 0.0 }).collect(),
+            _ => return Err(Error::Tokenizer("the GGUF file has no `tokenizer.ggml.scores` array".into())),
+        };
+        let types: Vec<i64> = match content.metadata.get("tokenizer.ggml.token_type") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| match v {
+                    Value::I32(x) => *x as i64,
+                    Value::U32(x) => *x as i64,
+                    _ => 1,
+                })
+                .collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let mut bytes = [None; 256];
+        let mut specials = Vec::new();
+        let mut ids = std::collections::HashMap::with_capacity(tokens.len());
+        for (i, t) in tokens.iter().enumerate() {
+            let ty = types.get(i).copied().unwrap_or(1);
+            if ty == 6 {
+                if let Some(b) = t.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    bytes[b as usize] = Some(i as u32);
+                }
+                continue;
+            }
+            // Control and user-defined tokens spelled like tags are matched whole in the text.
+            if (ty == 3 || ty == 4) && t.len() > 2 && t.starts_with('<') && t.ends_with('>') {
+                specials.push((t.clone(), i as u32));
+            }
+            ids.entry(t.clone()).or_insert(i as u32);
+        }
+        let add_space_prefix = matches!(content.metadata.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(true)));
+        let add_bos = !matches!(content.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(false)));
+        Ok(Tokenizer {
+            inner: Backend::Spm(Box::new(SpmBpe { tokens, scores, ids, bytes, specials, add_space_prefix })),
+            prepend_bos: if add_bos { meta_u32(content, "tokenizer.ggml.bos_token_id") } else { None },
         })
     }
 
@@ -143,18 +304,23 @@ impl Tokenizer {
         if text.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        let add_special = self.prepend_bos.is_none();
-        let enc = self.inner.encode(text, add_special).map_err(tk_err)?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        ids.extend(self.prepend_bos);
-        ids.extend_from_slice(enc.get_ids());
+        let mut ids: Vec<u32> = self.prepend_bos.into_iter().collect();
+        match &self.inner {
+            Backend::Hf(t) => {
+                let add_special = self.prepend_bos.is_none();
+                ids.extend_from_slice(t.encode(text, add_special).map_err(tk_err)?.get_ids());
+            }
+            Backend::Spm(t) => ids.extend(t.encode(text)?),
+        }
         Ok(ids)
     }
 
     /// Token ids of `text` with nothing added (for answers and other continuations).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tk_err)?;
-        Ok(enc.get_ids().to_vec())
+        match &self.inner {
+            Backend::Hf(t) => Ok(t.encode(text, false).map_err(tk_err)?.get_ids().to_vec()),
+            Backend::Spm(t) => t.encode(text),
+        }
     }
 
     /// The single token of an answer such as `" Mary"`; a clear error when it is several.
@@ -182,7 +348,10 @@ impl Tokenizer {
 
     /// The text of one token.
     pub fn token_str(&self, id: u32) -> String {
-        self.inner.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>"))
+        match &self.inner {
+            Backend::Hf(t) => t.decode(&[id], false).unwrap_or_else(|_| format!("<{id}>")),
+            Backend::Spm(t) => t.token_str(id),
+        }
     }
 
     /// The BOS token `encode` prepends, if it prepends one.
@@ -191,6 +360,9 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Spm(t) => t.tokens.len(),
+        }
     }
 }

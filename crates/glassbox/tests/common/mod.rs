@@ -70,8 +70,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
-/// Writes a tiny LLaMA fixture folder as a llama.cpp-style GGUF file (f32 tensors, Q and K rows
-/// permuted as llama.cpp's converter does, vocabulary and merges from tokenizer.json), so the
+/// Writes a tiny LLaMA-style fixture folder as a llama.cpp-style GGUF file (f32 tensors, Q and K
+/// rows permuted as llama.cpp's converter does for `llama`, q/k/v biases where the folder has
+/// them, vocabulary and merges from tokenizer.json), so the
 /// GGUF loader can be checked against the `transformers` reference of the same weights.
 /// `arch` is written as `general.architecture`.
 pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
@@ -86,6 +87,8 @@ pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
     let st = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let u = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let (heads, kv) = (u("num_attention_heads"), u("num_key_value_heads"));
+    // llama.cpp permutes Q/K rows only for the LLaMA architecture.
+    let llama = arch == "llama";
 
     let vocab = tok["model"]["vocab"].as_object().unwrap();
     let mut tokens = vec![String::new(); vocab.len()];
@@ -101,7 +104,7 @@ pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
             other => Value::String(format!("{} {}", other[0].as_str().unwrap(), other[1].as_str().unwrap())),
         })
         .collect();
-    let meta: Vec<(String, Value)> = vec![
+    let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         (format!("{arch}.block_count"), Value::U32(u("num_hidden_layers"))),
         (format!("{arch}.context_length"), Value::U32(u("max_position_embeddings"))),
@@ -115,12 +118,14 @@ pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
             Value::F32(cfg["rms_norm_eps"].as_f64().unwrap() as f32),
         ),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        (format!("{arch}.attention.sliding_window"), Value::U32(cfg["sliding_window"].as_u64().unwrap_or(0) as u32)),
         ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
         ("tokenizer.ggml.merges".into(), Value::Array(merges)),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
     ];
 
+    meta.retain(|(k, v)| !(k.ends_with("sliding_window") && matches!(v, Value::U32(0))));
     // llama.cpp's permute: rows (head, 2, d_head/2) -> (head, d_head/2, 2).
     let permute = |w: &Tensor, n: u32| -> Tensor {
         let (rows, cols) = w.dims2().unwrap();
@@ -145,8 +150,8 @@ pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
         let gg = |s: &str| format!("blk.{l}.{s}");
         tensors.extend([
             (gg("attn_norm.weight"), hf("input_layernorm.weight")),
-            (gg("attn_q.weight"), permute(&hf("self_attn.q_proj.weight"), heads)),
-            (gg("attn_k.weight"), permute(&hf("self_attn.k_proj.weight"), kv)),
+            (gg("attn_q.weight"), if llama { permute(&hf("self_attn.q_proj.weight"), heads) } else { hf("self_attn.q_proj.weight") }),
+            (gg("attn_k.weight"), if llama { permute(&hf("self_attn.k_proj.weight"), kv) } else { hf("self_attn.k_proj.weight") }),
             (gg("attn_v.weight"), hf("self_attn.v_proj.weight")),
             (gg("attn_output.weight"), hf("self_attn.o_proj.weight")),
             (gg("ffn_norm.weight"), hf("post_attention_layernorm.weight")),
@@ -154,6 +159,11 @@ pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
             (gg("ffn_up.weight"), hf("mlp.up_proj.weight")),
             (gg("ffn_down.weight"), hf("mlp.down_proj.weight")),
         ]);
+        for (ours, theirs) in [("attn_q.bias", "q_proj.bias"), ("attn_k.bias", "k_proj.bias"), ("attn_v.bias", "v_proj.bias")] {
+            if let Some(b) = st.get(&format!("model.layers.{l}.self_attn.{theirs}")) {
+                tensors.push((gg(ours), b.clone()));
+            }
+        }
     }
     let q: Vec<(String, QTensor)> = tensors
         .into_iter()

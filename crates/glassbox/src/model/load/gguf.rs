@@ -25,11 +25,23 @@ struct GgufFamily {
     names: &'static TensorNames,
 }
 
-const FAMILIES: &[GgufFamily] = &[GgufFamily {
-    arch: "llama",
-    config: llama_config,
-    names: &names::LLAMA_GGUF,
-}];
+const FAMILIES: &[GgufFamily] = &[
+    GgufFamily {
+        arch: "llama",
+        config: llama_config,
+        names: &names::LLAMA_GGUF,
+    },
+    GgufFamily {
+        arch: "qwen2",
+        config: llama_config,
+        names: &names::QWEN2_GGUF,
+    },
+    GgufFamily {
+        arch: "gemma3",
+        config: gemma3_config,
+        names: &names::GEMMA3_GGUF,
+    },
+];
 
 pub fn supported_architectures() -> Vec<&'static str> {
     FAMILIES.iter().map(|f| f.arch).collect()
@@ -101,8 +113,12 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
         Some(v) => v,
         None => m.usize("vocab_size")?,
     };
+    let sliding = match m.value("attention.sliding_window") {
+        Some(_) => Some(m.usize("attention.sliding_window")?),
+        None => None,
+    };
     Ok(ModelConfig {
-        architecture: "llama".into(),
+        architecture: m.arch.clone(),
         n_layers,
         d_model,
         n_heads,
@@ -130,13 +146,38 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
         embed_scale: None,
         layers: vec![
             LayerAttention {
-                sliding_window: None,
+                sliding_window: sliding,
                 rope_base
             };
             n_layers
         ],
         variants: Default::default(),
     })
+}
+
+/// What llama.cpp and `transformers` know about Gemma 3 that its GGUF files leave out: every
+/// sixth layer (5, 11, 17, ...) is global attention with the file's rotary base, the others are
+/// sliding-window layers with base 10 000; the query scale is `1/sqrt(head_dim)`
+/// (`query_pre_attn_scalar = head_dim`); no soft-capping.
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+const GEMMA3_LOCAL_ROPE_BASE: f64 = 10_000.0;
+
+fn gemma3_config(m: &Meta) -> Result<ModelConfig> {
+    let mut cfg = llama_config(m)?;
+    let window = m.usize("attention.sliding_window")?;
+    let global_base = m.f64_or("rope.freq_base", 1_000_000.0)?;
+    for (l, la) in cfg.layers.iter_mut().enumerate() {
+        let global = (l + 1) % GEMMA3_GLOBAL_EVERY == 0;
+        la.sliding_window = (!global).then_some(window);
+        la.rope_base = if global { global_base } else { GEMMA3_LOCAL_ROPE_BASE };
+    }
+    cfg.norm.eps = m.f64_or("attention.layer_norm_rms_epsilon", 1e-6)?;
+    cfg.embed_scale = Some((cfg.d_model as f64).sqrt());
+    cfg.mlp = MlpConfig { activation: Activation::GeluTanh, gated: true };
+    cfg.attn_scale = 1.0 / (cfg.d_head as f64).sqrt();
+    cfg.variants.post_norms = true;
+    cfg.variants.qk_norm = true;
+    Ok(cfg)
 }
 
 struct GgufSource {

@@ -1,0 +1,70 @@
+//! Gemma 3 270M from its Q4_K_M GGUF (four Python packages joined in order) against
+//! `transformers` loading the same file with token ids from llama.cpp's tokenizer rule
+//! (reference recorded by `scripts/make_fixtures.py`; see shared NOTES on why not the ids of
+//! `transformers`' own GGUF tokenizer).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, D};
+use common::{fixtures, max_abs_diff, Reference};
+use glassbox::methods::analyze::{analyze, AnalyzeOptions};
+use glassbox::methods::Contrast;
+use glassbox::{registry, Batch, Hooks, Model};
+
+fn gemma3() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = registry::resolve("gemma3-270m", &mut |m| eprintln!("{m}")).expect("pulling gemma3-270m");
+        Model::load(&path).expect("loading Gemma 3")
+    })
+}
+
+const IOI: &str = "When Mary and John went to the store, John gave a drink to";
+
+#[test]
+fn config_and_tokenizer() {
+    let m = gemma3();
+    let c = &m.config;
+    assert_eq!((c.n_layers, c.n_heads, c.n_kv_heads, c.d_head, c.d_model, c.d_mlp, c.d_vocab), (18, 4, 1, 256, 640, 2048, 262_144));
+    let globals: Vec<usize> = (0..18).filter(|&l| c.layers[l].sliding_window.is_none()).collect();
+    assert_eq!(globals, vec![5, 11, 17]);
+    assert_eq!(c.layers[5].rope_base, 1_000_000.0);
+    assert_eq!(c.layers[0].rope_base, 10_000.0);
+    let reference = Reference::load(fixtures().join("gemma3/reference.safetensors"));
+    for (i, prompt) in reference.prompts().iter().enumerate() {
+        assert_eq!(m.tokenize(prompt).unwrap(), reference.ids(i), "{prompt:?}");
+    }
+    assert_eq!(m.tokenize(IOI).unwrap(), vec![2, 4420, 8712, 532, 3415, 3939, 531, 506, 4762, 236764, 3415, 5877, 496, 6092, 531]);
+    assert_eq!(m.answer_token(" Mary").unwrap(), 8712);
+}
+
+#[test]
+fn last_logits_match_transformers() {
+    let m = gemma3();
+    let reference = Reference::load(fixtures().join("gemma3/reference.safetensors"));
+    for i in 0..3 {
+        let out = m.forward(&Batch::new(&[reference.ids(i)]).unwrap(), &Hooks::new().last_logits_only()).unwrap();
+        let ours = out.last_logits().unwrap().squeeze(0).unwrap();
+        let theirs = reference.get(&format!("p{i}.last_logits"));
+        let d = max_abs_diff(&ours, theirs);
+        eprintln!("prompt {i}: max |logit - transformers| = {d:e}");
+        assert!(d <= 1e-3, "prompt {i}: {d:e}");
+        let top = |t: &candle_core::Tensor| t.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(top(&ours), top(theirs));
+    }
+    let out = m.forward(&m.batch(&[IOI]).unwrap(), &Hooks::new().last_logits_only()).unwrap();
+    let ld = out.logit_diff(&[8712], &[3415]).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0];
+    assert!((ld - 5.2201).abs() < 1e-3, "{ld}");
+}
+
+#[test]
+fn analyze_runs_on_gemma3() {
+    let m = gemma3();
+    let c = Contrast::new(m, IOI, " Mary", " John", None).unwrap();
+    let a = analyze(m, &c, &AnalyzeOptions::default()).unwrap();
+    eprintln!("gemma3 circuit {:?} {:?}", a.circuit.iter().map(|h| h.to_string()).collect::<Vec<_>>(), a.faithfulness);
+    assert!(!a.circuit.is_empty());
+    assert!(a.faithfulness.sufficiency.is_finite() && a.faithfulness.comprehensiveness.is_finite());
+}
