@@ -10,7 +10,7 @@ use glassbox::{registry, Batch, HookPoint, Hooks, Model};
 use serde::Serialize;
 
 mod methods;
-use methods::ContrastArgs;
+use methods::{ContrastArgs, PromptAnswers};
 
 #[derive(Parser)]
 #[command(name = "glassbox", version, about = "See what a transformer language model is doing on a prompt")]
@@ -108,12 +108,8 @@ enum Command {
     Stability {
         #[command(flatten)]
         model: ModelArg,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long)]
-        correct: String,
-        #[arg(long)]
-        incorrect: String,
+        #[command(flatten)]
+        answers: PromptAnswers,
         #[arg(long, default_value_t = 25)]
         n_corruptions: usize,
         /// Probability that each non-BOS token is replaced.
@@ -208,12 +204,8 @@ enum Command {
     LogitLens {
         #[command(flatten)]
         model: ModelArg,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long)]
-        correct: String,
-        #[arg(long)]
-        incorrect: String,
+        #[command(flatten)]
+        answers: PromptAnswers,
         #[arg(long, default_value_t = 5)]
         top_k: usize,
         #[arg(long)]
@@ -223,12 +215,8 @@ enum Command {
     TokenAttribution {
         #[command(flatten)]
         model: ModelArg,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long)]
-        correct: String,
-        #[arg(long)]
-        incorrect: String,
+        #[command(flatten)]
+        answers: PromptAnswers,
         /// gradient_x_input or integrated_gradients.
         #[arg(long, default_value = "gradient_x_input")]
         method: String,
@@ -436,18 +424,20 @@ fn main() -> Result<()> {
                 Some(task) => methods::run_analyze_task(&m, &task, n, &corruption, seed, n_boot, &opts, json)?,
                 None => {
                     let contrast = ContrastArgs {
-                        prompt: prompt.unwrap_or_default(),
-                        correct: correct.unwrap_or_default(),
-                        incorrect: incorrect.unwrap_or_default(),
+                        answers: PromptAnswers {
+                            prompt: prompt.unwrap_or_default(),
+                            correct: correct.unwrap_or_default(),
+                            incorrect: incorrect.unwrap_or_default(),
+                        },
                         corrupted,
                     };
                     methods::run_analyze(&m, &contrast, &opts, json)?;
                 }
             }
         }
-        Command::Stability { model, prompt, correct, incorrect, n_corruptions, p, seed, json } => {
+        Command::Stability { model, answers, n_corruptions, p, seed, json } => {
             let m = load_model(&model)?;
-            methods::run_stability(&m, &prompt, &correct, &incorrect, n_corruptions, p, seed, json)?;
+            methods::run_stability(&m, &answers, n_corruptions, p, seed, json)?;
         }
         Command::PathPatch { model, contrast, receiver, top, json } => {
             let m = load_model(&model)?;
@@ -469,13 +459,13 @@ fn main() -> Result<()> {
             let m = load_model(&model)?;
             methods::run_edges(&m, &contrast, &method, n_steps, top_k, json)?;
         }
-        Command::LogitLens { model, prompt, correct, incorrect, top_k, json } => {
+        Command::LogitLens { model, answers, top_k, json } => {
             let m = load_model(&model)?;
-            methods::run_logit_lens(&m, &prompt, &correct, &incorrect, top_k, json)?;
+            methods::run_logit_lens(&m, &answers, top_k, json)?;
         }
-        Command::TokenAttribution { model, prompt, correct, incorrect, method, n_steps, baseline, json } => {
+        Command::TokenAttribution { model, answers, method, n_steps, baseline, json } => {
             let m = load_model(&model)?;
-            methods::run_token_attribution(&m, &prompt, &correct, &incorrect, &method, n_steps, &baseline, json)?;
+            methods::run_token_attribution(&m, &answers, &method, n_steps, &baseline, json)?;
         }
         Command::Attention { model, prompt, heads, top_k, json } => {
             let m = load_model(&model)?;

@@ -13,9 +13,9 @@ use glassbox::methods::{Contrast, Head};
 use glassbox::Model;
 use serde::Serialize;
 
-/// A prompt with the two answers compared, and optionally the corrupted prompt.
+/// A prompt and the two answers whose logit difference is measured.
 #[derive(Args, Clone)]
-pub struct ContrastArgs {
+pub struct PromptAnswers {
     #[arg(long)]
     pub prompt: String,
     /// The answer the model should give, e.g. " Mary" (one token).
@@ -24,6 +24,20 @@ pub struct ContrastArgs {
     /// The competing answer, e.g. " John" (one token).
     #[arg(long)]
     pub incorrect: String,
+}
+
+impl PromptAnswers {
+    /// The prompt's tokens and the two answers' token ids.
+    pub fn tokens(&self, model: &Model) -> Result<(Vec<u32>, u32, u32)> {
+        Ok((model.tokenize(&self.prompt)?, model.answer_token(&self.correct)?, model.answer_token(&self.incorrect)?))
+    }
+}
+
+/// A prompt with the two answers compared, and optionally the corrupted prompt.
+#[derive(Args, Clone)]
+pub struct ContrastArgs {
+    #[command(flatten)]
+    pub answers: PromptAnswers,
     /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
     #[arg(long)]
     pub corrupted: Option<String>,
@@ -31,7 +45,8 @@ pub struct ContrastArgs {
 
 impl ContrastArgs {
     pub fn build(&self, model: &Model) -> Result<Contrast> {
-        Ok(Contrast::new(model, &self.prompt, &self.correct, &self.incorrect, self.corrupted.as_deref())?)
+        let a = &self.answers;
+        Ok(Contrast::new(model, &a.prompt, &a.correct, &a.incorrect, self.corrupted.as_deref())?)
     }
 }
 
@@ -122,9 +137,8 @@ fn print_lens(model: &Model, l: &LogitLens) {
     let _ = model;
 }
 
-pub fn run_logit_lens(model: &Model, prompt: &str, correct: &str, incorrect: &str, top_k: usize, json: bool) -> Result<()> {
-    let tokens = model.tokenize(prompt)?;
-    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+pub fn run_logit_lens(model: &Model, pa: &PromptAnswers, top_k: usize, json: bool) -> Result<()> {
+    let (tokens, c, i) = pa.tokens(model)?;
     let l = logit_lens(model, &tokens, c, i, top_k)?;
     if json {
         return print_json(&l);
@@ -152,10 +166,8 @@ fn print_tokens(t: &TokenAttribution) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run_token_attribution(model: &Model, prompt: &str, correct: &str, incorrect: &str, method: &str, n_steps: usize, baseline: &str, json: bool) -> Result<()> {
-    let tokens = model.tokenize(prompt)?;
-    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+pub fn run_token_attribution(model: &Model, pa: &PromptAnswers, method: &str, n_steps: usize, baseline: &str, json: bool) -> Result<()> {
+    let (tokens, c, i) = pa.tokens(model)?;
     let ig = match method {
         "gradient_x_input" | "taylor" => None,
         "integrated_gradients" | "ig" => Some((n_steps, parse_baseline(model, baseline)?)),
@@ -318,10 +330,8 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run_stability(model: &Model, prompt: &str, correct: &str, incorrect: &str, k: usize, p: f32, seed: u64, json: bool) -> Result<()> {
-    let tokens = model.tokenize(prompt)?;
-    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+pub fn run_stability(model: &Model, pa: &PromptAnswers, k: usize, p: f32, seed: u64, json: bool) -> Result<()> {
+    let (tokens, c, i) = pa.tokens(model)?;
     let bar = progress_bar(json);
     bar.set_message("corruptions");
     let mut progress = |done: usize, total: usize| {

@@ -3,7 +3,6 @@
 
 mod common;
 
-use candle_core::DType;
 use common::load_tiny;
 use glassbox::methods::faithfulness::{faithfulness, Ablation, Circuit, CircuitEvaluator};
 use glassbox::methods::patching::{exact_patching, Direction};
@@ -13,8 +12,7 @@ use glassbox::{Action, Batch, HookPoint, Hooks, Intervention, Model};
 const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 
 fn ld(model: &Model, tokens: &[u32], c: &Contrast, hooks: Hooks) -> f32 {
-    let out = model.forward(&Batch::new(&[tokens.to_vec()]).unwrap(), &hooks.last_logits_only()).unwrap();
-    out.logit_diff(&[c.correct_id], &[c.incorrect_id]).unwrap().to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap()[0]
+    common::last_ld(model, tokens, c.correct_id, c.incorrect_id, hooks) as f32
 }
 
 #[test]

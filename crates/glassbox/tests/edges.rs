@@ -7,14 +7,11 @@ use common::{eps_close, load_tiny};
 use glassbox::methods::attribution::Method;
 use glassbox::methods::edges::{edge_attribution, normalize_vjp};
 use glassbox::methods::Contrast;
-use glassbox::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use glassbox::{Action, Batch, HookPoint, Hooks, Intervention};
 
 const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 
-fn ld(model: &Model, tokens: &[u32], c: u32, i: u32, hooks: Hooks) -> f64 {
-    let out = model.forward(&Batch::new(&[tokens.to_vec()]).unwrap(), &hooks.last_logits_only()).unwrap();
-    out.logit_diff(&[c], &[i]).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0]
-}
+use common::last_ld as ld;
 
 /// The norm VJP that carries receiver gradients back through a head's own norm equals
 /// autograd: the MLP's input gradient (tap at `hook_mlp_in`) from the gradient at

@@ -9,14 +9,11 @@ use glassbox::methods::attribution::{attribute, Component, Method};
 use glassbox::methods::logit_lens::logit_lens;
 use glassbox::methods::token_attribution::{token_attribution, Baseline};
 use glassbox::methods::Contrast;
-use glassbox::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use glassbox::{Action, Batch, HookPoint, Hooks, Intervention};
 
 const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 
-fn ld(model: &Model, tokens: &[u32], c: u32, i: u32, hooks: Hooks) -> f64 {
-    let out = model.forward(&Batch::new(&[tokens.to_vec()]).unwrap(), &hooks.last_logits_only()).unwrap();
-    out.logit_diff(&[c], &[i]).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0]
-}
+use common::last_ld as ld;
 
 /// With a corrupted run ε-close to the clean one, attribution patching of each head equals
 /// exact activation patching (LD_clean − LD with that head patched from the corrupted run)

@@ -208,3 +208,9 @@ pub fn eps_close(name: &str, eps: f64) -> (Model, glassbox::methods::Contrast) {
     contrast.corrupted[pos] = spare as u32;
     (model, contrast)
 }
+
+/// `logit[c] − logit[i]` at the last position of one prompt run with `hooks`, in f64.
+pub fn last_ld(model: &Model, tokens: &[u32], c: u32, i: u32, hooks: glassbox::Hooks) -> f64 {
+    let out = model.forward(&glassbox::Batch::new(&[tokens.to_vec()]).unwrap(), &hooks.last_logits_only()).unwrap();
+    out.logit_diff(&[c], &[i]).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0]
+}
