@@ -148,6 +148,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Q/K/V composition scores between heads (Elhage et al. 2021), from the weights alone.
+    Composition {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Heads of the circuit (L9H6 or 9.6; repeatable).
+        #[arg(long = "head", required = true)]
+        heads: Vec<String>,
+        /// Show pairs with any score at least this.
+        #[arg(long, default_value_t = 0.0)]
+        min_score: f32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Exact activation patching of every head and MLP (batched).
     Patch {
         #[command(flatten)]
@@ -446,6 +459,10 @@ fn main() -> Result<()> {
         Command::Scrub { model, hypothesis, n, seed, json } => {
             let m = load_model(&model)?;
             methods::run_scrub(&m, &hypothesis, n, seed, json)?;
+        }
+        Command::Composition { model, heads, min_score, json } => {
+            let m = load_model(&model)?;
+            methods::run_composition(&m, &heads, min_score, json)?;
         }
         Command::Patch { model, contrast, direction, top, json } => {
             let m = load_model(&model)?;

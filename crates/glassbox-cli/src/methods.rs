@@ -415,3 +415,16 @@ fn progress_bar(json: bool) -> indicatif::ProgressBar {
     }
     bar
 }
+
+pub fn run_composition(model: &Model, heads: &[String], min_score: f32, json: bool) -> Result<()> {
+    let circuit = heads.iter().map(|h| parse_head(h)).collect::<Result<Vec<_>>>()?;
+    let c = glassbox::methods::composition::all_composition_scores(model, &circuit, min_score)?;
+    if json {
+        return print_json(&c);
+    }
+    println!("{:<8}    {:<8} {:>8} {:>8} {:>8}", "sender", "receiver", "Q", "K", "V");
+    for e in &c.combined_edges {
+        println!("{:<8} →  {:<8} {:>8.4} {:>8.4} {:>8.4}", e.sender, e.receiver, e.q, e.k, e.v);
+    }
+    Ok(())
+}

@@ -124,3 +124,23 @@ fn uniform_head_is_not_induction() {
     assert!(s.entropy > 0.99, "a zero query attends uniformly: entropy {}", s.entropy);
     assert_eq!(s.head_type(), "diffuse");
 }
+
+/// Composition scores on the hand-built circuit: the induction head's keys read what the
+/// previous-token head writes (K-composition), its queries do not (they read the token).
+#[test]
+fn induction_head_k_composes_with_the_previous_token_head() {
+    use glassbox::methods::composition::{all_composition_scores, composition_score, Kind};
+    let model = induction_model(true);
+    let (s, r) = (Head { layer: 0, head: 0 }, Head { layer: 1, head: 0 });
+    let k = composition_score(&model, s, r, Kind::K).unwrap();
+    let q = composition_score(&model, s, r, Kind::Q).unwrap();
+    let v = composition_score(&model, s, r, Kind::V).unwrap();
+    // QK reads prev(t) against t, OV writes t into prev(t): both are (scaled) identities of
+    // rank V, whose product has Frobenius ratio exactly 1/√V.
+    assert!((k - 1.0 / (V as f32).sqrt()).abs() < 1e-4, "K-composition {k}");
+    assert!(q < 1e-6, "Q-composition {q}");
+    assert_eq!(v, 0.0, "the induction head writes nothing here (W_O = 0)");
+    let all = all_composition_scores(&model, &[s, r], 0.01).unwrap();
+    assert_eq!(all.combined_edges.len(), 1);
+    assert!(composition_score(&model, r, s, Kind::K).is_err(), "a later head cannot send to an earlier one");
+}

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod attribution;
 pub mod bootstrap;
 pub mod circuit;
+pub mod composition;
 pub mod contrast;
 pub mod edges;
 pub mod faithfulness;
