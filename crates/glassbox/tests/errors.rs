@@ -130,3 +130,23 @@ fn multi_token_answer_and_bad_token_id() {
     let e = model.forward(&Batch::new(&[vec![100_000]]).unwrap(), &Hooks::new()).err().unwrap();
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
 }
+
+#[test]
+fn inconsistent_batch_and_residual_start() {
+    let model = load_tiny("tiny-llama");
+    let mut batch = Batch::new(&[vec![1, 2, 3]]).unwrap();
+    batch.lengths = vec![0];
+    let e = model.forward(&batch, &Hooks::new()).err().unwrap();
+    assert!(e.to_string().contains("lengths"), "{e}");
+    let resid = candle_core::Tensor::zeros((1, 3, 64), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let e = model
+        .forward_from(glassbox::Start::Residual { layer: 1, resid: &resid, lengths: &[4] }, &Hooks::new())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("lengths"), "{e}");
+    let e = model
+        .forward_from(glassbox::Start::Residual { layer: 5, resid: &resid, lengths: &[3] }, &Hooks::new())
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::LayerOutOfRange { layer: 5, .. }), "{e}");
+}

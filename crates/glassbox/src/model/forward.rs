@@ -169,7 +169,10 @@ impl Model {
         let cfg = &self.config;
         let w = &self.weights;
         let (lengths, n_pos, batch_size) = match &start {
-            Start::Tokens(b) => (b.lengths.clone(), b.n_pos(), b.size()),
+            Start::Tokens(b) => {
+                let (rows, p) = b.ids.dims2()?;
+                (b.lengths.clone(), p, rows)
+            }
             Start::Residual { resid, lengths, layer } => {
                 cfg.check_layer(*layer)?;
                 let (b, p, d) = resid.dims3()?;
@@ -184,6 +187,11 @@ impl Model {
                 (lengths.to_vec(), p, b)
             }
         };
+        if lengths.len() != batch_size || lengths.iter().any(|&l| l == 0 || l > n_pos) {
+            return Err(Error::Invalid(format!(
+                "prompt lengths {lengths:?} do not fit a batch of {batch_size} prompts of {n_pos} positions (each must be 1..={n_pos})"
+            )));
+        }
         if n_pos > cfg.n_ctx {
             return Err(Error::PromptTooLong {
                 n_tokens: n_pos,

@@ -85,7 +85,7 @@ impl Meta<'_> {
         }
     }
     fn tensor_rows(&self, name: &str) -> Option<usize> {
-        self.content.tensor_infos.get(name).map(|t| t.shape.dims()[0])
+        self.content.tensor_infos.get(name).and_then(|t| t.shape.dims().first().copied())
     }
 }
 

@@ -486,6 +486,12 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
     let mut cfg = (family.config)(&cfg_json)?;
 
     let files = weight_files(dir)?;
+    if files.is_empty() {
+        return Err(Error::Corrupt {
+            path: dir.join("model.safetensors.index.json"),
+            detail: "the index lists no weight files".into(),
+        });
+    }
     for f in &files {
         if !f.exists() {
             return Err(Error::io(f, std::io::Error::from(std::io::ErrorKind::NotFound)));
