@@ -160,31 +160,32 @@ mod avx {
         }
     }
 
-    /// `acc += g[:, j0..j1] · w[j0..j1, :]`, weight rows in blocks that stay in L2 while every
-    /// token row passes over them.
+    /// `acc += g[:, j0..j1] · w[j0..j1, :]`, weight rows in blocks that stay in L2 while the
+    /// token rows pass over them four at a time (each weight load feeds four rows' FMAs).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn g_w_rows(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
         const JB: usize = 64;
-        let k32 = k / 32 * 32;
+        let k16 = k / 16 * 16;
         let mut jb = j0;
         while jb < j1 {
             let je = (jb + JB).min(j1);
             let mut i = 0;
             while i < m {
-                let mr = (m - i).min(2);
+                let mr = (m - i).min(4);
                 let mut kc = 0;
-                while kc < k32 {
-                    if mr == 1 {
-                        chunk::<1>(g, w, acc, n, k, i, kc, jb, je);
-                    } else {
-                        chunk::<2>(g, w, acc, n, k, i, kc, jb, je);
+                while kc < k16 {
+                    match mr {
+                        1 => chunk::<1>(g, w, acc, n, k, i, kc, jb, je),
+                        2 => chunk::<2>(g, w, acc, n, k, i, kc, jb, je),
+                        3 => chunk::<3>(g, w, acc, n, k, i, kc, jb, je),
+                        _ => chunk::<4>(g, w, acc, n, k, i, kc, jb, je),
                     }
-                    kc += 32;
+                    kc += 16;
                 }
                 for r in i..i + mr {
                     for j in jb..je {
                         let gv = *g.add(r * n + j);
-                        for t in k32..k {
+                        for t in k16..k {
                             *acc.add(r * k + t) += gv * *w.add(j * k + t);
                         }
                     }
@@ -195,32 +196,28 @@ mod avx {
         }
     }
 
+    /// 16 columns of `MR` token rows: 2·MR accumulators, 2 weight vectors, 1 broadcast.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn chunk<const MR: usize>(g: *const f32, w: *const f32, acc: *mut f32, n: usize, k: usize, i: usize, kc: usize, jb: usize, je: usize) {
-        let mut a = [[_mm256_setzero_ps(); 4]; MR];
+        let mut a = [[_mm256_setzero_ps(); 2]; MR];
         for (r, ar) in a.iter_mut().enumerate() {
-            for c in 0..4 {
+            for c in 0..2 {
                 ar[c] = _mm256_loadu_ps(acc.add((i + r) * k + kc + 8 * c));
             }
         }
         for j in jb..je {
             let wp = w.add(j * k + kc);
-            let wv = [
-                _mm256_loadu_ps(wp),
-                _mm256_loadu_ps(wp.add(8)),
-                _mm256_loadu_ps(wp.add(16)),
-                _mm256_loadu_ps(wp.add(24)),
-            ];
+            let wv = [_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8))];
             for (r, ar) in a.iter_mut().enumerate() {
                 let gv = _mm256_set1_ps(*g.add((i + r) * n + j));
-                for c in 0..4 {
+                for c in 0..2 {
                     ar[c] = _mm256_fmadd_ps(gv, wv[c], ar[c]);
                 }
             }
         }
         for (r, ar) in a.iter().enumerate() {
-            for c in 0..4 {
+            for c in 0..2 {
                 _mm256_storeu_ps(acc.add((i + r) * k + kc + 8 * c), ar[c]);
             }
         }
