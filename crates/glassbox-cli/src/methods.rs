@@ -305,6 +305,8 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
     let prompts = glassbox::tasks::ioi::generate(model, n, seed, corruption.parse()?)?;
     let contrasts = glassbox::tasks::ioi::contrasts(model, &prompts)?;
     let bar = progress_bar(json);
+    bar.set_length(contrasts.len() as u64);
+    bar.set_message("attribution");
     let mut progress = |done: usize, total: usize, stage: &str| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -333,6 +335,7 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
 pub fn run_stability(model: &Model, pa: &PromptAnswers, k: usize, p: f32, seed: u64, json: bool) -> Result<()> {
     let (tokens, c, i) = pa.tokens(model)?;
     let bar = progress_bar(json);
+    bar.set_length(k as u64);
     bar.set_message("corruptions");
     let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
