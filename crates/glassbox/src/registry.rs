@@ -72,8 +72,8 @@ pub fn cached_path(e: &Entry) -> PathBuf {
     home().join("models").join(e.name).join(e.file)
 }
 
-/// The local path of a model given as a registry name (pulled on first use), a GGUF file
-/// or a model folder.
+/// The local path of a model given as a registry name (pulled on first use), a GGUF file,
+/// a model folder, or a Hugging Face Hub id (`org/name`; see `from_hub`).
 pub fn resolve(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.exists() {
@@ -87,14 +87,8 @@ pub fn resolve(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         return pull(e, progress);
     }
     let known: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
-    if spec.contains('/') && !spec.starts_with('.') && !spec.starts_with('/') && spec.split('/').count() == 2 {
-        return Err(Error::Fetch {
-            model: spec.to_string(),
-            detail: format!(
-                "no such local path, and Hugging Face Hub ids cannot be fetched from this build (the Hub is not reachable here); download the model folder yourself and pass its path, or use a registry model ({})",
-                known.join(", ")
-            ),
-        });
+    if is_hub_id(spec) {
+        return from_hub(spec, progress);
     }
     Err(Error::Io {
         path: path.to_path_buf(),
@@ -106,6 +100,61 @@ pub fn resolve(spec: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             ),
         ),
     })
+}
+
+/// `org/name`, as the Hugging Face Hub names models.
+fn is_hub_id(spec: &str) -> bool {
+    let parts: Vec<&str> = spec.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && !spec.starts_with('.')
+}
+
+/// A Hugging Face Hub model: from the Hub's local cache (`$HF_HOME/hub`, default
+/// `~/.cache/huggingface/hub`) when it holds the model, else downloaded into that cache with
+/// `hf-hub` (config.json, tokenizer.json, and model.safetensors or the shards its index lists).
+/// Returns the snapshot folder.
+pub fn from_hub(id: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let cached = hf_hub::Cache::from_env().model(id.to_string());
+    if let Some(config) = cached.get("config.json") {
+        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        if dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists() {
+            progress(&format!("using {id} from the Hugging Face cache at {}", dir.display()));
+            return Ok(dir);
+        }
+    }
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Fetch {
+        model: id.to_string(),
+        detail: format!(
+            "{what} from the Hugging Face Hub failed ({e}); where the Hub cannot be reached, download the model folder elsewhere and pass its path"
+        ),
+    };
+    progress(&format!("fetching {id} from the Hugging Face Hub"));
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(false)
+        .build()
+        .map_err(|e| fail("connecting", &e))?;
+    let repo = api.model(id.to_string());
+    let get = |f: &str| repo.get(f).map_err(|e| fail(&format!("downloading {f}"), &e));
+    let config = get("config.json")?;
+    get("tokenizer.json")?;
+    if repo.get("model.safetensors").is_err() {
+        let index = get("model.safetensors.index.json")?;
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail("reading the shard index", &e))?;
+        let mut shards: Vec<String> = json
+            .get("weight_map")
+            .and_then(serde_json::Value::as_object)
+            .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        for s in &shards {
+            progress(&format!("  {s}"));
+            get(s)?;
+        }
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 fn python() -> String {
