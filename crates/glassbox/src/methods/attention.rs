@@ -82,7 +82,7 @@ pub struct AttentionPatterns {
 }
 
 /// Patterns `[layer] -> [h, q, k]` of one sequence.
-fn patterns(model: &Model, tokens: &[u32]) -> Result<Vec<Vec<Vec<Vec<f32>>>>> {
+fn patterns(model: &Model, tokens: &[u32]) -> Result<Patterns> {
     let layers = model.config.n_layers;
     let hooks = Hooks::new().cache((0..layers).map(HookPoint::Pattern)).last_logits_only();
     let out = model.forward(&Batch::new(&[tokens.to_vec()])?, &hooks)?;
@@ -124,11 +124,17 @@ pub fn repeated_tokens(model: &Model, seed: u64) -> Vec<u32> {
 
 /// Scores of every head: `[layer][head]`.
 pub fn head_scores(model: &Model, tokens: &[u32], seed: u64) -> Result<Vec<Vec<HeadScores>>> {
-    let prompt = patterns(model, tokens)?;
+    scores_from(model, &patterns(model, tokens)?, seed)
+}
+
+/// Attention patterns of one sequence: `[layer][head][q][k]`.
+type Patterns = Vec<Vec<Vec<Vec<f32>>>>;
+
+/// Head scores from the prompt's patterns (and a run of the repeated random sequence).
+fn scores_from(model: &Model, prompt: &Patterns, seed: u64) -> Result<Vec<Vec<HeadScores>>> {
     let rep_tokens = repeated_tokens(model, seed);
     let offset = rep_tokens.len() - 2 * REPEAT_LEN;
     let rep = patterns(model, &rep_tokens)?;
-    let n = tokens.len();
     Ok(prompt
         .iter()
         .zip(&rep)
@@ -136,7 +142,7 @@ pub fn head_scores(model: &Model, tokens: &[u32], seed: u64) -> Result<Vec<Vec<H
             pl.iter()
                 .zip(rl)
                 .map(|(a, r)| {
-                    let rows = 1..n;
+                    let rows = 1..a.len();
                     let second = offset + REPEAT_LEN..rep_tokens.len();
                     HeadScores {
                         previous_token: mean(rows.clone().map(|q| a[q][q - 1])),
@@ -163,18 +169,12 @@ pub fn attention_patterns(model: &Model, tokens: &[u32], heads: Option<&[Head]>,
         return Err(Error::Invalid("attention patterns need a prompt of at least 2 tokens".into()));
     }
     let cfg = &model.config;
-    let all_scores = head_scores(model, tokens, seed)?;
+    let prompt = patterns(model, tokens)?;
+    let all_scores = scores_from(model, &prompt, seed)?;
     let chosen: Vec<Head> = match heads {
         Some(hs) => {
             for h in hs {
-                cfg.check_layer(h.layer)?;
-                if h.head >= cfg.n_heads {
-                    return Err(Error::HeadOutOfRange {
-                        head: h.head,
-                        n_heads: cfg.n_heads,
-                        point: format!("layer {}", h.layer),
-                    });
-                }
+                h.check(cfg)?;
             }
             hs.to_vec()
         }
@@ -187,7 +187,6 @@ pub fn attention_patterns(model: &Model, tokens: &[u32], heads: Option<&[Head]>,
             all
         }
     };
-    let prompt = patterns(model, tokens)?;
     let mut entropy = BTreeMap::new();
     let mut head_types = BTreeMap::new();
     let heads = chosen

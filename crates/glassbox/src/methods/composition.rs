@@ -37,10 +37,7 @@ struct HeadMaps {
 
 fn maps(model: &Model, h: Head) -> Result<HeadMaps> {
     let cfg = &model.config;
-    cfg.check_layer(h.layer)?;
-    if h.head >= cfg.n_heads {
-        return Err(Error::HeadOutOfRange { head: h.head, n_heads: cfg.n_heads, point: h.to_string() });
-    }
+    h.check(cfg)?;
     let dh = cfg.d_head;
     let kv = h.head / cfg.group_size();
     let l = &model.weights.layers[h.layer];

@@ -217,10 +217,7 @@ impl<'a> CircuitEvaluator<'a> {
         let cfg = &self.model.config;
         for c in circuits {
             for h in &c.heads {
-                cfg.check_layer(h.layer)?;
-                if h.head >= cfg.n_heads {
-                    return Err(Error::HeadOutOfRange { head: h.head, n_heads: cfg.n_heads, point: h.to_string() });
-                }
+                h.check(cfg)?;
             }
             if let Some(&l) = c.mlps.iter().find(|&&l| l >= cfg.n_layers) {
                 return Err(Error::LayerOutOfRange { layer: l, n_layers: cfg.n_layers });

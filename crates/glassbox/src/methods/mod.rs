@@ -43,6 +43,17 @@ impl From<Head> for [usize; 2] {
     }
 }
 
+impl Head {
+    /// Error unless this head exists in a model of config `cfg`.
+    pub fn check(&self, cfg: &crate::model::ModelConfig) -> crate::error::Result<()> {
+        cfg.check_layer(self.layer)?;
+        if self.head >= cfg.n_heads {
+            return Err(crate::error::Error::HeadOutOfRange { head: self.head, n_heads: cfg.n_heads, point: self.to_string() });
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Head {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "L{:02}H{:02}", self.layer, self.head)

@@ -44,10 +44,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], hypothesis: &[(H
         return Err(Error::Invalid("causal scrubbing needs a prompt set of at least 2 prompts".into()));
     }
     for (h, f) in hypothesis {
-        cfg.check_layer(h.layer)?;
-        if h.head >= cfg.n_heads {
-            return Err(Error::HeadOutOfRange { head: h.head, n_heads: cfg.n_heads, point: h.to_string() });
-        }
+        h.check(cfg)?;
         if prompts.iter().any(|p| !p.features.contains_key(f)) {
             return Err(Error::Invalid(format!("feature `{f}` (for {h}) is missing from some prompts")));
         }

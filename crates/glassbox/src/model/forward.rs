@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::model::config::Positions;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
-use crate::model::ops::{activation, linear, norm_parts, rotary, softmax_last};
+use crate::model::ops::{activation, linear, norm_parts, norm_scale, rotary, softmax_last};
 use crate::model::weights::{MoeWeights, Norm};
 use crate::model::Model;
 
@@ -460,8 +460,7 @@ fn normalize(x: &Tensor, scale_hook: HookPoint, out_hook: HookPoint, cfg: &crate
 
 /// A norm's normalisation without hooks (post-norms, query/key norms).
 fn norm_parts_normalized(x: &Tensor, cfg: &crate::model::ModelConfig) -> Result<Tensor> {
-    let (centred, scale) = norm_parts(x, cfg.norm.kind, cfg.norm.eps)?;
-    Ok(centred.broadcast_div(&scale)?)
+    Ok(norm_scale(x, cfg.norm.kind, cfg.norm.eps)?.1)
 }
 
 /// `w_out · (act(w_gate · x) ⊙ (w_in · x))`: one expert of a mixture.
