@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::methods::attribution::{attribute, Component, Method, Scored};
+use crate::methods::attribution::{attribute, ranked, Component, Method, Scored};
 use crate::methods::bootstrap::{bootstrap, Bootstrap};
 use crate::methods::circuit::{minimum_faithful_circuit, Step};
 use crate::methods::faithfulness::{taylor_sufficiency, Ablation, Circuit, CircuitEvaluator, Faithfulness};
@@ -163,16 +163,7 @@ pub fn analyze_set(
     let mean_clean = clean.iter().sum::<f32>() / n as f32;
     let mut faithfulness = search.faithfulness;
     faithfulness.taylor_sufficiency = Some(taylor_sufficiency(&circuit, &sum, mean_clean));
-    let mut named = BTreeMap::new();
-    let mut flat = Vec::new();
-    for (layer, row) in sum.iter().enumerate() {
-        for (head, &s) in row.iter().enumerate() {
-            let h = Head { layer, head };
-            named.insert(h.to_string(), s);
-            flat.push(Scored { name: h.to_string(), layer, head: Some(head), score: s });
-        }
-    }
-    flat.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+    let (named, mut flat) = ranked(&sum, Component::Heads);
     flat.truncate(20);
     Ok(SetAnalysis {
         model: model.name.clone(),

@@ -117,6 +117,27 @@ fn answers(c: &Contrast, n: usize) -> (Vec<u32>, Vec<u32>) {
     (vec![c.correct_id; n], vec![c.incorrect_id; n])
 }
 
+/// Scores by name, and every component by decreasing |score|.
+pub fn ranked(scores: &[Vec<f32>], component: Component) -> (BTreeMap<String, f32>, Vec<Scored>) {
+    let mut named = BTreeMap::new();
+    let mut flat = Vec::new();
+    for (l, row) in scores.iter().enumerate() {
+        for (u, &s) in row.iter().enumerate() {
+            let name = component.label(l, u);
+            named.insert(name.clone(), s);
+            flat.push(Scored {
+                name,
+                layer: l,
+                head: (component == Component::Heads).then_some(u),
+                score: s,
+            });
+        }
+    }
+    let values: Vec<f32> = flat.iter().map(|s| s.score).collect();
+    let top = order_by_magnitude(&values).into_iter().map(|i| flat[i].clone()).collect();
+    (named, top)
+}
+
 /// Attribution of every component of kind `component` for the contrast.
 pub fn attribute(model: &Model, contrast: &Contrast, component: Component, method: Method, n_steps: usize) -> Result<Attribution> {
     let layers = model.config.n_layers;
@@ -186,22 +207,7 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
         let change = clean_ld - corrupted_ld;
         (total - change).abs() / change.abs().max(1e-12)
     });
-    let mut attributions = BTreeMap::new();
-    let mut flat = Vec::new();
-    for (l, row) in scores.iter().enumerate() {
-        for (u, &s) in row.iter().enumerate() {
-            let name = component.label(l, u);
-            attributions.insert(name.clone(), s);
-            flat.push(Scored {
-                name,
-                layer: l,
-                head: (component == Component::Heads).then_some(u),
-                score: s,
-            });
-        }
-    }
-    let values: Vec<f32> = flat.iter().map(|s| s.score).collect();
-    let top = order_by_magnitude(&values).into_iter().map(|i| flat[i].clone()).collect();
+    let (attributions, top) = ranked(&scores, component);
     Ok(Attribution {
         method,
         component,
