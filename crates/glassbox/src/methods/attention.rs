@@ -84,7 +84,7 @@ pub struct AttentionPatterns {
 /// Patterns `[layer] -> [h, q, k]` of one sequence.
 fn patterns(model: &Model, tokens: &[u32]) -> Result<Patterns> {
     let layers = model.config.n_layers;
-    let hooks = Hooks::new().cache((0..layers).map(HookPoint::Pattern)).last_logits_only();
+    let hooks = Hooks::new().cache((0..layers).map(HookPoint::Pattern)).logits_for(&[]);
     let out = model.forward(&Batch::new(&[tokens.to_vec()])?, &hooks)?;
     (0..layers)
         .map(|l| {

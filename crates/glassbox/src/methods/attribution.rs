@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::{order_by_magnitude, Contrast, Head};
+use crate::model::config::Positions;
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
 
 /// Which activations are attributed.
@@ -149,8 +150,8 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
         Method::Taylor => {
             // The corrupted run needs no gradient: run apart, the backward pass carries only the
             // clean prompt's rows (10 % faster than one batch of both, measured).
-            let corr = model.forward(&Batch::new(&[contrast.corrupted.clone()])?, &Hooks::new().cache(points.iter().copied()).last_logits_only())?;
-            let hooks = Hooks::new().cache(points.iter().copied()).grad_tap(points.iter().copied()).last_logits_only();
+            let corr = model.forward(&Batch::new(&[contrast.corrupted.clone()])?, &contrast.ld_hooks().cache(points.iter().copied()))?;
+            let hooks = contrast.ld_hooks().cache(points.iter().copied()).grad_tap(points.iter().copied());
             let clean = model.forward(&Batch::new(&[contrast.clean.clone()])?, &hooks)?;
             let ld_clean = clean.logit_diff(&good[..1], &bad[..1])?;
             let ld_corr = corr.logit_diff(&good[..1], &bad[..1])?;
@@ -171,7 +172,7 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
             }
             let mut features = vec![HookPoint::Embed];
             features.extend(points.iter().copied());
-            let out = model.forward(&batch, &Hooks::new().cache(features.iter().copied()).last_logits_only())?;
+            let out = model.forward(&batch, &contrast.ld_hooks().cache(features.iter().copied()))?;
             let lds = out.logit_diff(&good, &bad)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             let ends = features
                 .iter()
@@ -182,7 +183,12 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
                 })
                 .collect::<Result<Vec<_>>>()?;
             let answers = (contrast.correct_id, contrast.incorrect_id);
-            let mean_grads = integrated_gradients(model, &contrast.clean, &features, &ends, answers, n_steps)?;
+            // With every attention output on the path fixed (all heads' z, or every attention
+            // output), attention no longer carries anything between positions: only the last
+            // position reaches the logits and every other position's gradient is zero. The path
+            // is then run at the last position alone: the same figures for 1/p of the work.
+            let last_only = matches!(component, Component::Heads | Component::AttnOut);
+            let mean_grads = integrated_gradients(model, &contrast.clean, &features, &ends, answers, n_steps, last_only)?;
             let mut attrs = features
                 .iter()
                 .zip(&ends)
@@ -224,13 +230,52 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
 
 /// Mean gradient of `LD = logit[correct] − logit[incorrect]` at each feature over the midpoints `α = (k + 0.5) / n_steps` of the path
 /// `corr + α · delta` (all features moved together), batched in chunks of ≤ 128 token rows.
+/// Each feature's ends are `[p, ...]` (position first).
+///
+/// `last_only`: the features fix every attention output (so no position but the last reaches
+/// the logits); the path runs at the last position alone and the other positions' gradients
+/// are returned as the zeros they are. Learned position embeddings are set to the last
+/// position's.
 pub(crate) fn integrated_gradients(
+    model: &Model,
+    tokens: &[u32],
+    features: &[HookPoint],
+    ends: &[(Tensor, Tensor)],
+    answers: (u32, u32),
+    n_steps: usize,
+    last_only: bool,
+) -> Result<Vec<Tensor>> {
+    if !last_only || tokens.len() == 1 {
+        return ig_path(model, tokens, features, ends, answers, n_steps, None);
+    }
+    let p = tokens.len();
+    let last = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, p - 1, 1)?) };
+    let ends_last = ends.iter().map(|(c, d)| Ok((last(c)?, last(d)?))).collect::<Result<Vec<_>>>()?;
+    let pos = match (model.config.positions, &model.weights.pos_embed) {
+        (Positions::Learned { offset }, Some(table)) => Some(table.narrow(0, offset + p - 1, 1)?),
+        _ => None,
+    };
+    let grads = ig_path(model, &tokens[p - 1..], features, &ends_last, answers, n_steps, pos.as_ref())?;
+    grads
+        .into_iter()
+        .map(|g| {
+            let mut dims = g.dims().to_vec();
+            dims[0] = p - 1;
+            let zeros = Tensor::zeros(dims, g.dtype(), g.device())?;
+            Ok(Tensor::cat(&[zeros, g], 0)?)
+        })
+        .collect()
+}
+
+/// The batched path of `integrated_gradients`; `pos` replaces the position embedding `[p, d]`.
+fn ig_path(
     model: &Model,
     tokens: &[u32],
     features: &[HookPoint],
     ends: &[(Tensor, Tensor)],
     (correct, incorrect): (u32, u32),
     n_steps: usize,
+    pos: Option<&Tensor>,
 ) -> Result<Vec<Tensor>> {
     let p = tokens.len();
     let chunk = (128 / p.max(1)).clamp(1, n_steps);
@@ -239,13 +284,16 @@ pub(crate) fn integrated_gradients(
     while k < n_steps {
         let c = chunk.min(n_steps - k);
         let alphas: Vec<f32> = (k..k + c).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
-        let mut hooks = Hooks::new().last_logits_only();
+        let mut hooks = Hooks::new().logits_for(&[correct, incorrect]);
         for (&point, (corr, delta)) in features.iter().zip(ends) {
             let mut shape = vec![c];
             shape.extend(std::iter::repeat_n(1, corr.rank()));
             let a = Tensor::from_vec(alphas.clone(), shape, &Device::Cpu)?.to_dtype(corr.dtype())?;
             let value = corr.unsqueeze(0)?.broadcast_add(&a.broadcast_mul(&delta.unsqueeze(0)?)?)?;
             hooks = hooks.intervene(Intervention::new(point, Action::Replace(value))).grad_tap([point]);
+        }
+        if let Some(pos) = pos {
+            hooks = hooks.intervene(Intervention::new(HookPoint::PosEmbed, Action::Replace(pos.unsqueeze(0)?)));
         }
         let batch = Batch::new(&vec![tokens.to_vec(); c])?;
         let out = model.forward(&batch, &hooks)?;
@@ -263,4 +311,43 @@ pub(crate) fn integrated_gradients(
     sums.into_iter()
         .map(|s| Ok((s.ok_or_else(|| Error::Invalid("no steps".into()))? / n_steps as f64)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last-position path of integrated gradients gives the full path's gradients, on
+    /// learned (GPT-2), rotary (LLaMA), parallel-attention (NeoX) and post-norm (Gemma 3)
+    /// models, for heads and attention outputs.
+    #[test]
+    fn last_position_path_equals_the_full_path() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in ["tiny-gpt2", "tiny-llama", "tiny-neox", "tiny-gemma3"] {
+            let model = Model::load(&root.join(name)).unwrap();
+            let contrast = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
+            for component in [Component::Heads, Component::AttnOut] {
+                let mut features = vec![HookPoint::Embed];
+                features.extend((0..model.config.n_layers).map(|l| component.point(l)));
+                let out = model.forward(&contrast.batch().unwrap(), &Hooks::new().cache(features.iter().copied())).unwrap();
+                let ends: Vec<(Tensor, Tensor)> = features
+                    .iter()
+                    .map(|&p| {
+                        let a = out.cache.get(p).unwrap();
+                        let corr = a.get(1).unwrap();
+                        (corr.clone(), (a.get(0).unwrap() - corr).unwrap())
+                    })
+                    .collect();
+                let answers = (contrast.correct_id, contrast.incorrect_id);
+                let fast = integrated_gradients(&model, &contrast.clean, &features, &ends, answers, 7, true).unwrap();
+                let full = integrated_gradients(&model, &contrast.clean, &features, &ends, answers, 7, false).unwrap();
+                for ((f, g), p) in fast.iter().zip(&full).zip(&features) {
+                    assert_eq!(f.dims(), g.dims(), "{name} {p}");
+                    let scale = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+                    let err = (f - g).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(err <= 1e-5 * scale.max(1.0), "{name} {component:?} {p}: {err} (scale {scale})");
+                }
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model};
+use crate::model::{Batch, Hooks, Model};
 
 /// What position-aligned methods compare: the clean and corrupted token sequences (same
 /// length) and the correct and incorrect answer tokens.
@@ -49,6 +49,12 @@ pub fn swap_words(text: &str, a: &str, b: &str) -> String {
 }
 
 impl Contrast {
+    /// Hooks for a run that only reads this contrast's logit difference: the unembedding of the
+    /// two answer tokens at the last position, not the whole vocabulary.
+    pub fn ld_hooks(&self) -> Hooks {
+        Hooks::new().logits_for(&[self.correct_id, self.incorrect_id])
+    }
+
     /// Builds the contrast. Without `corrupted`, the corrupted prompt swaps the two answers'
     /// words in the prompt (both must occur in it). Errors when an answer is not one token or
     /// the two prompts tokenize to different lengths.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::methods::attribution::Method;
 use crate::methods::{order_by_magnitude, Contrast, Head};
 use crate::model::config::NormKind;
-use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Edge {
@@ -209,7 +209,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
     let batch = contrast.batch()?;
     let good = [contrast.correct_id; 2];
     let bad = [contrast.incorrect_id; 2];
-    let hooks = Hooks::new().cache(cache.iter().copied()).grad_tap(taps.iter().copied()).last_logits_only();
+    let hooks = contrast.ld_hooks().cache(cache.iter().copied()).grad_tap(taps.iter().copied());
     let out = model.forward(&batch, &hooks)?;
     let ld = out.logit_diff(&good, &bad)?;
     let lds = ld.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -243,11 +243,11 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
                 let alphas: Vec<f32> = (k..k + n).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
                 let a = Tensor::from_vec(alphas, (n, 1, 1), emb.device())?.to_dtype(emb.dtype())?;
                 let value = corr.unsqueeze(0)?.broadcast_add(&a.broadcast_mul(&delta.unsqueeze(0)?)?)?;
-                let hooks = Hooks::new()
+                let hooks = contrast
+                    .ld_hooks()
                     .intervene(Intervention::new(HookPoint::Embed, Action::Replace(value)))
                     .cache(cache.iter().copied())
-                    .grad_tap(taps.iter().copied())
-                    .last_logits_only();
+                    .grad_tap(taps.iter().copied());
                 let run = model.forward(&Batch::new(&vec![contrast.clean.clone(); n])?, &hooks)?;
                 let metric = run.logit_diff(&vec![contrast.correct_id; n], &vec![contrast.incorrect_id; n])?.sum_all()?;
                 let grads = run.backward(&metric)?;

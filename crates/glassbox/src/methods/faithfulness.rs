@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head};
-use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -149,7 +149,7 @@ impl<'a> CircuitEvaluator<'a> {
                 }
                 _ => vec![contrast.clean.clone(), contrast.corrupted.clone()],
             };
-            let out = model.forward(&Batch::new(&set)?, &Hooks::new().cache(points.iter().copied()).last_logits_only())?;
+            let out = model.forward(&Batch::new(&set)?, &contrast.ld_hooks().cache(points.iter().copied()))?;
             let values = (0..layers)
                 .map(|l| {
                     let pick = |p: HookPoint| -> Result<Tensor> {
@@ -186,7 +186,7 @@ impl<'a> CircuitEvaluator<'a> {
         let mut lds = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(8) {
             let n = chunk.len();
-            let mut hooks = Hooks::new().last_logits_only();
+            let mut hooks = st.contrast.ld_hooks();
             for l in 0..cfg.n_layers {
                 let (z, mlp) = &st.values[l];
                 for (r, ab) in chunk.iter().enumerate() {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::methods::Contrast;
-use crate::model::{Action, HookPoint, Hooks, Intervention, Model, Start};
+use crate::model::{Action, HookPoint, Intervention, Model, Start};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,7 +52,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
         cache.extend([HookPoint::ResidPre(l), HookPoint::Z(l), HookPoint::MlpOut(l)]);
     }
     let batch = contrast.batch()?;
-    let out = model.forward(&batch, &Hooks::new().cache(cache).last_logits_only())?;
+    let out = model.forward(&batch, &contrast.ld_hooks().cache(cache))?;
     let lds = out
         .logit_diff(&[contrast.correct_id; 2], &[contrast.incorrect_id; 2])?
         .to_dtype(DType::F32)?
@@ -74,7 +74,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
         for chunk in components.chunks(per_chunk) {
             let rows = chunk.len();
             let resid = resid_row.broadcast_as((rows, contrast.n_pos(), cfg.d_model))?.contiguous()?;
-            let mut hooks = Hooks::new().last_logits_only();
+            let mut hooks = contrast.ld_hooks();
             for (r, &c) in chunk.iter().enumerate() {
                 hooks = if c < heads {
                     hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z.clone())).heads(vec![c]).batch(vec![r]))

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head};
-use crate::model::{Action, HookPoint, Hooks, Intervention, Model, Start};
+use crate::model::{Action, HookPoint, Intervention, Model, Start};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,7 +79,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
     if let Some((p, _)) = receiver.point() {
         cache.push(p);
     }
-    let both = model.forward(&contrast.batch()?, &Hooks::new().cache(cache).last_logits_only())?;
+    let both = model.forward(&contrast.batch()?, &contrast.ld_hooks().cache(cache))?;
     let lds = both.logit_diff(&[contrast.correct_id; 2], &[contrast.incorrect_id; 2])?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let (clean_ld, corrupted_ld) = (lds[0], lds[1]);
     let z = |l: usize, row: usize| -> Result<candle_core::Tensor> { Ok(both.cache.get(HookPoint::Z(l))?.narrow(0, row, 1)?) };
@@ -94,7 +94,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
         let n = chunk.len();
         // Run (1): heads frozen at clean, the row's sender corrupted.
         let first = chunk.iter().map(|s| s.layer).min().unwrap_or(0);
-        let mut hooks = Hooks::new().last_logits_only();
+        let mut hooks = contrast.ld_hooks();
         for l in first..layers {
             hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 0)?)));
             for (r, s) in chunk.iter().enumerate().filter(|(_, s)| s.layer == l) {
@@ -114,7 +114,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
             Some((p, head)) => {
                 // Run (2): the clean run with only the receiver's input from run (1).
                 let value = run1.cache.get(p)?.clone();
-                let hooks = Hooks::new().last_logits_only().intervene(Intervention::new(p, Action::Replace(value)).heads(vec![head]));
+                let hooks = contrast.ld_hooks().intervene(Intervention::new(p, Action::Replace(value)).heads(vec![head]));
                 let resid = clean_resid(recv_layer, n)?;
                 model
                     .forward_from(Start::Residual { layer: recv_layer, resid: &resid, lengths: &lengths }, &hooks)?

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head};
-use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::tasks::Rng;
 
 /// A prompt of the set with its features (`io`, `subject`, `template`, ...).
@@ -55,7 +55,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], hypothesis: &[(H
     let (mut clean, mut corr) = (Vec::new(), Vec::new());
     for p in prompts {
         let c = &p.contrast;
-        let out = model.forward(&c.batch()?, &Hooks::new().cache(points.iter().copied()).last_logits_only())?;
+        let out = model.forward(&c.batch()?, &c.ld_hooks().cache(points.iter().copied()))?;
         let ld = out.logit_diff(&[c.correct_id; 2], &[c.incorrect_id; 2])?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         clean.push(ld[0]);
         corr.push(ld[1]);
@@ -68,7 +68,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], hypothesis: &[(H
     for (i, p) in prompts.iter().enumerate() {
         let n_pos = p.contrast.n_pos();
         let same_len: Vec<usize> = (0..prompts.len()).filter(|&j| j != i && prompts[j].contrast.n_pos() == n_pos).collect();
-        let mut hooks = Hooks::new().last_logits_only();
+        let mut hooks = p.contrast.ld_hooks();
         for l in 0..cfg.n_layers {
             for h in 0..cfg.n_heads {
                 let head = Head { layer: l, head: h };

@@ -64,7 +64,7 @@ pub fn token_attribution(
     if learned_pos {
         taps.push(HookPoint::PosEmbed);
     }
-    let hooks = Hooks::new().cache(taps.iter().copied()).grad_tap(taps.iter().copied()).last_logits_only();
+    let hooks = Hooks::new().cache(taps.iter().copied()).grad_tap(taps.iter().copied()).logits_for(&[correct, incorrect]);
     let out = model.forward(&batch, &hooks)?;
     let ld_t = out.logit_diff(&[correct], &[incorrect])?;
     let ld = to_vec(&ld_t)?[0];
@@ -100,9 +100,9 @@ pub fn token_attribution(
             let delta = (&emb - &base)?;
             let replace = Hooks::new()
                 .intervene(Intervention::new(HookPoint::Embed, Action::Replace(base.unsqueeze(0)?)))
-                .last_logits_only();
+                .logits_for(&[correct, incorrect]);
             let baseline_ld = to_vec(&model.forward(&batch, &replace)?.logit_diff(&[correct], &[incorrect])?)?[0];
-            let g = integrated_gradients(model, tokens, &[HookPoint::Embed], &[(base, delta.clone())], (correct, incorrect), n_steps)?;
+            let g = integrated_gradients(model, tokens, &[HookPoint::Embed], &[(base, delta.clone())], (correct, incorrect), n_steps, false)?;
             let values = to_vec(&(&g[0] * &delta)?.sum(1)?)?;
             let total: f32 = values.iter().sum();
             let change = ld - baseline_ld;

@@ -52,8 +52,11 @@ impl Batch {
 
 /// What a forward pass returns: logits, the cached activations, and the gradient taps.
 pub struct ForwardOutput {
-    /// `[b, p, d_vocab]`, or `[b, 1, d_vocab]` with `Hooks::last_logits_only`
+    /// `[b, p, d_vocab]`, or `[b, 1, d_vocab]` with `Hooks::last_logits_only`, or
+    /// `[b, 1, ids]` with `Hooks::logits_for(ids)`
     pub logits: Tensor,
+    /// The vocabulary ids of the logits' columns when `Hooks::logits_for` chose them.
+    pub logit_ids: Option<Vec<u32>>,
     pub cache: ActivationCache,
     pub taps: HashMap<HookPoint, Var>,
     pub lengths: Vec<usize>,
@@ -117,8 +120,17 @@ impl ForwardOutput {
                 incorrect.len()
             )));
         }
+        let column = |id: u32| -> Result<u32> {
+            match &self.logit_ids {
+                None => Ok(id),
+                Some(cols) => cols.iter().position(|&c| c == id).map(|p| p as u32).ok_or_else(|| {
+                    Error::Invalid(format!("token id {id} was not among the logits this run computed ({cols:?})"))
+                }),
+            }
+        };
         let pick = |ids: &[u32]| -> Result<Tensor> {
-            let idx = Tensor::from_slice(ids, (b, 1), &Device::Cpu)?;
+            let cols = ids.iter().map(|&id| column(id)).collect::<Result<Vec<u32>>>()?;
+            let idx = Tensor::from_vec(cols, (b, 1), &Device::Cpu)?;
             Ok(last.gather(&idx, 1)?.squeeze(1)?)
         };
         Ok((pick(correct)? - pick(incorrect)?)?)
@@ -243,7 +255,15 @@ impl Model {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             x = Tensor::stack(&rows, 0)?;
         }
-        let mut logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
+        let mut logits = match &hooks.logit_ids {
+            None => linear(&x, &w.unembed, w.unembed_bias.as_ref())?,
+            Some(ids) => {
+                let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
+                let rows = w.unembed.index_select(&idx, 0)?;
+                let bias = w.unembed_bias.as_ref().map(|b| b.index_select(&idx, 0)).transpose()?;
+                linear(&x, &rows, bias.as_ref())?
+            }
+        };
         if let Some(c) = cfg.variants.final_softcap {
             logits = ((logits / c)?.tanh()? * c)?;
         }
@@ -253,6 +273,7 @@ impl Model {
             cache: ActivationCache { values: st.cache },
             taps: st.tap_vars,
             lengths,
+            logit_ids: hooks.logit_ids.clone(),
         })
     }
 

@@ -410,6 +410,10 @@ pub struct Hooks {
     /// Compute logits at each prompt's last real position only (`logits: [b, 1, d_vocab]`);
     /// saves the unembedding of every other position.
     pub last_logits_only: bool,
+    /// Compute the logits of these vocabulary ids only (`logits: [b, p, ids.len()]`): the
+    /// unembedding of two answer tokens instead of the whole vocabulary, for methods that only
+    /// read a logit difference. `ForwardOutput::logit_diff` maps ids to columns.
+    pub logit_ids: Option<Vec<u32>>,
 }
 
 impl Hooks {
@@ -441,6 +445,15 @@ impl Hooks {
         self.last_logits_only = true;
         self
     }
+    /// Logits of `ids` only, at the last position (see `logit_ids`).
+    pub fn logits_for(mut self, ids: &[u32]) -> Self {
+        self.last_logits_only = true;
+        let mut v = ids.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        self.logit_ids = Some(v);
+        self
+    }
 
     pub fn validate(&self, cfg: &ModelConfig, batch: usize, n_pos: usize) -> Result<()> {
         for i in &self.interventions {
@@ -453,6 +466,12 @@ impl Hooks {
             for p in s {
                 p.check(cfg)?;
             }
+        }
+        if let Some(&id) = self.logit_ids.iter().flatten().find(|&&id| id as usize >= cfg.d_vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {id} is outside the vocabulary of {} tokens",
+                cfg.d_vocab
+            )));
         }
         Ok(())
     }

@@ -104,15 +104,15 @@ mod avx {
         let mut j = j0;
         while j + 4 <= j1 {
             let mut i = 0;
-            // 2 token rows × 4 weight rows: 8 accumulators, 4 weight vectors and one token
-            // vector stay in the 16 AVX registers (3 rows spill).
+            // 3 token rows × 4 weight rows: 12 accumulators, three token vectors and one
+            // weight vector at a time fill the 16 AVX registers; 7 loads per 12 FMAs.
             while i < m {
-                if m - i == 1 {
-                    block::<1>(x, w, y, k, n, i, j);
-                } else {
-                    block::<2>(x, w, y, k, n, i, j);
+                match m - i {
+                    1 => block::<1>(x, w, y, k, n, i, j),
+                    2 => block::<2>(x, w, y, k, n, i, j),
+                    _ => block::<3>(x, w, y, k, n, i, j),
                 }
-                i += (m - i).min(2);
+                i += (m - i).min(3);
             }
             j += 4;
         }
@@ -135,16 +135,14 @@ mod avx {
         let wr = [w.add(j * k), w.add((j + 1) * k), w.add((j + 2) * k), w.add((j + 3) * k)];
         let mut kk = 0;
         while kk < k8 {
-            let wv = [
-                _mm256_loadu_ps(wr[0].add(kk)),
-                _mm256_loadu_ps(wr[1].add(kk)),
-                _mm256_loadu_ps(wr[2].add(kk)),
-                _mm256_loadu_ps(wr[3].add(kk)),
-            ];
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(x.add((i + r) * k + kk));
-                for c in 0..4 {
-                    a[c] = _mm256_fmadd_ps(xv, wv[c], a[c]);
+            let mut xv = [_mm256_setzero_ps(); MR];
+            for (r, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(x.add((i + r) * k + kk));
+            }
+            for (c, row) in wr.iter().enumerate() {
+                let wv = _mm256_loadu_ps(row.add(kk));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    a[c] = _mm256_fmadd_ps(xv[r], wv, a[c]);
                 }
             }
             kk += 8;
@@ -169,11 +167,22 @@ mod avx {
         let mut jb = j0;
         while jb < j1 {
             let je = (jb + JB).min(j1);
+            // The next block of weight rows (contiguous) is prefetched while this one is used,
+            // 16 lines per chunk, so the stream from memory overlaps the arithmetic.
+            let next = w.add(je * k);
+            let next_len = ((je + JB).min(j1) - je) * k;
+            let mut cursor = 0;
             let mut i = 0;
             while i < m {
                 let mr = (m - i).min(4);
                 let mut kc = 0;
                 while kc < k16 {
+                    let mut l = 0;
+                    while l < 16 && cursor < next_len {
+                        _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
+                        cursor += 16;
+                        l += 1;
+                    }
                     match mr {
                         1 => chunk::<1>(g, w, acc, n, k, i, kc, jb, je),
                         2 => chunk::<2>(g, w, acc, n, k, i, kc, jb, je),
@@ -239,7 +248,7 @@ mod tests {
         if !available() {
             return;
         }
-        for &(m, k, n) in &[(1, 8, 4), (2, 37, 5), (3, 64, 130), (5, 100, 67), (15, 576, 259), (64, 33, 9)] {
+        for &(m, k, n) in &[(1, 8, 4), (2, 37, 5), (3, 64, 130), (5, 100, 67), (15, 576, 259), (64, 33, 9), (37, 800, 13), (300, 70, 23), (9, 13, 7)] {
             let x = data(m * k, 1);
             let w = data(n * k, 2);
             let y = x_wt(&x, &w, m, k, n);
