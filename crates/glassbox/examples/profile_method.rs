@@ -1,5 +1,8 @@
-//! Runs one method in a loop on the default model (for profilers): `profile_method taylor|ig N`.
+//! Runs one method in a loop on the default model (for profilers):
+//! `profile_method taylor|ig|analyze|patching N`.
+use glassbox::methods::analyze::{analyze, AnalyzeOptions};
 use glassbox::methods::attribution::{attribute, Component, Method};
+use glassbox::methods::patching::{exact_patching, Direction};
 use glassbox::methods::Contrast;
 use glassbox::{registry, Model};
 fn main() {
@@ -11,7 +14,11 @@ fn main() {
     let method = if which == "ig" { Method::IntegratedGradients } else { Method::Taylor };
     let t = std::time::Instant::now();
     for _ in 0..n {
-        std::hint::black_box(attribute(&model, &c, Component::Heads, method, 20).unwrap());
+        match which.as_str() {
+            "analyze" => drop(std::hint::black_box(analyze(&model, &c, &AnalyzeOptions::default()).unwrap())),
+            "patching" => drop(std::hint::black_box(exact_patching(&model, &c, Direction::IntoClean).unwrap())),
+            _ => drop(std::hint::black_box(attribute(&model, &c, Component::Heads, method, 20).unwrap())),
+        }
     }
     eprintln!("{:.1} ms per call", t.elapsed().as_secs_f64() * 1e3 / n as f64);
 }

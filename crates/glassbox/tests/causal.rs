@@ -76,22 +76,32 @@ fn full_and_empty_circuits() {
                 assert!(r[1].sufficiency.abs() < 1e-5);
             }
         }
-        // One circuit's figures against hand-made ablation runs.
-        let circuit = Circuit { heads: vec![Head { layer: 1, head: 0 }, Head { layer: 0, head: 2 }], mlps: vec![] };
-        let f = faithfulness(&model, &c, &circuit, Ablation::Resample, false, None).unwrap();
+        // Circuits' figures against hand-made ablation runs from the tokens (the evaluator
+        // starts each run at the circuit's first layer: layer 0 for the first, 1 for the second).
         let corr = model.forward(&Batch::new(&[c.corrupted.clone()]).unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
         let z = |l| corr.cache.get(HookPoint::Z(l)).unwrap().clone();
-        let only = Hooks::new()
-            .intervene(Intervention::new(HookPoint::Z(0), Action::Replace(z(0))).heads(vec![0, 1, 3]))
-            .intervene(Intervention::new(HookPoint::Z(1), Action::Replace(z(1))).heads(vec![1, 2, 3]));
-        assert!((ld(&model, &c.clean, &c, only) - f.ld_circuit_only).abs() < 1e-5);
-        let without = Hooks::new()
-            .intervene(Intervention::new(HookPoint::Z(0), Action::Replace(z(0))).heads(vec![2]))
-            .intervene(Intervention::new(HookPoint::Z(1), Action::Replace(z(1))).heads(vec![0]));
-        assert!((ld(&model, &c.clean, &c, without) - f.ld_circuit_ablated).abs() < 1e-5);
-        let (s, k) = (f.sufficiency.max(0.0), f.comprehensiveness.max(0.0));
-        let expected = if s + k > 0.0 { 2.0 * s * k / (s + k) } else { 0.0 };
-        assert!((f.f1 - expected).abs() < 1e-6, "{name}: f1 {} for {} and {}", f.f1, f.sufficiency, f.comprehensiveness);
+        let ablating = |pick: &dyn Fn(usize, usize) -> bool| {
+            let mut hooks = Hooks::new();
+            for l in 0..2 {
+                let heads: Vec<usize> = (0..model.config.n_heads).filter(|&h| pick(l, h)).collect();
+                if !heads.is_empty() {
+                    hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l))).heads(heads));
+                }
+            }
+            hooks
+        };
+        for heads in [vec![Head { layer: 1, head: 0 }, Head { layer: 0, head: 2 }], vec![Head { layer: 1, head: 2 }]] {
+            let circuit = Circuit { heads: heads.clone(), mlps: vec![] };
+            let f = faithfulness(&model, &c, &circuit, Ablation::Resample, false, None).unwrap();
+            let inside = |l: usize, h: usize| heads.contains(&Head { layer: l, head: h });
+            let only = ld(&model, &c.clean, &c, ablating(&|l, h| !inside(l, h)));
+            assert!((only - f.ld_circuit_only).abs() < 1e-5, "{name} {heads:?}: {only} vs {}", f.ld_circuit_only);
+            let without = ld(&model, &c.clean, &c, ablating(&|l, h| inside(l, h)));
+            assert!((without - f.ld_circuit_ablated).abs() < 1e-5, "{name} {heads:?}: {without} vs {}", f.ld_circuit_ablated);
+            let (s, k) = (f.sufficiency.max(0.0), f.comprehensiveness.max(0.0));
+            let expected = if s + k > 0.0 { 2.0 * s * k / (s + k) } else { 0.0 };
+            assert!((f.f1 - expected).abs() < 1e-6, "{name}: f1 {} for {} and {}", f.f1, f.sufficiency, f.comprehensiveness);
+        }
     }
 }
 
@@ -167,5 +177,27 @@ mod scrub {
         assert!((none.preserved - 1.0).abs() > 1e-3, "resampling every head changed nothing");
         let e = causal_scrubbing(&model, &set, &[(Head { layer: 0, head: 0 }, "colour".into())], 0).unwrap_err();
         assert!(e.to_string().contains("colour"));
+    }
+}
+
+/// `analyze` builds its evaluator from the attribution's runs: its exact figures equal a fresh
+/// evaluator's for the circuit it found.
+#[test]
+fn analyze_figures_equal_a_fresh_evaluation() {
+    use glassbox::methods::analyze::{analyze, AnalyzeOptions};
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let model = load_tiny(name);
+        let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+        let a = analyze(&model, &c, &AnalyzeOptions { target: 0.99, ..AnalyzeOptions::default() }).unwrap();
+        let circuit = Circuit { heads: a.circuit.clone(), mlps: vec![] };
+        let f = faithfulness(&model, &c, &circuit, Ablation::Resample, false, None).unwrap();
+        for (x, y) in [
+            (a.faithfulness.sufficiency, f.sufficiency),
+            (a.faithfulness.comprehensiveness, f.comprehensiveness),
+            (a.faithfulness.ld_all_ablated, f.ld_all_ablated),
+            (a.faithfulness.clean_ld, f.clean_ld),
+        ] {
+            assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}");
+        }
     }
 }

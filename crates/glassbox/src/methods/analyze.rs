@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::methods::attribution::{attribute, ranked, Component, Method, Scored};
+use crate::methods::attribution::{attribute, attribute_caching, ranked, Component, Method, Scored};
 use crate::methods::bootstrap::{bootstrap, Bootstrap};
 use crate::methods::circuit::{minimum_faithful_circuit, Step};
 use crate::methods::faithfulness::{taylor_sufficiency, Ablation, Circuit, CircuitEvaluator, Faithfulness};
@@ -66,8 +66,15 @@ pub struct Analysis {
 }
 
 pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Result<Analysis> {
-    let attr = attribute(model, contrast, Component::Heads, opts.method, opts.n_steps)?;
-    let ev = CircuitEvaluator::new(model, contrast, opts.ablation, opts.include_mlps, None)?;
+    // The attribution's clean and corrupted runs also give the evaluator its clean residual
+    // stream and resample values, so those runs are not repeated.
+    let resample = opts.ablation == Ablation::Resample;
+    let extra = if resample { CircuitEvaluator::run_points(model.config.n_layers) } else { Vec::new() };
+    let (attr, runs) = attribute_caching(model, contrast, Component::Heads, opts.method, opts.n_steps, &extra)?;
+    let ev = match runs {
+        Some(runs) if resample => CircuitEvaluator::from_runs(model, contrast, opts.include_mlps, &runs, attr.clean_ld)?,
+        _ => CircuitEvaluator::new(model, contrast, opts.ablation, opts.include_mlps, None)?,
+    };
     let search = minimum_faithful_circuit(&ev, &attr.scores, opts.target, opts.max_heads)?;
     let mut faithfulness = search.faithfulness;
     let circuit = Circuit { heads: search.circuit.clone(), mlps: vec![] };

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::methods::{order_by_magnitude, Contrast, Head};
 use crate::model::config::Positions;
-use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, ActivationCache, Batch, HookPoint, Hooks, Intervention, Model};
 
 /// Which activations are attributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,17 +141,39 @@ pub fn ranked(scores: &[Vec<f32>], component: Component) -> (BTreeMap<String, f3
 
 /// Attribution of every component of kind `component` for the contrast.
 pub fn attribute(model: &Model, contrast: &Contrast, component: Component, method: Method, n_steps: usize) -> Result<Attribution> {
+    Ok(attribute_caching(model, contrast, component, method, n_steps, &[])?.0)
+}
+
+/// The clean and corrupted runs' caches of a Taylor attribution (one prompt each, `[1, ...]`).
+pub(crate) struct Runs {
+    pub clean: ActivationCache,
+    pub corrupted: ActivationCache,
+}
+
+/// `attribute`, also caching `extra` points in the clean and corrupted runs and returning
+/// them (Taylor only; integrated gradients return `None`), so that a caller that needs those
+/// runs again (`analyze`'s circuit evaluator) does not repeat them.
+pub(crate) fn attribute_caching(
+    model: &Model,
+    contrast: &Contrast,
+    component: Component,
+    method: Method,
+    n_steps: usize,
+    extra: &[HookPoint],
+) -> Result<(Attribution, Option<Runs>)> {
     let layers = model.config.n_layers;
     let points: Vec<HookPoint> = (0..layers).map(|l| component.point(l)).collect();
     let batch = contrast.batch()?;
     let (good, bad) = answers(contrast, 2);
+    let mut runs = None;
 
     let (scores, lds, embed_attribution) = match method {
         Method::Taylor => {
             // The corrupted run needs no gradient: run apart, the backward pass carries only the
             // clean prompt's rows (10 % faster than one batch of both, measured).
-            let corr = model.forward(&Batch::new(&[contrast.corrupted.clone()])?, &contrast.ld_hooks().cache(points.iter().copied()))?;
-            let hooks = contrast.ld_hooks().cache(points.iter().copied()).grad_tap(points.iter().copied());
+            let cached = points.iter().chain(extra).copied();
+            let corr = model.forward(&Batch::new(&[contrast.corrupted.clone()])?, &contrast.ld_hooks().cache(cached.clone()))?;
+            let hooks = contrast.ld_hooks().cache(cached).grad_tap(points.iter().copied());
             let clean = model.forward(&Batch::new(&[contrast.clean.clone()])?, &hooks)?;
             let ld_clean = clean.logit_diff(&good[..1], &bad[..1])?;
             let ld_corr = corr.logit_diff(&good[..1], &bad[..1])?;
@@ -164,6 +186,10 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
                 })
                 .collect::<Result<Vec<_>>>()?;
             let lds = Tensor::cat(&[ld_clean, ld_corr], 0)?;
+            let detached = |c: &ActivationCache| ActivationCache {
+                values: c.values.iter().map(|(p, t)| (*p, t.detach())).collect(),
+            };
+            runs = Some(Runs { clean: detached(&clean.cache), corrupted: detached(&corr.cache) });
             (scores, lds.to_dtype(DType::F32)?.to_vec1::<f32>()?, None)
         }
         Method::IntegratedGradients => {
@@ -214,7 +240,7 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
         (total - change).abs() / change.abs().max(1e-12)
     });
     let (attributions, top) = ranked(&scores, component);
-    Ok(Attribution {
+    let attribution = Attribution {
         method,
         component,
         n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
@@ -225,7 +251,8 @@ pub fn attribute(model: &Model, contrast: &Contrast, component: Component, metho
         corrupted_ld,
         embed_attribution,
         completeness_residual,
-    })
+    };
+    Ok((attribution, runs))
 }
 
 /// Mean gradient of `LD = logit[correct] − logit[incorrect]` at each feature over the midpoints `α = (k + 0.5) / n_steps` of the path

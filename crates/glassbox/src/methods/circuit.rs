@@ -91,13 +91,14 @@ pub fn minimum_faithful_circuit(ev: &CircuitEvaluator, attributions: &[Vec<f32>]
                 .iter()
                 .map(|h| circuit_of(&circuit.iter().filter(|c| *c != h).copied().collect::<Vec<_>>()))
                 .collect();
-            let results = ev.evaluate(&trials)?;
-            let accepted = batch.iter().zip(results).position(|(_, f)| f.sufficiency >= target);
+            let mut results = ev.evaluate(&trials)?;
+            let accepted = results.iter().position(|f| f.sufficiency >= target);
             match accepted {
                 Some(i) => {
                     let h = batch[i];
                     circuit.retain(|c| *c != h);
-                    faith = ev.evaluate(&[circuit_of(&circuit)])?.remove(0);
+                    // The trial without `h` is the new circuit: its figures are already there.
+                    faith = results.swap_remove(i);
                     trajectory.push(Step {
                         action: "remove".into(),
                         head: h,

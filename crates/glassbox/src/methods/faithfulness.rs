@@ -24,8 +24,9 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::methods::attribution::Runs;
 use crate::methods::{Contrast, Head};
-use crate::model::{Action, Batch, HookPoint, Intervention, Model};
+use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model, Start};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -104,6 +105,12 @@ struct PromptState {
     values: Vec<(Tensor, Tensor)>,
     clean_ld: f32,
     all_ablated_ld: f32,
+    /// Per layer: `hook_resid_pre` of the clean run and of the all-ablated run, `[1, p, d]`.
+    /// A run that ablates a circuit equals the clean run before the circuit's first layer, and
+    /// a run that keeps only the circuit equals the all-ablated run there: each starts at that
+    /// layer from these.
+    clean_resid: Vec<Tensor>,
+    ablated_resid: Vec<Tensor>,
 }
 
 /// LDs of one circuit on one prompt: the circuit alone, and the circuit ablated.
@@ -163,52 +170,154 @@ impl<'a> CircuitEvaluator<'a> {
                     Ok((pick(HookPoint::Z(l))?, pick(HookPoint::MlpOut(l))?))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            prompts.push(PromptState { contrast: contrast.clone(), values, clean_ld: 0.0, all_ablated_ld: 0.0 });
+            prompts.push(PromptState {
+                contrast: contrast.clone(),
+                values,
+                clean_ld: 0.0,
+                all_ablated_ld: 0.0,
+                clean_resid: Vec::new(),
+                ablated_resid: Vec::new(),
+            });
         }
         let mut ev = CircuitEvaluator { model, include_mlps, prompts, ablation };
         let empty = Circuit::default();
         for i in 0..ev.prompts.len() {
-            let lds = ev.run(i, &[Ablate::Nothing, Ablate::Complement(&empty)])?;
-            ev.prompts[i].clean_ld = lds[0];
-            ev.prompts[i].all_ablated_ld = lds[1];
+            let (lds, resid) = ev.run_from_tokens(i, &[Ablate::Nothing, Ablate::Complement(&empty)])?;
+            let st = &mut ev.prompts[i];
+            st.clean_ld = lds[0];
+            st.all_ablated_ld = lds[1];
+            st.clean_resid = resid.iter().map(|r| r.narrow(0, 0, 1)).collect::<candle_core::Result<_>>()?;
+            st.ablated_resid = resid.iter().map(|r| r.narrow(0, 1, 1)).collect::<candle_core::Result<_>>()?;
         }
         Ok(ev)
+    }
+
+    /// The evaluator of one contrast with resample ablation, from a clean run that cached
+    /// `hook_resid_pre` and a corrupted run that cached `hook_z` and `hook_mlp_out` at every
+    /// layer (`[1, ...]` each; `analyze` takes them from its attribution runs). Only the
+    /// all-ablated run is left to do.
+    pub(crate) fn from_runs(model: &'a Model, contrast: &Contrast, include_mlps: bool, runs: &Runs, clean_ld: f32) -> Result<Self> {
+        let layers = model.config.n_layers;
+        let values = (0..layers)
+            .map(|l| Ok((runs.corrupted.get(HookPoint::Z(l))?.clone(), runs.corrupted.get(HookPoint::MlpOut(l))?.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        let clean_resid = (0..layers).map(|l| Ok(runs.clean.get(HookPoint::ResidPre(l))?.clone())).collect::<Result<Vec<_>>>()?;
+        let prompt = PromptState {
+            contrast: contrast.clone(),
+            values,
+            clean_ld,
+            all_ablated_ld: 0.0,
+            clean_resid,
+            ablated_resid: Vec::new(),
+        };
+        let mut ev = CircuitEvaluator { model, include_mlps, prompts: vec![prompt], ablation: Ablation::Resample };
+        let (lds, resid) = ev.run_from_tokens(0, &[Ablate::Complement(&Circuit::default())])?;
+        ev.prompts[0].all_ablated_ld = lds[0];
+        ev.prompts[0].ablated_resid = resid;
+        Ok(ev)
+    }
+
+    /// The points `from_runs` needs cached in the clean and corrupted runs.
+    pub(crate) fn run_points(layers: usize) -> Vec<HookPoint> {
+        (0..layers).flat_map(|l| [HookPoint::ResidPre(l), HookPoint::Z(l), HookPoint::MlpOut(l)]).collect()
     }
 
     pub fn n_prompts(&self) -> usize {
         self.prompts.len()
     }
 
-    /// LDs of prompt `i`'s clean run with the given ablations, one row each, 8 rows a batch.
-    fn run(&self, i: usize, rows: &[Ablate]) -> Result<Vec<f32>> {
+    /// The hooks that apply each row's ablation from layer `first` on.
+    fn hooks(&self, i: usize, rows: &[&Ablate], first: usize) -> Hooks {
         let cfg = &self.model.config;
         let st = &self.prompts[i];
-        let mut lds = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(8) {
-            let n = chunk.len();
-            let mut hooks = st.contrast.ld_hooks();
-            for l in 0..cfg.n_layers {
-                let (z, mlp) = &st.values[l];
-                for (r, ab) in chunk.iter().enumerate() {
-                    let (circuit, complement) = match ab {
-                        Ablate::Complement(c) => (*c, true),
-                        Ablate::Circuit(c) => (*c, false),
-                        Ablate::Nothing => continue,
-                    };
-                    let in_circuit: Vec<usize> = circuit.heads.iter().filter(|h| h.layer == l).map(|h| h.head).collect();
-                    let heads: Vec<usize> = (0..cfg.n_heads).filter(|h| in_circuit.contains(h) != complement).collect();
-                    if !heads.is_empty() {
-                        hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z.clone())).heads(heads).batch(vec![r]));
-                    }
-                    if self.include_mlps && (circuit.mlps.contains(&l) != complement) {
-                        hooks = hooks.intervene(Intervention::new(HookPoint::MlpOut(l), Action::Replace(mlp.clone())).batch(vec![r]));
-                    }
+        let mut hooks = st.contrast.ld_hooks();
+        for l in first..cfg.n_layers {
+            let (z, mlp) = &st.values[l];
+            for (r, ab) in rows.iter().enumerate() {
+                let (circuit, complement) = match ab {
+                    Ablate::Complement(c) => (*c, true),
+                    Ablate::Circuit(c) => (*c, false),
+                    Ablate::Nothing => continue,
+                };
+                let in_circuit: Vec<usize> = circuit.heads.iter().filter(|h| h.layer == l).map(|h| h.head).collect();
+                let heads: Vec<usize> = (0..cfg.n_heads).filter(|h| in_circuit.contains(h) != complement).collect();
+                if !heads.is_empty() {
+                    hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z.clone())).heads(heads).batch(vec![r]));
+                }
+                if self.include_mlps && (circuit.mlps.contains(&l) != complement) {
+                    hooks = hooks.intervene(Intervention::new(HookPoint::MlpOut(l), Action::Replace(mlp.clone())).batch(vec![r]));
                 }
             }
-            let batch = Batch::new(&vec![st.contrast.clean.clone(); n])?;
-            let out = self.model.forward(&batch, &hooks)?;
+        }
+        hooks
+    }
+
+    /// LDs of prompt `i`'s runs with the given ablations, and each layer's `hook_resid_pre`
+    /// (`[rows, p, d]`), all from the tokens in one batch.
+    fn run_from_tokens(&self, i: usize, rows: &[Ablate]) -> Result<(Vec<f32>, Vec<Tensor>)> {
+        let st = &self.prompts[i];
+        let layers = self.model.config.n_layers;
+        let n = rows.len();
+        let refs: Vec<&Ablate> = rows.iter().collect();
+        let hooks = self.hooks(i, &refs, 0).cache((0..layers).map(HookPoint::ResidPre));
+        let out = self.model.forward(&Batch::new(&vec![st.contrast.clean.clone(); n])?, &hooks)?;
+        let ld = out.logit_diff(&vec![st.contrast.correct_id; n], &vec![st.contrast.incorrect_id; n])?;
+        let resid = (0..layers).map(|l| Ok(out.cache.get(HookPoint::ResidPre(l))?.clone())).collect::<Result<Vec<_>>>()?;
+        Ok((ld.to_dtype(DType::F32)?.to_vec1::<f32>()?, resid))
+    }
+
+    /// The first layer where a row's run departs from the run it starts from (the clean run
+    /// for `Circuit`, the all-ablated run for `Complement`); the last layer when it never does.
+    fn first_layer(&self, ab: &Ablate) -> usize {
+        let last = self.model.config.n_layers - 1;
+        let c = match ab {
+            Ablate::Complement(c) | Ablate::Circuit(c) => c,
+            Ablate::Nothing => return last,
+        };
+        let heads = c.heads.iter().map(|h| h.layer);
+        let mlps = c.mlps.iter().copied().filter(|_| self.include_mlps);
+        heads.chain(mlps).min().unwrap_or(last).min(last)
+    }
+
+    /// LDs of prompt `i`'s clean run with the given ablations, one row each. Each row starts at
+    /// its circuit's first layer from the clean or all-ablated residual stream (the runs are
+    /// equal before it); rows are sorted by that layer and batched 8 at a time.
+    fn run(&self, i: usize, rows: &[Ablate]) -> Result<Vec<f32>> {
+        let st = &self.prompts[i];
+        let starts: Vec<usize> = rows.iter().map(|ab| self.first_layer(ab)).collect();
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(starts[r]));
+        // Rows that start at the same layer run together (a row started earlier than it needs
+        // costs the layers between), at most 8 a batch.
+        let mut chunks: Vec<Vec<usize>> = Vec::new();
+        for &r in &order {
+            match chunks.last_mut() {
+                Some(c) if c.len() < 8 && starts[c[0]] == starts[r] => c.push(r),
+                _ => chunks.push(vec![r]),
+            }
+        }
+        let mut lds = vec![0f32; rows.len()];
+        for chunk in &chunks {
+            let n = chunk.len();
+            let first = chunk.iter().map(|&r| starts[r]).min().unwrap_or(0);
+            let picked: Vec<&Ablate> = chunk.iter().map(|&r| &rows[r]).collect();
+            debug_assert!(chunk.iter().all(|&r| starts[r] == first));
+            let resid = picked
+                .iter()
+                .map(|ab| match ab {
+                    Ablate::Complement(_) => &st.ablated_resid[first],
+                    _ => &st.clean_resid[first],
+                })
+                .cloned()
+                .collect::<Vec<_>>();
+            let resid = Tensor::cat(&resid, 0)?;
+            let lengths = vec![st.contrast.n_pos(); n];
+            let hooks = self.hooks(i, &picked, first);
+            let out = self.model.forward_from(Start::Residual { layer: first, resid: &resid, lengths: &lengths }, &hooks)?;
             let ld = out.logit_diff(&vec![st.contrast.correct_id; n], &vec![st.contrast.incorrect_id; n])?;
-            lds.extend(ld.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            for (&r, v) in chunk.iter().zip(ld.to_dtype(DType::F32)?.to_vec1::<f32>()?) {
+                lds[r] = v;
+            }
         }
         Ok(lds)
     }
