@@ -62,7 +62,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
 
     // Rows of one layer: each head, then the MLP; run in chunks of at most 128 token rows
     // (where the skinny-product kernels are fastest).
-    let per_chunk = (128 / contrast.n_pos().max(1)).max(1);
+    let per_chunk = (160 / contrast.n_pos().max(1)).max(1);
     let mut head_lds = Vec::with_capacity(layers);
     let mut mlp_lds = Vec::with_capacity(layers);
     for l in 0..layers {

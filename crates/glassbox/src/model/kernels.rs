@@ -8,7 +8,7 @@
 /// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s
 /// packing pays off). Measured with `cargo run --release -p glassbox --example mm`.
 pub fn preferred(m: usize, n: usize) -> bool {
-    available() && (m <= 32 || (m <= 128 && n <= 8192))
+    available() && (m <= 32 || (m <= 256 && n <= 8192))
 }
 
 /// Whether the kernels can run on this CPU.
