@@ -15,6 +15,13 @@
 //! exactly at the corrupted run, so completeness holds:
 //! `Σ attr + embed_attribution = LD_clean − LD_corr` up to the midpoint rule's error, which
 //! `completeness_residual` reports.
+//!
+//! What IG over heads (or attention outputs) measures: with every attention output fixed on the
+//! path, attention no longer moves anything between positions, so a head's IG score is its
+//! contribution at the last position (directly and through the later MLPs there); its effect
+//! at earlier positions through later heads is not in it (Taylor attribution, on the full
+//! graph, carries those). Since no other position reaches the logits, the path is run at the
+//! last position alone: the same figures for 1/p of the work (tested against the full path).
 
 use std::collections::BTreeMap;
 

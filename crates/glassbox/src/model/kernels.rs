@@ -4,7 +4,7 @@
 //! weight row once, keep the token rows in cache, and split the weight across threads.
 //! x86-64 with AVX2+FMA only; callers fall back to candle's matmul elsewhere.
 
-/// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 128
+/// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 256
 /// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s
 /// packing pays off). Measured with `cargo run --release -p glassbox --example mm`.
 pub fn preferred(m: usize, n: usize) -> bool {
