@@ -98,7 +98,7 @@ mod avx {
         _mm_cvtss_f32(s)
     }
 
-    /// Columns `j0..j1` of `y = x · wᵀ`: blocks of 2 token rows × 4 weight rows.
+    /// Columns `j0..j1` of `y = x · wᵀ`: blocks of 3 token rows × 4 weight rows.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn x_wt_cols(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
         let mut j = j0;
@@ -106,11 +106,15 @@ mod avx {
             let mut i = 0;
             // 3 token rows × 4 weight rows: 12 accumulators, three token vectors and one
             // weight vector at a time fill the 16 AVX registers; 7 loads per 12 FMAs.
+            // While the first token rows pass over these weight rows, the block of four after
+            // the next is fetched into L2 (the rows are contiguous).
+            let ahead = j + 12 <= j1;
             while i < m {
+                let pf = if i == 0 && ahead { w.add((j + 8) * k) } else { std::ptr::null() };
                 match m - i {
-                    1 => block::<1>(x, w, y, k, n, i, j),
-                    2 => block::<2>(x, w, y, k, n, i, j),
-                    _ => block::<3>(x, w, y, k, n, i, j),
+                    1 => block::<1>(x, w, y, k, n, i, j, pf),
+                    2 => block::<2>(x, w, y, k, n, i, j, pf),
+                    _ => block::<3>(x, w, y, k, n, i, j, pf),
                 }
                 i += (m - i).min(3);
             }
@@ -129,12 +133,17 @@ mod avx {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const MR: usize>(x: *const f32, w: *const f32, y: *mut f32, k: usize, n: usize, i: usize, j: usize) {
+    unsafe fn block<const MR: usize>(x: *const f32, w: *const f32, y: *mut f32, k: usize, n: usize, i: usize, j: usize, pf: *const f32) {
         let k8 = k / 8 * 8;
         let mut acc = [[_mm256_setzero_ps(); 4]; MR];
         let wr = [w.add(j * k), w.add((j + 1) * k), w.add((j + 2) * k), w.add((j + 3) * k)];
         let mut kk = 0;
         while kk < k8 {
+            if !pf.is_null() {
+                // 4 k floats over k / 8 steps: two lines per step.
+                _mm_prefetch::<_MM_HINT_T1>(pf.add(4 * kk) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pf.add(4 * kk + 16) as *const i8);
+            }
             let mut xv = [_mm256_setzero_ps(); MR];
             for (r, v) in xv.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(x.add((i + r) * k + kk));
