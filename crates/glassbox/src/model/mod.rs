@@ -35,11 +35,19 @@ pub struct Model {
 /// spinning workers take cores from the products (path patching ran 1.7× slower with them).
 /// Unless the user has set `CANDLE_NUM_THREADS`, glassbox sets it to 1 before candle creates
 /// that pool, so elementwise ops run on the calling thread and products get every core.
+///
+/// candle's matmul also asks for its thread count on every call and, without
+/// `RAYON_NUM_THREADS`, counts the physical cores by reading `/proc/cpuinfo` each time (2 % of
+/// a Taylor attribution, two products per layer). Unless the user has set it, glassbox sets it
+/// to the size rayon's global pool already has, which changes nothing but the reading.
 fn configure_candle_threads() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
             std::env::set_var("CANDLE_NUM_THREADS", "1");
+        }
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", rayon::current_num_threads().to_string());
         }
     });
 }
