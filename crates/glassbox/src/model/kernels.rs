@@ -35,23 +35,34 @@ pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Column ranges rounded to the 4-row block so each thread writes its own columns.
     let per = n.div_ceil(parts).div_ceil(4) * 4;
     let yp = SendPtr(y.as_mut_ptr());
-    rayon::scope(|s| {
-        for t in 0..parts {
-            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
-            if j0 >= j1 {
-                continue;
+    let run = |t: usize| {
+        let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+        if j0 < j1 {
+            // Safety: every part writes only columns j0..j1 of y, which outlives the scope.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx::x_wt_cols(x.as_ptr(), w.as_ptr(), yp.get(), m, k, n, j0, j1)
             }
-            let yp = &yp;
-            s.spawn(move |_| {
-                // Safety: every thread writes only columns j0..j1 of y, which outlives the scope.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    avx::x_wt_cols(x.as_ptr(), w.as_ptr(), yp.0, m, k, n, j0, j1)
-                }
-            });
         }
-    });
+    };
+    in_parts(parts, &run);
     y
+}
+
+/// Runs `run(0..parts)`: part 0 on the calling thread, the others on rayon's pool. (With
+/// `rayon::scope` a caller outside the pool hands the whole body to a worker and sleeps until
+/// it is done, a wake-up and a hand-off for every product.)
+fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
+    if parts <= 1 {
+        run(0);
+        return;
+    }
+    rayon::in_place_scope(|s| {
+        for t in 1..parts {
+            s.spawn(move |_| run(t));
+        }
+        run(0);
+    });
 }
 
 /// `dx[m, k] = g[m, n] · w[n, k]` (both row-major). Requires `available()`.
@@ -60,18 +71,16 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let parts = threads().min(n.div_ceil(64)).max(1);
     let per = n.div_ceil(parts);
     let mut partial: Vec<Vec<f32>> = (0..parts).map(|_| vec![0f32; m * k]).collect();
-    rayon::scope(|s| {
-        for (t, acc) in partial.iter_mut().enumerate() {
-            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
-            s.spawn(move |_| {
-                #[cfg(target_arch = "x86_64")]
-                // Safety: acc is this thread's own m×k buffer; g and w are read-only.
-                unsafe {
-                    avx::g_w_rows(g.as_ptr(), w.as_ptr(), acc.as_mut_ptr(), m, n, k, j0, j1)
-                }
-            });
+    let ptrs: Vec<SendPtr> = partial.iter_mut().map(|acc| SendPtr(acc.as_mut_ptr())).collect();
+    let run = |t: usize| {
+        let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+        #[cfg(target_arch = "x86_64")]
+        // Safety: partial[t] is this part's own m×k buffer; g and w are read-only.
+        unsafe {
+            avx::g_w_rows(g.as_ptr(), w.as_ptr(), ptrs[t].get(), m, n, k, j0, j1)
         }
-    });
+    };
+    in_parts(parts, &run);
     let mut out = partial.pop().unwrap_or_else(|| vec![0f32; m * k]);
     for p in partial {
         for (o, v) in out.iter_mut().zip(p) {
@@ -82,6 +91,11 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 }
 
 struct SendPtr(*mut f32);
+impl SendPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
