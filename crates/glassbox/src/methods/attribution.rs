@@ -262,6 +262,51 @@ pub(crate) fn attribute_caching(
     Ok((attribution, runs))
 }
 
+/// Taylor attribution of one clean prompt against many corrupted ones (same length): the
+/// gradient is the clean run's, so one forward and backward of the clean prompt serves every
+/// corruption, and the corrupted prompts run in batches of up to 160 token rows with only
+/// their activations cached. Returns `scores[corruption][layer][unit]`, each equal to
+/// `attribute(.., Method::Taylor, ..)` for that corruption; `progress(done, total)` per batch.
+pub(crate) fn taylor_many(
+    model: &Model,
+    clean: &[u32],
+    corrupted: &[Vec<u32>],
+    (correct, incorrect): (u32, u32),
+    component: Component,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    if let Some(c) = corrupted.iter().find(|c| c.len() != clean.len()) {
+        return Err(Error::Invalid(format!(
+            "a corrupted prompt has {} tokens, the clean one {}: position-aligned attribution needs equal lengths",
+            c.len(),
+            clean.len()
+        )));
+    }
+    let points: Vec<HookPoint> = (0..model.config.n_layers).map(|l| component.point(l)).collect();
+    let hooks = Hooks::new().logits_for(&[correct, incorrect]).cache(points.iter().copied()).grad_tap(points.iter().copied());
+    let run = model.forward(&Batch::new(&[clean.to_vec()])?, &hooks)?;
+    let ld = run.logit_diff(&[correct], &[incorrect])?;
+    let grads = run.backward(&ld)?;
+    let per_batch = (160 / clean.len().max(1)).max(1);
+    let mut scores = Vec::with_capacity(corrupted.len());
+    for chunk in corrupted.chunks(per_batch) {
+        let hooks = Hooks::new().logits_for(&[correct, incorrect]).cache(points.iter().copied());
+        let corr = model.forward(&Batch::new(chunk)?, &hooks)?;
+        for r in 0..chunk.len() {
+            let row = points
+                .iter()
+                .map(|&p| {
+                    let delta = (run.cache.get(p)?.get(0)? - corr.cache.get(p)?.get(r)?)?;
+                    per_unit(&(grads.get(p)?.get(0)? * delta)?, component)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            scores.push(row);
+        }
+        progress(scores.len(), corrupted.len());
+    }
+    Ok(scores)
+}
+
 /// Mean gradient of `LD = logit[correct] − logit[incorrect]` at each feature over the midpoints `α = (k + 0.5) / n_steps` of the path
 /// `corr + α · delta` (all features moved together), batched in chunks of ≤ 128 token rows.
 /// Each feature's ends are `[p, ...]` (position first).
@@ -350,6 +395,33 @@ fn ig_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Taylor attribution against many corruptions at once equals one `attribute` call per
+    /// corruption.
+    #[test]
+    fn taylor_many_equals_one_attribution_per_corruption() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in ["tiny-gpt2", "tiny-llama"] {
+            let model = Model::load(&root.join(name)).unwrap();
+            let base = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
+            let mut prompts = vec![base.corrupted.clone()];
+            for k in 1..4u32 {
+                let mut p = base.clean.clone();
+                p[2 + k as usize] = (p[2 + k as usize] + 7 * k) % model.config.d_vocab as u32;
+                prompts.push(p);
+            }
+            for component in [Component::Heads, Component::Mlp] {
+                let many = taylor_many(&model, &base.clean, &prompts, (base.correct_id, base.incorrect_id), component, &mut |_, _| {}).unwrap();
+                for (p, scores) in prompts.iter().zip(&many) {
+                    let c = Contrast { corrupted: p.clone(), ..base.clone() };
+                    let one = attribute(&model, &c, component, Method::Taylor, 0).unwrap();
+                    for (a, b) in one.scores.iter().flatten().zip(scores.iter().flatten()) {
+                        assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{name} {component:?}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
 
     /// The last-position path of integrated gradients gives the full path's gradients, on
     /// learned (GPT-2), rotary (LLaMA), parallel-attention (NeoX) and post-norm (Gemma 3)

@@ -2,15 +2,16 @@
 //!
 //! `K` corrupted prompts, each non-BOS token replaced with probability `p` by a random
 //! vocabulary token (seeded; at least one token always changes). For each, Taylor attribution
-//! patching of every head. Per head `stability = max(0, 1 − std/|mean|)` over the corruptions;
+//! patching of every head (one clean forward and backward serves them all: the gradient is
+//! the clean run's; the corrupted prompts run batched). Per head `stability = max(0, 1 − std/|mean|)` over the corruptions;
 //! `rank_consistency` is the mean Kendall τ-b between the corruptions' attribution vectors over
 //! all pairs (1: every corruption ranks the heads alike).
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::methods::attribution::{attribute, Component, Method};
-use crate::methods::{Contrast, Head};
+use crate::methods::attribution::{taylor_many, Component};
+use crate::methods::Head;
 use crate::model::Model;
 use crate::tasks::Rng;
 
@@ -83,8 +84,8 @@ pub fn attribution_stability(
         return Err(Error::Invalid("the prompt has no token to corrupt".into()));
     }
     let mut rng = Rng::new(seed);
-    let mut runs: Vec<Vec<f32>> = Vec::with_capacity(n_corruptions);
-    for k in 0..n_corruptions {
+    let mut prompts = Vec::with_capacity(n_corruptions);
+    for _ in 0..n_corruptions {
         let mut corrupted = tokens.to_vec();
         for t in corrupted.iter_mut().skip(first) {
             if rng.unit() < p as f64 {
@@ -95,21 +96,14 @@ pub fn attribution_stability(
             let i = first + rng.below(tokens.len() - first);
             corrupted[i] = ((tokens[i] as usize + 1 + rng.below(cfg.d_vocab - 1)) % cfg.d_vocab) as u32;
         }
-        let contrast = Contrast {
-            clean_prompt: String::new(),
-            corrupted_prompt: String::new(),
-            corruption: "random_tokens".into(),
-            correct: model.tokenizer.token_str(correct),
-            incorrect: model.tokenizer.token_str(incorrect),
-            clean: tokens.to_vec(),
-            corrupted,
-            correct_id: correct,
-            incorrect_id: incorrect,
-        };
-        let a = attribute(model, &contrast, Component::Heads, Method::Taylor, 0)?;
-        runs.push(a.scores.into_iter().flatten().collect());
-        progress(k + 1, n_corruptions);
+        prompts.push(corrupted);
     }
+    // One clean forward and backward serves every corruption (the gradient is the clean
+    // run's); the corrupted prompts run batched.
+    let runs: Vec<Vec<f32>> = taylor_many(model, tokens, &prompts, (correct, incorrect), Component::Heads, progress)?
+        .into_iter()
+        .map(|s| s.into_iter().flatten().collect())
+        .collect();
     let n_heads = runs[0].len();
     let k = runs.len() as f32;
     let mut per_head = Vec::with_capacity(n_heads);
