@@ -3,6 +3,7 @@ use glassbox::{registry, Hooks, Model};
 fn main() {
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
+    eprintln!("{} weights with an exact Q4_1 copy", model.quantized.len());
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
     let b: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     let prompts = vec!["When Mary and John went to the store, John gave a drink to"; b];

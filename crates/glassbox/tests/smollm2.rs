@@ -78,3 +78,26 @@ fn ioi_prefers_mary_by_the_reference_margin() {
     let top = out.last_logits().unwrap().argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()[0];
     assert_eq!(model.tokenizer.token_str(top), " Mary");
 }
+
+/// Every linear weight of the GGUF is Q4_1 and has an exact Q4_1 copy; running on the copies
+/// gives the same logits and gradients, bit for bit, as running on the f32 weights.
+#[test]
+fn q4_1_copies_give_the_f32_figures_bit_for_bit() {
+    use glassbox::HookPoint;
+    let model = smollm2();
+    assert_eq!(model.quantized.len(), 7 * model.config.n_layers);
+    let plain = Model { quantized: Default::default(), ..model.clone() };
+    let batch = model.batch(&[IOI, "The capital of France is"]).unwrap();
+    let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    let run = |m: &Model| {
+        let out = m.forward(&batch, &Hooks::new().grad_tap(taps.iter().copied())).unwrap();
+        let ld = out.logits.sum_all().unwrap();
+        let grads = out.backward(&ld).unwrap();
+        let g: Vec<f32> = taps.iter().flat_map(|&p| grads.get(p).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        (out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+    };
+    let (a, ga) = run(model);
+    let (b, gb) = run(&plain);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "logits differ");
+    assert!(ga.iter().zip(&gb).all(|(x, y)| x.to_bits() == y.to_bits()), "gradients differ");
+}

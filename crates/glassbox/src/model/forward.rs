@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::model::config::Positions;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
-use crate::model::ops::{activation, linear, norm_parts, norm_scale, rotary, softmax_last};
+use crate::model::ops::{activation, linear, linear_q, norm_parts, norm_scale, rotary, softmax_last};
 use crate::model::weights::{MoeWeights, Norm};
 use crate::model::Model;
 
@@ -420,9 +420,9 @@ impl Model {
         let (b, p, _) = x.dims3()?;
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
 
-        let q = linear(x, &a.w_q, a.b_q.as_ref())?.reshape((b, p, h, dh))?;
-        let k = linear(x, &a.w_k, a.b_k.as_ref())?.reshape((b, p, kv, dh))?;
-        let v = linear(x, &a.w_v, a.b_v.as_ref())?.reshape((b, p, kv, dh))?;
+        let q = self.linear(x, &a.w_q, a.b_q.as_ref())?.reshape((b, p, h, dh))?;
+        let k = self.linear(x, &a.w_k, a.b_k.as_ref())?.reshape((b, p, kv, dh))?;
+        let v = self.linear(x, &a.w_v, a.b_v.as_ref())?.reshape((b, p, kv, dh))?;
         let mut q = st.apply(HookPoint::Q(l), q)?;
         let mut k = st.apply(HookPoint::K(l), k)?;
         let v = st.apply(HookPoint::V(l), v)?;
@@ -450,7 +450,7 @@ impl Model {
         let pattern = st.apply(HookPoint::Pattern(l), softmax_last(&scores)?)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, p, h, dh]
         let z = st.apply(HookPoint::Z(l), z)?;
-        linear(&z.reshape((b, p, h * dh))?, &a.w_o, a.b_o.as_ref())
+        self.linear(&z.reshape((b, p, h * dh))?, &a.w_o, a.b_o.as_ref())
     }
 
     fn mlp(&self, l: usize, x: &Tensor, st: &mut HookState) -> Result<Tensor> {
@@ -458,17 +458,22 @@ impl Model {
         let m = &self.weights.layers[l].mlp;
         let post = match &m.w_gate {
             Some(w_gate) => {
-                let gate = st.apply(HookPoint::MlpPre(l), linear(x, w_gate, m.b_gate.as_ref())?)?;
-                let up = st.apply(HookPoint::MlpPreLinear(l), linear(x, &m.w_in, m.b_in.as_ref())?)?;
+                let gate = st.apply(HookPoint::MlpPre(l), self.linear(x, w_gate, m.b_gate.as_ref())?)?;
+                let up = st.apply(HookPoint::MlpPreLinear(l), self.linear(x, &m.w_in, m.b_in.as_ref())?)?;
                 (activation(&gate, cfg.mlp.activation)? * up)?
             }
             None => {
-                let pre = st.apply(HookPoint::MlpPre(l), linear(x, &m.w_in, m.b_in.as_ref())?)?;
+                let pre = st.apply(HookPoint::MlpPre(l), self.linear(x, &m.w_in, m.b_in.as_ref())?)?;
                 activation(&pre, cfg.mlp.activation)?
             }
         };
         let post = st.apply(HookPoint::MlpPost(l), post)?;
-        linear(&post, &m.w_out, m.b_out.as_ref())
+        self.linear(&post, &m.w_out, m.b_out.as_ref())
+    }
+
+    /// `ops::linear` with the weight's exact Q4_1 copy when the model has one.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        linear_q(x, w, self.quantized.get(w), b)
     }
 }
 

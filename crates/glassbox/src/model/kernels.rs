@@ -11,11 +11,11 @@ pub fn preferred(m: usize, n: usize) -> bool {
     available() && (m <= 32 || (m <= 256 && n <= 8192))
 }
 
-/// Whether the kernels can run on this CPU.
+/// Whether the kernels can run on this CPU (AVX2, FMA, F16C).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -30,23 +30,48 @@ fn threads() -> usize {
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (both row-major). Requires `available()`.
 pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(available() && x.len() == m * k && w.len() == n * k);
+    by_columns(m, n, &|j0, j1, y| {
+        // Safety: every part writes only columns j0..j1 of y.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx::x_wt_cols(x.as_ptr(), w.as_ptr(), y, m, k, n, j0, j1)
+        }
+    })
+}
+
+/// An `m × n` output whose columns are split into one range per thread (ranges rounded to the
+/// 4-row blocks so each part writes its own columns): `cols(j0, j1, y)` fills columns j0..j1.
+fn by_columns(m: usize, n: usize, cols: &(dyn Fn(usize, usize, *mut f32) + Sync)) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     let parts = threads().min(n.div_ceil(64)).max(1);
-    // Column ranges rounded to the 4-row block so each thread writes its own columns.
     let per = n.div_ceil(parts).div_ceil(4) * 4;
     let yp = SendPtr(y.as_mut_ptr());
     let run = |t: usize| {
         let (j0, j1) = (t * per, ((t + 1) * per).min(n));
         if j0 < j1 {
-            // Safety: every part writes only columns j0..j1 of y, which outlives the scope.
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                avx::x_wt_cols(x.as_ptr(), w.as_ptr(), yp.get(), m, k, n, j0, j1)
-            }
+            cols(j0, j1, yp.get());
         }
     };
     in_parts(parts, &run);
     y
+}
+
+/// An `m × k` sum over the `n` weight rows, split into one range of rows per thread:
+/// `rows(j0, j1, acc)` adds rows j0..j1's share into its own zeroed `acc`; the parts are summed.
+fn by_rows(m: usize, n: usize, k: usize, rows: &(dyn Fn(usize, usize, *mut f32) + Sync)) -> Vec<f32> {
+    let parts = threads().min(n.div_ceil(64)).max(1);
+    let per = n.div_ceil(parts);
+    let mut partial: Vec<Vec<f32>> = (0..parts).map(|_| vec![0f32; m * k]).collect();
+    let ptrs: Vec<SendPtr> = partial.iter_mut().map(|acc| SendPtr(acc.as_mut_ptr())).collect();
+    let run = |t: usize| rows(t * per, ((t + 1) * per).min(n), ptrs[t].get());
+    in_parts(parts, &run);
+    let mut out = partial.pop().unwrap_or_else(|| vec![0f32; m * k]);
+    for p in partial {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
 }
 
 /// Runs `run(0..parts)`: part 0 on the calling thread, the others on rayon's pool. (With
@@ -68,26 +93,88 @@ fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
 /// `dx[m, k] = g[m, n] · w[n, k]` (both row-major). Requires `available()`.
 pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     assert!(available() && g.len() == m * n && w.len() == n * k);
-    let parts = threads().min(n.div_ceil(64)).max(1);
-    let per = n.div_ceil(parts);
-    let mut partial: Vec<Vec<f32>> = (0..parts).map(|_| vec![0f32; m * k]).collect();
-    let ptrs: Vec<SendPtr> = partial.iter_mut().map(|acc| SendPtr(acc.as_mut_ptr())).collect();
-    let run = |t: usize| {
-        let (j0, j1) = (t * per, ((t + 1) * per).min(n));
+    by_rows(m, n, k, &|j0, j1, acc| {
         #[cfg(target_arch = "x86_64")]
-        // Safety: partial[t] is this part's own m×k buffer; g and w are read-only.
+        // Safety: acc is this part's own m×k buffer; g and w are read-only.
         unsafe {
-            avx::g_w_rows(g.as_ptr(), w.as_ptr(), ptrs[t].get(), m, n, k, j0, j1)
+            avx::g_w_rows(g.as_ptr(), w.as_ptr(), acc, m, n, k, j0, j1)
         }
-    };
-    in_parts(parts, &run);
-    let mut out = partial.pop().unwrap_or_else(|| vec![0f32; m * k]);
-    for p in partial {
-        for (o, v) in out.iter_mut().zip(p) {
-            *o += v;
-        }
+    })
+}
+
+/// A weight kept as llama.cpp Q4_1 blocks, `rows × cols` (cols a multiple of 32), row-major:
+/// each row is `cols / 32` blocks of 20 bytes.
+#[derive(Debug)]
+pub struct Q41 {
+    pub rows: usize,
+    pub cols: usize,
+    pub blocks: Vec<u8>,
+}
+
+impl Q41 {
+    pub fn row_bytes(&self) -> usize {
+        self.cols / 32 * 20
     }
-    out
+
+    /// The rows reordered as `load::unpermute_rows` reorders a Q or K projection of `n_heads`
+    /// heads (llama.cpp's interleaved-rotary permutation undone): new row `(h, a, b)` is old
+    /// row `(h, b, a)` over `[n_heads, 2, d_head / 2]`.
+    pub fn unpermute_rows(&self, n_heads: usize) -> Q41 {
+        let d_head = self.rows / n_heads;
+        let half = d_head / 2;
+        let rb = self.row_bytes();
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for h in 0..n_heads {
+            for a in 0..2 {
+                for b in 0..half {
+                    let old = h * d_head + b * 2 + a;
+                    blocks.extend_from_slice(&self.blocks[old * rb..(old + 1) * rb]);
+                }
+            }
+        }
+        Q41 { rows: self.rows, cols: self.cols, blocks }
+    }
+
+    /// The weights as f32, exactly as candle dequantizes them. Requires `available()`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        assert!(available());
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            #[cfg(target_arch = "x86_64")]
+            // Safety: row r's bytes and floats are inside `blocks` and `out`.
+            unsafe {
+                avx::dequant_q41_row(self.blocks.as_ptr().add(r * self.row_bytes()), out.as_mut_ptr().add(r * self.cols), self.cols)
+            }
+        }
+        out
+    }
+}
+
+/// `x_wt` for a Q4_1 weight (`n = q.rows`, `k = q.cols`): the same figures as `x_wt` on the
+/// dequantized weight, bit for bit.
+pub fn x_wt_q41(x: &[f32], q: &Q41, m: usize) -> Vec<f32> {
+    let (k, n) = (q.cols, q.rows);
+    assert!(available() && x.len() == m * k && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
+    by_columns(m, n, &|j0, j1, y| {
+        // Safety: every part writes only columns j0..j1 of y.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            avx::x_wt_cols_q41(x.as_ptr(), q.blocks.as_ptr(), q.row_bytes(), y, m, k, n, j0, j1)
+        }
+    })
+}
+
+/// `g_w` for a Q4_1 weight (`n = q.rows`, `k = q.cols`), bit for bit as on the dequantized one.
+pub fn g_w_q41(g: &[f32], q: &Q41, m: usize) -> Vec<f32> {
+    let (n, k) = (q.rows, q.cols);
+    assert!(available() && g.len() == m * n && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
+    by_rows(m, n, k, &|j0, j1, acc| {
+        #[cfg(target_arch = "x86_64")]
+        // Safety: acc is this part's own m×k buffer; g and q are read-only.
+        unsafe {
+            avx::g_w_rows_q41(g.as_ptr(), q.blocks.as_ptr(), q.row_bytes(), acc, m, n, k, j0, j1)
+        }
+    })
 }
 
 struct SendPtr(*mut f32);
@@ -150,7 +237,8 @@ mod avx {
     unsafe fn block<const MR: usize>(x: *const f32, w: *const f32, y: *mut f32, k: usize, n: usize, i: usize, j: usize, pf: *const f32) {
         let k8 = k / 8 * 8;
         let mut acc = [[_mm256_setzero_ps(); 4]; MR];
-        let wr = [w.add(j * k), w.add((j + 1) * k), w.add((j + 2) * k), w.add((j + 3) * k)];
+        // `wrapping_add`: the quantized path passes a base that only these rows are inside.
+        let wr = [w.wrapping_add(j * k), w.wrapping_add((j + 1) * k), w.wrapping_add((j + 2) * k), w.wrapping_add((j + 3) * k)];
         let mut kk = 0;
         while kk < k8 {
             if !pf.is_null() {
@@ -181,50 +269,142 @@ mod avx {
         }
     }
 
+    /// Weight rows per block of the backward product (a block stays in L2 while the token
+    /// rows pass over it).
+    pub const JB: usize = 64;
+
     /// `acc += g[:, j0..j1] · w[j0..j1, :]`, weight rows in blocks that stay in L2 while the
     /// token rows pass over them four at a time (each weight load feeds four rows' FMAs).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn g_w_rows(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
-        const JB: usize = 64;
-        let k16 = k / 16 * 16;
         let mut jb = j0;
         while jb < j1 {
             let je = (jb + JB).min(j1);
             // The next block of weight rows (contiguous) is prefetched while this one is used,
             // 16 lines per chunk, so the stream from memory overlaps the arithmetic.
-            let next = w.add(je * k);
             let next_len = ((je + JB).min(j1) - je) * k;
-            let mut cursor = 0;
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(4);
-                let mut kc = 0;
-                while kc < k16 {
-                    let mut l = 0;
-                    while l < 16 && cursor < next_len {
-                        _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
-                        cursor += 16;
-                        l += 1;
-                    }
-                    match mr {
-                        1 => chunk::<1>(g, w, acc, n, k, i, kc, jb, je),
-                        2 => chunk::<2>(g, w, acc, n, k, i, kc, jb, je),
-                        3 => chunk::<3>(g, w, acc, n, k, i, kc, jb, je),
-                        _ => chunk::<4>(g, w, acc, n, k, i, kc, jb, je),
-                    }
-                    kc += 16;
-                }
-                for r in i..i + mr {
-                    for j in jb..je {
-                        let gv = *g.add(r * n + j);
-                        for t in k16..k {
-                            *acc.add(r * k + t) += gv * *w.add(j * k + t);
-                        }
-                    }
-                }
-                i += mr;
-            }
+            rows_block(g, w, acc, m, n, k, jb, je, w.add(je * k), next_len);
             jb = je;
+        }
+    }
+
+    /// `g_w_rows` over Q4_1 weight rows (`row_bytes` each): every block of rows is
+    /// dequantized into an L2-sized buffer, then multiplied as in `g_w_rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn g_w_rows_q41(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+        let mut scratch = vec![0f32; JB * k];
+        let mut jb = j0;
+        while jb < j1 {
+            let je = (jb + JB).min(j1);
+            for j in jb..je {
+                dequant_q41_row(q.add(j * row_bytes), scratch.as_mut_ptr().add((j - jb) * k), k);
+            }
+            // A base such that row j is at `base + j k` (only rows jb..je are read).
+            let base = scratch.as_ptr().wrapping_sub(jb * k);
+            rows_block(g, base, acc, m, n, k, jb, je, std::ptr::null(), 0);
+            jb = je;
+        }
+    }
+
+    /// Weight rows `jb..je` (row j at `w + j k`) of `acc += g · w`, prefetching `next_len`
+    /// floats from `next` on the way.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_block(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const f32, next_len: usize) {
+        let k16 = k / 16 * 16;
+        let mut cursor = 0;
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(4);
+            let mut kc = 0;
+            while kc < k16 {
+                let mut l = 0;
+                while l < 16 && cursor < next_len {
+                    _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
+                    cursor += 16;
+                    l += 1;
+                }
+                match mr {
+                    1 => chunk::<1>(g, w, acc, n, k, i, kc, jb, je),
+                    2 => chunk::<2>(g, w, acc, n, k, i, kc, jb, je),
+                    3 => chunk::<3>(g, w, acc, n, k, i, kc, jb, je),
+                    _ => chunk::<4>(g, w, acc, n, k, i, kc, jb, je),
+                }
+                kc += 16;
+            }
+            for r in i..i + mr {
+                for j in jb..je {
+                    let gv = *g.add(r * n + j);
+                    for t in k16..k {
+                        *acc.add(r * k + t) += gv * *w.wrapping_add(j * k + t);
+                    }
+                }
+            }
+            i += mr;
+        }
+    }
+
+    /// Columns `j0..j1` of `y = x · wᵀ` for Q4_1 weight rows: each block of four rows is
+    /// dequantized into a small buffer (exactly as candle dequantizes), then multiplied as in
+    /// `x_wt_cols`. The weight stream from memory is 5 bits per weight instead of 32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn x_wt_cols_q41(x: *const f32, q: *const u8, row_bytes: usize, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
+        let mut scratch = vec![0f32; 4 * k];
+        let mut j = j0;
+        while j < j1 {
+            let rows = (j1 - j).min(4);
+            for r in 0..rows {
+                dequant_q41_row(q.add((j + r) * row_bytes), scratch.as_mut_ptr().add(r * k), k);
+            }
+            if rows == 4 {
+                let base = scratch.as_ptr().wrapping_sub(j * k);
+                let mut i = 0;
+                while i < m {
+                    match m - i {
+                        1 => block::<1>(x, base, y, k, n, i, j, std::ptr::null()),
+                        2 => block::<2>(x, base, y, k, n, i, j, std::ptr::null()),
+                        _ => block::<3>(x, base, y, k, n, i, j, std::ptr::null()),
+                    }
+                    i += (m - i).min(3);
+                }
+            } else {
+                for r in 0..rows {
+                    for i in 0..m {
+                        let mut s = 0f32;
+                        for t in 0..k {
+                            s += *x.add(i * k + t) * scratch[r * k + t];
+                        }
+                        *y.add(i * n + j + r) = s;
+                    }
+                }
+            }
+            j += rows;
+        }
+    }
+
+    /// One row of `k` weights from Q4_1 blocks (20 bytes: f16 scale `d`, f16 minimum `m`,
+    /// 16 bytes of nibbles; element `j` is the low nibble of byte `j`, element `j + 16` the
+    /// high one): `w = q·d + m`, bit for bit what candle's dequantization gives (`q·d` is
+    /// exact in f32, so the fused and the separate forms round alike).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q41_row(src: *const u8, dst: *mut f32, k: usize) {
+        let mask = _mm_set1_epi8(0x0F);
+        for b in 0..k / 32 {
+            let blk = src.add(b * 20);
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+            let d = _mm256_set1_ps(_mm_cvtss_f32(dm));
+            let mn = _mm256_set1_ps(_mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
+            let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
+            let lo = _mm_and_si128(qs, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+            let out = dst.add(b * 32);
+            for (h, v) in [(0, lo), (16, hi)] {
+                let a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                let c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
+                _mm256_storeu_ps(out.add(h), _mm256_fmadd_ps(a, d, mn));
+                _mm256_storeu_ps(out.add(h + 8), _mm256_fmadd_ps(c, d, mn));
+            }
         }
     }
 
@@ -239,7 +419,7 @@ mod avx {
             }
         }
         for j in jb..je {
-            let wp = w.add(j * k + kc);
+            let wp = w.wrapping_add(j * k + kc);
             let wv = [_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8))];
             for (r, ar) in a.iter_mut().enumerate() {
                 let gv = _mm256_set1_ps(*g.add((i + r) * n + j));
@@ -262,6 +442,36 @@ mod tests {
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
+    }
+
+    /// Q4_1 copies: dequantization bit for bit equal to candle's; the products on the copy
+    /// bit for bit equal to the products on the dequantized weight (odd row counts, both
+    /// thread splits); the row permutation equal to the loader's on the f32 weight.
+    #[test]
+    fn q41_copies_match_the_dequantized_weight() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        if !available() {
+            return;
+        }
+        for &(n, k, m) in &[(7, 64, 3), (130, 96, 15), (259, 576, 16), (12, 32, 1)] {
+            let w = Tensor::from_vec(data(n * k, 5), (n, k), &Device::Cpu).unwrap();
+            let qt = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+            let copy = Q41 { rows: n, cols: k, blocks: qt.data().unwrap().into_owned() };
+            let candle = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let ours = copy.dequantize();
+            assert!(candle.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits()), "dequantize {n}x{k}");
+            let x = data(m * k, 6);
+            let g = data(m * n, 7);
+            assert_eq!(x_wt_q41(&x, &copy, m), x_wt(&x, &ours, m, k, n), "x_wt {m}x{k}x{n}");
+            assert_eq!(g_w_q41(&g, &copy, m), g_w(&g, &ours, m, n, k), "g_w {m}x{n}x{k}");
+            if n % 4 == 0 {
+                let heads = n / 4;
+                let deq = Tensor::from_vec(ours.clone(), (n, k), &Device::Cpu).unwrap();
+                let loader = crate::model::load::unpermute_rows(&deq, heads).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(copy.unpermute_rows(heads).dequantize(), loader, "unpermute {n}x{k}");
+            }
+        }
     }
 
     /// Both kernels against a plain triple loop (in f64), on shapes that exercise every tail:

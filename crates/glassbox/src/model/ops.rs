@@ -5,7 +5,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
 
-use crate::model::kernels;
+use std::sync::Arc;
+
+use crate::model::kernels::{self, Q41};
 
 use crate::error::Result;
 use crate::model::config::{Activation, NormKind, RotaryPairing};
@@ -13,7 +15,12 @@ use crate::model::config::{Activation, NormKind, RotaryPairing};
 /// `x @ w^T` for a weight `w: [n, k]` that never needs a gradient. candle's matmul backward
 /// would compute (and allocate) the weight's gradient too: for a 135M model that is 0.5 GB of
 /// writes per backward pass. This op returns the input's gradient only.
-struct LinearNoWeightGrad;
+///
+/// When the weight also has an exact Q4_1 copy (`q`), the products read that instead (5 bits
+/// per weight from memory instead of 32; the same figures bit for bit).
+struct LinearNoWeightGrad {
+    q: Option<Arc<Q41>>,
+}
 
 impl CustomOp2 for LinearNoWeightGrad {
     fn name(&self) -> &'static str {
@@ -34,6 +41,10 @@ impl CustomOp2 for LinearNoWeightGrad {
         }
         if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w) {
             if let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) {
+                if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k && kernels::preferred(m, n)) {
+                    let y = kernels::x_wt_q41(&xs[x0..x1], q, m);
+                    return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                }
                 if kernels::preferred(m, n) {
                     let y = kernels::x_wt(&xs[x0..x1], &ws[w0..w1], m, k, n);
                     return Ok((CpuStorage::F32(y), Shape::from((m, n))));
@@ -56,6 +67,10 @@ impl CustomOp2 for LinearNoWeightGrad {
         let k = w.dim(1)?;
         if grad.dtype() == DType::F32 && kernels::preferred(m, k) {
             let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k) {
+                let dx = kernels::g_w_q41(&g, q, m);
+                return Ok((Some(Tensor::from_vec(dx, (m, k), grad.device())?), None));
+            }
             let (storage, layout) = w.storage_and_layout();
             if let (Storage::Cpu(CpuStorage::F32(ws)), Some((w0, w1))) = (&*storage, layout.contiguous_offsets()) {
                 let dx = kernels::g_w(&g, &ws[w0..w1], m, n, k);
@@ -68,11 +83,16 @@ impl CustomOp2 for LinearNoWeightGrad {
 
 /// `x @ w^T + b` over the last axis of `x` (any leading shape).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_q(x, w, None, b)
+}
+
+/// `linear`, with the weight's exact Q4_1 copy when it has one (see `Model::quantized`).
+pub fn linear_q(x: &Tensor, w: &Tensor, q: Option<&Arc<Q41>>, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let k = dims[dims.len() - 1];
     let lead: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.contiguous()?.reshape((lead, k))?;
-    let y = x2.apply_op2(w, LinearNoWeightGrad)?;
+    let y = x2.apply_op2(w, LinearNoWeightGrad { q: q.cloned() })?;
     let mut out_dims = dims[..dims.len() - 1].to_vec();
     out_dims.push(w.dim(0)?);
     let y = y.reshape(out_dims)?;

@@ -5,11 +5,17 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
-use super::names::{self, TensorNames, T};
-use super::{build_weights, TensorSource};
+use super::names::{self, Qkv, TensorNames, T};
+use super::{build_weights, name_at, TensorSource};
+use crate::model::kernels::{self, Q41};
+use crate::model::{Quantized, Weights};
 use crate::error::{Error, Result};
 use crate::model::config::{
     Activation, LayerAttention, MlpConfig, ModelConfig, NormConfig, NormKind, Positions,
@@ -249,9 +255,66 @@ pub fn load_file(path: &Path) -> Result<Model> {
         path: path.to_path_buf(),
     };
     let weights = build_weights(&cfg, family.names, &mut src)?;
+    let quantized = q41_copies(&mut src, family.names, &cfg, &weights)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Model::new(name, cfg, weights, tokenizer)
+    let mut model = Model::new(name, cfg, weights, tokenizer)?;
+    model.quantized = quantized;
+    Ok(model)
+}
+
+/// Exact Q4_1 copies of the layers' linear weights (see `Model::quantized`), for the tensors
+/// the file stores as Q4_1. Each copy goes through the loader's own row permutation and is
+/// kept only where it dequantizes to exactly the loaded f32 weight, bit for bit.
+fn q41_copies(src: &mut GgufSource, names: &TensorNames, cfg: &ModelConfig, weights: &Weights) -> Result<Quantized> {
+    let Qkv::Separate { q, k, v, .. } = names.qkv else {
+        return Ok(Quantized::default());
+    };
+    if !kernels::available() {
+        return Ok(Quantized::default());
+    }
+    let permuted = |h: usize| names.qk_rows_permuted.then_some(h);
+    let mut map = HashMap::new();
+    for (l, lw) in weights.layers.iter().enumerate() {
+        let mut targets = vec![
+            (q, &lw.attn.w_q, permuted(cfg.n_heads)),
+            (k, &lw.attn.w_k, permuted(cfg.n_kv_heads)),
+            (v, &lw.attn.w_v, None),
+            (names.o, &lw.attn.w_o, None),
+            (names.mlp_in, &lw.mlp.w_in, None),
+            (names.mlp_out, &lw.mlp.w_out, None),
+        ];
+        if let Some(g) = &lw.mlp.w_gate {
+            targets.push((names.mlp_gate, g, None));
+        }
+        for (t, w, heads) in targets {
+            let name = match t {
+                T::Req(n) | T::Opt(n) => name_at(n, l),
+                T::No => continue,
+            };
+            if src.content.tensor_infos.get(&name).map(|i| i.ggml_dtype) != Some(GgmlDType::Q4_1) {
+                continue;
+            }
+            let qt = src.content.tensor(&mut src.reader, &name, &Device::Cpu).map_err(|e| Error::Corrupt {
+                path: src.path.clone(),
+                detail: format!("tensor `{name}`: {e}"),
+            })?;
+            let (rows, cols) = qt.shape().dims2()?;
+            if cols % 32 != 0 || w.dims() != [rows, cols] {
+                continue;
+            }
+            let mut copy = Q41 { rows, cols, blocks: qt.data()?.into_owned() };
+            if let Some(h) = heads {
+                copy = copy.unpermute_rows(h);
+            }
+            let loaded = w.flatten_all()?.to_vec1::<f32>()?;
+            let exact = loaded.iter().zip(copy.dequantize()).all(|(a, b)| a.to_bits() == b.to_bits());
+            if exact {
+                map.insert(w.id(), Arc::new(copy));
+            }
+        }
+    }
+    Ok(Quantized(Arc::new(map)))
 }

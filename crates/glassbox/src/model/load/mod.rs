@@ -46,7 +46,7 @@ pub(crate) trait TensorSource {
     fn load(&mut self, name: &str) -> Result<Tensor>;
 }
 
-fn name_at(template: &str, layer: usize) -> String {
+pub(crate) fn name_at(template: &str, layer: usize) -> String {
     template.replace("{l}", &layer.to_string())
 }
 
