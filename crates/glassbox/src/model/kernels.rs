@@ -292,7 +292,11 @@ mod avx {
     /// dequantized into an L2-sized buffer, then multiplied as in `g_w_rows`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn g_w_rows_q41(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
-        let mut scratch = vec![0f32; JB * k];
+        with_scratch(JB * k, |scratch| g_w_rows_q41_in(g, q, row_bytes, acc, m, n, k, j0, j1, scratch))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn g_w_rows_q41_in(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize, scratch: &mut [f32]) {
         let mut jb = j0;
         while jb < j1 {
             let je = (jb + JB).min(j1);
@@ -349,7 +353,11 @@ mod avx {
     /// `x_wt_cols`. The weight stream from memory is 5 bits per weight instead of 32.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn x_wt_cols_q41(x: *const f32, q: *const u8, row_bytes: usize, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
-        let mut scratch = vec![0f32; 4 * k];
+        with_scratch(4 * k, |scratch| x_wt_cols_q41_in(x, q, row_bytes, y, m, k, n, j0, j1, scratch))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn x_wt_cols_q41_in(x: *const f32, q: *const u8, row_bytes: usize, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize, scratch: &mut [f32]) {
         let mut j = j0;
         while j < j1 {
             let rows = (j1 - j).min(4);
@@ -380,6 +388,22 @@ mod avx {
             }
             j += rows;
         }
+    }
+
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Runs `f` on this thread's dequantization buffer of at least `len` floats (kept between
+    /// calls: a fresh one of this size costs page faults and zeroing every product).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        SCRATCH.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        })
     }
 
     /// One row of `k` weights from Q4_1 blocks (20 bytes: f16 scale `d`, f16 minimum `m`,
