@@ -3,7 +3,7 @@
 //! drop gradients), except `linear`, a custom op whose backward skips the weight gradient.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
 
 use std::sync::Arc;
 
@@ -121,13 +121,52 @@ pub fn norm_scale(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tenso
     Ok((scale, normalized))
 }
 
-/// Softmax over the last axis, with the max subtracted as a constant (exact: softmax is
-/// shift-invariant), so the backward needs no gradient of `max`.
+/// Softmax over the last axis (max subtracted first), one op with its own backward
+/// `dx = y ⊙ (dy − Σ dy ⊙ y)`: a composition of candle ops costs ten tensors per layer in
+/// each direction.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
+    Ok(x.apply_op1(SoftmaxLast)?)
+}
+
+struct SoftmaxLast;
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "softmax-last"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn rows<T: num_traits::Float>(xs: &[T], n: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(xs.len());
+            for row in xs.chunks_exact(n) {
+                let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+                let start = out.len();
+                let mut sum = T::zero();
+                for &v in row {
+                    let e = (v - max).exp();
+                    sum = sum + e;
+                    out.push(e);
+                }
+                for e in &mut out[start..] {
+                    *e = *e / sum;
+                }
+            }
+            out
+        }
+        let n = layout.dims().last().copied().unwrap_or(1).max(1);
+        let (o0, o1) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("softmax: input must be contiguous".into()))?;
+        let out = match storage {
+            CpuStorage::F32(xs) => CpuStorage::F32(rows(&xs[o0..o1], n)),
+            CpuStorage::F64(xs) => CpuStorage::F64(rows(&xs[o0..o1], n)),
+            _ => candle_core::bail!("softmax: f32 or f64 only"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((grad.broadcast_sub(&dot)? * res)?))
+    }
 }
 
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -140,34 +179,79 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 }
 
 /// Rotary embedding on `x: [b, p, heads, d_head]`, rotating the first `cos.dim(1) * 2`
-/// dimensions; `cos`/`sin`: `[p, rot_dim/2]`.
+/// dimensions; `cos`/`sin`: `[p, rot_dim/2]`. One op whose backward is the inverse rotation
+/// (the same op with `−sin`).
 pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, pairing: RotaryPairing) -> Result<Tensor> {
-    let (b, p, h, d) = x.dims4()?;
+    let (_, p, _, d) = x.dims4()?;
     let half = cos.dim(1)?;
-    let rot = 2 * half;
-    let cos = cos.reshape((1, p, 1, half))?;
-    let sin = sin.reshape((1, p, 1, half))?;
-    let x_rot = x.narrow(3, 0, rot)?;
-    let rotated = match pairing {
-        RotaryPairing::HalfSplit => {
-            let x1 = x_rot.narrow(3, 0, half)?;
-            let x2 = x_rot.narrow(3, half, half)?;
-            let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-            let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-            Tensor::cat(&[r1, r2], 3)?
+    if cos.dims() != [p, half] || sin.dims() != [p, half] || 2 * half > d {
+        return Err(crate::error::Error::Invalid(format!(
+            "rotary tables {:?}/{:?} do not fit {:?}",
+            cos.dims(),
+            sin.dims(),
+            x.dims()
+        )));
+    }
+    let table = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?) };
+    let op = Rotary { cos: table(cos)?, sin: table(sin)?, half, pairing };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+struct Rotary {
+    /// `[p, half]` each.
+    cos: Vec<f64>,
+    sin: Vec<f64>,
+    half: usize,
+    pairing: RotaryPairing,
+}
+
+impl Rotary {
+    fn rotate<T: num_traits::Float>(&self, xs: &[T], dims: &[usize]) -> Vec<T> {
+        let (p, h, d) = (dims[1], dims[2], dims[3]);
+        let half = self.half;
+        let mut out = xs.to_vec();
+        for (v, head) in out.chunks_exact_mut(d).enumerate() {
+            let pos = (v / h) % p;
+            for i in 0..half {
+                let c = T::from(self.cos[pos * half + i]).unwrap_or_else(T::zero);
+                let s = T::from(self.sin[pos * half + i]).unwrap_or_else(T::zero);
+                let (a, b) = match self.pairing {
+                    RotaryPairing::HalfSplit => (i, i + half),
+                    RotaryPairing::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (x1, x2) = (head[a], head[b]);
+                head[a] = x1 * c - x2 * s;
+                head[b] = x2 * c + x1 * s;
+            }
         }
-        RotaryPairing::Interleaved => {
-            let pairs = x_rot.reshape((b, p, h, half, 2))?;
-            let x1 = pairs.narrow(4, 0, 1)?.squeeze(4)?;
-            let x2 = pairs.narrow(4, 1, 1)?.squeeze(4)?;
-            let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-            let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-            Tensor::stack(&[r1, r2], 4)?.reshape((b, p, h, rot))?
-        }
-    };
-    if rot == d {
-        Ok(rotated)
-    } else {
-        Ok(Tensor::cat(&[rotated, x.narrow(3, rot, d - rot)?], 3)?)
+        out
     }
 }
+
+impl CustomOp1 for Rotary {
+    fn name(&self) -> &'static str {
+        "rotary"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = layout.dims();
+        let (o0, o1) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("rotary: input must be contiguous".into()))?;
+        let out = match storage {
+            CpuStorage::F32(xs) => CpuStorage::F32(self.rotate(&xs[o0..o1], dims)),
+            CpuStorage::F64(xs) => CpuStorage::F64(self.rotate(&xs[o0..o1], dims)),
+            _ => candle_core::bail!("rotary: f32 or f64 only"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inverse = Rotary {
+            cos: self.cos.clone(),
+            sin: self.sin.iter().map(|s| -s).collect(),
+            half: self.half,
+            pairing: self.pairing,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
+    }
+}
+
