@@ -27,6 +27,20 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// The kernels' own pool: one worker fewer than the parts, since the calling thread runs the
+/// first part. (Sharing rayon's global pool left one of its workers spinning on a core the
+/// product needed.)
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads().saturating_sub(1).max(1))
+            .thread_name(|i| format!("glassbox-kernel-{i}"))
+            .build()
+            .expect("building the kernels' thread pool")
+    })
+}
+
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (both row-major). Requires `available()`.
 pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert!(available() && x.len() == m * k && w.len() == n * k);
@@ -82,7 +96,7 @@ fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
         run(0);
         return;
     }
-    rayon::in_place_scope(|s| {
+    pool().in_place_scope(|s| {
         for t in 1..parts {
             s.spawn(move |_| run(t));
         }
