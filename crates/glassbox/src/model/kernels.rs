@@ -317,9 +317,11 @@ mod avx {
             for j in jb..je {
                 dequant_q41_row(q.add(j * row_bytes), scratch.as_mut_ptr().add((j - jb) * k), k);
             }
-            // A base such that row j is at `base + j k` (only rows jb..je are read).
+            // A base such that row j is at `base + j k` (only rows jb..je are read); the next
+            // block's quantized bytes (contiguous) are prefetched on the way.
             let base = scratch.as_ptr().wrapping_sub(jb * k);
-            rows_block(g, base, acc, m, n, k, jb, je, std::ptr::null(), 0);
+            let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
+            rows_block(g, base, acc, m, n, k, jb, je, q.add(je * row_bytes) as *const f32, next_bytes / 4);
             jb = je;
         }
     }
@@ -377,6 +379,14 @@ mod avx {
             let rows = (j1 - j).min(4);
             for r in 0..rows {
                 dequant_q41_row(q.add((j + r) * row_bytes), scratch.as_mut_ptr().add(r * k), k);
+            }
+            // The next four rows' bytes (contiguous) arrive while these are multiplied.
+            let next = q.add((j + rows) * row_bytes);
+            let next_bytes = (j1 - j - rows).min(4) * row_bytes;
+            let mut b = 0;
+            while b < next_bytes {
+                _mm_prefetch::<_MM_HINT_T0>(next.add(b) as *const i8);
+                b += 64;
             }
             if rows == 4 {
                 let base = scratch.as_ptr().wrapping_sub(j * k);
