@@ -218,28 +218,41 @@ mod avx {
     pub unsafe fn x_wt_cols(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
         let mut j = j0;
         while j + 4 <= j1 {
-            let mut i = 0;
-            // 3 token rows × 4 weight rows: 12 accumulators, three token vectors and one
-            // weight vector at a time fill the 16 AVX registers; 7 loads per 12 FMAs.
             // While the first token rows pass over these weight rows, the block of four after
             // the next is fetched into L2 (the rows are contiguous).
-            let ahead = j + 12 <= j1;
-            while i < m {
-                let pf = if i == 0 && ahead { w.add((j + 8) * k) } else { std::ptr::null() };
-                match m - i {
-                    1 => block::<1>(x, w, y, k, n, i, j, pf),
-                    2 => block::<2>(x, w, y, k, n, i, j, pf),
-                    _ => block::<3>(x, w, y, k, n, i, j, pf),
-                }
-                i += (m - i).min(3);
-            }
+            let pf = if j + 12 <= j1 { w.add((j + 8) * k) } else { std::ptr::null() };
+            four_rows(x, w, y, m, k, n, j, pf);
             j += 4;
         }
-        for jj in j..j1 {
+        tail_rows(x, w, y, m, k, n, j, j1);
+    }
+
+    /// Columns `j..j + 4` of `y = x · wᵀ` (weight row c at `w + c k`) over all token rows, 3
+    /// token rows × 4 weight rows at a time: 12 accumulators, three token vectors and one
+    /// weight vector fill the 16 AVX registers; 7 loads per 12 FMAs. `pf` (or null) is
+    /// prefetched during the first pass.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn four_rows(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j: usize, pf: *const f32) {
+        let mut i = 0;
+        while i < m {
+            let pf = if i == 0 { pf } else { std::ptr::null() };
+            match m - i {
+                1 => block::<1>(x, w, y, k, n, i, j, pf),
+                2 => block::<2>(x, w, y, k, n, i, j, pf),
+                _ => block::<3>(x, w, y, k, n, i, j, pf),
+            }
+            i += (m - i).min(3);
+        }
+    }
+
+    /// Columns `j0..j1` (fewer than four) of `y = x · wᵀ`, plain loops.
+    unsafe fn tail_rows(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
+        for jj in j0..j1 {
             for i in 0..m {
                 let mut s = 0f32;
                 for t in 0..k {
-                    s += *x.add(i * k + t) * *w.add(jj * k + t);
+                    s += *x.add(i * k + t) * *w.wrapping_add(jj * k + t);
                 }
                 *y.add(i * n + jj) = s;
             }
@@ -285,7 +298,7 @@ mod avx {
 
     /// Weight rows per block of the backward product (a block stays in L2 while the token
     /// rows pass over it).
-    pub const JB: usize = 64;
+    const JB: usize = 64;
 
     /// `acc += g[:, j0..j1] · w[j0..j1, :]`, weight rows in blocks that stay in L2 while the
     /// token rows pass over them four at a time (each weight load feeds four rows' FMAs).
@@ -296,8 +309,8 @@ mod avx {
             let je = (jb + JB).min(j1);
             // The next block of weight rows (contiguous) is prefetched while this one is used,
             // 16 lines per chunk, so the stream from memory overlaps the arithmetic.
-            let next_len = ((je + JB).min(j1) - je) * k;
-            rows_block(g, w, acc, m, n, k, jb, je, w.add(je * k), next_len);
+            let next_bytes = ((je + JB).min(j1) - je) * k * 4;
+            rows_block(g, w, acc, m, n, k, jb, je, w.add(je * k) as *const u8, next_bytes);
             jb = je;
         }
     }
@@ -321,16 +334,16 @@ mod avx {
             // block's quantized bytes (contiguous) are prefetched on the way.
             let base = scratch.as_ptr().wrapping_sub(jb * k);
             let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
-            rows_block(g, base, acc, m, n, k, jb, je, q.add(je * row_bytes) as *const f32, next_bytes / 4);
+            rows_block(g, base, acc, m, n, k, jb, je, q.add(je * row_bytes), next_bytes);
             jb = je;
         }
     }
 
-    /// Weight rows `jb..je` (row j at `w + j k`) of `acc += g · w`, prefetching `next_len`
-    /// floats from `next` on the way.
+    /// Weight rows `jb..je` (row j at `w + j k`) of `acc += g · w`, prefetching `next_bytes`
+    /// bytes from `next` on the way.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_block(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const f32, next_len: usize) {
+    unsafe fn rows_block(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const u8, next_bytes: usize) {
         let k16 = k / 16 * 16;
         let mut cursor = 0;
         let mut i = 0;
@@ -339,9 +352,9 @@ mod avx {
             let mut kc = 0;
             while kc < k16 {
                 let mut l = 0;
-                while l < 16 && cursor < next_len {
+                while l < 16 && cursor < next_bytes {
                     _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
-                    cursor += 16;
+                    cursor += 64;
                     l += 1;
                 }
                 match mr {
@@ -388,27 +401,12 @@ mod avx {
                 _mm_prefetch::<_MM_HINT_T0>(next.add(b) as *const i8);
                 b += 64;
             }
+            // A base such that row j is at `base + j k` (only rows j..j + rows are read).
+            let base = scratch.as_ptr().wrapping_sub(j * k);
             if rows == 4 {
-                let base = scratch.as_ptr().wrapping_sub(j * k);
-                let mut i = 0;
-                while i < m {
-                    match m - i {
-                        1 => block::<1>(x, base, y, k, n, i, j, std::ptr::null()),
-                        2 => block::<2>(x, base, y, k, n, i, j, std::ptr::null()),
-                        _ => block::<3>(x, base, y, k, n, i, j, std::ptr::null()),
-                    }
-                    i += (m - i).min(3);
-                }
+                four_rows(x, base, y, m, k, n, j, std::ptr::null());
             } else {
-                for r in 0..rows {
-                    for i in 0..m {
-                        let mut s = 0f32;
-                        for t in 0..k {
-                            s += *x.add(i * k + t) * scratch[r * k + t];
-                        }
-                        *y.add(i * n + j + r) = s;
-                    }
-                }
+                tail_rows(x, base, y, m, k, n, j, j + rows);
             }
             j += rows;
         }
