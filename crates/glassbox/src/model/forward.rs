@@ -2,13 +2,14 @@
 //! from `ModelConfig`, with a hook at every named point.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::Positions;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
-use crate::model::ops::{activation, linear, linear_q, norm_parts, norm_scale, rotary, softmax_last};
+use crate::model::ops::{activation, linear, linear_q, norm_parts, norm_scale, rotary, softmax_last, RopeTables};
 use crate::model::weights::{MoeWeights, Norm};
 use crate::model::Model;
 
@@ -223,21 +224,12 @@ impl Model {
             Positions::Rotary(r) => Some(r),
             _ => None,
         };
-        let mut tables: HashMap<u64, (Tensor, Tensor)> = HashMap::new();
+        let mut tables: HashMap<u64, Arc<RopeTables>> = HashMap::new();
         for l in first_layer..cfg.n_layers {
             let la = cfg.layers[l];
             let mask = attention_mask(&lengths, n_pos, la.sliding_window, dtype)?;
-            let cos_sin = match rope {
-                Some(r) => {
-                    let key = la.rope_base.to_bits();
-                    if !tables.contains_key(&key) {
-                        tables.insert(key, rope_tables(n_pos, r.dim, la.rope_base, dtype)?);
-                    }
-                    tables.get(&key)
-                }
-                None => None,
-            };
-            x = self.block(l, x, &mask, cos_sin, &mut st)?;
+            let layer_rope = rope.map(|r| tables.entry(la.rope_base.to_bits()).or_insert_with(|| rope_tables(n_pos, r.dim, la.rope_base)).clone());
+            x = self.block(l, x, &mask, layer_rope.as_ref(), &mut st)?;
         }
 
         let normalized = if cfg.variants.no_final_norm {
@@ -313,7 +305,7 @@ impl Model {
         l: usize,
         x: Tensor,
         mask: &Tensor,
-        cos_sin: Option<&(Tensor, Tensor)>,
+        rope: Option<&Arc<RopeTables>>,
         st: &mut HookState,
     ) -> Result<Tensor> {
         let cfg = &self.config;
@@ -329,7 +321,7 @@ impl Model {
         if cfg.variants.post_ln {
             // Post-LN (OPT-350m): the sublayers read the raw residual; a norm follows each
             // residual addition.
-            let attn_out = self.attention(l, &resid_pre, mask, cos_sin, st)?;
+            let attn_out = self.attention(l, &resid_pre, mask, rope, st)?;
             let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
             let normalized = normalize(&(&resid_pre + &attn_out)?, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
             let resid_mid = st.apply(HookPoint::ResidMid(l), apply_norm_weights(&normalized, &lw.ln1)?)?;
@@ -342,7 +334,7 @@ impl Model {
 
         let normalized = normalize(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
         let attn_in = apply_norm_weights(&normalized, &lw.ln1)?;
-        let attn_out = post_norm(self.attention(l, &attn_in, mask, cos_sin, st)?, &lw.extra.ln1_post)?;
+        let attn_out = post_norm(self.attention(l, &attn_in, mask, rope, st)?, &lw.extra.ln1_post)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
 
         let mlp_in_resid = if cfg.parallel_block {
@@ -412,7 +404,7 @@ impl Model {
         l: usize,
         x: &Tensor,
         mask: &Tensor,
-        cos_sin: Option<&(Tensor, Tensor)>,
+        rope: Option<&Arc<RopeTables>>,
         st: &mut HookState,
     ) -> Result<Tensor> {
         let cfg = &self.config;
@@ -431,9 +423,9 @@ impl Model {
             q = apply_norm_weights(&norm_parts_normalized(&q, cfg)?, qn)?;
             k = apply_norm_weights(&norm_parts_normalized(&k, cfg)?, kn)?;
         }
-        if let (Some((cos, sin)), Positions::Rotary(r)) = (cos_sin, cfg.positions) {
-            q = st.apply(HookPoint::RotQ(l), rotary(&q, cos, sin, r.pairing)?)?;
-            k = st.apply(HookPoint::RotK(l), rotary(&k, cos, sin, r.pairing)?)?;
+        if let (Some(rope), Positions::Rotary(r)) = (rope, cfg.positions) {
+            q = st.apply(HookPoint::RotQ(l), rotary(&q, rope, r.pairing)?)?;
+            k = st.apply(HookPoint::RotK(l), rotary(&k, rope, r.pairing)?)?;
         }
 
         // [b, heads, p, dh], key/value heads repeated over their query group.
@@ -543,7 +535,7 @@ fn attention_mask(lengths: &[usize], p: usize, window: Option<usize>, dtype: DTy
 
 /// cos and sin tables `[p, dim/2]` for rotary with base `base` (frequencies as Hugging Face
 /// computes them: `base^(-2i/dim)` in f32).
-fn rope_tables(p: usize, dim: usize, base: f64, dtype: DType) -> Result<(Tensor, Tensor)> {
+fn rope_tables(p: usize, dim: usize, base: f64) -> Arc<RopeTables> {
     let half = dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
@@ -557,7 +549,5 @@ fn rope_tables(p: usize, dim: usize, base: f64, dtype: DType) -> Result<(Tensor,
             sin.push(angle.sin());
         }
     }
-    let cos = Tensor::from_vec(cos, (p, half), &Device::Cpu)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (p, half), &Device::Cpu)?.to_dtype(dtype)?;
-    Ok((cos, sin))
+    Arc::new(RopeTables { cos, sin, positions: p, half })
 }

@@ -178,43 +178,50 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
-/// Rotary embedding on `x: [b, p, heads, d_head]`, rotating the first `cos.dim(1) * 2`
-/// dimensions; `cos`/`sin`: `[p, rot_dim/2]`. One op whose backward is the inverse rotation
-/// (the same op with `−sin`).
-pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor, pairing: RotaryPairing) -> Result<Tensor> {
+/// Cos and sin tables of a rotary embedding, `[positions, half]` each, in f64 (rounded to the
+/// activations' dtype where they are used). Built once per forward and rotary base.
+#[derive(Debug)]
+pub struct RopeTables {
+    pub cos: Vec<f64>,
+    pub sin: Vec<f64>,
+    pub positions: usize,
+    pub half: usize,
+}
+
+/// Rotary embedding on `x: [b, p, heads, d_head]`, rotating the first `2 * tables.half`
+/// dimensions. One op whose backward is the inverse rotation (the same tables, `−sin`).
+pub fn rotary(x: &Tensor, tables: &Arc<RopeTables>, pairing: RotaryPairing) -> Result<Tensor> {
     let (_, p, _, d) = x.dims4()?;
-    let half = cos.dim(1)?;
-    if cos.dims() != [p, half] || sin.dims() != [p, half] || 2 * half > d {
+    if tables.positions != p || 2 * tables.half > d {
         return Err(crate::error::Error::Invalid(format!(
-            "rotary tables {:?}/{:?} do not fit {:?}",
-            cos.dims(),
-            sin.dims(),
+            "rotary tables of {} positions × {} do not fit {:?}",
+            tables.positions,
+            tables.half,
             x.dims()
         )));
     }
-    let table = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?) };
-    let op = Rotary { cos: table(cos)?, sin: table(sin)?, half, pairing };
+    let op = Rotary { tables: tables.clone(), inverse: false, pairing };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
 struct Rotary {
-    /// `[p, half]` each.
-    cos: Vec<f64>,
-    sin: Vec<f64>,
-    half: usize,
+    tables: Arc<RopeTables>,
+    /// Rotate by −θ (the backward).
+    inverse: bool,
     pairing: RotaryPairing,
 }
 
 impl Rotary {
     fn rotate<T: num_traits::Float>(&self, xs: &[T], dims: &[usize]) -> Vec<T> {
         let (p, h, d) = (dims[1], dims[2], dims[3]);
-        let half = self.half;
+        let half = self.tables.half;
+        let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut out = xs.to_vec();
         for (v, head) in out.chunks_exact_mut(d).enumerate() {
             let pos = (v / h) % p;
             for i in 0..half {
-                let c = T::from(self.cos[pos * half + i]).unwrap_or_else(T::zero);
-                let s = T::from(self.sin[pos * half + i]).unwrap_or_else(T::zero);
+                let c = T::from(self.tables.cos[pos * half + i]).unwrap_or_else(T::zero);
+                let s = T::from(sign * self.tables.sin[pos * half + i]).unwrap_or_else(T::zero);
                 let (a, b) = match self.pairing {
                     RotaryPairing::HalfSplit => (i, i + half),
                     RotaryPairing::Interleaved => (2 * i, 2 * i + 1),
@@ -245,12 +252,7 @@ impl CustomOp1 for Rotary {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let inverse = Rotary {
-            cos: self.cos.clone(),
-            sin: self.sin.iter().map(|s| -s).collect(),
-            half: self.half,
-            pairing: self.pairing,
-        };
+        let inverse = Rotary { tables: self.tables.clone(), inverse: !self.inverse, pairing: self.pairing };
         Ok(Some(grad.contiguous()?.apply_op1(inverse)?))
     }
 }
