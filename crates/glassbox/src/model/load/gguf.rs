@@ -190,6 +190,9 @@ struct GgufSource {
     content: Content,
     reader: BufReader<File>,
     path: PathBuf,
+    /// The blocks of every Q4_1 tensor loaded so far, by name (for `q41_copies`, so that the
+    /// file is read once).
+    q41: HashMap<String, Q41>,
 }
 
 impl TensorSource for GgufSource {
@@ -204,6 +207,11 @@ impl TensorSource for GgufSource {
                 path: self.path.clone(),
                 detail: format!("tensor `{name}`: {e}"),
             })?;
+        if q.dtype() == GgmlDType::Q4_1 {
+            if let Ok((rows, cols)) = q.shape().dims2() {
+                self.q41.insert(name.to_string(), Q41 { rows, cols, blocks: q.data()?.into_owned() });
+            }
+        }
         Ok(q.dequantize(&Device::Cpu)?)
     }
 }
@@ -253,9 +261,10 @@ pub fn load_file(path: &Path) -> Result<Model> {
         content,
         reader,
         path: path.to_path_buf(),
+        q41: HashMap::new(),
     };
     let weights = build_weights(&cfg, family.names, &mut src)?;
-    let quantized = q41_copies(&mut src, family.names, &cfg, &weights)?;
+    let quantized = q41_copies(std::mem::take(&mut src.q41), family.names, &cfg, &weights)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -265,10 +274,11 @@ pub fn load_file(path: &Path) -> Result<Model> {
     Ok(model)
 }
 
-/// Exact Q4_1 copies of the layers' linear weights (see `Model::quantized`), for the tensors
-/// the file stores as Q4_1. Each copy goes through the loader's own row permutation and is
-/// kept only where it dequantizes to exactly the loaded f32 weight, bit for bit.
-fn q41_copies(src: &mut GgufSource, names: &TensorNames, cfg: &ModelConfig, weights: &Weights) -> Result<Quantized> {
+/// Exact Q4_1 copies of the layers' linear weights (see `Model::quantized`), from the blocks
+/// of the tensors the file stores as Q4_1 (kept by `GgufSource::load`). Each copy goes through
+/// the loader's own row permutation and is kept only where it dequantizes to exactly the
+/// loaded f32 weight, bit for bit.
+fn q41_copies(mut blocks: HashMap<String, Q41>, names: &TensorNames, cfg: &ModelConfig, weights: &Weights) -> Result<Quantized> {
     let Qkv::Separate { q, k, v, .. } = names.qkv else {
         return Ok(Quantized::default());
     };
@@ -294,18 +304,12 @@ fn q41_copies(src: &mut GgufSource, names: &TensorNames, cfg: &ModelConfig, weig
                 T::Req(n) | T::Opt(n) => name_at(n, l),
                 T::No => continue,
             };
-            if src.content.tensor_infos.get(&name).map(|i| i.ggml_dtype) != Some(GgmlDType::Q4_1) {
+            let Some(mut copy) = blocks.remove(&name) else {
+                continue;
+            };
+            if copy.cols % 32 != 0 || w.dims() != [copy.rows, copy.cols] {
                 continue;
             }
-            let qt = src.content.tensor(&mut src.reader, &name, &Device::Cpu).map_err(|e| Error::Corrupt {
-                path: src.path.clone(),
-                detail: format!("tensor `{name}`: {e}"),
-            })?;
-            let (rows, cols) = qt.shape().dims2()?;
-            if cols % 32 != 0 || w.dims() != [rows, cols] {
-                continue;
-            }
-            let mut copy = Q41 { rows, cols, blocks: qt.data()?.into_owned() };
             if let Some(h) = heads {
                 copy = copy.unpermute_rows(h);
             }
