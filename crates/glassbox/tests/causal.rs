@@ -201,3 +201,31 @@ fn analyze_figures_equal_a_fresh_evaluation() {
         }
     }
 }
+
+/// Mean ablation over a given prompt set that does not hold the clean prompt (the evaluator
+/// then runs the clean prompt itself): the clean LD is the model's, the full circuit has
+/// sufficiency 1 and the empty one comprehensiveness 0, and the all-ablated LD equals a run
+/// with every head set to the set's mean.
+#[test]
+fn mean_ablation_over_a_given_set() {
+    for name in ["tiny-gpt2", "tiny-llama"] {
+        let model = load_tiny(name);
+        let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
+        let mut other = c.corrupted.clone();
+        other[3] = (other[3] + 5) % model.config.d_vocab as u32;
+        let set = vec![c.corrupted.clone(), other];
+        let ev = CircuitEvaluator::new(&model, &c, Ablation::Mean, false, Some(&set)).unwrap();
+        let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+        let r = ev.evaluate(&[Circuit { heads: all_heads, mlps: vec![] }, Circuit::default()]).unwrap();
+        assert!((r[0].clean_ld - ld(&model, &c.clean, &c, Hooks::new())).abs() < 1e-5, "{name}: clean LD");
+        assert!((r[0].sufficiency - 1.0).abs() < 1e-5, "{name}: {}", r[0].sufficiency);
+        assert!(r[1].comprehensiveness.abs() < 1e-5, "{name}: {}", r[1].comprehensiveness);
+        let runs = model.forward(&Batch::new(&set).unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
+        let mut hooks = Hooks::new();
+        for l in 0..2 {
+            let mean = runs.cache.get(HookPoint::Z(l)).unwrap().mean_keepdim(0).unwrap();
+            hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(mean)));
+        }
+        assert!((ld(&model, &c.clean, &c, hooks) - r[0].ld_all_ablated).abs() < 1e-5, "{name}: all-ablated LD");
+    }
+}

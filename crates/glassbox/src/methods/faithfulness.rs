@@ -144,7 +144,7 @@ impl<'a> CircuitEvaluator<'a> {
             return Err(Error::Invalid("no prompts to evaluate the circuit on".into()));
         }
         let layers = model.config.n_layers;
-        let points: Vec<HookPoint> = (0..layers).flat_map(|l| [HookPoint::Z(l), HookPoint::MlpOut(l)]).collect();
+        let points = Self::run_points(layers);
         let mut prompts = Vec::with_capacity(contrasts.len());
         for contrast in contrasts {
             let set: Vec<Vec<u32>> = match (ablation, mean_set) {
@@ -170,26 +170,48 @@ impl<'a> CircuitEvaluator<'a> {
                     Ok((pick(HookPoint::Z(l))?, pick(HookPoint::MlpOut(l))?))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // When the set's first prompt is the clean one (every case but a given mean set),
+            // this run is also the clean run.
+            let (clean_ld, clean_resid) = if set[0] == contrast.clean {
+                let n = set.len();
+                let lds = out.logit_diff(&vec![contrast.correct_id; n], &vec![contrast.incorrect_id; n])?;
+                let resid = (0..layers).map(|l| Ok(out.cache.get(HookPoint::ResidPre(l))?.narrow(0, 0, 1)?)).collect::<Result<Vec<_>>>()?;
+                (lds.to_dtype(DType::F32)?.to_vec1::<f32>()?[0], resid)
+            } else {
+                (0.0, Vec::new())
+            };
             prompts.push(PromptState {
                 contrast: contrast.clone(),
                 values,
-                clean_ld: 0.0,
+                clean_ld,
                 all_ablated_ld: 0.0,
-                clean_resid: Vec::new(),
+                clean_resid,
                 ablated_resid: Vec::new(),
             });
         }
         let mut ev = CircuitEvaluator { model, include_mlps, prompts, ablation };
-        let empty = Circuit::default();
         for i in 0..ev.prompts.len() {
-            let (lds, resid) = ev.run_from_tokens(i, &[Ablate::Nothing, Ablate::Complement(&empty)])?;
-            let st = &mut ev.prompts[i];
-            st.clean_ld = lds[0];
-            st.all_ablated_ld = lds[1];
-            st.clean_resid = resid.iter().map(|r| r.narrow(0, 0, 1)).collect::<candle_core::Result<_>>()?;
-            st.ablated_resid = resid.iter().map(|r| r.narrow(0, 1, 1)).collect::<candle_core::Result<_>>()?;
+            ev.complete(i)?;
         }
         Ok(ev)
+    }
+
+    /// Runs what prompt `i` still lacks from the tokens: the all-ablated run, and the clean run
+    /// when it was not given.
+    fn complete(&mut self, i: usize) -> Result<()> {
+        let empty = Circuit::default();
+        let has_clean = !self.prompts[i].clean_resid.is_empty();
+        let rows: &[Ablate] = if has_clean { &[Ablate::Complement(&empty)] } else { &[Ablate::Nothing, Ablate::Complement(&empty)] };
+        let (lds, resid) = self.run_from_tokens(i, rows)?;
+        let row = |r: usize| resid.iter().map(|t| t.narrow(0, r, 1)).collect::<candle_core::Result<Vec<_>>>();
+        let st = &mut self.prompts[i];
+        if !has_clean {
+            st.clean_ld = lds[0];
+            st.clean_resid = row(0)?;
+        }
+        st.all_ablated_ld = lds[rows.len() - 1];
+        st.ablated_resid = row(rows.len() - 1)?;
+        Ok(())
     }
 
     /// The evaluator of one contrast with resample ablation, from a clean run that cached
@@ -211,9 +233,7 @@ impl<'a> CircuitEvaluator<'a> {
             ablated_resid: Vec::new(),
         };
         let mut ev = CircuitEvaluator { model, include_mlps, prompts: vec![prompt], ablation: Ablation::Resample };
-        let (lds, resid) = ev.run_from_tokens(0, &[Ablate::Complement(&Circuit::default())])?;
-        ev.prompts[0].all_ablated_ld = lds[0];
-        ev.prompts[0].ablated_resid = resid;
+        ev.complete(0)?;
         Ok(ev)
     }
 
@@ -299,9 +319,8 @@ impl<'a> CircuitEvaluator<'a> {
         let mut lds = vec![0f32; rows.len()];
         for chunk in &chunks {
             let n = chunk.len();
-            let first = chunk.iter().map(|&r| starts[r]).min().unwrap_or(0);
+            let first = starts[chunk[0]];
             let picked: Vec<&Ablate> = chunk.iter().map(|&r| &rows[r]).collect();
-            debug_assert!(chunk.iter().all(|&r| starts[r] == first));
             let resid = picked
                 .iter()
                 .map(|ab| match ab {
