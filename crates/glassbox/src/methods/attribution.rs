@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::methods::{order_by_magnitude, Contrast, Head};
 use crate::model::config::Positions;
-use crate::model::{Action, ActivationCache, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, ActivationCache, Batch, Gradients, HookPoint, Hooks, Intervention, Model};
 
 /// Which activations are attributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +121,25 @@ fn per_unit(x: &Tensor, component: Component) -> Result<Vec<f32>> {
     })
 }
 
+/// `Σ_pos ∇a · (a_clean − a_corr)` per component unit at each point, from the clean run's
+/// gradients and cache (row 0) and row `corr_row` of a corrupted run's cache.
+fn taylor_scores(
+    points: &[HookPoint],
+    grads: &Gradients,
+    clean: &ActivationCache,
+    corr: &ActivationCache,
+    corr_row: usize,
+    component: Component,
+) -> Result<Vec<Vec<f32>>> {
+    points
+        .iter()
+        .map(|&p| {
+            let delta = (clean.get(p)?.get(0)? - corr.get(p)?.get(corr_row)?)?;
+            per_unit(&(grads.get(p)?.get(0)? * delta)?, component)
+        })
+        .collect()
+}
+
 fn answers(c: &Contrast, n: usize) -> (Vec<u32>, Vec<u32>) {
     (vec![c.correct_id; n], vec![c.incorrect_id; n])
 }
@@ -185,13 +204,7 @@ pub(crate) fn attribute_caching(
             let ld_clean = clean.logit_diff(&good[..1], &bad[..1])?;
             let ld_corr = corr.logit_diff(&good[..1], &bad[..1])?;
             let grads = clean.backward(&ld_clean)?;
-            let scores = points
-                .iter()
-                .map(|&p| {
-                    let delta = (clean.cache.get(p)?.get(0)? - corr.cache.get(p)?.get(0)?)?;
-                    per_unit(&(grads.get(p)?.get(0)? * delta)?, component)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let scores = taylor_scores(&points, &grads, &clean.cache, &corr.cache, 0, component)?;
             let lds = Tensor::cat(&[ld_clean, ld_corr], 0)?;
             let detached = |c: &ActivationCache| ActivationCache {
                 values: c.values.iter().map(|(p, t)| (*p, t.detach())).collect(),
@@ -293,14 +306,7 @@ pub(crate) fn taylor_many(
         let hooks = Hooks::new().logits_for(&[correct, incorrect]).cache(points.iter().copied());
         let corr = model.forward(&Batch::new(chunk)?, &hooks)?;
         for r in 0..chunk.len() {
-            let row = points
-                .iter()
-                .map(|&p| {
-                    let delta = (run.cache.get(p)?.get(0)? - corr.cache.get(p)?.get(r)?)?;
-                    per_unit(&(grads.get(p)?.get(0)? * delta)?, component)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            scores.push(row);
+            scores.push(taylor_scores(&points, &grads, &run.cache, &corr.cache, r, component)?);
         }
         progress(scores.len(), corrupted.len());
     }
