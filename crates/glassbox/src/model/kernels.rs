@@ -2,7 +2,8 @@
 //! against large weight matrices. `gemm` (behind candle's matmul) packs the whole weight for
 //! every call, which costs more than the product itself at 15 rows; these kernels stream each
 //! weight row once, keep the token rows in cache, and split the weight across threads.
-//! x86-64 with AVX2+FMA only; callers fall back to candle's matmul elsewhere.
+//! Weights with an exact Q4_1 copy are streamed as their 5-bit blocks and dequantized on the
+//! way. x86-64 with AVX2, FMA and F16C only; callers fall back to candle's matmul elsewhere.
 
 /// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 256
 /// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s
@@ -88,7 +89,7 @@ fn by_rows(m: usize, n: usize, k: usize, rows: &(dyn Fn(usize, usize, *mut f32) 
     out
 }
 
-/// Runs `run(0..parts)`: part 0 on the calling thread, the others on rayon's pool. (With
+/// Runs `run(0..parts)`: part 0 on the calling thread, the others on the kernels' pool. (With
 /// `rayon::scope` a caller outside the pool hands the whole body to a worker and sleeps until
 /// it is done, a wake-up and a hand-off for every product.)
 fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
