@@ -152,16 +152,34 @@ impl Q41 {
 
     /// The weights as f32, exactly as candle dequantizes them. Requires `available()`.
     pub fn dequantize(&self) -> Vec<f32> {
-        assert!(available());
         let mut out = vec![0f32; self.rows * self.cols];
-        for r in 0..self.rows {
-            #[cfg(target_arch = "x86_64")]
-            // Safety: row r's bytes and floats are inside `blocks` and `out`.
-            unsafe {
-                avx::dequant_q41_row(self.blocks.as_ptr().add(r * self.row_bytes()), out.as_mut_ptr().add(r * self.cols), self.cols)
-            }
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(r, row);
         }
         out
+    }
+
+    /// Whether the copy dequantizes to exactly `w` (row-major `rows × cols`), bit for bit,
+    /// one row at a time. Requires `available()`.
+    pub fn equals(&self, w: &[f32]) -> bool {
+        if w.len() != self.rows * self.cols {
+            return false;
+        }
+        let mut row = vec![0f32; self.cols];
+        w.chunks_exact(self.cols).enumerate().all(|(r, want)| {
+            self.dequantize_row(r, &mut row);
+            row.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits())
+        })
+    }
+
+    /// Row `r` into `out` (`cols` floats).
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(available() && r < self.rows && out.len() == self.cols);
+        #[cfg(target_arch = "x86_64")]
+        // Safety: row r's bytes are inside `blocks` (checked by `row_bytes`), `out` holds `cols`.
+        unsafe {
+            avx::dequant_q41_row(self.blocks.as_ptr().add(r * self.row_bytes()), out.as_mut_ptr(), self.cols)
+        }
     }
 }
 
@@ -508,6 +526,10 @@ mod tests {
             let candle = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let ours = copy.dequantize();
             assert!(candle.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits()), "dequantize {n}x{k}");
+            assert!(copy.equals(&candle), "equals {n}x{k}");
+            let mut off = candle.clone();
+            off[(n / 2) * k + k - 1] = f32::from_bits(off[(n / 2) * k + k - 1].to_bits() ^ 1);
+            assert!(!copy.equals(&off), "equals misses a one-ulp difference {n}x{k}");
             let x = data(m * k, 6);
             let g = data(m * n, 7);
             assert_eq!(x_wt_q41(&x, &copy, m), x_wt(&x, &ours, m, k, n), "x_wt {m}x{k}x{n}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, Device, Storage, Tensor};
 
 use super::names::{self, Qkv, TensorNames, T};
 use super::{build_weights, name_at, TensorSource};
@@ -313,8 +313,11 @@ fn q41_copies(mut blocks: HashMap<String, Q41>, names: &TensorNames, cfg: &Model
             if let Some(h) = heads {
                 copy = copy.unpermute_rows(h);
             }
-            let loaded = w.flatten_all()?.to_vec1::<f32>()?;
-            let exact = loaded.iter().zip(copy.dequantize()).all(|(a, b)| a.to_bits() == b.to_bits());
+            let (storage, layout) = w.storage_and_layout();
+            let exact = match (&*storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(CpuStorage::F32(ws)), Some((o0, o1))) => copy.equals(&ws[o0..o1]),
+                _ => false,
+            };
             if exact {
                 map.insert(w.id(), Arc::new(copy));
             }
