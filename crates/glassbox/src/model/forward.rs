@@ -7,9 +7,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
-use crate::model::config::Positions;
+use crate::model::config::{NormKind, Positions};
+use crate::model::fused::{self, AttnSpec};
 use crate::model::hooks::{HookPoint, HookState, Hooks};
-use crate::model::ops::{activation, linear, linear_q, norm_parts, norm_scale, rotary, softmax_last, RopeTables};
+use crate::model::ops::{linear, linear_q, norm_parts, rotary, softmax_last, RopeTables};
 use crate::model::weights::{MoeWeights, Norm};
 use crate::model::Model;
 
@@ -225,20 +226,20 @@ impl Model {
             _ => None,
         };
         let mut tables: HashMap<u64, Arc<RopeTables>> = HashMap::new();
+        let mut masks: HashMap<Option<usize>, AttnMask> = HashMap::new();
         for l in first_layer..cfg.n_layers {
             let la = cfg.layers[l];
-            let mask = attention_mask(&lengths, n_pos, la.sliding_window, dtype)?;
+            let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, la.sliding_window, dtype));
             let layer_rope = rope.map(|r| tables.entry(la.rope_base.to_bits()).or_insert_with(|| rope_tables(n_pos, r.dim, la.rope_base)).clone());
-            x = self.block(l, x, &mask, layer_rope.as_ref(), &mut st)?;
+            x = self.block(l, x, mask, layer_rope.as_ref(), &mut st)?;
         }
 
-        let normalized = if cfg.variants.no_final_norm {
+        let mut x = if cfg.variants.no_final_norm {
             st.apply(HookPoint::LnFinalScale, Tensor::ones((batch_size, n_pos, 1), dtype, &Device::Cpu)?)?;
-            st.apply(HookPoint::LnFinalNormalized, x)?
+            apply_norm_weights(&st.apply(HookPoint::LnFinalNormalized, x)?, &w.ln_final)?
         } else {
-            normalize(&x, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, cfg, &mut st)?
+            normalize_weighted(&x, HookPoint::LnFinalScale, HookPoint::LnFinalNormalized, &w.ln_final, cfg, &mut st)?
         };
-        let mut x = apply_norm_weights(&normalized, &w.ln_final)?;
         if hooks.last_logits_only {
             let rows = lengths
                 .iter()
@@ -304,7 +305,7 @@ impl Model {
         &self,
         l: usize,
         x: Tensor,
-        mask: &Tensor,
+        mask: &AttnMask,
         rope: Option<&Arc<RopeTables>>,
         st: &mut HookState,
     ) -> Result<Tensor> {
@@ -313,7 +314,7 @@ impl Model {
         let resid_pre = st.apply(HookPoint::ResidPre(l), x)?;
         let post_norm = |x: Tensor, n: &Option<Norm>| -> Result<Tensor> {
             match n {
-                Some(n) => apply_norm_weights(&norm_parts_normalized(&x, cfg)?, n),
+                Some(n) => weighted_norm(&x, n, cfg),
                 None => Ok(x),
             }
         };
@@ -323,17 +324,16 @@ impl Model {
             // residual addition.
             let attn_out = self.attention(l, &resid_pre, mask, rope, st)?;
             let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
-            let normalized = normalize(&(&resid_pre + &attn_out)?, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
-            let resid_mid = st.apply(HookPoint::ResidMid(l), apply_norm_weights(&normalized, &lw.ln1)?)?;
+            let normalized = normalize_weighted(&(&resid_pre + &attn_out)?, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?;
+            let resid_mid = st.apply(HookPoint::ResidMid(l), normalized)?;
             let mlp_read = st.apply(HookPoint::MlpIn(l), resid_mid.clone())?;
             let mlp_out = self.mlp_or_moe(l, &mlp_read, st)?;
             let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
-            let normalized = normalize(&(resid_mid + mlp_out)?, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
-            return st.apply(HookPoint::ResidPost(l), apply_norm_weights(&normalized, &lw.ln2)?);
+            let normalized = normalize_weighted(&(resid_mid + mlp_out)?, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), &lw.ln2, cfg, st)?;
+            return st.apply(HookPoint::ResidPost(l), normalized);
         }
 
-        let normalized = normalize(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), cfg, st)?;
-        let attn_in = apply_norm_weights(&normalized, &lw.ln1)?;
+        let attn_in = normalize_weighted(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?;
         let attn_out = post_norm(self.attention(l, &attn_in, mask, rope, st)?, &lw.extra.ln1_post)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
 
@@ -343,8 +343,7 @@ impl Model {
             st.apply(HookPoint::ResidMid(l), (&resid_pre + &attn_out)?)?
         };
         let mlp_read = st.apply(HookPoint::MlpIn(l), mlp_in_resid.clone())?;
-        let normalized = normalize(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), cfg, st)?;
-        let mlp_in = apply_norm_weights(&normalized, &lw.ln2)?;
+        let mlp_in = normalize_weighted(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), &lw.ln2, cfg, st)?;
         let mlp_out = post_norm(self.mlp_or_moe(l, &mlp_in, st)?, &lw.extra.ln2_post)?;
         let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
 
@@ -403,7 +402,7 @@ impl Model {
         &self,
         l: usize,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &AttnMask,
         rope: Option<&Arc<RopeTables>>,
         st: &mut HookState,
     ) -> Result<Tensor> {
@@ -420,14 +419,28 @@ impl Model {
         let v = st.apply(HookPoint::V(l), v)?;
         let extra = &self.weights.layers[l].extra;
         if let (Some(qn), Some(kn)) = (&extra.q_norm, &extra.k_norm) {
-            q = apply_norm_weights(&norm_parts_normalized(&q, cfg)?, qn)?;
-            k = apply_norm_weights(&norm_parts_normalized(&k, cfg)?, kn)?;
+            q = weighted_norm(&q, qn, cfg)?;
+            k = weighted_norm(&k, kn, cfg)?;
         }
         if let (Some(rope), Positions::Rotary(r)) = (rope, cfg.positions) {
             q = st.apply(HookPoint::RotQ(l), rotary(&q, rope, r.pairing)?)?;
             k = st.apply(HookPoint::RotK(l), rotary(&k, rope, r.pairing)?)?;
         }
 
+        let z = if st.touches(HookPoint::AttnScores(l)) || st.touches(HookPoint::Pattern(l)) {
+            self.attention_chain(l, &q, &k, &v, mask, st)?
+        } else {
+            let spec = AttnSpec { scale: cfg.attn_scale, softcap: cfg.variants.attn_softcap, allowed: mask.allowed.clone() };
+            fused::attention(&q, &k, &v, &spec)?
+        };
+        let z = st.apply(HookPoint::Z(l), z)?;
+        self.linear(&z.reshape((b, p, h * dh))?, &a.w_o, a.b_o.as_ref())
+    }
+
+    /// The attention core as a chain of candle ops, for runs that hook its scores or pattern:
+    /// `z: [b, p, heads, d_head]`.
+    fn attention_chain(&self, l: usize, q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, st: &mut HookState) -> Result<Tensor> {
+        let cfg = &self.config;
         // [b, heads, p, dh], key/value heads repeated over their query group.
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = repeat_kv(&k.transpose(1, 2)?, cfg.group_size())?;
@@ -437,12 +450,10 @@ impl Model {
         if let Some(c) = cfg.variants.attn_softcap {
             scores = ((scores / c)?.tanh()? * c)?;
         }
-        let scores = scores.broadcast_add(mask)?;
+        let scores = scores.broadcast_add(mask.additive()?)?;
         let scores = st.apply(HookPoint::AttnScores(l), scores)?;
         let pattern = st.apply(HookPoint::Pattern(l), softmax_last(&scores)?)?;
-        let z = pattern.matmul(&v)?.transpose(1, 2)?; // [b, p, h, dh]
-        let z = st.apply(HookPoint::Z(l), z)?;
-        self.linear(&z.reshape((b, p, h * dh))?, &a.w_o, a.b_o.as_ref())
+        Ok(pattern.matmul(&v)?.transpose(1, 2)?)
     }
 
     fn mlp(&self, l: usize, x: &Tensor, st: &mut HookState) -> Result<Tensor> {
@@ -452,11 +463,11 @@ impl Model {
             Some(w_gate) => {
                 let gate = st.apply(HookPoint::MlpPre(l), self.linear(x, w_gate, m.b_gate.as_ref())?)?;
                 let up = st.apply(HookPoint::MlpPreLinear(l), self.linear(x, &m.w_in, m.b_in.as_ref())?)?;
-                (activation(&gate, cfg.mlp.activation)? * up)?
+                fused::gated(&gate, &up, cfg.mlp.activation)?
             }
             None => {
                 let pre = st.apply(HookPoint::MlpPre(l), self.linear(x, &m.w_in, m.b_in.as_ref())?)?;
-                activation(&pre, cfg.mlp.activation)?
+                fused::activation(&pre, cfg.mlp.activation)?
             }
         };
         let post = st.apply(HookPoint::MlpPost(l), post)?;
@@ -476,17 +487,26 @@ fn normalize(x: &Tensor, scale_hook: HookPoint, out_hook: HookPoint, cfg: &crate
     st.apply(out_hook, centred.broadcast_div(&scale)?)
 }
 
-/// A norm's normalisation without hooks (post-norms, query/key norms).
-fn norm_parts_normalized(x: &Tensor, cfg: &crate::model::ModelConfig) -> Result<Tensor> {
-    Ok(norm_scale(x, cfg.norm.kind, cfg.norm.eps)?.1)
+/// A norm with its weights and its two hooks (the scale, the normalised value) in between:
+/// one fused op where neither hook is touched.
+fn normalize_weighted(x: &Tensor, scale_hook: HookPoint, out_hook: HookPoint, n: &Norm, cfg: &crate::model::ModelConfig, st: &mut HookState) -> Result<Tensor> {
+    if st.touches(scale_hook) || st.touches(out_hook) {
+        return apply_norm_weights(&normalize(x, scale_hook, out_hook, cfg, st)?, n);
+    }
+    weighted_norm(x, n, cfg)
+}
+
+/// A norm with its weights, without hooks (post-norms, query/key norms).
+fn weighted_norm(x: &Tensor, n: &Norm, cfg: &crate::model::ModelConfig) -> Result<Tensor> {
+    fused::norm(x, cfg.norm.kind == NormKind::LayerNorm, cfg.norm.eps, &n.w, n.b.as_ref())
 }
 
 /// `w_out · (act(w_gate · x) ⊙ (w_in · x))`: one expert of a mixture.
 fn gated_mlp(x: &Tensor, m: &crate::model::weights::MlpWeights, act: crate::model::config::Activation) -> Result<Tensor> {
     let up = linear(x, &m.w_in, m.b_in.as_ref())?;
     let hidden = match &m.w_gate {
-        Some(g) => (activation(&linear(x, g, m.b_gate.as_ref())?, act)? * up)?,
-        None => activation(&up, act)?,
+        Some(g) => fused::gated(&linear(x, g, m.b_gate.as_ref())?, &up, act)?,
+        None => fused::activation(&up, act)?,
     };
     linear(&hidden, &m.w_out, m.b_out.as_ref())
 }
@@ -512,25 +532,43 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
         .reshape((b, kv * group, p, dh))?)
 }
 
-/// Additive mask `[b, 1, p, p]`: 0 where a query may see a key (causal, within the prompt's
-/// real length and the sliding window), -inf elsewhere.
-fn attention_mask(lengths: &[usize], p: usize, window: Option<usize>, dtype: DType) -> Result<Tensor> {
-    let b = lengths.len();
-    let mut m = vec![f32::NEG_INFINITY; b * p * p];
-    for (bi, &len) in lengths.iter().enumerate() {
-        for q in 0..p {
-            for k in 0..=q.min(len.saturating_sub(1)) {
-                // Padding queries (q ≥ len) see the whole real prompt: a sliding window could
-                // otherwise leave them no key at all, and a row of -inf gives NaN, which would
-                // reach real positions through `0 · NaN` in the value products.
-                let in_window = q >= len || window.is_none_or(|w| q - k < w);
-                if in_window {
-                    m[(bi * p + q) * p + k] = 0.0;
+/// Which keys each query may see: causal, within the prompt's real length and the sliding
+/// window. The fused attention core reads `allowed`; the chain adds `additive()`.
+struct AttnMask {
+    /// `[b, p, p]`
+    allowed: Arc<Vec<bool>>,
+    b: usize,
+    p: usize,
+    dtype: DType,
+    additive: std::cell::OnceCell<Tensor>,
+}
+
+impl AttnMask {
+    fn new(lengths: &[usize], p: usize, window: Option<usize>, dtype: DType) -> Self {
+        let b = lengths.len();
+        let mut allowed = vec![false; b * p * p];
+        for (bi, &len) in lengths.iter().enumerate() {
+            for q in 0..p {
+                for k in 0..=q.min(len.saturating_sub(1)) {
+                    // Padding queries (q ≥ len) see the whole real prompt: a sliding window could
+                    // otherwise leave them no key at all, and a row of -inf gives NaN, which would
+                    // reach real positions through `0 · NaN` in the value products.
+                    allowed[(bi * p + q) * p + k] = q >= len || window.is_none_or(|w| q - k < w);
                 }
             }
         }
+        AttnMask { allowed: Arc::new(allowed), b, p, dtype, additive: std::cell::OnceCell::new() }
     }
-    Ok(Tensor::from_vec(m, (b, 1, p, p), &Device::Cpu)?.to_dtype(dtype)?)
+
+    /// The additive mask `[b, 1, p, p]`: 0 where a query may see a key, -inf elsewhere.
+    fn additive(&self) -> Result<&Tensor> {
+        if self.additive.get().is_none() {
+            let m: Vec<f32> = self.allowed.iter().map(|&a| if a { 0.0 } else { f32::NEG_INFINITY }).collect();
+            let t = Tensor::from_vec(m, (self.b, 1, self.p, self.p), &Device::Cpu)?.to_dtype(self.dtype)?;
+            let _ = self.additive.set(t);
+        }
+        self.additive.get().ok_or_else(|| Error::Invalid("attention mask not built".into()))
+    }
 }
 
 /// cos and sin tables `[p, dim/2]` for rotary with base `base` (frequencies as Hugging Face

@@ -509,6 +509,11 @@ impl<'a> HookState<'a> {
         }
     }
 
+    /// Whether the hook at `point` does anything (an intervention, a tap or the cache).
+    pub fn touches(&self, point: HookPoint) -> bool {
+        self.by_point.contains_key(&point) || self.taps.contains(&point) || self.caches(point)
+    }
+
     /// Runs the hook at `point` on `x`: interventions in order, then the gradient tap, then
     /// the cache (which so holds the value the rest of the model sees).
     pub fn apply(&mut self, point: HookPoint, mut x: Tensor) -> Result<Tensor> {

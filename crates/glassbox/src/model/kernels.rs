@@ -315,84 +315,115 @@ mod avx {
         }
     }
 
-    /// Weight rows per block of the backward product (a block stays in L2 while the token
-    /// rows pass over it).
-    const JB: usize = 64;
+    /// Weight rows per block of the backward product.
+    const JB: usize = 96;
 
-    /// `acc += g[:, j0..j1] · w[j0..j1, :]`, weight rows in blocks that stay in L2 while the
-    /// token rows pass over them four at a time (each weight load feeds four rows' FMAs).
-    #[target_feature(enable = "avx2,fma")]
+    /// Where the backward product reads its weight rows.
+    enum Rows {
+        F32(*const f32),
+        /// Q4_1 blocks, `row_bytes` per row.
+        Q41(*const u8, usize),
+    }
+
+    /// `acc += g[:, j0..j1] · w[j0..j1, :]` (see `rows_block`); columns past the last
+    /// multiple of 32 are summed in place.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn g_w_rows(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+        let k32 = k / 32 * 32;
         let mut jb = j0;
         while jb < j1 {
             let je = (jb + JB).min(j1);
-            // The next block of weight rows (contiguous) is prefetched while this one is used,
-            // 16 lines per chunk, so the stream from memory overlaps the arithmetic.
             let next_bytes = ((je + JB).min(j1) - je) * k * 4;
-            rows_block(g, w, acc, m, n, k, jb, je, w.add(je * k) as *const u8, next_bytes);
-            jb = je;
-        }
-    }
-
-    /// `g_w_rows` over Q4_1 weight rows (`row_bytes` each): every block of rows is
-    /// dequantized into an L2-sized buffer, then multiplied as in `g_w_rows`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn g_w_rows_q41(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
-        with_scratch(JB * k, |scratch| g_w_rows_q41_in(g, q, row_bytes, acc, m, n, k, j0, j1, scratch))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn g_w_rows_q41_in(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize, scratch: &mut [f32]) {
-        let mut jb = j0;
-        while jb < j1 {
-            let je = (jb + JB).min(j1);
-            for j in jb..je {
-                dequant_q41_row(q.add(j * row_bytes), scratch.as_mut_ptr().add((j - jb) * k), k);
-            }
-            // A base such that row j is at `base + j k` (only rows jb..je are read); the next
-            // block's quantized bytes (contiguous) are prefetched on the way.
-            let base = scratch.as_ptr().wrapping_sub(jb * k);
-            let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
-            rows_block(g, base, acc, m, n, k, jb, je, q.add(je * row_bytes), next_bytes);
-            jb = je;
-        }
-    }
-
-    /// Weight rows `jb..je` (row j at `w + j k`) of `acc += g · w`, prefetching `next_bytes`
-    /// bytes from `next` on the way.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_block(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const u8, next_bytes: usize) {
-        let k16 = k / 16 * 16;
-        let mut cursor = 0;
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(4);
-            let mut kc = 0;
-            while kc < k16 {
-                let mut l = 0;
-                while l < 16 && cursor < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
-                    cursor += 64;
-                    l += 1;
-                }
-                match mr {
-                    1 => chunk::<1>(g, w, acc, n, k, i, kc, jb, je),
-                    2 => chunk::<2>(g, w, acc, n, k, i, kc, jb, je),
-                    3 => chunk::<3>(g, w, acc, n, k, i, kc, jb, je),
-                    _ => chunk::<4>(g, w, acc, n, k, i, kc, jb, je),
-                }
-                kc += 16;
-            }
-            for r in i..i + mr {
+            rows_block(g, &Rows::F32(w), acc, m, n, k, jb, je, w.add(je * k) as *const u8, next_bytes);
+            for r in 0..m {
                 for j in jb..je {
                     let gv = *g.add(r * n + j);
-                    for t in k16..k {
-                        *acc.add(r * k + t) += gv * *w.wrapping_add(j * k + t);
+                    for t in k32..k {
+                        *acc.add(r * k + t) += gv * *w.add(j * k + t);
                     }
                 }
             }
-            i += mr;
+            jb = je;
+        }
+    }
+
+    /// `g_w_rows` over Q4_1 weight rows (`row_bytes` each, `k` a multiple of 32), each block
+    /// of 32 weights dequantized as its panels are filled.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn g_w_rows_q41(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+        let mut jb = j0;
+        while jb < j1 {
+            let je = (jb + JB).min(j1);
+            let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
+            rows_block(g, &Rows::Q41(q, row_bytes), acc, m, n, k, jb, je, q.add(je * row_bytes), next_bytes);
+            jb = je;
+        }
+    }
+
+    /// Weight rows `jb..je` of `acc += g · w`, over the columns up to the last multiple of 32,
+    /// 32 columns at a time: those columns of the block's rows are copied (or dequantized)
+    /// into two panels of 16 (`[2][JB][16]`, 8 KB, in L1), and every token row passes over
+    /// each panel, four rows at a time. Prefetches `next_bytes` bytes from `next` on the way.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows_block(g: *const f32, rows: &Rows, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const u8, next_bytes: usize) {
+        let mut panels = [0f32; 2 * JB * 16];
+        let pp = panels.as_mut_ptr();
+        let blocks = k / 32;
+        let per_block = next_bytes.div_ceil(64).div_ceil(blocks.max(1));
+        let mut cursor = 0;
+        for kb in 0..blocks {
+            for _ in 0..per_block {
+                if cursor < next_bytes {
+                    _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
+                    cursor += 64;
+                }
+            }
+            for j in jb..je {
+                let dst = pp.add((j - jb) * 16);
+                // Each row's columns a few blocks ahead are fetched on the way (the first
+                // block of rows had no earlier block to fetch them).
+                match *rows {
+                    Rows::F32(w) => {
+                        let src = w.add(j * k + 32 * kb);
+                        if kb + 2 < blocks {
+                            _mm_prefetch::<_MM_HINT_T0>(src.add(64) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(src.add(80) as *const i8);
+                        }
+                        for h in 0..2 {
+                            _mm256_storeu_ps(dst.add(h * JB * 16), _mm256_loadu_ps(src.add(16 * h)));
+                            _mm256_storeu_ps(dst.add(h * JB * 16 + 8), _mm256_loadu_ps(src.add(16 * h + 8)));
+                        }
+                    }
+                    Rows::Q41(q, row_bytes) => {
+                        let src = q.add(j * row_bytes + kb * 20);
+                        if kb + 3 < blocks {
+                            _mm_prefetch::<_MM_HINT_T0>(src.add(60) as *const i8);
+                        }
+                        dequant_q41(src, dst, 32, JB * 16)
+                    }
+                }
+            }
+            for h in 0..2 {
+                let panel = pp.add(h * JB * 16);
+                let kc = 32 * kb + 16 * h;
+                // Token rows in groups of at most 6, as even as possible (15 = 5 + 5 + 5): a
+                // group of r rows keeps 2r accumulators, enough to hide the FMA latency.
+                let groups = m.div_ceil(6);
+                let mut i = 0;
+                for gi in 0..groups {
+                    let mr = (m - i) / (groups - gi) + usize::from(!(m - i).is_multiple_of(groups - gi));
+                    match mr {
+                        1 => chunk::<1>(g, panel, acc, n, k, i, kc, jb, je),
+                        2 => chunk::<2>(g, panel, acc, n, k, i, kc, jb, je),
+                        3 => chunk::<3>(g, panel, acc, n, k, i, kc, jb, je),
+                        4 => chunk::<4>(g, panel, acc, n, k, i, kc, jb, je),
+                        5 => chunk::<5>(g, panel, acc, n, k, i, kc, jb, je),
+                        _ => chunk::<6>(g, panel, acc, n, k, i, kc, jb, je),
+                    }
+                    i += mr;
+                }
+            }
         }
     }
 
@@ -410,7 +441,7 @@ mod avx {
         while j < j1 {
             let rows = (j1 - j).min(4);
             for r in 0..rows {
-                dequant_q41_row(q.add((j + r) * row_bytes), scratch.as_mut_ptr().add(r * k), k);
+                dequant_q41(q.add((j + r) * row_bytes), scratch.as_mut_ptr().add(r * k), k, 16);
             }
             // The next four rows' bytes (contiguous) arrive while these are multiplied.
             let next = q.add((j + rows) * row_bytes);
@@ -447,13 +478,20 @@ mod avx {
         })
     }
 
+    /// One row of `k` weights from Q4_1 blocks, contiguous at `dst`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q41_row(src: *const u8, dst: *mut f32, k: usize) {
+        dequant_q41(src, dst, k, 16)
+    }
+
     /// One row of `k` weights from Q4_1 blocks (20 bytes: f16 scale `d`, f16 minimum `m`,
     /// 16 bytes of nibbles; element `j` is the low nibble of byte `j`, element `j + 16` the
     /// high one): `w = q·d + m`, bit for bit what candle's dequantization gives (`q·d` is
-    /// exact in f32, so the fused and the separate forms round alike).
+    /// exact in f32, so the fused and the separate forms round alike). Each run of 16
+    /// weights goes `stride` floats after the previous one (16: a contiguous row).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dequant_q41_row(src: *const u8, dst: *mut f32, k: usize) {
+    unsafe fn dequant_q41(src: *const u8, dst: *mut f32, k: usize, stride: usize) {
         let mask = _mm_set1_epi8(0x0F);
         for b in 0..k / 32 {
             let blk = src.add(b * 20);
@@ -463,20 +501,21 @@ mod avx {
             let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
             let lo = _mm_and_si128(qs, mask);
             let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-            let out = dst.add(b * 32);
-            for (h, v) in [(0, lo), (16, hi)] {
+            for (h, v) in [(0, lo), (1, hi)] {
+                let out = dst.add((2 * b + h) * stride);
                 let a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
                 let c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
-                _mm256_storeu_ps(out.add(h), _mm256_fmadd_ps(a, d, mn));
-                _mm256_storeu_ps(out.add(h + 8), _mm256_fmadd_ps(c, d, mn));
+                _mm256_storeu_ps(out, _mm256_fmadd_ps(a, d, mn));
+                _mm256_storeu_ps(out.add(8), _mm256_fmadd_ps(c, d, mn));
             }
         }
     }
 
-    /// 16 columns of `MR` token rows: 2·MR accumulators, 2 weight vectors, 1 broadcast.
+    /// Columns `kc..kc + 16` of `MR` token rows from one panel (row j's 16 weights at
+    /// `panel + (j − jb) 16`): 2·MR accumulators, 2 weight vectors, 1 broadcast.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn chunk<const MR: usize>(g: *const f32, w: *const f32, acc: *mut f32, n: usize, k: usize, i: usize, kc: usize, jb: usize, je: usize) {
+    unsafe fn chunk<const MR: usize>(g: *const f32, panel: *const f32, acc: *mut f32, n: usize, k: usize, i: usize, kc: usize, jb: usize, je: usize) {
         let mut a = [[_mm256_setzero_ps(); 2]; MR];
         for (r, ar) in a.iter_mut().enumerate() {
             for c in 0..2 {
@@ -484,7 +523,7 @@ mod avx {
             }
         }
         for j in jb..je {
-            let wp = w.wrapping_add(j * k + kc);
+            let wp = panel.add((j - jb) * 16);
             let wv = [_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8))];
             for (r, ar) in a.iter_mut().enumerate() {
                 let gv = _mm256_set1_ps(*g.add((i + r) * n + j));

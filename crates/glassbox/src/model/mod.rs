@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod fused;
 pub mod hooks;
 pub mod kernels;
 pub mod load;

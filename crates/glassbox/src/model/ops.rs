@@ -12,7 +12,8 @@ use crate::model::kernels::{self, Q41};
 use crate::error::Result;
 use crate::model::config::{Activation, NormKind, RotaryPairing};
 
-/// `x @ w^T` for a weight `w: [n, k]` that never needs a gradient. candle's matmul backward
+/// `x @ w^T` over the last axis of `x` (any leading shape) for a weight `w: [n, k]` that never
+/// needs a gradient. candle's matmul backward
 /// would compute (and allocate) the weight's gradient too: for a 135M model that is 0.5 GB of
 /// writes per backward pass. This op returns the input's gradient only.
 ///
@@ -34,50 +35,59 @@ impl CustomOp2 for LinearNoWeightGrad {
         w: &CpuStorage,
         lw: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, k) = lx.shape().dims2()?;
+        let dims = lx.dims();
+        let k = dims.last().copied().unwrap_or(0);
+        let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let (n, k2) = lw.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("linear: input has {k} features, weight expects {k2}");
+        if dims.is_empty() || k != k2 {
+            candle_core::bail!("linear: input of shape {dims:?}, weight expects {k2} features");
         }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap_or(&mut 0) = n;
+        let out_shape = Shape::from(out_dims);
         if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w) {
             if let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) {
                 if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k && kernels::preferred(m, n)) {
                     let y = kernels::x_wt_q41(&xs[x0..x1], q, m);
-                    return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                    return Ok((CpuStorage::F32(y), out_shape));
                 }
                 if kernels::preferred(m, n) {
                     let y = kernels::x_wt(&xs[x0..x1], &ws[w0..w1], m, k, n);
-                    return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                    return Ok((CpuStorage::F32(y), out_shape));
                 }
             }
         }
+        let x2 = match lx.contiguous_offsets() {
+            Some((x0, _)) => Layout::contiguous_with_offset((m, k), x0),
+            None => candle_core::bail!("linear: input must be contiguous"),
+        };
         let wt = lw.transpose(0, 1)?;
-        let out = x.matmul(w, (1, m, n, k), lx, &wt)?;
-        Ok((out, Shape::from((m, n))))
+        let out = x.matmul(w, (1, m, n, k), &x2, &wt)?;
+        Ok((out, out_shape))
     }
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (m, n) = grad.dims2()?;
-        let k = w.dim(1)?;
+        let (n, k) = w.dims2()?;
+        let m = grad.elem_count() / n.max(1);
         if grad.dtype() == DType::F32 && kernels::preferred(m, k) {
             let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k) {
                 let dx = kernels::g_w_q41(&g, q, m);
-                return Ok((Some(Tensor::from_vec(dx, (m, k), grad.device())?), None));
+                return Ok((Some(Tensor::from_vec(dx, x.shape(), grad.device())?), None));
             }
             let (storage, layout) = w.storage_and_layout();
             if let (Storage::Cpu(CpuStorage::F32(ws)), Some((w0, w1))) = (&*storage, layout.contiguous_offsets()) {
                 let dx = kernels::g_w(&g, &ws[w0..w1], m, n, k);
-                return Ok((Some(Tensor::from_vec(dx, (m, k), grad.device())?), None));
+                return Ok((Some(Tensor::from_vec(dx, x.shape(), grad.device())?), None));
             }
         }
-        Ok((Some(grad.matmul(w)?), None))
+        Ok((Some(grad.reshape((m, n))?.matmul(w)?.reshape(x.shape())?), None))
     }
 }
 
@@ -88,14 +98,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 
 /// `linear`, with the weight's exact Q4_1 copy when it has one (see `Model::quantized`).
 pub fn linear_q(x: &Tensor, w: &Tensor, q: Option<&Arc<Q41>>, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    let k = dims[dims.len() - 1];
-    let lead: usize = dims[..dims.len() - 1].iter().product();
-    let x2 = x.contiguous()?.reshape((lead, k))?;
-    let y = x2.apply_op2(w, LinearNoWeightGrad { q: q.cloned() })?;
-    let mut out_dims = dims[..dims.len() - 1].to_vec();
-    out_dims.push(w.dim(0)?);
-    let y = y.reshape(out_dims)?;
+    let y = x.contiguous()?.apply_op2(w, LinearNoWeightGrad { q: q.cloned() })?;
     Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

@@ -1,0 +1,606 @@
+//! Single ops, each with its own backward, for the compositions every layer runs: a norm with
+//! its weights, a gated MLP's activation, and the attention core (scores, mask, softmax,
+//! values, grouped key/value heads). As chains of candle ops these cost a dozen tensors each
+//! way, and candle's backward adds a zero tensor and a sum for every argument of every op
+//! (the weights' and the mask's included); at a few dozen token rows that bookkeeping costs
+//! more than the arithmetic. The forward uses an op only where no hook point inside it is
+//! touched (the norm hides its scale and normalised value, the attention core
+//! `hook_attn_scores` and `hook_pattern`); elsewhere it runs the chains. f32 and f64.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use num_traits::Float;
+
+use crate::error::Result;
+use crate::model::config::Activation;
+
+trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + std::ops::DivAssign {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    let (o0, o1) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
+    Ok(&T::cpu_storage_as_slice(s)?[o0..o1])
+}
+
+fn values<T: Elem>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+    t.flatten_all()?.to_vec1::<T>()
+}
+
+/// Runs `$f::<T>` for the storage's float type.
+macro_rules! by_dtype {
+    ($s:expr, $what:expr, $f:ident($($a:expr),*)) => {
+        match $s {
+            CpuStorage::F32(_) => $f::<f32>($($a),*),
+            CpuStorage::F64(_) => $f::<f64>($($a),*),
+            _ => candle_core::bail!("{}: f32 or f64 only", $what),
+        }
+    };
+}
+
+fn t<T: Elem>(v: f64) -> T {
+    T::from(v).unwrap_or_else(T::nan)
+}
+
+fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x * *y;
+    }
+    s
+}
+
+/// `y += a · x`
+fn axpy<T: Elem>(y: &mut [T], a: T, x: &[T]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * *x;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norm
+
+/// LayerNorm (`centre`) or RMSNorm over the last axis, then the weight and bias:
+/// `(x − μ) / √(mean((x − μ)²) + eps) · w + b` (μ = 0 for RMSNorm). Weight and bias get no
+/// gradient.
+pub fn norm(x: &Tensor, centre: bool, eps: f64, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let op = NormOp { centre, eps, w: w.clone(), b: b.cloned() };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+struct NormOp {
+    centre: bool,
+    eps: f64,
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl NormOp {
+    /// The row's mean (0 for RMSNorm) and scale.
+    fn stats<T: Elem>(&self, row: &[T]) -> (T, T) {
+        let d = t::<T>(row.len() as f64);
+        let mean = if self.centre { row.iter().fold(T::zero(), |s, &v| s + v) / d } else { T::zero() };
+        let var = row.iter().fold(T::zero(), |s, &v| s + (v - mean) * (v - mean)) / d;
+        (mean, (var + t(self.eps)).sqrt())
+    }
+
+    fn weights<T: Elem>(&self, d: usize) -> candle_core::Result<(Vec<T>, Vec<T>)> {
+        let w = values::<T>(&self.w)?;
+        let b = match &self.b {
+            Some(b) => values::<T>(b)?,
+            None => vec![T::zero(); d],
+        };
+        if w.len() != d || b.len() != d {
+            candle_core::bail!("norm: weights of {} and bias of {} for rows of {d}", w.len(), b.len());
+        }
+        Ok((w, b))
+    }
+
+    fn fwd<T: Elem>(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+        let xs = slice::<T>(s, l, "norm")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let (w, b) = self.weights::<T>(d)?;
+        let mut out = Vec::with_capacity(xs.len());
+        for row in xs.chunks_exact(d) {
+            let (mean, scale) = self.stats(row);
+            out.extend(row.iter().zip(w.iter().zip(&b)).map(|(&v, (&w, &b))| (v - mean) / scale * w + b));
+        }
+        Ok(T::to_cpu_storage_owned(out))
+    }
+
+    /// `dx = (g − mean(g) − x̂ · mean(g ⊙ x̂)) / scale` with `g = dy ⊙ w` (no `mean(g)` for
+    /// RMSNorm).
+    fn grad<T: Elem>(&self, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<CpuStorage> {
+        let xs = slice::<T>(s, l, "norm backward")?;
+        let dys = slice::<T>(gs, gl, "norm backward")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let (w, _) = self.weights::<T>(d)?;
+        let dn = t::<T>(d as f64);
+        let mut out = Vec::with_capacity(xs.len());
+        let mut g = vec![T::zero(); d];
+        for (row, dy) in xs.chunks_exact(d).zip(dys.chunks_exact(d)) {
+            let (mean, scale) = self.stats(row);
+            for ((g, &dy), &w) in g.iter_mut().zip(dy).zip(&w) {
+                *g = dy * w;
+            }
+            let mean_g = if self.centre { g.iter().fold(T::zero(), |s, &v| s + v) / dn } else { T::zero() };
+            let mean_gx = row.iter().zip(&g).fold(T::zero(), |s, (&v, &g)| s + g * (v - mean) / scale) / dn;
+            out.extend(row.iter().zip(&g).map(|(&v, &g)| (g - mean_g - (v - mean) / scale * mean_gx) / scale));
+        }
+        Ok(T::to_cpu_storage_owned(out))
+    }
+}
+
+impl CustomOp1 for NormOp {
+    fn name(&self) -> &'static str {
+        "norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((by_dtype!(s, "norm", fwd_norm(self, s, l))?, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let op = NormGrad(NormOp { centre: self.centre, eps: self.eps, w: self.w.clone(), b: None });
+        Ok(Some(arg.apply_op2(&grad.contiguous()?, op)?))
+    }
+}
+
+fn fwd_norm<T: Elem>(op: &NormOp, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+    op.fwd::<T>(s, l)
+}
+
+/// The norm's input gradient, `(x, dy) → dx`.
+struct NormGrad(NormOp);
+
+impl CustomOp2 for NormGrad {
+    fn name(&self) -> &'static str {
+        "norm-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l.shape() != gl.shape() {
+            candle_core::bail!("norm backward: input {:?} but gradient {:?}", l.dims(), gl.dims());
+        }
+        Ok((by_dtype!(s, "norm backward", grad_norm(&self.0, s, l, gs, gl))?, l.shape().clone()))
+    }
+}
+
+fn grad_norm<T: Elem>(op: &NormOp, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<CpuStorage> {
+    op.grad::<T>(s, l, gs, gl)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+/// `act(x)`, with the exact derivative as its backward (candle's GELU backward rounds its
+/// constants to six digits).
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Act { act, slope: false })?)
+}
+
+/// `act(x)`, or with `slope` its derivative `act'(x)`.
+struct Act {
+    act: Activation,
+    slope: bool,
+}
+
+fn fwd_act<T: Elem>(op: &Act, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+    let xs = slice::<T>(s, l, "activation")?;
+    let out = if op.slope {
+        xs.iter().map(|&x| act_and_slope(op.act, x).1).collect()
+    } else {
+        xs.iter().map(|&x| act_value(op.act, x)).collect()
+    };
+    Ok(T::to_cpu_storage_owned(out))
+}
+
+impl CustomOp1 for Act {
+    fn name(&self) -> &'static str {
+        if self.slope {
+            "activation-slope"
+        } else {
+            "activation"
+        }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((by_dtype!(s, "activation", fwd_act(self, s, l))?, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let slope = arg.apply_op1(Act { act: self.act, slope: true })?;
+        Ok(Some((grad * slope)?))
+    }
+}
+
+/// `act(gate) ⊙ up`, a gated MLP's hidden value.
+pub fn gated(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(gate.contiguous()?.apply_op2(&up.contiguous()?, Gated(act))?)
+}
+
+struct Gated(Activation);
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// The activation at `x`, as candle computes it.
+#[inline]
+fn act_value<T: Elem>(act: Activation, x: T) -> T {
+    match act {
+        Activation::Silu => x / (T::one() + (-x).exp()),
+        _ => act_and_slope(act, x).0,
+    }
+}
+
+/// The activation and its derivative at `x`, the activation as candle computes it.
+#[inline]
+fn act_and_slope<T: Elem>(act: Activation, x: T) -> (T, T) {
+    let half = t::<T>(0.5);
+    let one = T::one();
+    match act {
+        Activation::Silu => {
+            let e = one + (-x).exp();
+            let s = one / e;
+            (x / e, s * (one + x * (one - s)))
+        }
+        Activation::GeluTanh => {
+            let c = t::<T>(0.044715);
+            let th = (t::<T>(SQRT_2_OVER_PI) * x * (one + c * x * x)).tanh();
+            let slope = half * (one + th) + half * x * (one - th * th) * t::<T>(SQRT_2_OVER_PI) * (one + t::<T>(3.0) * c * x * x);
+            (half * x * (one + th), slope)
+        }
+        Activation::Gelu => {
+            let xf = WithDType::to_f64(x);
+            let cdf = t::<T>(candle_core::cpu::erf::erf_f64(xf * std::f64::consts::FRAC_1_SQRT_2));
+            let density = t::<T>((-0.5 * xf * xf).exp() / (2.0 * std::f64::consts::PI).sqrt());
+            ((cdf + one) * half * x, half * (one + cdf) + x * density)
+        }
+        Activation::Relu => {
+            if x > T::zero() {
+                (x, one)
+            } else {
+                (T::zero(), T::zero())
+            }
+        }
+    }
+}
+
+impl Gated {
+    fn fwd<T: Elem>(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<CpuStorage> {
+        let g = slice::<T>(gs, gl, "gated activation")?;
+        let u = slice::<T>(us, ul, "gated activation")?;
+        Ok(T::to_cpu_storage_owned(g.iter().zip(u).map(|(&g, &u)| act_value(self.0, g) * u).collect()))
+    }
+
+    /// `[d gate, d up]` flattened: `dy ⊙ up ⊙ act'(gate)` and `dy ⊙ act(gate)`.
+    fn grad<T: Elem>(&self, (gs, gl): (&CpuStorage, &Layout), (us, ul): (&CpuStorage, &Layout), (ds, dl): (&CpuStorage, &Layout)) -> candle_core::Result<CpuStorage> {
+        let g = slice::<T>(gs, gl, "gated activation backward")?;
+        let u = slice::<T>(us, ul, "gated activation backward")?;
+        let dy = slice::<T>(ds, dl, "gated activation backward")?;
+        let mut out = vec![T::zero(); 2 * g.len()];
+        let (dg, du) = out.split_at_mut(g.len());
+        for i in 0..g.len() {
+            let (a, slope) = act_and_slope(self.0, g[i]);
+            dg[i] = dy[i] * u[i] * slope;
+            du[i] = dy[i] * a;
+        }
+        Ok(T::to_cpu_storage_owned(out))
+    }
+}
+
+fn fwd_gated<T: Elem>(op: &Gated, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<CpuStorage> {
+    op.fwd::<T>(gs, gl, us, ul)
+}
+
+fn grad_gated<T: Elem>(op: &Gated, a: (&CpuStorage, &Layout), b: (&CpuStorage, &Layout), c: (&CpuStorage, &Layout)) -> candle_core::Result<CpuStorage> {
+    op.grad::<T>(a, b, c)
+}
+
+impl CustomOp2 for Gated {
+    fn name(&self) -> &'static str {
+        "gated-activation"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if gl.shape() != ul.shape() {
+            candle_core::bail!("gated activation: gate {:?} but up {:?}", gl.dims(), ul.dims());
+        }
+        Ok((by_dtype!(gs, "gated activation", fwd_gated(self, gs, gl, us, ul))?, gl.shape().clone()))
+    }
+
+    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = gate.elem_count();
+        let both = gate.contiguous()?.apply_op3(&up.contiguous()?, &grad.contiguous()?, GatedGrad(self.0))?;
+        Ok((Some(both.narrow(0, 0, n)?.reshape(gate.shape())?), Some(both.narrow(0, n, n)?.reshape(up.shape())?)))
+    }
+}
+
+/// `(gate, up, dy) → [d gate, d up]` (flat).
+struct GatedGrad(Activation);
+
+impl CustomOp3 for GatedGrad {
+    fn name(&self) -> &'static str {
+        "gated-activation-backward"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout, ds: &CpuStorage, dl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        if gl.shape() != ul.shape() || gl.shape() != dl.shape() {
+            candle_core::bail!("gated activation backward: shapes {:?}, {:?}, {:?}", gl.dims(), ul.dims(), dl.dims());
+        }
+        let op = Gated(self.0);
+        let out = by_dtype!(gs, "gated activation backward", grad_gated(&op, (gs, gl), (us, ul), (ds, dl)))?;
+        Ok((out, Shape::from(2 * gl.shape().elem_count())))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention core
+
+/// What the attention core needs besides q, k and v.
+#[derive(Debug, Clone)]
+pub struct AttnSpec {
+    /// Multiplies `q · k` (before any soft cap).
+    pub scale: f64,
+    /// Gemma 2's attention soft cap: `c · tanh(s / c)`.
+    pub softcap: Option<f64>,
+    /// `[b, p, p]`: whether query position i of prompt b may see key position j.
+    pub allowed: Arc<Vec<bool>>,
+}
+
+/// `z = softmax(mask(cap(scale · q kᵀ))) v` per query head, each key/value head serving its
+/// group of query heads. `q: [b, p, heads, d_head]`, `k, v: [b, p, kv_heads, d_head]`;
+/// returns `z: [b, p, heads, d_head]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttnSpec) -> Result<Tensor> {
+    let op = AttnOp { spec: spec.clone() };
+    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
+}
+
+struct AttnOp {
+    spec: AttnSpec,
+}
+
+#[derive(Clone, Copy)]
+struct AttnDims {
+    b: usize,
+    p: usize,
+    h: usize,
+    kv: usize,
+    dh: usize,
+    dv: usize,
+}
+
+impl AttnDims {
+    fn of(q: &[usize], k: &[usize], v: &[usize], allowed: usize) -> candle_core::Result<Self> {
+        let ok = q.len() == 4 && k.len() == 4 && v.len() == 4;
+        if !ok || q[0] != k[0] || q[1] != k[1] || k[..3] != v[..3] || q[3] != k[3] || k[2] == 0 || !q[2].is_multiple_of(k[2]) || allowed != q[0] * q[1] * q[1] {
+            candle_core::bail!("attention: q {q:?}, k {k:?}, v {v:?} and a mask of {allowed} do not fit");
+        }
+        Ok(AttnDims { b: q[0], p: q[1], h: q[2], kv: k[2], dh: q[3], dv: v[3] })
+    }
+    fn q(&self, bi: usize, i: usize, hh: usize) -> usize {
+        ((bi * self.p + i) * self.h + hh) * self.dh
+    }
+    fn k(&self, bi: usize, j: usize, g: usize) -> usize {
+        ((bi * self.p + j) * self.kv + g) * self.dh
+    }
+    fn v(&self, bi: usize, j: usize, g: usize) -> usize {
+        ((bi * self.p + j) * self.kv + g) * self.dv
+    }
+    fn z(&self, bi: usize, i: usize, hh: usize) -> usize {
+        ((bi * self.p + i) * self.h + hh) * self.dv
+    }
+}
+
+impl AttnOp {
+    /// Query head `hh` of prompt `bi`: the pattern `[p, p]` into `pat`, and where there is a
+    /// soft cap, `tanh(s / c)` into `caps`.
+    fn pattern<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], bi: usize, hh: usize, pat: &mut [T], caps: &mut [T]) {
+        let (p, dh) = (d.p, d.dh);
+        let g = hh / (d.h / d.kv);
+        let scale = t::<T>(self.spec.scale);
+        for i in 0..p {
+            let qi = &q[d.q(bi, i, hh)..][..dh];
+            let row = &mut pat[i * p..(i + 1) * p];
+            let mut max = T::neg_infinity();
+            for j in 0..p {
+                if !self.spec.allowed[(bi * p + i) * p + j] {
+                    row[j] = T::neg_infinity();
+                    continue;
+                }
+                let mut s = dot(qi, &k[d.k(bi, j, g)..][..dh]) * scale;
+                if let Some(c) = self.spec.softcap {
+                    let c = t::<T>(c);
+                    let th = (s / c).tanh();
+                    caps[i * p + j] = th;
+                    s = th * c;
+                }
+                row[j] = s;
+                max = Float::max(max, s);
+            }
+            let mut sum = T::zero();
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for s in row.iter_mut() {
+                *s /= sum;
+            }
+        }
+    }
+
+    fn fwd<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let p = d.p;
+        let mut z = vec![T::zero(); d.b * p * d.h * d.dv];
+        let mut pat = vec![T::zero(); p * p];
+        let mut caps = vec![T::zero(); p * p];
+        for bi in 0..d.b {
+            for hh in 0..d.h {
+                let g = hh / (d.h / d.kv);
+                self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
+                for i in 0..p {
+                    let zi = d.z(bi, i, hh);
+                    for j in 0..p {
+                        let w = pat[i * p + j];
+                        if w != T::zero() {
+                            axpy(&mut z[zi..zi + d.dv], w, &v[d.v(bi, j, g)..][..d.dv]);
+                        }
+                    }
+                }
+            }
+        }
+        z
+    }
+
+    /// `[dq, dk, dv]` flattened, from `dz`.
+    fn grad<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], v: &[T], dz: &[T]) -> Vec<T> {
+        let p = d.p;
+        let (nq, nk, nv) = (q.len(), k.len(), v.len());
+        let mut out = vec![T::zero(); nq + nk + nv];
+        let (dq, rest) = out.split_at_mut(nq);
+        let (dk, dv) = rest.split_at_mut(nk);
+        let mut pat = vec![T::zero(); p * p];
+        let mut caps = vec![T::zero(); p * p];
+        let mut ds = vec![T::zero(); p];
+        let scale = t::<T>(self.spec.scale);
+        for bi in 0..d.b {
+            for hh in 0..d.h {
+                let g = hh / (d.h / d.kv);
+                self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
+                for i in 0..p {
+                    let dzi = &dz[d.z(bi, i, hh)..][..d.dv];
+                    let row = &pat[i * p..(i + 1) * p];
+                    // d pattern, then through the softmax: ds = P ⊙ (dP − Σ P ⊙ dP).
+                    let mut rowdot = T::zero();
+                    for j in 0..p {
+                        ds[j] = if row[j] != T::zero() { dot(dzi, &v[d.v(bi, j, g)..][..d.dv]) } else { T::zero() };
+                        rowdot += ds[j] * row[j];
+                    }
+                    let qi = d.q(bi, i, hh);
+                    for j in 0..p {
+                        if row[j] == T::zero() {
+                            continue;
+                        }
+                        let mut s = row[j] * (ds[j] - rowdot);
+                        if self.spec.softcap.is_some() {
+                            let th = caps[i * p + j];
+                            s *= T::one() - th * th;
+                        }
+                        let s = s * scale;
+                        let (kj, vj) = (d.k(bi, j, g), d.v(bi, j, g));
+                        axpy(&mut dq[qi..qi + d.dh], s, &k[kj..kj + d.dh]);
+                        axpy(&mut dk[kj..kj + d.dh], s, &q[qi..qi + d.dh]);
+                        axpy(&mut dv[vj..vj + d.dv], row[j], dzi);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn fwd_attn<T: Elem>(op: &AttnOp, d: &AttnDims, a: (&CpuStorage, &Layout), b: (&CpuStorage, &Layout), c: (&CpuStorage, &Layout)) -> candle_core::Result<CpuStorage> {
+    let (q, k, v) = (slice::<T>(a.0, a.1, "attention")?, slice::<T>(b.0, b.1, "attention")?, slice::<T>(c.0, c.1, "attention")?);
+    Ok(T::to_cpu_storage_owned(op.fwd(d, q, k, v)))
+}
+
+impl CustomOp3 for AttnOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = AttnDims::of(ql.dims(), kl.dims(), vl.dims(), self.spec.allowed.len())?;
+        let out = by_dtype!(qs, "attention", fwd_attn(self, &d, (qs, ql), (ks, kl), (vs, vl)))?;
+        Ok((out, Shape::from((d.b, d.p, d.h, d.dv))))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let op = AttnGrad { spec: self.spec.clone(), q: q.clone(), k: k.clone(), v: v.clone() };
+        let all = grad.contiguous()?.apply_op1(op)?;
+        let (nq, nk, nv) = (q.elem_count(), k.elem_count(), v.elem_count());
+        Ok((
+            Some(all.narrow(0, 0, nq)?.reshape(q.shape())?),
+            Some(all.narrow(0, nq, nk)?.reshape(k.shape())?),
+            Some(all.narrow(0, nq + nk, nv)?.reshape(v.shape())?),
+        ))
+    }
+}
+
+/// `dz → [dq, dk, dv]` (flat), with q, k and v held.
+struct AttnGrad {
+    spec: AttnSpec,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+fn grad_attn<T: Elem>(op: &AttnGrad, d: &AttnDims, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
+    let dz = slice::<T>(s, l, "attention backward")?;
+    let (q, k, v) = (values::<T>(&op.q)?, values::<T>(&op.k)?, values::<T>(&op.v)?);
+    let inner = AttnOp { spec: op.spec.clone() };
+    Ok(T::to_cpu_storage_owned(inner.grad(d, &q, &k, &v, dz)))
+}
+
+impl CustomOp1 for AttnGrad {
+    fn name(&self) -> &'static str {
+        "attention-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = AttnDims::of(self.q.dims(), self.k.dims(), self.v.dims(), self.spec.allowed.len())?;
+        if l.dims() != [d.b, d.p, d.h, d.dv] {
+            candle_core::bail!("attention backward: gradient {:?} for z of {:?}", l.dims(), [d.b, d.p, d.h, d.dv]);
+        }
+        let out = by_dtype!(s, "attention backward", grad_attn(self, &d, s, l))?;
+        Ok((out, Shape::from(self.q.elem_count() + self.k.elem_count() + self.v.elem_count())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    /// The activations and the gated activation: values equal to candle's `act(gate) * up`,
+    /// both gradients equal to central finite differences of those values, every activation,
+    /// in f64. (candle's own GELU backward rounds its constants and is off by 1e-6.)
+    #[test]
+    fn activations_match_candle_and_finite_differences() {
+        let xs: Vec<f64> = (0..40).map(|i| (i as f64 - 20.0) * 0.23 + 0.01).collect();
+        let gate = Var::from_vec(xs.clone(), (4, 10), &Device::Cpu).unwrap();
+        let up = Var::from_vec(xs.iter().map(|x| 0.7 - 0.3 * x).collect::<Vec<_>>(), (4, 10), &Device::Cpu).unwrap();
+        let weights = Tensor::from_vec((0..40).map(|i| 1.0 + 0.1 * i as f64).collect::<Vec<_>>(), (4, 10), &Device::Cpu).unwrap();
+        for act in [Activation::Silu, Activation::GeluTanh, Activation::Gelu, Activation::Relu] {
+            let fused = gated(gate.as_tensor(), up.as_tensor(), act).unwrap();
+            let chain = (crate::model::ops::activation(gate.as_tensor(), act).unwrap() * up.as_tensor()).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(diff(&fused, &chain) < 1e-12, "{act:?} values");
+            let plain = activation(gate.as_tensor(), act).unwrap();
+            assert!(diff(&plain, &crate::model::ops::activation(gate.as_tensor(), act).unwrap()) < 1e-12, "{act:?} plain values");
+            let grads = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let plain_grad = (plain * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+            // d/dgate and d/dup of Σ w ⊙ act(gate) ⊙ up, elementwise, by central differences.
+            let h = 1e-6;
+            let f = |g: &Tensor, u: &Tensor| (crate::model::ops::activation(g, act).unwrap() * u).unwrap();
+            let (g0, u0) = (gate.as_tensor(), up.as_tensor());
+            let fd_gate = ((f(&(g0 + h).unwrap(), u0) - f(&(g0 - h).unwrap(), u0)).unwrap() / (2.0 * h)).unwrap().mul(&weights).unwrap();
+            let fd_up = ((f(g0, &(u0 + h).unwrap()) - f(g0, &(u0 - h).unwrap())).unwrap() / (2.0 * h)).unwrap().mul(&weights).unwrap();
+            let fd_plain = ((crate::model::ops::activation(&(g0 + h).unwrap(), act).unwrap() - crate::model::ops::activation(&(g0 - h).unwrap(), act).unwrap()).unwrap() / (2.0 * h)).unwrap().mul(&weights).unwrap();
+            for (got, want, what) in [(grads.get(g0).unwrap(), &fd_gate, "gate"), (grads.get(u0).unwrap(), &fd_up, "up"), (plain_grad.get(g0).unwrap(), &fd_plain, "plain")] {
+                assert!(diff(got, want) < 1e-7, "{act:?} d{what}: {}", diff(got, want));
+            }
+            assert_eq!(gate.dtype(), DType::F64);
+        }
+    }
+}
