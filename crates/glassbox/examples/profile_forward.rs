@@ -1,4 +1,5 @@
-//! Runs the default model's forward on the IOI prompt in a loop (for profilers).
+//! Runs the default model's forward on the IOI prompt in a loop (for profilers):
+//! `profile_forward [N] [batch] [repeat]`.
 use glassbox::{registry, Hooks, Model};
 fn main() {
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
@@ -6,7 +7,10 @@ fn main() {
     eprintln!("{} weights with an exact Q4_1 copy", model.quantized.len());
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
     let b: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
-    let prompts = vec!["When Mary and John went to the store, John gave a drink to"; b];
+    // A third argument repeats the prompt that many times (long prompts).
+    let repeat: usize = std::env::args().nth(3).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let prompt = vec!["When Mary and John went to the store, John gave a drink to"; repeat].join(" ");
+    let prompts = vec![prompt.as_str(); b];
     let batch = model.batch(&prompts).unwrap();
     let t = std::time::Instant::now();
     for _ in 0..n {

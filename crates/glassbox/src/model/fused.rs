@@ -13,6 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Te
 use num_traits::Float;
 
 use crate::error::Result;
+use crate::model::kernels;
 use crate::model::config::Activation;
 
 trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + std::ops::DivAssign {}
@@ -59,6 +60,38 @@ fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
         s += *x * *y;
     }
     s
+}
+
+/// Items (elements, or multiply-adds for attention) a part of a split op gets at least: below
+/// this, handing a part to another thread costs more than it saves.
+const MIN_PART: usize = 8192;
+
+/// An output the parts of `for_ranges` fill, each in places no other part writes.
+struct Shared<T>(*mut T);
+unsafe impl<T> Sync for Shared<T> {}
+unsafe impl<T> Send for Shared<T> {}
+
+impl<T> Shared<T> {
+    fn of(v: &mut [T]) -> Self {
+        Shared(v.as_mut_ptr())
+    }
+    /// Safety: `a..b` is inside the output and no other part touches it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, a: usize, b: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(a), b - a)
+    }
+}
+
+/// `out[i] = f(i)` over `0..out.len()`, split over the kernels' threads.
+fn fill<T: Elem>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
+    let shared = Shared::of(out);
+    let n = out.len();
+    kernels::for_ranges(n, MIN_PART, &|a, b| {
+        // Safety: each part writes its own range.
+        for (o, i) in unsafe { shared.slice(a, b) }.iter_mut().zip(a..b) {
+            *o = f(i);
+        }
+    });
 }
 
 /// `y += a · x`
@@ -111,11 +144,18 @@ impl NormOp {
         let xs = slice::<T>(s, l, "norm")?;
         let d = l.dims().last().copied().unwrap_or(1).max(1);
         let (w, b) = self.weights::<T>(d)?;
-        let mut out = Vec::with_capacity(xs.len());
-        for row in xs.chunks_exact(d) {
-            let (mean, scale) = self.stats(row);
-            out.extend(row.iter().zip(w.iter().zip(&b)).map(|(&v, (&w, &b))| (v - mean) / scale * w + b));
-        }
+        let mut out = vec![T::zero(); xs.len()];
+        let shared = Shared::of(&mut out);
+        kernels::for_ranges(xs.len() / d, MIN_PART / d + 1, &|r0, r1| {
+            // Safety: each part writes its own rows.
+            let out = unsafe { shared.slice(r0 * d, r1 * d) };
+            for (row, o) in xs[r0 * d..r1 * d].chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+                let (mean, scale) = self.stats(row);
+                for (o, (&v, (&w, &b))) in o.iter_mut().zip(row.iter().zip(w.iter().zip(&b))) {
+                    *o = (v - mean) / scale * w + b;
+                }
+            }
+        });
         Ok(T::to_cpu_storage_owned(out))
     }
 
@@ -127,17 +167,25 @@ impl NormOp {
         let d = l.dims().last().copied().unwrap_or(1).max(1);
         let (w, _) = self.weights::<T>(d)?;
         let dn = t::<T>(d as f64);
-        let mut out = Vec::with_capacity(xs.len());
-        let mut g = vec![T::zero(); d];
-        for (row, dy) in xs.chunks_exact(d).zip(dys.chunks_exact(d)) {
-            let (mean, scale) = self.stats(row);
-            for ((g, &dy), &w) in g.iter_mut().zip(dy).zip(&w) {
-                *g = dy * w;
+        let mut out = vec![T::zero(); xs.len()];
+        let shared = Shared::of(&mut out);
+        kernels::for_ranges(xs.len() / d, MIN_PART / d + 1, &|r0, r1| {
+            // Safety: each part writes its own rows.
+            let out = unsafe { shared.slice(r0 * d, r1 * d) };
+            let mut g = vec![T::zero(); d];
+            let rows = xs[r0 * d..r1 * d].chunks_exact(d).zip(dys[r0 * d..r1 * d].chunks_exact(d));
+            for ((row, dy), o) in rows.zip(out.chunks_exact_mut(d)) {
+                let (mean, scale) = self.stats(row);
+                for ((g, &dy), &w) in g.iter_mut().zip(dy).zip(&w) {
+                    *g = dy * w;
+                }
+                let mean_g = if self.centre { g.iter().fold(T::zero(), |s, &v| s + v) / dn } else { T::zero() };
+                let mean_gx = row.iter().zip(&g).fold(T::zero(), |s, (&v, &g)| s + g * (v - mean) / scale) / dn;
+                for (o, (&v, &g)) in o.iter_mut().zip(row.iter().zip(&g)) {
+                    *o = (g - mean_g - (v - mean) / scale * mean_gx) / scale;
+                }
             }
-            let mean_g = if self.centre { g.iter().fold(T::zero(), |s, &v| s + v) / dn } else { T::zero() };
-            let mean_gx = row.iter().zip(&g).fold(T::zero(), |s, (&v, &g)| s + g * (v - mean) / scale) / dn;
-            out.extend(row.iter().zip(&g).map(|(&v, &g)| (g - mean_g - (v - mean) / scale * mean_gx) / scale));
-        }
+        });
         Ok(T::to_cpu_storage_owned(out))
     }
 }
@@ -198,11 +246,12 @@ struct Act {
 
 fn fwd_act<T: Elem>(op: &Act, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
     let xs = slice::<T>(s, l, "activation")?;
-    let out = if op.slope {
-        xs.iter().map(|&x| act_and_slope(op.act, x).1).collect()
+    let mut out = vec![T::zero(); xs.len()];
+    if op.slope {
+        fill(&mut out, |i| act_and_slope(op.act, xs[i]).1);
     } else {
-        xs.iter().map(|&x| act_value(op.act, x)).collect()
-    };
+        fill(&mut out, |i| act_value(op.act, xs[i]));
+    }
     Ok(T::to_cpu_storage_owned(out))
 }
 
@@ -280,7 +329,9 @@ impl Gated {
     fn fwd<T: Elem>(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<CpuStorage> {
         let g = slice::<T>(gs, gl, "gated activation")?;
         let u = slice::<T>(us, ul, "gated activation")?;
-        Ok(T::to_cpu_storage_owned(g.iter().zip(u).map(|(&g, &u)| act_value(self.0, g) * u).collect()))
+        let mut out = vec![T::zero(); g.len()];
+        fill(&mut out, |i| act_value(self.0, g[i]) * u[i]);
+        Ok(T::to_cpu_storage_owned(out))
     }
 
     /// `[d gate, d up]` flattened: `dy ⊙ up ⊙ act'(gate)` and `dy ⊙ act(gate)`.
@@ -288,13 +339,18 @@ impl Gated {
         let g = slice::<T>(gs, gl, "gated activation backward")?;
         let u = slice::<T>(us, ul, "gated activation backward")?;
         let dy = slice::<T>(ds, dl, "gated activation backward")?;
-        let mut out = vec![T::zero(); 2 * g.len()];
-        let (dg, du) = out.split_at_mut(g.len());
-        for i in 0..g.len() {
-            let (a, slope) = act_and_slope(self.0, g[i]);
-            dg[i] = dy[i] * u[i] * slope;
-            du[i] = dy[i] * a;
-        }
+        let n = g.len();
+        let mut out = vec![T::zero(); 2 * n];
+        let shared = Shared::of(&mut out);
+        kernels::for_ranges(n, MIN_PART, &|a, b| {
+            // Safety: each part writes its own range of each half.
+            let (dg, du) = unsafe { (shared.slice(a, b), shared.slice(n + a, n + b)) };
+            for (i, (dg, du)) in (a..b).zip(dg.iter_mut().zip(du)) {
+                let (act, slope) = act_and_slope(self.0, g[i]);
+                *dg = dy[i] * u[i] * slope;
+                *du = dy[i] * act;
+            }
+        });
         Ok(T::to_cpu_storage_owned(out))
     }
 }
@@ -439,26 +495,36 @@ impl AttnOp {
         }
     }
 
+    /// Units (prompt × head pairs) a part gets at least, by the work of one.
+    fn min_units(d: &AttnDims) -> usize {
+        MIN_PART / (d.p * d.p * d.dh).max(1) + 1
+    }
+
     fn fwd<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         let p = d.p;
         let mut z = vec![T::zero(); d.b * p * d.h * d.dv];
-        let mut pat = vec![T::zero(); p * p];
-        let mut caps = vec![T::zero(); p * p];
-        for bi in 0..d.b {
-            for hh in 0..d.h {
+        let shared = Shared::of(&mut z);
+        // One unit per prompt and query head; each writes its own head's rows of z.
+        kernels::for_ranges(d.b * d.h, Self::min_units(d), &|u0, u1| {
+            let mut pat = vec![T::zero(); p * p];
+            let mut caps = vec![T::zero(); p * p];
+            for u in u0..u1 {
+                let (bi, hh) = (u / d.h, u % d.h);
                 let g = hh / (d.h / d.kv);
                 self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
                 for i in 0..p {
                     let zi = d.z(bi, i, hh);
+                    // Safety: row i of head hh of prompt bi belongs to this unit alone.
+                    let zrow = unsafe { shared.slice(zi, zi + d.dv) };
                     for j in 0..p {
                         let w = pat[i * p + j];
                         if w != T::zero() {
-                            axpy(&mut z[zi..zi + d.dv], w, &v[d.v(bi, j, g)..][..d.dv]);
+                            axpy(zrow, w, &v[d.v(bi, j, g)..][..d.dv]);
                         }
                     }
                 }
             }
-        }
+        });
         z
     }
 
@@ -467,44 +533,52 @@ impl AttnOp {
         let p = d.p;
         let (nq, nk, nv) = (q.len(), k.len(), v.len());
         let mut out = vec![T::zero(); nq + nk + nv];
-        let (dq, rest) = out.split_at_mut(nq);
-        let (dk, dv) = rest.split_at_mut(nk);
-        let mut pat = vec![T::zero(); p * p];
-        let mut caps = vec![T::zero(); p * p];
-        let mut ds = vec![T::zero(); p];
+        let shared = Shared::of(&mut out);
         let scale = t::<T>(self.spec.scale);
-        for bi in 0..d.b {
-            for hh in 0..d.h {
-                let g = hh / (d.h / d.kv);
-                self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
-                for i in 0..p {
-                    let dzi = &dz[d.z(bi, i, hh)..][..d.dv];
-                    let row = &pat[i * p..(i + 1) * p];
-                    // d pattern, then through the softmax: ds = P ⊙ (dP − Σ P ⊙ dP).
-                    let mut rowdot = T::zero();
-                    for j in 0..p {
-                        ds[j] = if row[j] != T::zero() { dot(dzi, &v[d.v(bi, j, g)..][..d.dv]) } else { T::zero() };
-                        rowdot += ds[j] * row[j];
-                    }
-                    let qi = d.q(bi, i, hh);
-                    for j in 0..p {
-                        if row[j] == T::zero() {
-                            continue;
+        let group = d.h / d.kv;
+        // One unit per prompt and key/value head (with its group of query heads): each writes
+        // its own rows of dq, dk and dv.
+        kernels::for_ranges(d.b * d.kv, Self::min_units(d) / group + 1, &|u0, u1| {
+            let mut pat = vec![T::zero(); p * p];
+            let mut caps = vec![T::zero(); p * p];
+            let mut ds = vec![T::zero(); p];
+            for u in u0..u1 {
+                let (bi, g) = (u / d.kv, u % d.kv);
+                for hh in g * group..(g + 1) * group {
+                    self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
+                    for i in 0..p {
+                        let dzi = &dz[d.z(bi, i, hh)..][..d.dv];
+                        let row = &pat[i * p..(i + 1) * p];
+                        // d pattern, then through the softmax: ds = P ⊙ (dP − Σ P ⊙ dP).
+                        let mut rowdot = T::zero();
+                        for j in 0..p {
+                            ds[j] = if row[j] != T::zero() { dot(dzi, &v[d.v(bi, j, g)..][..d.dv]) } else { T::zero() };
+                            rowdot += ds[j] * row[j];
                         }
-                        let mut s = row[j] * (ds[j] - rowdot);
-                        if self.spec.softcap.is_some() {
-                            let th = caps[i * p + j];
-                            s *= T::one() - th * th;
+                        let qi = d.q(bi, i, hh);
+                        // Safety: these rows belong to this unit's prompt and heads alone.
+                        let dq = unsafe { shared.slice(qi, qi + d.dh) };
+                        for j in 0..p {
+                            if row[j] == T::zero() {
+                                continue;
+                            }
+                            let mut s = row[j] * (ds[j] - rowdot);
+                            if self.spec.softcap.is_some() {
+                                let th = caps[i * p + j];
+                                s *= T::one() - th * th;
+                            }
+                            let s = s * scale;
+                            let (kj, vj) = (d.k(bi, j, g), d.v(bi, j, g));
+                            axpy(dq, s, &k[kj..kj + d.dh]);
+                            // Safety: as above.
+                            let (dk, dv) = unsafe { (shared.slice(nq + kj, nq + kj + d.dh), shared.slice(nq + nk + vj, nq + nk + vj + d.dv)) };
+                            axpy(dk, s, &q[qi..qi + d.dh]);
+                            axpy(dv, row[j], dzi);
                         }
-                        let s = s * scale;
-                        let (kj, vj) = (d.k(bi, j, g), d.v(bi, j, g));
-                        axpy(&mut dq[qi..qi + d.dh], s, &k[kj..kj + d.dh]);
-                        axpy(&mut dk[kj..kj + d.dh], s, &q[qi..qi + d.dh]);
-                        axpy(&mut dv[vj..vj + d.dv], row[j], dzi);
                     }
                 }
             }
-        }
+        });
         out
     }
 }
@@ -601,6 +675,98 @@ mod tests {
                 assert!(diff(got, want) < 1e-7, "{act:?} d{what}: {}", diff(got, want));
             }
             assert_eq!(gate.dtype(), DType::F64);
+        }
+    }
+
+    fn data(n: usize, seed: u64) -> Vec<f64> {
+        (0..n as u64).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 7) % 1000) as f64 / 500.0 - 1.0).collect()
+    }
+
+    /// The attention core at sizes that split over threads (two prompts, the second padded;
+    /// grouped heads; with and without a soft cap) against a plain loop in f64, and its
+    /// gradient against the directional derivative by central differences.
+    #[test]
+    fn attention_matches_a_plain_loop_and_finite_differences() {
+        let (b, p, h, kv, dh) = (2usize, 40usize, 4usize, 2usize, 16usize);
+        let lengths = [40usize, 31];
+        let mut allowed = vec![false; b * p * p];
+        for (bi, &len) in lengths.iter().enumerate() {
+            for i in 0..p {
+                for j in 0..=i.min(len - 1) {
+                    allowed[(bi * p + i) * p + j] = true;
+                }
+            }
+        }
+        let dev = Device::Cpu;
+        let q = Var::from_vec(data(b * p * h * dh, 1), (b, p, h, dh), &dev).unwrap();
+        let k = Var::from_vec(data(b * p * kv * dh, 2), (b, p, kv, dh), &dev).unwrap();
+        let v = Var::from_vec(data(b * p * kv * dh, 3), (b, p, kv, dh), &dev).unwrap();
+        let w = Tensor::from_vec(data(b * p * h * dh, 4), (b, p, h, dh), &dev).unwrap();
+        for softcap in [None, Some(0.7)] {
+            let spec = AttnSpec { scale: 0.3, softcap, allowed: Arc::new(allowed.clone()) };
+            // The plain loop.
+            let (qs, ks, vs) = (data(b * p * h * dh, 1), data(b * p * kv * dh, 2), data(b * p * kv * dh, 3));
+            let mut want = vec![0f64; b * p * h * dh];
+            for bi in 0..b {
+                for hh in 0..h {
+                    let g = hh / (h / kv);
+                    for i in 0..p {
+                        let seen: Vec<usize> = (0..p).filter(|&j| allowed[(bi * p + i) * p + j]).collect();
+                        let scores: Vec<f64> = seen
+                            .iter()
+                            .map(|&j| {
+                                let s: f64 = (0..dh).map(|t| qs[((bi * p + i) * h + hh) * dh + t] * ks[((bi * p + j) * kv + g) * dh + t]).sum::<f64>() * 0.3;
+                                softcap.map_or(s, |c| c * (s / c).tanh())
+                            })
+                            .collect();
+                        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                        for (&j, s) in seen.iter().zip(&scores) {
+                            for t in 0..dh {
+                                want[((bi * p + i) * h + hh) * dh + t] += (s - max).exp() / sum * vs[((bi * p + j) * kv + g) * dh + t];
+                            }
+                        }
+                    }
+                }
+            }
+            let z = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &spec).unwrap();
+            let got = z.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-12, "{softcap:?}: attention differs from the plain loop by {err}");
+
+            let metric = |q: &Tensor, k: &Tensor, v: &Tensor| (attention(q, k, v, &spec).unwrap() * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+            let grads = (z * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let dirs: Vec<Tensor> = [(q.dims(), 5), (k.dims(), 6), (v.dims(), 7)].iter().map(|(d, s)| Tensor::from_vec(data(d.iter().product(), *s), d.to_vec(), &dev).unwrap()).collect();
+            let analytic: f64 = [&q, &k, &v].iter().zip(&dirs).map(|(x, d)| (grads.get(x.as_tensor()).unwrap() * d).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sum();
+            let eps = 1e-6;
+            let moved = |sign: f64| {
+                let m: Vec<Tensor> = [&q, &k, &v].iter().zip(&dirs).map(|(x, d)| (x.as_tensor() + (d * (sign * eps)).unwrap()).unwrap()).collect();
+                metric(&m[0], &m[1], &m[2])
+            };
+            let numeric = (moved(1.0) - moved(-1.0)) / (2.0 * eps);
+            assert!((analytic - numeric).abs() < 1e-6 * numeric.abs().max(1.0), "{softcap:?}: gradient {analytic} vs finite difference {numeric}");
+        }
+    }
+
+    /// The norm (LayerNorm and RMSNorm) at a size that splits over threads: values and
+    /// gradient against the chain of candle ops.
+    #[test]
+    fn norm_matches_the_chain() {
+        let dev = Device::Cpu;
+        let (rows, d) = (128usize, 256usize);
+        let x = Var::from_vec(data(rows * d, 8), (rows, d), &dev).unwrap();
+        let w = Tensor::from_vec(data(d, 9), d, &dev).unwrap();
+        let b = Tensor::from_vec(data(d, 10), d, &dev).unwrap();
+        let up = Tensor::from_vec(data(rows * d, 11), (rows, d), &dev).unwrap();
+        for (centre, kind) in [(true, crate::model::config::NormKind::LayerNorm), (false, crate::model::config::NormKind::RmsNorm)] {
+            let fused = norm(x.as_tensor(), centre, 1e-5, &w, Some(&b)).unwrap();
+            let chain = crate::model::ops::norm_scale(x.as_tensor(), kind, 1e-5).unwrap().1.broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
+            let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            assert!(diff(&fused, &chain) < 1e-12, "{kind:?} values");
+            let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let gc = (chain * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let (a, c) = (gf.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap());
+            assert!(diff(a, c) < 1e-10, "{kind:?} gradient: {}", diff(a, c));
         }
     }
 }

@@ -28,6 +28,49 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// Streams of work running at once under `concurrently`.
+static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Parts to split one product (or fused op) into: one per thread, or one while two streams
+/// run at once (each then keeps its own core busy).
+fn parts() -> usize {
+    if STREAMS.load(std::sync::atomic::Ordering::Relaxed) >= 2 {
+        1
+    } else {
+        threads()
+    }
+}
+
+/// Runs `a` on a new thread and `b` on this one, at once. While both run, each product and
+/// fused op runs whole on its caller's thread: the two streams keep two cores busy, where one
+/// stream alternates split products with serial steps that leave a core idle. When either
+/// finishes, the other's products split over the threads again.
+pub fn concurrently<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    use std::sync::atomic::Ordering::Relaxed;
+    /// Counts its stream out when dropped (a panic included).
+    struct Stream;
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            STREAMS.fetch_sub(1, Relaxed);
+        }
+    }
+    STREAMS.fetch_add(2, Relaxed);
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(move || {
+            let _stream = Stream;
+            a()
+        });
+        let rb = {
+            let _stream = Stream;
+            b()
+        };
+        match handle.join() {
+            Ok(ra) => (ra, rb),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// The kernels' own pool: one worker fewer than the parts, since the calling thread runs the
 /// first part. (Sharing rayon's global pool left one of its workers spinning on a core the
 /// product needed.)
@@ -58,7 +101,7 @@ pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 /// 4-row blocks so each part writes its own columns): `cols(j0, j1, y)` fills columns j0..j1.
 fn by_columns(m: usize, n: usize, cols: &(dyn Fn(usize, usize, *mut f32) + Sync)) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    let parts = threads().min(n.div_ceil(64)).max(1);
+    let parts = parts().min(n.div_ceil(64)).max(1);
     let per = n.div_ceil(parts).div_ceil(4) * 4;
     let yp = SendPtr(y.as_mut_ptr());
     let run = |t: usize| {
@@ -74,7 +117,7 @@ fn by_columns(m: usize, n: usize, cols: &(dyn Fn(usize, usize, *mut f32) + Sync)
 /// An `m × k` sum over the `n` weight rows, split into one range of rows per thread:
 /// `rows(j0, j1, acc)` adds rows j0..j1's share into its own zeroed `acc`; the parts are summed.
 fn by_rows(m: usize, n: usize, k: usize, rows: &(dyn Fn(usize, usize, *mut f32) + Sync)) -> Vec<f32> {
-    let parts = threads().min(n.div_ceil(64)).max(1);
+    let parts = parts().min(n.div_ceil(64)).max(1);
     let per = n.div_ceil(parts);
     let mut partial: Vec<Vec<f32>> = (0..parts).map(|_| vec![0f32; m * k]).collect();
     let ptrs: Vec<SendPtr> = partial.iter_mut().map(|acc| SendPtr(acc.as_mut_ptr())).collect();
@@ -102,6 +145,20 @@ fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
             s.spawn(move |_| run(t));
         }
         run(0);
+    });
+}
+
+/// Runs `f(start, end)` over `0..n` in one range per thread, each of at least `min` items
+/// (one range when `n < 2 min`), the first on the calling thread. For the fused ops' rows and
+/// heads; any CPU.
+pub fn for_ranges(n: usize, min: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+    let parts = parts().min(n / min.max(1)).max(1);
+    let per = n.div_ceil(parts);
+    in_parts(parts, &|t| {
+        let (a, b) = (t * per, ((t + 1) * per).min(n));
+        if a < b {
+            f(a, b);
+        }
     });
 }
 
