@@ -56,7 +56,10 @@ fn patching_everything_reproduces_the_corrupted_run() {
     let all = ld(&model, &c.clean, &c, hooks);
     let corrupted = ld(&model, &c.corrupted, &c, Hooks::new());
     assert!((all - corrupted).abs() <= 1e-5, "{all} vs {corrupted}");
-    assert!((ld(&model, &c.clean, &c, Hooks::new()) - ld(&model, &c.clean, &c, Hooks::new().cache_all())).abs() == 0.0);
+    // Caching every point runs the chains of ops in place of the fused ones (their inner
+    // points are hooked): the same figure up to float rounding.
+    let (plain, cached) = (ld(&model, &c.clean, &c, Hooks::new()), ld(&model, &c.clean, &c, Hooks::new().cache_all()));
+    assert!((plain - cached).abs() <= 1e-6 * plain.abs().max(1.0), "{plain} vs {cached}");
 }
 
 #[test]

@@ -16,8 +16,25 @@ use crate::error::Result;
 use crate::model::kernels;
 use crate::model::config::Activation;
 
-trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + std::ops::DivAssign {}
-impl Elem for f32 {}
+trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + std::ops::DivAssign {
+    /// `out[i] = exp(−x[i])`.
+    fn exp_neg(x: &[Self], out: &mut [Self]) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            *o = (-x).exp();
+        }
+    }
+}
+impl Elem for f32 {
+    fn exp_neg(x: &[f32], out: &mut [f32]) {
+        if kernels::available() {
+            kernels::exp_neg(x, out);
+        } else {
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o = (-x).exp();
+            }
+        }
+    }
+}
 impl Elem for f64 {}
 
 fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
@@ -92,6 +109,38 @@ fn fill<T: Elem>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
             *o = f(i);
         }
     });
+}
+
+/// `out[i] = f(i, x[i], exp(−x[i]))` over `0..out.len()`, split over the kernels' threads,
+/// the exponentials taken 64 at a time (for SiLU).
+fn fill_exp<T: Elem>(out: &mut [T], x: &[T], f: impl Fn(usize, T, T) -> T + Sync) {
+    let shared = Shared::of(out);
+    kernels::for_ranges(out.len(), MIN_PART, &|a, b| {
+        let mut e = [T::zero(); 64];
+        let mut start = a;
+        while start < b {
+            let end = (start + 64).min(b);
+            T::exp_neg(&x[start..end], &mut e[..end - start]);
+            // Safety: each part writes its own range.
+            for ((o, i), &e) in unsafe { shared.slice(start, end) }.iter_mut().zip(start..end).zip(&e) {
+                *o = f(i, x[i], e);
+            }
+            start = end;
+        }
+    });
+}
+
+/// SiLU from `e = exp(−x)`, as candle computes it.
+#[inline]
+fn silu<T: Elem>(x: T, e: T) -> T {
+    x / (T::one() + e)
+}
+
+/// SiLU's derivative from `e = exp(−x)`: `s (1 + x (1 − s))` with `s = 1 / (1 + e)`.
+#[inline]
+fn silu_slope<T: Elem>(x: T, e: T) -> T {
+    let s = T::one() / (T::one() + e);
+    s * (T::one() + x * (T::one() - s))
 }
 
 /// `y += a · x`
@@ -247,10 +296,11 @@ struct Act {
 fn fwd_act<T: Elem>(op: &Act, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
     let xs = slice::<T>(s, l, "activation")?;
     let mut out = vec![T::zero(); xs.len()];
-    if op.slope {
-        fill(&mut out, |i| act_and_slope(op.act, xs[i]).1);
-    } else {
-        fill(&mut out, |i| act_value(op.act, xs[i]));
+    match (op.act, op.slope) {
+        (Activation::Silu, false) => fill_exp(&mut out, xs, |_, x, e| silu(x, e)),
+        (Activation::Silu, true) => fill_exp(&mut out, xs, |_, x, e| silu_slope(x, e)),
+        (act, true) => fill(&mut out, |i| act_and_slope(act, xs[i]).1),
+        (act, false) => fill(&mut out, |i| act_value(act, xs[i])),
     }
     Ok(T::to_cpu_storage_owned(out))
 }
@@ -330,7 +380,10 @@ impl Gated {
         let g = slice::<T>(gs, gl, "gated activation")?;
         let u = slice::<T>(us, ul, "gated activation")?;
         let mut out = vec![T::zero(); g.len()];
-        fill(&mut out, |i| act_value(self.0, g[i]) * u[i]);
+        match self.0 {
+            Activation::Silu => fill_exp(&mut out, g, |i, x, e| silu(x, e) * u[i]),
+            act => fill(&mut out, |i| act_value(act, g[i]) * u[i]),
+        }
         Ok(T::to_cpu_storage_owned(out))
     }
 
@@ -345,6 +398,18 @@ impl Gated {
         kernels::for_ranges(n, MIN_PART, &|a, b| {
             // Safety: each part writes its own range of each half.
             let (dg, du) = unsafe { (shared.slice(a, b), shared.slice(n + a, n + b)) };
+            if self.0 == Activation::Silu {
+                let mut e = [T::zero(); 64];
+                for start in (a..b).step_by(64) {
+                    let end = (start + 64).min(b);
+                    T::exp_neg(&g[start..end], &mut e[..end - start]);
+                    for (i, &e) in (start..end).zip(&e) {
+                        dg[i - a] = dy[i] * u[i] * silu_slope(g[i], e);
+                        du[i - a] = dy[i] * silu(g[i], e);
+                    }
+                }
+                return;
+            }
             for (i, (dg, du)) in (a..b).zip(dg.iter_mut().zip(du)) {
                 let (act, slope) = act_and_slope(self.0, g[i]);
                 *dg = dy[i] * u[i] * slope;
