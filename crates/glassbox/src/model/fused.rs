@@ -1,11 +1,13 @@
 //! Single ops, each with its own backward, for the compositions every layer runs: a norm with
-//! its weights, a gated MLP's activation, and the attention core (scores, mask, softmax,
-//! values, grouped key/value heads). As chains of candle ops these cost a dozen tensors each
-//! way, and candle's backward adds a zero tensor and a sum for every argument of every op
-//! (the weights' and the mask's included); at a few dozen token rows that bookkeeping costs
-//! more than the arithmetic. The forward uses an op only where no hook point inside it is
-//! touched (the norm hides its scale and normalised value, the attention core
-//! `hook_attn_scores` and `hook_pattern`); elsewhere it runs the chains. f32 and f64.
+//! its weights, the MLP's activation (gated or not), and the attention core (scores, soft cap,
+//! mask, softmax, values, grouped key/value heads). As chains of candle ops these cost a dozen
+//! tensors each way, and candle's backward adds a zero tensor and a sum for every argument of
+//! every op (the weights' and the mask's included); at a few dozen token rows that bookkeeping
+//! costs more than the arithmetic. The forward uses an op only where no hook point inside it
+//! is touched (the norm hides its scale and normalised value, the attention core
+//! `hook_attn_scores` and `hook_pattern`); elsewhere it runs the chains, which give the same
+//! figures up to float rounding. Each op splits its rows, elements or heads over the kernels'
+//! threads when there are enough (`MIN_PART`). f32 and f64.
 
 use std::sync::Arc;
 

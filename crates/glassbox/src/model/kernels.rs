@@ -31,20 +31,18 @@ fn threads() -> usize {
 /// Streams of work running at once under `concurrently`.
 static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Parts to split one product (or fused op) into: one per thread, or one while two streams
-/// run at once (each then keeps its own core busy).
-fn parts() -> usize {
-    if STREAMS.load(std::sync::atomic::Ordering::Relaxed) >= 2 {
-        1
-    } else {
-        threads()
-    }
+/// Whether two streams run at once: each product's parts then run one after another on its
+/// caller's thread (each stream keeps its own core busy). The parts stay the same, so the
+/// figures do not depend on which way they ran.
+fn streams_running() -> bool {
+    STREAMS.load(std::sync::atomic::Ordering::Relaxed) >= 2
 }
 
 /// Runs `a` on a new thread and `b` on this one, at once. While both run, each product and
-/// fused op runs whole on its caller's thread: the two streams keep two cores busy, where one
+/// fused op runs on its caller's thread alone: the two streams keep two cores busy, where one
 /// stream alternates split products with serial steps that leave a core idle. When either
-/// finishes, the other's products split over the threads again.
+/// finishes, the other's products run on all the threads again. The figures are the same bit
+/// for bit either way (a product is cut into the same parts, summed in the same order).
 pub fn concurrently<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
     use std::sync::atomic::Ordering::Relaxed;
     /// Counts its stream out when dropped (a panic included).
@@ -101,7 +99,7 @@ pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 /// 4-row blocks so each part writes its own columns): `cols(j0, j1, y)` fills columns j0..j1.
 fn by_columns(m: usize, n: usize, cols: &(dyn Fn(usize, usize, *mut f32) + Sync)) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
-    let parts = parts().min(n.div_ceil(64)).max(1);
+    let parts = threads().min(n.div_ceil(64)).max(1);
     let per = n.div_ceil(parts).div_ceil(4) * 4;
     let yp = SendPtr(y.as_mut_ptr());
     let run = |t: usize| {
@@ -117,7 +115,7 @@ fn by_columns(m: usize, n: usize, cols: &(dyn Fn(usize, usize, *mut f32) + Sync)
 /// An `m × k` sum over the `n` weight rows, split into one range of rows per thread:
 /// `rows(j0, j1, acc)` adds rows j0..j1's share into its own zeroed `acc`; the parts are summed.
 fn by_rows(m: usize, n: usize, k: usize, rows: &(dyn Fn(usize, usize, *mut f32) + Sync)) -> Vec<f32> {
-    let parts = parts().min(n.div_ceil(64)).max(1);
+    let parts = threads().min(n.div_ceil(64)).max(1);
     let per = n.div_ceil(parts);
     let mut partial: Vec<Vec<f32>> = (0..parts).map(|_| vec![0f32; m * k]).collect();
     let ptrs: Vec<SendPtr> = partial.iter_mut().map(|acc| SendPtr(acc.as_mut_ptr())).collect();
@@ -136,8 +134,8 @@ fn by_rows(m: usize, n: usize, k: usize, rows: &(dyn Fn(usize, usize, *mut f32) 
 /// `rayon::scope` a caller outside the pool hands the whole body to a worker and sleeps until
 /// it is done, a wake-up and a hand-off for every product.)
 fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 {
-        run(0);
+    if parts <= 1 || streams_running() {
+        (0..parts).for_each(run);
         return;
     }
     pool().in_place_scope(|s| {
@@ -152,7 +150,7 @@ fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
 /// (one range when `n < 2 min`), the first on the calling thread. For the fused ops' rows and
 /// heads; any CPU.
 pub fn for_ranges(n: usize, min: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-    let parts = parts().min(n / min.max(1)).max(1);
+    let parts = threads().min(n / min.max(1)).max(1);
     let per = n.div_ceil(parts);
     in_parts(parts, &|t| {
         let (a, b) = (t * per, ((t + 1) * per).min(n));
@@ -709,6 +707,24 @@ mod tests {
                 assert!(e.is_finite() && e > 0.0, "exp(-{x}) = {e}");
             }
         }
+    }
+
+    /// Two streams at once give the products bit for bit what one stream gives (the parts are
+    /// the same, run one after another), and both streams' results come back.
+    #[test]
+    fn concurrent_streams_give_the_same_figures() {
+        if !available() {
+            return;
+        }
+        let (m, n, k) = (15, 1024, 96);
+        let (g, w) = (data(m * n, 3), data(n * k, 4));
+        let alone = g_w(&g, &w, m, n, k);
+        let x = data(m * k, 5);
+        let y = x_wt(&x, &w, m, k, n);
+        let (a, b) = concurrently(|| g_w(&g, &w, m, n, k), || (g_w(&g, &w, m, n, k), x_wt(&x, &w, m, k, n)));
+        assert_eq!(a, alone);
+        assert_eq!(b.0, alone);
+        assert_eq!(b.1, y);
     }
 
     /// Both kernels against a plain triple loop (in f64), on shapes that exercise every tail:
