@@ -129,6 +129,31 @@ mod paths {
         }
     }
 
+    /// Senders in several chunks (a long prompt: 3 senders per chunk), which run as two
+    /// streams: each path, in the senders' order, equals its run written out by hand.
+    #[test]
+    fn chunked_paths_to_logits_match_manual_runs_in_order() {
+        let model = load_tiny("tiny-llama");
+        let prompt = [IOI; 3].join(" ");
+        let c = Contrast::new(&model, &prompt, " Mary", " John", None).unwrap();
+        assert!(c.n_pos() > 32, "the prompt must make chunks of fewer than 4 senders");
+        let senders: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+        let pp = path_patching(&model, &c, PathReceiver::Logits, Some(&senders)).unwrap();
+        assert_eq!(pp.paths.iter().map(|p| p.sender).collect::<Vec<_>>(), senders);
+        let both = model.forward(&c.batch().unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
+        let z = |l: usize, r: usize| both.cache.get(HookPoint::Z(l)).unwrap().narrow(0, r, 1).unwrap();
+        for p in &pp.paths {
+            let s = p.sender;
+            let mut hooks = Hooks::new();
+            for l in s.layer..2 {
+                hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 0))));
+            }
+            hooks = hooks.intervene(Intervention::new(HookPoint::Z(s.layer), Action::Replace(z(s.layer, 1))).heads(vec![s.head]));
+            let manual = ld(&model, &c.clean, &c, hooks);
+            assert!((manual - p.patched_ld).abs() < 1e-5, "{}: {manual} vs {}", p.name, p.patched_ld);
+        }
+    }
+
     /// Sender → a later head's query, against the two runs written out one sender at a time.
     #[test]
     fn path_to_a_query_input_matches_two_manual_runs() {

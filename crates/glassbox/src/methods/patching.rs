@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::methods::Contrast;
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
+use crate::model::kernels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,9 +64,8 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
     // Rows of one layer: each head, then the MLP, in one batch (up to 160 token rows: a
     // 15-token prompt's 9 heads and MLP run together).
     let per_chunk = (160 / contrast.n_pos().max(1)).max(1);
-    let mut head_lds = Vec::with_capacity(layers);
-    let mut mlp_lds = Vec::with_capacity(layers);
-    for l in 0..layers {
+    // Every layer's patched LDs: its heads', then its MLP's.
+    let layer_lds = |l: usize| -> Result<Vec<f32>> {
         let z = row(HookPoint::Z(l), source_row)?;
         let mlp = row(HookPoint::MlpOut(l), source_row)?;
         let resid_row = row(HookPoint::ResidPre(l), base_row)?;
@@ -87,6 +87,14 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
             let ld = run.logit_diff(&vec![contrast.correct_id; rows], &vec![contrast.incorrect_id; rows])?;
             lds.extend(ld.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
+        Ok(lds)
+    };
+    // Two streams, even and odd layers (about the same work each: a run starts at its layer).
+    let layer_indices: Vec<usize> = (0..layers).collect();
+    let all = kernels::map_in_two_streams(&layer_indices, |&l| layer_lds(l)).into_iter().collect::<Result<Vec<_>>>()?;
+    let mut head_lds = Vec::with_capacity(layers);
+    let mut mlp_lds = Vec::with_capacity(layers);
+    for mut lds in all {
         mlp_lds.push(lds[heads]);
         lds.truncate(heads);
         head_lds.push(lds);

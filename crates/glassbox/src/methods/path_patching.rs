@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
+use crate::model::kernels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,9 +89,10 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
         Ok(both.cache.get(HookPoint::ResidPre(l))?.narrow(0, 0, 1)?.broadcast_as((n, contrast.n_pos(), cfg.d_model))?.contiguous()?)
     };
 
-    let mut paths = Vec::with_capacity(senders.len());
     let per_chunk = (128 / contrast.n_pos().max(1)).max(1);
-    for chunk in senders.chunks(per_chunk) {
+    // One chunk of senders' path effects.
+    let chunk_paths = |chunk: &[Head]| -> Result<Vec<PathEffect>> {
+        let mut paths = Vec::with_capacity(chunk.len());
         let n = chunk.len();
         // Run (1): heads frozen at clean, the row's sender corrupted.
         let first = chunk.iter().map(|s| s.layer).min().unwrap_or(0);
@@ -131,6 +133,11 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
                 effect: if span.abs() > 1e-12 { (x - clean_ld) / span } else { 0.0 },
             });
         }
-    }
+        Ok(paths)
+    };
+    // Two streams, alternate chunks.
+    let chunks: Vec<&[Head]> = senders.chunks(per_chunk).collect();
+    let per_chunk_paths = kernels::map_in_two_streams(&chunks, |c| chunk_paths(c)).into_iter().collect::<Result<Vec<_>>>()?;
+    let paths: Vec<PathEffect> = per_chunk_paths.into_iter().flatten().collect();
     Ok(PathPatching { receiver, clean_ld, corrupted_ld, paths })
 }
