@@ -388,10 +388,8 @@ fn ig_path(
 ) -> Result<Vec<Tensor>> {
     let p = tokens.len();
     let chunk = (128 / p.max(1)).clamp(1, n_steps);
-    let mut sums: Vec<Option<Tensor>> = vec![None; features.len()];
-    let mut k = 0;
-    while k < n_steps {
-        let c = chunk.min(n_steps - k);
+    // Each chunk of steps: the gradient at every feature, summed over the chunk's steps.
+    let chunk_grads = |&(k, c): &(usize, usize)| -> Result<Vec<Tensor>> {
         let alphas: Vec<f32> = (k..k + c).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
         let mut hooks = Hooks::new().logits_for(&[correct, incorrect]);
         for (&point, (corr, delta)) in features.iter().zip(ends) {
@@ -408,14 +406,18 @@ fn ig_path(
         let out = model.forward(&batch, &hooks)?;
         let metric = out.logit_diff(&vec![correct; c], &vec![incorrect; c])?.sum_all()?;
         let grads = out.backward(&metric)?;
-        for (slot, &point) in sums.iter_mut().zip(features) {
-            let g = grads.get(point)?.sum(0)?;
+        features.iter().map(|&point| Ok(grads.get(point)?.sum(0)?)).collect()
+    };
+    let chunks: Vec<(usize, usize)> = (0..n_steps).step_by(chunk).map(|k| (k, chunk.min(n_steps - k))).collect();
+    // The chunks run as two streams; their sums are added in the chunks' order.
+    let mut sums: Vec<Option<Tensor>> = vec![None; features.len()];
+    for grads in kernels::map_in_two_streams(&chunks, chunk_grads) {
+        for (slot, g) in sums.iter_mut().zip(grads?) {
             *slot = Some(match slot.take() {
                 Some(s) => (s + g)?,
                 None => g,
             });
         }
-        k += c;
     }
     sums.into_iter()
         .map(|s| Ok((s.ok_or_else(|| Error::Invalid("no steps".into()))? / n_steps as f64)?))

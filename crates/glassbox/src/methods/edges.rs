@@ -19,6 +19,7 @@ use crate::methods::attribution::Method;
 use crate::methods::{order_by_magnitude, Contrast, Head};
 use crate::model::config::NormKind;
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
+use crate::model::kernels;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Edge {
@@ -236,10 +237,8 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
             let (corr, delta) = (emb.get(1)?, (emb.get(0)? - emb.get(1)?)?);
             let p = contrast.n_pos();
             let chunk = (64 / p.max(1)).clamp(1, n_steps);
-            let mut sums: Option<Vec<Tensor>> = None;
-            let mut k = 0;
-            while k < n_steps {
-                let n = chunk.min(n_steps - k);
+            // Each chunk of steps: the receivers' gradients summed over the chunk's steps.
+            let chunk_grads = |&(k, n): &(usize, usize)| -> Result<Vec<Tensor>> {
                 let alphas: Vec<f32> = (k..k + n).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
                 let a = Tensor::from_vec(alphas, (n, 1, 1), emb.device())?.to_dtype(emb.dtype())?;
                 let value = corr.unsqueeze(0)?.broadcast_add(&a.broadcast_mul(&delta.unsqueeze(0)?)?)?;
@@ -251,15 +250,17 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
                 let run = model.forward(&Batch::new(&vec![contrast.clean.clone(); n])?, &hooks)?;
                 let metric = run.logit_diff(&vec![contrast.correct_id; n], &vec![contrast.incorrect_id; n])?.sum_all()?;
                 let grads = run.backward(&metric)?;
-                let g: Vec<Tensor> = receiver_grads(model, &run, &grads)?
-                    .into_iter()
-                    .map(|g| Ok(g.sum(0)?.flatten_all()?))
-                    .collect::<Result<_>>()?;
+                receiver_grads(model, &run, &grads)?.into_iter().map(|g| Ok(g.sum(0)?.flatten_all()?)).collect()
+            };
+            let chunks: Vec<(usize, usize)> = (0..n_steps).step_by(chunk).map(|k| (k, chunk.min(n_steps - k))).collect();
+            // The chunks run as two streams; their sums are added in the chunks' order.
+            let mut sums: Option<Vec<Tensor>> = None;
+            for g in kernels::map_in_two_streams(&chunks, chunk_grads) {
+                let g = g?;
                 sums = Some(match sums {
                     None => g,
                     Some(s) => s.iter().zip(&g).map(|(a, b)| Ok((a + b)?)).collect::<Result<_>>()?,
                 });
-                k += n;
             }
             sums.unwrap_or_default()
                 .into_iter()
