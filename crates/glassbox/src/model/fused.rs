@@ -50,12 +50,18 @@ fn values<T: Elem>(t: &Tensor) -> candle_core::Result<Vec<T>> {
     t.flatten_all()?.to_vec1::<T>()
 }
 
-/// Runs `$f::<T>` for the storage's float type.
+/// Evaluates `$e` with the type `$t` standing for the storage's float type.
 macro_rules! by_dtype {
-    ($s:expr, $what:expr, $f:ident($($a:expr),*)) => {
+    ($s:expr, $what:expr, $t:ident => $e:expr) => {
         match $s {
-            CpuStorage::F32(_) => $f::<f32>($($a),*),
-            CpuStorage::F64(_) => $f::<f64>($($a),*),
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                $e
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                $e
+            }
             _ => candle_core::bail!("{}: f32 or f64 only", $what),
         }
     };
@@ -247,17 +253,13 @@ impl CustomOp1 for NormOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((by_dtype!(s, "norm", fwd_norm(self, s, l))?, l.shape().clone()))
+        Ok((by_dtype!(s, "norm", T => self.fwd::<T>(s, l))?, l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let op = NormGrad(NormOp { centre: self.centre, eps: self.eps, w: self.w.clone(), b: None });
         Ok(Some(arg.apply_op2(&grad.contiguous()?, op)?))
     }
-}
-
-fn fwd_norm<T: Elem>(op: &NormOp, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
-    op.fwd::<T>(s, l)
 }
 
 /// The norm's input gradient, `(x, dy) → dx`.
@@ -272,12 +274,8 @@ impl CustomOp2 for NormGrad {
         if l.shape() != gl.shape() {
             candle_core::bail!("norm backward: input {:?} but gradient {:?}", l.dims(), gl.dims());
         }
-        Ok((by_dtype!(s, "norm backward", grad_norm(&self.0, s, l, gs, gl))?, l.shape().clone()))
+        Ok((by_dtype!(s, "norm backward", T => self.0.grad::<T>(s, l, gs, gl))?, l.shape().clone()))
     }
-}
-
-fn grad_norm<T: Elem>(op: &NormOp, s: &CpuStorage, l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<CpuStorage> {
-    op.grad::<T>(s, l, gs, gl)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -317,7 +315,7 @@ impl CustomOp1 for Act {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((by_dtype!(s, "activation", fwd_act(self, s, l))?, l.shape().clone()))
+        Ok((by_dtype!(s, "activation", T => fwd_act::<T>(self, s, l))?, l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -422,14 +420,6 @@ impl Gated {
     }
 }
 
-fn fwd_gated<T: Elem>(op: &Gated, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> candle_core::Result<CpuStorage> {
-    op.fwd::<T>(gs, gl, us, ul)
-}
-
-fn grad_gated<T: Elem>(op: &Gated, a: (&CpuStorage, &Layout), b: (&CpuStorage, &Layout), c: (&CpuStorage, &Layout)) -> candle_core::Result<CpuStorage> {
-    op.grad::<T>(a, b, c)
-}
-
 impl CustomOp2 for Gated {
     fn name(&self) -> &'static str {
         "gated-activation"
@@ -439,7 +429,7 @@ impl CustomOp2 for Gated {
         if gl.shape() != ul.shape() {
             candle_core::bail!("gated activation: gate {:?} but up {:?}", gl.dims(), ul.dims());
         }
-        Ok((by_dtype!(gs, "gated activation", fwd_gated(self, gs, gl, us, ul))?, gl.shape().clone()))
+        Ok((by_dtype!(gs, "gated activation", T => self.fwd::<T>(gs, gl, us, ul))?, gl.shape().clone()))
     }
 
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -462,7 +452,7 @@ impl CustomOp3 for GatedGrad {
             candle_core::bail!("gated activation backward: shapes {:?}, {:?}, {:?}", gl.dims(), ul.dims(), dl.dims());
         }
         let op = Gated(self.0);
-        let out = by_dtype!(gs, "gated activation backward", grad_gated(&op, (gs, gl), (us, ul), (ds, dl)))?;
+        let out = by_dtype!(gs, "gated activation backward", T => op.grad::<T>((gs, gl), (us, ul), (ds, dl)))?;
         Ok((out, Shape::from(2 * gl.shape().elem_count())))
     }
 }
@@ -662,7 +652,7 @@ impl CustomOp3 for AttnOp {
 
     fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = AttnDims::of(ql.dims(), kl.dims(), vl.dims(), self.spec.allowed.len())?;
-        let out = by_dtype!(qs, "attention", fwd_attn(self, &d, (qs, ql), (ks, kl), (vs, vl)))?;
+        let out = by_dtype!(qs, "attention", T => fwd_attn::<T>(self, &d, (qs, ql), (ks, kl), (vs, vl)))?;
         Ok((out, Shape::from((d.b, d.p, d.h, d.dv))))
     }
 
@@ -703,7 +693,7 @@ impl CustomOp1 for AttnGrad {
         if l.dims() != [d.b, d.p, d.h, d.dv] {
             candle_core::bail!("attention backward: gradient {:?} for z of {:?}", l.dims(), [d.b, d.p, d.h, d.dv]);
         }
-        let out = by_dtype!(s, "attention backward", grad_attn(self, &d, s, l))?;
+        let out = by_dtype!(s, "attention backward", T => grad_attn::<T>(self, &d, s, l))?;
         Ok((out, Shape::from(self.q.elem_count() + self.k.elem_count() + self.v.elem_count())))
     }
 }
