@@ -191,7 +191,7 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         // Safety: acc is this part's own m×k buffer; g and w are read-only.
         unsafe {
-            avx::g_w_rows(g.as_ptr(), w.as_ptr(), acc, m, n, k, j0, j1)
+            avx::g_w_rows(g.as_ptr(), avx::Rows::F32(w.as_ptr()), acc, m, n, k, j0, j1)
         }
     })
 }
@@ -284,7 +284,7 @@ pub fn g_w_q41(g: &[f32], q: &Q41, m: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         // Safety: acc is this part's own m×k buffer; g and q are read-only.
         unsafe {
-            avx::g_w_rows_q41(g.as_ptr(), q.blocks.as_ptr(), q.row_bytes(), acc, m, n, k, j0, j1)
+            avx::g_w_rows(g.as_ptr(), avx::Rows::Q41(q.blocks.as_ptr(), q.row_bytes()), acc, m, n, k, j0, j1)
         }
     })
 }
@@ -398,27 +398,36 @@ mod avx {
     const JB: usize = 96;
 
     /// Where the backward product reads its weight rows.
-    enum Rows {
+    #[derive(Clone, Copy)]
+    pub enum Rows {
         F32(*const f32),
         /// Q4_1 blocks, `row_bytes` per row.
         Q41(*const u8, usize),
     }
 
-    /// `acc += g[:, j0..j1] · w[j0..j1, :]` (see `rows_block`); columns past the last
-    /// multiple of 32 are summed in place.
+    /// `acc += g[:, j0..j1] · w[j0..j1, :]` (see `rows_block`), weight rows in blocks of `JB`.
+    /// For f32 rows, columns past the last multiple of 32 are summed in place (Q4_1 rows have
+    /// none).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn g_w_rows(g: *const f32, w: *const f32, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+    pub unsafe fn g_w_rows(g: *const f32, rows: Rows, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+        let (base, row_bytes) = match rows {
+            Rows::F32(w) => (w as *const u8, k * 4),
+            Rows::Q41(q, row_bytes) => (q, row_bytes),
+        };
         let k32 = k / 32 * 32;
         let mut jb = j0;
         while jb < j1 {
             let je = (jb + JB).min(j1);
-            let next_bytes = ((je + JB).min(j1) - je) * k * 4;
-            rows_block(g, &Rows::F32(w), acc, m, n, k, jb, je, w.add(je * k) as *const u8, next_bytes);
-            for r in 0..m {
-                for j in jb..je {
-                    let gv = *g.add(r * n + j);
-                    for t in k32..k {
-                        *acc.add(r * k + t) += gv * *w.add(j * k + t);
+            // The next block's rows (contiguous) are prefetched on the way.
+            let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
+            rows_block(g, &rows, acc, m, n, k, jb, je, base.add(je * row_bytes), next_bytes);
+            if let Rows::F32(w) = rows {
+                for r in 0..m {
+                    for j in jb..je {
+                        let gv = *g.add(r * n + j);
+                        for t in k32..k {
+                            *acc.add(r * k + t) += gv * *w.add(j * k + t);
+                        }
                     }
                 }
             }
@@ -426,23 +435,11 @@ mod avx {
         }
     }
 
-    /// `g_w_rows` over Q4_1 weight rows (`row_bytes` each, `k` a multiple of 32), each block
-    /// of 32 weights dequantized as its panels are filled.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn g_w_rows_q41(g: *const f32, q: *const u8, row_bytes: usize, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
-        let mut jb = j0;
-        while jb < j1 {
-            let je = (jb + JB).min(j1);
-            let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
-            rows_block(g, &Rows::Q41(q, row_bytes), acc, m, n, k, jb, je, q.add(je * row_bytes), next_bytes);
-            jb = je;
-        }
-    }
-
     /// Weight rows `jb..je` of `acc += g · w`, over the columns up to the last multiple of 32,
     /// 32 columns at a time: those columns of the block's rows are copied (or dequantized)
-    /// into two panels of 16 (`[2][JB][16]`, 8 KB, in L1), and every token row passes over
-    /// each panel, four rows at a time. Prefetches `next_bytes` bytes from `next` on the way.
+    /// into two panels of 16 (`[2][JB][16]`, 12 KB, in L1), and every token row passes over
+    /// each panel, in even groups of up to 6 rows. Prefetches `next_bytes` bytes from `next`
+    /// on the way.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows_block(g: *const f32, rows: &Rows, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const u8, next_bytes: usize) {
