@@ -1,6 +1,8 @@
-//! Differentiable building blocks of the forward pass. Each is a composition of candle ops
-//! that have a backward (candle's fused softmax/norm/rope kernels have none and would silently
-//! drop gradients), except `linear`, a custom op whose backward skips the weight gradient.
+//! Differentiable building blocks of the forward pass: `linear` (a custom op whose backward
+//! skips the weight gradient), the norm's two halves as candle ops, and rotary embedding and
+//! softmax as custom ops with their own backward (candle's fused softmax/norm/rope kernels have
+//! none and would silently drop gradients). The fused norm, activations and attention core are
+//! in `fused`.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
@@ -10,12 +12,12 @@ use std::sync::Arc;
 use crate::model::kernels::{self, Q41};
 
 use crate::error::Result;
-use crate::model::config::{Activation, NormKind, RotaryPairing};
+use crate::model::config::{NormKind, RotaryPairing};
 
 /// `x @ w^T` over the last axis of `x` (any leading shape) for a weight `w: [n, k]` that never
-/// needs a gradient. candle's matmul backward
-/// would compute (and allocate) the weight's gradient too: for a 135M model that is 0.5 GB of
-/// writes per backward pass. This op returns the input's gradient only.
+/// needs a gradient. candle's matmul backward would compute (and allocate) the weight's
+/// gradient too: for a 135M model that is 0.5 GB of writes per backward pass. This op returns
+/// the input's gradient only.
 ///
 /// When the weight also has an exact Q4_1 copy (`q`), the products read that instead (5 bits
 /// per weight from memory instead of 32; the same figures bit for bit).
@@ -36,15 +38,13 @@ impl CustomOp2 for LinearNoWeightGrad {
         lw: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = lx.dims();
-        let k = dims.last().copied().unwrap_or(0);
-        let m: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-        let (n, k2) = lw.shape().dims2()?;
-        if dims.is_empty() || k != k2 {
-            candle_core::bail!("linear: input of shape {dims:?}, weight expects {k2} features");
-        }
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap_or(&mut 0) = n;
-        let out_shape = Shape::from(out_dims);
+        let (n, k) = lw.shape().dims2()?;
+        let lead = match dims.split_last() {
+            Some((&features, lead)) if features == k => lead,
+            _ => candle_core::bail!("linear: input of shape {dims:?}, weight expects {k} features"),
+        };
+        let m: usize = lead.iter().product();
+        let out_shape = Shape::from([lead, &[n]].concat());
         if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w) {
             if let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) {
                 if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k && kernels::preferred(m, n)) {
@@ -170,15 +170,6 @@ impl CustomOp1 for SoftmaxLast {
         let dot = (grad * res)?.sum_keepdim(D::Minus1)?;
         Ok(Some((grad.broadcast_sub(&dot)? * res)?))
     }
-}
-
-pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    Ok(match act {
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::Relu => x.relu()?,
-        Activation::Silu => x.silu()?,
-    })
 }
 
 /// Cos and sin tables of a rotary embedding, `[positions, half]` each, in f64 (rounded to the
