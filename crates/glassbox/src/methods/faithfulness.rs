@@ -113,6 +113,14 @@ struct PromptState {
     ablated_resid: Vec<Tensor>,
 }
 
+impl PromptState {
+    /// A prompt whose all-ablated run (and clean run, when `clean_resid` is empty) is still
+    /// to do: `CircuitEvaluator::complete` runs it.
+    fn pending(contrast: &Contrast, values: Vec<(Tensor, Tensor)>, clean_ld: f32, clean_resid: Vec<Tensor>) -> Self {
+        PromptState { contrast: contrast.clone(), values, clean_ld, all_ablated_ld: 0.0, clean_resid, ablated_resid: Vec::new() }
+    }
+}
+
 /// LDs of one circuit on one prompt: the circuit alone, and the circuit ablated.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PromptLds {
@@ -180,15 +188,13 @@ impl<'a> CircuitEvaluator<'a> {
             } else {
                 (0.0, Vec::new())
             };
-            prompts.push(PromptState {
-                contrast: contrast.clone(),
-                values,
-                clean_ld,
-                all_ablated_ld: 0.0,
-                clean_resid,
-                ablated_resid: Vec::new(),
-            });
+            prompts.push(PromptState::pending(contrast, values, clean_ld, clean_resid));
         }
+        Self::completed(model, include_mlps, prompts, ablation)
+    }
+
+    /// The evaluator, after each pending prompt's remaining runs.
+    fn completed(model: &'a Model, include_mlps: bool, prompts: Vec<PromptState>, ablation: Ablation) -> Result<Self> {
         let mut ev = CircuitEvaluator { model, include_mlps, prompts, ablation };
         for i in 0..ev.prompts.len() {
             ev.complete(i)?;
@@ -224,17 +230,8 @@ impl<'a> CircuitEvaluator<'a> {
             .map(|l| Ok((runs.corrupted.get(HookPoint::Z(l))?.clone(), runs.corrupted.get(HookPoint::MlpOut(l))?.clone())))
             .collect::<Result<Vec<_>>>()?;
         let clean_resid = (0..layers).map(|l| Ok(runs.clean.get(HookPoint::ResidPre(l))?.clone())).collect::<Result<Vec<_>>>()?;
-        let prompt = PromptState {
-            contrast: contrast.clone(),
-            values,
-            clean_ld,
-            all_ablated_ld: 0.0,
-            clean_resid,
-            ablated_resid: Vec::new(),
-        };
-        let mut ev = CircuitEvaluator { model, include_mlps, prompts: vec![prompt], ablation: Ablation::Resample };
-        ev.complete(0)?;
-        Ok(ev)
+        let prompt = PromptState::pending(contrast, values, clean_ld, clean_resid);
+        Self::completed(model, include_mlps, vec![prompt], Ablation::Resample)
     }
 
     /// The points `from_runs` needs cached in the clean and corrupted runs.
