@@ -29,10 +29,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::methods::{order_by_magnitude, Contrast, Head};
+use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head};
 use crate::model::config::Positions;
 use crate::model::kernels;
-use crate::model::{Action, ActivationCache, Batch, Gradients, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model};
 
 /// Which activations are attributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,17 +322,18 @@ pub(crate) fn taylor_many(
         },
         || model.forward(&Batch::new(first)?, &corr_hooks),
     );
-    let ((run, grads), mut next_run) = (clean_run?, Some(first_run?));
+    let (run, grads) = clean_run?;
     let mut scores = Vec::with_capacity(corrupted.len());
-    for chunk in std::iter::once(first).chain(chunks) {
-        let corr = match next_run.take() {
-            Some(corr) => corr,
-            None => model.forward(&Batch::new(chunk)?, &corr_hooks)?,
-        };
-        for r in 0..chunk.len() {
+    let mut score_batch = |corr: &ForwardOutput, rows: usize| -> Result<()> {
+        for r in 0..rows {
             scores.push(taylor_scores(&points, &grads, &run.cache, &corr.cache, r, component)?);
         }
         progress(scores.len(), corrupted.len());
+        Ok(())
+    };
+    score_batch(&first_run?, first.len())?;
+    for chunk in chunks {
+        score_batch(&model.forward(&Batch::new(chunk)?, &corr_hooks)?, chunk.len())?;
     }
     Ok(scores)
 }
@@ -410,18 +411,8 @@ fn ig_path(
     };
     let chunks: Vec<(usize, usize)> = (0..n_steps).step_by(chunk).map(|k| (k, chunk.min(n_steps - k))).collect();
     // The chunks run as two streams; their sums are added in the chunks' order.
-    let mut sums: Vec<Option<Tensor>> = vec![None; features.len()];
-    for grads in kernels::map_in_two_streams(&chunks, chunk_grads) {
-        for (slot, g) in sums.iter_mut().zip(grads?) {
-            *slot = Some(match slot.take() {
-                Some(s) => (s + g)?,
-                None => g,
-            });
-        }
-    }
-    sums.into_iter()
-        .map(|s| Ok((s.ok_or_else(|| Error::Invalid("no steps".into()))? / n_steps as f64)?))
-        .collect()
+    let sums = sum_in_order(kernels::map_in_two_streams(&chunks, chunk_grads))?.ok_or_else(|| Error::Invalid("no steps".into()))?;
+    sums.into_iter().map(|s| Ok((s / n_steps as f64)?)).collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::methods::attribution::Method;
-use crate::methods::{order_by_magnitude, Contrast, Head};
+use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head};
 use crate::model::config::NormKind;
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::model::kernels;
@@ -254,14 +254,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
             };
             let chunks: Vec<(usize, usize)> = (0..n_steps).step_by(chunk).map(|k| (k, chunk.min(n_steps - k))).collect();
             // The chunks run as two streams; their sums are added in the chunks' order.
-            let mut sums: Option<Vec<Tensor>> = None;
-            for g in kernels::map_in_two_streams(&chunks, chunk_grads) {
-                let g = g?;
-                sums = Some(match sums {
-                    None => g,
-                    Some(s) => s.iter().zip(&g).map(|(a, b)| Ok((a + b)?)).collect::<Result<_>>()?,
-                });
-            }
+            let sums = sum_in_order(kernels::map_in_two_streams(&chunks, chunk_grads))?;
             sums.unwrap_or_default()
                 .into_iter()
                 .map(|s| Ok((s / n_steps as f64)?))

@@ -19,7 +19,10 @@ pub mod token_attribution;
 
 use std::fmt;
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
 
 pub use contrast::Contrast;
 
@@ -58,6 +61,20 @@ impl fmt::Display for Head {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "L{:02}H{:02}", self.layer, self.head)
     }
+}
+
+/// The elementwise sum of vectors of tensors (one vector per chunk of a batched method),
+/// added in the given order; `None` for no chunks.
+pub(crate) fn sum_in_order(chunks: impl IntoIterator<Item = Result<Vec<Tensor>>>) -> Result<Option<Vec<Tensor>>> {
+    let mut sums: Option<Vec<Tensor>> = None;
+    for chunk in chunks {
+        let chunk = chunk?;
+        sums = Some(match sums {
+            None => chunk,
+            Some(s) => s.iter().zip(&chunk).map(|(a, b)| Ok((a + b)?)).collect::<Result<_>>()?,
+        });
+    }
+    Ok(sums)
 }
 
 /// Indices of `values` by decreasing absolute value.
