@@ -300,7 +300,7 @@ fn fwd_act<T: Elem>(op: &Act, s: &CpuStorage, l: &Layout) -> candle_core::Result
         (Activation::Silu, false) => fill_exp(&mut out, xs, |_, x, e| silu(x, e)),
         (Activation::Silu, true) => fill_exp(&mut out, xs, |_, x, e| silu_slope(x, e)),
         (act, true) => fill(&mut out, |i| act_and_slope(act, xs[i]).1),
-        (act, false) => fill(&mut out, |i| act_value(act, xs[i])),
+        (act, false) => fill(&mut out, |i| act_and_slope(act, xs[i]).0),
     }
     Ok(T::to_cpu_storage_owned(out))
 }
@@ -333,25 +333,16 @@ struct Gated(Activation);
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
-/// The activation at `x`, as candle computes it.
-#[inline]
-fn act_value<T: Elem>(act: Activation, x: T) -> T {
-    match act {
-        Activation::Silu => x / (T::one() + (-x).exp()),
-        _ => act_and_slope(act, x).0,
-    }
-}
-
-/// The activation and its derivative at `x`, the activation as candle computes it.
+/// The activation and its derivative at `x`, the activation as candle computes it. (SiLU
+/// takes its exponentials in batches through `fill_exp` on the ops' paths.)
 #[inline]
 fn act_and_slope<T: Elem>(act: Activation, x: T) -> (T, T) {
     let half = t::<T>(0.5);
     let one = T::one();
     match act {
         Activation::Silu => {
-            let e = one + (-x).exp();
-            let s = one / e;
-            (x / e, s * (one + x * (one - s)))
+            let e = (-x).exp();
+            (silu(x, e), silu_slope(x, e))
         }
         Activation::GeluTanh => {
             let c = t::<T>(0.044715);
@@ -382,7 +373,7 @@ impl Gated {
         let mut out = vec![T::zero(); g.len()];
         match self.0 {
             Activation::Silu => fill_exp(&mut out, g, |i, x, e| silu(x, e) * u[i]),
-            act => fill(&mut out, |i| act_value(act, g[i]) * u[i]),
+            act => fill(&mut out, |i| act_and_slope(act, g[i]).0 * u[i]),
         }
         Ok(T::to_cpu_storage_owned(out))
     }
