@@ -19,6 +19,10 @@ const PROMPTS: [&str; 8] = [
 ];
 
 fn main() {
+    for (k, v) in glassbox::threads::candle_env() {
+        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        std::env::set_var(k, v);
+    }
     let path = default_model_path();
     let rss_start = peak_rss_mb();
     let load = median_secs(3, || {

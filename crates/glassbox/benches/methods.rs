@@ -16,6 +16,10 @@ use glassbox::methods::stability::attribution_stability;
 use glassbox::methods::{Contrast, Head};
 
 fn main() {
+    for (k, v) in glassbox::threads::candle_env() {
+        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        std::env::set_var(k, v);
+    }
     let model = load_default();
     let contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     let (c, i) = (contrast.correct_id, contrast.incorrect_id);

@@ -1,6 +1,6 @@
 //! Times the Q4_1 products at SmolLM2-135M's four weight shapes, 15 token rows, each call on
 //! a different copy so the weights stream from memory: `mmq41 [m]`.
-use glassbox::model::kernels::{self, Q41};
+use glassbox::bench::Q41Weight;
 fn main() {
     let m: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(15);
     let mut shapes = vec![(576usize, 576usize), (192, 576), (1536, 576), (576, 1536)];
@@ -18,8 +18,8 @@ fn main() {
             }
             b
         };
-        let qs: Vec<Q41> = (0..copies)
-            .map(|c| Q41 { rows: n, cols: k, blocks: (0..n * k / 32).flat_map(|i| block(i + c)).collect() })
+        let qs: Vec<Q41Weight> = (0..copies)
+            .map(|c| Q41Weight::new(n, k, (0..n * k / 32).flat_map(|i| block(i + c)).collect()).unwrap())
             .collect();
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let g: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32 * 0.1).collect();
@@ -27,12 +27,12 @@ fn main() {
         for _ in 0..5 {
             let s = std::time::Instant::now();
             for q in &qs {
-                std::hint::black_box(kernels::x_wt_q41(&x, q, m));
+                std::hint::black_box(q.x_wt(&x, m).unwrap());
             }
             let a = s.elapsed().as_secs_f64() / copies as f64;
             let s = std::time::Instant::now();
             for q in &qs {
-                std::hint::black_box(kernels::g_w_q41(&g, q, m));
+                std::hint::black_box(q.g_w(&g, m).unwrap());
             }
             let b = s.elapsed().as_secs_f64() / copies as f64;
             best = (best.0.min(a), best.1.min(b));

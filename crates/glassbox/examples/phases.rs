@@ -6,6 +6,10 @@ use glassbox::model::hooks::HookPoint;
 use glassbox::{registry, Model};
 use std::time::Instant;
 fn main() {
+    for (k, v) in glassbox::threads::candle_env() {
+        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        std::env::set_var(k, v);
+    }
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);

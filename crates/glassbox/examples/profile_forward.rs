@@ -2,6 +2,10 @@
 //! `profile_forward [N] [batch] [repeat]`.
 use glassbox::{registry, Hooks, Model};
 fn main() {
+    for (k, v) in glassbox::threads::candle_env() {
+        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        std::env::set_var(k, v);
+    }
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
     eprintln!("{} weights with an exact Q4_1 copy", model.quantized.len());

@@ -6,6 +6,10 @@ use glassbox::methods::patching::{exact_patching, Direction};
 use glassbox::methods::Contrast;
 use glassbox::{registry, Model};
 fn main() {
+    for (k, v) in glassbox::threads::candle_env() {
+        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        std::env::set_var(k, v);
+    }
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
     let which = std::env::args().nth(1).unwrap_or_else(|| "taylor".into());

@@ -57,8 +57,11 @@ pub enum Error {
     #[error("the prompt is empty; give at least one token of text")]
     EmptyPrompt,
 
-    #[error("the prompt is {n_tokens} tokens long, but this model takes at most {max} positions; shorten it")]
+    #[error("the prompt is at least {n_tokens} tokens long, but this model takes at most {max} positions; shorten it")]
     PromptTooLong { n_tokens: usize, max: usize },
+
+    #[error("the prompt is {bytes} bytes of text; glassbox takes at most {max} bytes; shorten it")]
+    PromptTooLongText { bytes: usize, max: usize },
 
     #[error("{text:?} is {n_tokens} tokens in this model's vocabulary ({pieces}); answers must be one token{hint}")]
     NotSingleToken {
@@ -79,6 +82,9 @@ pub enum Error {
 
     #[error("{0}")]
     Invalid(String),
+
+    #[error("{0}")]
+    NonFinite(String),
 
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),

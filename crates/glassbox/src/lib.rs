@@ -15,13 +15,17 @@
 //! assert!("blocks.9.attn.hook_scores".parse::<HookPoint>().is_err());
 //! ```
 
+pub mod bench;
 pub mod error;
+pub mod finite;
 pub mod methods;
 pub mod model;
 pub mod registry;
 pub mod tasks;
+pub mod threads;
 
 pub use error::{Error, Result};
+pub use finite::check_finite;
 pub use model::{
     Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model,
     ModelConfig, Start,

@@ -57,9 +57,11 @@ fn patching_everything_reproduces_the_corrupted_run() {
     let corrupted = ld(&model, &c.corrupted, &c, Hooks::new());
     assert!((all - corrupted).abs() <= 1e-5, "{all} vs {corrupted}");
     // Caching every point runs the chains of ops in place of the fused ones (their inner
-    // points are hooked): the same figure up to float rounding.
+    // points are hooked): the same figure up to f32 rounding, which differs by product
+    // kernel (a few ulps per op over two layers: 3e-6 relative on the portable path). The
+    // fused and chained forms agree to 1e-9 in f64 (tests/gradients.rs).
     let (plain, cached) = (ld(&model, &c.clean, &c, Hooks::new()), ld(&model, &c.clean, &c, Hooks::new().cache_all()));
-    assert!((plain - cached).abs() <= 1e-6 * plain.abs().max(1.0), "{plain} vs {cached}");
+    assert!((plain - cached).abs() <= 1e-5 * plain.abs().max(1.0), "{plain} vs {cached}");
 }
 
 #[test]

@@ -47,7 +47,10 @@ fn eap_matches_exact_edge_patching() {
         let eap = edge_attribution(&model, &contrast, Method::Taylor, 0, usize::MAX).unwrap();
         let (c, i) = (contrast.correct_id, contrast.incorrect_id);
         let clean = ld(&model, &contrast.clean, c, i, Hooks::new());
-        let mut cache: Vec<HookPoint> = vec![HookPoint::Embed, HookPoint::PosEmbed];
+        let mut cache: Vec<HookPoint> = vec![HookPoint::Embed];
+        if HookPoint::PosEmbed.present_in(&model.config) {
+            cache.push(HookPoint::PosEmbed);
+        }
         cache.extend((0..2).flat_map(|l| [HookPoint::AttnOut(l), HookPoint::MlpOut(l)]));
         let runs = model.forward(&contrast.batch().unwrap(), &Hooks::new().cache(cache)).unwrap();
         let delta = |p: HookPoint| {

@@ -80,12 +80,14 @@ fn ioi_prefers_mary_by_the_reference_margin() {
 }
 
 /// Every linear weight of the GGUF is Q4_1 and has an exact Q4_1 copy; running on the copies
-/// gives the same logits and gradients, bit for bit, as running on the f32 weights.
+/// gives the same logits and gradients, bit for bit, as running on the f32 weights. On the
+/// portable path (no kernels to stream the copies) no copy is kept.
 #[test]
 fn q4_1_copies_give_the_f32_figures_bit_for_bit() {
     use glassbox::HookPoint;
     let model = smollm2();
-    assert_eq!(model.quantized.len(), 7 * model.config.n_layers);
+    let expected = if glassbox::bench::kernels_available() { 7 * model.config.n_layers } else { 0 };
+    assert_eq!(model.quantized.len(), expected);
     let plain = Model { quantized: Default::default(), ..model.clone() };
     let batch = model.batch(&[IOI, "The capital of France is"]).unwrap();
     let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();

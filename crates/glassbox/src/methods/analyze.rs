@@ -30,6 +30,18 @@ pub struct AnalyzeOptions {
     pub logit_lens: bool,
 }
 
+impl AnalyzeOptions {
+    /// Error unless the options are in range: steps (for integrated gradients) and the
+    /// circuit's largest size within `limits`, a target sufficiency from 0 to 1.
+    pub fn check(&self) -> crate::error::Result<()> {
+        if self.method == Method::IntegratedGradients {
+            super::check_count("the number of integration steps", self.n_steps, super::limits::N_STEPS)?;
+        }
+        super::check_number("the target sufficiency", self.target, 0.0, 1.0)?;
+        super::check_count("the most heads of the circuit", self.max_heads, super::limits::MAX_HEADS)
+    }
+}
+
 impl Default for AnalyzeOptions {
     fn default() -> Self {
         AnalyzeOptions {
@@ -66,6 +78,7 @@ pub struct Analysis {
 }
 
 pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Result<Analysis> {
+    opts.check()?;
     // The attribution's clean and corrupted runs also give the evaluator its clean residual
     // stream and resample values, so those runs are not repeated.
     let resample = opts.ablation == Ablation::Resample;
@@ -145,9 +158,9 @@ pub fn analyze_set(
 ) -> Result<SetAnalysis> {
     let cfg = &model.config;
     let n = contrasts.len();
-    if n == 0 {
-        return Err(crate::error::Error::Invalid("the prompt set is empty".into()));
-    }
+    super::check_count("the number of prompts", n, super::limits::N_PROMPTS)?;
+    super::check_count("the number of bootstrap resamples", n_boot, super::limits::N_BOOT)?;
+    opts.check()?;
     let mut sum = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
     let (mut clean, mut corrupted) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for (i, c) in contrasts.iter().enumerate() {

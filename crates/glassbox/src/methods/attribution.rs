@@ -188,6 +188,10 @@ pub(crate) fn attribute_caching(
     n_steps: usize,
     extra: &[HookPoint],
 ) -> Result<(Attribution, Option<Runs>)> {
+    contrast.check(model)?;
+    if method == Method::IntegratedGradients {
+        super::check_count("the number of integration steps", n_steps, super::limits::N_STEPS)?;
+    }
     let layers = model.config.n_layers;
     let points: Vec<HookPoint> = (0..layers).map(|l| component.point(l)).collect();
     let batch = contrast.batch()?;

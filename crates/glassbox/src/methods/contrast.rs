@@ -21,8 +21,11 @@ pub struct Contrast {
     pub incorrect_id: u32,
 }
 
-/// Swaps the whole-word occurrences of `a` and `b` in `text`.
+/// Swaps the whole-word occurrences of `a` and `b` in `text`. An empty word matches nothing.
 pub fn swap_words(text: &str, a: &str, b: &str) -> String {
+    if a.is_empty() || b.is_empty() {
+        return text.to_string();
+    }
     let is_word = |c: char| c.is_alphanumeric() || c == '_';
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
@@ -48,6 +51,18 @@ pub fn swap_words(text: &str, a: &str, b: &str) -> String {
     out
 }
 
+/// The token ids of two answers, each one token, and different: the logit difference of an
+/// answer with itself is 0 and every figure normalised by it would be meaningless.
+pub fn answer_pair(model: &Model, correct: &str, incorrect: &str) -> Result<(u32, u32)> {
+    let (c, i) = (model.answer_token(correct)?, model.answer_token(incorrect)?);
+    if c == i {
+        return Err(Error::Invalid(format!(
+            "the correct answer {correct:?} and the incorrect answer {incorrect:?} are the same token ({c}); give two different answers"
+        )));
+    }
+    Ok((c, i))
+}
+
 impl Contrast {
     /// Hooks for a run that only reads this contrast's logit difference: the unembedding of the
     /// two answer tokens at the last position, not the whole vocabulary.
@@ -59,14 +74,19 @@ impl Contrast {
     /// words in the prompt (both must occur in it). Errors when an answer is not one token or
     /// the two prompts tokenize to different lengths.
     pub fn new(model: &Model, prompt: &str, correct: &str, incorrect: &str, corrupted: Option<&str>) -> Result<Self> {
-        let correct_id = model.answer_token(correct)?;
-        let incorrect_id = model.answer_token(incorrect)?;
+        let (correct_id, incorrect_id) = answer_pair(model, correct, incorrect)?;
         let (corrupted_prompt, corruption) = match corrupted {
             Some(c) => (c.to_string(), "given"),
             None => {
                 let (a, b) = (correct.trim(), incorrect.trim());
+                if a.is_empty() || b.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "cannot build a corrupted prompt by swapping the answers' words: {:?} is only whitespace; pass --corrupted",
+                        if a.is_empty() { correct } else { incorrect }
+                    )));
+                }
                 let swapped = swap_words(prompt, a, b);
-                if a.is_empty() || b.is_empty() || swapped == prompt {
+                if swapped == prompt {
                     return Err(Error::Invalid(format!(
                         "cannot build a corrupted prompt by name swap: {a:?} and {b:?} do not occur as words in the prompt; pass --corrupted"
                     )));
@@ -76,6 +96,11 @@ impl Contrast {
         };
         let clean = model.tokenize(prompt)?;
         let corrupted = model.tokenize(&corrupted_prompt)?;
+        if clean == corrupted {
+            return Err(Error::Invalid(format!(
+                "the corrupted prompt {corrupted_prompt:?} gives the same tokens as the clean prompt, so there is nothing to attribute; give a corrupted prompt that differs"
+            )));
+        }
         if clean.len() != corrupted.len() {
             return Err(Error::Invalid(format!(
                 "the clean prompt is {} tokens and the corrupted prompt {:?} is {}; position-aligned methods need equal lengths (choose a corruption that keeps the token count)",
@@ -95,6 +120,28 @@ impl Contrast {
             correct_id,
             incorrect_id,
         })
+    }
+
+    /// Error unless the contrast is one the methods can run: two prompts of the same length
+    /// in the model's vocabulary that differ, and two different answers (the fields are public,
+    /// so a contrast may not come from `new`).
+    pub fn check(&self, model: &Model) -> Result<()> {
+        super::check_answers(model, &self.clean, self.correct_id, self.incorrect_id)?;
+        super::check_answers(model, &self.corrupted, self.correct_id, self.incorrect_id)?;
+        if self.clean.len() != self.corrupted.len() {
+            return Err(Error::Invalid(format!(
+                "the clean prompt is {} tokens and the corrupted one {}; position-aligned methods need equal lengths",
+                self.clean.len(),
+                self.corrupted.len()
+            )));
+        }
+        if self.clean.len() > model.config.n_ctx {
+            return Err(Error::PromptTooLong { n_tokens: self.clean.len(), max: model.config.n_ctx });
+        }
+        if self.clean == self.corrupted {
+            return Err(Error::Invalid("the corrupted prompt gives the same tokens as the clean one; there is nothing to attribute".into()));
+        }
+        Ok(())
     }
 
     /// The batch `[clean, corrupted]`.

@@ -200,9 +200,16 @@ fn sender_outputs(model: &Model, out: &crate::model::ForwardOutput) -> Result<Ve
 /// Edge attribution patching of every edge; `method`: `Taylor` (EAP) or
 /// `IntegratedGradients` (EAP-IG with `n_steps`).
 pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_steps: usize, top_k: usize) -> Result<EdgeAttribution> {
+    contrast.check(model)?;
+    if method == Method::IntegratedGradients {
+        super::check_count("the number of integration steps", n_steps, super::limits::N_STEPS)?;
+    }
     let c = &model.config;
     let layers = c.n_layers;
-    let mut cache = vec![HookPoint::Embed, HookPoint::PosEmbed];
+    let mut cache = vec![HookPoint::Embed];
+    if HookPoint::PosEmbed.present_in(c) {
+        cache.push(HookPoint::PosEmbed);
+    }
     for l in 0..layers {
         cache.extend([HookPoint::Z(l), HookPoint::MlpOut(l), HookPoint::Ln1Normalized(l), HookPoint::Ln1Scale(l)]);
     }

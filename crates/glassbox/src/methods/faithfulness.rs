@@ -155,6 +155,7 @@ impl<'a> CircuitEvaluator<'a> {
         let points = Self::run_points(layers);
         let mut prompts = Vec::with_capacity(contrasts.len());
         for contrast in contrasts {
+            contrast.check(model)?;
             let set: Vec<Vec<u32>> = match (ablation, mean_set) {
                 (Ablation::Mean, Some(s)) => {
                     if s.iter().any(|t| t.len() != contrast.n_pos()) {

@@ -58,6 +58,7 @@ fn scalar(t: &Tensor) -> Result<f32> {
 
 /// Logit lens and direct effects of one prompt (`tokens`, with BOS where the model wants it).
 pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, top_k: usize) -> Result<LogitLens> {
+    super::check_answers(model, tokens, correct, incorrect)?;
     let cfg = &model.config;
     let w = &model.weights;
     let layers = cfg.n_layers;

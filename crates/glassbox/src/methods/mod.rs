@@ -77,6 +77,60 @@ pub(crate) fn sum_in_order(chunks: impl IntoIterator<Item = Result<Vec<Tensor>>>
     Ok(sums)
 }
 
+/// Bounds on the arguments that set how much work a method does, so that no single argument
+/// can ask for unbounded time or memory. The README's "Limits" section lists them.
+pub mod limits {
+    use std::ops::RangeInclusive;
+    /// Integration steps of integrated gradients (attribution, token attribution, EAP-IG).
+    pub const N_STEPS: RangeInclusive<usize> = 1..=1000;
+    /// Random corruptions of attribution stability.
+    pub const N_CORRUPTIONS: RangeInclusive<usize> = 2..=1000;
+    /// Bootstrap resamples.
+    pub const N_BOOT: RangeInclusive<usize> = 1..=100_000;
+    /// Prompts in a generated task set (analyze, scrubbing).
+    pub const N_PROMPTS: RangeInclusive<usize> = 1..=10_000;
+    /// Heads in a circuit search.
+    pub const MAX_HEADS: RangeInclusive<usize> = 1..=100_000;
+}
+
+/// Error unless `value` of the argument `what` is in `range`.
+pub(crate) fn check_count(what: &str, value: usize, range: std::ops::RangeInclusive<usize>) -> Result<()> {
+    if !range.contains(&value) {
+        return Err(crate::error::Error::Invalid(format!(
+            "{what} is {value}; it must be from {} to {}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(())
+}
+
+/// Error unless `value` of the argument `what` is a number from `lo` to `hi`.
+pub(crate) fn check_number(what: &str, value: f32, lo: f32, hi: f32) -> Result<()> {
+    if !(value.is_finite() && value >= lo && value <= hi) {
+        return Err(crate::error::Error::Invalid(format!("{what} is {value}; it must be a number from {lo} to {hi}")));
+    }
+    Ok(())
+}
+
+/// Error unless `correct` and `incorrect` are two different tokens of the model's vocabulary
+/// and `tokens` a prompt of it.
+pub(crate) fn check_answers(model: &crate::model::Model, tokens: &[u32], correct: u32, incorrect: u32) -> Result<()> {
+    let v = model.config.d_vocab;
+    if let Some(&t) = tokens.iter().chain([&correct, &incorrect]).find(|&&t| t as usize >= v) {
+        return Err(crate::error::Error::Invalid(format!("token id {t} is outside the vocabulary of {v} tokens")));
+    }
+    if tokens.is_empty() {
+        return Err(crate::error::Error::EmptyPrompt);
+    }
+    if correct == incorrect {
+        return Err(crate::error::Error::Invalid(format!(
+            "the correct and incorrect answers are the same token ({correct}); give two different answers"
+        )));
+    }
+    Ok(())
+}
+
 /// Indices of `values` by decreasing absolute value.
 pub(crate) fn order_by_magnitude(values: &[f32]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();

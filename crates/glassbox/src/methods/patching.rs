@@ -42,6 +42,7 @@ pub struct Patching {
 
 /// Exact patching of every head (and every MLP) in `direction`.
 pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) -> Result<Patching> {
+    contrast.check(model)?;
     let cfg = &model.config;
     let (layers, heads) = (cfg.n_layers, cfg.n_heads);
     let (base_row, source_row) = match direction {

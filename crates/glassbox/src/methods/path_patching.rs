@@ -56,6 +56,7 @@ pub struct PathPatching {
 
 /// Path patching from each of `senders` (all heads before the receiver when `None`).
 pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver, senders: Option<&[Head]>) -> Result<PathPatching> {
+    contrast.check(model)?;
     let cfg = &model.config;
     let layers = cfg.n_layers;
     let recv_layer = match receiver {

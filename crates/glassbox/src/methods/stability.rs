@@ -75,9 +75,9 @@ pub fn attribution_stability(
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Stability> {
-    if n_corruptions < 2 {
-        return Err(Error::Invalid("attribution stability needs at least 2 corruptions".into()));
-    }
+    super::check_answers(model, tokens, correct, incorrect)?;
+    super::check_count("the number of corruptions", n_corruptions, super::limits::N_CORRUPTIONS)?;
+    super::check_number("the corruption probability p", p, 0.0, 1.0)?;
     let cfg = &model.config;
     let first = usize::from(model.tokenizer.bos().is_some_and(|b| tokens.first() == Some(&b)));
     if tokens.len() <= first {
@@ -124,7 +124,12 @@ pub fn attribution_stability(
             }
         }
     }
-    let rank_consistency = taus.iter().sum::<f32>() / taus.len().max(1) as f32;
+    if taus.is_empty() {
+        return Err(Error::Invalid(
+            "the attributions rank no head above another under any corruption (all ties), so their rank consistency is undefined; try a larger p or other answers".into(),
+        ));
+    }
+    let rank_consistency = taus.iter().sum::<f32>() / taus.len() as f32;
     let stability = per_head.chunks(cfg.n_heads).map(|c| c.iter().map(|h| h.stability).collect()).collect();
     let mut top = per_head;
     top.sort_by(|a, b| (b.mean.abs() * b.stability).total_cmp(&(a.mean.abs() * a.stability)));

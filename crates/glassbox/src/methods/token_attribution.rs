@@ -58,6 +58,13 @@ pub fn token_attribution(
     incorrect: u32,
     ig: Option<(usize, Baseline)>,
 ) -> Result<TokenAttribution> {
+    super::check_answers(model, tokens, correct, incorrect)?;
+    if let Some((n_steps, baseline)) = &ig {
+        super::check_count("the number of integration steps", *n_steps, super::limits::N_STEPS)?;
+        if let Baseline::Token(t) = baseline {
+            super::check_answers(model, &[*t], correct, incorrect)?;
+        }
+    }
     let batch = Batch::new(&[tokens.to_vec()])?;
     let learned_pos = matches!(model.config.positions, Positions::Learned { .. });
     let mut taps = vec![HookPoint::Embed];

@@ -104,6 +104,30 @@ pub struct Variants {
     pub moe: Option<Moe>,
 }
 
+/// The largest model glassbox accepts, so that sizes from a file cannot ask for absurd memory
+/// or overflow: far beyond any released model.
+pub struct Limits {
+    pub layers: usize,
+    /// d_model, d_head, d_mlp.
+    pub width: usize,
+    pub heads: usize,
+    pub vocab: usize,
+    pub context: usize,
+    pub experts: usize,
+    /// Elements of one weight matrix.
+    pub elements: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    layers: 1024,
+    width: 1 << 18,
+    heads: 1024,
+    vocab: 1 << 22,
+    context: 1 << 24,
+    experts: 1024,
+    elements: 1 << 36,
+};
+
 /// Everything the forward pass needs to know about a model's shape and components.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -142,18 +166,44 @@ impl ModelConfig {
     }
 
     /// Checks the invariants the forward relies on; loaders call this before building a model.
+    /// Every size is within `LIMITS`, every product of sizes the loader or forward computes
+    /// fits, and every number that enters the arithmetic is finite and in its domain (a norm
+    /// epsilon ≤ 0 or a rotary base ≤ 0 would give NaN).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Invalid(format!("model config: {what}")));
-        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_head == 0 {
+        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_head == 0 || self.d_mlp == 0 || self.d_vocab == 0 || self.n_ctx == 0 {
             return bad(format!(
-                "layers ({}), d_model ({}), heads ({}) and d_head ({}) must be positive",
-                self.n_layers, self.d_model, self.n_heads, self.d_head
+                "layers ({}), d_model ({}), heads ({}), d_head ({}), d_mlp ({}), vocabulary ({}) and context ({}) must be positive",
+                self.n_layers, self.d_model, self.n_heads, self.d_head, self.d_mlp, self.d_vocab, self.n_ctx
             ));
+        }
+        for (what, value, max) in [
+            ("layers", self.n_layers, LIMITS.layers),
+            ("d_model", self.d_model, LIMITS.width),
+            ("heads", self.n_heads, LIMITS.heads),
+            ("d_head", self.d_head, LIMITS.width),
+            ("d_mlp", self.d_mlp, LIMITS.width),
+            ("vocabulary", self.d_vocab, LIMITS.vocab),
+            ("context", self.n_ctx, LIMITS.context),
+        ] {
+            if value > max {
+                return bad(format!("{what} is {value}; glassbox takes at most {max}"));
+            }
         }
         if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return bad(format!(
                 "{} query heads cannot be grouped over {} key/value heads",
                 self.n_heads, self.n_kv_heads
+            ));
+        }
+        // Products the loader and the forward compute (q/k/v rows, fused qkv, tables).
+        let rows = self.n_heads.checked_mul(self.d_head).and_then(|q| q.checked_mul(3));
+        let table = self.d_vocab.checked_mul(self.d_model);
+        let mlp = self.d_mlp.checked_mul(self.d_model);
+        if rows.is_none_or(|r| r > LIMITS.width * 64) || table.is_none_or(|t| t > LIMITS.elements) || mlp.is_none_or(|m| m > LIMITS.elements) {
+            return bad(format!(
+                "{} heads × d_head {}, vocabulary {} × d_model {} or d_mlp {} × d_model are too large",
+                self.n_heads, self.d_head, self.d_vocab, self.d_model, self.d_mlp
             ));
         }
         if self.layers.len() != self.n_layers {
@@ -164,8 +214,8 @@ impl ModelConfig {
             ));
         }
         if let Some(m) = self.variants.moe {
-            if m.top_k == 0 || m.top_k > m.n_experts {
-                return bad(format!("top-{} routing over {} experts", m.top_k, m.n_experts));
+            if m.top_k == 0 || m.top_k > m.n_experts || m.n_experts > LIMITS.experts {
+                return bad(format!("top-{} routing over {} experts (at most {})", m.top_k, m.n_experts, LIMITS.experts));
             }
         }
         if let Positions::Rotary(r) = self.positions {
@@ -174,6 +224,24 @@ impl ModelConfig {
                     "rotary dimension {} must be even and within d_head {}",
                     r.dim, self.d_head
                 ));
+            }
+            if let Some(la) = self.layers.iter().find(|la| !(la.rope_base.is_finite() && la.rope_base > 0.0)) {
+                return bad(format!("rotary base {} must be a positive number", la.rope_base));
+            }
+        }
+        if let Some(w) = self.layers.iter().find_map(|la| la.sliding_window.filter(|&w| w == 0)) {
+            return bad(format!("a sliding window of {w} keys; a window holds at least one"));
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.norm.eps) {
+            return bad(format!("norm epsilon {} must be a positive number", self.norm.eps));
+        }
+        if !positive(self.attn_scale) {
+            return bad(format!("attention scale {} must be a positive number (query_pre_attn_scalar > 0)", self.attn_scale));
+        }
+        for (what, cap) in [("attention soft-cap", self.variants.attn_softcap), ("final soft-cap", self.variants.final_softcap), ("embedding scale", self.embed_scale)] {
+            if let Some(c) = cap.filter(|&c| !positive(c)) {
+                return bad(format!("{what} {c} must be a positive number"));
             }
         }
         Ok(())

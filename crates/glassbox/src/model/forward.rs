@@ -260,6 +260,7 @@ impl Model {
         if let Some(c) = cfg.variants.final_softcap {
             logits = ((logits / c)?.tanh()? * c)?;
         }
+        check_finite_logits(&logits)?;
 
         Ok(ForwardOutput {
             logits,
@@ -478,6 +479,19 @@ impl Model {
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         linear_q(x, w, self.quantized.get(w), b)
     }
+}
+
+/// Error when any logit is NaN or infinite: a figure computed from it would be meaningless
+/// (finite weights can still overflow, e.g. through an intervention that adds a huge vector).
+fn check_finite_logits(logits: &Tensor) -> Result<()> {
+    // x · 0 is 0 for a finite x and NaN otherwise; a sum keeps a NaN.
+    let probe = (logits.detach() * 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if probe != 0.0 {
+        return Err(Error::NonFinite(
+            "the model's logits are not finite (NaN or infinite): an intervention or the weights push the activations beyond float range".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A norm's normalisation with its two hooks: the scale (before it divides) and the result.

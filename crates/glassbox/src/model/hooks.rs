@@ -146,7 +146,7 @@ impl HookPoint {
         v
     }
 
-    /// Error unless this point exists in a model of config `cfg`.
+    /// Error unless this point exists in a model of config `cfg` (see `present_in`).
     pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
         if let Some(l) = self.layer() {
             cfg.check_layer(l)?;
@@ -157,29 +157,45 @@ impl HookPoint {
                 return Err(Error::Invalid(format!("{self}: this model has {n} experts per layer")));
             }
         }
+        if !self.present_in(cfg) {
+            return Err(Error::Invalid(format!(
+                "{self} does not exist in this model ({}); run `glassbox hooks` to list its hook points",
+                self.absent_because(cfg)
+            )));
+        }
         Ok(())
     }
 
-    /// The hook points a model of config `cfg` has, in forward order: without the rotary
-    /// points for models without rotary, the position embedding for models without learned
-    /// positions, the up projection for ungated MLPs, and the MLP's inner points or the
-    /// router's by whether it is a mixture of experts.
-    pub fn all_for(cfg: &ModelConfig) -> Vec<HookPoint> {
+    /// Whether a model of config `cfg` has this kind of point: the rotary points need rotary
+    /// positions, the position embedding learned ones, the up projection a gated MLP, the
+    /// MLP's inner points a dense MLP and the router's a mixture of experts.
+    pub fn present_in(&self, cfg: &ModelConfig) -> bool {
         use crate::model::config::Positions;
-        let rotary = matches!(cfg.positions, Positions::Rotary(_));
-        let learned = matches!(cfg.positions, Positions::Learned { .. });
         let moe = cfg.variants.moe.is_some();
-        let mut v: Vec<HookPoint> = Self::all(cfg.n_layers)
-            .into_iter()
-            .filter(|p| match p {
-                HookPoint::PosEmbed => learned,
-                HookPoint::RotQ(_) | HookPoint::RotK(_) => rotary,
-                HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe,
-                HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe,
-                HookPoint::RouterLogits(_) | HookPoint::ExpertWeights(_) => moe,
-                _ => true,
-            })
-            .collect();
+        match self {
+            HookPoint::PosEmbed => matches!(cfg.positions, Positions::Learned { .. }),
+            HookPoint::RotQ(_) | HookPoint::RotK(_) => matches!(cfg.positions, Positions::Rotary(_)),
+            HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe,
+            HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe,
+            HookPoint::RouterLogits(_) | HookPoint::ExpertWeights(_) | HookPoint::ExpertOut(..) => moe,
+            _ => true,
+        }
+    }
+
+    fn absent_because(&self, cfg: &ModelConfig) -> &'static str {
+        match self {
+            HookPoint::PosEmbed => "it has no learned position embedding",
+            HookPoint::RotQ(_) | HookPoint::RotK(_) => "it has no rotary embedding",
+            HookPoint::MlpPreLinear(_) if cfg.variants.moe.is_none() => "its MLP is not gated",
+            HookPoint::MlpPre(_) | HookPoint::MlpPost(_) | HookPoint::MlpPreLinear(_) => "its MLP is a mixture of experts; use the router and expert hooks",
+            _ => "it has no mixture of experts",
+        }
+    }
+
+    /// The hook points a model of config `cfg` has, in forward order (`present_in`), with
+    /// each expert's output before the MLP output in mixture-of-experts layers.
+    pub fn all_for(cfg: &ModelConfig) -> Vec<HookPoint> {
+        let mut v: Vec<HookPoint> = Self::all(cfg.n_layers).into_iter().filter(|p| p.present_in(cfg)).collect();
         if let Some(m) = cfg.variants.moe {
             for l in 0..cfg.n_layers {
                 let at = v.iter().position(|p| *p == HookPoint::MlpOut(l)).unwrap_or(v.len());

@@ -12,8 +12,15 @@ pub fn preferred(m: usize, n: usize) -> bool {
     available() && (m <= 32 || (m <= 256 && n <= 8192))
 }
 
-/// Whether the kernels can run on this CPU (AVX2, FMA, F16C).
+/// Whether the kernels run: the CPU has AVX2, FMA and F16C, and `GLASSBOX_KERNELS` is not
+/// `portable` (which runs candle's portable products everywhere, as on CPUs without them;
+/// `.ci/run` runs the test suite both ways).
 pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| cpu_has_kernels() && std::env::var("GLASSBOX_KERNELS").as_deref() != Ok("portable"))
+}
+
+fn cpu_has_kernels() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
@@ -25,7 +32,7 @@ pub fn available() -> bool {
 }
 
 fn threads() -> usize {
-    rayon::current_num_threads().max(1)
+    crate::threads::kernel_threads()
 }
 
 /// Streams of work running at once under `concurrently`.
@@ -98,7 +105,7 @@ fn pool() -> &'static rayon::ThreadPool {
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (both row-major). Requires `available()`.
 pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    assert!(available() && x.len() == m * k && w.len() == n * k);
+    assert!(cpu_has_kernels() && x.len() == m * k && w.len() == n * k);
     by_columns(m, n, &|j0, j1, y| {
         // Safety: every part writes only columns j0..j1 of y.
         #[cfg(target_arch = "x86_64")]
@@ -176,7 +183,7 @@ pub fn for_ranges(n: usize, min: usize, f: &(dyn Fn(usize, usize) + Sync)) {
 /// `out[i] = exp(−x[i])`, eight at a time (Cephes' polynomial: relative error below 2ε; inputs
 /// are clamped to [−88, 87], which changes no sigmoid or SiLU in f32). Requires `available()`.
 pub fn exp_neg(x: &[f32], out: &mut [f32]) {
-    assert!(available() && out.len() == x.len());
+    assert!(cpu_has_kernels() && out.len() == x.len());
     // Safety: `out` holds as many floats as `x`.
     #[cfg(target_arch = "x86_64")]
     unsafe {
@@ -186,7 +193,7 @@ pub fn exp_neg(x: &[f32], out: &mut [f32]) {
 
 /// `dx[m, k] = g[m, n] · w[n, k]` (both row-major). Requires `available()`.
 pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    assert!(available() && g.len() == m * n && w.len() == n * k);
+    assert!(cpu_has_kernels() && g.len() == m * n && w.len() == n * k);
     by_rows(m, n, k, &|j0, j1, acc| {
         #[cfg(target_arch = "x86_64")]
         // Safety: acc is this part's own m×k buffer; g and w are read-only.
@@ -200,12 +207,24 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 /// each row is `cols / 32` blocks of 20 bytes.
 #[derive(Debug)]
 pub struct Q41 {
-    pub rows: usize,
-    pub cols: usize,
-    pub blocks: Vec<u8>,
+    rows: usize,
+    cols: usize,
+    blocks: Vec<u8>,
 }
 
 impl Q41 {
+    /// The blocks of a `rows × cols` weight, or `None` unless `cols` is a multiple of 32 and
+    /// `blocks` holds exactly `rows` rows of `cols / 32` blocks (the products read them all).
+    pub fn new(rows: usize, cols: usize, blocks: Vec<u8>) -> Option<Q41> {
+        let size = rows.checked_mul(cols / 32)?.checked_mul(20)?;
+        (cols % 32 == 0 && blocks.len() == size).then_some(Q41 { rows, cols, blocks })
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
     pub fn row_bytes(&self) -> usize {
         self.cols / 32 * 20
     }
@@ -213,7 +232,11 @@ impl Q41 {
     /// The rows reordered as `load::unpermute_rows` reorders a Q or K projection of `n_heads`
     /// heads (llama.cpp's interleaved-rotary permutation undone): new row `(h, a, b)` is old
     /// row `(h, b, a)` over `[n_heads, 2, d_head / 2]`.
-    pub fn unpermute_rows(&self, n_heads: usize) -> Q41 {
+    /// `None` unless the rows split into `n_heads` heads of an even size.
+    pub fn unpermute_rows(&self, n_heads: usize) -> Option<Q41> {
+        if n_heads == 0 || self.rows % n_heads != 0 || (self.rows / n_heads) % 2 != 0 {
+            return None;
+        }
         let d_head = self.rows / n_heads;
         let half = d_head / 2;
         let rb = self.row_bytes();
@@ -226,10 +249,11 @@ impl Q41 {
                 }
             }
         }
-        Q41 { rows: self.rows, cols: self.cols, blocks }
+        Some(Q41 { rows: self.rows, cols: self.cols, blocks })
     }
 
     /// The weights as f32, exactly as candle dequantizes them. Requires `available()`.
+    #[cfg(test)]
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
         for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
@@ -253,7 +277,7 @@ impl Q41 {
 
     /// Row `r` into `out` (`cols` floats).
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        assert!(available() && r < self.rows && out.len() == self.cols);
+        assert!(cpu_has_kernels() && r < self.rows && out.len() == self.cols);
         #[cfg(target_arch = "x86_64")]
         // Safety: row r's bytes are inside `blocks` (checked by `row_bytes`), `out` holds `cols`.
         unsafe {
@@ -266,7 +290,7 @@ impl Q41 {
 /// dequantized weight, bit for bit.
 pub fn x_wt_q41(x: &[f32], q: &Q41, m: usize) -> Vec<f32> {
     let (k, n) = (q.cols, q.rows);
-    assert!(available() && x.len() == m * k && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
+    assert!(cpu_has_kernels() && x.len() == m * k && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
     by_columns(m, n, &|j0, j1, y| {
         // Safety: every part writes only columns j0..j1 of y.
         #[cfg(target_arch = "x86_64")]
@@ -279,7 +303,7 @@ pub fn x_wt_q41(x: &[f32], q: &Q41, m: usize) -> Vec<f32> {
 /// `g_w` for a Q4_1 weight (`n = q.rows`, `k = q.cols`), bit for bit as on the dequantized one.
 pub fn g_w_q41(g: &[f32], q: &Q41, m: usize) -> Vec<f32> {
     let (n, k) = (q.rows, q.cols);
-    assert!(available() && g.len() == m * n && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
+    assert!(cpu_has_kernels() && g.len() == m * n && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
     by_rows(m, n, k, &|j0, j1, acc| {
         #[cfg(target_arch = "x86_64")]
         // Safety: acc is this part's own m×k buffer; g and q are read-only.
@@ -667,16 +691,15 @@ mod tests {
     /// bit for bit equal to the products on the dequantized weight (odd row counts, both
     /// thread splits); the row permutation equal to the loader's on the f32 weight.
     #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn q41_copies_match_the_dequantized_weight() {
         use candle_core::quantized::{GgmlDType, QTensor};
         use candle_core::{Device, Tensor};
-        if !available() {
-            return;
-        }
+        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
         for &(n, k, m) in &[(7, 64, 3), (130, 96, 15), (259, 576, 16), (12, 32, 1)] {
             let w = Tensor::from_vec(data(n * k, 5), (n, k), &Device::Cpu).unwrap();
             let qt = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-            let copy = Q41 { rows: n, cols: k, blocks: qt.data().unwrap().into_owned() };
+            let copy = Q41::new(n, k, qt.data().unwrap().into_owned()).unwrap();
             let candle = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let ours = copy.dequantize();
             assert!(candle.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits()), "dequantize {n}x{k}");
@@ -692,7 +715,7 @@ mod tests {
                 let heads = n / 4;
                 let deq = Tensor::from_vec(ours.clone(), (n, k), &Device::Cpu).unwrap();
                 let loader = crate::model::load::unpermute_rows(&deq, heads).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                assert_eq!(copy.unpermute_rows(heads).dequantize(), loader, "unpermute {n}x{k}");
+                assert_eq!(copy.unpermute_rows(heads).unwrap().dequantize(), loader, "unpermute {n}x{k}");
             }
         }
     }
@@ -700,10 +723,9 @@ mod tests {
     /// The vectorised `exp(−x)` within a relative 2ε of the exact value wherever the result is a
     /// normal float, and clamped (never NaN, never an overflow to infinity) outside.
     #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn exp_neg_is_within_two_epsilon() {
-        if !available() {
-            return;
-        }
+        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
         let x: Vec<f32> = (0..200_001).map(|i| (i as f32 - 100_000.0) / 1000.0).chain([f32::MAX, f32::MIN, 0.0, -0.0]).collect();
         let mut out = vec![0f32; x.len()];
         exp_neg(&x[..x.len() - 3], &mut out[..x.len() - 3]); // an odd length: the tail path
@@ -722,10 +744,9 @@ mod tests {
     /// Two streams at once give the products bit for bit what one stream gives (the parts are
     /// the same, run one after another), and both streams' results come back.
     #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn concurrent_streams_give_the_same_figures() {
-        if !available() {
-            return;
-        }
+        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
         let (m, n, k) = (15, 1024, 96);
         let (g, w) = (data(m * n, 3), data(n * k, 4));
         let alone = g_w(&g, &w, m, n, k);
@@ -740,10 +761,9 @@ mod tests {
     /// Both kernels against a plain triple loop (in f64), on shapes that exercise every tail:
     /// odd token rows, weight rows not a multiple of 4, widths not a multiple of 8 or 32.
     #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn kernels_match_naive_products() {
-        if !available() {
-            return;
-        }
+        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
         for &(m, k, n) in &[(1, 8, 4), (2, 37, 5), (3, 64, 130), (5, 100, 67), (15, 576, 259), (64, 33, 9), (37, 800, 13), (300, 70, 23), (9, 13, 7)] {
             let x = data(m * k, 1);
             let w = data(n * k, 2);

@@ -2,11 +2,11 @@
 
 pub mod config;
 pub mod forward;
-pub mod fused;
+pub(crate) mod fused;
 pub mod hooks;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod load;
-pub mod ops;
+pub(crate) mod ops;
 pub mod tokenizer;
 pub mod weights;
 
@@ -20,6 +20,9 @@ pub use forward::{ActivationCache, Batch, ForwardOutput, Gradients, Start};
 pub use hooks::{Action, HookPoint, Hooks, Intervention};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
+
+/// The longest prompt text accepted, in bytes (before the model's own limit in tokens).
+pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 
 /// A model ready to run: what it is, its weights, and how it reads text.
 #[derive(Clone)]
@@ -37,10 +40,10 @@ pub struct Model {
 
 /// See `Model::quantized`.
 #[derive(Clone, Default)]
-pub struct Quantized(pub std::sync::Arc<std::collections::HashMap<candle_core::TensorId, std::sync::Arc<kernels::Q41>>>);
+pub struct Quantized(pub(crate) std::sync::Arc<std::collections::HashMap<candle_core::TensorId, std::sync::Arc<kernels::Q41>>>);
 
 impl Quantized {
-    pub fn get(&self, w: &candle_core::Tensor) -> Option<&std::sync::Arc<kernels::Q41>> {
+    pub(crate) fn get(&self, w: &candle_core::Tensor) -> Option<&std::sync::Arc<kernels::Q41>> {
         self.0.get(&w.id())
     }
     pub fn len(&self) -> usize {
@@ -51,32 +54,19 @@ impl Quantized {
     }
 }
 
-/// candle parallelises large elementwise ops on a pool of spinning worker threads, separate
-/// from the rayon threads its matmul and glassbox's kernels use; on a 2-core machine the
-/// spinning workers take cores from the products (path patching ran 1.7× slower with them).
-/// Unless the user has set `CANDLE_NUM_THREADS`, glassbox sets it to 1 before candle creates
-/// that pool, so elementwise ops run on the calling thread and products get every core.
-///
-/// candle's matmul also asks for its thread count on every call and, without
-/// `RAYON_NUM_THREADS`, counts the physical cores by reading `/proc/cpuinfo` each time (2 % of
-/// a Taylor attribution, two products per layer). Unless the user has set it, glassbox sets it
-/// to the size rayon's global pool already has, which changes nothing but the reading.
-fn configure_candle_threads() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-            std::env::set_var("CANDLE_NUM_THREADS", "1");
-        }
-        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-            std::env::set_var("RAYON_NUM_THREADS", rayon::current_num_threads().to_string());
-        }
-    });
-}
-
 impl Model {
     pub fn new(name: String, config: ModelConfig, weights: Weights, tokenizer: Tokenizer) -> Result<Self> {
         config.validate()?;
-        configure_candle_threads();
+        match tokenizer.vocab_size() {
+            0 => return Err(Error::Invalid("the tokenizer's vocabulary is empty; the model's tokenizer file is damaged".into())),
+            n if n > config.d_vocab => {
+                return Err(Error::Invalid(format!(
+                    "the tokenizer has {n} tokens but the embedding only {} rows; the tokenizer does not belong to these weights",
+                    config.d_vocab
+                )))
+            }
+            _ => {}
+        }
         Ok(Model {
             name,
             config,
@@ -88,7 +78,6 @@ impl Model {
 
     /// Loads a Hugging Face model folder or a GGUF file.
     pub fn load(path: &Path) -> Result<Self> {
-        configure_candle_threads();
         load::load_path(path)
     }
 
@@ -104,6 +93,12 @@ impl Model {
     /// Token ids of a prompt (with BOS where the model wants it), checked against the
     /// model's context length.
     pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>> {
+        if prompt.len() > MAX_PROMPT_BYTES {
+            return Err(Error::PromptTooLongText { bytes: prompt.len(), max: MAX_PROMPT_BYTES });
+        }
+        if let Some(n) = self.tokenizer.min_tokens(prompt).filter(|&n| n > self.config.n_ctx) {
+            return Err(Error::PromptTooLong { n_tokens: n, max: self.config.n_ctx });
+        }
         let ids = self.tokenizer.encode(prompt)?;
         if ids.is_empty() {
             return Err(Error::EmptyPrompt);

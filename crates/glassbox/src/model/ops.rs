@@ -47,7 +47,7 @@ impl CustomOp2 for LinearNoWeightGrad {
         let out_shape = Shape::from([lead, &[n]].concat());
         if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w) {
             if let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) {
-                if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k && kernels::preferred(m, n)) {
+                if let Some(q) = self.q.as_ref().filter(|q| q.rows() == n && q.cols() == k && kernels::preferred(m, n)) {
                     let y = kernels::x_wt_q41(&xs[x0..x1], q, m);
                     return Ok((CpuStorage::F32(y), out_shape));
                 }
@@ -77,7 +77,7 @@ impl CustomOp2 for LinearNoWeightGrad {
         let m = grad.elem_count() / n.max(1);
         if grad.dtype() == DType::F32 && kernels::preferred(m, k) {
             let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(q) = self.q.as_ref().filter(|q| q.rows == n && q.cols == k) {
+            if let Some(q) = self.q.as_ref().filter(|q| q.rows() == n && q.cols() == k) {
                 let dx = kernels::g_w_q41(&g, q, m);
                 return Ok((Some(Tensor::from_vec(dx, x.shape(), grad.device())?), None));
             }

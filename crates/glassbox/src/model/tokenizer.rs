@@ -42,6 +42,8 @@ pub struct SpmBpe {
     bytes: [Option<u32>; 256],
     specials: Vec<(String, u32)>,
     add_space_prefix: bool,
+    /// The longest piece in characters: no token covers more of the text.
+    max_piece_chars: usize,
 }
 
 impl SpmBpe {
@@ -49,7 +51,12 @@ impl SpmBpe {
         self.ids.get(s).copied()
     }
 
+    /// llama.cpp's merge loop with a priority queue over adjacent pairs (O(n log n)): the
+    /// highest-scoring pair whose joined piece is in the vocabulary merges first, the leftmost
+    /// on ties; a queued pair whose sides have changed since is skipped.
     fn encode_text(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
         if text.is_empty() {
             return Ok(());
         }
@@ -57,23 +64,44 @@ impl SpmBpe {
         if self.add_space_prefix {
             t.insert(0, '\u{2581}');
         }
-        let mut syms: Vec<String> = t.chars().map(String::from).collect();
-        loop {
-            let mut best: Option<(usize, f32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                let joined = format!("{}{}", syms[i], syms[i + 1]);
-                if let Some(id) = self.piece_id(&joined) {
-                    let score = self.scores.get(id as usize).copied().unwrap_or(f32::MIN);
-                    if best.is_none_or(|(_, b)| score > b) {
-                        best = Some((i, score));
-                    }
-                }
+        // Symbols as byte ranges of `t`; `next`/`prev` link the live ones.
+        let starts: Vec<usize> = t.char_indices().map(|(i, _)| i).collect();
+        let n = starts.len();
+        let mut end: Vec<usize> = (0..n).map(|i| starts.get(i + 1).copied().unwrap_or(t.len())).collect();
+        let mut next: Vec<Option<usize>> = (0..n).map(|i| (i + 1 < n).then_some(i + 1)).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // (score, leftmost first, left symbol, right symbol, joined length in bytes)
+        let mut heap: BinaryHeap<(OrdF32, Reverse<usize>, usize, usize, usize)> = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<_>, l: usize, r: usize, end: &[usize]| {
+            if let Some(id) = self.piece_id(&t[starts[l]..end[r]]) {
+                let score = self.scores.get(id as usize).copied().unwrap_or(f32::MIN);
+                heap.push((OrdF32(score), Reverse(starts[l]), l, r, end[r] - starts[l]));
             }
-            let Some((i, _)) = best else { break };
-            let right = syms.remove(i + 1);
-            syms[i].push_str(&right);
+        };
+        for i in 0..n.saturating_sub(1) {
+            push(&mut heap, i, i + 1, &end);
         }
-        for sym in &syms {
+        while let Some((_, _, l, r, len)) = heap.pop() {
+            if !alive[l] || !alive[r] || next[l] != Some(r) || end[r] - starts[l] != len {
+                continue;
+            }
+            end[l] = end[r];
+            alive[r] = false;
+            next[l] = next[r];
+            if let Some(nr) = next[r] {
+                prev[nr] = Some(l);
+            }
+            if let Some(p) = prev[l] {
+                push(&mut heap, p, l, &end);
+            }
+            if let Some(nx) = next[l] {
+                push(&mut heap, l, nx, &end);
+            }
+        }
+        let mut i = Some(0);
+        while let Some(k) = i {
+            let sym = &t[starts[k]..end[k]];
             match self.piece_id(sym) {
                 Some(id) => out.push(id),
                 None => {
@@ -84,6 +112,7 @@ impl SpmBpe {
                     }
                 }
             }
+            i = next[k];
         }
         Ok(())
     }
@@ -122,6 +151,24 @@ impl SpmBpe {
         t.replace('\u{2581}', " ")
     }
 }
+
+/// An f32 ordered by `total_cmp`, for the merge queue.
+#[derive(Clone, Copy, PartialEq)]
+struct OrdF32(f32);
+impl Eq for OrdF32 {}
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for OrdF32 {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+/// The largest tokenizer.json read (real ones are up to about 35 MB).
+const MAX_TOKENIZER_JSON_BYTES: u64 = 512 << 20;
 
 fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
@@ -188,7 +235,8 @@ impl Tokenizer {
                 reason: "tokenizer.json is missing from the model folder".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Corrupt {
+        let text = crate::model::load::read_json_text(path, MAX_TOKENIZER_JSON_BYTES)?;
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
             detail: format!("not a tokenizer.json ({e})"),
         })?;
@@ -292,9 +340,10 @@ impl Tokenizer {
             ids.entry(t.clone()).or_insert(i as u32);
         }
         let add_space_prefix = matches!(content.metadata.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(true)));
+        let max_piece_chars = tokens.iter().map(|t| t.chars().count()).max().unwrap_or(0).max(1);
         let add_bos = !matches!(content.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(false)));
         Ok(Tokenizer {
-            inner: Backend::Spm(Box::new(SpmBpe { tokens, scores, ids, bytes, specials, add_space_prefix })),
+            inner: Backend::Spm(Box::new(SpmBpe { tokens, scores, ids, bytes, specials, add_space_prefix, max_piece_chars })),
             prepend_bos: if add_bos { meta_u32(content, "tokenizer.ggml.bos_token_id") } else { None },
         })
     }
@@ -359,6 +408,17 @@ impl Tokenizer {
         self.prepend_bos
     }
 
+    /// A lower bound on the tokens `encode` gives for `text`, where one is known without
+    /// tokenizing (SentencePiece: no piece covers more characters than the longest in the
+    /// vocabulary), so an overlong text is refused before the work.
+    pub fn min_tokens(&self, text: &str) -> Option<usize> {
+        match &self.inner {
+            Backend::Hf(_) => None,
+            Backend::Spm(t) => Some(text.chars().count().div_ceil(t.max_piece_chars)),
+        }
+    }
+
+    /// The number of tokens in the vocabulary (added tokens included).
     pub fn vocab_size(&self) -> usize {
         match &self.inner {
             Backend::Hf(t) => t.get_vocab_size(true),

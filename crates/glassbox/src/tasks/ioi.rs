@@ -77,6 +77,7 @@ fn fill(t: &str, a: &str, b: &str, place: &str, object: &str) -> String {
 
 /// `n` IOI prompts (half ABBA, half BABA), seeded.
 pub fn generate(model: &Model, n: usize, seed: u64, corruption: Corruption) -> Result<Vec<IoiPrompt>> {
+    crate::methods::check_count("the number of prompts", n, crate::methods::limits::N_PROMPTS)?;
     let names = single_tokens(model, NAMES);
     if names.len() < 3 {
         return Err(Error::Invalid(format!(

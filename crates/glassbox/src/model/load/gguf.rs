@@ -112,7 +112,7 @@ fn as_u64(v: &Value) -> Option<u64> {
 fn llama_config(m: &Meta) -> Result<ModelConfig> {
     let d_model = m.usize("embedding_length")?;
     let n_heads = m.usize("attention.head_count")?;
-    let n_layers = m.usize("block_count")?;
+    let n_layers = super::layer_count(m.usize("block_count")?)?;
     let d_head = m.usize_or("attention.key_length", d_model / n_heads.max(1))?;
     let rope_base = m.f64_or("rope.freq_base", 10_000.0)?;
     let d_vocab = match m.tensor_rows("token_embd.weight") {
@@ -199,32 +199,32 @@ impl TensorSource for GgufSource {
     fn contains(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.content.tensor_infos.get(name).map(|t| t.shape.dims().to_vec())
+    }
     fn load(&mut self, name: &str) -> Result<Tensor> {
         let q = self
             .content
             .tensor(&mut self.reader, name, &Device::Cpu)
             .map_err(|e| Error::Corrupt {
                 path: self.path.clone(),
-                detail: format!("tensor `{name}`: {e}"),
+                detail: format!("tensor `{}`: {e}", super::gguf_header::printable(name)),
             })?;
         if q.dtype() == GgmlDType::Q4_1 {
             if let Ok((rows, cols)) = q.shape().dims2() {
-                self.q41.insert(name.to_string(), Q41 { rows, cols, blocks: q.data()?.into_owned() });
+                if let Some(copy) = Q41::new(rows, cols, q.data()?.into_owned()) {
+                    self.q41.insert(name.to_string(), copy);
+                }
             }
         }
         Ok(q.dequantize(&Device::Cpu)?)
     }
 }
 
-/// Reads a GGUF file's header and metadata (not its tensors).
+/// Reads a GGUF file's header and metadata (not its tensors), checked against the file
+/// (`gguf_header`).
 pub fn read_content(path: &Path) -> Result<(Content, BufReader<File>)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| Error::Corrupt {
-        path: path.to_path_buf(),
-        detail: format!("unreadable GGUF header ({e})"),
-    })?;
-    Ok((content, reader))
+    super::gguf_header::read(path)
 }
 
 /// Loads a GGUF file.
@@ -307,11 +307,14 @@ fn q41_copies(mut blocks: HashMap<String, Q41>, names: &TensorNames, cfg: &Model
             let Some(mut copy) = blocks.remove(&name) else {
                 continue;
             };
-            if copy.cols % 32 != 0 || w.dims() != [copy.rows, copy.cols] {
+            if w.dims() != [copy.rows(), copy.cols()] {
                 continue;
             }
             if let Some(h) = heads {
-                copy = copy.unpermute_rows(h);
+                match copy.unpermute_rows(h) {
+                    Some(c) => copy = c,
+                    None => continue,
+                }
             }
             let (storage, layout) = w.storage_and_layout();
             let exact = match (&*storage, layout.contiguous_offsets()) {

@@ -116,11 +116,21 @@ impl Cfg {
             None => Ok(default),
         }
     }
-    fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.get(key).and_then(Value::as_bool).unwrap_or(default)
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            Some(v) => v.as_bool().ok_or_else(|| Error::Invalid(format!("config.json: `{key}` is not true or false: {v}"))),
+            None => Ok(default),
+        }
     }
-    fn str_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
-        self.get(key).and_then(Value::as_str).unwrap_or(default)
+    fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str> {
+        match self.get(key) {
+            Some(v) => v.as_str().ok_or_else(|| Error::Invalid(format!("config.json: `{key}` is not a string: {v}"))),
+            None => Ok(default),
+        }
+    }
+    /// An optional number (absent or null: `None`).
+    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        self.get(key).map(|_| self.f64_or(key, 0.0)).transpose()
     }
 }
 
@@ -141,9 +151,9 @@ fn activation(name: &str) -> Result<Activation> {
 fn gpt2_config(c: &Cfg) -> Result<ModelConfig> {
     let d_model = c.usize("n_embd")?;
     let n_heads = c.usize("n_head")?;
-    let n_layers = c.usize("n_layer")?;
+    let n_layers = super::layer_count(c.usize("n_layer")?)?;
     let d_head = d_model / n_heads.max(1);
-    let scale = if c.bool_or("scale_attn_weights", true) {
+    let scale = if c.bool_or("scale_attn_weights", true)? {
         1.0 / (d_head as f64).sqrt()
     } else {
         1.0
@@ -165,11 +175,11 @@ fn gpt2_config(c: &Cfg) -> Result<ModelConfig> {
         positions: Positions::Learned { offset: 0 },
         attn_scale: scale,
         mlp: MlpConfig {
-            activation: activation(c.str_or("activation_function", "gelu_new"))?,
+            activation: activation(c.str_or("activation_function", "gelu_new")?)?,
             gated: false,
         },
         parallel_block: false,
-        tied_embeddings: c.bool_or("tie_word_embeddings", true),
+        tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
         embed_scale: None,
         layers: vec![
             LayerAttention {
@@ -185,7 +195,7 @@ fn gpt2_config(c: &Cfg) -> Result<ModelConfig> {
 fn llama_config(c: &Cfg) -> Result<ModelConfig> {
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
+    let n_layers = super::layer_count(c.usize("num_hidden_layers")?)?;
     let d_head = c.usize_or("head_dim", Some(d_model / n_heads.max(1)))?;
     if let Some(s) = c.get("rope_scaling") {
         let kind = s.get("rope_type").or(s.get("type")).and_then(Value::as_str).unwrap_or("?");
@@ -217,11 +227,11 @@ fn llama_config(c: &Cfg) -> Result<ModelConfig> {
         }),
         attn_scale: 1.0 / (d_head as f64).sqrt(),
         mlp: MlpConfig {
-            activation: activation(c.str_or("hidden_act", "silu"))?,
+            activation: activation(c.str_or("hidden_act", "silu")?)?,
             gated: true,
         },
         parallel_block: false,
-        tied_embeddings: c.bool_or("tie_word_embeddings", false),
+        tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
         embed_scale: None,
         layers: windows
             .into_iter()
@@ -238,16 +248,23 @@ fn sliding_windows(c: &Cfg, n_layers: usize) -> Result<Vec<Option<usize>>> {
         Some(_) => Some(c.usize("sliding_window")?),
         None => None,
     };
+    if window == Some(0) {
+        return Err(Error::Invalid("config.json: `sliding_window` is 0; a window must hold at least one key (or be null for none)".into()));
+    }
     if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
         if types.len() != n_layers {
             return Err(Error::Invalid(format!("config.json: {} layer_types for {n_layers} layers", types.len())));
         }
-        return Ok(types
+        return types
             .iter()
-            .map(|t| if t.as_str() == Some("sliding_attention") { window } else { None })
-            .collect());
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(window),
+                Some("full_attention") => Ok(None),
+                _ => Err(Error::Invalid(format!("config.json: layer type {t} is neither \"sliding_attention\" nor \"full_attention\""))),
+            })
+            .collect();
     }
-    let used = c.arch != "qwen2" || c.bool_or("use_sliding_window", false);
+    let used = c.arch != "qwen2" || c.bool_or("use_sliding_window", false)?;
     Ok(vec![if used { window } else { None }; n_layers])
 }
 
@@ -267,17 +284,20 @@ fn mixtral_config(c: &Cfg) -> Result<ModelConfig> {
 fn gemma_config(c: &Cfg) -> Result<ModelConfig> {
     let mut cfg = llama_config(c)?;
     let v2 = c.arch != "gemma";
-    cfg.tied_embeddings = c.bool_or("tie_word_embeddings", true);
+    cfg.tied_embeddings = c.bool_or("tie_word_embeddings", true)?;
     cfg.embed_scale = Some((cfg.d_model as f64).sqrt());
-    let act = c.get("hidden_activation").or(c.get("hidden_act")).and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
+    let act = match c.get("hidden_activation") {
+        Some(_) => c.str_or("hidden_activation", "gelu_pytorch_tanh")?,
+        None => c.str_or("hidden_act", "gelu_pytorch_tanh")?,
+    };
     cfg.mlp = MlpConfig { activation: activation(act)?, gated: true };
     cfg.norm.eps = c.f64_or("rms_norm_eps", 1e-6)?;
     if v2 {
         let scalar = c.f64_or("query_pre_attn_scalar", cfg.d_head as f64)?;
         cfg.attn_scale = 1.0 / scalar.sqrt();
         cfg.variants.post_norms = true;
-        cfg.variants.attn_softcap = c.get("attn_logit_softcapping").and_then(Value::as_f64);
-        cfg.variants.final_softcap = c.get("final_logit_softcapping").and_then(Value::as_f64);
+        cfg.variants.attn_softcap = c.f64_opt("attn_logit_softcapping")?;
+        cfg.variants.final_softcap = c.f64_opt("final_logit_softcapping")?;
     }
     if c.arch.starts_with("gemma3") {
         cfg.variants.qk_norm = true;
@@ -294,7 +314,7 @@ fn gemma_config(c: &Cfg) -> Result<ModelConfig> {
 fn neox_config(c: &Cfg) -> Result<ModelConfig> {
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
+    let n_layers = super::layer_count(c.usize("num_hidden_layers")?)?;
     let d_head = d_model / n_heads.max(1);
     let pct = match c.get("partial_rotary_factor") {
         Some(_) => c.f64_or("partial_rotary_factor", 1.0)?,
@@ -320,9 +340,9 @@ fn neox_config(c: &Cfg) -> Result<ModelConfig> {
             pairing: RotaryPairing::HalfSplit,
         }),
         attn_scale: 1.0 / (d_head as f64).sqrt(),
-        mlp: MlpConfig { activation: activation(c.str_or("hidden_act", "gelu"))?, gated: false },
-        parallel_block: c.bool_or("use_parallel_residual", true),
-        tied_embeddings: c.bool_or("tie_word_embeddings", false),
+        mlp: MlpConfig { activation: activation(c.str_or("hidden_act", "gelu")?)?, gated: false },
+        parallel_block: c.bool_or("use_parallel_residual", true)?,
+        tied_embeddings: c.bool_or("tie_word_embeddings", false)?,
         embed_scale: None,
         layers: vec![LayerAttention { sliding_window: None, rope_base }; n_layers],
         variants: Default::default(),
@@ -332,13 +352,13 @@ fn neox_config(c: &Cfg) -> Result<ModelConfig> {
 fn opt_config(c: &Cfg) -> Result<ModelConfig> {
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
+    let n_layers = super::layer_count(c.usize("num_hidden_layers")?)?;
     if c.usize_or("word_embed_proj_dim", Some(d_model))? != d_model {
         return Err(Error::Invalid(
             "OPT models whose word_embed_proj_dim differs from hidden_size (project_in/out) are not supported yet".into(),
         ));
     }
-    let pre = c.bool_or("do_layer_norm_before", true);
+    let pre = c.bool_or("do_layer_norm_before", true)?;
     Ok(ModelConfig {
         architecture: "opt".into(),
         n_layers,
@@ -352,9 +372,9 @@ fn opt_config(c: &Cfg) -> Result<ModelConfig> {
         norm: NormConfig { kind: NormKind::LayerNorm, eps: 1e-5 },
         positions: Positions::Learned { offset: 2 },
         attn_scale: 1.0 / ((d_model / n_heads.max(1)) as f64).sqrt(),
-        mlp: MlpConfig { activation: activation(c.str_or("activation_function", "relu"))?, gated: false },
+        mlp: MlpConfig { activation: activation(c.str_or("activation_function", "relu")?)?, gated: false },
         parallel_block: false,
-        tied_embeddings: c.bool_or("tie_word_embeddings", true),
+        tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
         embed_scale: None,
         layers: vec![LayerAttention { sliding_window: None, rope_base: 0.0 }; n_layers],
         variants: Variants { post_ln: !pre, no_final_norm: !pre, ..Default::default() },
@@ -364,15 +384,28 @@ fn opt_config(c: &Cfg) -> Result<ModelConfig> {
 fn gptneo_config(c: &Cfg) -> Result<ModelConfig> {
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_heads")?;
-    let n_layers = c.usize("num_layers")?;
+    let n_layers = super::layer_count(c.usize("num_layers")?)?;
     let window = c.usize_or("window_size", Some(256))?;
     // attention_types: [[["global", "local"], repeats], ...]
     let mut kinds: Vec<String> = Vec::new();
-    for group in c.get("attention_types").and_then(Value::as_array).into_iter().flatten() {
-        let pattern = group.get(0).and_then(Value::as_array);
-        let times = group.get(1).and_then(Value::as_u64).unwrap_or(1);
+    let bad = |what: &str| Error::Invalid(format!("config.json: `attention_types` {what}; write [[[\"global\", \"local\"], repeats], ...]"));
+    for group in c.get("attention_types").and_then(Value::as_array).ok_or_else(|| bad("is missing or not a list"))? {
+        let pattern = group.get(0).and_then(Value::as_array).ok_or_else(|| bad("holds a group without a list of kinds"))?;
+        let pattern = pattern
+            .iter()
+            .map(|k| match k.as_str() {
+                Some(k @ ("global" | "local")) => Ok(k.to_string()),
+                _ => Err(bad(&format!("holds the kind {k}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let times = group.get(1).and_then(Value::as_u64).ok_or_else(|| bad("holds a group without a repeat count"))?;
+        // Stop as soon as the groups give more layers than the model has (a huge count
+        // would otherwise loop for ever).
         for _ in 0..times {
-            kinds.extend(pattern.into_iter().flatten().filter_map(Value::as_str).map(String::from));
+            if pattern.is_empty() || kinds.len() > n_layers {
+                break;
+            }
+            kinds.extend(pattern.iter().cloned());
         }
     }
     if kinds.len() != n_layers {
@@ -392,9 +425,9 @@ fn gptneo_config(c: &Cfg) -> Result<ModelConfig> {
         positions: Positions::Learned { offset: 0 },
         // GPT-Neo does not scale its attention scores.
         attn_scale: 1.0,
-        mlp: MlpConfig { activation: activation(c.str_or("activation_function", "gelu_new"))?, gated: false },
+        mlp: MlpConfig { activation: activation(c.str_or("activation_function", "gelu_new")?)?, gated: false },
         parallel_block: false,
-        tied_embeddings: c.bool_or("tie_word_embeddings", true),
+        tied_embeddings: c.bool_or("tie_word_embeddings", true)?,
         embed_scale: None,
         layers: kinds
             .iter()
@@ -413,10 +446,21 @@ impl TensorSource for SafetensorsSource {
     fn contains(&self, name: &str) -> bool {
         self.names.contains(name)
     }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if !self.names.contains(name) {
+            return None;
+        }
+        self.st.get(name).ok().map(|v| v.shape().to_vec())
+    }
     fn load(&mut self, name: &str) -> Result<Tensor> {
         Ok(self.st.load(name, &Device::Cpu)?)
     }
 }
+
+/// The most bytes of a config.json, of a shard index and of a safetensors header.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+const MAX_HEADER_BYTES: u64 = 100 << 20;
 
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
@@ -425,20 +469,20 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
-            path: index.clone(),
-            detail: e.to_string(),
-        })?;
-        let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Corrupt {
-            path: index.clone(),
-            detail: "no `weight_map` object".into(),
-        })?;
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(Value::as_str)
-            .map(|f| dir.join(f))
-            .collect();
+        let corrupt = |detail: String| Error::Corrupt { path: index.clone(), detail };
+        let text = super::read_json_text(&index, MAX_INDEX_BYTES)?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| corrupt("no `weight_map` object".into()))?;
+        let mut files = Vec::new();
+        for (tensor, f) in map {
+            let f = f.as_str().ok_or_else(|| corrupt(format!("the file of `{tensor}` is not a string")))?;
+            // A shard is a file in this folder: no absolute path, no `..`, no subfolder.
+            let mut parts = Path::new(f).components();
+            match (parts.next(), parts.next()) {
+                (Some(std::path::Component::Normal(name)), None) => files.push(dir.join(name)),
+                _ => return Err(corrupt(format!("the shard {f:?} of `{tensor}` is not a file name in the model folder"))),
+            }
+        }
         files.sort();
         files.dedup();
         return Ok(files);
@@ -447,6 +491,53 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         path: dir.to_path_buf(),
         reason: "no model.safetensors or model.safetensors.index.json in the folder (PyTorch .bin checkpoints are not read; convert them to safetensors)".into(),
     })
+}
+
+/// The tensor names in a safetensors file's header, each checked to appear once (a repeated
+/// name would otherwise silently replace the first).
+fn safetensors_names(path: &Path) -> Result<Vec<String>> {
+    use std::io::Read;
+    let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
+    let size = super::regular_file(path)?.len();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| corrupt("not a safetensors file: shorter than its 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER_BYTES || n > size.saturating_sub(8) {
+        return Err(corrupt(format!("not a safetensors file: its header claims {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let keys: UniqueKeys = serde_json::from_slice(&header).map_err(|e| corrupt(format!("not a safetensors header: {e}")))?;
+    Ok(keys.0.into_iter().filter(|k| k != "__metadata__").collect())
+}
+
+/// The keys of a JSON object, an error when one repeats.
+struct UniqueKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<UniqueKeys, A::Error> {
+                let mut seen = HashSet::new();
+                let mut keys = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !seen.insert(k.clone()) {
+                        return Err(serde::de::Error::custom(format!("the tensor `{}` is listed twice", super::gguf_header::printable(&k))));
+                    }
+                    keys.push(k);
+                }
+                Ok(UniqueKeys(keys))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// Loads a Hugging Face model folder.
@@ -458,7 +549,7 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
             reason: "the folder has no config.json".into(),
         });
     }
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let text = super::read_json_text(&config_path, MAX_CONFIG_BYTES)?;
     let json: Value = serde_json::from_str(&text).map_err(|e| Error::Corrupt {
         path: config_path.clone(),
         detail: e.to_string(),
@@ -492,9 +583,16 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
             detail: "the index lists no weight files".into(),
         });
     }
+    // Each tensor in one file only, listed once there.
+    let mut owner: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
     for f in &files {
-        if !f.exists() {
-            return Err(Error::io(f, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        for name in safetensors_names(f)? {
+            if let Some(first) = owner.insert(name.clone(), f) {
+                return Err(Error::Corrupt {
+                    path: f.clone(),
+                    detail: format!("the tensor `{}` is also in {}", super::gguf_header::printable(&name), first.display()),
+                });
+            }
         }
     }
     // Safety: the files are memory-mapped read-only; glassbox never writes to them, and the

@@ -3,8 +3,9 @@
 //! tensors into `Weights` through a tensor-name map (`names.rs`); `build_weights` is shared.
 
 pub mod gguf;
+mod gguf_header;
 pub mod hf;
-pub mod names;
+pub(crate) mod names;
 
 use std::io::Read;
 use std::path::Path;
@@ -23,6 +24,7 @@ pub fn load_path(path: &Path) -> Result<Model> {
     if meta.is_dir() {
         return hf::load_folder(path);
     }
+    regular_file(path)?;
     let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
@@ -40,9 +42,47 @@ pub fn load_path(path: &Path) -> Result<Model> {
     })
 }
 
+/// A layer count from a file, checked against `LIMITS` before anything is allocated per layer.
+pub(crate) fn layer_count(n: usize) -> Result<usize> {
+    let max = crate::model::config::LIMITS.layers;
+    if n == 0 || n > max {
+        return Err(Error::Invalid(format!("model config: {n} layers; glassbox takes 1 to {max}")));
+    }
+    Ok(n)
+}
+
+/// Error unless `path` is a regular file (or a link to one): a FIFO would block the reader
+/// forever, a device such as `/dev/zero` would never end.
+pub(crate) fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a folder" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(Error::NotAModel { path: path.to_path_buf(), reason: format!("it is {kind}; give a regular file") });
+    }
+    Ok(meta)
+}
+
+/// Reads a JSON file of at most `limit` bytes (config.json, tokenizer.json, a shard index).
+pub(crate) fn read_json_text(path: &Path, limit: u64) -> Result<String> {
+    let meta = regular_file(path)?;
+    if meta.len() > limit {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("it is {} bytes; a file of this kind is at most {limit} bytes", meta.len()),
+        });
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_string(&mut text))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(text)
+}
+
 /// Where `build_weights` reads tensors from: f32 tensors by name.
 pub(crate) trait TensorSource {
     fn contains(&self, name: &str) -> bool;
+    /// The stored shape (row-major), checked before the tensor is read.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
     fn load(&mut self, name: &str) -> Result<Tensor>;
 }
 
@@ -81,25 +121,46 @@ fn fetch_name(
     linear: Option<Linear>,
 ) -> Result<Option<Tensor>> {
     let name = name.to_string();
-    if !src.contains(&name) {
+    let Some(mut stored) = src.shape(&name) else {
         return if required {
             Err(Error::MissingTensor { name })
         } else {
             Ok(None)
         };
+    };
+    if linear == Some(Linear::InOut) {
+        stored.reverse();
+    }
+    if stored != shape {
+        return Err(Error::TensorShape { name, expected: shape.to_vec(), got: stored });
     }
     let mut x = src.load(&name)?.to_dtype(DType::F32)?;
     if linear == Some(Linear::InOut) {
         x = x.t()?.contiguous()?;
     }
-    if x.dims() != shape {
-        return Err(Error::TensorShape {
-            name,
-            expected: shape.to_vec(),
-            got: x.dims().to_vec(),
-        });
-    }
+    check_finite(&x, &name)?;
     Ok(Some(x))
+}
+
+/// Error naming the tensor when any of its values is NaN or infinite: such a weight would
+/// make every figure NaN.
+pub(crate) fn check_finite(x: &Tensor, name: &str) -> Result<()> {
+    let bad = {
+        let (storage, layout) = x.storage_and_layout();
+        match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => v[a..b]
+                .chunks(4096)
+                .any(|c| c.iter().fold(0u32, |acc, x| acc | u32::from(x.to_bits() & 0x7f80_0000 == 0x7f80_0000)) != 0),
+            _ => x.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.iter().any(|v| !v.is_finite()),
+        }
+    };
+    if bad {
+        return Err(Error::Invalid(format!(
+            "tensor `{}` holds NaN or infinite values; the file is damaged or was saved from a diverged model",
+            gguf_header::printable(name)
+        )));
+    }
+    Ok(())
 }
 
 fn required(x: Option<Tensor>, t: T, layer: usize) -> Result<Tensor> {
@@ -157,19 +218,13 @@ pub(crate) fn build_weights(
                 T::Req(n) | T::Opt(n) => n,
                 T::No => "(position embedding)",
             };
-            let x = if src.contains(name) {
-                src.load(name)?.to_dtype(DType::F32)?
-            } else {
-                return Err(Error::MissingTensor { name: name.into() });
-            };
-            let (rows, cols) = x.dims2()?;
-            if cols != d || rows < cfg.n_ctx + offset {
-                return Err(Error::TensorShape {
-                    name: name.into(),
-                    expected: vec![cfg.n_ctx + offset, d],
-                    got: vec![rows, cols],
-                });
+            let stored = src.shape(name).ok_or_else(|| Error::MissingTensor { name: name.into() })?;
+            let rows_needed = cfg.n_ctx.saturating_add(offset);
+            if stored.len() != 2 || stored[1] != d || stored[0] < rows_needed {
+                return Err(Error::TensorShape { name: name.into(), expected: vec![rows_needed, d], got: stored });
             }
+            let x = src.load(name)?.to_dtype(DType::F32)?;
+            check_finite(&x, name)?;
             Some(x)
         }
         _ => None,
