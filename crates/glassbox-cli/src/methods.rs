@@ -50,6 +50,13 @@ impl ContrastArgs {
     }
 }
 
+/// The result, or an error naming its first NaN or infinite figure: nothing non-finite is
+/// printed as a result.
+pub fn finite<T: Serialize>(v: T) -> Result<T> {
+    glassbox::check_finite(&v)?;
+    Ok(v)
+}
+
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -99,7 +106,7 @@ pub fn print_attribution(a: &Attribution, top: usize) {
 pub fn run_attribution(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, component: &str, top: usize, json: bool) -> Result<()> {
     let contrast = c.build(model)?;
     let method: Method = method.parse()?;
-    let a = attribute(model, &contrast, parse_component(component)?, method, n_steps)?;
+    let a = finite(attribute(model, &contrast, parse_component(component)?, method, n_steps)?)?;
     if json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -139,7 +146,7 @@ fn print_lens(model: &Model, l: &LogitLens) {
 
 pub fn run_logit_lens(model: &Model, pa: &PromptAnswers, top_k: usize, json: bool) -> Result<()> {
     let (tokens, c, i) = pa.tokens(model)?;
-    let l = logit_lens(model, &tokens, c, i, top_k)?;
+    let l = finite(logit_lens(model, &tokens, c, i, top_k)?)?;
     if json {
         return print_json(&l);
     }
@@ -173,7 +180,7 @@ pub fn run_token_attribution(model: &Model, pa: &PromptAnswers, method: &str, n_
         "integrated_gradients" | "ig" => Some((n_steps, parse_baseline(model, baseline)?)),
         other => bail!("unknown method `{other}`; use gradient_x_input or integrated_gradients"),
     };
-    let t = token_attribution(model, &tokens, c, i, ig)?;
+    let t = finite(token_attribution(model, &tokens, c, i, ig)?)?;
     if json {
         return print_json(&t);
     }
@@ -184,7 +191,7 @@ pub fn run_token_attribution(model: &Model, pa: &PromptAnswers, method: &str, n_
 pub fn run_attention(model: &Model, prompt: &str, heads: &[String], top_k: usize, json: bool) -> Result<()> {
     let tokens = model.tokenize(prompt)?;
     let chosen = heads.iter().map(|h| parse_head(h)).collect::<Result<Vec<_>>>()?;
-    let view = attention_patterns(model, &tokens, (!chosen.is_empty()).then_some(&chosen[..]), top_k, 0)?;
+    let view = finite(attention_patterns(model, &tokens, (!chosen.is_empty()).then_some(&chosen[..]), top_k, 0)?)?;
     if json {
         return print_json(&view);
     }
@@ -206,7 +213,7 @@ pub fn run_edges(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, 
         "eap-ig" | "eap_ig" | "integrated_gradients" => Method::IntegratedGradients,
         other => bail!("unknown edge method `{other}`; use eap or eap-ig"),
     };
-    let r = edge_attribution(model, &contrast, method, n_steps, top_k)?;
+    let r = finite(edge_attribution(model, &contrast, method, n_steps, top_k)?)?;
     if json {
         return print_json(&r);
     }
@@ -245,7 +252,7 @@ fn print_faithfulness(f: &glassbox::methods::faithfulness::Faithfulness, circuit
 
 pub fn run_analyze(model: &Model, c: &ContrastArgs, opts: &AnalyzeOptions, json: bool) -> Result<()> {
     let contrast = c.build(model)?;
-    let a = analyze(model, &contrast, opts)?;
+    let a = finite(analyze(model, &contrast, opts)?)?;
     if json {
         return print_json(&a);
     }
@@ -273,7 +280,7 @@ pub fn run_patch(model: &Model, c: &ContrastArgs, direction: &str, top: usize, j
         "into_corrupted" => Direction::IntoCorrupted,
         o => bail!("unknown direction `{o}`; use into_clean or into_corrupted"),
     };
-    let p = exact_patching(model, &contrast, direction)?;
+    let p = finite(exact_patching(model, &contrast, direction)?)?;
     if json {
         return print_json(&p);
     }
@@ -312,7 +319,7 @@ pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, s
         bar.set_position(done as u64);
         bar.set_message(stage.to_string());
     };
-    let a = glassbox::methods::analyze::analyze_set(model, &contrasts, opts, n_boot, seed, &mut progress)?;
+    let a = finite(glassbox::methods::analyze::analyze_set(model, &contrasts, opts, n_boot, seed, &mut progress)?)?;
     bar.finish_and_clear();
     if json {
         return print_json(&a);
@@ -341,7 +348,7 @@ pub fn run_stability(model: &Model, pa: &PromptAnswers, k: usize, p: f32, seed: 
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let s = glassbox::methods::stability::attribution_stability(model, &tokens, c, i, k, p, seed, &mut progress)?;
+    let s = finite(glassbox::methods::stability::attribution_stability(model, &tokens, c, i, k, p, seed, &mut progress)?)?;
     bar.finish_and_clear();
     if json {
         return print_json(&s);
@@ -371,7 +378,7 @@ fn parse_receiver(s: &str) -> Result<glassbox::methods::path_patching::PathRecei
 
 pub fn run_path_patch(model: &Model, c: &ContrastArgs, receiver: &str, top: usize, json: bool) -> Result<()> {
     let contrast = c.build(model)?;
-    let r = glassbox::methods::path_patching::path_patching(model, &contrast, parse_receiver(receiver)?, None)?;
+    let r = finite(glassbox::methods::path_patching::path_patching(model, &contrast, parse_receiver(receiver)?, None)?)?;
     if json {
         return print_json(&r);
     }
@@ -397,7 +404,7 @@ pub fn run_scrub(model: &Model, hypothesis: &str, n: usize, seed: u64, json: boo
         .collect::<Result<Vec<_>>>()?;
     let prompts = glassbox::tasks::ioi::generate(model, n, seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
     let set = glassbox::tasks::ioi::scrub_prompts(model, &prompts)?;
-    let r = glassbox::methods::scrubbing::causal_scrubbing(model, &set, &hyp, seed)?;
+    let r = finite(glassbox::methods::scrubbing::causal_scrubbing(model, &set, &hyp, seed)?)?;
     if json {
         return print_json(&r);
     }
@@ -421,7 +428,7 @@ fn progress_bar(json: bool) -> indicatif::ProgressBar {
 
 pub fn run_composition(model: &Model, heads: &[String], min_score: f32, json: bool) -> Result<()> {
     let circuit = heads.iter().map(|h| parse_head(h)).collect::<Result<Vec<_>>>()?;
-    let c = glassbox::methods::composition::all_composition_scores(model, &circuit, min_score)?;
+    let c = finite(glassbox::methods::composition::all_composition_scores(model, &circuit, min_score)?)?;
     if json {
         return print_json(&c);
     }

@@ -128,3 +128,97 @@ fn method_subcommands_json_keys() {
     let (ok, _, stderr) = glassbox(&["attribution", "--model", m, "--prompt", p, "--correct", " Mary and", "--incorrect", " John"]);
     assert!(!ok && stderr.contains("answers must be one token"), "{stderr}");
 }
+
+fn glassbox_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_glassbox"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Arguments that used to run away, crash or print NaN (issue 12) end in a message.
+#[test]
+fn hostile_arguments_end_in_messages() {
+    let model = fixtures().join("tiny-llama");
+    let m = model.to_str().unwrap();
+    let p = "When Mary and John went to the store, John gave a drink to";
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["analyze", "--model", m, "--prompt", p, "--correct", " ", "--incorrect", " John"], "only whitespace"),
+        (vec!["patch", "--model", m, "--prompt", p, "--correct", " Mary", "--incorrect", " Mary"], "same token"),
+        (vec!["attribution", "--model", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--corrupted", p], "same tokens as the clean prompt"),
+        (vec!["attribution", "--model", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--method", "integrated_gradients", "--n-steps", "100000000"], "from 1 to 1000"),
+        (vec!["stability", "--model", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--n-corruptions", "10000000"], "corruptions"),
+        (vec!["stability", "--model", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--p", "2"], "probability"),
+        (vec!["analyze", "--model", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--target", "7"], "target sufficiency"),
+        (vec!["analyze", "--model", m, "--task", "ioi", "--n", "4", "--n-boot", "0"], "bootstrap resamples is 0"),
+        (vec!["analyze", "--model", m, "--task", "ioi", "--n", "4", "--n-boot", "1000000000"], "bootstrap resamples"),
+        (vec!["run", "--model", "org/..", "--prompt", "x"], "no such file"),
+    ];
+    for (args, expect) in cases {
+        let (ok, stdout, stderr) = glassbox(&args);
+        assert!(!ok, "{args:?} succeeded: {stdout}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stdout.to_lowercase().contains("nan"), "{args:?}: {stderr}");
+    }
+}
+
+/// `cache --out` never replaces what is not a regular file.
+#[cfg(unix)]
+#[test]
+fn cache_out_refuses_devices_fifos_links_and_folders() {
+    let model = fixtures().join("tiny-llama");
+    let m = model.to_str().unwrap();
+    let d = scratch("cli-out");
+    let target = d.join("precious.txt");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = d.join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for out in [PathBuf::from("/dev/null"), link.clone(), fifo.clone(), d.clone()] {
+        let (ok, _, stderr) = glassbox(&["cache", "--model", m, "--prompt", "Hi", "--hook", "hook_embed", "--out", out.to_str().unwrap()]);
+        assert!(!ok, "{}", out.display());
+        assert!(stderr.contains("not a regular file") || stderr.contains("symbolic link"), "{}: {stderr}", out.display());
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    // A regular file is replaced whole.
+    let ok_out = d.join("acts.safetensors");
+    std::fs::write(&ok_out, "old").unwrap();
+    let (ok, _, stderr) = glassbox(&["cache", "--model", m, "--prompt", "Hi", "--hook", "hook_embed", "--out", ok_out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(candle_core::safetensors::load(&ok_out, &candle_core::Device::Cpu).unwrap().contains_key("hook_embed"));
+}
+
+/// A cached registry model with a few bytes overwritten is found damaged by `run`,
+/// `models list` and `models verify`, each saying what to run; it is never used.
+#[test]
+fn a_damaged_cached_model_is_never_used() {
+    let home = scratch("cli-damaged-home");
+    let (ok, stdout, stderr) = glassbox(&["models", "pull", "smollm2-135m", "--if-missing"]);
+    assert!(ok, "{stderr}");
+    let real = PathBuf::from(stdout.trim());
+    let dir = home.join("models").join("smollm2-135m");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join(real.file_name().unwrap());
+    let mut bytes = std::fs::read(&real).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid..mid + 4096].fill(0);
+    std::fs::write(&copy, &bytes).unwrap();
+    let env = [("GLASSBOX_HOME", home.as_path())];
+    let (ok, _, stderr) = glassbox_env(&["run", "--prompt", "Hello"], &env);
+    assert!(!ok && stderr.contains("damaged") && stderr.contains("models pull smollm2-135m --force"), "{stderr}");
+    let (ok, stdout, _) = glassbox_env(&["models", "list"], &env);
+    assert!(ok && stdout.contains("DAMAGED"), "{stdout}");
+    let (ok, stdout, stderr) = glassbox_env(&["models", "verify", "smollm2-135m"], &env);
+    assert!(!ok && stdout.contains("DAMAGED") && stderr.contains("--force"), "{stdout} {stderr}");
+}

@@ -60,20 +60,45 @@ pub fn concurrently<A: Send, B>(a: impl FnOnce() -> A + Send, b: impl FnOnce() -
         }
     }
     STREAMS.fetch_add(2, Relaxed);
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(move || {
+    let a = std::sync::Mutex::new(Some(a));
+    let take_a = || a.lock().ok().and_then(|mut a| a.take());
+    let (ra, rb) = std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new().spawn_scoped(scope, || {
             let _stream = Stream;
-            a()
+            take_a().map(|a| a())
         });
         let rb = {
             let _stream = Stream;
             b()
         };
-        match handle.join() {
-            Ok(ra) => (ra, rb),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+        let ra = match handle {
+            Ok(h) => match h.join() {
+                Ok(ra) => ra,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+            // The system would not start a thread: the first stream's counter was never
+            // taken, so release it here; `a` runs below on this thread.
+            Err(_) => {
+                STREAMS.fetch_sub(1, Relaxed);
+                None
+            }
+        };
+        (ra, rb)
+    });
+    let ra = match ra {
+        Some(ra) => ra,
+        None => match take_a() {
+            Some(a) => a(),
+            None => unreachable_stream(),
+        },
+    };
+    (ra, rb)
+}
+
+/// `a` was taken by its thread, which then returned nothing: impossible (it returns `a`'s
+/// value or panics, and a panic is resumed above).
+fn unreachable_stream<A>() -> A {
+    unreachable!("the first stream's closure ran without a result")
 }
 
 /// `f` over `items`, in two streams (`concurrently`): the even-indexed items on a second
@@ -91,16 +116,18 @@ pub fn map_in_two_streams<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + S
 
 /// The kernels' own pool: one worker fewer than the parts, since the calling thread runs the
 /// first part. (Sharing rayon's global pool left one of its workers spinning on a core the
-/// product needed.)
-fn pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+/// product needed.) `None` where the system would not start the threads: the parts then run
+/// one after another on the calling thread, with the same figures.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads().saturating_sub(1).max(1))
             .thread_name(|i| format!("glassbox-kernel-{i}"))
             .build()
-            .expect("building the kernels' thread pool")
+            .ok()
     })
+    .as_ref()
 }
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (both row-major). Requires `available()`.
@@ -154,11 +181,14 @@ fn by_rows(m: usize, n: usize, k: usize, rows: &(dyn Fn(usize, usize, *mut f32) 
 /// `rayon::scope` a caller outside the pool hands the whole body to a worker and sleeps until
 /// it is done, a wake-up and a hand-off for every product.)
 fn in_parts(parts: usize, run: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 || streams_running() {
-        (0..parts).for_each(run);
-        return;
-    }
-    pool().in_place_scope(|s| {
+    let pool = match pool() {
+        Some(pool) if parts > 1 && !streams_running() => pool,
+        _ => {
+            (0..parts).for_each(run);
+            return;
+        }
+    };
+    pool.in_place_scope(|s| {
         for t in 1..parts {
             s.spawn(move |_| run(t));
         }

@@ -76,8 +76,41 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// GGUF loader can be checked against the `transformers` reference of the same weights.
 /// `arch` is written as `general.architecture`.
 pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
-    use candle_core::quantized::gguf_file::{self, Value};
+    write_gguf(&gguf_parts_from_fixture(name, arch), out);
+}
+
+/// A GGUF file's metadata and (f32) tensors, to change before writing.
+pub struct GgufParts {
+    pub meta: Vec<(String, candle_core::quantized::gguf_file::Value)>,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl GgufParts {
+    /// Replaces (or adds) a metadata value.
+    pub fn set(&mut self, key: &str, v: candle_core::quantized::gguf_file::Value) {
+        self.meta.retain(|(k, _)| k != key);
+        self.meta.push((key.to_string(), v));
+    }
+}
+
+/// Writes GGUF parts (tensors as F32).
+pub fn write_gguf(parts: &GgufParts, out: &std::path::Path) {
+    use candle_core::quantized::gguf_file;
     use candle_core::quantized::{GgmlDType, QTensor};
+    let q: Vec<(String, QTensor)> = parts
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let meta_refs: Vec<(&str, &gguf_file::Value)> = parts.meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &q_refs).unwrap();
+}
+
+/// The parts `write_gguf_from_fixture` writes.
+pub fn gguf_parts_from_fixture(name: &str, arch: &str) -> GgufParts {
+    use candle_core::quantized::gguf_file::Value;
 
     let dir = fixtures().join(name);
     let cfg: serde_json::Value =
@@ -165,14 +198,7 @@ pub fn write_gguf_from_fixture(name: &str, arch: &str, out: &std::path::Path) {
             }
         }
     }
-    let q: Vec<(String, QTensor)> = tensors
-        .into_iter()
-        .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
-        .collect();
-    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut f = std::fs::File::create(out).unwrap();
-    gguf_file::write(&mut f, &meta_refs, &q_refs).unwrap();
+    GgufParts { meta, tensors }
 }
 
 /// A fresh scratch folder under the target directory.
