@@ -432,12 +432,30 @@ fn check_output_path(out: &Path) -> Result<()> {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     for (k, v) in glassbox::threads::candle_env() {
         // Sound here: no other thread has started yet (see glassbox::threads).
         std::env::set_var(k, v);
     }
-    let cli = Cli::parse();
+    match run_cli(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Messages can quote a damaged file: control characters are shown escaped.
+            let clean = |s: &dyn std::fmt::Display| glassbox::error::printable(s);
+            eprintln!("Error: {}", clean(&e));
+            let causes: Vec<String> = e.chain().skip(1).map(|c| clean(&c)).collect();
+            if !causes.is_empty() {
+                eprintln!("\nCaused by:");
+                for c in causes {
+                    eprintln!("    {c}");
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             model,

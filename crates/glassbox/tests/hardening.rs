@@ -448,3 +448,32 @@ fn kernel_threads_are_an_explicit_option() {
     assert!(env.iter().all(|(k, _)| *k == "CANDLE_NUM_THREADS" || *k == "RAYON_NUM_THREADS"));
     let _ = DType::F32;
 }
+
+// ---- 10. messages ----
+
+/// Names and other libraries' messages quoted from a damaged file reach the terminal with
+/// their control characters escaped (found by the fuzzer: an architecture `\x1b[31mred`, a
+/// DEL byte in a safetensors dtype).
+#[test]
+fn messages_escape_control_characters_from_files() {
+    let no_control = |m: &str| assert!(!m.chars().any(|c| c.is_control() && c != '\n'), "{m:?}");
+    let d = scratch("hard-escape");
+    let f = d.join("m.gguf");
+    let mut parts = gguf_parts_from_fixture("tiny-llama", "llama");
+    parts.set("general.architecture", Value::String("\u{1b}[31mred".into()));
+    write_gguf(&parts, &f);
+    let e = load_err(&f);
+    no_control(&e);
+    assert!(e.contains("\\u{1b}[31mred"), "{e}");
+
+    let dir = folder_with_config("tiny-mistral", "escape-type", |c| c["model_type"] = "mis\u{7f}ral".into());
+    no_control(&load_err(&dir));
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"\"F32\"").unwrap();
+    let mut b = bytes.clone();
+    b[at + 2] = 0x7f;
+    std::fs::write(dir.join("model.safetensors"), b).unwrap();
+    let dir2 = folder_with_config("tiny-mistral", "escape-dtype", |_| {});
+    std::fs::copy(dir.join("model.safetensors"), dir2.join("model.safetensors")).unwrap();
+    no_control(&load_err(&dir2));
+}

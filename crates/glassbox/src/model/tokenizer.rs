@@ -174,6 +174,21 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// Every `Precompiled` normalizer in a tokenizer.json reads as one (the tokenizers crate
+/// would panic on a damaged one).
+fn check_precompiled(v: &serde_json::Value) -> std::result::Result<(), String> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                serde_json::from_value::<tokenizers::normalizers::precompiled::Precompiled>(v.clone()).map_err(|e| format!("a damaged Precompiled normalizer: {e}"))?;
+            }
+            m.values().try_for_each(check_precompiled)
+        }
+        serde_json::Value::Array(a) => a.iter().try_for_each(check_precompiled),
+        _ => Ok(()),
+    }
+}
+
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's `tokenizer.ggml.pre` names and the Hugging Face pre-tokenizers they stand for.
@@ -236,10 +251,18 @@ impl Tokenizer {
             });
         }
         let text = crate::model::load::read_json_text(path, MAX_TOKENIZER_JSON_BYTES)?;
-        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| Error::Corrupt {
+        let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
             path: path.to_path_buf(),
             detail: format!("not a tokenizer.json ({e})"),
-        })?;
+        };
+        // The tokenizers crate panics (`expect`) on some malformed documents: invalid JSON
+        // inside a decoder, a damaged precompiled normalizer. Those are caught here first; a
+        // panic it still raises becomes this error too.
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(&e))?;
+        check_precompiled(&json).map_err(|e| corrupt(&e))?;
+        let inner = std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(json))
+            .map_err(|_| corrupt(&"the tokenizers library could not read it"))?
+            .map_err(|e| corrupt(&e))?;
         Ok(Tokenizer {
             inner: Backend::Hf(Box::new(inner)),
             prepend_bos: None,

@@ -56,14 +56,14 @@ fn ggml_dtype(code: u32) -> Option<GgmlDType> {
     })
 }
 
-/// Printable form of a name read from a file (control characters and invalid UTF-8 escaped).
+/// A name read from a file, shortened to 120 characters for messages (which escape its
+/// control characters, `error::printable`).
 pub(crate) fn printable(s: &str) -> String {
     const MAX: usize = 120;
-    let mut out: String = s.chars().flat_map(char::escape_debug).take(MAX).collect();
-    if s.chars().flat_map(char::escape_debug).nth(MAX).is_some() {
-        out.push('…');
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_string(),
     }
-    out
 }
 
 /// A reader that knows how many bytes of the file are left.
