@@ -24,6 +24,10 @@ struct ModelArg {
     /// A registry model name (see `glassbox models list`), a GGUF file or a Hugging Face model folder.
     #[arg(long, default_value = registry::DEFAULT_MODEL)]
     model: String,
+    /// Put the BOS token first (true) or not (false); by default, as `transformers` does for
+    /// the model's format (TransformerLens' `prepend_bos`).
+    #[arg(long)]
+    prepend_bos: Option<bool>,
 }
 
 #[derive(Subcommand)]
@@ -308,7 +312,8 @@ fn registry_entry(name: &str) -> Result<&'static registry::Entry> {
 
 fn load_model(arg: &ModelArg) -> Result<Model> {
     let path = registry::resolve(&arg.model, &mut progress)?;
-    let model = Model::load(&path).with_context(|| format!("loading model from {}", path.display()))?;
+    let mut model = Model::load(&path).with_context(|| format!("loading model from {}", path.display()))?;
+    model.set_prepend_bos(arg.prepend_bos)?;
     Ok(model)
 }
 
@@ -329,6 +334,8 @@ struct Prediction {
 #[derive(Serialize)]
 struct RunOut {
     model: String,
+    /// Whether the BOS token was put first.
+    bos_added: bool,
     tokens: Vec<TokenOut>,
     top: Vec<Prediction>,
 }
@@ -353,6 +360,7 @@ fn run(model: &Model, prompt: &str, top_k: usize) -> Result<RunOut> {
         .collect();
     Ok(RunOut {
         model: model.name.clone(),
+        bos_added: model.tokenizer.bos().is_some_and(|b| ids.first() == Some(&b)),
         tokens: ids
             .iter()
             .map(|&id| TokenOut {
@@ -372,7 +380,7 @@ fn softmax(x: &Tensor) -> Result<Tensor> {
 
 fn print_run(r: &RunOut) {
     println!("model: {}", r.model);
-    println!("tokens ({}):", r.tokens.len());
+    println!("tokens ({}, {}):", r.tokens.len(), if r.bos_added { "BOS added" } else { "no BOS" });
     for (i, t) in r.tokens.iter().enumerate() {
         println!("  {i:>3}  {:>6}  {:?}", t.id, t.text);
     }

@@ -94,6 +94,7 @@ fn induction_model(with_induction: bool) -> Model {
         layers: vec![l0, l1],
         ln_final: norm(),
         unembed_bias: None,
+        rope_freqs: None,
     };
     let tokenizer = Tokenizer::from_file(&fixtures().join("tiny-gpt2/tokenizer.json")).unwrap();
     Model::new("induction".into(), config, weights, tokenizer).unwrap()

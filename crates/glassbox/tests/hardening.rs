@@ -225,14 +225,14 @@ fn non_finite_numbers_in_the_config_are_errors() {
         ("softcap", "attn_logit_softcapping", serde_json::json!(0.0), "soft-cap"),
         ("finalcap", "final_logit_softcapping", serde_json::json!(-3.0), "soft-cap"),
         ("qpas", "query_pre_attn_scalar", serde_json::json!(-24), "attention scale"),
-        ("act", "hidden_activation", serde_json::json!(7), "not a string"),
+        ("act", "hidden_activation", serde_json::json!(7), "`hidden_activation`: invalid type"),
     ] {
         let d = folder_with_config("tiny-gemma2", tag, |c| c[key] = v.clone());
         let e = load_err(&d);
         assert!(e.contains(want), "{key} = {v}: {e}");
     }
     let d = folder_with_config("tiny-llama", "hidden-act", |c| c["hidden_act"] = serde_json::json!(["silu"]));
-    assert!(load_err(&d).contains("not a string"));
+    assert!(load_err(&d).contains("`hidden_act`: invalid type"));
 }
 
 #[test]

@@ -25,6 +25,19 @@ fn hub_ids_resolve_through_the_hf_cache() {
     let model = Model::load(&path).unwrap();
     assert_eq!(model.config.n_kv_heads, 2);
 
+    // A refs/main that leads outside the model's snapshots is refused (issue 12).
+    let outside = home.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixtures().join("tiny-llama").join(f), outside.join(f)).unwrap();
+    }
+    let evil = home.join("hub").join("models--evil--model");
+    std::fs::create_dir_all(evil.join("snapshots")).unwrap();
+    std::fs::create_dir_all(evil.join("refs")).unwrap();
+    std::fs::write(evil.join("refs").join("main"), "../../../outside").unwrap();
+    let e = registry::resolve("evil/model", &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("points outside"), "{e}");
+
     // Not cached, and no Hub here: an error that says what to do, not a panic.
     let e = registry::resolve("nobody/nothing-here", &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("nobody/nothing-here"), "{e}");

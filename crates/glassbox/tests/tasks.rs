@@ -57,15 +57,15 @@ fn bootstrap_intervals() {
             ld_all_ablated: -2.0,
         })
         .collect();
-    let b = bootstrap(&lds, 500, 0.05, 3);
+    let b = bootstrap(&lds, 500, 0.05, 3).unwrap();
     for i in [b.sufficiency, b.comprehensiveness, b.f1] {
         assert!(i.ci_lo <= i.mean && i.mean <= i.ci_hi, "{i:?}");
         assert!(i.std > 0.0 && i.n == 20);
     }
-    let again = bootstrap(&lds, 500, 0.05, 3);
+    let again = bootstrap(&lds, 500, 0.05, 3).unwrap();
     assert_eq!(b.sufficiency.ci_lo, again.sufficiency.ci_lo);
     let same: Vec<PromptLds> = vec![lds[0]; 10];
-    let flat = bootstrap(&same, 100, 0.05, 1);
+    let flat = bootstrap(&same, 100, 0.05, 1).unwrap();
     assert_eq!(flat.sufficiency.ci_lo, flat.sufficiency.ci_hi);
 }
 

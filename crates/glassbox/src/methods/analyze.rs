@@ -197,7 +197,7 @@ pub fn analyze_set(
         faithfulness,
         target_reached: search.reached,
         trajectory: search.trajectory,
-        bootstrap: bootstrap(&lds, n_boot, 0.05, seed),
+        bootstrap: bootstrap(&lds, n_boot, 0.05, seed)?,
         prompts: contrasts
             .iter()
             .zip(&lds)

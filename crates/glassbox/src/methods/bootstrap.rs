@@ -51,7 +51,16 @@ fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) -> Interval
     }
 }
 
-pub fn bootstrap(lds: &[PromptLds], n_boot: usize, alpha: f32, seed: u64) -> Bootstrap {
+/// Percentile bootstrap of the faithfulness figures over the prompts: `n_boot` resamples
+/// (within `limits::N_BOOT`), a `1 − alpha` interval (`alpha` in (0, 1)), at least one prompt.
+pub fn bootstrap(lds: &[PromptLds], n_boot: usize, alpha: f32, seed: u64) -> crate::error::Result<Bootstrap> {
+    super::check_count("the number of bootstrap resamples", n_boot, super::limits::N_BOOT)?;
+    if !(alpha > 0.0 && alpha < 1.0) {
+        return Err(crate::error::Error::Invalid(format!("alpha is {alpha}; a confidence level needs 0 < alpha < 1")));
+    }
+    if lds.is_empty() {
+        return Err(crate::error::Error::Invalid("the bootstrap needs at least one prompt".into()));
+    }
     let n = lds.len();
     let point = figures(lds, Ablation::Resample, false);
     let mut rng = Rng::new(seed);
@@ -63,12 +72,12 @@ pub fn bootstrap(lds: &[PromptLds], n_boot: usize, alpha: f32, seed: u64) -> Boo
         c.push(fig.comprehensiveness);
         f.push(fig.f1);
     }
-    Bootstrap {
+    Ok(Bootstrap {
         sufficiency: interval(point.sufficiency, s, alpha, n),
         comprehensiveness: interval(point.comprehensiveness, c, alpha, n),
         f1: interval(point.f1, f, alpha, n),
         n_boot,
         alpha,
         seed,
-    }
+    })
 }

@@ -36,6 +36,53 @@ pub struct RotaryConfig {
     /// Number of leading dimensions of each head that rotate (== d_head for full rotary).
     pub dim: usize,
     pub pairing: RotaryPairing,
+    /// How the frequencies are scaled for long contexts (see `model::rope`).
+    #[serde(default)]
+    pub scaling: RopeScaling,
+}
+
+/// Rotary frequency scaling, as `transformers` computes each type (`modeling_rope_utils.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (position interpolation).
+    Linear { factor: f64 },
+    /// NTK-aware: for a run longer than `max_positions`, the base is multiplied by
+    /// `(factor · len / max_positions − (factor − 1))^(dim / (dim − 2))`, `len` the run's
+    /// (padded) length; shorter runs are unscaled.
+    Dynamic { factor: f64, max_positions: usize },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth blend between
+    /// wavelengths `original_max / high_freq_factor` and `original_max / low_freq_factor`.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
+    /// YaRN: interpolated and extrapolated frequencies blended over the correction range of
+    /// `beta_fast`..`beta_slow` rotations, cos and sin multiplied by `attention_factor`.
+    Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
+}
+
+impl RopeScaling {
+    /// Error text unless every parameter is in its domain (factors positive, lengths and
+    /// frequency bands sensible): a factor of 0 or a NaN would make every angle NaN.
+    pub fn validate(&self, dim: usize) -> std::result::Result<(), String> {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let ok = match *self {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } => positive(factor),
+            RopeScaling::Dynamic { factor, max_positions } => positive(factor) && max_positions > 0 && dim > 2,
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max } => {
+                positive(factor) && positive(low_freq_factor) && positive(high_freq_factor) && high_freq_factor > low_freq_factor && original_max > 0
+            }
+            RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, attention_factor, .. } => {
+                positive(factor) && original_max > 0 && positive(beta_fast) && positive(beta_slow) && positive(attention_factor)
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("rope scaling {self:?} has a parameter out of its domain (factors and lengths must be positive, high_freq_factor above low_freq_factor)"))
+        }
+    }
 }
 
 /// How positions enter the model.
@@ -228,6 +275,7 @@ impl ModelConfig {
             if let Some(la) = self.layers.iter().find(|la| !(la.rope_base.is_finite() && la.rope_base > 0.0)) {
                 return bad(format!("rotary base {} must be a positive number", la.rope_base));
             }
+            r.scaling.validate(r.dim).or_else(|e| bad(e))?;
         }
         if let Some(w) = self.layers.iter().find_map(|la| la.sliding_window.filter(|&w| w == 0)) {
             return bad(format!("a sliding window of {w} keys; a window holds at least one"));

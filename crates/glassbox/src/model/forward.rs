@@ -230,7 +230,7 @@ impl Model {
         for l in first_layer..cfg.n_layers {
             let la = cfg.layers[l];
             let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, la.sliding_window, dtype));
-            let layer_rope = rope.map(|r| tables.entry(la.rope_base.to_bits()).or_insert_with(|| rope_tables(n_pos, r.dim, la.rope_base)).clone());
+            let layer_rope = rope.map(|r| tables.entry(la.rope_base.to_bits()).or_insert_with(|| crate::model::rope::tables(n_pos, r.dim, la.rope_base, r.scaling, w.rope_freqs.as_deref())).clone());
             x = self.block(l, x, mask, layer_rope.as_ref(), &mut st)?;
         }
 
@@ -583,23 +583,4 @@ impl AttnMask {
         }
         self.additive.get().ok_or_else(|| Error::Invalid("attention mask not built".into()))
     }
-}
-
-/// cos and sin tables `[p, dim/2]` for rotary with base `base` (frequencies as Hugging Face
-/// computes them: `base^(-2i/dim)` in f32).
-fn rope_tables(p: usize, dim: usize, base: f64) -> Arc<RopeTables> {
-    let half = dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(p * half);
-    let mut sin = Vec::with_capacity(p * half);
-    for pos in 0..p {
-        for f in &inv_freq {
-            let angle = pos as f64 * *f as f64;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
-    Arc::new(RopeTables { cos, sin, positions: p, half })
 }

@@ -6,6 +6,7 @@ pub(crate) mod fused;
 pub mod hooks;
 pub(crate) mod kernels;
 pub mod load;
+pub mod rope;
 pub(crate) mod ops;
 pub mod tokenizer;
 pub mod weights;
@@ -88,6 +89,13 @@ impl Model {
             quantized: Quantized::default(),
             ..self.clone()
         })
+    }
+
+    /// Sets whether prompts get the BOS token first (TransformerLens' `prepend_bos`): `None`
+    /// for the default of the model's format, as `transformers` does when it loads the same
+    /// files (a tokenizer.json's post-processor; for GGUF files LLaMA and Gemma yes, Qwen no).
+    pub fn set_prepend_bos(&mut self, prepend: Option<bool>) -> Result<()> {
+        self.tokenizer.set_prepend_bos(prepend)
     }
 
     /// Token ids of a prompt (with BOS where the model wants it), checked against the

@@ -17,8 +17,22 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: Backend,
-    /// Prepended by `encode` (GGUF files say so in `tokenizer.ggml.add_bos_token`).
-    prepend_bos: Option<u32>,
+    /// The model's BOS token, where its files name one (GGUF metadata; for a tokenizer.json,
+    /// the token its post-processor puts first, else config.json's `bos_token_id`).
+    bos_id: Option<u32>,
+    /// What `encode` adds by default: as `transformers` does for this format.
+    default: DefaultBos,
+    /// The user's choice (`Model::set_prepend_bos`, TransformerLens' `prepend_bos`): the BOS
+    /// token first and the text with nothing else added, or the text alone.
+    forced: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DefaultBos {
+    /// A tokenizer.json: its post-processor decides (`post_bos`: the token it puts first).
+    PostProcessor { post_bos: Option<u32> },
+    /// A GGUF file: the architecture's rule (`load::gguf::GgufFamily::bos`).
+    Gguf { bos: bool },
 }
 
 #[derive(Clone)]
@@ -263,20 +277,22 @@ impl Tokenizer {
         let inner = std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(json))
             .map_err(|_| corrupt(&"the tokenizers library could not read it"))?
             .map_err(|e| corrupt(&e))?;
-        Ok(Tokenizer {
-            inner: Backend::Hf(Box::new(inner)),
-            prepend_bos: None,
-        })
+        // The token the post-processor puts first, if it adds one before the text.
+        let probe = |special: bool| inner.encode("a", special).map(|e| e.get_ids().to_vec()).unwrap_or_default();
+        let (with, without) = (probe(true), probe(false));
+        let post_bos = (with.len() > without.len() && with.first() != without.first()).then(|| with[0]);
+        Ok(Tokenizer { inner: Backend::Hf(Box::new(inner)), bos_id: post_bos, default: DefaultBos::PostProcessor { post_bos }, forced: None })
     }
 
-    /// Builds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
-    pub fn from_gguf(content: &Content) -> Result<Self> {
+    /// Builds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata; `bos`: whether
+    /// the architecture's rule puts the file's BOS token first.
+    pub fn from_gguf(content: &Content, bos: bool) -> Result<Self> {
         let model = match content.metadata.get("tokenizer.ggml.model") {
             Some(Value::String(s)) => s.clone(),
             _ => return Err(Error::Tokenizer("the GGUF file has no `tokenizer.ggml.model`".into())),
         };
         if model == "llama" {
-            return Self::spm_from_gguf(content);
+            return Self::spm_from_gguf(content, bos);
         }
         if model != "gpt2" {
             return Err(Error::Tokenizer(format!(
@@ -318,17 +334,26 @@ impl Tokenizer {
                 .collect();
             inner.add_special_tokens(specials).map_err(tk_err)?;
         }
-        // BOS rule: glassbox prepends the file's BOS token, as `transformers` does when it
-        // loads a GGUF file (the reference the parity tests use), whatever
-        // `tokenizer.ggml.add_bos_token` says (llama.cpp honours that key; SmolLM2's file sets
-        // it false). A fixed first token also gives every prompt the same attention sink.
-        Ok(Tokenizer {
-            inner: Backend::Hf(Box::new(inner)),
-            prepend_bos: meta_u32(content, "tokenizer.ggml.bos_token_id"),
-        })
+        Ok(Tokenizer::gguf(Backend::Hf(Box::new(inner)), content, bos))
     }
 
-    fn spm_from_gguf(content: &Content) -> Result<Self> {
+    /// A GGUF tokenizer with the architecture's BOS rule (see `load::gguf::GgufFamily::bos`;
+    /// llama.cpp reads `tokenizer.ggml.add_bos_token` instead, which SmolLM2's file sets false).
+    fn gguf(inner: Backend, content: &Content, bos: bool) -> Tokenizer {
+        let bos_id = meta_u32(content, "tokenizer.ggml.bos_token_id");
+        Tokenizer { inner, bos_id, default: DefaultBos::Gguf { bos }, forced: None }
+    }
+
+    /// Names the model's BOS token where the tokenizer itself does not (a tokenizer.json
+    /// whose post-processor adds none: config.json's `bos_token_id`), for `prepend_bos`.
+    pub(crate) fn with_bos_token(mut self, id: Option<u32>) -> Self {
+        if self.bos_id.is_none() {
+            self.bos_id = id;
+        }
+        self
+    }
+
+    fn spm_from_gguf(content: &Content, bos: bool) -> Result<Self> {
         let tokens = meta_strings(content, "tokenizer.ggml.tokens")?;
         let scores: Vec<f32> = match content.metadata.get("tokenizer.ggml.scores") {
             Some(Value::Array(a)) => a.iter().map(|v| if let Value::F32(x) = v { *x } else { 0.0 }).collect(),
@@ -364,11 +389,8 @@ impl Tokenizer {
         }
         let add_space_prefix = matches!(content.metadata.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(true)));
         let max_piece_chars = tokens.iter().map(|t| t.chars().count()).max().unwrap_or(0).max(1);
-        let add_bos = !matches!(content.metadata.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(false)));
-        Ok(Tokenizer {
-            inner: Backend::Spm(Box::new(SpmBpe { tokens, scores, ids, bytes, specials, add_space_prefix, max_piece_chars })),
-            prepend_bos: if add_bos { meta_u32(content, "tokenizer.ggml.bos_token_id") } else { None },
-        })
+        let spm = SpmBpe { tokens, scores, ids, bytes, specials, add_space_prefix, max_piece_chars };
+        Ok(Tokenizer::gguf(Backend::Spm(Box::new(spm)), content, bos))
     }
 
     /// Token ids of `text`, with the special tokens the model expects (e.g. BOS).
@@ -376,14 +398,11 @@ impl Tokenizer {
         if text.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        let mut ids: Vec<u32> = self.prepend_bos.into_iter().collect();
-        match &self.inner {
-            Backend::Hf(t) => {
-                let add_special = self.prepend_bos.is_none();
-                ids.extend_from_slice(t.encode(text, add_special).map_err(tk_err)?.get_ids());
-            }
-            Backend::Spm(t) => ids.extend(t.encode(text)?),
+        if let (None, DefaultBos::PostProcessor { .. }, Backend::Hf(t)) = (self.forced, self.default, &self.inner) {
+            return Ok(t.encode(text, true).map_err(tk_err)?.get_ids().to_vec());
         }
+        let mut ids: Vec<u32> = self.bos().into_iter().collect();
+        ids.extend(self.encode_plain(text)?);
         Ok(ids)
     }
 
@@ -426,9 +445,29 @@ impl Tokenizer {
         }
     }
 
-    /// The BOS token `encode` prepends, if it prepends one.
+    /// The BOS token `encode` puts first, if it puts one first.
     pub fn bos(&self) -> Option<u32> {
-        self.prepend_bos
+        match (self.forced, self.default) {
+            (Some(true), _) => self.bos_id,
+            (Some(false), _) => None,
+            (None, DefaultBos::PostProcessor { post_bos }) => post_bos,
+            (None, DefaultBos::Gguf { bos }) => self.bos_id.filter(|_| bos),
+        }
+    }
+
+    /// The model's BOS token, whether or not `encode` adds it.
+    pub fn bos_token(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    /// Sets whether `encode` puts the BOS token first (`None`: the format's default rule, as
+    /// `transformers` does). Forcing it on needs a BOS token the model's files name.
+    pub fn set_prepend_bos(&mut self, prepend: Option<bool>) -> Result<()> {
+        if prepend == Some(true) && self.bos_id.is_none() {
+            return Err(Error::Invalid("this model's files name no BOS token, so none can be prepended; use prepend_bos false or the default".into()));
+        }
+        self.forced = prepend;
+        Ok(())
     }
 
     /// A lower bound on the tokens `encode` gives for `text`, where one is known without

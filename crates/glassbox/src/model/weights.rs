@@ -77,6 +77,9 @@ pub struct Weights {
     pub ln_final: Norm,
     pub unembed: Tensor,
     pub unembed_bias: Option<Tensor>,
+    /// Divisors of the rotary frequencies, one per rotating pair (a GGUF file's
+    /// `rope_freqs.weight`, llama.cpp's form of Llama 3.1 scaling).
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
@@ -167,6 +170,7 @@ impl Weights {
             layers,
             ln_final: self.ln_final.to_dtype(dtype)?,
             unembed_bias: cast_opt(&self.unembed_bias, dtype)?,
+            rope_freqs: self.rope_freqs.clone(),
         })
     }
 }

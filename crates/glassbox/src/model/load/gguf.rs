@@ -17,10 +17,8 @@ use super::{build_weights, name_at, TensorSource};
 use crate::model::kernels::{self, Q41};
 use crate::model::{Quantized, Weights};
 use crate::error::{Error, Result};
-use crate::model::config::{
-    Activation, LayerAttention, MlpConfig, ModelConfig, NormConfig, NormKind, Positions,
-    RotaryConfig, RotaryPairing,
-};
+use super::layers::{Layout, Pattern};
+use crate::model::config::{Activation, MlpConfig, Moe, ModelConfig, NormConfig, NormKind, Positions, RopeScaling, RotaryConfig, RotaryPairing, Variants};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 
@@ -29,24 +27,21 @@ struct GgufFamily {
     arch: &'static str,
     config: fn(&Meta) -> Result<ModelConfig>,
     names: &'static TensorNames,
+    /// Whether a BOS token goes first, as `transformers` decides when it loads a GGUF file of
+    /// this architecture (its tokenizer class: LLaMA and Gemma add one, Qwen none). llama.cpp
+    /// reads the file's `tokenizer.ggml.add_bos_token` instead: where the two differ
+    /// (SmolLM2's file says false), glassbox follows `transformers`, the reference of its
+    /// parity tests; `prepend_bos` overrides it.
+    bos: bool,
 }
 
 const FAMILIES: &[GgufFamily] = &[
-    GgufFamily {
-        arch: "llama",
-        config: llama_config,
-        names: &names::LLAMA_GGUF,
-    },
-    GgufFamily {
-        arch: "qwen2",
-        config: llama_config,
-        names: &names::QWEN2_GGUF,
-    },
-    GgufFamily {
-        arch: "gemma3",
-        config: gemma3_config,
-        names: &names::GEMMA3_GGUF,
-    },
+    GgufFamily { arch: "llama", config: llama_config, names: &names::LLAMA_GGUF, bos: true },
+    GgufFamily { arch: "qwen2", config: llama_config, names: &names::QWEN2_GGUF, bos: false },
+    GgufFamily { arch: "qwen3", config: qwen3_config, names: &names::QWEN3_GGUF, bos: false },
+    GgufFamily { arch: "gemma", config: gemma_config, names: &names::GEMMA_GGUF, bos: true },
+    GgufFamily { arch: "gemma2", config: gemma_config, names: &names::GEMMA2_GGUF, bos: true },
+    GgufFamily { arch: "gemma3", config: gemma_config, names: &names::GEMMA3_GGUF, bos: true },
 ];
 
 pub fn supported_architectures() -> Vec<&'static str> {
@@ -114,13 +109,18 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
     let n_heads = m.usize("attention.head_count")?;
     let n_layers = super::layer_count(m.usize("block_count")?)?;
     let d_head = m.usize_or("attention.key_length", d_model / n_heads.max(1))?;
-    let rope_base = m.f64_or("rope.freq_base", 10_000.0)?;
     let d_vocab = match m.tensor_rows("token_embd.weight") {
         Some(v) => v,
         None => m.usize("vocab_size")?,
     };
-    let sliding = match m.value("attention.sliding_window") {
+    let window = match m.value("attention.sliding_window") {
         Some(_) => Some(m.usize("attention.sliding_window")?),
+        None => None,
+    };
+    let layout = Layout { pattern: Pattern::Uniform, window, rope_base: m.f64_or("rope.freq_base", 10_000.0)?, local_rope_base: None };
+    let n_ctx = m.usize("context_length")?;
+    let moe = match m.value("expert_count") {
+        Some(_) => Some(Moe { n_experts: m.usize("expert_count")?, top_k: m.usize("expert_used_count")?, renormalize: true }),
         None => None,
     };
     Ok(ModelConfig {
@@ -132,7 +132,7 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
         d_head,
         d_mlp: m.usize("feed_forward_length")?,
         d_vocab,
-        n_ctx: m.usize("context_length")?,
+        n_ctx,
         norm: NormConfig {
             kind: NormKind::RmsNorm,
             eps: m.f64_or("attention.layer_norm_rms_epsilon", 1e-5)?,
@@ -141,6 +141,7 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
             dim: m.usize_or("rope.dimension_count", d_head)?,
             // After undoing llama.cpp's row permutation, pairs are half-split as in HF.
             pairing: RotaryPairing::HalfSplit,
+            scaling: rope_scaling(m, n_ctx)?,
         }),
         attn_scale: 1.0 / (d_head as f64).sqrt(),
         mlp: MlpConfig {
@@ -150,39 +151,85 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
         parallel_block: false,
         tied_embeddings: true,
         embed_scale: None,
-        layers: vec![
-            LayerAttention {
-                sliding_window: sliding,
-                rope_base
-            };
-            n_layers
-        ],
-        variants: Default::default(),
+        layers: layout.layers(n_layers)?,
+        variants: Variants { moe, ..Default::default() },
     })
 }
 
-/// What llama.cpp and `transformers` know about Gemma 3 that its GGUF files leave out: every
-/// sixth layer (5, 11, 17, ...) is global attention with the file's rotary base, the others are
-/// sliding-window layers with base 10 000; the query scale is `1/sqrt(head_dim)`
-/// (`query_pre_attn_scalar = head_dim`); no soft-capping.
+/// `{arch}.rope.scaling.*`: none, linear or YaRN (with llama.cpp's defaults for the keys a
+/// file leaves out). Llama 3.1 scaling comes as the `rope_freqs.weight` tensor instead.
+fn rope_scaling(m: &Meta, n_ctx: usize) -> Result<RopeScaling> {
+    let kind = match m.value("rope.scaling.type") {
+        None => return Ok(RopeScaling::None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(Error::Invalid(format!("GGUF key `{}` is not a string", m.key("rope.scaling.type")))),
+    };
+    let factor = m.f64_or("rope.scaling.factor", 1.0)?;
+    let original_max = m.usize_or("rope.scaling.original_context_length", n_ctx)?;
+    Ok(match kind {
+        "none" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor },
+        "yarn" => RopeScaling::Yarn {
+            factor,
+            original_max,
+            beta_fast: m.f64_or("rope.scaling.yarn_beta_fast", 32.0)?,
+            beta_slow: m.f64_or("rope.scaling.yarn_beta_slow", 1.0)?,
+            attention_factor: m.f64_or("rope.scaling.attn_factor", if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 })?,
+            truncate: true,
+        },
+        other => {
+            return Err(Error::Invalid(format!(
+                "GGUF rope scaling `{other}` is not supported (none, linear, yarn); glassbox would compute another model"
+            )))
+        }
+    })
+}
+
+/// Qwen3: LLaMA's block with an RMSNorm of each query and key head before rotary.
+fn qwen3_config(m: &Meta) -> Result<ModelConfig> {
+    let mut cfg = llama_config(m)?;
+    cfg.variants.qk_norm = true;
+    Ok(cfg)
+}
+
+/// Gemma 1, 2 and 3 as llama.cpp writes them, with what their files leave out taken from the
+/// architecture as llama.cpp and `transformers` do: GeGLU, embeddings × √d_model; Gemma 2
+/// alternates sliding and global layers (layer 0 sliding) and soft-caps; Gemma 3 makes every
+/// sixth layer (5, 11, 17, ...) global with the file's rotary base and gives the sliding
+/// layers base 10 000, with query/key norms. The query scale is `1/sqrt(head_dim)`
+/// (`query_pre_attn_scalar = head_dim`), except Gemma 2 27B (46 layers), where llama.cpp and
+/// the published config use `d_model / heads`.
 const GEMMA3_GLOBAL_EVERY: usize = 6;
 const GEMMA3_LOCAL_ROPE_BASE: f64 = 10_000.0;
 
-fn gemma3_config(m: &Meta) -> Result<ModelConfig> {
+fn gemma_config(m: &Meta) -> Result<ModelConfig> {
     let mut cfg = llama_config(m)?;
-    let window = m.usize("attention.sliding_window")?;
-    let global_base = m.f64_or("rope.freq_base", 1_000_000.0)?;
-    for (l, la) in cfg.layers.iter_mut().enumerate() {
-        let global = (l + 1) % GEMMA3_GLOBAL_EVERY == 0;
-        la.sliding_window = (!global).then_some(window);
-        la.rope_base = if global { global_base } else { GEMMA3_LOCAL_ROPE_BASE };
+    let (v2, v3) = (m.arch != "gemma", m.arch == "gemma3");
+    if v2 {
+        let window = Some(m.usize("attention.sliding_window")?);
+        let layout = if v3 {
+            Layout {
+                pattern: Pattern::EveryNthGlobal(GEMMA3_GLOBAL_EVERY),
+                window,
+                rope_base: m.f64_or("rope.freq_base", 1_000_000.0)?,
+                local_rope_base: Some(GEMMA3_LOCAL_ROPE_BASE),
+            }
+        } else {
+            Layout { pattern: Pattern::EveryNthGlobal(2), window, rope_base: m.f64_or("rope.freq_base", 10_000.0)?, local_rope_base: None }
+        };
+        cfg.layers = layout.layers(cfg.n_layers)?;
+        cfg.variants.post_norms = true;
     }
     cfg.norm.eps = m.f64_or("attention.layer_norm_rms_epsilon", 1e-6)?;
     cfg.embed_scale = Some((cfg.d_model as f64).sqrt());
     cfg.mlp = MlpConfig { activation: Activation::GeluTanh, gated: true };
-    cfg.attn_scale = 1.0 / (cfg.d_head as f64).sqrt();
-    cfg.variants.post_norms = true;
-    cfg.variants.qk_norm = true;
+    let scalar = if m.arch == "gemma2" && cfg.n_layers == 46 { (cfg.d_model / cfg.n_heads) as f64 } else { cfg.d_head as f64 };
+    cfg.attn_scale = 1.0 / scalar.sqrt();
+    if m.arch == "gemma2" {
+        cfg.variants.attn_softcap = Some(m.f64_or("attn_logit_softcapping", 50.0)?);
+        cfg.variants.final_softcap = Some(m.f64_or("final_logit_softcapping", 30.0)?);
+    }
+    cfg.variants.qk_norm = v3;
     Ok(cfg)
 }
 
@@ -250,7 +297,7 @@ pub fn load_file(path: &Path) -> Result<Model> {
         arch: arch.clone(),
     };
     let mut cfg = (family.config)(&meta)?;
-    let tokenizer = Tokenizer::from_gguf(&content)?;
+    let tokenizer = Tokenizer::from_gguf(&content, family.bos)?;
     let unembed_stored = match family.names.unembed {
         T::Req(n) | T::Opt(n) => content.tensor_infos.contains_key(n),
         T::No => false,

@@ -5,6 +5,8 @@
 pub mod gguf;
 mod gguf_header;
 pub mod hf;
+mod hf_config;
+mod layers;
 pub(crate) mod names;
 
 use std::io::Read;
@@ -378,6 +380,7 @@ pub(crate) fn build_weights(
         ln_final,
         unembed,
         unembed_bias,
+        rope_freqs: None,
     })
 }
 

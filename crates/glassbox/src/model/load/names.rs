@@ -307,6 +307,24 @@ pub const QWEN2_GGUF: TensorNames = TensorNames {
     ..LLAMA_GGUF
 };
 
+pub const QWEN3_GGUF: TensorNames = TensorNames {
+    q_norm: Req("blk.{l}.attn_q_norm.weight"),
+    k_norm: Req("blk.{l}.attn_k_norm.weight"),
+    ..QWEN2_GGUF
+};
+
+/// Gemma in GGUF: llama.cpp's converter stores every norm weight as `1 + w` already.
+pub const GEMMA_GGUF: TensorNames = TensorNames {
+    qk_rows_permuted: false,
+    ..LLAMA_GGUF
+};
+
+pub const GEMMA2_GGUF: TensorNames = TensorNames {
+    ln1_post: Req("blk.{l}.post_attention_norm.weight"),
+    ln2_post: Req("blk.{l}.post_ffw_norm.weight"),
+    ..GEMMA_GGUF
+};
+
 pub const GEMMA3_GGUF: TensorNames = TensorNames {
     qk_rows_permuted: false,
     ln1_post: Req("blk.{l}.post_attention_norm.weight"),
