@@ -902,6 +902,251 @@ PROBES = {
 
 
 # --------------------------------------------------------------------------
+# Config variants: a tiny model's weights under another config.json
+# --------------------------------------------------------------------------
+#
+# Each variant takes a tiny fixture's weights and tokenizer and a rewritten
+# config.json: the forms published checkpoints use (no layer_types; Gemma 3's
+# sliding_window_pattern; Qwen2's use_sliding_window + max_window_layers;
+# Mistral's null window) and each rope_scaling type.  The script loads the
+# rewritten config with transformers, checks how transformers read it
+# (`expect`), and records the logits of TINY_PROMPTS.  Stored under
+# tests/fixtures/variants/<name>/: config.json and reference.safetensors only
+# (the Rust test assembles the folder from the base fixture's files).
+#
+# `changes`: whether the variant computes something else than its base (then
+# the logits must differ by > 1e-3, so the variant's feature is exercised),
+# or the same thing written another way (then they must agree to 1e-6).
+
+
+def _drop(*keys):
+    def edit(cfg):
+        for k in keys:
+            cfg.pop(k, None)
+    return edit
+
+
+def _set(**kv):
+    def edit(cfg):
+        cfg.update(kv)
+    return edit
+
+
+def _both(*edits):
+    def edit(cfg):
+        for e in edits:
+            e(cfg)
+    return edit
+
+
+VARIANTS = [
+    # (name, base, edit, changes, expect(config) -> None)
+    ("gemma3-sliding-window-pattern", "tiny-gemma3",
+     _both(_drop("layer_types"), _set(sliding_window_pattern=2)), False,
+     lambda c: c.layer_types == ["sliding_attention", "full_attention"]),
+    ("gemma3-no-tie-key", "tiny-gemma3", _drop("tie_word_embeddings"), False,
+     lambda c: c.tie_word_embeddings is True),
+    ("gemma2-alternating", "tiny-gemma2", _drop("layer_types"), False,
+     lambda c: c.layer_types == ["sliding_attention", "full_attention"]),
+    ("qwen2-max-window-layers", "tiny-qwen2",
+     _both(_drop("layer_types"), _set(use_sliding_window=True, sliding_window=4, max_window_layers=1)), True,
+     lambda c: c.layer_types == ["full_attention", "sliding_attention"] and c.sliding_window == 4),
+    ("mistral-null-window", "tiny-mistral", _set(sliding_window=None), True,
+     lambda c: c.sliding_window is None),
+    ("mistral-absent-window", "tiny-mistral", _drop("sliding_window"), True,
+     lambda c: c.sliding_window == 4096),
+    ("llama-rope-linear", "tiny-llama", _set(rope_scaling={"rope_type": "linear", "factor": 2.5}), True,
+     lambda c: c.rope_scaling["rope_type"] == "linear"),
+    ("llama-rope-dynamic", "tiny-llama",
+     _set(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 4.0}), True,
+     lambda c: c.rope_scaling["rope_type"] == "dynamic"),
+    ("llama-rope-llama3", "tiny-llama",
+     _set(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0, "original_max_position_embeddings": 16}), True,
+     lambda c: c.rope_scaling["rope_type"] == "llama3"),
+    ("llama-rope-yarn", "tiny-llama",
+     _set(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                        "beta_fast": 8.0, "beta_slow": 1.0}), True,
+     lambda c: c.rope_scaling["rope_type"] == "yarn"),
+    ("neox-rope-dynamic", "tiny-neox",
+     _set(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0}), True,
+     lambda c: c.rope_scaling["rope_type"] == "dynamic"),
+]
+
+
+def build_variant(name, base, edit, changes, expect, tok) -> None:
+    import shutil
+    import tempfile
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    src = FIXTURES / base
+    out = FIXTURES / "variants" / name
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads((src / "config.json").read_text())
+    edit(cfg)
+    text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+    (out / "config.json").write_text(text)
+    base_ref = load_reference(src / "reference.safetensors")
+    tensors = {}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for f in ("model.safetensors", "tokenizer.json"):
+            shutil.copy(src / f, d / f)
+        (d / "config.json").write_text(text)
+        config = AutoConfig.from_pretrained(d)
+        assert expect(config), f"{name}: transformers read {config}"
+        max_diff = 0.0
+        for i, prompt in enumerate(TINY_PROMPTS):
+            # A fresh model per prompt: dynamic rope scaling keeps state between calls.
+            model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").double().eval()
+            ids = tok.encode(prompt, add_special_tokens=False).ids
+            input_ids = torch.tensor([ids], dtype=torch.int64)
+            with torch.no_grad():
+                logits = model(input_ids).logits[0]
+            tensors[f"p{i}.input_ids"] = input_ids[0].clone()
+            tensors[f"p{i}.logits"] = logits.float()
+            max_diff = max(max_diff, float((logits.float() - base_ref[f"p{i}.logits"]).abs().max()))
+    print(f"[variant {name}] logits differ from {base} by up to {max_diff:.2e}", flush=True)
+    if changes:
+        assert max_diff > 1e-3, f"{name}: the variant does not change the logits"
+    else:
+        assert max_diff < 1e-5, f"{name}: an equivalent form changed the logits by {max_diff}"
+    write_safetensors(out / "reference.safetensors", tensors, {
+        "prompts": json.dumps(TINY_PROMPTS),
+        "base": base,
+        "computed_dtype": "float64",
+    })
+
+
+def load_reference(path: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+# --------------------------------------------------------------------------
+# Tiny GGUF files written as llama.cpp's converter writes them, read by transformers
+# --------------------------------------------------------------------------
+#
+# tests/fixtures/gguf/<name>.gguf: a tiny fixture's weights with llama.cpp's
+# names and conventions (Q/K rows permuted for `llama`; `qwen2` and `qwen3`
+# unpermuted), its vocabulary and merges, written with gguf-py; and
+# <name>.reference.safetensors: the token ids transformers' GGUF tokenizer gives
+# (AutoTokenizer.from_pretrained(dir, gguf_file=...), default special tokens:
+# BOS for llama, none for qwen2) and the logits of transformers loading the GGUF.
+
+GGUF_FIXTURES = [
+    # (name, base fixture, arch, pre-tokenizer)
+    ("tiny-llama", "tiny-llama", "llama", "gpt2"),
+    ("tiny-qwen2", "tiny-qwen2", "qwen2", "qwen2"),
+]
+
+
+def llama_cpp_permute(w, n_head):
+    # llama.cpp convert_hf_to_gguf.py LlamaModel.permute
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def write_tiny_gguf(base: str, arch: str, pre: str, path: Path) -> None:
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    src = FIXTURES / base
+    cfg = json.loads((src / "config.json").read_text())
+    tok = json.loads((src / "tokenizer.json").read_text())
+    st = load_file(str(src / "model.safetensors"))
+    vocab = tok["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    w = gguf.GGUFWriter(str(path), arch)
+    n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_dimension_count(cfg["hidden_size"] // n_head)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([gguf.TokenType.CONTROL if t == SPECIAL_TOKEN else gguf.TokenType.NORMAL for t in tokens])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    permute = arch == "llama"
+    names = [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight")]
+    if "lm_head.weight" in st:
+        names.append(("output.weight", "lm_head.weight"))
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        names += [(f"blk.{l}.attn_norm.weight", p + "input_layernorm.weight"),
+                  (f"blk.{l}.attn_q.weight", p + "self_attn.q_proj.weight"),
+                  (f"blk.{l}.attn_k.weight", p + "self_attn.k_proj.weight"),
+                  (f"blk.{l}.attn_v.weight", p + "self_attn.v_proj.weight"),
+                  (f"blk.{l}.attn_output.weight", p + "self_attn.o_proj.weight"),
+                  (f"blk.{l}.ffn_norm.weight", p + "post_attention_layernorm.weight"),
+                  (f"blk.{l}.ffn_gate.weight", p + "mlp.gate_proj.weight"),
+                  (f"blk.{l}.ffn_up.weight", p + "mlp.up_proj.weight"),
+                  (f"blk.{l}.ffn_down.weight", p + "mlp.down_proj.weight")]
+        for b in ("q", "k", "v"):
+            if p + f"self_attn.{b}_proj.bias" in st:
+                names.append((f"blk.{l}.attn_{b}.bias", p + f"self_attn.{b}_proj.bias"))
+    for gname, hname in names:
+        t = st[hname].astype(np.float32)
+        if permute and gname.endswith("attn_q.weight"):
+            t = llama_cpp_permute(t, n_head)
+        if permute and gname.endswith("attn_k.weight"):
+            t = llama_cpp_permute(t, n_kv)
+        w.add_tensor(gname, np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def build_gguf_fixture(name, base, arch, pre) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = FIXTURES / "gguf"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.gguf"
+    write_tiny_gguf(base, arch, pre, path)
+    tok = AutoTokenizer.from_pretrained(str(out), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name, dtype=torch.float32).double().eval()
+    base_ref = load_reference(FIXTURES / base / "reference.safetensors")
+    tensors = {}
+    for i, prompt in enumerate(TINY_PROMPTS):
+        ids = tok(prompt)["input_ids"]
+        input_ids = torch.tensor([ids], dtype=torch.int64)
+        with torch.no_grad():
+            logits = model(input_ids).logits[0]
+        tensors[f"p{i}.input_ids"] = input_ids[0].clone()
+        tensors[f"p{i}.logits"] = logits.float()
+        plain = base_ref[f"p{i}.input_ids"].tolist()
+        bos = ids[: len(ids) - len(plain)]
+        assert ids[len(bos):] == plain, (name, ids, plain)
+        if not bos:
+            d = float((logits.float() - base_ref[f"p{i}.logits"]).abs().max())
+            assert d < 1e-4, (name, i, d)
+        print(f"[gguf {name}] p{i}: transformers ids {ids} (prepended {bos})", flush=True)
+    write_safetensors(out / f"{name}.reference.safetensors", tensors, {
+        "prompts": json.dumps(TINY_PROMPTS),
+        "base": base,
+        "arch": arch,
+        "computed_dtype": "float64 (weights read from the f32 GGUF by transformers)",
+        "tokenizer": "transformers' GGUF tokenizer, default special tokens",
+    })
+
+
+# --------------------------------------------------------------------------
 # Real model: SmolLM2-135M-Instruct (GGUF, Q4_1)
 # --------------------------------------------------------------------------
 
@@ -1365,7 +1610,7 @@ def build_gemma3() -> None:
 
 def main() -> None:
     global FIXTURES
-    names = [f.name for f in FAMILIES] + REAL_FIXTURES
+    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", choices=names, metavar="NAME",
                     help=f"build only this fixture (repeatable): {', '.join(names)}")
@@ -1397,6 +1642,13 @@ def main() -> None:
         print(f"[tokenizer] vocab {tok.get_vocab_size()}", flush=True)
         for spec in tiny:
             build_tiny(spec, tok, FIXTURES / spec.name)
+    if "variants" in selected:
+        tok = build_tokenizer()
+        for v in VARIANTS:
+            build_variant(*v, tok)
+    if "gguf" in selected:
+        for g in GGUF_FIXTURES:
+            build_gguf_fixture(*g)
     if "smollm2" in selected:
         build_smollm2()
     if "gemma3" in selected:
@@ -1406,8 +1658,9 @@ def main() -> None:
     for d in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):
         if d.name not in selected:
             continue
-        for f in sorted(d.iterdir()):
-            print(f"  {f}  {f.stat().st_size:>9,d} bytes")
+        for f in sorted(d.rglob("*")):
+            if f.is_file():
+                print(f"  {f}  {f.stat().st_size:>9,d} bytes")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,27 @@ fn gemma_config(m: &Meta) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
+/// `rope_freqs.weight`: llama.cpp's divisors of the rotary frequencies (Llama 3.1 scaling),
+/// one per rotating pair, each positive.
+fn rope_freqs(src: &mut GgufSource, cfg: &ModelConfig) -> Result<Option<Vec<f32>>> {
+    const NAME: &str = "rope_freqs.weight";
+    if !src.contains(NAME) {
+        return Ok(None);
+    }
+    let Positions::Rotary(r) = cfg.positions else {
+        return Err(Error::Invalid(format!("{NAME} is in the file but the model has no rotary embedding")));
+    };
+    let want = [r.dim / 2];
+    if src.shape(NAME).as_deref() != Some(&want[..]) {
+        return Err(Error::TensorShape { name: NAME.into(), expected: want.to_vec(), got: src.shape(NAME).unwrap_or_default() });
+    }
+    let v = src.load(NAME)?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+        return Err(Error::Invalid(format!("{NAME} holds a divisor that is not a positive number")));
+    }
+    Ok(Some(v))
+}
+
 struct GgufSource {
     content: Content,
     reader: BufReader<File>,
@@ -310,7 +331,8 @@ pub fn load_file(path: &Path) -> Result<Model> {
         path: path.to_path_buf(),
         q41: HashMap::new(),
     };
-    let weights = build_weights(&cfg, family.names, &mut src)?;
+    let mut weights = build_weights(&cfg, family.names, &mut src)?;
+    weights.rope_freqs = rope_freqs(&mut src, &cfg)?;
     let quantized = q41_copies(std::mem::take(&mut src.q41), family.names, &cfg, &weights)?;
     let name = path
         .file_stem()
