@@ -31,6 +31,9 @@ pub enum Error {
     #[error("tensor `{}` is missing from the weights", printable(name))]
     MissingTensor { name: String },
 
+    #[error("the file holds tensors that no part of the `{}` model reads: {}; glassbox would compute another model than the checkpoint (a variant of the family it does not implement yet)", printable(arch), printable(names))]
+    UnusedTensors { arch: String, names: String },
+
     #[error("tensor `{}` has shape {got:?}; expected {expected:?}", printable(name))]
     TensorShape {
         name: String,

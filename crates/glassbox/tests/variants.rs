@@ -12,10 +12,15 @@ use glassbox::{Batch, Hooks, Model};
 
 /// The base fixture's weights and tokenizer under the variant's config.json.
 fn assemble(variant: &str) -> (Model, Reference) {
+    assemble_in(variant, variant)
+}
+
+/// `assemble` in a scratch folder of its own name (tests run in parallel).
+fn assemble_in(variant: &str, folder: &str) -> (Model, Reference) {
     let dir = fixtures().join("variants").join(variant);
     let reference = Reference::load(dir.join("reference.safetensors"));
     let base = fixtures().join(&reference.metadata["base"]);
-    let d = scratch(&format!("variant-{variant}"));
+    let d = scratch(&format!("variant-{folder}"));
     for f in ["model.safetensors", "tokenizer.json"] {
         std::fs::copy(base.join(f), d.join(f)).unwrap();
     }
@@ -64,7 +69,7 @@ fn each_rope_scaling_type_matches_transformers() {
 #[test]
 fn gguf_rope_freqs_match_llama3_scaling() {
     use candle_core::quantized::gguf_file::Value;
-    let (hf, reference) = assemble("llama-rope-llama3");
+    let (hf, reference) = assemble_in("llama-rope-llama3", "rope-freqs-reference");
     let mut parts = common::gguf_parts_from_fixture("tiny-llama", "llama");
     let d_head = hf.config.d_head;
     let factors = glassbox::model::rope::llama3_freq_factors(d_head, 50_000.0, 8.0, 1.0, 4.0, 16);
@@ -87,5 +92,58 @@ fn gguf_files_tokenize_and_run_as_transformers_reads_them() {
         let model = Model::load(&dir.join(format!("{name}.gguf"))).unwrap();
         let reference = Reference::load(dir.join(format!("{name}.reference.safetensors")));
         check_logits(name, &model, &reference, true);
+    }
+}
+
+/// Strict tensors: a tensor no component reads is an error naming it; the known buffers
+/// (rotary tables, causal masks of older checkpoints) are skipped.
+#[test]
+fn unused_tensors_are_errors_and_known_buffers_are_not() {
+    use candle_core::{Device, Tensor};
+    let base = fixtures().join("tiny-gpt2");
+    let d = scratch("strict-tensors");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(base.join(f), d.join(f)).unwrap();
+    }
+    let mut st = candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for b in glassbox::model::load::KNOWN_BUFFERS {
+        st.insert(format!("transformer.h.0{b}"), mask.clone());
+    }
+    candle_core::safetensors::save(&st, d.join("model.safetensors")).unwrap();
+    Model::load(&d).expect("known buffers are skipped");
+    st.insert("transformer.h.1.mlp.c_fc2.weight".into(), mask.clone());
+    st.insert("transformer.h.0.attn.q_norm.weight".into(), mask);
+    candle_core::safetensors::save(&st, d.join("model.safetensors")).unwrap();
+    let e = Model::load(&d).err().expect("unused tensors").to_string();
+    assert!(e.contains("transformer.h.0.attn.q_norm.weight") && e.contains("transformer.h.1.mlp.c_fc2.weight"), "{e}");
+
+    // In a GGUF file too.
+    let mut parts = common::gguf_parts_from_fixture("tiny-llama", "llama");
+    parts.tensors.push(("blk.0.attn_q_norm.weight".into(), Tensor::ones(16, candle_core::DType::F32, &Device::Cpu).unwrap()));
+    let path = scratch("strict-gguf").join("m.gguf");
+    common::write_gguf(&parts, &path);
+    let e = Model::load(&path).err().expect("unused tensor").to_string();
+    assert!(e.contains("blk.0.attn_q_norm.weight"), "{e}");
+}
+
+/// A config key that changes the computation in a way glassbox does not implement is an
+/// error, and so is an unknown rope scaling type.
+#[test]
+fn unimplemented_config_features_are_errors() {
+    for (key, value, want) in [
+        ("scale_attn_by_inverse_layer_idx", serde_json::json!(true), "scale_attn_by_inverse_layer_idx"),
+        ("rope_scaling", serde_json::json!({"rope_type": "longrope", "factor": 2.0}), "longrope"),
+    ] {
+        let base = fixtures().join(if key == "rope_scaling" { "tiny-llama" } else { "tiny-gpt2" });
+        let d = scratch(&format!("unimpl-{key}"));
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(base.join(f), d.join(f)).unwrap();
+        }
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+        let e = Model::load(&d).err().expect("should fail").to_string();
+        assert!(e.contains(want), "{key}: {e}");
     }
 }

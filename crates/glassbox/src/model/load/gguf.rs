@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -261,6 +261,7 @@ struct GgufSource {
     /// The blocks of every Q4_1 tensor loaded so far, by name (for `q41_copies`, so that the
     /// file is read once).
     q41: HashMap<String, Q41>,
+    loaded: HashSet<String>,
 }
 
 impl TensorSource for GgufSource {
@@ -270,7 +271,14 @@ impl TensorSource for GgufSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.content.tensor_infos.get(name).map(|t| t.shape.dims().to_vec())
     }
+    fn names(&self) -> Vec<String> {
+        self.content.tensor_infos.keys().cloned().collect()
+    }
+    fn loaded(&self) -> &HashSet<String> {
+        &self.loaded
+    }
     fn load(&mut self, name: &str) -> Result<Tensor> {
+        self.loaded.insert(name.to_string());
         let q = self
             .content
             .tensor(&mut self.reader, name, &Device::Cpu)
@@ -330,9 +338,11 @@ pub fn load_file(path: &Path) -> Result<Model> {
         reader,
         path: path.to_path_buf(),
         q41: HashMap::new(),
+        loaded: HashSet::new(),
     };
     let mut weights = build_weights(&cfg, family.names, &mut src)?;
     weights.rope_freqs = rope_freqs(&mut src, &cfg)?;
+    super::check_all_used(&src, &arch)?;
     let quantized = q41_copies(std::mem::take(&mut src.q41), family.names, &cfg, &weights)?;
     let name = path
         .file_stem()

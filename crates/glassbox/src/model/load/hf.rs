@@ -46,6 +46,7 @@ pub fn supported_model_types() -> Vec<&'static str> {
 struct SafetensorsSource {
     st: MmapedSafetensors,
     names: HashSet<String>,
+    loaded: HashSet<String>,
 }
 
 impl TensorSource for SafetensorsSource {
@@ -58,7 +59,14 @@ impl TensorSource for SafetensorsSource {
         }
         self.st.get(name).ok().map(|v| v.shape().to_vec())
     }
+    fn names(&self) -> Vec<String> {
+        self.names.iter().cloned().collect()
+    }
+    fn loaded(&self) -> &HashSet<String> {
+        &self.loaded
+    }
     fn load(&mut self, name: &str) -> Result<Tensor> {
+        self.loaded.insert(name.to_string());
         Ok(self.st.load(name, &Device::Cpu)?)
     }
 }
@@ -198,7 +206,7 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
         detail: format!("not a readable safetensors file ({e})"),
     })?;
     let names: HashSet<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
-    let mut src = SafetensorsSource { st, names };
+    let mut src = SafetensorsSource { st, names, loaded: HashSet::new() };
     let unembed_name = match family.names.unembed {
         T::Req(n) | T::Opt(n) => Some(n),
         T::No => None,
@@ -218,6 +226,7 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
         },
         other => other,
     })?;
+    super::check_all_used(&src, &cfg.architecture)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?.with_bos_token(json.bos_token_id);
     Model::new(
         dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),

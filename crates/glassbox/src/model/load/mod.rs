@@ -9,6 +9,7 @@ mod hf_config;
 mod layers;
 pub(crate) mod names;
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -86,6 +87,35 @@ pub(crate) trait TensorSource {
     /// The stored shape (row-major), checked before the tensor is read.
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     fn load(&mut self, name: &str) -> Result<Tensor>;
+    /// Every tensor name in the file.
+    fn names(&self) -> Vec<String>;
+    /// The names `load` has read so far.
+    fn loaded(&self) -> &HashSet<String>;
+}
+
+/// Tensors that checkpoints store but no computation reads (name suffixes): rotary frequency
+/// tables and causal-mask buffers that older `transformers` versions saved.
+pub const KNOWN_BUFFERS: &[&str] = &[".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias", ".attention.bias", ".attention.masked_bias"];
+
+/// Error naming the tensors in the file that no part of the model read (beyond
+/// `KNOWN_BUFFERS`): each would be a part of the checkpoint glassbox leaves out, so it would
+/// compute another model.
+pub(crate) fn check_all_used(src: &dyn TensorSource, arch: &str) -> Result<()> {
+    let mut unused: Vec<String> = src
+        .names()
+        .into_iter()
+        .filter(|n| !src.loaded().contains(n) && !KNOWN_BUFFERS.iter().any(|b| n.ends_with(b)))
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    unused.sort();
+    let n = unused.len();
+    let shown: Vec<String> = unused.iter().take(8).map(|u| gguf_header::printable(u)).collect();
+    Err(Error::UnusedTensors {
+        arch: arch.to_string(),
+        names: format!("{}{}", shown.join(", "), if n > 8 { format!(" and {} more", n - 8) } else { String::new() }),
+    })
 }
 
 pub(crate) fn name_at(template: &str, layer: usize) -> String {
@@ -319,6 +349,7 @@ pub(crate) fn build_weights(
             Tensor::zeros((0, d), DType::F32, &candle_core::Device::Cpu)?
         };
         let b_in = if dense { fetch(src, names.mlp_b_in, l, &[m], None)? } else { None };
+        let b_gate = if cfg.mlp.gated && dense { fetch(src, names.mlp_b_gate, l, &[m], None)? } else { None };
         let w_gate = if cfg.mlp.gated && dense {
             Some(required(fetch(src, names.mlp_gate, l, &[m, d], lin)?, names.mlp_gate, l)?)
         } else {
@@ -354,7 +385,7 @@ pub(crate) fn build_weights(
                 w_in,
                 b_in,
                 w_gate,
-                b_gate: None,
+                b_gate,
                 w_out,
                 b_out,
             },
