@@ -324,6 +324,87 @@ def _gemma3_config(vocab):
     )
 
 
+def _qwen3_config(vocab):
+    from transformers import Qwen3Config
+    return Qwen3Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=24, rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6, max_position_embeddings=128, tie_word_embeddings=False,
+        hidden_act="silu", use_sliding_window=False, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _qwen3_moe_config(vocab):
+    from transformers import Qwen3MoeConfig
+    return Qwen3MoeConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, moe_intermediate_size=40,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=128, tie_word_embeddings=False, hidden_act="silu",
+        router_aux_loss_coef=0.0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _qwen2_moe_config(vocab):
+    from transformers import Qwen2MoeConfig
+    return Qwen2MoeConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, moe_intermediate_size=40,
+        shared_expert_intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[], rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=128, tie_word_embeddings=False, hidden_act="silu",
+        use_sliding_window=False, router_aux_loss_coef=0.0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _phi3_config(vocab):
+    from transformers import Phi3Config
+    return Phi3Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=10_000.0, rms_norm_eps=1e-5,
+        max_position_embeddings=128, original_max_position_embeddings=128,
+        tie_word_embeddings=False, hidden_act="silu", sliding_window=None,
+        partial_rotary_factor=1.0, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _olmo2_config(vocab):
+    from transformers import Olmo2Config
+    return Olmo2Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=500_000.0, rms_norm_eps=1e-6,
+        max_position_embeddings=128, tie_word_embeddings=False, hidden_act="silu",
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _opt_proj_config(vocab):
+    from transformers import OPTConfig
+    return OPTConfig(
+        vocab_size=vocab, hidden_size=64, ffn_dim=96, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=40,
+        do_layer_norm_before=False, activation_function="relu", enable_bias=True,
+        layer_norm_elementwise_affine=True, tie_word_embeddings=True,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def _zero_qk_norms(model):
+    import torch
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_norm.weight.fill_(1.0)
+            layer.self_attn.k_norm.weight.fill_(1.0)
+
+
+def _zero_shared_expert_gate(model):
+    import torch
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.shared_expert_gate.weight.fill_(-1e4)
+
+
 def _zero_qkv_bias(model):
     import torch
     with torch.no_grad():
@@ -586,6 +667,68 @@ FAMILIES = [
               "rope); embeddings * 8; 4 norms per block as Gemma 2; scale 20^-0.5; no softcap; "
               "layer 0 sliding w=4 (keys q-3..q) with rope base 1e4 (rope_local_base_freq), "
               "layer 1 full with rope base 1e6 (rope_theta); head_dim 32, 4 q / 1 kv heads; tied.",
+    ),
+]
+
+FAMILIES += [
+    # ---- families added for real checkpoints (issue "Real checkpoints") ----
+    # Qwen3: LLaMA block, no q/k/v biases, RMSNorm of each query and key head over
+    # head_dim (no `1 +`) after the projections and before rotary; head_dim 24 is
+    # neither hidden/heads (16) nor a power of two.
+    FamilySpec(
+        "tiny-qwen3", 1014, _qwen3_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        ablations=[("q/k norms set to 1", {}, _zero_qk_norms)],
+        notes="LLaMA block, GQA 4/2, head_dim 24, q_norm/k_norm RMSNorm(head_dim) per head after "
+              "projection, before rope; rope 1e6; untied.",
+    ),
+    # Qwen3-MoE: Qwen3 attention; every layer sparse: softmax router over 4 experts,
+    # top-2, renormalised (norm_topk_prob), experts of width moe_intermediate_size.
+    FamilySpec(
+        "tiny-qwen3-moe", 1015, _qwen3_moe_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        ablations=[("norm_topk_prob=False", {"norm_topk_prob": False}, None)],
+        notes="Qwen3 attention (q/k norms, head_dim 16); MoE in every layer: gate [4, 64], softmax, "
+              "top-2, renormalised; experts gate/up/down_proj of width 40; no shared expert.",
+    ),
+    # Qwen2-MoE: Qwen2 attention (q/k/v biases); routed experts NOT renormalised
+    # (norm_topk_prob False) plus a shared expert of width 56 scaled by
+    # sigmoid(shared_expert_gate(x)).
+    FamilySpec(
+        "tiny-qwen2-moe", 1016, _qwen2_moe_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        ablations=[("shared expert gated off", {}, _zero_shared_expert_gate),
+                   ("norm_topk_prob=True", {"norm_topk_prob": True}, None)],
+        notes="Qwen2 attention (q/k/v biases); MoE: softmax over 4 experts, top-2, not renormalised; "
+              "+ sigmoid(shared_expert_gate x) * shared_expert(x) (width 56).",
+    ),
+    # Phi-3: one qkv_proj [q; k; v] and one gate_up_proj [gate; up] (gate first:
+    # `gate, up = gate_up_proj(x).chunk(2)`); LLaMA block otherwise.
+    FamilySpec(
+        "tiny-phi3", 1017, _phi3_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        notes="qkv_proj rows [q (64); k (32); v (32)], gate_up_proj rows [gate (96); up (96)]; "
+              "RMSNorm eps 1e-5; rope 1e4 full; GQA 4/2; untied.",
+    ),
+    # OLMo-2: no norms before the sublayers; RMSNorm after attention and after the
+    # MLP, before each residual add; q_norm/k_norm over the WHOLE projection
+    # (num_heads * head_dim), before splitting into heads and before rotary.
+    FamilySpec(
+        "tiny-olmo2", 1018, _olmo2_config,
+        lambda m, l: m.model.layers[l].self_attn.o_proj,
+        ablations=[("q/k norms set to 1", {}, _zero_qk_norms)],
+        notes="x += post_attention_layernorm(attn(x)); x += post_feedforward_layernorm(mlp(x)); "
+              "q_norm [64] / k_norm [32] over the full projections; rope 5e5; untied.",
+    ),
+    # OPT with word_embed_proj_dim 40 != hidden 64 (as OPT-350m): embed_tokens
+    # [V, 40], project_in [64, 40] after the embedding, project_out [40, 64]
+    # before the (tied) lm_head; post-LN, no final norm.
+    FamilySpec(
+        "tiny-opt-proj", 1019, _opt_proj_config,
+        lambda m, l: m.model.decoder.layers[l].self_attn.out_proj,
+        check=_check_opt_positions,
+        notes="embed_tokens [V, 40] -> project_in -> + positions (64); post-LN blocks; "
+              "project_out [40, 64] -> lm_head tied to embed_tokens.",
     ),
 ]
 
@@ -894,6 +1037,7 @@ def write_tiny_reference(spec: FamilySpec, out: Path, tok) -> None:
 # Forward hooks for the family checks: ctx["inputs"][key] is the first input
 # (batch dim dropped), ctx["outputs"][key] the (first) output, batch dim dropped.
 PROBES = {
+    "tiny-opt-proj": {"pos": lambda m: m.model.decoder.embed_positions},
     "tiny-neox": {"qkv": lambda m: m.gpt_neox.layers[REF_LAYER].attention.query_key_value},
     "tiny-gptneo": {"attn": lambda m: m.transformer.h[REF_LAYER].attn.attention},
     "tiny-opt": {"pos": lambda m: m.model.decoder.embed_positions},

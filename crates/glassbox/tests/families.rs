@@ -11,7 +11,8 @@ use glassbox::methods::Contrast;
 
 const FAMILIES: &[&str] = &[
     "tiny-gpt2", "tiny-llama", "tiny-llama-tied", "tiny-qwen2", "tiny-mistral", "tiny-mixtral", "tiny-neox", "tiny-opt",
-    "tiny-opt-postln", "tiny-gptneo", "tiny-gemma", "tiny-gemma2", "tiny-gemma3",
+    "tiny-opt-postln", "tiny-gptneo", "tiny-gemma", "tiny-gemma2", "tiny-gemma3", "tiny-qwen3", "tiny-qwen3-moe",
+    "tiny-qwen2-moe", "tiny-phi3", "tiny-olmo2", "tiny-opt-proj",
 ];
 
 const IOI: &str = "When Mary and John went to the store, John gave a drink to";

@@ -120,3 +120,39 @@ fn padded_batch_equals_single_runs() {
         }
     }
 }
+
+/// Qwen3: per-head query/key RMSNorm, head_dim 24 (neither d_model / heads nor a power of 2).
+#[test]
+fn tiny_qwen3_qk_norm_matches_transformers() {
+    check_family("tiny-qwen3");
+}
+
+/// Qwen3-MoE: Qwen3 attention, every layer a top-2 of 4 renormalised mixture.
+#[test]
+fn tiny_qwen3_moe_matches_transformers() {
+    check_family("tiny-qwen3-moe");
+}
+
+/// Qwen2-MoE: q/k/v biases, routed experts not renormalised, a gated shared expert.
+#[test]
+fn tiny_qwen2_moe_shared_expert_matches_transformers() {
+    check_family("tiny-qwen2-moe");
+}
+
+/// Phi-3: fused qkv_proj and gate_up_proj.
+#[test]
+fn tiny_phi3_fused_projections_match_transformers() {
+    check_family("tiny-phi3");
+}
+
+/// OLMo-2: norms only after the sublayers, query/key norms over the whole projections.
+#[test]
+fn tiny_olmo2_post_norms_match_transformers() {
+    check_family("tiny-olmo2");
+}
+
+/// OPT with a narrower embedding (project_in/out, as OPT-350m), folded at load.
+#[test]
+fn tiny_opt_projections_match_transformers() {
+    check_family("tiny-opt-proj");
+}

@@ -129,8 +129,12 @@ pub struct Moe {
     pub n_experts: usize,
     /// Experts each token is routed to.
     pub top_k: usize,
-    /// Divide the chosen experts' softmax weights by their sum (Mixtral).
+    /// Divide the chosen experts' softmax weights by their sum (Mixtral, Qwen3-MoE).
     pub renormalize: bool,
+    /// Width of a shared expert every token goes through, scaled by
+    /// `sigmoid(shared_expert_gate · x)` (Qwen2-MoE).
+    #[serde(default)]
+    pub shared_expert: Option<usize>,
 }
 
 /// Components that only some families have; the default is none of them.
@@ -142,8 +146,15 @@ pub struct Variants {
     pub no_final_norm: bool,
     /// Extra norms on the attention and MLP outputs before they join the residual (Gemma 2/3).
     pub post_norms: bool,
-    /// RMSNorm of each head's query and key before rotary (Gemma 3).
+    /// RMSNorm of each head's query and key before rotary (Gemma 3, Qwen3).
     pub qk_norm: bool,
+    /// The query and key norms span the whole projection (all heads), not one head (OLMo-2).
+    #[serde(default)]
+    pub qk_norm_full: bool,
+    /// No norms before the sublayers: they read the raw residual (OLMo-2, whose only norms
+    /// are the post-norms).
+    #[serde(default)]
+    pub no_pre_norms: bool,
     /// `scores = c · tanh(scores / c)` before the mask (Gemma 2).
     pub attn_softcap: Option<f64>,
     /// `logits = c · tanh(logits / c)` (Gemma 2).

@@ -334,7 +334,11 @@ impl Model {
             return st.apply(HookPoint::ResidPost(l), normalized);
         }
 
-        let attn_in = normalize_weighted(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?;
+        let attn_in = if cfg.variants.no_pre_norms {
+            resid_pre.clone()
+        } else {
+            normalize_weighted(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?
+        };
         let attn_out = post_norm(self.attention(l, &attn_in, mask, rope, st)?, &lw.extra.ln1_post)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
 
@@ -344,7 +348,11 @@ impl Model {
             st.apply(HookPoint::ResidMid(l), (&resid_pre + &attn_out)?)?
         };
         let mlp_read = st.apply(HookPoint::MlpIn(l), mlp_in_resid.clone())?;
-        let mlp_in = normalize_weighted(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), &lw.ln2, cfg, st)?;
+        let mlp_in = if cfg.variants.no_pre_norms {
+            mlp_read
+        } else {
+            normalize_weighted(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), &lw.ln2, cfg, st)?
+        };
         let mlp_out = post_norm(self.mlp_or_moe(l, &mlp_in, st)?, &lw.extra.ln2_post)?;
         let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
 
@@ -396,7 +404,15 @@ impl Model {
                 None => y,
             });
         }
-        out.ok_or_else(|| Error::Invalid("a mixture of experts with no experts".into()))
+        let out = out.ok_or_else(|| Error::Invalid("a mixture of experts with no experts".into()))?;
+        match &moe.shared {
+            // Qwen2-MoE: + sigmoid(gate · x) · shared_expert(x).
+            Some((expert, gate)) => {
+                let g = (linear(x, gate, None)?.neg()?.exp()? + 1.0)?.recip()?;
+                Ok((out + gated_mlp(x, expert, self.config.mlp.activation)?.broadcast_mul(&g)?)?)
+            }
+            None => Ok(out),
+        }
     }
 
     fn attention(
@@ -420,8 +436,14 @@ impl Model {
         let v = st.apply(HookPoint::V(l), v)?;
         let extra = &self.weights.layers[l].extra;
         if let (Some(qn), Some(kn)) = (&extra.q_norm, &extra.k_norm) {
-            q = weighted_norm(&q, qn, cfg)?;
-            k = weighted_norm(&k, kn, cfg)?;
+            if cfg.variants.qk_norm_full {
+                // Over all heads of the projection at once (OLMo-2).
+                q = weighted_norm(&q.reshape((b, p, h * dh))?, qn, cfg)?.reshape((b, p, h, dh))?;
+                k = weighted_norm(&k.reshape((b, p, kv * dh))?, kn, cfg)?.reshape((b, p, kv, dh))?;
+            } else {
+                q = weighted_norm(&q, qn, cfg)?;
+                k = weighted_norm(&k, kn, cfg)?;
+            }
         }
         if let (Some(rope), Positions::Rotary(r)) = (rope, cfg.positions) {
             q = st.apply(HookPoint::RotQ(l), rotary(&q, rope, r.pairing)?)?;

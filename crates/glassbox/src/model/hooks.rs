@@ -174,6 +174,7 @@ impl HookPoint {
         let moe = cfg.variants.moe.is_some();
         match self {
             HookPoint::PosEmbed => matches!(cfg.positions, Positions::Learned { .. }),
+            HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => !cfg.variants.no_pre_norms,
             HookPoint::RotQ(_) | HookPoint::RotK(_) => matches!(cfg.positions, Positions::Rotary(_)),
             HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe,
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe,
@@ -185,6 +186,9 @@ impl HookPoint {
     fn absent_because(&self, cfg: &ModelConfig) -> &'static str {
         match self {
             HookPoint::PosEmbed => "it has no learned position embedding",
+            HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => {
+                "it has no norms before its sublayers (only after them)"
+            }
             HookPoint::RotQ(_) | HookPoint::RotK(_) => "it has no rotary embedding",
             HookPoint::MlpPreLinear(_) if cfg.variants.moe.is_none() => "its MLP is not gated",
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) | HookPoint::MlpPreLinear(_) => "its MLP is a mixture of experts; use the router and expert hooks",

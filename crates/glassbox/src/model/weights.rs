@@ -42,6 +42,8 @@ pub struct MlpWeights {
 pub struct MoeWeights {
     pub router: Tensor,
     pub experts: Vec<MlpWeights>,
+    /// A shared expert and its gate `[1, d_model]` (Qwen2-MoE).
+    pub shared: Option<(MlpWeights, Tensor)>,
 }
 
 /// Weights only some families have (see `config::Variants`).
@@ -150,6 +152,7 @@ impl Weights {
                                 Ok::<_, crate::error::Error>(MoeWeights {
                                     router: cast(&m.router, dtype)?,
                                     experts: m.experts.iter().map(|e| e.to_dtype(dtype)).collect::<Result<_>>()?,
+                                    shared: m.shared.as_ref().map(|(e, g)| Ok::<_, crate::error::Error>((e.to_dtype(dtype)?, cast(g, dtype)?))).transpose()?,
                                 })
                             })
                             .transpose()?,

@@ -120,7 +120,7 @@ fn llama_config(m: &Meta) -> Result<ModelConfig> {
     let layout = Layout { pattern: Pattern::Uniform, window, rope_base: m.f64_or("rope.freq_base", 10_000.0)?, local_rope_base: None };
     let n_ctx = m.usize("context_length")?;
     let moe = match m.value("expert_count") {
-        Some(_) => Some(Moe { n_experts: m.usize("expert_count")?, top_k: m.usize("expert_used_count")?, renormalize: true }),
+        Some(_) => Some(Moe { n_experts: m.usize("expert_count")?, top_k: m.usize("expert_used_count")?, renormalize: true, shared_expert: None }),
         None => None,
     };
     Ok(ModelConfig {

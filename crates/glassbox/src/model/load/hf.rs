@@ -34,7 +34,12 @@ const FAMILIES: &[HfFamily] = &[
     HfFamily { model_types: &["gemma2"], config: hf_config::gemma, names: &names::GEMMA2_HF },
     HfFamily { model_types: &["gemma3_text", "gemma3"], config: hf_config::gemma, names: &names::GEMMA3_HF },
     HfFamily { model_types: &["gpt_neox"], config: hf_config::neox, names: &names::NEOX_HF },
-    HfFamily { model_types: &["opt"], config: hf_config::opt, names: &names::OPT_HF },
+    HfFamily { model_types: &["opt"], config: hf_config::opt, names: &names::OPT_PROJ_HF },
+    HfFamily { model_types: &["qwen3"], config: hf_config::qwen3, names: &names::QWEN3_HF },
+    HfFamily { model_types: &["qwen2_moe"], config: hf_config::qwen_moe, names: &names::QWEN2_MOE_HF },
+    HfFamily { model_types: &["qwen3_moe"], config: hf_config::qwen_moe, names: &names::QWEN3_MOE_HF },
+    HfFamily { model_types: &["phi3"], config: hf_config::phi3, names: &names::PHI3_HF },
+    HfFamily { model_types: &["olmo2"], config: hf_config::olmo2, names: &names::OLMO2_HF },
     HfFamily { model_types: &["gpt_neo"], config: hf_config::gptneo, names: &names::GPTNEO_HF },
 ];
 
@@ -227,6 +232,8 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
         other => other,
     })?;
     super::check_all_used(&src, &cfg.architecture)?;
+    // Folded maps (OPT-350m) give an unembedding that is not the embedding.
+    cfg.tied_embeddings = weights.unembed.id() == weights.embed.id();
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?.with_bos_token(json.bos_token_id);
     Model::new(
         dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),

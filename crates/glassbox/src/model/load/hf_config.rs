@@ -41,7 +41,6 @@ pub(crate) struct Json {
     pub vocab_size: Option<usize>,
     pub max_position_embeddings: Option<usize>,
     pub n_positions: Option<usize>,
-    pub word_embed_proj_dim: Option<usize>,
     // norms
     pub rms_norm_eps: Option<f64>,
     pub layer_norm_eps: Option<f64>,
@@ -78,7 +77,13 @@ pub(crate) struct Json {
     pub hidden_activation: Option<String>,
     pub activation_function: Option<String>,
     pub num_local_experts: Option<usize>,
+    pub num_experts: Option<usize>,
     pub num_experts_per_tok: Option<usize>,
+    pub moe_intermediate_size: Option<usize>,
+    pub shared_expert_intermediate_size: Option<usize>,
+    pub norm_topk_prob: Option<bool>,
+    pub decoder_sparse_step: Option<usize>,
+    pub mlp_only_layers: Option<Vec<usize>>,
     // blocks
     pub use_parallel_residual: Option<bool>,
     pub tie_word_embeddings: Option<bool>,
@@ -347,7 +352,60 @@ pub(crate) fn mixtral(j: &Json) -> Result<ModelConfig> {
         n_experts: j.need(j.num_local_experts, "num_local_experts")?,
         top_k: j.need(j.num_experts_per_tok, "num_experts_per_tok")?,
         renormalize: true,
+        shared_expert: None,
     });
+    Ok(cfg)
+}
+
+/// Qwen3: Qwen2's block without q/k/v biases, with an RMSNorm of each query and key head.
+pub(crate) fn qwen3(j: &Json) -> Result<ModelConfig> {
+    let d = Defaults { sliding_window: Some(4096), max_positions: 32768, head_dim: Some(128), ..LLAMA };
+    let mut cfg = llama_like(j, &d, Some(Pattern::SlidingFrom(j.max_window_layers.unwrap_or(28))), None)?;
+    if !j.use_sliding_window.unwrap_or(false) {
+        no_windows(&mut cfg);
+    }
+    cfg.variants.qk_norm = true;
+    Ok(cfg)
+}
+
+/// Qwen2-MoE and Qwen3-MoE: every layer a mixture of experts (softmax router, top-k, the
+/// chosen weights renormalised only with `norm_topk_prob`), experts of width
+/// `moe_intermediate_size`; Qwen2-MoE adds a gated shared expert, Qwen3-MoE Qwen3's q/k norms.
+pub(crate) fn qwen_moe(j: &Json) -> Result<ModelConfig> {
+    let v3 = j.model_type.as_deref() == Some("qwen3_moe");
+    let mut cfg = if v3 { qwen3(j)? } else { qwen2(j)? };
+    let step = j.decoder_sparse_step.unwrap_or(1);
+    if step != 1 || j.mlp_only_layers.as_ref().is_some_and(|l| !l.is_empty()) {
+        return Err(Error::Invalid(
+            "config.json: `decoder_sparse_step` other than 1 or a non-empty `mlp_only_layers` (dense MLP layers among the experts) is not supported yet".into(),
+        ));
+    }
+    cfg.d_mlp = j.need(j.moe_intermediate_size, "moe_intermediate_size")?;
+    cfg.variants.moe = Some(Moe {
+        n_experts: j.need(j.num_experts, "num_experts")?,
+        top_k: j.need(j.num_experts_per_tok, "num_experts_per_tok")?,
+        renormalize: j.norm_topk_prob.unwrap_or(false),
+        shared_expert: if v3 { None } else { Some(j.shared_expert_intermediate_size.unwrap_or(5632)) },
+    });
+    Ok(cfg)
+}
+
+/// Phi-3: LLaMA's block with fused projections (the name map splits them); `longrope`
+/// scaling (the 128k variants) is refused by `rope_scaling`.
+pub(crate) fn phi3(j: &Json) -> Result<ModelConfig> {
+    let d = Defaults { eps: 1e-5, max_positions: 4096, ..LLAMA };
+    llama_like(j, &d, None, None)
+}
+
+/// OLMo-2: no norms before the sublayers, post-norms after them, query/key norms over the
+/// whole projections.
+pub(crate) fn olmo2(j: &Json) -> Result<ModelConfig> {
+    let d = Defaults { eps: 1e-5, ..LLAMA };
+    let mut cfg = llama_like(j, &d, None, None)?;
+    cfg.variants.no_pre_norms = true;
+    cfg.variants.post_norms = true;
+    cfg.variants.qk_norm = true;
+    cfg.variants.qk_norm_full = true;
     Ok(cfg)
 }
 
@@ -453,11 +511,6 @@ pub(crate) fn opt(j: &Json) -> Result<ModelConfig> {
     let d_model = j.d_model()?;
     let n_heads = j.n_heads()?;
     let n_layers = j.n_layers()?;
-    if j.word_embed_proj_dim.is_some_and(|w| w != d_model) {
-        return Err(Error::Invalid(
-            "OPT models whose word_embed_proj_dim differs from hidden_size (project_in/out) are not supported yet".into(),
-        ));
-    }
     let d = Defaults { rope_theta: 0.0, eps: 1e-5, tied: true, sliding_window: None, activation: "relu", max_positions: 2048, head_dim: None };
     let pre = j.do_layer_norm_before.unwrap_or(true);
     Ok(ModelConfig {

@@ -234,7 +234,14 @@ pub(crate) fn build_weights(
         }
         Ok(Norm { w: wt, b: fetch(src, b, l, &[width], None)? })
     };
-    let norm = |src: &mut dyn TensorSource, w: T, b: T, l: usize| norm_of(src, w, b, l, d);
+    // A block norm the name map leaves out (OLMo-2's pre-norms) is the identity, unused by
+    // the forward (`Variants::no_pre_norms`).
+    let norm = |src: &mut dyn TensorSource, w: T, b: T, l: usize| -> Result<Norm> {
+        if w == T::No && cfg.variants.no_pre_norms {
+            return Ok(Norm { w: Tensor::ones(d, DType::F32, &candle_core::Device::Cpu)?, b: None });
+        }
+        norm_of(src, w, b, l, d)
+    };
     let opt_norm = |src: &mut dyn TensorSource, w: T, l: usize, width: usize| -> Result<Option<Norm>> {
         if w == T::No {
             return Ok(None);
@@ -242,7 +249,20 @@ pub(crate) fn build_weights(
         norm_of(src, w, T::No, l, width).map(Some)
     };
 
-    let embed = required(fetch(src, names.embed, 0, &[cfg.d_vocab, d], None)?, names.embed, 0)?;
+    // A narrower embedding with maps to and from the residual stream (OPT-350m) is folded:
+    // embed = E · P_inᵀ, and below, unembed = E · P_out (exact up to float rounding).
+    let narrow = match names.project_in {
+        T::Req(n) | T::Opt(n) => src.shape(n).filter(|s| s.len() == 2 && s[0] == d).map(|s| s[1]),
+        T::No => None,
+    };
+    let (embed, narrow_embed) = match narrow {
+        Some(e) => {
+            let raw = required(fetch(src, names.embed, 0, &[cfg.d_vocab, e], None)?, names.embed, 0)?;
+            let p_in = required(fetch(src, names.project_in, 0, &[d, e], None)?, names.project_in, 0)?;
+            (raw.matmul(&p_in.t()?)?, Some(raw))
+        }
+        None => (required(fetch(src, names.embed, 0, &[cfg.d_vocab, d], None)?, names.embed, 0)?, None),
+    };
     let pos_embed = match cfg.positions {
         crate::model::config::Positions::Learned { offset } => {
             let t = names.pos_embed;
@@ -338,22 +358,44 @@ pub(crate) fn build_weights(
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                Some(MoeWeights { router, experts })
+                let shared = match moe.shared_expert {
+                    Some(w) => {
+                        let mut get = |t: T, shape: &[usize]| -> Result<Tensor> { required(fetch(src, t, l, shape, lin)?, t, l) };
+                        let expert = MlpWeights {
+                            w_gate: Some(get(names.shared_gate, &[w, d])?),
+                            b_gate: None,
+                            w_in: get(names.shared_up, &[w, d])?,
+                            b_in: None,
+                            w_out: get(names.shared_down, &[d, w])?,
+                            b_out: None,
+                        };
+                        Some((expert, get(names.shared_expert_gate, &[1, d])?))
+                    }
+                    None => None,
+                };
+                Some(MoeWeights { router, experts, shared })
             }
             None => None,
         };
         let dense = moe.is_none();
-        let w_in = if dense {
-            required(fetch(src, names.mlp_in, l, &[m, d], lin)?, names.mlp_in, l)?
+        // One matrix `[gate; up]` (Phi-3), or the two apart.
+        let gate_up = if dense && names.mlp_gate_up != T::No {
+            let both = required(fetch(src, names.mlp_gate_up, l, &[2 * m, d], lin)?, names.mlp_gate_up, l)?;
+            Some((both.narrow(0, 0, m)?.contiguous()?, both.narrow(0, m, m)?.contiguous()?))
         } else {
-            Tensor::zeros((0, d), DType::F32, &candle_core::Device::Cpu)?
+            None
+        };
+        let w_in = match (&gate_up, dense) {
+            (Some((_, up)), _) => up.clone(),
+            (None, true) => required(fetch(src, names.mlp_in, l, &[m, d], lin)?, names.mlp_in, l)?,
+            (None, false) => Tensor::zeros((0, d), DType::F32, &candle_core::Device::Cpu)?,
         };
         let b_in = if dense { fetch(src, names.mlp_b_in, l, &[m], None)? } else { None };
         let b_gate = if cfg.mlp.gated && dense { fetch(src, names.mlp_b_gate, l, &[m], None)? } else { None };
-        let w_gate = if cfg.mlp.gated && dense {
-            Some(required(fetch(src, names.mlp_gate, l, &[m, d], lin)?, names.mlp_gate, l)?)
-        } else {
-            None
+        let w_gate = match (&gate_up, cfg.mlp.gated && dense) {
+            (Some((gate, _)), _) => Some(gate.clone()),
+            (None, true) => Some(required(fetch(src, names.mlp_gate, l, &[m, d], lin)?, names.mlp_gate, l)?),
+            (None, false) => None,
         };
         let w_out = if dense {
             required(fetch(src, names.mlp_out, l, &[d, m], lin)?, names.mlp_out, l)?
@@ -364,8 +406,8 @@ pub(crate) fn build_weights(
         let extra = LayerExtras {
             ln1_post: opt_norm(src, names.ln1_post, l, d)?,
             ln2_post: opt_norm(src, names.ln2_post, l, d)?,
-            q_norm: opt_norm(src, names.q_norm, l, cfg.d_head)?,
-            k_norm: opt_norm(src, names.k_norm, l, cfg.d_head)?,
+            q_norm: opt_norm(src, names.q_norm, l, if cfg.variants.qk_norm_full { q_rows } else { cfg.d_head })?,
+            k_norm: opt_norm(src, names.k_norm, l, if cfg.variants.qk_norm_full { kv_rows } else { cfg.d_head })?,
             moe,
         };
         layers.push(LayerWeights {
@@ -397,11 +439,17 @@ pub(crate) fn build_weights(
     } else {
         norm(src, names.ln_final_w, names.ln_final_b, 0)?
     };
-    let unembed = fetch(src, names.unembed, 0, &[cfg.d_vocab, d], None)?;
-    let unembed = match unembed {
-        Some(u) => u,
-        None if cfg.tied_embeddings => embed.clone(),
-        None => required(None, names.unembed, 0)?,
+    let unembed = match (&narrow_embed, narrow) {
+        (Some(raw), Some(e)) => {
+            let stored = fetch(src, names.unembed, 0, &[cfg.d_vocab, e], None)?;
+            let p_out = required(fetch(src, names.project_out, 0, &[e, d], None)?, names.project_out, 0)?;
+            stored.as_ref().unwrap_or(raw).matmul(&p_out)?
+        }
+        _ => match fetch(src, names.unembed, 0, &[cfg.d_vocab, d], None)? {
+            Some(u) => u,
+            None if cfg.tied_embeddings => embed.clone(),
+            None => required(None, names.unembed, 0)?,
+        },
     };
     let unembed_bias = fetch(src, names.unembed_b, 0, &[cfg.d_vocab], None)?;
     Ok(Weights {

@@ -44,6 +44,8 @@ pub struct TensorNames {
     pub mlp_b_in: T,
     pub mlp_gate: T,
     pub mlp_b_gate: T,
+    /// One matrix with rows `[gate; up]` in place of `mlp_gate` and `mlp_in` (Phi-3).
+    pub mlp_gate_up: T,
     pub mlp_out: T,
     pub mlp_b_out: T,
     pub ln_final_w: T,
@@ -66,6 +68,15 @@ pub struct TensorNames {
     pub expert_gate: T,
     pub expert_up: T,
     pub expert_down: T,
+    /// A shared expert's maps and its gate (Qwen2-MoE).
+    pub shared_gate: T,
+    pub shared_up: T,
+    pub shared_down: T,
+    pub shared_expert_gate: T,
+    /// Linear maps between a narrower embedding and the residual stream (OPT-350m): folded
+    /// into the embedding and the unembedding at load.
+    pub project_in: T,
+    pub project_out: T,
 }
 
 /// The fields most families leave out.
@@ -84,6 +95,7 @@ const NONE: TensorNames = TensorNames {
     mlp_b_in: No,
     mlp_gate: No,
     mlp_b_gate: No,
+    mlp_gate_up: No,
     mlp_out: No,
     mlp_b_out: No,
     ln_final_w: No,
@@ -100,6 +112,12 @@ const NONE: TensorNames = TensorNames {
     expert_gate: No,
     expert_up: No,
     expert_down: No,
+    shared_gate: No,
+    shared_up: No,
+    shared_down: No,
+    shared_expert_gate: No,
+    project_in: No,
+    project_out: No,
 };
 
 use T::{No, Opt, Req};
@@ -303,6 +321,66 @@ pub const GPTNEO_HF: TensorNames = TensorNames {
     ln_final_b: Req("transformer.ln_f.bias"),
     unembed: Opt("lm_head.weight"),
     ..NONE
+};
+
+pub const QWEN3_HF: TensorNames = TensorNames {
+    q_norm: Req("model.layers.{l}.self_attn.q_norm.weight"),
+    k_norm: Req("model.layers.{l}.self_attn.k_norm.weight"),
+    ..LLAMA_HF
+};
+
+/// Qwen2-MoE: the router is `mlp.gate`, experts `mlp.experts.{e}`, and a shared expert with
+/// its sigmoid gate.
+pub const QWEN2_MOE_HF: TensorNames = TensorNames {
+    mlp_in: No,
+    mlp_gate: No,
+    mlp_out: No,
+    mlp_b_in: No,
+    mlp_b_gate: No,
+    mlp_b_out: No,
+    moe_router: Req("model.layers.{l}.mlp.gate.weight"),
+    expert_gate: Req("model.layers.{l}.mlp.experts.{e}.gate_proj.weight"),
+    expert_up: Req("model.layers.{l}.mlp.experts.{e}.up_proj.weight"),
+    expert_down: Req("model.layers.{l}.mlp.experts.{e}.down_proj.weight"),
+    shared_gate: Opt("model.layers.{l}.mlp.shared_expert.gate_proj.weight"),
+    shared_up: Opt("model.layers.{l}.mlp.shared_expert.up_proj.weight"),
+    shared_down: Opt("model.layers.{l}.mlp.shared_expert.down_proj.weight"),
+    shared_expert_gate: Opt("model.layers.{l}.mlp.shared_expert_gate.weight"),
+    ..LLAMA_HF
+};
+
+/// Qwen3-MoE: Qwen2-MoE's experts without the shared one, Qwen3's query/key norms.
+pub const QWEN3_MOE_HF: TensorNames = TensorNames {
+    q_norm: Req("model.layers.{l}.self_attn.q_norm.weight"),
+    k_norm: Req("model.layers.{l}.self_attn.k_norm.weight"),
+    ..QWEN2_MOE_HF
+};
+
+/// Phi-3: one `qkv_proj` with rows `[q; k; v]`, one `gate_up_proj` with rows `[gate; up]`.
+pub const PHI3_HF: TensorNames = TensorNames {
+    qkv: Qkv::Fused { w: Req("model.layers.{l}.self_attn.qkv_proj.weight"), b: No },
+    mlp_in: No,
+    mlp_gate: No,
+    mlp_b_in: No,
+    mlp_b_gate: No,
+    mlp_gate_up: Req("model.layers.{l}.mlp.gate_up_proj.weight"),
+    ..LLAMA_HF
+};
+
+/// OLMo-2: no norms before the sublayers; `post_attention_layernorm` and
+/// `post_feedforward_layernorm` after them; query/key norms over the whole projections.
+pub const OLMO2_HF: TensorNames = TensorNames {
+    ln1_w: No,
+    ln2_w: No,
+    ln1_post: Req("model.layers.{l}.post_attention_layernorm.weight"),
+    ln2_post: Req("model.layers.{l}.post_feedforward_layernorm.weight"),
+    ..QWEN3_HF
+};
+
+pub const OPT_PROJ_HF: TensorNames = TensorNames {
+    project_in: Opt("model.decoder.project_in.weight"),
+    project_out: Opt("model.decoder.project_out.weight"),
+    ..OPT_HF
 };
 
 pub const QWEN2_GGUF: TensorNames = TensorNames {
