@@ -1112,6 +1112,10 @@ VARIANTS = [
      _set(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
                         "beta_fast": 8.0, "beta_slow": 1.0}), True,
      lambda c: c.rope_scaling["rope_type"] == "yarn"),
+    # What a Gemma 2 GGUF file means: llama.cpp keeps no query_pre_attn_scalar and
+    # scales by 1/sqrt(head_dim) (the reference for the GGUF test of tiny-gemma2).
+    ("gemma2-scalar-head-dim", "tiny-gemma2", _set(query_pre_attn_scalar=32), True,
+     lambda c: c.query_pre_attn_scalar == 32),
     ("neox-rope-dynamic", "tiny-neox",
      _set(max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 3.0}), True,
      lambda c: c.rope_scaling["rope_type"] == "dynamic"),

@@ -51,3 +51,29 @@ fn gguf_tiny_qwen2() {
 fn gguf_tiny_mistral_as_llama_with_sliding_window() {
     check_arch("tiny-mistral", "llama");
 }
+
+/// GGUF mappings beyond llama and qwen2, each written as llama.cpp's converter writes it
+/// from a tiny fixture and checked against `transformers` on the original weights (Gemma 2
+/// against the same weights with `query_pre_attn_scalar = head_dim`, what a Gemma 2 GGUF
+/// means to llama.cpp): Mixtral as `llama` with stacked experts, Gemma 1 and 2 (norms stored
+/// as `1 + w`, post-norms, soft-caps), Qwen3 (per-head query/key norms).
+#[test]
+fn gguf_mixtral_gemma_gemma2_qwen3() {
+    for (name, arch, reference) in [
+        ("tiny-mixtral", "llama", "tiny-mixtral/reference.safetensors"),
+        ("tiny-gemma", "gemma", "tiny-gemma/reference.safetensors"),
+        ("tiny-gemma2", "gemma2", "variants/gemma2-scalar-head-dim/reference.safetensors"),
+        ("tiny-qwen3", "qwen3", "tiny-qwen3/reference.safetensors"),
+    ] {
+        let path = scratch(&format!("gguf-map-{name}")).join("model.gguf");
+        write_gguf_from_fixture(name, arch, &path);
+        let model = Model::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let reference = Reference::load(fixtures().join(reference));
+        for i in 0..3 {
+            let ids = reference.ids(i);
+            let out = model.forward(&Batch::new(&[ids]).unwrap(), &Hooks::new()).unwrap();
+            let d = max_abs_diff(&out.logits.squeeze(0).unwrap(), reference.get(&format!("p{i}.logits")));
+            assert!(d <= 1e-4, "{name} as GGUF `{arch}` prompt {i}: logits differ by {d:e}");
+        }
+    }
+}

@@ -159,6 +159,20 @@ pub fn gguf_parts_from_fixture(name: &str, arch: &str) -> GgufParts {
     ];
 
     meta.retain(|(k, v)| !(k.ends_with("sliding_window") && matches!(v, Value::U32(0))));
+    if let Some(hd) = cfg["head_dim"].as_u64() {
+        meta.push((format!("{arch}.attention.key_length"), Value::U32(hd as u32)));
+        meta.push((format!("{arch}.attention.value_length"), Value::U32(hd as u32)));
+        meta.push((format!("{arch}.rope.dimension_count"), Value::U32(hd as u32)));
+    }
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if let Some(c) = cfg[key].as_f64() {
+            meta.push((format!("{arch}.{key}"), Value::F32(c as f32)));
+        }
+    }
+    if let (Some(n), Some(k)) = (cfg["num_local_experts"].as_u64(), cfg["num_experts_per_tok"].as_u64()) {
+        meta.push((format!("{arch}.expert_count"), Value::U32(n as u32)));
+        meta.push((format!("{arch}.expert_used_count"), Value::U32(k as u32)));
+    }
     // llama.cpp's permute: rows (head, 2, d_head/2) -> (head, d_head/2, 2).
     let permute = |w: &Tensor, n: u32| -> Tensor {
         let (rows, cols) = w.dims2().unwrap();
@@ -171,27 +185,62 @@ pub fn gguf_parts_from_fixture(name: &str, arch: &str) -> GgufParts {
             .reshape((rows, cols))
             .unwrap()
     };
+    // llama.cpp stores Gemma's norm weights as `1 + w` (the Hugging Face files store `w`).
+    let gemma = arch.starts_with("gemma");
+    let norm = |t: Tensor| if gemma { (t + 1.0).unwrap() } else { t };
     let mut tensors: Vec<(String, Tensor)> = vec![
         ("token_embd.weight".into(), st["model.embed_tokens.weight"].clone()),
-        ("output_norm.weight".into(), st["model.norm.weight"].clone()),
+        ("output_norm.weight".into(), norm(st["model.norm.weight"].clone())),
     ];
     if let Some(lm) = st.get("lm_head.weight") {
         tensors.push(("output.weight".into(), lm.clone()));
     }
+    let n_experts = cfg["num_local_experts"].as_u64();
     for l in 0..u("num_hidden_layers") {
         let hf = |s: &str| st[&format!("model.layers.{l}.{s}")].clone();
         let gg = |s: &str| format!("blk.{l}.{s}");
         tensors.extend([
-            (gg("attn_norm.weight"), hf("input_layernorm.weight")),
+            (gg("attn_norm.weight"), norm(hf("input_layernorm.weight"))),
             (gg("attn_q.weight"), if llama { permute(&hf("self_attn.q_proj.weight"), heads) } else { hf("self_attn.q_proj.weight") }),
             (gg("attn_k.weight"), if llama { permute(&hf("self_attn.k_proj.weight"), kv) } else { hf("self_attn.k_proj.weight") }),
             (gg("attn_v.weight"), hf("self_attn.v_proj.weight")),
             (gg("attn_output.weight"), hf("self_attn.o_proj.weight")),
-            (gg("ffn_norm.weight"), hf("post_attention_layernorm.weight")),
-            (gg("ffn_gate.weight"), hf("mlp.gate_proj.weight")),
-            (gg("ffn_up.weight"), hf("mlp.up_proj.weight")),
-            (gg("ffn_down.weight"), hf("mlp.down_proj.weight")),
         ]);
+        if st.contains_key(&format!("model.layers.{l}.pre_feedforward_layernorm.weight")) {
+            // Gemma 2/3: post_attention_layernorm is the attention output's norm.
+            tensors.extend([
+                (gg("post_attention_norm.weight"), norm(hf("post_attention_layernorm.weight"))),
+                (gg("ffn_norm.weight"), norm(hf("pre_feedforward_layernorm.weight"))),
+                (gg("post_ffw_norm.weight"), norm(hf("post_feedforward_layernorm.weight"))),
+            ]);
+        } else {
+            tensors.push((gg("ffn_norm.weight"), norm(hf("post_attention_layernorm.weight"))));
+        }
+        for (ours, theirs) in [("attn_q_norm.weight", "self_attn.q_norm.weight"), ("attn_k_norm.weight", "self_attn.k_norm.weight")] {
+            if let Some(t) = st.get(&format!("model.layers.{l}.{theirs}")) {
+                tensors.push((gg(ours), norm(t.clone())));
+            }
+        }
+        match n_experts {
+            // Mixtral: the router and the experts stacked, as llama.cpp writes them.
+            Some(n) => {
+                let stack = |w: &str| {
+                    let parts: Vec<Tensor> = (0..n).map(|e| hf(&format!("block_sparse_moe.experts.{e}.{w}.weight"))).collect();
+                    Tensor::stack(&parts, 0).unwrap()
+                };
+                tensors.extend([
+                    (gg("ffn_gate_inp.weight"), hf("block_sparse_moe.gate.weight")),
+                    (gg("ffn_gate_exps.weight"), stack("w1")),
+                    (gg("ffn_up_exps.weight"), stack("w3")),
+                    (gg("ffn_down_exps.weight"), stack("w2")),
+                ]);
+            }
+            None => tensors.extend([
+                (gg("ffn_gate.weight"), hf("mlp.gate_proj.weight")),
+                (gg("ffn_up.weight"), hf("mlp.up_proj.weight")),
+                (gg("ffn_down.weight"), hf("mlp.down_proj.weight")),
+            ]),
+        }
         for (ours, theirs) in [("attn_q.bias", "q_proj.bias"), ("attn_k.bias", "k_proj.bias"), ("attn_v.bias", "v_proj.bias")] {
             if let Some(b) = st.get(&format!("model.layers.{l}.self_attn.{theirs}")) {
                 tensors.push((gg(ours), b.clone()));

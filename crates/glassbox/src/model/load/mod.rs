@@ -341,8 +341,19 @@ pub(crate) fn build_weights(
         let moe = match cfg.variants.moe {
             Some(moe) => {
                 let router = required(fetch(src, names.moe_router, l, &[moe.n_experts, d], lin)?, names.moe_router, l)?;
+                let n = moe.n_experts;
+                let stacked = if names.experts_stacked {
+                    let mut get = |t: T, shape: &[usize]| required(fetch(src, t, l, shape, None)?, t, l);
+                    Some((get(names.expert_gate, &[n, m, d])?, get(names.expert_up, &[n, m, d])?, get(names.expert_down, &[n, d, m])?))
+                } else {
+                    None
+                };
                 let experts = (0..moe.n_experts)
                     .map(|e| {
+                        if let Some((g, u, dn)) = &stacked {
+                            let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.get(e)?.contiguous()?) };
+                            return Ok(MlpWeights { w_gate: Some(pick(g)?), b_gate: None, w_in: pick(u)?, b_in: None, w_out: pick(dn)?, b_out: None });
+                        }
                         let mut get = |t: T, shape: &[usize]| -> Result<Tensor> {
                             let (t, template) = expert(t, e);
                             let name = name_at(&template, l);

@@ -68,6 +68,9 @@ pub struct TensorNames {
     pub expert_gate: T,
     pub expert_up: T,
     pub expert_down: T,
+    /// The experts' maps are stacked in one tensor each, `[n_experts, out, in]` (llama.cpp's
+    /// `ffn_*_exps`), instead of one tensor per expert.
+    pub experts_stacked: bool,
     /// A shared expert's maps and its gate (Qwen2-MoE).
     pub shared_gate: T,
     pub shared_up: T,
@@ -112,6 +115,7 @@ const NONE: TensorNames = TensorNames {
     expert_gate: No,
     expert_up: No,
     expert_down: No,
+    experts_stacked: false,
     shared_gate: No,
     shared_up: No,
     shared_down: No,
@@ -209,6 +213,12 @@ pub const LLAMA_GGUF: TensorNames = TensorNames {
     unembed: Opt("output.weight"),
     unembed_b: No,
     qk_rows_permuted: true,
+    // Mixtral as llama.cpp writes it: the router and the experts stacked.
+    moe_router: Req("blk.{l}.ffn_gate_inp.weight"),
+    expert_gate: Req("blk.{l}.ffn_gate_exps.weight"),
+    expert_up: Req("blk.{l}.ffn_up_exps.weight"),
+    expert_down: Req("blk.{l}.ffn_down_exps.weight"),
+    experts_stacked: true,
     ..NONE
 };
 
