@@ -222,3 +222,20 @@ fn a_damaged_cached_model_is_never_used() {
     let (ok, stdout, stderr) = glassbox_env(&["models", "verify", "smollm2-135m"], &env);
     assert!(!ok && stdout.contains("DAMAGED") && stderr.contains("--force"), "{stdout} {stderr}");
 }
+
+/// Without HOME and GLASSBOX_HOME there is no cache folder: an error that says what to set,
+/// not a cache in whatever folder the program runs from.
+#[test]
+fn no_home_is_an_error_not_a_local_cache() {
+    let d = scratch("cli-no-home");
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox"))
+        .args(["models", "list"])
+        .env_remove("HOME")
+        .env_remove("GLASSBOX_HOME")
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("GLASSBOX_HOME"), "{stderr}");
+    assert!(!d.join(".cache").exists());
+}
