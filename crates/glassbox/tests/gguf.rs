@@ -56,7 +56,8 @@ fn gguf_tiny_mistral_as_llama_with_sliding_window() {
 /// from a tiny fixture and checked against `transformers` on the original weights (Gemma 2
 /// against the same weights with `query_pre_attn_scalar = head_dim`, what a Gemma 2 GGUF
 /// means to llama.cpp): Mixtral as `llama` with stacked experts, Gemma 1 and 2 (norms stored
-/// as `1 + w`, post-norms, soft-caps), Qwen3 (per-head query/key norms).
+/// as `1 + w`, post-norms, soft-caps), Qwen3 (per-head query/key norms), Phi-3 (fused
+/// `attn_qkv`, `ffn_up` holding gate and up).
 #[test]
 fn gguf_mixtral_gemma_gemma2_qwen3() {
     for (name, arch, reference) in [
@@ -64,6 +65,7 @@ fn gguf_mixtral_gemma_gemma2_qwen3() {
         ("tiny-gemma", "gemma", "tiny-gemma/reference.safetensors"),
         ("tiny-gemma2", "gemma2", "variants/gemma2-scalar-head-dim/reference.safetensors"),
         ("tiny-qwen3", "qwen3", "tiny-qwen3/reference.safetensors"),
+        ("tiny-phi3", "phi3", "tiny-phi3/reference.safetensors"),
     ] {
         let path = scratch(&format!("gguf-map-{name}")).join("model.gguf");
         write_gguf_from_fixture(name, arch, &path);

@@ -199,13 +199,18 @@ pub fn gguf_parts_from_fixture(name: &str, arch: &str) -> GgufParts {
     for l in 0..u("num_hidden_layers") {
         let hf = |s: &str| st[&format!("model.layers.{l}.{s}")].clone();
         let gg = |s: &str| format!("blk.{l}.{s}");
-        tensors.extend([
-            (gg("attn_norm.weight"), norm(hf("input_layernorm.weight"))),
-            (gg("attn_q.weight"), if llama { permute(&hf("self_attn.q_proj.weight"), heads) } else { hf("self_attn.q_proj.weight") }),
-            (gg("attn_k.weight"), if llama { permute(&hf("self_attn.k_proj.weight"), kv) } else { hf("self_attn.k_proj.weight") }),
-            (gg("attn_v.weight"), hf("self_attn.v_proj.weight")),
-            (gg("attn_output.weight"), hf("self_attn.o_proj.weight")),
-        ]);
+        tensors.push((gg("attn_norm.weight"), norm(hf("input_layernorm.weight"))));
+        if st.contains_key(&format!("model.layers.{l}.self_attn.qkv_proj.weight")) {
+            // Phi-3: one fused projection.
+            tensors.push((gg("attn_qkv.weight"), hf("self_attn.qkv_proj.weight")));
+        } else {
+            tensors.extend([
+                (gg("attn_q.weight"), if llama { permute(&hf("self_attn.q_proj.weight"), heads) } else { hf("self_attn.q_proj.weight") }),
+                (gg("attn_k.weight"), if llama { permute(&hf("self_attn.k_proj.weight"), kv) } else { hf("self_attn.k_proj.weight") }),
+                (gg("attn_v.weight"), hf("self_attn.v_proj.weight")),
+            ]);
+        }
+        tensors.push((gg("attn_output.weight"), hf("self_attn.o_proj.weight")));
         if st.contains_key(&format!("model.layers.{l}.pre_feedforward_layernorm.weight")) {
             // Gemma 2/3: post_attention_layernorm is the attention output's norm.
             tensors.extend([
@@ -235,6 +240,10 @@ pub fn gguf_parts_from_fixture(name: &str, arch: &str) -> GgufParts {
                     (gg("ffn_down_exps.weight"), stack("w2")),
                 ]);
             }
+            None if st.contains_key(&format!("model.layers.{l}.mlp.gate_up_proj.weight")) => tensors.extend([
+                (gg("ffn_up.weight"), hf("mlp.gate_up_proj.weight")),
+                (gg("ffn_down.weight"), hf("mlp.down_proj.weight")),
+            ]),
             None => tensors.extend([
                 (gg("ffn_gate.weight"), hf("mlp.gate_proj.weight")),
                 (gg("ffn_up.weight"), hf("mlp.up_proj.weight")),

@@ -39,6 +39,7 @@ const FAMILIES: &[GgufFamily] = &[
     GgufFamily { arch: "llama", config: llama_config, names: &names::LLAMA_GGUF, bos: true },
     GgufFamily { arch: "qwen2", config: llama_config, names: &names::QWEN2_GGUF, bos: false },
     GgufFamily { arch: "qwen3", config: qwen3_config, names: &names::QWEN3_GGUF, bos: false },
+    GgufFamily { arch: "phi3", config: llama_config, names: &names::PHI3_GGUF, bos: true },
     GgufFamily { arch: "gemma", config: gemma_config, names: &names::GEMMA_GGUF, bos: true },
     GgufFamily { arch: "gemma2", config: gemma_config, names: &names::GEMMA2_GGUF, bos: true },
     GgufFamily { arch: "gemma3", config: gemma_config, names: &names::GEMMA3_GGUF, bos: true },

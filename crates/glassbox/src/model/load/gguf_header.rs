@@ -66,6 +66,27 @@ pub(crate) fn printable(s: &str) -> String {
     }
 }
 
+/// What a read is for, for its error message; formatted only when one is needed (a header
+/// holds hundreds of thousands of values).
+#[derive(Clone, Copy)]
+enum What<'a> {
+    Text(&'a str),
+    /// `"the value of `key`"`
+    ValueOf(&'a str),
+    /// `"{what} of `name`"`
+    Of(&'a str, &'a str),
+}
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Text(t) => f.write_str(t),
+            What::ValueOf(k) => write!(f, "the value of `{}`", printable(k)),
+            What::Of(w, n) => write!(f, "{w} of `{}`", printable(n)),
+        }
+    }
+}
+
 /// A reader that knows how many bytes of the file are left.
 struct Cursor<R> {
     inner: R,
@@ -82,38 +103,46 @@ impl<R: Read> Cursor<R> {
     fn left(&self) -> u64 {
         self.size.saturating_sub(self.pos)
     }
-    fn bytes(&mut self, n: u64, what: &str) -> Result<Vec<u8>> {
+    fn check_left(&self, n: u64, what: What) -> Result<()> {
         if n > self.left() {
             return Err(self.corrupt(format!("{what} needs {n} bytes at offset {}, but the file ends {} bytes later", self.pos, self.left())));
         }
-        let mut buf = vec![0u8; n as usize];
+        Ok(())
+    }
+    fn fill(&mut self, buf: &mut [u8], what: What) -> Result<()> {
+        self.check_left(buf.len() as u64, what)?;
         self.inner
-            .read_exact(&mut buf)
+            .read_exact(buf)
             .map_err(|e| Error::Corrupt { path: self.path.clone(), detail: format!("reading {what}: {e}") })?;
-        self.pos += n;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+    fn bytes(&mut self, n: u64, what: What) -> Result<Vec<u8>> {
+        self.check_left(n, what)?;
+        let mut buf = vec![0u8; n as usize];
+        self.fill(&mut buf, what)?;
         Ok(buf)
     }
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
-        let v = self.bytes(N as u64, what)?;
+    fn array<const N: usize>(&mut self, what: What) -> Result<[u8; N]> {
         let mut a = [0u8; N];
-        a.copy_from_slice(&v);
+        self.fill(&mut a, what)?;
         Ok(a)
     }
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: What) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: What) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
     /// A length or count: u32 in version 1, u64 after.
-    fn length(&mut self, v1: bool, what: &str) -> Result<u64> {
+    fn length(&mut self, v1: bool, what: What) -> Result<u64> {
         if v1 {
             Ok(self.u32(what)? as u64)
         } else {
             self.u64(what)
         }
     }
-    fn string(&mut self, v1: bool, what: &str) -> Result<String> {
+    fn string(&mut self, v1: bool, what: What) -> Result<String> {
         let len = self.length(v1, what)?;
         if len > MAX_STRING_BYTES {
             return Err(self.corrupt(format!("{what} claims {len} bytes (at most {MAX_STRING_BYTES})")));
@@ -123,7 +152,10 @@ impl<R: Read> Cursor<R> {
         while b.last() == Some(&0) {
             b.pop();
         }
-        Ok(String::from_utf8_lossy(&b).into_owned())
+        Ok(match String::from_utf8(b) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
     }
     fn count_value(&mut self, n: u64) -> Result<()> {
         self.values = self.values.saturating_add(n);
@@ -134,27 +166,27 @@ impl<R: Read> Cursor<R> {
     }
     /// One value of type `ty` (the caller has counted it).
     fn value(&mut self, v1: bool, ty: u32, depth: usize, key: &str) -> Result<Value> {
-        let what = format!("the value of `{}`", printable(key));
+        let what = What::ValueOf(key);
         Ok(match ty {
-            0 => Value::U8(self.array::<1>(&what)?[0]),
-            1 => Value::I8(self.array::<1>(&what)?[0] as i8),
-            2 => Value::U16(u16::from_le_bytes(self.array(&what)?)),
-            3 => Value::I16(i16::from_le_bytes(self.array(&what)?)),
-            4 => Value::U32(self.u32(&what)?),
-            5 => Value::I32(i32::from_le_bytes(self.array(&what)?)),
-            6 => Value::F32(f32::from_le_bytes(self.array(&what)?)),
-            7 => match self.array::<1>(&what)?[0] {
+            0 => Value::U8(self.array::<1>(what)?[0]),
+            1 => Value::I8(self.array::<1>(what)?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.array(what)?)),
+            3 => Value::I16(i16::from_le_bytes(self.array(what)?)),
+            4 => Value::U32(self.u32(what)?),
+            5 => Value::I32(i32::from_le_bytes(self.array(what)?)),
+            6 => Value::F32(f32::from_le_bytes(self.array(what)?)),
+            7 => match self.array::<1>(what)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 b => return Err(self.corrupt(format!("{what} is a boolean stored as {b} (must be 0 or 1)"))),
             },
-            8 => Value::String(self.string(v1, &what)?),
+            8 => Value::String(self.string(v1, what)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
                     return Err(self.corrupt(format!("{what} nests arrays deeper than {MAX_ARRAY_DEPTH} levels")));
                 }
-                let elem = self.u32(&what)?;
-                let n = self.length(v1, &what)?;
+                let elem = self.u32(what)?;
+                let n = self.length(v1, what)?;
                 let min = min_value_bytes(elem, v1).ok_or_else(|| self.corrupt(format!("{what}: unknown element type {elem}")))?;
                 if n.checked_mul(min).is_none_or(|b| b > self.left()) {
                     return Err(self.corrupt(format!("{what} claims {n} elements, more than the {} bytes left in the file hold", self.left())));
@@ -166,9 +198,9 @@ impl<R: Read> Cursor<R> {
                 }
                 Value::Array(items)
             }
-            10 => Value::U64(self.u64(&what)?),
-            11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
-            12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
+            10 => Value::U64(self.u64(what)?),
+            11 => Value::I64(i64::from_le_bytes(self.array(what)?)),
+            12 => Value::F64(f64::from_le_bytes(self.array(what)?)),
             other => return Err(self.corrupt(format!("{what} has unknown type {other}"))),
         })
     }
@@ -194,19 +226,19 @@ pub(crate) fn read(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut c = Cursor { inner: BufReader::new(file), pos: 0, size, path: path.to_path_buf(), values: 0 };
-    let magic = c.array::<4>("the magic bytes")?;
+    let magic = c.array::<4>(What::Text("the magic bytes"))?;
     if &magic != b"GGUF" {
         return Err(c.corrupt("it does not start with the bytes `GGUF`".into()));
     }
-    let version = c.u32("the version")?;
+    let version = c.u32(What::Text("the version"))?;
     let (magic, v1) = match version {
         1 => (VersionedMagic::GgufV1, true),
         2 => (VersionedMagic::GgufV2, false),
         3 => (VersionedMagic::GgufV3, false),
         v => return Err(c.corrupt(format!("GGUF version {v} is not supported (1, 2 or 3)"))),
     };
-    let n_tensors = c.length(v1, "the tensor count")?;
-    let n_kv = c.length(v1, "the metadata count")?;
+    let n_tensors = c.length(v1, What::Text("the tensor count"))?;
+    let n_kv = c.length(v1, What::Text("the metadata count"))?;
     let prefix = if v1 { 4 } else { 8 };
     let (min_kv, min_tensor) = (prefix + 4 + 1, prefix + 4 + 4 + 8);
     let needed = n_kv.checked_mul(min_kv).and_then(|a| n_tensors.checked_mul(min_tensor).and_then(|b| a.checked_add(b)));
@@ -218,8 +250,8 @@ pub(crate) fn read(path: &Path) -> Result<(Content, BufReader<File>)> {
 
     let mut metadata = HashMap::with_capacity(n_kv as usize);
     for _ in 0..n_kv {
-        let key = c.string(v1, "a metadata key")?;
-        let ty = c.u32("a metadata type")?;
+        let key = c.string(v1, What::Text("a metadata key"))?;
+        let ty = c.u32(What::Text("a metadata type"))?;
         c.count_value(1)?;
         let value = c.value(v1, ty, 0, &key)?;
         if metadata.insert(key.clone(), value).is_some() {
@@ -230,18 +262,18 @@ pub(crate) fn read(path: &Path) -> Result<(Content, BufReader<File>)> {
     let mut tensor_infos: HashMap<String, TensorInfo> = HashMap::with_capacity(n_tensors as usize);
     let mut spans: Vec<(u64, u64, String)> = Vec::with_capacity(n_tensors as usize);
     for _ in 0..n_tensors {
-        let name = c.string(v1, "a tensor name")?;
+        let name = c.string(v1, What::Text("a tensor name"))?;
         let shown = printable(&name);
-        let n_dims = c.u32(&format!("the dimension count of `{shown}`"))?;
+        let n_dims = c.u32(What::Of("the dimension count", &name))?;
         if !(1..=4).contains(&n_dims) {
             return Err(c.corrupt(format!("tensor `{shown}` has {n_dims} dimensions (1 to 4)")));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
-            ne.push(c.length(v1, &format!("a dimension of `{shown}`"))?);
+            ne.push(c.length(v1, What::Of("a dimension", &name))?);
         }
-        let code = c.u32(&format!("the type of `{shown}`"))?;
-        let offset = c.u64(&format!("the offset of `{shown}`"))?;
+        let code = c.u32(What::Of("the type", &name))?;
+        let offset = c.u64(What::Of("the offset", &name))?;
         let dtype = ggml_dtype(code)
             .ok_or_else(|| c.corrupt(format!("tensor `{shown}` has GGML type {code}, which glassbox cannot read (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K)")))?;
         let elements = ne.iter().try_fold(1u64, |a, &d| if d == 0 { None } else { a.checked_mul(d) });

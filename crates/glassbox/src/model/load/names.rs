@@ -393,6 +393,17 @@ pub const OPT_PROJ_HF: TensorNames = TensorNames {
     ..OPT_HF
 };
 
+/// Phi-3 as llama.cpp writes it: `attn_qkv` rows `[q; k; v]`, `ffn_up` rows `[gate; up]`,
+/// rows unpermuted (NeoX-style rotary).
+pub const PHI3_GGUF: TensorNames = TensorNames {
+    qkv: Qkv::Fused { w: Req("blk.{l}.attn_qkv.weight"), b: No },
+    mlp_in: No,
+    mlp_gate: No,
+    mlp_gate_up: Req("blk.{l}.ffn_up.weight"),
+    qk_rows_permuted: false,
+    ..LLAMA_GGUF
+};
+
 pub const QWEN2_GGUF: TensorNames = TensorNames {
     qk_rows_permuted: false,
     ..LLAMA_GGUF
