@@ -27,6 +27,6 @@ pub mod threads;
 pub use error::{Error, Result};
 pub use finite::check_finite;
 pub use model::{
-    Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model,
-    ModelConfig, Start,
+    Action, ActivationCache, Batch, Decompose, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model,
+    ModelConfig, Stack, Start,
 };

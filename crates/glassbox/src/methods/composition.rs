@@ -41,8 +41,15 @@ fn maps(model: &Model, h: Head) -> Result<HeadMaps> {
     let dh = cfg.d_head;
     let kv = h.head / cfg.group_size();
     let l = &model.weights.layers[h.layer];
-    let w_ln = l.ln1.w.to_dtype(DType::F64)?;
-    let rows = |w: &Tensor, i: usize| -> Result<Tensor> { Ok(w.narrow(0, i * dh, dh)?.to_dtype(DType::F64)?.broadcast_mul(&w_ln)?) };
+    // The receiver's input-norm weight, where its attention reads through one (the model says).
+    let w_ln = model.attn_input_norm(h.layer).map(|w| w.to_dtype(DType::F64)).transpose()?;
+    let rows = |w: &Tensor, i: usize| -> Result<Tensor> {
+        let r = w.narrow(0, i * dh, dh)?.to_dtype(DType::F64)?;
+        Ok(match &w_ln {
+            Some(n) => r.broadcast_mul(n)?,
+            None => r,
+        })
+    };
     Ok(HeadMaps {
         w_q: rows(&l.attn.w_q, h.head)?,
         w_k: rows(&l.attn.w_k, kv)?,

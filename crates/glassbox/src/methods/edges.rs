@@ -148,19 +148,19 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
     let mut res = Vec::new();
     for l in 0..c.n_layers {
         let a = &model.weights.layers[l].attn;
-        let n = out.cache.get(HookPoint::Ln1Normalized(l))?;
-        let s = out.cache.get(HookPoint::Ln1Scale(l))?;
-        let w_ln = &model.weights.layers[l].ln1.w;
+        // The norm attention reads its input through (none: the raw residual).
+        let norm = match model.attn_input_norm(l) {
+            Some(w_ln) => Some((w_ln, out.cache.get(HookPoint::Ln1Normalized(l))?, out.cache.get(HookPoint::Ln1Scale(l))?)),
+            None => None,
+        };
         let mut per_head = |g: &Tensor, w: &Tensor, heads: usize| -> Result<()> {
             for i in 0..heads {
                 let gi = g.narrow(2, i, 1)?.squeeze(2)?; // [b, p, dh]
                 let wi = w.narrow(0, i * dh, dh)?; // [dh, d]
                 let g_in = gi.broadcast_matmul(&wi)?; // [b, p, d]
-                res.push(if c.variants.post_ln {
-                    // Post-LN: attention reads the raw residual.
-                    g_in
-                } else {
-                    normalize_vjp(&g_in.broadcast_mul(w_ln)?, n, s, c.norm.kind)?
+                res.push(match norm {
+                    Some((w_ln, n, s)) => normalize_vjp(&g_in.broadcast_mul(w_ln)?, n, s, c.norm.kind)?,
+                    None => g_in,
                 });
             }
             Ok(())
@@ -178,19 +178,18 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
 /// `Z` and `MlpOut` cached.
 fn sender_outputs(model: &Model, out: &crate::model::ForwardOutput) -> Result<Vec<Tensor>> {
     let c = &model.config;
-    let dh = c.d_head;
     let mut embed = out.cache.get(HookPoint::Embed)?.clone();
     if let Ok(p) = out.cache.get(HookPoint::PosEmbed) {
         embed = (embed + p)?;
     }
     let mut res = vec![embed];
     for l in 0..c.n_layers {
+        // Each head's output as it joins the stream (the model's readout: through the
+        // attention post-norm with the run's scale where there is one).
         let z = out.cache.get(HookPoint::Z(l))?; // [b, p, h, dh]
-        let w_o = &model.weights.layers[l].attn.w_o; // [d, h*dh]
+        let heads = model.head_results(l, z, model.attn_post_scale(l, z)?.as_ref())?; // [b, p, h, d]
         for i in 0..c.n_heads {
-            let zi = z.narrow(2, i, 1)?.squeeze(2)?.contiguous()?;
-            let wi = w_o.narrow(1, i * dh, dh)?.t()?; // [dh, d]
-            res.push(zi.broadcast_matmul(&wi)?);
+            res.push(heads.narrow(2, i, 1)?.squeeze(2)?);
         }
         res.push(out.cache.get(HookPoint::MlpOut(l))?.clone());
     }
@@ -211,7 +210,10 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
         cache.push(HookPoint::PosEmbed);
     }
     for l in 0..layers {
-        cache.extend([HookPoint::Z(l), HookPoint::MlpOut(l), HookPoint::Ln1Normalized(l), HookPoint::Ln1Scale(l)]);
+        cache.extend([HookPoint::Z(l), HookPoint::MlpOut(l)]);
+        if model.attn_input_norm(l).is_some() {
+            cache.extend([HookPoint::Ln1Normalized(l), HookPoint::Ln1Scale(l)]);
+        }
     }
     let taps = receiver_taps(layers);
     let batch = contrast.batch()?;

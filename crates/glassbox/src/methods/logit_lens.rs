@@ -14,13 +14,11 @@
 //! output (Gemma 2/3) have that norm's scale frozen as well, so the identity holds for them too;
 //! post-LN models (OPT-350m style) renormalise the stream after every block and do not decompose.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::model::config::NormKind;
-use crate::model::ops::{linear, norm_scale};
-use crate::model::{Batch, HookPoint, Hooks, Model};
+use crate::model::{Batch, Decompose, HookPoint, Hooks, Model};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenScore {
@@ -57,46 +55,34 @@ fn scalar(t: &Tensor) -> Result<f32> {
 }
 
 /// Logit lens and direct effects of one prompt (`tokens`, with BOS where the model wants it).
+/// The decomposition is the activation cache's (`ActivationCache::stack_head_results`,
+/// `decompose_resid`, `apply_ln_to_stack`, `logit_attrs`) through the model's own readout.
 pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, top_k: usize) -> Result<LogitLens> {
     super::check_answers(model, tokens, correct, incorrect)?;
     let cfg = &model.config;
-    let w = &model.weights;
     let layers = cfg.n_layers;
-    let mut points = vec![HookPoint::ResidPre(0), HookPoint::LnFinalScale];
+    let mut points = vec![HookPoint::Embed, HookPoint::LnFinalScale];
+    if HookPoint::PosEmbed.present_in(cfg) {
+        points.push(HookPoint::PosEmbed);
+    }
     for l in 0..layers {
-        points.extend([HookPoint::ResidPost(l), HookPoint::Z(l), HookPoint::MlpOut(l)]);
+        points.extend([HookPoint::ResidPre(l), HookPoint::ResidPost(l), HookPoint::Z(l), HookPoint::MlpOut(l), HookPoint::AttnOut(l)]);
     }
     let batch = Batch::new(&[tokens.to_vec()])?;
     let out = model.forward(&batch, &Hooks::new().cache(points).last_logits_only())?;
     let last = tokens.len() - 1;
-    let at_last = |p: HookPoint| -> Result<Tensor> { Ok(out.cache.get(p)?.get(0)?.get(last)?) };
+    // Everything at the last position only: [1, 1, ...].
+    let cache = out.cache.at_positions(&[last])?;
     let final_logits = out.last_logits()?.squeeze(0)?;
     let final_ld = scalar(&(final_logits.get(correct as usize)? - final_logits.get(incorrect as usize)?)?)?;
 
     // The lens: every layer's residual through the final norm (its own scale) and unembedding.
-    let mut resid = vec![at_last(HookPoint::ResidPre(0))?];
-    for l in 0..layers {
-        resid.push(at_last(HookPoint::ResidPost(l))?);
-    }
-    let resid = Tensor::stack(&resid, 0)?; // [L+1, d]
-    let normalized = if cfg.variants.no_final_norm {
-        resid.clone()
-    } else {
-        norm_scale(&resid, cfg.norm.kind, cfg.norm.eps)?.1
-    };
-    let mut x = normalized.broadcast_mul(&w.ln_final.w)?;
-    if let Some(b) = &w.ln_final.b {
-        x = x.broadcast_add(b)?;
-    }
-    let mut lens_logits = linear(&x, &w.unembed, w.unembed_bias.as_ref())?;
-    let precap_ld = {
-        let last = lens_logits.get(layers)?;
-        scalar(&(last.get(correct as usize)? - last.get(incorrect as usize)?)?)?
-    };
-    if let Some(c) = cfg.variants.final_softcap {
-        lens_logits = ((lens_logits / c)?.tanh()? * c)?;
-    }
-    let lens_logits = lens_logits.to_dtype(DType::F32)?;
+    let resid = cache.accumulated_resid(model, None, false, false)?.tensor.flatten_from(1)?; // [L+1, d]
+    let normalized = model.final_norm(&resid)?;
+    let dir = (model.unembed_rows(&[correct])? - model.unembed_rows(&[incorrect])?)?.squeeze(0)?;
+    let bias_diff = model.unembed_bias_diff(correct, incorrect)?;
+    let precap_ld = scalar(&(normalized.get(layers)? * &dir)?.sum_all()?)? + bias_diff;
+    let lens_logits = model.unembed(&normalized)?.to_dtype(DType::F32)?;
     let ld_col = (lens_logits.narrow(1, correct as usize, 1)? - lens_logits.narrow(1, incorrect as usize, 1)?)?;
     let logit_diffs = ld_col.squeeze(1)?.to_vec1::<f32>()?;
     let logit_shifts = logit_diffs.windows(2).map(|p| p[1] - p[0]).collect();
@@ -120,53 +106,28 @@ pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, t
         .collect();
 
     // Direct effects with the frozen final-norm scale.
-    let scale = at_last(HookPoint::LnFinalScale)?.squeeze(0)?;
-    let dir = (w.unembed.get(correct as usize)? - w.unembed.get(incorrect as usize)?)?;
-    let mut v = (&w.ln_final.w * &dir)?;
-    if cfg.norm.kind == NormKind::LayerNorm {
-        v = v.broadcast_sub(&v.mean_keepdim(D::Minus1)?)?;
-    }
-    let u = v.broadcast_div(&scale)?; // d_model
-    let dot = |a: &Tensor| -> Result<f32> { scalar(&(a * &u)?.sum_all()?) };
-
-    let embed_direct_effect = dot(&at_last(HookPoint::ResidPre(0))?)?;
-    let mut bias = 0f32;
-    if let Some(b) = &w.ln_final.b {
+    let frozen_scale = cache.get(HookPoint::LnFinalScale)?.flatten_all()?;
+    let effects = |stack: &crate::model::Stack| -> Result<Vec<f32>> {
+        let normed = cache.apply_ln_to_stack(model, stack)?;
+        Ok(cache.logit_attrs(model, &normed, correct, Some(incorrect))?.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    };
+    let heads = effects(&cache.stack_head_results(model, None, false, false)?)?;
+    let head_direct_effects: Vec<Vec<f32>> = heads.chunks(cfg.n_heads).map(|c| c.to_vec()).collect();
+    let mlp_direct_effects = effects(&cache.decompose_resid(model, None, Decompose::Mlp, false, false)?)?;
+    let embed_direct_effect = effects(&cache.decompose_resid(model, Some(0), Decompose::All, false, true)?)?.iter().sum();
+    // Constants: the attention output biases, the final norm's bias, the unembedding's bias.
+    let mut bias = bias_diff;
+    if let Some(b) = model.final_norm_bias() {
         bias += scalar(&(b * &dir)?.sum_all()?)?;
     }
-    if let Some(b) = &w.unembed_bias {
-        bias += scalar(&(b.get(correct as usize)? - b.get(incorrect as usize)?)?)?;
-    }
-    let mut head_direct_effects = Vec::with_capacity(layers);
-    let mut mlp_direct_effects = Vec::with_capacity(layers);
+    let mut biases = Vec::with_capacity(layers);
     for l in 0..layers {
-        let a = &w.layers[l].attn;
-        let z = at_last(HookPoint::Z(l))?; // [h, d_head]
-        // With a norm on the attention output (Gemma 2/3), its scale is frozen too: the heads'
-        // summed output is divided by it and multiplied by its weight before joining the stream.
-        let u_attn = match &w.layers[l].extra.ln1_post {
-            Some(post) => {
-                let mut pre = linear(&z.flatten_all()?.unsqueeze(0)?, &a.w_o, a.b_o.as_ref())?.squeeze(0)?;
-                if cfg.norm.kind == NormKind::LayerNorm {
-                    pre = pre.broadcast_sub(&pre.mean_keepdim(D::Minus1)?)?;
-                }
-                let s = (pre.sqr()?.mean_all()? + cfg.norm.eps)?.sqrt()?;
-                (&post.w * &u)?.broadcast_div(&s)?
-            }
-            None => u.clone(),
-        };
-        // W_Oᵀ u, split per head: [h, d_head].
-        let wu = a.w_o.t()?.matmul(&u_attn.unsqueeze(1)?)?.reshape((cfg.n_heads, cfg.d_head))?;
-        head_direct_effects.push((z * wu)?.sum(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-        if let Some(b) = &a.b_o {
-            bias += scalar(&(b * &u_attn)?.sum_all()?)?;
-        }
-        mlp_direct_effects.push(dot(&at_last(HookPoint::MlpOut(l))?)?);
+        let z = cache.get(HookPoint::Z(l))?;
+        biases.push((format!("{l}_attn_bias"), model.attn_bias_result(l, (1, 1), model.attn_post_scale(l, z)?.as_ref())?));
     }
-    let total = embed_direct_effect
-        + bias
-        + head_direct_effects.iter().flatten().sum::<f32>()
-        + mlp_direct_effects.iter().sum::<f32>();
+    let (labels, tensors): (Vec<String>, Vec<Tensor>) = biases.into_iter().unzip();
+    bias += effects(&crate::model::Stack { tensor: Tensor::stack(&tensors, 0)?, labels })?.iter().sum::<f32>();
+    let total = embed_direct_effect + bias + heads.iter().sum::<f32>() + mlp_direct_effects.iter().sum::<f32>();
     Ok(LogitLens {
         logit_diffs,
         logit_shifts,
@@ -177,6 +138,6 @@ pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, t
         bias_direct_effect: bias,
         final_ld,
         decomposition_residual: (total - precap_ld).abs(),
-        frozen_scale: scalar(&scale)?,
+        frozen_scale: scalar(&frozen_scale.get(0)?)?,
     })
 }

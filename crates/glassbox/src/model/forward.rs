@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::model::config::{NormKind, Positions};
 use crate::model::fused::{self, AttnSpec};
+use crate::model::cache::ActivationCache;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
 use crate::model::ops::{linear, linear_q, norm_parts, rotary, softmax_last, RopeTables};
 use crate::model::weights::{MoeWeights, Norm};
@@ -62,23 +63,6 @@ pub struct ForwardOutput {
     pub cache: ActivationCache,
     pub taps: HashMap<HookPoint, Var>,
     pub lengths: Vec<usize>,
-}
-
-/// Cached activations by hook point.
-#[derive(Debug, Clone, Default)]
-pub struct ActivationCache {
-    pub values: HashMap<HookPoint, Tensor>,
-}
-
-impl ActivationCache {
-    /// The cached value at `point`, or an error saying it was not cached.
-    pub fn get(&self, point: HookPoint) -> Result<&Tensor> {
-        self.values.get(&point).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{point} was not cached in this run; add it to the hooks' cache set"
-            ))
-        })
-    }
 }
 
 /// Gradients of a scalar with respect to each gradient tap.
@@ -248,7 +232,7 @@ impl Model {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             x = Tensor::stack(&rows, 0)?;
         }
-        let mut logits = match &hooks.logit_ids {
+        let logits = match &hooks.logit_ids {
             None => linear(&x, &w.unembed, w.unembed_bias.as_ref())?,
             Some(ids) => {
                 let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
@@ -257,9 +241,7 @@ impl Model {
                 linear(&x, &rows, bias.as_ref())?
             }
         };
-        if let Some(c) = cfg.variants.final_softcap {
-            logits = ((logits / c)?.tanh()? * c)?;
-        }
+        let logits = self.softcap_logits(logits)?;
         check_finite_logits(&logits)?;
 
         Ok(ForwardOutput {

@@ -175,6 +175,8 @@ impl HookPoint {
         match self {
             HookPoint::PosEmbed => matches!(cfg.positions, Positions::Learned { .. }),
             HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => !cfg.variants.no_pre_norms,
+            // Parallel blocks (GPT-J, NeoX) have no stream between attention and MLP.
+            HookPoint::ResidMid(_) => !cfg.parallel_block,
             HookPoint::RotQ(_) | HookPoint::RotK(_) => matches!(cfg.positions, Positions::Rotary(_)),
             HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe,
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe,
@@ -189,6 +191,7 @@ impl HookPoint {
             HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => {
                 "it has no norms before its sublayers (only after them)"
             }
+            HookPoint::ResidMid(_) => "its attention and MLP read the same stream in parallel",
             HookPoint::RotQ(_) | HookPoint::RotK(_) => "it has no rotary embedding",
             HookPoint::MlpPreLinear(_) if cfg.variants.moe.is_none() => "its MLP is not gated",
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) | HookPoint::MlpPreLinear(_) => "its MLP is a mixture of experts; use the router and expert hooks",

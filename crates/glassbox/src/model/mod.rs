@@ -1,11 +1,13 @@
 //! A loaded model: configuration, weights and tokenizer, and the one forward pass.
 
+pub mod cache;
 pub mod config;
 pub mod forward;
 pub(crate) mod fused;
 pub mod hooks;
 pub(crate) mod kernels;
 pub mod load;
+pub mod readout;
 pub mod rope;
 pub(crate) mod ops;
 pub mod tokenizer;
@@ -17,7 +19,8 @@ use candle_core::DType;
 
 use crate::error::{Error, Result};
 pub use config::ModelConfig;
-pub use forward::{ActivationCache, Batch, ForwardOutput, Gradients, Start};
+pub use cache::{ActivationCache, Decompose, Stack};
+pub use forward::{Batch, ForwardOutput, Gradients, Start};
 pub use hooks::{Action, HookPoint, Hooks, Intervention};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
@@ -127,6 +130,16 @@ impl Model {
             .map(|p| self.tokenize(p))
             .collect::<Result<Vec<_>>>()?;
         Batch::new(&seqs)
+    }
+
+    /// The text of each token (TransformerLens' `to_str_tokens`).
+    pub fn to_str_tokens(&self, tokens: &[u32]) -> Vec<String> {
+        tokens.iter().map(|&t| self.tokenizer.token_str(t)).collect()
+    }
+
+    /// The text of a token sequence (TransformerLens' `to_string`).
+    pub fn to_string(&self, tokens: &[u32]) -> String {
+        self.tokenizer.decode(tokens)
     }
 
     /// The one token of an answer such as `" Mary"`.

@@ -117,12 +117,6 @@ pub fn norm_parts(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tenso
     Ok((centred, scale))
 }
 
-/// `norm_parts` followed by the division: `(scale, normalized)`.
-pub fn norm_scale(x: &Tensor, kind: NormKind, eps: f64) -> Result<(Tensor, Tensor)> {
-    let (centred, scale) = norm_parts(x, kind, eps)?;
-    let normalized = centred.broadcast_div(&scale)?;
-    Ok((scale, normalized))
-}
 
 /// Softmax over the last axis (max subtracted first), one op with its own backward
 /// `dx = y ⊙ (dy − Σ dy ⊙ y)`: a composition of candle ops costs ten tensors per layer in

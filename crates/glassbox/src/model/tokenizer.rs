@@ -437,6 +437,23 @@ impl Tokenizer {
         })
     }
 
+    /// The text of a token sequence (byte tokens joined before they are read as UTF-8).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match &self.inner {
+            Backend::Hf(t) => t.decode(ids, false).unwrap_or_else(|_| ids.iter().map(|&i| self.token_str(i)).collect()),
+            Backend::Spm(t) => {
+                let mut bytes = Vec::new();
+                for &id in ids {
+                    match t.tokens.get(id as usize).and_then(|s| s.strip_prefix("<0x")).and_then(|h| h.strip_suffix('>')).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => bytes.push(b),
+                        None => bytes.extend(t.token_str(id).into_bytes()),
+                    }
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+        }
+    }
+
     /// The text of one token.
     pub fn token_str(&self, id: u32) -> String {
         match &self.inner {
