@@ -10,7 +10,6 @@ use glassbox::{registry, Batch, HookPoint, Hooks, Model};
 use serde::Serialize;
 
 mod methods;
-use methods::{ContrastArgs, PromptAnswers};
 
 #[derive(Parser)]
 #[command(name = "glassbox", version, about = "See what a transformer language model is doing on a prompt")]
@@ -62,202 +61,78 @@ enum Command {
     Analyze {
         #[command(flatten)]
         model: ModelArg,
-        /// The prompt (or give --task).
-        #[arg(long, required_unless_present = "task")]
-        prompt: Option<String>,
-        /// The answer the model should give, e.g. " Mary" (one token).
-        #[arg(long, required_unless_present = "task")]
-        correct: Option<String>,
-        /// The competing answer, e.g. " John" (one token).
-        #[arg(long, required_unless_present = "task")]
-        incorrect: Option<String>,
-        /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
-        #[arg(long)]
-        corrupted: Option<String>,
-        /// Run over a generated prompt set instead: `ioi`.
-        #[arg(long, conflicts_with_all = ["prompt", "correct", "incorrect", "corrupted"])]
-        task: Option<String>,
-        /// Prompts in the task set.
-        #[arg(long, default_value_t = 64)]
-        n: usize,
-        /// Task corruption: name_swap or abc.
-        #[arg(long, default_value = "name_swap")]
-        corruption: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Bootstrap resamples for the task's confidence intervals.
-        #[arg(long, default_value_t = 1000)]
-        n_boot: usize,
-        /// Attribution used to rank heads: taylor or integrated_gradients.
-        #[arg(long, default_value = "taylor")]
-        method: String,
-        #[arg(long, default_value_t = 20)]
-        n_steps: usize,
-        /// Target exact sufficiency of the circuit.
-        #[arg(long, default_value_t = 0.85)]
-        target: f32,
-        /// Most heads in the circuit.
-        #[arg(long, default_value_t = 40)]
-        max_heads: usize,
-        /// Ablation of heads outside (or inside) the circuit: resample, mean or zero.
-        #[arg(long, default_value = "resample")]
-        ablation: String,
-        /// Include the logit lens in the result.
-        #[arg(long)]
-        logit_lens: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: methods::AnalyzeArgs,
     },
     /// Attribution stability across random corruptions (per-head stability, Kendall τ-b).
     Stability {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        answers: PromptAnswers,
-        #[arg(long, default_value_t = 25)]
-        n_corruptions: usize,
-        /// Probability that each non-BOS token is replaced.
-        #[arg(long, default_value_t = 0.3)]
-        p: f32,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        #[arg(long)]
-        json: bool,
+        args: methods::StabilityArgs,
     },
     /// Path patching: the effect of paths from every earlier head to a receiver.
     PathPatch {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        contrast: ContrastArgs,
-        /// `logits`, or a head's input: `L10H7.q`, `L10KV1.k`, `L10KV1.v` (key/value head index).
-        #[arg(long, default_value = "logits")]
-        receiver: String,
-        #[arg(long, default_value_t = 15)]
-        top: usize,
-        #[arg(long)]
-        json: bool,
+        args: methods::PathPatchArgs,
     },
     /// Causal scrubbing of a hypothesis on generated IOI prompts.
     Scrub {
         #[command(flatten)]
         model: ModelArg,
-        /// Head=feature pairs, e.g. `L23H3=io,L29H1=io` (features: io, subject, template, order).
-        #[arg(long, default_value = "")]
-        hypothesis: String,
-        #[arg(long, default_value_t = 32)]
-        n: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: methods::ScrubArgs,
     },
     /// Q/K/V composition scores between heads (Elhage et al. 2021), from the weights alone.
     Composition {
         #[command(flatten)]
         model: ModelArg,
-        /// Heads of the circuit (L9H6 or 9.6; repeatable).
-        #[arg(long = "head", required = true)]
-        heads: Vec<String>,
-        /// Show pairs with any score at least this.
-        #[arg(long, default_value_t = 0.0)]
-        min_score: f32,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: methods::CompositionArgs,
     },
     /// Exact activation patching of every head and MLP (batched).
     Patch {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        contrast: ContrastArgs,
-        /// into_clean (corrupted activation into the clean run) or into_corrupted.
-        #[arg(long, default_value = "into_clean")]
-        direction: String,
-        #[arg(long, default_value_t = 15)]
-        top: usize,
-        #[arg(long)]
-        json: bool,
+        args: methods::PatchArgs,
     },
     /// Attribution patching (Taylor) or integrated gradients per head, MLP or attention output.
     Attribution {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        contrast: ContrastArgs,
-        /// taylor or integrated_gradients.
-        #[arg(long, default_value = "taylor")]
-        method: String,
-        /// Integration steps for integrated_gradients.
-        #[arg(long, default_value_t = 20)]
-        n_steps: usize,
-        /// heads, mlp or attn_out.
-        #[arg(long, default_value = "heads")]
-        component: String,
-        /// Rows of the table.
-        #[arg(long, default_value_t = 15)]
-        top: usize,
-        #[arg(long)]
-        json: bool,
+        args: methods::AttributionArgs,
     },
     /// Edge attribution patching (EAP, or EAP-IG) over every sender → receiver edge.
     Edges {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        contrast: ContrastArgs,
-        /// eap or eap-ig.
-        #[arg(long, default_value = "eap")]
-        method: String,
-        #[arg(long, default_value_t = 20)]
-        n_steps: usize,
-        /// How many edges to list.
-        #[arg(long, default_value_t = 50)]
-        top_k: usize,
-        #[arg(long)]
-        json: bool,
+        args: methods::EdgesArgs,
     },
     /// Logit lens: LD and top tokens after every layer, and per-head direct effects.
     LogitLens {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        answers: PromptAnswers,
-        #[arg(long, default_value_t = 5)]
-        top_k: usize,
-        #[arg(long)]
-        json: bool,
+        args: methods::LogitLensArgs,
     },
     /// Token saliency: gradient × input, or integrated gradients from a baseline.
     TokenAttribution {
         #[command(flatten)]
         model: ModelArg,
         #[command(flatten)]
-        answers: PromptAnswers,
-        /// gradient_x_input or integrated_gradients.
-        #[arg(long, default_value = "gradient_x_input")]
-        method: String,
-        #[arg(long, default_value_t = 20)]
-        n_steps: usize,
-        /// Integrated-gradients baseline: zero, bos, or a token id.
-        #[arg(long, default_value = "bos")]
-        baseline: String,
-        #[arg(long)]
-        json: bool,
+        args: methods::TokenAttributionArgs,
     },
     /// Attention patterns, entropy and head types.
     Attention {
         #[command(flatten)]
         model: ModelArg,
-        #[arg(long)]
-        prompt: String,
-        /// Heads to show (L9H6 or 9.6; repeatable); by default the most focused.
-        #[arg(long = "head")]
-        heads: Vec<String>,
-        #[arg(long, default_value_t = 10)]
-        top_k: usize,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: methods::AttentionArgs,
     },
     /// List the hook points of a model.
     Hooks {
@@ -488,82 +363,17 @@ fn run_cli(cli: Cli) -> Result<()> {
             let m = load_model(&model)?;
             cache(&m, &prompt, &hooks, &out)?;
         }
-        Command::Analyze {
-            model,
-            prompt,
-            correct,
-            incorrect,
-            corrupted,
-            task,
-            n,
-            corruption,
-            seed,
-            n_boot,
-            method,
-            n_steps,
-            target,
-            max_heads,
-            ablation,
-            logit_lens,
-            json,
-        } => {
-            let m = load_model(&model)?;
-            let opts = methods::analyze_options(&method, n_steps, target, max_heads, &ablation, logit_lens)?;
-            match task {
-                Some(task) => methods::run_analyze_task(&m, &task, n, &corruption, seed, n_boot, &opts, json)?,
-                None => {
-                    let contrast = ContrastArgs {
-                        answers: PromptAnswers {
-                            prompt: prompt.unwrap_or_default(),
-                            correct: correct.unwrap_or_default(),
-                            incorrect: incorrect.unwrap_or_default(),
-                        },
-                        corrupted,
-                    };
-                    methods::run_analyze(&m, &contrast, &opts, json)?;
-                }
-            }
-        }
-        Command::Stability { model, answers, n_corruptions, p, seed, json } => {
-            let m = load_model(&model)?;
-            methods::run_stability(&m, &answers, n_corruptions, p, seed, json)?;
-        }
-        Command::PathPatch { model, contrast, receiver, top, json } => {
-            let m = load_model(&model)?;
-            methods::run_path_patch(&m, &contrast, &receiver, top, json)?;
-        }
-        Command::Scrub { model, hypothesis, n, seed, json } => {
-            let m = load_model(&model)?;
-            methods::run_scrub(&m, &hypothesis, n, seed, json)?;
-        }
-        Command::Composition { model, heads, min_score, json } => {
-            let m = load_model(&model)?;
-            methods::run_composition(&m, &heads, min_score, json)?;
-        }
-        Command::Patch { model, contrast, direction, top, json } => {
-            let m = load_model(&model)?;
-            methods::run_patch(&m, &contrast, &direction, top, json)?;
-        }
-        Command::Attribution { model, contrast, method, n_steps, component, top, json } => {
-            let m = load_model(&model)?;
-            methods::run_attribution(&m, &contrast, &method, n_steps, &component, top, json)?;
-        }
-        Command::Edges { model, contrast, method, n_steps, top_k, json } => {
-            let m = load_model(&model)?;
-            methods::run_edges(&m, &contrast, &method, n_steps, top_k, json)?;
-        }
-        Command::LogitLens { model, answers, top_k, json } => {
-            let m = load_model(&model)?;
-            methods::run_logit_lens(&m, &answers, top_k, json)?;
-        }
-        Command::TokenAttribution { model, answers, method, n_steps, baseline, json } => {
-            let m = load_model(&model)?;
-            methods::run_token_attribution(&m, &answers, &method, n_steps, &baseline, json)?;
-        }
-        Command::Attention { model, prompt, heads, top_k, json } => {
-            let m = load_model(&model)?;
-            methods::run_attention(&m, &prompt, &heads, top_k, json)?;
-        }
+        Command::Analyze { model, args } => methods::run_analyze(&load_model(&model)?, &args)?,
+        Command::Stability { model, args } => methods::run_stability(&load_model(&model)?, &args)?,
+        Command::PathPatch { model, args } => methods::run_path_patch(&load_model(&model)?, &args)?,
+        Command::Scrub { model, args } => methods::run_scrub(&load_model(&model)?, &args)?,
+        Command::Composition { model, args } => methods::run_composition(&load_model(&model)?, &args)?,
+        Command::Patch { model, args } => methods::run_patch(&load_model(&model)?, &args)?,
+        Command::Attribution { model, args } => methods::run_attribution(&load_model(&model)?, &args)?,
+        Command::Edges { model, args } => methods::run_edges(&load_model(&model)?, &args)?,
+        Command::LogitLens { model, args } => methods::run_logit_lens(&load_model(&model)?, &args)?,
+        Command::TokenAttribution { model, args } => methods::run_token_attribution(&load_model(&model)?, &args)?,
+        Command::Attention { model, args } => methods::run_attention(&load_model(&model)?, &args)?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for p in HookPoint::all_for(&m.config) {

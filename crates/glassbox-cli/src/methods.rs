@@ -1,15 +1,21 @@
-//! Subcommands for the methods: argument types, calls into the library, and table rendering.
+//! Subcommands for the methods: their arguments (one `Args` struct each, enum options as
+//! `ValueEnum`), calls into the library with its option structs, and table rendering.
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
-use glassbox::methods::analyze::{analyze, AnalyzeOptions};
-use glassbox::methods::attention::attention_patterns;
-use glassbox::methods::patching::{exact_patching, Direction};
-use glassbox::methods::attribution::{attribute, Attribution, Component, Method};
-use glassbox::methods::edges::edge_attribution;
-use glassbox::methods::logit_lens::{logit_lens, LogitLens};
-use glassbox::methods::token_attribution::{token_attribution, Baseline, TokenAttribution};
-use glassbox::methods::{Contrast, Head};
+use clap::{Args, ValueEnum};
+use glassbox::methods::analyze::{analyze, analyze_set, AnalyzeOptions, SetOptions};
+use glassbox::methods::attention::{attention_patterns, AttentionOptions};
+use glassbox::methods::attribution::{attribute, Attribution, AttributionOptions, Component, Method};
+use glassbox::methods::composition::{all_composition_scores, CompositionOptions};
+use glassbox::methods::edges::{edge_attribution, EdgeOptions};
+use glassbox::methods::faithfulness::Ablation;
+use glassbox::methods::logit_lens::{logit_lens, LogitLens, LogitLensOptions};
+use glassbox::methods::path_patching::{path_patching, PathPatchingOptions, PathReceiver};
+use glassbox::methods::patching::{exact_patching, Direction, PatchingOptions};
+use glassbox::methods::scrubbing::{causal_scrubbing, ScrubOptions};
+use glassbox::methods::stability::{attribution_stability_with_progress, StabilityOptions};
+use glassbox::methods::token_attribution::{token_attribution, Baseline, TokenAttribution, TokenAttributionOptions, TokenMethod};
+use glassbox::methods::{Contrast, Head, Metric, Prompt};
 use glassbox::Model;
 use serde::Serialize;
 
@@ -27,9 +33,8 @@ pub struct PromptAnswers {
 }
 
 impl PromptAnswers {
-    /// The prompt's tokens and the two answers' token ids.
-    pub fn tokens(&self, model: &Model) -> Result<(Vec<u32>, u32, u32)> {
-        Ok((model.tokenize(&self.prompt)?, model.answer_token(&self.correct)?, model.answer_token(&self.incorrect)?))
+    pub fn prompt(&self, model: &Model) -> Result<Prompt> {
+        Ok(Prompt::new(model, &self.prompt, &self.correct, &self.incorrect)?)
     }
 }
 
@@ -50,6 +55,98 @@ impl ContrastArgs {
     }
 }
 
+/// What a method measures of each run.
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum MetricArg {
+    /// logit[correct] − logit[incorrect] at the last position.
+    LogitDiff,
+    /// log p(correct).
+    Logprob,
+    /// p(correct).
+    Prob,
+    /// KL divergence from the clean run's next-token distribution.
+    Kl,
+}
+
+impl MetricArg {
+    fn metric(self) -> Metric {
+        let position = glassbox::methods::Position::Last;
+        match self {
+            MetricArg::LogitDiff => Metric::LogitDiff { position },
+            MetricArg::Logprob => Metric::Logprob { position },
+            MetricArg::Prob => Metric::Prob { position },
+            MetricArg::Kl => Metric::Kl { position },
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum MethodArg {
+    Taylor,
+    #[value(alias = "ig")]
+    IntegratedGradients,
+}
+
+impl MethodArg {
+    fn method(self, n_steps: usize) -> Method {
+        match self {
+            MethodArg::Taylor => Method::Taylor,
+            MethodArg::IntegratedGradients => Method::IntegratedGradients { n_steps },
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ComponentArg {
+    Heads,
+    Mlp,
+    #[value(alias = "attn")]
+    AttnOut,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum DirectionArg {
+    IntoClean,
+    IntoCorrupted,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum AblationArg {
+    Resample,
+    Mean,
+    Zero,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum EdgeMethodArg {
+    #[value(alias = "taylor")]
+    Eap,
+    #[value(name = "eap-ig", alias = "eap_ig")]
+    EapIg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum TokenMethodArg {
+    #[value(alias = "taylor")]
+    GradientXInput,
+    #[value(alias = "ig")]
+    IntegratedGradients,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum CorruptionArg {
+    NameSwap,
+    Abc,
+}
+
 /// The result, or an error naming its first NaN or infinite figure: nothing non-finite is
 /// printed as a result.
 pub fn finite<T: Serialize>(v: T) -> Result<T> {
@@ -62,37 +159,18 @@ pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-pub fn parse_component(s: &str) -> Result<Component> {
-    Ok(match s {
-        "heads" => Component::Heads,
-        "mlp" => Component::Mlp,
-        "attn_out" | "attn" => Component::AttnOut,
-        other => bail!("unknown component `{other}`; use heads, mlp or attn_out"),
-    })
-}
-
-/// Parses `L9H6`, `L09H06` or `9.6` into a head.
-pub fn parse_head(s: &str) -> Result<Head> {
-    let t = s.trim().to_ascii_uppercase();
-    let (l, h) = if let Some(rest) = t.strip_prefix('L') {
-        rest.split_once('H').context("expected LxxHyy")?
-    } else {
-        t.split_once('.').with_context(|| format!("`{s}` is not a head; write L9H6 or 9.6"))?
-    };
-    Ok(Head {
-        layer: l.parse().with_context(|| format!("bad layer in `{s}`"))?,
-        head: h.parse().with_context(|| format!("bad head in `{s}`"))?,
-    })
-}
-
 pub fn print_contrast(c: &Contrast) {
     println!("clean     : {:?}", c.clean_prompt);
     println!("corrupted : {:?} ({})", c.corrupted_prompt, c.corruption);
     println!("answers   : {:?} vs {:?}", c.correct, c.incorrect);
 }
 
-pub fn print_attribution(a: &Attribution, top: usize) {
-    println!("clean LD {:.4}   corrupted LD {:.4}", a.clean_ld, a.corrupted_ld);
+fn parse_heads(heads: &[String]) -> Result<Vec<Head>> {
+    Ok(heads.iter().map(|h| h.parse::<Head>()).collect::<glassbox::Result<Vec<_>>>()?)
+}
+
+fn print_attribution(a: &Attribution, top: usize) {
+    println!("{} {:.4} (clean)   {:.4} (corrupted)", a.metric, a.clean_ld, a.corrupted_ld);
     if let (Some(e), Some(r)) = (a.embed_attribution, a.completeness_residual) {
         println!("embeddings {e:.4}   completeness residual {:.2e} ({} steps)", r, a.n_steps.unwrap_or(0));
     }
@@ -103,25 +181,51 @@ pub fn print_attribution(a: &Attribution, top: usize) {
     }
 }
 
-pub fn run_attribution(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, component: &str, top: usize, json: bool) -> Result<()> {
-    let contrast = c.build(model)?;
-    let method: Method = method.parse()?;
-    let a = finite(attribute(model, &contrast, parse_component(component)?, method, n_steps)?)?;
-    if json {
+/// `glassbox attribution`.
+#[derive(Args)]
+pub struct AttributionArgs {
+    #[command(flatten)]
+    pub contrast: ContrastArgs,
+    #[arg(long, value_enum, default_value = "taylor")]
+    pub method: MethodArg,
+    /// Integration steps for integrated_gradients.
+    #[arg(long, default_value_t = 20)]
+    pub n_steps: usize,
+    #[arg(long, value_enum, default_value = "heads")]
+    pub component: ComponentArg,
+    #[arg(long, value_enum, default_value = "logit_diff")]
+    pub metric: MetricArg,
+    /// Rows of the table.
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_attribution(model: &Model, a: &AttributionArgs) -> Result<()> {
+    let contrast = a.contrast.build(model)?;
+    let component = match a.component {
+        ComponentArg::Heads => Component::Heads,
+        ComponentArg::Mlp => Component::Mlp,
+        ComponentArg::AttnOut => Component::AttnOut,
+    };
+    let opts = AttributionOptions { component, method: a.method.method(a.n_steps), metric: a.metric.metric() };
+    let r = finite(attribute(model, &contrast, &opts)?)?;
+    if a.json {
         #[derive(Serialize)]
         struct Out<'a> {
             contrast: &'a Contrast,
             #[serde(flatten)]
             attribution: &'a Attribution,
         }
-        return print_json(&Out { contrast: &contrast, attribution: &a });
+        return print_json(&Out { contrast: &contrast, attribution: &r });
     }
     print_contrast(&contrast);
-    print_attribution(&a, top);
+    print_attribution(&r, a.top);
     Ok(())
 }
 
-fn print_lens(model: &Model, l: &LogitLens) {
+fn print_lens(l: &LogitLens) {
     println!("final LD {:.4} (frozen final-norm scale {:.4}; decomposition residual {:.1e})", l.final_ld, l.frozen_scale, l.decomposition_residual);
     println!("{:<8} {:>9} {:>9}  top tokens", "layer", "LD", "shift");
     for (i, ld) in l.logit_diffs.iter().enumerate() {
@@ -141,25 +245,26 @@ fn print_lens(model: &Model, l: &LogitLens) {
     for (h, v) in heads.iter().take(10) {
         println!("  {h}  {v:+.4}");
     }
-    let _ = model;
 }
 
-pub fn run_logit_lens(model: &Model, pa: &PromptAnswers, top_k: usize, json: bool) -> Result<()> {
-    let (tokens, c, i) = pa.tokens(model)?;
-    let l = finite(logit_lens(model, &tokens, c, i, top_k)?)?;
-    if json {
+/// `glassbox logit-lens`.
+#[derive(Args)]
+pub struct LogitLensArgs {
+    #[command(flatten)]
+    pub answers: PromptAnswers,
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_logit_lens(model: &Model, a: &LogitLensArgs) -> Result<()> {
+    let l = finite(logit_lens(model, &a.answers.prompt(model)?, &LogitLensOptions { top_k: a.top_k })?)?;
+    if a.json {
         return print_json(&l);
     }
-    print_lens(model, &l);
+    print_lens(&l);
     Ok(())
-}
-
-pub fn parse_baseline(model: &Model, s: &str) -> Result<Baseline> {
-    Ok(match s {
-        "zero" => Baseline::Zero,
-        "bos" => Baseline::Token(model.tokenizer.bos().context("this model has no BOS token; use zero or a token id")?),
-        id => Baseline::Token(id.parse().with_context(|| format!("baseline `{id}`: use zero, bos or a token id"))?),
-    })
 }
 
 fn print_tokens(t: &TokenAttribution) {
@@ -173,26 +278,63 @@ fn print_tokens(t: &TokenAttribution) {
     }
 }
 
-pub fn run_token_attribution(model: &Model, pa: &PromptAnswers, method: &str, n_steps: usize, baseline: &str, json: bool) -> Result<()> {
-    let (tokens, c, i) = pa.tokens(model)?;
-    let ig = match method {
-        "gradient_x_input" | "taylor" => None,
-        "integrated_gradients" | "ig" => Some((n_steps, parse_baseline(model, baseline)?)),
-        other => bail!("unknown method `{other}`; use gradient_x_input or integrated_gradients"),
+/// `glassbox token-attribution`.
+#[derive(Args)]
+pub struct TokenAttributionArgs {
+    #[command(flatten)]
+    pub answers: PromptAnswers,
+    #[arg(long, value_enum, default_value = "gradient_x_input")]
+    pub method: TokenMethodArg,
+    #[arg(long, default_value_t = 20)]
+    pub n_steps: usize,
+    /// Integrated-gradients baseline: zero, bos, or a token id.
+    #[arg(long, default_value = "bos")]
+    pub baseline: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_baseline(model: &Model, s: &str) -> Result<Baseline> {
+    Ok(match s {
+        "zero" => Baseline::Zero,
+        "bos" => Baseline::Token(model.tokenizer.bos_token().context("this model has no BOS token; use zero or a token id")?),
+        id => Baseline::Token(id.parse().with_context(|| format!("baseline `{id}`: use zero, bos or a token id"))?),
+    })
+}
+
+pub fn run_token_attribution(model: &Model, a: &TokenAttributionArgs) -> Result<()> {
+    let method = match a.method {
+        TokenMethodArg::GradientXInput => TokenMethod::GradientXInput,
+        TokenMethodArg::IntegratedGradients => TokenMethod::IntegratedGradients { n_steps: a.n_steps, baseline: parse_baseline(model, &a.baseline)? },
     };
-    let t = finite(token_attribution(model, &tokens, c, i, ig)?)?;
-    if json {
+    let t = finite(token_attribution(model, &a.answers.prompt(model)?, &TokenAttributionOptions { method })?)?;
+    if a.json {
         return print_json(&t);
     }
     print_tokens(&t);
     Ok(())
 }
 
-pub fn run_attention(model: &Model, prompt: &str, heads: &[String], top_k: usize, json: bool) -> Result<()> {
-    let tokens = model.tokenize(prompt)?;
-    let chosen = heads.iter().map(|h| parse_head(h)).collect::<Result<Vec<_>>>()?;
-    let view = finite(attention_patterns(model, &tokens, (!chosen.is_empty()).then_some(&chosen[..]), top_k, 0)?)?;
-    if json {
+/// `glassbox attention`.
+#[derive(Args)]
+pub struct AttentionArgs {
+    #[arg(long)]
+    pub prompt: String,
+    /// Heads to show (L9H6 or 9.6; repeatable); by default the most focused.
+    #[arg(long = "head")]
+    pub heads: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    pub top_k: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_attention(model: &Model, a: &AttentionArgs) -> Result<()> {
+    let tokens = model.tokenize(&a.prompt)?;
+    let chosen = parse_heads(&a.heads)?;
+    let opts = AttentionOptions { heads: (!chosen.is_empty()).then_some(chosen), top_k: a.top_k, seed: 0 };
+    let view = finite(attention_patterns(model, &tokens, &opts)?)?;
+    if a.json {
         return print_json(&view);
     }
     println!("{:<8} {:<16} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}", "head", "type", "entropy", "prev", "dup", "induct", "bos", "max");
@@ -206,19 +348,36 @@ pub fn run_attention(model: &Model, prompt: &str, heads: &[String], top_k: usize
     Ok(())
 }
 
-pub fn run_edges(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, top_k: usize, json: bool) -> Result<()> {
-    let contrast = c.build(model)?;
-    let method = match method {
-        "eap" | "taylor" => Method::Taylor,
-        "eap-ig" | "eap_ig" | "integrated_gradients" => Method::IntegratedGradients,
-        other => bail!("unknown edge method `{other}`; use eap or eap-ig"),
+/// `glassbox edges`.
+#[derive(Args)]
+pub struct EdgesArgs {
+    #[command(flatten)]
+    pub contrast: ContrastArgs,
+    #[arg(long, value_enum, default_value = "eap")]
+    pub method: EdgeMethodArg,
+    #[arg(long, default_value_t = 20)]
+    pub n_steps: usize,
+    /// How many edges to list.
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    #[arg(long, value_enum, default_value = "logit_diff")]
+    pub metric: MetricArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_edges(model: &Model, a: &EdgesArgs) -> Result<()> {
+    let contrast = a.contrast.build(model)?;
+    let method = match a.method {
+        EdgeMethodArg::Eap => Method::Taylor,
+        EdgeMethodArg::EapIg => Method::IntegratedGradients { n_steps: a.n_steps },
     };
-    let r = finite(edge_attribution(model, &contrast, method, n_steps, top_k)?)?;
-    if json {
+    let r = finite(edge_attribution(model, &contrast, &EdgeOptions { method, top_k: a.top_k, metric: a.metric.metric() })?)?;
+    if a.json {
         return print_json(&r);
     }
     print_contrast(&contrast);
-    println!("clean LD {:.4}   corrupted LD {:.4}   {} edges scored", r.clean_ld, r.corrupted_ld, r.n_edges);
+    println!("{} {:.4} (clean)   {:.4} (corrupted)   {} edges scored", r.metric, r.clean_ld, r.corrupted_ld, r.n_edges);
     println!("{:<10}    {:<14} {:>10}", "sender", "receiver", "score");
     for e in &r.top_edges {
         println!("{:<10} →  {:<14} {:>10.4}", e.sender, e.receiver, e.score);
@@ -226,16 +385,74 @@ pub fn run_edges(model: &Model, c: &ContrastArgs, method: &str, n_steps: usize, 
     Ok(())
 }
 
-pub fn analyze_options(method: &str, n_steps: usize, target: f32, max_heads: usize, ablation: &str, lens: bool) -> Result<AnalyzeOptions> {
-    Ok(AnalyzeOptions {
-        method: method.parse()?,
-        n_steps,
-        target,
-        max_heads,
-        ablation: ablation.parse()?,
-        include_mlps: false,
-        logit_lens: lens,
-    })
+/// `glassbox analyze`.
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// The prompt (or give --task).
+    #[arg(long, required_unless_present = "task")]
+    pub prompt: Option<String>,
+    /// The answer the model should give, e.g. " Mary" (one token).
+    #[arg(long, required_unless_present = "task")]
+    pub correct: Option<String>,
+    /// The competing answer, e.g. " John" (one token).
+    #[arg(long, required_unless_present = "task")]
+    pub incorrect: Option<String>,
+    /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
+    #[arg(long)]
+    pub corrupted: Option<String>,
+    /// Run over a generated prompt set instead: `ioi`.
+    #[arg(long, conflicts_with_all = ["prompt", "correct", "incorrect", "corrupted"])]
+    pub task: Option<String>,
+    /// Prompts in the task set.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Task corruption.
+    #[arg(long, value_enum, default_value = "name_swap")]
+    pub corruption: CorruptionArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bootstrap resamples for the task's confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub n_boot: usize,
+    /// Attribution used to rank heads.
+    #[arg(long, value_enum, default_value = "taylor")]
+    pub method: MethodArg,
+    #[arg(long, default_value_t = 20)]
+    pub n_steps: usize,
+    /// Target exact sufficiency of the circuit.
+    #[arg(long, default_value_t = 0.85)]
+    pub target: f32,
+    /// Most heads in the circuit.
+    #[arg(long, default_value_t = 40)]
+    pub max_heads: usize,
+    /// Ablation of heads outside (or inside) the circuit.
+    #[arg(long, value_enum, default_value = "resample")]
+    pub ablation: AblationArg,
+    #[arg(long, value_enum, default_value = "logit_diff")]
+    pub metric: MetricArg,
+    /// Include the logit lens in the result.
+    #[arg(long)]
+    pub logit_lens: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AnalyzeArgs {
+    fn options(&self) -> AnalyzeOptions {
+        AnalyzeOptions {
+            method: self.method.method(self.n_steps),
+            target: self.target,
+            max_heads: self.max_heads,
+            ablation: match self.ablation {
+                AblationArg::Resample => Ablation::Resample,
+                AblationArg::Mean => Ablation::Mean,
+                AblationArg::Zero => Ablation::Zero,
+            },
+            include_mlps: false,
+            logit_lens: self.logit_lens,
+            metric: self.metric.metric(),
+        }
+    }
 }
 
 fn print_faithfulness(f: &glassbox::methods::faithfulness::Faithfulness, circuit: &[Head], reached: bool) {
@@ -250,42 +467,108 @@ fn print_faithfulness(f: &glassbox::methods::faithfulness::Faithfulness, circuit
     println!("  Circuit ({} heads{}): {}", circuit.len(), if reached { "" } else { ", target not reached" }, names.join(" "));
 }
 
-pub fn run_analyze(model: &Model, c: &ContrastArgs, opts: &AnalyzeOptions, json: bool) -> Result<()> {
-    let contrast = c.build(model)?;
-    let a = finite(analyze(model, &contrast, opts)?)?;
-    if json {
-        return print_json(&a);
+pub fn run_analyze(model: &Model, a: &AnalyzeArgs) -> Result<()> {
+    if a.task.is_some() {
+        return run_analyze_task(model, a);
+    }
+    let contrast = ContrastArgs {
+        answers: PromptAnswers {
+            prompt: a.prompt.clone().unwrap_or_default(),
+            correct: a.correct.clone().unwrap_or_default(),
+            incorrect: a.incorrect.clone().unwrap_or_default(),
+        },
+        corrupted: a.corrupted.clone(),
+    }
+    .build(model)?;
+    let r = finite(analyze(model, &contrast, &a.options())?)?;
+    if a.json {
+        return print_json(&r);
     }
     print_contrast(&contrast);
-    println!("clean LD {:.4}   corrupted LD {:.4}", a.clean_ld, a.corrupted_ld);
+    println!("{} {:.4} (clean)   {:.4} (corrupted)", r.metric, r.clean_ld, r.corrupted_ld);
     println!();
-    print_faithfulness(&a.faithfulness, &a.circuit, a.target_reached);
+    print_faithfulness(&r.faithfulness, &r.circuit, r.target_reached);
     println!();
     println!("  {:<12} {:>12}", "Head", "Attribution");
     println!("  {:<12} {:>12}", "-".repeat(12), "-".repeat(12));
-    for s in a.top_heads.iter().take(10) {
+    for s in r.top_heads.iter().take(10) {
         println!("  {:<12} {:>12.4}", s.name, s.score);
     }
-    if let Some(l) = &a.logit_lens {
+    if let Some(l) = &r.logit_lens {
         println!();
-        print_lens(model, l);
+        print_lens(l);
     }
     Ok(())
 }
 
-pub fn run_patch(model: &Model, c: &ContrastArgs, direction: &str, top: usize, json: bool) -> Result<()> {
-    let contrast = c.build(model)?;
-    let direction = match direction {
-        "into_clean" => Direction::IntoClean,
-        "into_corrupted" => Direction::IntoCorrupted,
-        o => bail!("unknown direction `{o}`; use into_clean or into_corrupted"),
+fn run_analyze_task(model: &Model, a: &AnalyzeArgs) -> Result<()> {
+    let task = a.task.as_deref().unwrap_or_default();
+    if task != "ioi" {
+        bail!("unknown task `{task}`; the tasks are: ioi");
+    }
+    let corruption = match a.corruption {
+        CorruptionArg::NameSwap => glassbox::tasks::ioi::Corruption::NameSwap,
+        CorruptionArg::Abc => glassbox::tasks::ioi::Corruption::Abc,
     };
-    let p = finite(exact_patching(model, &contrast, direction)?)?;
-    if json {
+    let prompts = glassbox::tasks::ioi::generate(model, a.n, a.seed, corruption)?;
+    let contrasts = glassbox::tasks::ioi::contrasts(model, &prompts)?;
+    let bar = progress_bar(a.json);
+    bar.set_length(contrasts.len() as u64);
+    bar.set_message("attribution");
+    let mut progress = |done: usize, total: usize, stage: &str| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(stage.to_string());
+    };
+    let opts = SetOptions { analyze: a.options(), n_boot: a.n_boot, seed: a.seed };
+    let r = finite(analyze_set(model, &contrasts, &opts, &mut progress)?)?;
+    bar.finish_and_clear();
+    if a.json {
+        return print_json(&r);
+    }
+    println!("task ioi: {} prompts ({} corruption, seed {})", r.n, match a.corruption { CorruptionArg::NameSwap => "name_swap", CorruptionArg::Abc => "abc" }, a.seed);
+    println!("mean clean {} {:.4}   mean corrupted {:.4}", r.metric, r.mean_clean_ld, r.mean_corrupted_ld);
+    println!();
+    print_faithfulness(&r.faithfulness, &r.circuit, r.target_reached);
+    let b = &r.bootstrap;
+    println!("  95% CI ({} resamples): sufficiency [{:.3}, {:.3}]  comprehensiveness [{:.3}, {:.3}]  F1 [{:.3}, {:.3}]",
+        b.n_boot, b.sufficiency.ci_lo, b.sufficiency.ci_hi, b.comprehensiveness.ci_lo, b.comprehensiveness.ci_hi, b.f1.ci_lo, b.f1.ci_hi);
+    println!();
+    println!("  {:<12} {:>12}", "Head", "Mean attr.");
+    for s in r.top_heads.iter().take(10) {
+        println!("  {:<12} {:>12.4}", s.name, s.score);
+    }
+    Ok(())
+}
+
+/// `glassbox patch`.
+#[derive(Args)]
+pub struct PatchArgs {
+    #[command(flatten)]
+    pub contrast: ContrastArgs,
+    /// into_clean (corrupted activation into the clean run) or into_corrupted.
+    #[arg(long, value_enum, default_value = "into_clean")]
+    pub direction: DirectionArg,
+    #[arg(long, value_enum, default_value = "logit_diff")]
+    pub metric: MetricArg,
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_patch(model: &Model, a: &PatchArgs) -> Result<()> {
+    let contrast = a.contrast.build(model)?;
+    let direction = match a.direction {
+        DirectionArg::IntoClean => Direction::IntoClean,
+        DirectionArg::IntoCorrupted => Direction::IntoCorrupted,
+    };
+    let p = finite(exact_patching(model, &contrast, &PatchingOptions { direction, metric: a.metric.metric() })?)?;
+    if a.json {
         return print_json(&p);
     }
     print_contrast(&contrast);
-    println!("base LD {:.4}   source LD {:.4}", p.base_ld, p.source_ld);
+    println!("base {} {:.4}   source {:.4}", p.metric, p.base_ld, p.source_ld);
     let mut all: Vec<(String, f32, f32)> = Vec::new();
     for (l, row) in p.heads.iter().enumerate() {
         for (h, &ld) in row.iter().enumerate() {
@@ -294,63 +577,42 @@ pub fn run_patch(model: &Model, c: &ContrastArgs, direction: &str, top: usize, j
         all.push((format!("MLP{l:02}"), p.mlps[l], p.mlp_effects[l]));
     }
     all.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
-    println!("{:<10} {:>12} {:>10}", "component", "patched LD", "effect");
-    for (n, ld, e) in all.iter().take(top) {
+    println!("{:<10} {:>12} {:>10}", "component", "patched", "effect");
+    for (n, ld, e) in all.iter().take(a.top) {
         println!("{:<10} {:>12.4} {:>10.4}", n, ld, e);
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run_analyze_task(model: &Model, task: &str, n: usize, corruption: &str, seed: u64, n_boot: usize, opts: &AnalyzeOptions, json: bool) -> Result<()> {
-    if task != "ioi" {
-        bail!("unknown task `{task}`; the tasks are: ioi");
-    }
-    if n == 0 {
-        bail!("--n must be at least 1");
-    }
-    let prompts = glassbox::tasks::ioi::generate(model, n, seed, corruption.parse()?)?;
-    let contrasts = glassbox::tasks::ioi::contrasts(model, &prompts)?;
-    let bar = progress_bar(json);
-    bar.set_length(contrasts.len() as u64);
-    bar.set_message("attribution");
-    let mut progress = |done: usize, total: usize, stage: &str| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(stage.to_string());
-    };
-    let a = finite(glassbox::methods::analyze::analyze_set(model, &contrasts, opts, n_boot, seed, &mut progress)?)?;
-    bar.finish_and_clear();
-    if json {
-        return print_json(&a);
-    }
-    println!("task ioi: {} prompts ({corruption} corruption, seed {seed})", a.n);
-    println!("mean clean LD {:.4}   mean corrupted LD {:.4}", a.mean_clean_ld, a.mean_corrupted_ld);
-    println!();
-    print_faithfulness(&a.faithfulness, &a.circuit, a.target_reached);
-    let b = &a.bootstrap;
-    println!("  95% CI ({} resamples): sufficiency [{:.3}, {:.3}]  comprehensiveness [{:.3}, {:.3}]  F1 [{:.3}, {:.3}]",
-        b.n_boot, b.sufficiency.ci_lo, b.sufficiency.ci_hi, b.comprehensiveness.ci_lo, b.comprehensiveness.ci_hi, b.f1.ci_lo, b.f1.ci_hi);
-    println!();
-    println!("  {:<12} {:>12}", "Head", "Mean attr.");
-    for s in a.top_heads.iter().take(10) {
-        println!("  {:<12} {:>12.4}", s.name, s.score);
-    }
-    Ok(())
+/// `glassbox stability`.
+#[derive(Args)]
+pub struct StabilityArgs {
+    #[command(flatten)]
+    pub answers: PromptAnswers,
+    #[arg(long, default_value_t = 25)]
+    pub n_corruptions: usize,
+    /// Probability that each non-BOS token is replaced.
+    #[arg(long, default_value_t = 0.3)]
+    pub p: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run_stability(model: &Model, pa: &PromptAnswers, k: usize, p: f32, seed: u64, json: bool) -> Result<()> {
-    let (tokens, c, i) = pa.tokens(model)?;
-    let bar = progress_bar(json);
-    bar.set_length(k as u64);
+pub fn run_stability(model: &Model, a: &StabilityArgs) -> Result<()> {
+    let prompt = a.answers.prompt(model)?;
+    let bar = progress_bar(a.json);
+    bar.set_length(a.n_corruptions as u64);
     bar.set_message("corruptions");
     let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let s = finite(glassbox::methods::stability::attribution_stability(model, &tokens, c, i, k, p, seed, &mut progress)?)?;
+    let opts = StabilityOptions { n_corruptions: a.n_corruptions, p: a.p, seed: a.seed };
+    let s = finite(attribution_stability_with_progress(model, &prompt, &opts, &mut progress)?)?;
     bar.finish_and_clear();
-    if json {
+    if a.json {
         return print_json(&s);
     }
     println!("{} corruptions (p = {}, seed {}): rank consistency (mean Kendall τ-b) {:.3}", s.n_corruptions, s.p, s.seed, s.rank_consistency);
@@ -361,13 +623,12 @@ pub fn run_stability(model: &Model, pa: &PromptAnswers, k: usize, p: f32, seed: 
     Ok(())
 }
 
-fn parse_receiver(s: &str) -> Result<glassbox::methods::path_patching::PathReceiver> {
-    use glassbox::methods::path_patching::PathReceiver;
+fn parse_receiver(s: &str) -> Result<PathReceiver> {
     if s == "logits" {
         return Ok(PathReceiver::Logits);
     }
     let (node, kind) = s.rsplit_once('.').with_context(|| format!("receiver `{s}`: write logits, L10H7.q, L10KV1.k or L10KV1.v"))?;
-    let head = parse_head(&node.to_ascii_uppercase().replace("KV", "H"))?;
+    let head: Head = node.to_ascii_uppercase().replace("KV", "H").parse()?;
     Ok(match kind {
         "q" => PathReceiver::Q(head),
         "k" => PathReceiver::K(head),
@@ -376,39 +637,72 @@ fn parse_receiver(s: &str) -> Result<glassbox::methods::path_patching::PathRecei
     })
 }
 
-pub fn run_path_patch(model: &Model, c: &ContrastArgs, receiver: &str, top: usize, json: bool) -> Result<()> {
-    let contrast = c.build(model)?;
-    let r = finite(glassbox::methods::path_patching::path_patching(model, &contrast, parse_receiver(receiver)?, None)?)?;
-    if json {
+/// `glassbox path-patch`.
+#[derive(Args)]
+pub struct PathPatchArgs {
+    #[command(flatten)]
+    pub contrast: ContrastArgs,
+    /// `logits`, or a head's input: `L10H7.q`, `L10KV1.k`, `L10KV1.v` (key/value head index).
+    #[arg(long, default_value = "logits")]
+    pub receiver: String,
+    #[arg(long, value_enum, default_value = "logit_diff")]
+    pub metric: MetricArg,
+    #[arg(long, default_value_t = 15)]
+    pub top: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_path_patch(model: &Model, a: &PathPatchArgs) -> Result<()> {
+    let contrast = a.contrast.build(model)?;
+    let opts = PathPatchingOptions { receiver: parse_receiver(&a.receiver)?, senders: None, metric: a.metric.metric() };
+    let r = finite(path_patching(model, &contrast, &opts)?)?;
+    if a.json {
         return print_json(&r);
     }
     print_contrast(&contrast);
-    println!("clean LD {:.4}   corrupted LD {:.4}   receiver {receiver}", r.clean_ld, r.corrupted_ld);
+    println!("clean {} {:.4}   corrupted {:.4}   receiver {}", r.metric, r.clean_ld, r.corrupted_ld, a.receiver);
     let mut paths = r.paths.clone();
     paths.sort_by(|a, b| b.effect.abs().total_cmp(&a.effect.abs()));
-    println!("{:<8} {:>12} {:>10}", "sender", "patched LD", "effect");
-    for p in paths.iter().take(top) {
+    println!("{:<8} {:>12} {:>10}", "sender", "patched", "effect");
+    for p in paths.iter().take(a.top) {
         println!("{:<8} {:>12.4} {:>10.4}", p.name, p.patched_ld, p.effect);
     }
     Ok(())
 }
 
-pub fn run_scrub(model: &Model, hypothesis: &str, n: usize, seed: u64, json: bool) -> Result<()> {
-    let hyp = hypothesis
+/// `glassbox scrub`.
+#[derive(Args)]
+pub struct ScrubArgs {
+    /// Head=feature pairs, e.g. `L23H3=io,L29H1=io` (features: io, subject, template, order).
+    #[arg(long, default_value = "")]
+    pub hypothesis: String,
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_scrub(model: &Model, a: &ScrubArgs) -> Result<()> {
+    let hypothesis = a
+        .hypothesis
         .split(',')
         .filter(|x| !x.trim().is_empty())
         .map(|pair| {
             let (h, f) = pair.split_once('=').with_context(|| format!("`{pair}`: write HEAD=feature, e.g. L23H3=io"))?;
-            Ok((parse_head(h)?, f.trim().to_string()))
+            Ok((h.parse::<Head>()?, f.trim().to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let prompts = glassbox::tasks::ioi::generate(model, n, seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
+    let prompts = glassbox::tasks::ioi::generate(model, a.n, a.seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
     let set = glassbox::tasks::ioi::scrub_prompts(model, &prompts)?;
-    let r = finite(glassbox::methods::scrubbing::causal_scrubbing(model, &set, &hyp, seed)?)?;
-    if json {
+    let none = hypothesis.is_empty();
+    let r = finite(causal_scrubbing(model, &set, &ScrubOptions { hypothesis, seed: a.seed })?)?;
+    if a.json {
         return print_json(&r);
     }
-    println!("{} IOI prompts; hypothesis: {}", r.n, if hyp.is_empty() { "(no head matters)".to_string() } else { hypothesis.to_string() });
+    println!("{} IOI prompts; hypothesis: {}", r.n, if none { "(no head matters)" } else { &a.hypothesis });
     println!("mean LD: clean {:.4}  corrupted {:.4}  scrubbed {:.4}", r.mean_clean_ld, r.mean_corrupted_ld, r.mean_scrubbed_ld);
     println!("preserved: {:.1}% of the clean − corrupted LD ({} unmatched head/prompt pairs)", 100.0 * r.preserved, r.unmatched);
     Ok(())
@@ -426,10 +720,23 @@ fn progress_bar(json: bool) -> indicatif::ProgressBar {
     bar
 }
 
-pub fn run_composition(model: &Model, heads: &[String], min_score: f32, json: bool) -> Result<()> {
-    let circuit = heads.iter().map(|h| parse_head(h)).collect::<Result<Vec<_>>>()?;
-    let c = finite(glassbox::methods::composition::all_composition_scores(model, &circuit, min_score)?)?;
-    if json {
+/// `glassbox composition`.
+#[derive(Args)]
+pub struct CompositionArgs {
+    /// Heads of the circuit (L9H6 or 9.6; repeatable).
+    #[arg(long = "head", required = true)]
+    pub heads: Vec<String>,
+    /// Show pairs with any score at least this.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_score: f32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_composition(model: &Model, a: &CompositionArgs) -> Result<()> {
+    let circuit = parse_heads(&a.heads)?;
+    let c = finite(all_composition_scores(model, &circuit, &CompositionOptions { min_score: a.min_score })?)?;
+    if a.json {
         return print_json(&c);
     }
     println!("{:<8}    {:<8} {:>8} {:>8} {:>8}", "sender", "receiver", "Q", "K", "V");

@@ -20,7 +20,7 @@ const PROMPTS: [&str; 8] = [
 
 fn main() {
     for (k, v) in glassbox::threads::candle_env() {
-        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
     let path = default_model_path();

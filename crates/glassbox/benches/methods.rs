@@ -17,7 +17,7 @@ use glassbox::methods::{Contrast, Head};
 
 fn main() {
     for (k, v) in glassbox::threads::candle_env() {
-        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
     let model = load_default();
@@ -28,43 +28,43 @@ fn main() {
     println!("| {:<58} | {:>13} |", "method", "median");
     println!("|{}|{}|", "-".repeat(60), "-".repeat(15));
     let t = median_secs(7, || {
-        attribute(&model, &contrast, Component::Heads, Method::Taylor, 0).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).unwrap();
     });
     row("attribution patching (Taylor), all 270 heads", t);
     let t = median_secs(3, || {
-        attribute(&model, &contrast, Component::Heads, Method::IntegratedGradients, 20).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 20 }, metric: Default::default() }).unwrap();
     });
     row("integrated gradients, 20 steps, all heads", t);
     let t = median_secs(2, || {
-        attribute(&model, &contrast, Component::Heads, Method::IntegratedGradients, 50).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 50 }, metric: Default::default() }).unwrap();
     });
     row("integrated gradients, 50 steps, all heads", t);
     let t = median_secs(5, || {
-        attribute(&model, &contrast, Component::Mlp, Method::Taylor, 0).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Mlp, method: Method::Taylor, metric: Default::default() }).unwrap();
     });
     row("MLP attribution (Taylor), 30 layers", t);
     let t = median_secs(7, || {
-        logit_lens(&model, &tokens, c, i, 5).unwrap();
+        logit_lens(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::logit_lens::LogitLensOptions { top_k: 5 }).unwrap();
     });
     row("logit lens + direct effects + top-5 per layer", t);
     let t = median_secs(5, || {
-        edge_attribution(&model, &contrast, Method::Taylor, 0, 50).unwrap();
+        edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: Method::Taylor, top_k: 50, metric: Default::default() }).unwrap();
     });
     row("edge attribution patching (EAP), 70 651 edges", t);
     let t = median_secs(2, || {
-        edge_attribution(&model, &contrast, Method::IntegratedGradients, 20, 50).unwrap();
+        edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 20 }, top_k: 50, metric: Default::default() }).unwrap();
     });
     row("EAP-IG, 20 steps", t);
     let t = median_secs(7, || {
-        token_attribution(&model, &tokens, c, i, None).unwrap();
+        token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::GradientXInput }).unwrap();
     });
     row("token attribution (gradient x input)", t);
     let t = median_secs(3, || {
-        token_attribution(&model, &tokens, c, i, Some((20, Baseline::Token(1)))).unwrap();
+        token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients { n_steps: 20, baseline: Baseline::Token(1) } }).unwrap();
     });
     row("token attribution (integrated gradients, 20 steps)", t);
     let t = median_secs(5, || {
-        attention_patterns(&model, &tokens, None, 10, 0).unwrap();
+        attention_patterns(&model, &tokens, &glassbox::methods::attention::AttentionOptions { heads: None, top_k: 10, seed: 0 }).unwrap();
     });
     row("attention patterns + head typing (all heads, 2 runs)", t);
     let t = median_secs(5, || {
@@ -72,15 +72,15 @@ fn main() {
     });
     row("analyze (Taylor + minimum faithful circuit, exact figures)", t);
     let t = median_secs(2, || {
-        exact_patching(&model, &contrast, Direction::IntoClean).unwrap();
+        exact_patching(&model, &contrast, &glassbox::methods::patching::PatchingOptions { direction: Direction::IntoClean, metric: Default::default() }).unwrap();
     });
     row("exact activation patching, 270 heads + 30 MLPs", t);
     let t = median_secs(2, || {
-        path_patching(&model, &contrast, PathReceiver::Q(Head { layer: 23, head: 3 }), None).unwrap();
+        path_patching(&model, &contrast, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Q(Head { layer: 23, head: 3 }), senders: None, metric: Default::default() }).unwrap();
     });
     row("path patching, 207 senders -> L23H03 query", t);
     let t = median_secs(2, || {
-        attribution_stability(&model, &tokens, c, i, 25, 0.3, 42, &mut |_, _| {}).unwrap();
+        attribution_stability(&model, &glassbox::methods::Prompt { tokens: tokens.clone(), correct: c, incorrect: i }, &glassbox::methods::stability::StabilityOptions { n_corruptions: 25, p: 0.3, seed: 42 }).unwrap();
     });
     row("attribution stability, 25 corruptions", t);
 }

@@ -7,7 +7,7 @@ use glassbox::{registry, Model};
 use std::time::Instant;
 fn main() {
     for (k, v) in glassbox::threads::candle_env() {
-        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();

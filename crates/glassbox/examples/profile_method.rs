@@ -1,13 +1,13 @@
 //! Runs one method in a loop on the default model (for profilers):
 //! `profile_method taylor|ig|analyze|patching N`.
 use glassbox::methods::analyze::{analyze, AnalyzeOptions};
-use glassbox::methods::attribution::{attribute, Component, Method};
-use glassbox::methods::patching::{exact_patching, Direction};
+use glassbox::methods::attribution::{attribute, AttributionOptions, Method};
+use glassbox::methods::patching::{exact_patching, PatchingOptions};
 use glassbox::methods::Contrast;
 use glassbox::{registry, Model};
 fn main() {
     for (k, v) in glassbox::threads::candle_env() {
-        // SAFETY-free in edition 2021, and sound here: no other thread has started yet.
+        // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
@@ -15,13 +15,14 @@ fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "taylor".into());
     let n: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let c = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
-    let method = if which == "ig" { Method::IntegratedGradients } else { Method::Taylor };
+    let method = if which == "ig" { Method::IntegratedGradients { n_steps: 20 } } else { Method::Taylor };
+    let opts = AttributionOptions { method, ..Default::default() };
     let t = std::time::Instant::now();
     for _ in 0..n {
         match which.as_str() {
             "analyze" => drop(std::hint::black_box(analyze(&model, &c, &AnalyzeOptions::default()).unwrap())),
-            "patching" => drop(std::hint::black_box(exact_patching(&model, &c, Direction::IntoClean).unwrap())),
-            _ => drop(std::hint::black_box(attribute(&model, &c, Component::Heads, method, 20).unwrap())),
+            "patching" => drop(std::hint::black_box(exact_patching(&model, &c, &PatchingOptions::default()).unwrap())),
+            _ => drop(std::hint::black_box(attribute(&model, &c, &opts).unwrap())),
         }
     }
     eprintln!("{:.1} ms per call", t.elapsed().as_secs_f64() * 1e3 / n as f64);

@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod error;
 pub mod finite;
+pub mod inputs;
 pub mod methods;
 pub mod model;
 pub mod registry;

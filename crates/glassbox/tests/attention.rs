@@ -111,7 +111,7 @@ fn hand_built_induction_head_is_typed_induction() {
     assert!(ind.induction > 0.8, "layer 1 induction score {}", ind.induction);
     assert_eq!(ind.head_type(), "induction");
 
-    let view = attention_patterns(&model, &tokens, Some(&[Head { layer: 1, head: 0 }]), 0, 1).unwrap();
+    let view = attention_patterns(&model, &tokens, &glassbox::methods::attention::AttentionOptions { heads: Some(vec![Head { layer: 1, head: 0 }]), top_k: 0, seed: 1 }).unwrap();
     assert_eq!(view.head_types["L01H00"], "induction");
     assert_eq!(view.heads[0].pattern.len(), tokens.len());
 }
@@ -141,7 +141,7 @@ fn induction_head_k_composes_with_the_previous_token_head() {
     assert!((k - 1.0 / (V as f32).sqrt()).abs() < 1e-4, "K-composition {k}");
     assert!(q < 1e-6, "Q-composition {q}");
     assert_eq!(v, 0.0, "the induction head writes nothing here (W_O = 0)");
-    let all = all_composition_scores(&model, &[s, r], 0.01).unwrap();
+    let all = all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: 0.01 }).unwrap();
     assert_eq!(all.combined_edges.len(), 1);
     assert!(composition_score(&model, r, s, Kind::K).is_err(), "a later head cannot send to an earlier one");
 }

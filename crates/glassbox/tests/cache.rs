@@ -72,7 +72,7 @@ fn logit_attrs_are_the_logit_lens_direct_effects() {
         let model = load_tiny(name);
         let ids = model.tokenize(IOI).unwrap();
         let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
-        let lens = logit_lens(&model, &ids, c, i, 1).unwrap();
+        let lens = logit_lens(&model, &glassbox::methods::Prompt { tokens: (ids).to_vec(), correct: c, incorrect: i }, &glassbox::methods::logit_lens::LogitLensOptions { top_k: 1 }).unwrap();
         let out = run(&model);
         let last = out.cache.at_positions(&[ids.len() - 1]).unwrap();
         let heads = last.stack_head_results(&model, None, true, false).unwrap();

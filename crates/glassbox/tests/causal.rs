@@ -21,7 +21,7 @@ fn batched_exact_patching_equals_independent_runs() {
         let model = load_tiny(name);
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         for direction in [Direction::IntoClean, Direction::IntoCorrupted] {
-            let p = exact_patching(&model, &c, direction).unwrap();
+            let p = exact_patching(&model, &c, &glassbox::methods::patching::PatchingOptions { direction: direction, metric: Default::default() }).unwrap();
             let (base, source) = match direction {
                 Direction::IntoClean => (&c.clean, &c.corrupted),
                 Direction::IntoCorrupted => (&c.corrupted, &c.clean),
@@ -72,7 +72,7 @@ fn full_and_empty_circuits() {
         let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
         for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean] {
             for include_mlps in [false, true] {
-                let ev = CircuitEvaluator::new(&model, &c, ablation, include_mlps, None).unwrap();
+                let ev = CircuitEvaluator::new(&model, &c, &glassbox::methods::faithfulness::EvaluatorOptions { ablation: ablation, include_mlps: include_mlps, mean_set: None, metric: Default::default() }).unwrap();
                 let full = Circuit { heads: all_heads.clone(), mlps: if include_mlps { vec![0, 1] } else { vec![] } };
                 let r = ev.evaluate(&[full, Circuit::default()]).unwrap();
                 assert!((r[0].sufficiency - 1.0).abs() < 1e-5, "{name} {ablation:?}: full sufficiency {}", r[0].sufficiency);
@@ -97,7 +97,7 @@ fn full_and_empty_circuits() {
         };
         for heads in [vec![Head { layer: 1, head: 0 }, Head { layer: 0, head: 2 }], vec![Head { layer: 1, head: 2 }]] {
             let circuit = Circuit { heads: heads.clone(), mlps: vec![] };
-            let f = faithfulness(&model, &c, &circuit, Ablation::Resample, false, None).unwrap();
+            let f = faithfulness(&model, &c, &circuit, &glassbox::methods::faithfulness::EvaluatorOptions { ablation: Ablation::Resample, include_mlps: false, mean_set: None, metric: Default::default() }, None).unwrap();
             let inside = |l: usize, h: usize| heads.contains(&Head { layer: l, head: h });
             let only = ld(&model, &c.clean, &c, ablating(&|l, h| !inside(l, h)));
             assert!((only - f.ld_circuit_only).abs() < 1e-5, "{name} {heads:?}: {only} vs {}", f.ld_circuit_only);
@@ -121,9 +121,9 @@ mod paths {
         for name in ["tiny-gpt2", "tiny-llama"] {
             let model = load_tiny(name);
             let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-            let exact = exact_patching(&model, &c, Direction::IntoClean).unwrap();
+            let exact = exact_patching(&model, &c, &glassbox::methods::patching::PatchingOptions { direction: Direction::IntoClean, metric: Default::default() }).unwrap();
             let senders: Vec<Head> = (0..model.config.n_heads).map(|head| Head { layer: 1, head }).collect();
-            let pp = path_patching(&model, &c, PathReceiver::Logits, Some(&senders)).unwrap();
+            let pp = path_patching(&model, &c, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Logits, senders: Some(senders.to_vec()), metric: Default::default() }).unwrap();
             for p in &pp.paths {
                 let e = exact.heads[1][p.sender.head];
                 assert!((p.patched_ld - e).abs() < 1e-5, "{name} {}: {} vs {e}", p.name, p.patched_ld);
@@ -140,7 +140,7 @@ mod paths {
         let c = Contrast::new(&model, &prompt, " Mary", " John", None).unwrap();
         assert!(c.n_pos() > 32, "the prompt must make chunks of fewer than 4 senders");
         let senders: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
-        let pp = path_patching(&model, &c, PathReceiver::Logits, Some(&senders)).unwrap();
+        let pp = path_patching(&model, &c, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Logits, senders: Some(senders.to_vec()), metric: Default::default() }).unwrap();
         assert_eq!(pp.paths.iter().map(|p| p.sender).collect::<Vec<_>>(), senders);
         let both = model.forward(&c.batch().unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
         let z = |l: usize, r: usize| both.cache.get(HookPoint::Z(l)).unwrap().narrow(0, r, 1).unwrap();
@@ -162,7 +162,7 @@ mod paths {
         let model = load_tiny("tiny-llama");
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         let receiver = Head { layer: 1, head: 3 };
-        let pp = path_patching(&model, &c, PathReceiver::Q(receiver), None).unwrap();
+        let pp = path_patching(&model, &c, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Q(receiver), senders: None, metric: Default::default() }).unwrap();
         assert_eq!(pp.paths.len(), model.config.n_heads);
         let both = model.forward(&c.batch().unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
         let z = |l: usize, r: usize| both.cache.get(HookPoint::Z(l)).unwrap().narrow(0, r, 1).unwrap();
@@ -200,12 +200,12 @@ mod scrub {
         let all: Vec<(Head, String)> = (0..2)
             .flat_map(|layer| (0..model.config.n_heads).map(move |head| (Head { layer, head }, "id".to_string())))
             .collect();
-        let r = causal_scrubbing(&model, &set, &all, 0).unwrap();
+        let r = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&all).to_vec(), seed: 0 }).unwrap();
         assert!((r.preserved - 1.0).abs() < 1e-5, "{}", r.preserved);
         assert_eq!(r.unmatched, 12 * 2 * model.config.n_heads);
-        let none = causal_scrubbing(&model, &set, &[], 0).unwrap();
+        let none = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&[]).to_vec(), seed: 0 }).unwrap();
         assert!((none.preserved - 1.0).abs() > 1e-3, "resampling every head changed nothing");
-        let e = causal_scrubbing(&model, &set, &[(Head { layer: 0, head: 0 }, "colour".into())], 0).unwrap_err();
+        let e = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&[(Head { layer: 0, head: 0 }, "colour".into())]).to_vec(), seed: 0 }).unwrap_err();
         assert!(e.to_string().contains("colour"));
     }
 }
@@ -220,7 +220,7 @@ fn analyze_figures_equal_a_fresh_evaluation() {
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         let a = analyze(&model, &c, &AnalyzeOptions { target: 0.99, ..AnalyzeOptions::default() }).unwrap();
         let circuit = Circuit { heads: a.circuit.clone(), mlps: vec![] };
-        let f = faithfulness(&model, &c, &circuit, Ablation::Resample, false, None).unwrap();
+        let f = faithfulness(&model, &c, &circuit, &glassbox::methods::faithfulness::EvaluatorOptions { ablation: Ablation::Resample, include_mlps: false, mean_set: None, metric: Default::default() }, None).unwrap();
         for (x, y) in [
             (a.faithfulness.sufficiency, f.sufficiency),
             (a.faithfulness.comprehensiveness, f.comprehensiveness),
@@ -244,7 +244,7 @@ fn mean_ablation_over_a_given_set() {
         let mut other = c.corrupted.clone();
         other[3] = (other[3] + 5) % model.config.d_vocab as u32;
         let set = vec![c.corrupted.clone(), other];
-        let ev = CircuitEvaluator::new(&model, &c, Ablation::Mean, false, Some(&set)).unwrap();
+        let ev = CircuitEvaluator::new(&model, &c, &glassbox::methods::faithfulness::EvaluatorOptions { ablation: Ablation::Mean, include_mlps: false, mean_set: Some(set.to_vec()), metric: Default::default() }).unwrap();
         let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
         let r = ev.evaluate(&[Circuit { heads: all_heads, mlps: vec![] }, Circuit::default()]).unwrap();
         assert!((r[0].clean_ld - ld(&model, &c.clean, &c, Hooks::new())).abs() < 1e-5, "{name}: clean LD");

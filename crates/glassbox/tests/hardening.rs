@@ -54,12 +54,12 @@ fn identical_answers_and_unchanged_corruption_are_errors() {
     // A contrast built by hand is checked by the methods themselves.
     let mut c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     c.corrupted = c.clean.clone();
-    let e = attribute(&model, &c, Component::Heads, Method::Taylor, 20).unwrap_err().to_string();
+    let e = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).unwrap_err().to_string();
     assert!(e.contains("nothing to attribute"), "{e}");
     c.corrupted.pop();
-    assert!(attribute(&model, &c, Component::Heads, Method::Taylor, 20).is_err());
+    assert!(attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).is_err());
     let (tokens, a) = (model.tokenize(IOI).unwrap(), model.answer_token(" Mary").unwrap());
-    let e = glassbox::methods::logit_lens::logit_lens(&model, &tokens, a, a, 5).unwrap_err().to_string();
+    let e = glassbox::methods::logit_lens::logit_lens(&model, &glassbox::methods::Prompt { tokens, correct: a, incorrect: a }, &Default::default()).unwrap_err().to_string();
     assert!(e.contains("same token"), "{e}");
 }
 
@@ -69,24 +69,25 @@ fn identical_answers_and_unchanged_corruption_are_errors() {
 fn absurd_counts_are_refused_before_any_work() {
     let model = load_tiny("tiny-llama");
     let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-    let e = attribute(&model, &c, Component::Heads, Method::IntegratedGradients, 100_000_000).unwrap_err().to_string();
+    let e = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 100_000_000 }, metric: Default::default() }).unwrap_err().to_string();
     assert!(e.contains("integration steps is 100000000") && e.contains("1 to 1000"), "{e}");
-    let (tokens, a, b) = (c.clean.clone(), c.correct_id, c.incorrect_id);
-    let mut progress = |_: usize, _: usize| {};
-    let stab = |k: usize, p: f32, progress: &mut dyn FnMut(usize, usize)| {
-        glassbox::methods::stability::attribution_stability(&model, &tokens, a, b, k, p, 0, progress).unwrap_err().to_string()
+    let prompt = glassbox::methods::Prompt { tokens: c.clean.clone(), correct: c.correct_id, incorrect: c.incorrect_id };
+    let stab = |n_corruptions: usize, p: f32| {
+        let opts = glassbox::methods::stability::StabilityOptions { n_corruptions, p, seed: 0 };
+        glassbox::methods::stability::attribution_stability(&model, &prompt, &opts).unwrap_err().to_string()
     };
-    assert!(stab(10_000_000, 0.3, &mut progress).contains("corruptions"));
-    assert!(stab(5, 1.5, &mut progress).contains("probability"));
-    assert!(stab(5, f32::NAN, &mut progress).contains("probability"));
+    assert!(stab(10_000_000, 0.3).contains("corruptions"));
+    assert!(stab(5, 1.5).contains("probability"));
+    assert!(stab(5, f32::NAN).contains("probability"));
     let opts = AnalyzeOptions { target: 7.0, ..Default::default() };
     assert!(analyze(&model, &c, &opts).unwrap_err().to_string().contains("target sufficiency"));
     let opts = AnalyzeOptions { max_heads: 0, ..Default::default() };
     assert!(analyze(&model, &c, &opts).is_err());
     let mut p2 = |_: usize, _: usize, _: &str| {};
-    let e = glassbox::methods::analyze::analyze_set(&model, &[c.clone()], &AnalyzeOptions::default(), 1_000_000_000, 0, &mut p2).unwrap_err().to_string();
+    let set = |n_boot: usize| glassbox::methods::analyze::SetOptions { analyze: AnalyzeOptions::default(), n_boot, seed: 0 };
+    let e = glassbox::methods::analyze::analyze_set(&model, &[c.clone()], &set(1_000_000_000), &mut p2).unwrap_err().to_string();
     assert!(e.contains("bootstrap resamples"), "{e}");
-    let e = glassbox::methods::analyze::analyze_set(&model, &[c], &AnalyzeOptions::default(), 0, 0, &mut p2).unwrap_err().to_string();
+    let e = glassbox::methods::analyze::analyze_set(&model, &[c], &set(0), &mut p2).unwrap_err().to_string();
     assert!(e.contains("bootstrap resamples is 0"), "{e}");
     let e = glassbox::tasks::ioi::generate(&model, 50_000_000, 0, glassbox::tasks::ioi::Corruption::NameSwap).unwrap_err().to_string();
     assert!(e.contains("number of prompts"), "{e}");

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use glassbox::methods::attribution::{attribute, Component, Method};
+use glassbox::methods::attribution::{attribute, Component};
 use glassbox::methods::logit_lens::logit_lens;
 use glassbox::methods::Contrast;
 use glassbox::{registry, Model};
@@ -23,7 +23,7 @@ const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 fn integrated_gradients_complete_on_ioi() {
     let model = smollm2();
     let contrast = Contrast::new(model, IOI, " Mary", " John", None).unwrap();
-    let ig = attribute(model, &contrast, Component::Heads, Method::IntegratedGradients, 50).unwrap();
+    let ig = attribute(model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 50 }, metric: Default::default() }).unwrap();
     let r = ig.completeness_residual.unwrap();
     eprintln!("IG(50) completeness residual {r:.2e}; LD clean {} corrupted {}", ig.clean_ld, ig.corrupted_ld);
     assert!(r < 0.01, "completeness residual {r}");
@@ -37,7 +37,7 @@ fn logit_lens_decomposition_on_ioi() {
     let model = smollm2();
     let tokens = model.tokenize(IOI).unwrap();
     let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
-    let lens = logit_lens(model, &tokens, c, i, 5).unwrap();
+    let lens = logit_lens(model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::logit_lens::LogitLensOptions { top_k: 5 }).unwrap();
     assert!(lens.decomposition_residual <= 1e-4, "{}", lens.decomposition_residual);
     assert!((lens.final_ld - 5.2873).abs() < 1e-3, "{}", lens.final_ld);
     assert_eq!(lens.top_tokens[30][0].token, " Mary");

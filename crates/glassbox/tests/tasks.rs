@@ -57,15 +57,15 @@ fn bootstrap_intervals() {
             ld_all_ablated: -2.0,
         })
         .collect();
-    let b = bootstrap(&lds, 500, 0.05, 3).unwrap();
+    let b = bootstrap(&lds, &glassbox::methods::bootstrap::BootstrapOptions { n_boot: 500, alpha: 0.05, seed: 3 }).unwrap();
     for i in [b.sufficiency, b.comprehensiveness, b.f1] {
         assert!(i.ci_lo <= i.mean && i.mean <= i.ci_hi, "{i:?}");
         assert!(i.std > 0.0 && i.n == 20);
     }
-    let again = bootstrap(&lds, 500, 0.05, 3).unwrap();
+    let again = bootstrap(&lds, &glassbox::methods::bootstrap::BootstrapOptions { n_boot: 500, alpha: 0.05, seed: 3 }).unwrap();
     assert_eq!(b.sufficiency.ci_lo, again.sufficiency.ci_lo);
     let same: Vec<PromptLds> = vec![lds[0]; 10];
-    let flat = bootstrap(&same, 100, 0.05, 1).unwrap();
+    let flat = bootstrap(&same, &glassbox::methods::bootstrap::BootstrapOptions { n_boot: 100, alpha: 0.05, seed: 1 }).unwrap();
     assert_eq!(flat.sufficiency.ci_lo, flat.sufficiency.ci_hi);
 }
 
@@ -75,11 +75,11 @@ fn stability_of_attributions() {
         let model = load_tiny(name);
         let tokens = model.tokenize("When Mary and John went to the store, John gave a drink to").unwrap();
         let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
-        let s = attribution_stability(&model, &tokens, c, i, 6, 0.3, 42, &mut |_, _| {}).unwrap();
+        let s = attribution_stability(&model, &glassbox::methods::Prompt { tokens: tokens.clone(), correct: c, incorrect: i }, &glassbox::methods::stability::StabilityOptions { n_corruptions: 6, p: 0.3, seed: 42 }).unwrap();
         assert!(s.rank_consistency.is_finite() && s.rank_consistency <= 1.0 && s.rank_consistency >= -1.0);
         assert_eq!(s.stability.len(), 2);
         assert!(s.stability.iter().flatten().all(|&x| (0.0..=1.0).contains(&x)));
-        let again = attribution_stability(&model, &tokens, c, i, 6, 0.3, 42, &mut |_, _| {}).unwrap();
+        let again = attribution_stability(&model, &glassbox::methods::Prompt { tokens: tokens.clone(), correct: c, incorrect: i }, &glassbox::methods::stability::StabilityOptions { n_corruptions: 6, p: 0.3, seed: 42 }).unwrap();
         assert_eq!(s.rank_consistency, again.rank_consistency, "seeded");
     }
 }

@@ -6,39 +6,51 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::methods::attribution::{attribute, attribute_caching, ranked, Component, Method, Scored};
-use crate::methods::bootstrap::{bootstrap, Bootstrap};
-use crate::methods::circuit::{minimum_faithful_circuit, Step};
-use crate::methods::faithfulness::{taylor_sufficiency, Ablation, Circuit, CircuitEvaluator, Faithfulness};
-use crate::methods::logit_lens::{logit_lens, LogitLens};
-use crate::methods::{Contrast, Head};
+use crate::methods::attribution::{attribute, attribute_caching, ranked, AttributionOptions, Component, Method, Scored};
+use crate::methods::bootstrap::{bootstrap, Bootstrap, BootstrapOptions};
+use crate::methods::circuit::{minimum_faithful_circuit, CircuitOptions, Step};
+use crate::methods::faithfulness::{taylor_sufficiency, Ablation, Circuit, CircuitEvaluator, EvaluatorOptions, Faithfulness};
+use crate::methods::logit_lens::{logit_lens, LogitLens, LogitLensOptions};
+use crate::methods::{Contrast, Head, Metric, Prompt, Scorer};
 use crate::model::Model;
 
-#[derive(Debug, Clone)]
+/// Options of `analyze`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnalyzeOptions {
+    /// How heads are ranked: Taylor attribution or integrated gradients.
     pub method: Method,
-    pub n_steps: usize,
     /// Target exact sufficiency of the circuit.
     pub target: f32,
     /// Most heads the circuit may grow to.
     pub max_heads: usize,
     pub ablation: Ablation,
+    #[serde(default)]
     pub include_mlps: bool,
+    /// Include the logit lens in the result.
+    #[serde(default)]
     pub logit_lens: bool,
+    #[serde(default)]
+    pub metric: Metric,
 }
 
 impl AnalyzeOptions {
     /// Error unless the options are in range: steps (for integrated gradients) and the
     /// circuit's largest size within `limits`, a target sufficiency from 0 to 1.
     pub fn check(&self) -> crate::error::Result<()> {
-        if self.method == Method::IntegratedGradients {
-            super::check_count("the number of integration steps", self.n_steps, super::limits::N_STEPS)?;
-        }
+        self.method.check()?;
         super::check_number("the target sufficiency", self.target, 0.0, 1.0)?;
         super::check_count("the most heads of the circuit", self.max_heads, super::limits::MAX_HEADS)
+    }
+
+    fn circuit(&self) -> CircuitOptions {
+        CircuitOptions { target: self.target, max_heads: self.max_heads }
+    }
+
+    fn evaluator(&self) -> EvaluatorOptions {
+        EvaluatorOptions { ablation: self.ablation, include_mlps: self.include_mlps, mean_set: None, metric: self.metric.clone() }
     }
 }
 
@@ -46,17 +58,17 @@ impl Default for AnalyzeOptions {
     fn default() -> Self {
         AnalyzeOptions {
             method: Method::Taylor,
-            n_steps: 20,
             target: 0.85,
             max_heads: 40,
             ablation: Ablation::Resample,
             include_mlps: false,
             logit_lens: false,
+            metric: Metric::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Analysis {
     pub model: String,
     pub prompt: String,
@@ -66,6 +78,7 @@ pub struct Analysis {
     /// How the corrupted prompt was made: `given` or `name_swap`.
     pub corruption: String,
     pub method: Method,
+    pub metric: String,
     pub circuit: Vec<Head>,
     pub attributions: BTreeMap<String, f32>,
     pub top_heads: Vec<Scored>,
@@ -83,17 +96,22 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
     // stream and resample values, so those runs are not repeated.
     let resample = opts.ablation == Ablation::Resample;
     let extra = if resample { CircuitEvaluator::run_points(model.config.n_layers) } else { Vec::new() };
-    let (attr, runs) = attribute_caching(model, contrast, Component::Heads, opts.method, opts.n_steps, &extra)?;
+    let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, metric: opts.metric.clone() };
+    let (attr, runs) = attribute_caching(model, contrast, &attr_opts, &extra)?;
     let ev = match runs {
-        Some(runs) if resample => CircuitEvaluator::from_runs(model, contrast, opts.include_mlps, &runs, attr.clean_ld)?,
-        _ => CircuitEvaluator::new(model, contrast, opts.ablation, opts.include_mlps, None)?,
+        Some(runs) if resample => {
+            let scorer = Scorer::new(model, contrast, &opts.metric)?;
+            CircuitEvaluator::from_runs(model, contrast, scorer, opts.include_mlps, &runs, attr.clean_ld)?
+        }
+        _ => CircuitEvaluator::new(model, contrast, &opts.evaluator())?,
     };
-    let search = minimum_faithful_circuit(&ev, &attr.scores, opts.target, opts.max_heads)?;
+    let search = minimum_faithful_circuit(&ev, &attr.scores, &opts.circuit())?;
     let mut faithfulness = search.faithfulness;
     let circuit = Circuit { heads: search.circuit.clone(), mlps: vec![] };
     faithfulness.taylor_sufficiency = Some(taylor_sufficiency(&circuit, &attr.scores, attr.clean_ld));
     let logit_lens = if opts.logit_lens {
-        Some(logit_lens(model, &contrast.clean, contrast.correct_id, contrast.incorrect_id, 5)?)
+        let prompt = Prompt { tokens: contrast.clean.clone(), correct: contrast.correct_id, incorrect: contrast.incorrect_id };
+        Some(logit_lens(model, &prompt, &LogitLensOptions::default())?)
     } else {
         None
     };
@@ -105,6 +123,7 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
         corrupted_prompt: contrast.corrupted_prompt.clone(),
         corruption: contrast.corruption.clone(),
         method: opts.method,
+        metric: opts.metric.name().to_string(),
         circuit: search.circuit,
         attributions: attr.attributions,
         top_heads: attr.top.into_iter().take(20).collect(),
@@ -118,11 +137,12 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
 }
 
 /// `analyze` over a prompt set: mean attributions, one circuit judged on all prompts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetAnalysis {
     pub model: String,
     pub n: usize,
     pub method: Method,
+    pub metric: String,
     pub mean_clean_ld: f32,
     pub mean_corrupted_ld: f32,
     pub circuit: Vec<Head>,
@@ -137,7 +157,7 @@ pub struct SetAnalysis {
     pub prompts: Vec<PromptFigures>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromptFigures {
     pub prompt: String,
     pub corrupted_prompt: String,
@@ -147,24 +167,34 @@ pub struct PromptFigures {
     pub ld_circuit_ablated: f32,
 }
 
+/// Options of `analyze_set`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetOptions {
+    pub analyze: AnalyzeOptions,
+    /// Bootstrap resamples of the prompts for the confidence intervals.
+    pub n_boot: usize,
+    pub seed: u64,
+}
+
+impl Default for SetOptions {
+    fn default() -> Self {
+        SetOptions { analyze: AnalyzeOptions::default(), n_boot: 1000, seed: 0 }
+    }
+}
+
 /// Runs `analyze` over a prompt set; `progress(done, total, stage)` is called as it goes.
-pub fn analyze_set(
-    model: &Model,
-    contrasts: &[Contrast],
-    opts: &AnalyzeOptions,
-    n_boot: usize,
-    seed: u64,
-    progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<SetAnalysis> {
+pub fn analyze_set(model: &Model, contrasts: &[Contrast], set: &SetOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<SetAnalysis> {
+    let (opts, n_boot, seed) = (&set.analyze, set.n_boot, set.seed);
     let cfg = &model.config;
     let n = contrasts.len();
     super::check_count("the number of prompts", n, super::limits::N_PROMPTS)?;
     super::check_count("the number of bootstrap resamples", n_boot, super::limits::N_BOOT)?;
     opts.check()?;
+    let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, metric: opts.metric.clone() };
     let mut sum = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
     let (mut clean, mut corrupted) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for (i, c) in contrasts.iter().enumerate() {
-        let a = attribute(model, c, Component::Heads, opts.method, opts.n_steps)?;
+        let a = attribute(model, c, &attr_opts)?;
         for (row, s) in sum.iter_mut().zip(&a.scores) {
             for (x, y) in row.iter_mut().zip(s) {
                 *x += y / n as f32;
@@ -175,9 +205,9 @@ pub fn analyze_set(
         progress(i + 1, n, "attribution");
     }
     progress(0, 1, "ablation baselines");
-    let ev = CircuitEvaluator::for_set(model, contrasts, opts.ablation, opts.include_mlps, None)?;
+    let ev = CircuitEvaluator::for_set(model, contrasts, &opts.evaluator())?;
     progress(0, 1, "circuit search");
-    let search = minimum_faithful_circuit(&ev, &sum, opts.target, opts.max_heads)?;
+    let search = minimum_faithful_circuit(&ev, &sum, &opts.circuit())?;
     let circuit = Circuit { heads: search.circuit.clone(), mlps: vec![] };
     let lds = ev.prompt_lds(std::slice::from_ref(&circuit))?.remove(0);
     let mean_clean = clean.iter().sum::<f32>() / n as f32;
@@ -189,6 +219,7 @@ pub fn analyze_set(
         model: model.name.clone(),
         n,
         method: opts.method,
+        metric: opts.metric.name().to_string(),
         mean_clean_ld: mean_clean,
         mean_corrupted_ld: corrupted.iter().sum::<f32>() / n as f32,
         circuit: search.circuit,
@@ -197,7 +228,7 @@ pub fn analyze_set(
         faithfulness,
         target_reached: search.reached,
         trajectory: search.trajectory,
-        bootstrap: bootstrap(&lds, n_boot, 0.05, seed)?,
+        bootstrap: bootstrap(&lds, &BootstrapOptions { n_boot, alpha: 0.05, seed })?,
         prompts: contrasts
             .iter()
             .zip(&lds)

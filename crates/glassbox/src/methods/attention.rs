@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::DType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::Head;
@@ -30,7 +30,7 @@ pub const BOS_SINK_MIN: f32 = 0.6;
 pub const SELF_MIN: f32 = 0.5;
 pub const FOCUSED_MIN: f32 = 0.5;
 
-#[derive(Debug, Clone, Copy, Serialize, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
 pub struct HeadScores {
     pub previous_token: f32,
     pub duplicate_token: f32,
@@ -61,7 +61,7 @@ impl HeadScores {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadPattern {
     pub head: Head,
     pub name: String,
@@ -71,7 +71,25 @@ pub struct HeadPattern {
     pub scores: HeadScores,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Options of `attention_patterns`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttentionOptions {
+    /// The heads to show; by default the `top_k` most focused (lowest entropy).
+    #[serde(default)]
+    pub heads: Option<Vec<Head>>,
+    pub top_k: usize,
+    /// Seed of the random repeated sequence the induction score is measured on.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for AttentionOptions {
+    fn default() -> Self {
+        AttentionOptions { heads: None, top_k: 10, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttentionPatterns {
     pub tokens: Vec<String>,
     pub heads: Vec<HeadPattern>,
@@ -164,7 +182,8 @@ fn scores_from(model: &Model, prompt: &Patterns, seed: u64) -> Result<Vec<Vec<He
 
 /// Patterns, entropy and types for `heads`, or for the `top_k` most focused heads (lowest
 /// entropy) when `heads` is `None`.
-pub fn attention_patterns(model: &Model, tokens: &[u32], heads: Option<&[Head]>, top_k: usize, seed: u64) -> Result<AttentionPatterns> {
+pub fn attention_patterns(model: &Model, tokens: &[u32], opts: &AttentionOptions) -> Result<AttentionPatterns> {
+    let (heads, top_k, seed) = (opts.heads.as_deref(), opts.top_k, opts.seed);
     if tokens.len() < 2 {
         return Err(Error::Invalid("attention patterns need a prompt of at least 2 tokens".into()));
     }

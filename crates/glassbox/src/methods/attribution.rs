@@ -29,10 +29,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head};
+use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head, Metric, Scorer};
 use crate::model::config::Positions;
 use crate::model::kernels;
-use crate::model::{Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Intervention, Model};
 
 /// Which activations are attributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,28 +64,75 @@ impl Component {
     }
 }
 
+/// How a method attributes: the first-order Taylor estimate on the clean run's gradients, or
+/// integrated gradients along the straight path from the corrupted run with `n_steps` steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Method {
     Taylor,
-    IntegratedGradients,
+    IntegratedGradients { n_steps: usize },
 }
 
-impl std::str::FromStr for Method {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "taylor" => Ok(Method::Taylor),
-            "integrated_gradients" | "ig" => Ok(Method::IntegratedGradients),
-            other => Err(Error::Invalid(format!(
-                "unknown attribution method `{other}`; use taylor or integrated_gradients"
-            ))),
+impl Method {
+    /// The method's name (`taylor`, `integrated_gradients`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Taylor => "taylor",
+            Method::IntegratedGradients { .. } => "integrated_gradients",
+        }
+    }
+
+    /// The integration steps, for integrated gradients.
+    pub fn n_steps(&self) -> Option<usize> {
+        match *self {
+            Method::Taylor => None,
+            Method::IntegratedGradients { n_steps } => Some(n_steps),
+        }
+    }
+
+    /// A method by name, with `n_steps` for integrated gradients.
+    pub fn parse(name: &str, n_steps: usize) -> Result<Method> {
+        match name {
+            "taylor" | "eap" => Ok(Method::Taylor),
+            "integrated_gradients" | "ig" | "eap-ig" | "eap_ig" => Ok(Method::IntegratedGradients { n_steps }),
+            other => Err(Error::Invalid(format!("unknown attribution method `{other}`; use taylor or integrated_gradients"))),
+        }
+    }
+
+    /// Error unless the step count is within `limits::N_STEPS`.
+    pub fn check(&self) -> Result<()> {
+        match self.n_steps() {
+            Some(n) => super::check_count("the number of integration steps", n, super::limits::N_STEPS),
+            None => Ok(()),
         }
     }
 }
 
+impl std::str::FromStr for Method {
+    type Err = Error;
+    /// `taylor`, or `integrated_gradients` with 20 steps.
+    fn from_str(s: &str) -> Result<Self> {
+        Method::parse(s, 20)
+    }
+}
+
+/// Options of `attribute`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributionOptions {
+    pub component: Component,
+    pub method: Method,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+impl Default for AttributionOptions {
+    fn default() -> Self {
+        AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Metric::default() }
+    }
+}
+
 /// One attributed component.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scored {
     pub name: String,
     pub layer: usize,
@@ -94,17 +141,20 @@ pub struct Scored {
     pub score: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attribution {
     pub method: Method,
     pub component: Component,
     pub n_steps: Option<usize>,
+    /// The metric attributed (`logit_diff` unless chosen otherwise).
+    pub metric: String,
     /// `scores[layer][head]` (one entry per layer for MLP and attention outputs).
     pub scores: Vec<Vec<f32>>,
     /// Score by name (`L09H09`, `MLP03`, `ATTN03`).
     pub attributions: BTreeMap<String, f32>,
     /// All components by decreasing |score|.
     pub top: Vec<Scored>,
+    /// The metric of the clean and the corrupted run.
     pub clean_ld: f32,
     pub corrupted_ld: f32,
     /// Integrated gradients only: the token embeddings' share of `LD_clean − LD_corr`.
@@ -141,10 +191,6 @@ fn taylor_scores(
         .collect()
 }
 
-fn answers(c: &Contrast, n: usize) -> (Vec<u32>, Vec<u32>) {
-    (vec![c.correct_id; n], vec![c.incorrect_id; n])
-}
-
 /// Scores by name, and every component by decreasing |score|.
 pub fn ranked(scores: &[Vec<f32>], component: Component) -> (BTreeMap<String, f32>, Vec<Scored>) {
     let mut named = BTreeMap::new();
@@ -167,8 +213,8 @@ pub fn ranked(scores: &[Vec<f32>], component: Component) -> (BTreeMap<String, f3
 }
 
 /// Attribution of every component of kind `component` for the contrast.
-pub fn attribute(model: &Model, contrast: &Contrast, component: Component, method: Method, n_steps: usize) -> Result<Attribution> {
-    Ok(attribute_caching(model, contrast, component, method, n_steps, &[])?.0)
+pub fn attribute(model: &Model, contrast: &Contrast, opts: &AttributionOptions) -> Result<Attribution> {
+    Ok(attribute_caching(model, contrast, opts, &[])?.0)
 }
 
 /// The clean and corrupted runs' caches of a Taylor attribution (one prompt each, `[1, ...]`).
@@ -183,19 +229,16 @@ pub(crate) struct Runs {
 pub(crate) fn attribute_caching(
     model: &Model,
     contrast: &Contrast,
-    component: Component,
-    method: Method,
-    n_steps: usize,
+    opts: &AttributionOptions,
     extra: &[HookPoint],
 ) -> Result<(Attribution, Option<Runs>)> {
     contrast.check(model)?;
-    if method == Method::IntegratedGradients {
-        super::check_count("the number of integration steps", n_steps, super::limits::N_STEPS)?;
-    }
+    opts.method.check()?;
+    let (component, method) = (opts.component, opts.method);
+    let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let layers = model.config.n_layers;
     let points: Vec<HookPoint> = (0..layers).map(|l| component.point(l)).collect();
     let batch = contrast.batch()?;
-    let (good, bad) = answers(contrast, 2);
     let mut runs = None;
 
     let (scores, lds, embed_attribution) = match method {
@@ -204,19 +247,19 @@ pub(crate) fn attribute_caching(
             // clean prompt's rows (10 % faster than one batch of both, measured). It runs at
             // the same time as the clean forward and backward, on the other core.
             let cached = points.iter().chain(extra).copied();
-            let corr_hooks = contrast.ld_hooks().cache(cached.clone());
-            let hooks = contrast.ld_hooks().cache(cached).grad_tap(points.iter().copied());
+            let corr_hooks = scorer.hooks().cache(cached.clone());
+            let hooks = scorer.hooks().cache(cached).grad_tap(points.iter().copied());
             let (corr, clean) = kernels::concurrently(
                 || model.forward(&Batch::new(std::slice::from_ref(&contrast.corrupted))?, &corr_hooks),
                 || -> Result<_> {
                     let clean = model.forward(&Batch::new(std::slice::from_ref(&contrast.clean))?, &hooks)?;
-                    let ld_clean = clean.logit_diff(&good[..1], &bad[..1])?;
-                    let grads = clean.backward(&ld_clean)?;
+                    let ld_clean = scorer.eval(&clean)?;
+                    let grads = clean.backward(&ld_clean.sum_all()?)?;
                     Ok((clean, ld_clean, grads))
                 },
             );
             let (corr, (clean, ld_clean, grads)) = (corr?, clean?);
-            let ld_corr = corr.logit_diff(&good[..1], &bad[..1])?;
+            let ld_corr = scorer.eval(&corr)?;
             let scores = taylor_scores(&points, &grads, &clean.cache, &corr.cache, 0, component)?;
             let lds = Tensor::cat(&[ld_clean, ld_corr], 0)?;
             let detached = |c: &ActivationCache| ActivationCache {
@@ -225,14 +268,11 @@ pub(crate) fn attribute_caching(
             runs = Some(Runs { clean: detached(&clean.cache), corrupted: detached(&corr.cache) });
             (scores, lds.to_dtype(DType::F32)?.to_vec1::<f32>()?, None)
         }
-        Method::IntegratedGradients => {
-            if n_steps == 0 {
-                return Err(Error::Invalid("integrated gradients need at least one step".into()));
-            }
+        Method::IntegratedGradients { n_steps } => {
             let mut features = vec![HookPoint::Embed];
             features.extend(points.iter().copied());
-            let out = model.forward(&batch, &contrast.ld_hooks().cache(features.iter().copied()))?;
-            let lds = out.logit_diff(&good, &bad)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let out = model.forward(&batch, &scorer.hooks().cache(features.iter().copied()))?;
+            let lds = scorer.values(&out)?;
             let ends = features
                 .iter()
                 .map(|&p| {
@@ -241,13 +281,13 @@ pub(crate) fn attribute_caching(
                     Ok((corr.clone(), (act.get(0)? - corr)?))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let answers = (contrast.correct_id, contrast.incorrect_id);
             // With every attention output on the path fixed (all heads' z, or every attention
             // output), attention no longer carries anything between positions: only the last
             // position reaches the logits and every other position's gradient is zero. The path
-            // is then run at the last position alone: the same figures for 1/p of the work.
-            let last_only = matches!(component, Component::Heads | Component::AttnOut);
-            let mean_grads = integrated_gradients(model, &contrast.clean, &features, &ends, answers, n_steps, last_only)?;
+            // is then run at the last position alone: the same figures for 1/p of the work
+            // (when the metric reads the last position only).
+            let last_only = matches!(component, Component::Heads | Component::AttnOut) && scorer.reads_last_position_only();
+            let mean_grads = integrated_gradients(model, &contrast.clean, &features, &ends, &scorer, n_steps, last_only)?;
             let mut attrs = features
                 .iter()
                 .zip(&ends)
@@ -276,7 +316,8 @@ pub(crate) fn attribute_caching(
     let attribution = Attribution {
         method,
         component,
-        n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
+        n_steps: method.n_steps(),
+        metric: opts.metric.name().to_string(),
         scores,
         attributions,
         top,
@@ -297,7 +338,7 @@ pub(crate) fn taylor_many(
     model: &Model,
     clean: &[u32],
     corrupted: &[Vec<u32>],
-    (correct, incorrect): (u32, u32),
+    scorer: &Scorer,
     component: Component,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<Vec<f32>>>> {
@@ -309,8 +350,8 @@ pub(crate) fn taylor_many(
         )));
     }
     let points: Vec<HookPoint> = (0..model.config.n_layers).map(|l| component.point(l)).collect();
-    let hooks = Hooks::new().logits_for(&[correct, incorrect]).cache(points.iter().copied()).grad_tap(points.iter().copied());
-    let corr_hooks = Hooks::new().logits_for(&[correct, incorrect]).cache(points.iter().copied());
+    let hooks = scorer.hooks().cache(points.iter().copied()).grad_tap(points.iter().copied());
+    let corr_hooks = scorer.hooks().cache(points.iter().copied());
     let per_batch = (160 / clean.len().max(1)).max(1);
     let mut chunks = corrupted.chunks(per_batch);
     let Some(first) = chunks.next() else {
@@ -320,8 +361,7 @@ pub(crate) fn taylor_many(
     let (clean_run, first_run) = kernels::concurrently(
         || -> Result<_> {
             let run = model.forward(&Batch::new(&[clean.to_vec()])?, &hooks)?;
-            let ld = run.logit_diff(&[correct], &[incorrect])?;
-            let grads = run.backward(&ld)?;
+            let grads = run.backward(&scorer.eval(&run)?.sum_all()?)?;
             Ok((run, grads))
         },
         || model.forward(&Batch::new(first)?, &corr_hooks),
@@ -342,7 +382,7 @@ pub(crate) fn taylor_many(
     Ok(scores)
 }
 
-/// Mean gradient of `LD = logit[correct] − logit[incorrect]` at each feature over the midpoints `α = (k + 0.5) / n_steps` of the path
+/// Mean gradient of the scorer's metric at each feature over the midpoints `α = (k + 0.5) / n_steps` of the path
 /// `corr + α · delta` (all features moved together), batched in chunks of ≤ 128 token rows.
 /// Each feature's ends are `[p, ...]` (position first).
 ///
@@ -355,12 +395,12 @@ pub(crate) fn integrated_gradients(
     tokens: &[u32],
     features: &[HookPoint],
     ends: &[(Tensor, Tensor)],
-    answers: (u32, u32),
+    scorer: &Scorer,
     n_steps: usize,
     last_only: bool,
 ) -> Result<Vec<Tensor>> {
     if !last_only || tokens.len() == 1 {
-        return ig_path(model, tokens, features, ends, answers, n_steps, None);
+        return ig_path(model, tokens, features, ends, scorer, n_steps, None);
     }
     let p = tokens.len();
     let last = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, p - 1, 1)?) };
@@ -369,7 +409,7 @@ pub(crate) fn integrated_gradients(
         (Positions::Learned { offset }, Some(table)) => Some(table.narrow(0, offset + p - 1, 1)?),
         _ => None,
     };
-    let grads = ig_path(model, &tokens[p - 1..], features, &ends_last, answers, n_steps, pos.as_ref())?;
+    let grads = ig_path(model, &tokens[p - 1..], features, &ends_last, scorer, n_steps, pos.as_ref())?;
     grads
         .into_iter()
         .map(|g| {
@@ -387,7 +427,7 @@ fn ig_path(
     tokens: &[u32],
     features: &[HookPoint],
     ends: &[(Tensor, Tensor)],
-    (correct, incorrect): (u32, u32),
+    scorer: &Scorer,
     n_steps: usize,
     pos: Option<&Tensor>,
 ) -> Result<Vec<Tensor>> {
@@ -396,7 +436,7 @@ fn ig_path(
     // Each chunk of steps: the gradient at every feature, summed over the chunk's steps.
     let chunk_grads = |&(k, c): &(usize, usize)| -> Result<Vec<Tensor>> {
         let alphas: Vec<f32> = (k..k + c).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
-        let mut hooks = Hooks::new().logits_for(&[correct, incorrect]);
+        let mut hooks = scorer.hooks();
         for (&point, (corr, delta)) in features.iter().zip(ends) {
             let mut shape = vec![c];
             shape.extend(std::iter::repeat_n(1, corr.rank()));
@@ -409,7 +449,7 @@ fn ig_path(
         }
         let batch = Batch::new(&vec![tokens.to_vec(); c])?;
         let out = model.forward(&batch, &hooks)?;
-        let metric = out.logit_diff(&vec![correct; c], &vec![incorrect; c])?.sum_all()?;
+        let metric = scorer.eval(&out)?.sum_all()?;
         let grads = out.backward(&metric)?;
         features.iter().map(|&point| Ok(grads.get(point)?.sum(0)?)).collect()
     };
@@ -438,10 +478,11 @@ mod tests {
                 prompts.push(p);
             }
             for component in [Component::Heads, Component::Mlp] {
-                let many = taylor_many(&model, &base.clean, &prompts, (base.correct_id, base.incorrect_id), component, &mut |_, _| {}).unwrap();
+                let scorer = Scorer::new(&model, &base, &Metric::default()).unwrap();
+                let many = taylor_many(&model, &base.clean, &prompts, &scorer, component, &mut |_, _| {}).unwrap();
                 for (p, scores) in prompts.iter().zip(&many) {
                     let c = Contrast { corrupted: p.clone(), ..base.clone() };
-                    let one = attribute(&model, &c, component, Method::Taylor, 0).unwrap();
+                    let one = attribute(&model, &c, &AttributionOptions { component, ..Default::default() }).unwrap();
                     for (a, b) in one.scores.iter().flatten().zip(scores.iter().flatten()) {
                         assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{name} {component:?}: {a} vs {b}");
                     }
@@ -462,7 +503,7 @@ mod tests {
             for component in [Component::Heads, Component::AttnOut] {
                 let mut features = vec![HookPoint::Embed];
                 features.extend((0..model.config.n_layers).map(|l| component.point(l)));
-                let out = model.forward(&contrast.batch().unwrap(), &Hooks::new().cache(features.iter().copied())).unwrap();
+                let out = model.forward(&contrast.batch().unwrap(), &crate::model::Hooks::new().cache(features.iter().copied())).unwrap();
                 let ends: Vec<(Tensor, Tensor)> = features
                     .iter()
                     .map(|&p| {
@@ -471,9 +512,9 @@ mod tests {
                         (corr.clone(), (a.get(0).unwrap() - corr).unwrap())
                     })
                     .collect();
-                let answers = (contrast.correct_id, contrast.incorrect_id);
-                let fast = integrated_gradients(&model, &contrast.clean, &features, &ends, answers, 7, true).unwrap();
-                let full = integrated_gradients(&model, &contrast.clean, &features, &ends, answers, 7, false).unwrap();
+                let scorer = Scorer::new(&model, &contrast, &Metric::default()).unwrap();
+                let fast = integrated_gradients(&model, &contrast.clean, &features, &ends, &scorer, 7, true).unwrap();
+                let full = integrated_gradients(&model, &contrast.clean, &features, &ends, &scorer, 7, false).unwrap();
                 for ((f, g), p) in fast.iter().zip(&full).zip(&features) {
                     assert_eq!(f.dims(), g.dims(), "{name} {p}");
                     let scale = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6);

@@ -2,12 +2,12 @@
 //! prompts are resampled with replacement `n_boot` times (seeded) and the ratio-of-sums figures
 //! recomputed on each resample.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::methods::faithfulness::{figures, Ablation, PromptLds};
 use crate::tasks::Rng;
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Interval {
     /// The figure on the whole prompt set.
     pub mean: f32,
@@ -18,7 +18,7 @@ pub struct Interval {
     pub n: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bootstrap {
     pub sufficiency: Interval,
     pub comprehensiveness: Interval,
@@ -51,9 +51,19 @@ fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) -> Interval
     }
 }
 
-/// Percentile bootstrap of the faithfulness figures over the prompts: `n_boot` resamples
-/// (within `limits::N_BOOT`), a `1 − alpha` interval (`alpha` in (0, 1)), at least one prompt.
-pub fn bootstrap(lds: &[PromptLds], n_boot: usize, alpha: f32, seed: u64) -> crate::error::Result<Bootstrap> {
+/// Options of `bootstrap`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct BootstrapOptions {
+    /// Resamples (within `limits::N_BOOT`).
+    pub n_boot: usize,
+    /// The interval is `1 − alpha` (`alpha` in (0, 1)).
+    pub alpha: f32,
+    pub seed: u64,
+}
+
+/// Percentile bootstrap of the faithfulness figures over the prompts (at least one).
+pub fn bootstrap(lds: &[PromptLds], opts: &BootstrapOptions) -> crate::error::Result<Bootstrap> {
+    let (n_boot, alpha, seed) = (opts.n_boot, opts.alpha, opts.seed);
     super::check_count("the number of bootstrap resamples", n_boot, super::limits::N_BOOT)?;
     if !(alpha > 0.0 && alpha < 1.0) {
         return Err(crate::error::Error::Invalid(format!("alpha is {alpha}; a confidence level needs 0 < alpha < 1")));

@@ -3,13 +3,13 @@
 //! target, least attributed first. Every step is judged by exact ablation runs
 //! (`faithfulness::CircuitEvaluator`), four candidates per batched forward.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::methods::faithfulness::{Circuit, CircuitEvaluator, Faithfulness};
 use crate::methods::Head;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     /// `"add"` or `"remove"`.
     pub action: String,
@@ -19,7 +19,7 @@ pub struct Step {
     pub comprehensiveness: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CircuitSearch {
     pub circuit: Vec<Head>,
     pub faithfulness: Faithfulness,
@@ -42,7 +42,27 @@ pub fn heads_by_attribution(attributions: &[Vec<f32>]) -> Vec<Head> {
 
 const BATCH: usize = 4;
 
-pub fn minimum_faithful_circuit(ev: &CircuitEvaluator, attributions: &[Vec<f32>], target: f32, cap: usize) -> Result<CircuitSearch> {
+/// Options of `minimum_faithful_circuit`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CircuitOptions {
+    /// The exact sufficiency to reach.
+    pub target: f32,
+    /// The most heads the circuit may grow to.
+    pub max_heads: usize,
+}
+
+impl Default for CircuitOptions {
+    fn default() -> Self {
+        CircuitOptions { target: 0.85, max_heads: 40 }
+    }
+}
+
+/// The smallest circuit (greedy) whose exact sufficiency reaches the target, judged by the
+/// evaluator's ablation runs (its metric); the heads are tried in order of `attributions`.
+pub fn minimum_faithful_circuit(ev: &CircuitEvaluator, attributions: &[Vec<f32>], opts: &CircuitOptions) -> Result<CircuitSearch> {
+    super::check_number("the target sufficiency", opts.target, 0.0, 1.0)?;
+    super::check_count("the most heads of the circuit", opts.max_heads, super::limits::MAX_HEADS)?;
+    let (target, cap) = (opts.target, opts.max_heads);
     let order = heads_by_attribution(attributions);
     let cap = cap.min(order.len()).max(1);
     let mut trajectory = Vec::new();

@@ -97,7 +97,7 @@ fn frob_pair(g_a: &Tensor, g_b: &Tensor) -> Result<f64> {
     Ok(tr.max(0.0).sqrt())
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompositionEdge {
     pub sender: String,
     pub receiver: String,
@@ -106,7 +106,14 @@ pub struct CompositionEdge {
     pub v: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Options of `all_composition_scores`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct CompositionOptions {
+    /// List the pairs with any score at least this.
+    pub min_score: f32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Composition {
     /// Pairs with any score ≥ `min_score`, by decreasing max(q, k, v).
     pub combined_edges: Vec<CompositionEdge>,
@@ -114,7 +121,8 @@ pub struct Composition {
 }
 
 /// Q, K and V scores between every ordered pair of a circuit's heads (earlier → later).
-pub fn all_composition_scores(model: &Model, circuit: &[Head], min_score: f32) -> Result<Composition> {
+pub fn all_composition_scores(model: &Model, circuit: &[Head], opts: &CompositionOptions) -> Result<Composition> {
+    let min_score = opts.min_score;
     let mut edges = Vec::new();
     for &s in circuit {
         for &r in circuit.iter().filter(|r| r.layer > s.layer) {

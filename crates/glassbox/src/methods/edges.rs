@@ -12,26 +12,27 @@
 //! straight-line path of the input embeddings from the corrupted to the clean prompt.
 
 use candle_core::{DType, Tensor, D};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::methods::attribution::Method;
-use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head};
+use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head, Metric, Scorer};
 use crate::model::config::NormKind;
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::model::kernels;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Edge {
     pub sender: String,
     pub receiver: String,
     pub score: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EdgeAttribution {
     pub method: Method,
     pub n_steps: Option<usize>,
+    pub metric: String,
     pub clean_ld: f32,
     pub corrupted_ld: f32,
     pub n_edges: usize,
@@ -196,13 +197,29 @@ fn sender_outputs(model: &Model, out: &crate::model::ForwardOutput) -> Result<Ve
     Ok(res)
 }
 
-/// Edge attribution patching of every edge; `method`: `Taylor` (EAP) or
-/// `IntegratedGradients` (EAP-IG with `n_steps`).
-pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_steps: usize, top_k: usize) -> Result<EdgeAttribution> {
-    contrast.check(model)?;
-    if method == Method::IntegratedGradients {
-        super::check_count("the number of integration steps", n_steps, super::limits::N_STEPS)?;
+/// Options of `edge_attribution`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeOptions {
+    /// `Taylor` (EAP) or `IntegratedGradients` (EAP-IG).
+    pub method: Method,
+    /// How many edges `top_edges` lists.
+    pub top_k: usize,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        EdgeOptions { method: Method::Taylor, top_k: 50, metric: Metric::default() }
     }
+}
+
+/// Edge attribution patching of every edge (EAP, or EAP-IG).
+pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -> Result<EdgeAttribution> {
+    contrast.check(model)?;
+    opts.method.check()?;
+    let (method, top_k) = (opts.method, opts.top_k);
+    let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let c = &model.config;
     let layers = c.n_layers;
     let mut cache = vec![HookPoint::Embed];
@@ -217,11 +234,9 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
     }
     let taps = receiver_taps(layers);
     let batch = contrast.batch()?;
-    let good = [contrast.correct_id; 2];
-    let bad = [contrast.incorrect_id; 2];
-    let hooks = contrast.ld_hooks().cache(cache.iter().copied()).grad_tap(taps.iter().copied());
+    let hooks = scorer.hooks().cache(cache.iter().copied()).grad_tap(taps.iter().copied());
     let out = model.forward(&batch, &hooks)?;
-    let ld = out.logit_diff(&good, &bad)?;
+    let ld = scorer.eval(&out)?;
     let lds = ld.to_dtype(DType::F32)?.to_vec1::<f32>()?;
 
     let outs = sender_outputs(model, &out)?;
@@ -238,10 +253,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
                 .map(|g| Ok(g.get(0)?.flatten_all()?))
                 .collect::<Result<_>>()?
         }
-        Method::IntegratedGradients => {
-            if n_steps == 0 {
-                return Err(Error::Invalid("EAP-IG needs at least one step".into()));
-            }
+        Method::IntegratedGradients { n_steps } => {
             let emb = out.cache.get(HookPoint::Embed)?;
             let (corr, delta) = (emb.get(1)?, (emb.get(0)? - emb.get(1)?)?);
             let p = contrast.n_pos();
@@ -251,13 +263,13 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
                 let alphas: Vec<f32> = (k..k + n).map(|i| (i as f32 + 0.5) / n_steps as f32).collect();
                 let a = Tensor::from_vec(alphas, (n, 1, 1), emb.device())?.to_dtype(emb.dtype())?;
                 let value = corr.unsqueeze(0)?.broadcast_add(&a.broadcast_mul(&delta.unsqueeze(0)?)?)?;
-                let hooks = contrast
-                    .ld_hooks()
+                let hooks = scorer
+                    .hooks()
                     .intervene(Intervention::new(HookPoint::Embed, Action::Replace(value)))
                     .cache(cache.iter().copied())
                     .grad_tap(taps.iter().copied());
                 let run = model.forward(&Batch::new(&vec![contrast.clean.clone(); n])?, &hooks)?;
-                let metric = run.logit_diff(&vec![contrast.correct_id; n], &vec![contrast.incorrect_id; n])?.sum_all()?;
+                let metric = scorer.eval(&run)?.sum_all()?;
                 let grads = run.backward(&metric)?;
                 receiver_grads(model, &run, &grads)?.into_iter().map(|g| Ok(g.sum(0)?.flatten_all()?)).collect()
             };
@@ -299,7 +311,8 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, method: Method, n_st
         .collect();
     Ok(EdgeAttribution {
         method,
-        n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
+        n_steps: method.n_steps(),
+        metric: opts.metric.name().to_string(),
         clean_ld: lds[0],
         corrupted_ld: lds[1],
         n_edges: edges.len(),

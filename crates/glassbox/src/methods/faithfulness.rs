@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::attribution::Runs;
-use crate::methods::{Contrast, Head};
+use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model, Start};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +55,7 @@ pub struct Circuit {
     pub mlps: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Faithfulness {
     pub sufficiency: f32,
     pub comprehensiveness: f32,
@@ -98,9 +98,31 @@ pub fn f1(s: f32, c: f32) -> f32 {
     }
 }
 
+/// Options of a `CircuitEvaluator` (and of `faithfulness`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvaluatorOptions {
+    pub ablation: Ablation,
+    /// Whether the circuit's MLPs count (otherwise every MLP stays as it is).
+    #[serde(default)]
+    pub include_mlps: bool,
+    /// `Ablation::Mean` only: the prompts (same token count as each contrast) whose mean
+    /// activations replace the ablated ones; by default each prompt's clean and corrupted runs.
+    #[serde(default)]
+    pub mean_set: Option<Vec<Vec<u32>>>,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+impl Default for EvaluatorOptions {
+    fn default() -> Self {
+        EvaluatorOptions { ablation: Ablation::Resample, include_mlps: false, mean_set: None, metric: Metric::default() }
+    }
+}
+
 /// One prompt's state in a `CircuitEvaluator`.
 struct PromptState {
     contrast: Contrast,
+    scorer: Scorer,
     /// Per layer: the ablation value of `hook_z` and of `hook_mlp_out`, `[1, p, ...]`.
     values: Vec<(Tensor, Tensor)>,
     clean_ld: f32,
@@ -116,13 +138,13 @@ struct PromptState {
 impl PromptState {
     /// A prompt whose all-ablated run (and clean run, when `clean_resid` is empty) is still
     /// to do: `CircuitEvaluator::complete` runs it.
-    fn pending(contrast: &Contrast, values: Vec<(Tensor, Tensor)>, clean_ld: f32, clean_resid: Vec<Tensor>) -> Self {
-        PromptState { contrast: contrast.clone(), values, clean_ld, all_ablated_ld: 0.0, clean_resid, ablated_resid: Vec::new() }
+    fn pending(contrast: &Contrast, scorer: Scorer, values: Vec<(Tensor, Tensor)>, clean_ld: f32, clean_resid: Vec<Tensor>) -> Self {
+        PromptState { contrast: contrast.clone(), scorer, values, clean_ld, all_ablated_ld: 0.0, clean_resid, ablated_resid: Vec::new() }
     }
 }
 
 /// LDs of one circuit on one prompt: the circuit alone, and the circuit ablated.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct PromptLds {
     pub clean_ld: f32,
     pub ld_circuit_only: f32,
@@ -143,11 +165,13 @@ pub struct CircuitEvaluator<'a> {
 impl<'a> CircuitEvaluator<'a> {
     /// `mean_set`: the prompts (same token count as the contrast) whose mean activations
     /// `Ablation::Mean` uses; by default each prompt's clean and corrupted runs.
-    pub fn new(model: &'a Model, contrast: &Contrast, ablation: Ablation, include_mlps: bool, mean_set: Option<&[Vec<u32>]>) -> Result<Self> {
-        Self::for_set(model, std::slice::from_ref(contrast), ablation, include_mlps, mean_set)
+    pub fn new(model: &'a Model, contrast: &Contrast, opts: &EvaluatorOptions) -> Result<Self> {
+        Self::for_set(model, std::slice::from_ref(contrast), opts)
     }
 
-    pub fn for_set(model: &'a Model, contrasts: &[Contrast], ablation: Ablation, include_mlps: bool, mean_set: Option<&[Vec<u32>]>) -> Result<Self> {
+    /// The evaluator of a prompt set: the figures are ratios of sums over the prompts.
+    pub fn for_set(model: &'a Model, contrasts: &[Contrast], opts: &EvaluatorOptions) -> Result<Self> {
+        let (ablation, include_mlps, mean_set) = (opts.ablation, opts.include_mlps, opts.mean_set.as_deref());
         if contrasts.is_empty() {
             return Err(Error::Invalid("no prompts to evaluate the circuit on".into()));
         }
@@ -156,6 +180,7 @@ impl<'a> CircuitEvaluator<'a> {
         let mut prompts = Vec::with_capacity(contrasts.len());
         for contrast in contrasts {
             contrast.check(model)?;
+            let scorer = Scorer::new(model, contrast, &opts.metric)?;
             let set: Vec<Vec<u32>> = match (ablation, mean_set) {
                 (Ablation::Mean, Some(s)) => {
                     if s.iter().any(|t| t.len() != contrast.n_pos()) {
@@ -165,7 +190,7 @@ impl<'a> CircuitEvaluator<'a> {
                 }
                 _ => vec![contrast.clean.clone(), contrast.corrupted.clone()],
             };
-            let out = model.forward(&Batch::new(&set)?, &contrast.ld_hooks().cache(points.iter().copied()))?;
+            let out = model.forward(&Batch::new(&set)?, &scorer.hooks().cache(points.iter().copied()))?;
             let values = (0..layers)
                 .map(|l| {
                     let pick = |p: HookPoint| -> Result<Tensor> {
@@ -182,14 +207,12 @@ impl<'a> CircuitEvaluator<'a> {
             // When the set's first prompt is the clean one (every case but a given mean set),
             // this run is also the clean run.
             let (clean_ld, clean_resid) = if set[0] == contrast.clean {
-                let n = set.len();
-                let lds = out.logit_diff(&vec![contrast.correct_id; n], &vec![contrast.incorrect_id; n])?;
                 let resid = (0..layers).map(|l| Ok(out.cache.get(HookPoint::ResidPre(l))?.narrow(0, 0, 1)?)).collect::<Result<Vec<_>>>()?;
-                (lds.to_dtype(DType::F32)?.to_vec1::<f32>()?[0], resid)
+                (scorer.values(&out)?[0], resid)
             } else {
                 (0.0, Vec::new())
             };
-            prompts.push(PromptState::pending(contrast, values, clean_ld, clean_resid));
+            prompts.push(PromptState::pending(contrast, scorer, values, clean_ld, clean_resid));
         }
         Self::completed(model, include_mlps, prompts, ablation)
     }
@@ -225,13 +248,13 @@ impl<'a> CircuitEvaluator<'a> {
     /// `hook_resid_pre` and a corrupted run that cached `hook_z` and `hook_mlp_out` at every
     /// layer (`[1, ...]` each; `analyze` takes them from its attribution runs). Only the
     /// all-ablated run is left to do.
-    pub(crate) fn from_runs(model: &'a Model, contrast: &Contrast, include_mlps: bool, runs: &Runs, clean_ld: f32) -> Result<Self> {
+    pub(crate) fn from_runs(model: &'a Model, contrast: &Contrast, scorer: Scorer, include_mlps: bool, runs: &Runs, clean_ld: f32) -> Result<Self> {
         let layers = model.config.n_layers;
         let values = (0..layers)
             .map(|l| Ok((runs.corrupted.get(HookPoint::Z(l))?.clone(), runs.corrupted.get(HookPoint::MlpOut(l))?.clone())))
             .collect::<Result<Vec<_>>>()?;
         let clean_resid = (0..layers).map(|l| Ok(runs.clean.get(HookPoint::ResidPre(l))?.clone())).collect::<Result<Vec<_>>>()?;
-        let prompt = PromptState::pending(contrast, values, clean_ld, clean_resid);
+        let prompt = PromptState::pending(contrast, scorer, values, clean_ld, clean_resid);
         Self::completed(model, include_mlps, vec![prompt], Ablation::Resample)
     }
 
@@ -248,7 +271,7 @@ impl<'a> CircuitEvaluator<'a> {
     fn hooks(&self, i: usize, rows: &[&Ablate], first: usize) -> Hooks {
         let cfg = &self.model.config;
         let st = &self.prompts[i];
-        let mut hooks = st.contrast.ld_hooks();
+        let mut hooks = st.scorer.hooks();
         for l in first..cfg.n_layers {
             let (z, mlp) = &st.values[l];
             for (r, ab) in rows.iter().enumerate() {
@@ -279,9 +302,8 @@ impl<'a> CircuitEvaluator<'a> {
         let refs: Vec<&Ablate> = rows.iter().collect();
         let hooks = self.hooks(i, &refs, 0).cache((0..layers).map(HookPoint::ResidPre));
         let out = self.model.forward(&Batch::new(&vec![st.contrast.clean.clone(); n])?, &hooks)?;
-        let ld = out.logit_diff(&vec![st.contrast.correct_id; n], &vec![st.contrast.incorrect_id; n])?;
         let resid = (0..layers).map(|l| Ok(out.cache.get(HookPoint::ResidPre(l))?.clone())).collect::<Result<Vec<_>>>()?;
-        Ok((ld.to_dtype(DType::F32)?.to_vec1::<f32>()?, resid))
+        Ok((st.scorer.values(&out)?, resid))
     }
 
     /// The first layer where a row's run departs from the run it starts from (the clean run
@@ -331,7 +353,7 @@ impl<'a> CircuitEvaluator<'a> {
             let lengths = vec![st.contrast.n_pos(); n];
             let hooks = self.hooks(i, &picked, first);
             let out = self.model.forward_from(Start::Residual { layer: first, resid: &resid, lengths: &lengths }, &hooks)?;
-            let ld = out.logit_diff(&vec![st.contrast.correct_id; n], &vec![st.contrast.incorrect_id; n])?;
+            let ld = st.scorer.eval(&out)?;
             for (&r, v) in chunk.iter().zip(ld.to_dtype(DType::F32)?.to_vec1::<f32>()?) {
                 lds[r] = v;
             }
@@ -415,15 +437,8 @@ enum Ablate<'c> {
 }
 
 /// Faithfulness of one circuit; `attributions[layer][head]` adds the Taylor estimate.
-pub fn faithfulness(
-    model: &Model,
-    contrast: &Contrast,
-    circuit: &Circuit,
-    ablation: Ablation,
-    include_mlps: bool,
-    attributions: Option<&[Vec<f32>]>,
-) -> Result<Faithfulness> {
-    let ev = CircuitEvaluator::new(model, contrast, ablation, include_mlps, None)?;
+pub fn faithfulness(model: &Model, contrast: &Contrast, circuit: &Circuit, opts: &EvaluatorOptions, attributions: Option<&[Vec<f32>]>) -> Result<Faithfulness> {
+    let ev = CircuitEvaluator::new(model, contrast, opts)?;
     let mut f = ev.evaluate(std::slice::from_ref(circuit))?.remove(0);
     f.taylor_sufficiency = attributions.map(|a| taylor_sufficiency(circuit, a, f.clean_ld));
     Ok(f)
@@ -431,6 +446,10 @@ pub fn faithfulness(
 
 /// The reference tool's estimate: `Σ_{h∈C} attr(h) / LD_clean`.
 pub fn taylor_sufficiency(circuit: &Circuit, attributions: &[Vec<f32>], clean_ld: f32) -> f32 {
-    let s: f32 = circuit.heads.iter().map(|h| attributions[h.layer][h.head]).sum();
-    s / clean_ld
+    let s: f32 = circuit.heads.iter().filter_map(|h| attributions.get(h.layer).and_then(|r| r.get(h.head))).sum();
+    if clean_ld.abs() > 1e-12 {
+        s / clean_ld
+    } else {
+        0.0
+    }
 }

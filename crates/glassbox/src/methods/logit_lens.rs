@@ -15,19 +15,33 @@
 //! post-LN models (OPT-350m style) renormalise the stream after every block and do not decompose.
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::methods::Prompt;
 use crate::model::{Batch, Decompose, HookPoint, Hooks, Model};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenScore {
     pub token_id: u32,
     pub token: String,
     pub logit: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Options of `logit_lens`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LogitLensOptions {
+    /// Top tokens listed after every layer.
+    pub top_k: usize,
+}
+
+impl Default for LogitLensOptions {
+    fn default() -> Self {
+        LogitLensOptions { top_k: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogitLens {
     pub logit_diffs: Vec<f32>,
     pub logit_shifts: Vec<f32>,
@@ -57,8 +71,9 @@ fn scalar(t: &Tensor) -> Result<f32> {
 /// Logit lens and direct effects of one prompt (`tokens`, with BOS where the model wants it).
 /// The decomposition is the activation cache's (`ActivationCache::stack_head_results`,
 /// `decompose_resid`, `apply_ln_to_stack`, `logit_attrs`) through the model's own readout.
-pub fn logit_lens(model: &Model, tokens: &[u32], correct: u32, incorrect: u32, top_k: usize) -> Result<LogitLens> {
-    super::check_answers(model, tokens, correct, incorrect)?;
+pub fn logit_lens(model: &Model, prompt: &Prompt, opts: &LogitLensOptions) -> Result<LogitLens> {
+    prompt.check(model)?;
+    let (tokens, correct, incorrect, top_k) = (&prompt.tokens[..], prompt.correct, prompt.incorrect, opts.top_k);
     let cfg = &model.config;
     let layers = cfg.n_layers;
     let mut points = vec![HookPoint::Embed, HookPoint::LnFinalScale];

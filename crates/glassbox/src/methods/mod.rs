@@ -7,7 +7,7 @@ pub mod attribution;
 pub mod bootstrap;
 pub mod circuit;
 pub mod composition;
-pub mod contrast;
+pub mod metric;
 pub mod edges;
 pub mod faithfulness;
 pub mod logit_lens;
@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
-pub use contrast::Contrast;
+pub use crate::inputs as contrast;
+pub use crate::inputs::{Contrast, Prompt};
+pub use metric::{Metric, Position, Scorer};
 
 /// An attention head: prints as `L09H09`, serialises as `[layer, head]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,6 +56,20 @@ impl Head {
             return Err(crate::error::Error::HeadOutOfRange { head: self.head, n_heads: cfg.n_heads, point: self.to_string() });
         }
         Ok(())
+    }
+}
+
+impl std::str::FromStr for Head {
+    type Err = crate::error::Error;
+    /// `L9H6`, `L09H06` or `9.6`.
+    fn from_str(s: &str) -> crate::error::Result<Head> {
+        let bad = || crate::error::Error::Invalid(format!("`{s}` is not a head; write L9H6 or 9.6"));
+        let t = s.trim().to_ascii_uppercase();
+        let (l, h) = match t.strip_prefix('L') {
+            Some(rest) => rest.split_once('H').ok_or_else(bad)?,
+            None => t.split_once('.').ok_or_else(bad)?,
+        };
+        Ok(Head { layer: l.parse().map_err(|_| bad())?, head: h.parse().map_err(|_| bad())? })
     }
 }
 
@@ -113,23 +129,7 @@ pub(crate) fn check_number(what: &str, value: f32, lo: f32, hi: f32) -> Result<(
     Ok(())
 }
 
-/// Error unless `correct` and `incorrect` are two different tokens of the model's vocabulary
-/// and `tokens` a prompt of it.
-pub(crate) fn check_answers(model: &crate::model::Model, tokens: &[u32], correct: u32, incorrect: u32) -> Result<()> {
-    let v = model.config.d_vocab;
-    if let Some(&t) = tokens.iter().chain([&correct, &incorrect]).find(|&&t| t as usize >= v) {
-        return Err(crate::error::Error::Invalid(format!("token id {t} is outside the vocabulary of {v} tokens")));
-    }
-    if tokens.is_empty() {
-        return Err(crate::error::Error::EmptyPrompt);
-    }
-    if correct == incorrect {
-        return Err(crate::error::Error::Invalid(format!(
-            "the correct and incorrect answers are the same token ({correct}); give two different answers"
-        )));
-    }
-    Ok(())
-}
+pub(crate) use crate::inputs::check_answers;
 
 /// Indices of `values` by decreasing absolute value.
 pub(crate) fn order_by_magnitude(values: &[f32]) -> Vec<usize> {

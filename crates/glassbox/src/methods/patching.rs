@@ -9,11 +9,11 @@
 //! receiving run's cached `hook_resid_pre`, and all patched runs of one layer (each head, and
 //! the MLP) form one batch, one head per row. The result equals independent full runs.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::methods::Contrast;
+use crate::methods::{Contrast, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
 use crate::model::kernels;
 
@@ -24,9 +24,24 @@ pub enum Direction {
     IntoCorrupted,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Options of `exact_patching`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PatchingOptions {
+    pub direction: Direction,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+impl Default for PatchingOptions {
+    fn default() -> Self {
+        PatchingOptions { direction: Direction::IntoClean, metric: Metric::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Patching {
     pub direction: Direction,
+    pub metric: String,
     /// LD of the run that receives the patches, and of the run they come from.
     pub base_ld: f32,
     pub source_ld: f32,
@@ -41,8 +56,10 @@ pub struct Patching {
 }
 
 /// Exact patching of every head (and every MLP) in `direction`.
-pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) -> Result<Patching> {
+pub fn exact_patching(model: &Model, contrast: &Contrast, opts: &PatchingOptions) -> Result<Patching> {
     contrast.check(model)?;
+    let direction = opts.direction;
+    let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let cfg = &model.config;
     let (layers, heads) = (cfg.n_layers, cfg.n_heads);
     let (base_row, source_row) = match direction {
@@ -54,11 +71,8 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
         cache.extend([HookPoint::ResidPre(l), HookPoint::Z(l), HookPoint::MlpOut(l)]);
     }
     let batch = contrast.batch()?;
-    let out = model.forward(&batch, &contrast.ld_hooks().cache(cache))?;
-    let lds = out
-        .logit_diff(&[contrast.correct_id; 2], &[contrast.incorrect_id; 2])?
-        .to_dtype(DType::F32)?
-        .to_vec1::<f32>()?;
+    let out = model.forward(&batch, &scorer.hooks().cache(cache))?;
+    let lds = scorer.values(&out)?;
     let (base_ld, source_ld) = (lds[base_row], lds[source_row]);
     let row = |p: HookPoint, r: usize| -> Result<Tensor> { Ok(out.cache.get(p)?.narrow(0, r, 1)?) };
 
@@ -75,7 +89,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
         for chunk in components.chunks(per_chunk) {
             let rows = chunk.len();
             let resid = resid_row.broadcast_as((rows, contrast.n_pos(), cfg.d_model))?.contiguous()?;
-            let mut hooks = contrast.ld_hooks();
+            let mut hooks = scorer.hooks();
             for (r, &c) in chunk.iter().enumerate() {
                 hooks = if c < heads {
                     hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z.clone())).heads(vec![c]).batch(vec![r]))
@@ -85,8 +99,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
             }
             let lengths = vec![contrast.n_pos(); rows];
             let run = model.forward_from(Start::Residual { layer: l, resid: &resid, lengths: &lengths }, &hooks)?;
-            let ld = run.logit_diff(&vec![contrast.correct_id; rows], &vec![contrast.incorrect_id; rows])?;
-            lds.extend(ld.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            lds.extend(scorer.values(&run)?);
         }
         Ok(lds)
     };
@@ -104,6 +117,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, direction: Direction) 
     let norm = |x: f32| if span.abs() > 1e-12 { (x - base_ld) / span } else { 0.0 };
     Ok(Patching {
         direction,
+        metric: opts.metric.name().to_string(),
         base_ld,
         source_ld,
         head_effects: head_lds.iter().map(|r| r.iter().map(|&x| norm(x)).collect()).collect(),

@@ -7,15 +7,14 @@
 //! answer; otherwise run the clean prompt again with only the receiver's input (its query, key
 //! or value) replaced by the value it had in run (1).
 
-use candle_core::DType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::methods::{Contrast, Head};
+use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
 use crate::model::kernels;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathReceiver {
     Logits,
@@ -37,7 +36,7 @@ impl PathReceiver {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathEffect {
     pub sender: Head,
     pub name: String,
@@ -46,17 +45,39 @@ pub struct PathEffect {
     pub effect: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathPatching {
     pub receiver: PathReceiver,
+    pub metric: String,
     pub clean_ld: f32,
     pub corrupted_ld: f32,
     pub paths: Vec<PathEffect>,
 }
 
 /// Path patching from each of `senders` (all heads before the receiver when `None`).
-pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver, senders: Option<&[Head]>) -> Result<PathPatching> {
+/// Options of `path_patching`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathPatchingOptions {
+    pub receiver: PathReceiver,
+    /// The sender heads (every head before the receiver when `None`).
+    #[serde(default)]
+    pub senders: Option<Vec<Head>>,
+    #[serde(default)]
+    pub metric: Metric,
+}
+
+impl Default for PathPatchingOptions {
+    fn default() -> Self {
+        PathPatchingOptions { receiver: PathReceiver::Logits, senders: None, metric: Metric::default() }
+    }
+}
+
+/// Path patching from each sender head to the receiver.
+pub fn path_patching(model: &Model, contrast: &Contrast, opts: &PathPatchingOptions) -> Result<PathPatching> {
     contrast.check(model)?;
+    let receiver = opts.receiver;
+    let senders = opts.senders.as_deref();
+    let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let cfg = &model.config;
     let layers = cfg.n_layers;
     let recv_layer = match receiver {
@@ -81,8 +102,8 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
     if let Some((p, _)) = receiver.point() {
         cache.push(p);
     }
-    let both = model.forward(&contrast.batch()?, &contrast.ld_hooks().cache(cache))?;
-    let lds = both.logit_diff(&[contrast.correct_id; 2], &[contrast.incorrect_id; 2])?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let both = model.forward(&contrast.batch()?, &scorer.hooks().cache(cache))?;
+    let lds = scorer.values(&both)?;
     let (clean_ld, corrupted_ld) = (lds[0], lds[1]);
     let z = |l: usize, row: usize| -> Result<candle_core::Tensor> { Ok(both.cache.get(HookPoint::Z(l))?.narrow(0, row, 1)?) };
     // Both runs match the clean run up to the first layer they change: start them there.
@@ -97,7 +118,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
         let n = chunk.len();
         // Run (1): heads frozen at clean, the row's sender corrupted.
         let first = chunk.iter().map(|s| s.layer).min().unwrap_or(0);
-        let mut hooks = contrast.ld_hooks();
+        let mut hooks = scorer.hooks();
         for l in first..layers {
             hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l, 0)?)));
             for (r, s) in chunk.iter().enumerate().filter(|(_, s)| s.layer == l) {
@@ -110,21 +131,16 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
         let lengths = vec![contrast.n_pos(); n];
         let resid = clean_resid(first, n)?;
         let run1 = model.forward_from(Start::Residual { layer: first, resid: &resid, lengths: &lengths }, &hooks)?;
-        let good = vec![contrast.correct_id; n];
-        let bad = vec![contrast.incorrect_id; n];
         let ld = match receiver.point() {
-            None => run1.logit_diff(&good, &bad)?,
+            None => scorer.values(&run1)?,
             Some((p, head)) => {
                 // Run (2): the clean run with only the receiver's input from run (1).
                 let value = run1.cache.get(p)?.clone();
-                let hooks = contrast.ld_hooks().intervene(Intervention::new(p, Action::Replace(value)).heads(vec![head]));
+                let hooks = scorer.hooks().intervene(Intervention::new(p, Action::Replace(value)).heads(vec![head]));
                 let resid = clean_resid(recv_layer, n)?;
-                model
-                    .forward_from(Start::Residual { layer: recv_layer, resid: &resid, lengths: &lengths }, &hooks)?
-                    .logit_diff(&good, &bad)?
+                scorer.values(&model.forward_from(Start::Residual { layer: recv_layer, resid: &resid, lengths: &lengths }, &hooks)?)?
             }
         };
-        let ld = ld.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let span = corrupted_ld - clean_ld;
         for (s, &x) in chunk.iter().zip(&ld) {
             paths.push(PathEffect {
@@ -140,5 +156,5 @@ pub fn path_patching(model: &Model, contrast: &Contrast, receiver: PathReceiver,
     let chunks: Vec<&[Head]> = senders.chunks(per_chunk).collect();
     let per_chunk_paths = kernels::map_in_two_streams(&chunks, |c| chunk_paths(c)).into_iter().collect::<Result<Vec<_>>>()?;
     let paths: Vec<PathEffect> = per_chunk_paths.into_iter().flatten().collect();
-    Ok(PathPatching { receiver, clean_ld, corrupted_ld, paths })
+    Ok(PathPatching { receiver, metric: opts.metric.name().to_string(), clean_ld, corrupted_ld, paths })
 }

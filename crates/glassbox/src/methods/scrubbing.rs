@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head};
@@ -20,13 +20,21 @@ use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::tasks::Rng;
 
 /// A prompt of the set with its features (`io`, `subject`, `template`, ...).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScrubPrompt {
     pub contrast: Contrast,
     pub features: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Options of `causal_scrubbing`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScrubOptions {
+    /// The hypothesis: each head's output depends only on this feature of the prompt.
+    pub hypothesis: Vec<(Head, String)>,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scrubbing {
     /// Fraction of the clean − corrupted LD the hypothesis preserves.
     pub preserved: f32,
@@ -38,7 +46,9 @@ pub struct Scrubbing {
     pub n: usize,
 }
 
-pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], hypothesis: &[(Head, String)], seed: u64) -> Result<Scrubbing> {
+/// Causal scrubbing of a head → feature hypothesis on a prompt set.
+pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], opts: &ScrubOptions) -> Result<Scrubbing> {
+    let (hypothesis, seed) = (&opts.hypothesis[..], opts.seed);
     let cfg = &model.config;
     if prompts.len() < 2 {
         return Err(Error::Invalid("causal scrubbing needs a prompt set of at least 2 prompts".into()));

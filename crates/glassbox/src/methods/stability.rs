@@ -7,15 +7,15 @@
 //! `rank_consistency` is the mean Kendall τ-b between the corruptions' attribution vectors over
 //! all pairs (1: every corruption ranks the heads alike).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::attribution::{taylor_many, Component};
-use crate::methods::Head;
+use crate::methods::{Head, Metric, Prompt, Scorer};
 use crate::model::Model;
 use crate::tasks::Rng;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadStability {
     pub head: Head,
     pub name: String,
@@ -24,7 +24,23 @@ pub struct HeadStability {
     pub stability: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Options of `attribution_stability`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct StabilityOptions {
+    /// Random corruptions of the prompt (within `limits::N_CORRUPTIONS`).
+    pub n_corruptions: usize,
+    /// Probability that each token (but a leading BOS) is replaced.
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl Default for StabilityOptions {
+    fn default() -> Self {
+        StabilityOptions { n_corruptions: 25, p: 0.3, seed: 42 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stability {
     pub n_corruptions: usize,
     pub p: f32,
@@ -65,17 +81,15 @@ pub fn kendall_tau_b(x: &[f32], y: &[f32]) -> f32 {
     }
 }
 
-pub fn attribution_stability(
-    model: &Model,
-    tokens: &[u32],
-    correct: u32,
-    incorrect: u32,
-    n_corruptions: usize,
-    p: f32,
-    seed: u64,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Stability> {
-    super::check_answers(model, tokens, correct, incorrect)?;
+/// Attribution stability across random corruptions.
+pub fn attribution_stability(model: &Model, prompt: &Prompt, opts: &StabilityOptions) -> Result<Stability> {
+    attribution_stability_with_progress(model, prompt, opts, &mut |_, _| {})
+}
+
+/// `attribution_stability`, calling `progress(done, total)` per batch of corruptions.
+pub fn attribution_stability_with_progress(model: &Model, prompt: &Prompt, opts: &StabilityOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Stability> {
+    prompt.check(model)?;
+    let (tokens, n_corruptions, p, seed) = (&prompt.tokens[..], opts.n_corruptions, opts.p, opts.seed);
     super::check_count("the number of corruptions", n_corruptions, super::limits::N_CORRUPTIONS)?;
     super::check_number("the corruption probability p", p, 0.0, 1.0)?;
     let cfg = &model.config;
@@ -100,7 +114,8 @@ pub fn attribution_stability(
     }
     // One clean forward and backward serves every corruption (the gradient is the clean
     // run's); the corrupted prompts run batched.
-    let runs: Vec<Vec<f32>> = taylor_many(model, tokens, &prompts, (correct, incorrect), Component::Heads, progress)?
+    let scorer = Scorer::for_answers(model, tokens, prompt.correct, prompt.incorrect, &Metric::default())?;
+    let runs: Vec<Vec<f32>> = taylor_many(model, tokens, &prompts, &scorer, Component::Heads, progress)?
         .into_iter()
         .map(|s| s.into_iter().flatten().collect())
         .collect();

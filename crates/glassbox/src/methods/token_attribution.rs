@@ -7,15 +7,15 @@
 //! (`completeness_residual` says how closely). Position embeddings stay as they are.
 
 use candle_core::{DType, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::attribution::integrated_gradients;
-use crate::methods::order_by_magnitude;
+use crate::methods::{order_by_magnitude, Metric, Prompt, Scorer};
 use crate::model::config::Positions;
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Baseline {
     Zero,
@@ -23,7 +23,7 @@ pub enum Baseline {
     Token(u32),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenAttr {
     pub position: usize,
     pub token_id: u32,
@@ -31,7 +31,29 @@ pub struct TokenAttr {
     pub attribution: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// How token saliency is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TokenMethod {
+    /// Gradient × input at the embeddings (one forward and backward).
+    GradientXInput,
+    /// Integrated gradients from `baseline` embeddings in `n_steps` steps.
+    IntegratedGradients { n_steps: usize, baseline: Baseline },
+}
+
+/// Options of `token_attribution`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TokenAttributionOptions {
+    pub method: TokenMethod,
+}
+
+impl Default for TokenAttributionOptions {
+    fn default() -> Self {
+        TokenAttributionOptions { method: TokenMethod::GradientXInput }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenAttribution {
     /// `"gradient_x_input"` or `"integrated_gradients"`.
     pub method: String,
@@ -50,15 +72,14 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
-/// Token attributions of one prompt. `ig`: `Some((n_steps, baseline))` for integrated gradients.
-pub fn token_attribution(
-    model: &Model,
-    tokens: &[u32],
-    correct: u32,
-    incorrect: u32,
-    ig: Option<(usize, Baseline)>,
-) -> Result<TokenAttribution> {
-    super::check_answers(model, tokens, correct, incorrect)?;
+/// Token attributions of one prompt.
+pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttributionOptions) -> Result<TokenAttribution> {
+    prompt.check(model)?;
+    let (tokens, correct, incorrect) = (&prompt.tokens[..], prompt.correct, prompt.incorrect);
+    let ig = match opts.method {
+        TokenMethod::GradientXInput => None,
+        TokenMethod::IntegratedGradients { n_steps, baseline } => Some((n_steps, baseline)),
+    };
     if let Some((n_steps, baseline)) = &ig {
         super::check_count("the number of integration steps", *n_steps, super::limits::N_STEPS)?;
         if let Baseline::Token(t) = baseline {
@@ -109,7 +130,8 @@ pub fn token_attribution(
                 .intervene(Intervention::new(HookPoint::Embed, Action::Replace(base.unsqueeze(0)?)))
                 .logits_for(&[correct, incorrect]);
             let baseline_ld = to_vec(&model.forward(&batch, &replace)?.logit_diff(&[correct], &[incorrect])?)?[0];
-            let g = integrated_gradients(model, tokens, &[HookPoint::Embed], &[(base, delta.clone())], (correct, incorrect), n_steps, false)?;
+            let scorer = Scorer::for_answers(model, tokens, correct, incorrect, &Metric::default())?;
+            let g = integrated_gradients(model, tokens, &[HookPoint::Embed], &[(base, delta.clone())], &scorer, n_steps, false)?;
             let values = to_vec(&(&g[0] * &delta)?.sum(1)?)?;
             let total: f32 = values.iter().sum();
             let change = ld - baseline_ld;

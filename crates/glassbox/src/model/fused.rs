@@ -508,7 +508,9 @@ impl AttnDims {
 
 impl AttnOp {
     /// Query head `hh` of prompt `bi`: the pattern `[p, p]` into `pat`, and where there is a
-    /// soft cap, `tanh(s / c)` into `caps`.
+    /// soft cap, `tanh(s / c)` into `caps`. (The inner loop of the attention op: its slices
+    /// and indices stay plain arguments.)
+    #[allow(clippy::too_many_arguments)]
     fn pattern<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], bi: usize, hh: usize, pat: &mut [T], caps: &mut [T]) {
         let (p, dh) = (d.p, d.dh);
         let g = hh / (d.h / d.kv);
@@ -818,7 +820,8 @@ mod tests {
         let up = Tensor::from_vec(data(rows * d, 11), (rows, d), &dev).unwrap();
         for (centre, kind) in [(true, crate::model::config::NormKind::LayerNorm), (false, crate::model::config::NormKind::RmsNorm)] {
             let fused = norm(x.as_tensor(), centre, 1e-5, &w, Some(&b)).unwrap();
-            let chain = crate::model::ops::norm_scale(x.as_tensor(), kind, 1e-5).unwrap().1.broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
+            let (centred, scale) = crate::model::ops::norm_parts(x.as_tensor(), kind, 1e-5).unwrap();
+            let chain = centred.broadcast_div(&scale).unwrap().broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap();
             let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
             assert!(diff(&fused, &chain) < 1e-12, "{kind:?} values");
             let gf = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();

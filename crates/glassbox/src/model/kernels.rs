@@ -353,6 +353,10 @@ unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
+// The SIMD kernels take raw pointers and the product's sizes and column range as plain
+// arguments, as BLAS kernels do: a struct for them would only be unpacked again in every
+// inner loop. Private to this file; every caller above passes checked sizes.
+#[allow(clippy::too_many_arguments)]
 mod avx {
     use std::arch::x86_64::*;
 

@@ -1,13 +1,15 @@
-//! A clean prompt, a corrupted one, and the two answers whose logit difference is measured.
+//! What the methods take as input: a `Prompt` (tokens and the two answers a logit difference
+//! compares) and a `Contrast` (a clean prompt, a corrupted one of the same length, and the
+//! answers). Below both the methods and the tasks that generate inputs.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{Batch, Hooks, Model};
 
 /// What position-aligned methods compare: the clean and corrupted token sequences (same
 /// length) and the correct and incorrect answer tokens.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Contrast {
     pub clean_prompt: String,
     pub corrupted_prompt: String,
@@ -19,6 +21,49 @@ pub struct Contrast {
     pub corrupted: Vec<u32>,
     pub correct_id: u32,
     pub incorrect_id: u32,
+}
+
+/// A prompt and the two answers whose logit difference (or another metric) is measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prompt {
+    pub tokens: Vec<u32>,
+    pub correct: u32,
+    pub incorrect: u32,
+}
+
+impl Prompt {
+    /// Tokenizes `prompt` and the two answers (one token each, different).
+    pub fn new(model: &Model, prompt: &str, correct: &str, incorrect: &str) -> Result<Prompt> {
+        let (correct, incorrect) = answer_pair(model, correct, incorrect)?;
+        Ok(Prompt { tokens: model.tokenize(prompt)?, correct, incorrect })
+    }
+
+    /// Error unless the prompt is one the methods can run on this model.
+    pub fn check(&self, model: &Model) -> Result<()> {
+        check_answers(model, &self.tokens, self.correct, self.incorrect)?;
+        if self.tokens.len() > model.config.n_ctx {
+            return Err(Error::PromptTooLong { n_tokens: self.tokens.len(), max: model.config.n_ctx });
+        }
+        Ok(())
+    }
+}
+
+/// Error unless `correct` and `incorrect` are two different tokens of the model's vocabulary
+/// and `tokens` a prompt of it.
+pub(crate) fn check_answers(model: &Model, tokens: &[u32], correct: u32, incorrect: u32) -> Result<()> {
+    let v = model.config.d_vocab;
+    if let Some(&t) = tokens.iter().chain([&correct, &incorrect]).find(|&&t| t as usize >= v) {
+        return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {v} tokens")));
+    }
+    if tokens.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    if correct == incorrect {
+        return Err(Error::Invalid(format!(
+            "the correct and incorrect answers are the same token ({correct}); give two different answers"
+        )));
+    }
+    Ok(())
 }
 
 /// Swaps the whole-word occurrences of `a` and `b` in `text`. An empty word matches nothing.
@@ -126,8 +171,8 @@ impl Contrast {
     /// in the model's vocabulary that differ, and two different answers (the fields are public,
     /// so a contrast may not come from `new`).
     pub fn check(&self, model: &Model) -> Result<()> {
-        super::check_answers(model, &self.clean, self.correct_id, self.incorrect_id)?;
-        super::check_answers(model, &self.corrupted, self.correct_id, self.incorrect_id)?;
+        check_answers(model, &self.clean, self.correct_id, self.incorrect_id)?;
+        check_answers(model, &self.corrupted, self.correct_id, self.incorrect_id)?;
         if self.clean.len() != self.corrupted.len() {
             return Err(Error::Invalid(format!(
                 "the clean prompt is {} tokens and the corrupted one {}; position-aligned methods need equal lengths",
