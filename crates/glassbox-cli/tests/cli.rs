@@ -108,6 +108,8 @@ fn method_subcommands_json_keys() {
         (vec!["logit-lens"], vec!["logit_diffs", "logit_shifts", "head_direct_effects", "decomposition_residual"]),
         (vec!["token-attribution"], vec!["top_tokens", "tokens", "ld"]),
         (vec!["edges", "--top-k", "5"], vec!["top_edges", "n_edges"]),
+        (vec!["attribution", "--metric", "kl"], vec!["metric", "clean_ld"]),
+        (vec!["patch", "--metric", "logprob"], vec!["metric", "head_effects"]),
     ];
     for (cmd, keys) in cases {
         let mut args = cmd.clone();
