@@ -269,22 +269,79 @@ impl<'de> serde::Deserialize<'de> for HookPoint {
     }
 }
 
-/// What an intervention does to the selected part of a hook's value.
-#[derive(Debug, Clone)]
+/// What an intervention does to the selected part of a hook's value. Every action but a
+/// closure serialises (tensors as their shape, dtype and values), so an experiment's hooks can
+/// be saved and replayed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Take this tensor's values (it must broadcast to the hook's shape, e.g. another run's cache).
-    Replace(Tensor),
+    Replace(#[serde(with = "tensor_serde")] Tensor),
     /// Add this tensor (broadcast to the hook's shape).
-    Add(Tensor),
+    Add(#[serde(with = "tensor_serde")] Tensor),
     /// Set to zero.
     Zero,
     /// Set to the mean over the batch of this very run.
     MeanOverBatch,
+    /// A function of the hook's value and its point that returns the replacement, of the same
+    /// shape (TransformerLens' `fwd_hooks`). Gradients flow through it as through any op.
+    /// Not serialised.
+    #[serde(skip)]
+    Closure(HookFn),
+}
+
+/// A closure hook: `f(value, point) → replacement`.
+#[derive(Clone)]
+pub struct HookFn(pub std::sync::Arc<dyn Fn(&Tensor, HookPoint) -> Result<Tensor> + Send + Sync>);
+
+impl fmt::Debug for HookFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HookFn(..)")
+    }
+}
+
+impl Action {
+    /// A closure as an action.
+    pub fn closure(f: impl Fn(&Tensor, HookPoint) -> Result<Tensor> + Send + Sync + 'static) -> Action {
+        Action::Closure(HookFn(std::sync::Arc::new(f)))
+    }
+}
+
+/// Tensors in JSON: `{"dtype": "f32", "shape": [...], "data": [...]}` (row-major).
+mod tensor_serde {
+    use candle_core::{DType, Device, Tensor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Flat {
+        dtype: String,
+        shape: Vec<usize>,
+        data: Vec<f64>,
+    }
+
+    pub fn serialize<S: Serializer>(t: &Tensor, s: S) -> Result<S::Ok, S::Error> {
+        let data = t.flatten_all().and_then(|f| f.to_dtype(DType::F64)).and_then(|f| f.to_vec1::<f64>()).map_err(serde::ser::Error::custom)?;
+        Flat { dtype: t.dtype().as_str().to_string(), shape: t.dims().to_vec(), data }.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tensor, D::Error> {
+        let f = Flat::deserialize(d)?;
+        let n: usize = f.shape.iter().try_fold(1usize, |a, &x| a.checked_mul(x)).ok_or_else(|| serde::de::Error::custom("tensor shape overflows"))?;
+        if n != f.data.len() {
+            return Err(serde::de::Error::custom(format!("tensor of shape {:?} needs {n} values, got {}", f.shape, f.data.len())));
+        }
+        let dtype = match f.dtype.as_str() {
+            "f64" => DType::F64,
+            "f32" => DType::F32,
+            other => return Err(serde::de::Error::custom(format!("tensor dtype `{other}`: use f32 or f64"))),
+        };
+        Tensor::from_vec(f.data, f.shape, &Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An intervention at one hook point, on a selection of batch rows, positions and heads
 /// (`None` selects all).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Intervention {
     pub point: HookPoint,
     pub action: Action,
@@ -368,6 +425,13 @@ impl Intervention {
             }
             Action::Zero => x.zeros_like()?,
             Action::MeanOverBatch => x.mean_keepdim(0)?.broadcast_as(shape.clone())?,
+            Action::Closure(f) => {
+                let y = (f.0)(x, self.point)?;
+                if y.dims() != x.dims() {
+                    return Err(err(format!("the closure returned shape {:?} for a value of shape {:?}", y.dims(), x.dims())));
+                }
+                y.to_dtype(x.dtype())?
+            }
         };
         if self.batch.is_none() && self.positions.is_none() && self.heads.is_none() {
             return Ok(new);
@@ -415,7 +479,8 @@ impl Intervention {
 }
 
 /// Which hook points a forward pass caches.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CacheSpec {
     #[default]
     Nothing,
@@ -423,19 +488,25 @@ pub enum CacheSpec {
     Only(HashSet<HookPoint>),
 }
 
-/// What a forward pass does at its hook points.
-#[derive(Debug, Clone, Default)]
+/// What a forward pass does at its hook points. Serialises (without closures) so that an
+/// experiment can be saved and replayed.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Hooks {
+    #[serde(default)]
     pub cache: CacheSpec,
+    #[serde(default)]
     pub interventions: Vec<Intervention>,
     /// Points whose gradient is wanted: each gets a zero `Var` added to it.
+    #[serde(default)]
     pub grad_taps: Vec<HookPoint>,
     /// Compute logits at each prompt's last real position only (`logits: [b, 1, d_vocab]`);
     /// saves the unembedding of every other position.
+    #[serde(default)]
     pub last_logits_only: bool,
     /// Compute the logits of these vocabulary ids only (`logits: [b, p, ids.len()]`): the
     /// unembedding of two answer tokens instead of the whole vocabulary, for methods that only
     /// read a logit difference. `ForwardOutput::logit_diff` maps ids to columns.
+    #[serde(default)]
     pub logit_ids: Option<Vec<u32>>,
 }
 
@@ -460,6 +531,12 @@ impl Hooks {
         self.interventions.push(i);
         self
     }
+    /// A closure hook at `point` (TransformerLens' `fwd_hooks`): `f(value, point)` returns
+    /// the replacement.
+    pub fn hook(self, point: HookPoint, f: impl Fn(&Tensor, HookPoint) -> Result<Tensor> + Send + Sync + 'static) -> Self {
+        self.intervene(Intervention::new(point, Action::closure(f)))
+    }
+
     pub fn grad_tap(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
         self.grad_taps.extend(points);
         self
