@@ -25,6 +25,8 @@ What it produces:
                                  Gemma 3 270M Q4_K_M GGUF via transformers, fed ids
                                  from llama.cpp's tokenizer rule re-implemented here),
                                  gguf_meta.json (GGUF metadata, tensor list, conventions)
+  tests/fixtures/generation/     smollm2.json, gemma3.json: 20 greedy tokens per prompt
+                                 from transformers' generate (EOS stopping off)
 
 Tiny families: gpt2, llama, llama-tied, qwen2, mistral, mixtral, neox, opt,
 opt-postln, gptneo, gemma, gemma2, gemma3 (see FAMILIES for the conventions
@@ -1753,12 +1755,83 @@ def build_gemma3() -> None:
 
 
 # --------------------------------------------------------------------------
+# Greedy generation on the real models (tests/fixtures/generation/*.json)
+# --------------------------------------------------------------------------
+
+GENERATION_NEW_TOKENS = 20
+
+
+def _greedy_reference(model, ids, name, label):
+    """transformers' greedy `generate` (its own KV cache) with EOS stopping off, checked
+    against a loop of full forwards without any cache; records each step's top-1/top-2
+    margin so a near tie is visible."""
+    import torch
+
+    gen_cfg = model.generation_config
+    gen_cfg.eos_token_id = None
+    gen_cfg.pad_token_id = 0
+    input_ids = torch.tensor([ids], dtype=torch.int64)
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
+                             max_new_tokens=GENERATION_NEW_TOKENS, do_sample=False,
+                             generation_config=gen_cfg)
+    new = out[0, len(ids):].tolist()
+    assert len(new) == GENERATION_NEW_TOKENS, (name, len(new))
+    seq, margins = list(ids), []
+    with torch.no_grad():
+        for _ in range(GENERATION_NEW_TOKENS):
+            logits = model(torch.tensor([seq], dtype=torch.int64)).logits[0, -1].double()
+            top2 = torch.topk(logits, 2)
+            margins.append(float(top2.values[0] - top2.values[1]))
+            seq.append(int(top2.indices[0]))
+    recompute = seq[len(ids):]
+    assert recompute == new, f"{name}: generate {new} != full recompute {recompute}"
+    print(f"[generation {name}] {label!r}: {new} (min margin {min(margins):.4f})", flush=True)
+    return {"prompt": label, "input_ids": ids, "greedy_ids": new,
+            "margins": [round(m, 6) for m in margins]}
+
+
+def build_generation() -> None:
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = FIXTURES / "generation"
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = REAL_PROMPTS
+
+    path = fetch_smollm2()
+    d, name = str(path.parent), path.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32).eval()
+    runs = [_greedy_reference(model, tok(p)["input_ids"], "smollm2", p) for p in prompts]
+    doc = {"model": SMOLLM2_GGUF, "sha256": sha256_file(path), "max_new_tokens": GENERATION_NEW_TOKENS,
+           "reference": f"transformers {__import__('transformers').__version__} generate(do_sample=False, "
+                        "eos_token_id=None), equal to a loop of full forwards without cache",
+           "runs": runs}
+    (out / "smollm2.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    del model
+
+    path = fetch_gemma3()
+    tok = SpmBpeTokenizer(GGUFReader(str(path)))
+    d, name = str(path.parent), path.name
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32).eval()
+    runs = [_greedy_reference(model, tok.encode(p), "gemma3", p) for p in prompts]
+    doc = {"model": GEMMA3_GGUF, "sha256": sha256_file(path), "max_new_tokens": GENERATION_NEW_TOKENS,
+           "reference": f"transformers {__import__('transformers').__version__} generate(do_sample=False, "
+                        "eos_token_id=None) fed ids from llama.cpp's tokenizer rule, equal to a loop of "
+                        "full forwards without cache",
+           "runs": runs}
+    (out / "gemma3.json").write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
 def main() -> None:
     global FIXTURES
-    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf"]
+    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf", "generation"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", choices=names, metavar="NAME",
                     help=f"build only this fixture (repeatable): {', '.join(names)}")
@@ -1801,6 +1874,8 @@ def main() -> None:
         build_smollm2()
     if "gemma3" in selected:
         build_gemma3()
+    if "generation" in selected:
+        build_generation()
 
     print(f"\nSummary ({time.time() - t0:.1f} s):")
     for d in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use glassbox::{registry, Batch, HookPoint, Hooks, Model};
 use serde::Serialize;
 
+mod generate;
 mod methods;
 
 #[derive(Parser)]
@@ -126,6 +127,13 @@ enum Command {
         model: ModelArg,
         #[command(flatten)]
         args: methods::TokenAttributionArgs,
+    },
+    /// Continue a prompt (greedy or sampled), optionally steered by a vector at a hook point.
+    Generate {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        args: generate::GenerateArgs,
     },
     /// Attention patterns, entropy and head types.
     Attention {
@@ -374,6 +382,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::LogitLens { model, args } => methods::run_logit_lens(&load_model(&model)?, &args)?,
         Command::TokenAttribution { model, args } => methods::run_token_attribution(&load_model(&model)?, &args)?,
         Command::Attention { model, args } => methods::run_attention(&load_model(&model)?, &args)?,
+        Command::Generate { model, args } => generate::run_generate(&load_model(&model)?, &args)?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for p in HookPoint::all_for(&m.config) {

@@ -241,3 +241,58 @@ fn no_home_is_an_error_not_a_local_cache() {
     assert!(!out.status.success() && stderr.contains("GLASSBOX_HOME"), "{stderr}");
     assert!(!d.join(".cache").exists());
 }
+
+/// `generate`: greedy by default, sampled reproducibly by seed, steered beside the unsteered
+/// continuation, with a vector from two prompts or from a file; bad steering is a message.
+#[test]
+fn generate_greedy_sampled_and_steered() {
+    let model = fixtures().join("tiny-llama");
+    let m = model.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["generate", "--model", m, "--prompt", "The cat sat on the", "--max-new-tokens", "6", "--ignore-eos", "--json"];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = glassbox(&all);
+        assert!(ok, "{args:?}: {stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let g = json(&[]);
+    assert_eq!(g["generation"]["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(g["options"]["sampling"], "greedy");
+    assert!(g["unsteered"].is_null());
+    let s1 = json(&["--temperature", "1.5", "--seed", "3"]);
+    let s2 = json(&["--temperature", "1.5", "--seed", "3"]);
+    assert_eq!(s1["generation"], s2["generation"]);
+
+    let steer = ["--steer", "blocks.1.hook_resid_pre", "--steer-positive", "I love it", "--steer-negative", "I hate it", "--steer-scale", "-3"];
+    let st = json(&steer);
+    assert_eq!(st["unsteered"], g["generation"]);
+    assert_eq!(st["steering"]["scale"], -3.0);
+    assert!(st["steering"]["norm"].as_f64().unwrap() > 0.0);
+
+    // A file from `cache` holds a whole activation [1, p, d], not a [d] vector: a message.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let v = dir.join("cli-steer.safetensors");
+    let (ok, _, stderr) = glassbox(&["cache", "--model", m, "--prompt", "The cat sat on the", "--hook", "blocks.1.hook_resid_pre", "--out", v.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = glassbox(&["generate", "--model", m, "--prompt", "x", "--steer", "blocks.1.hook_resid_pre", "--steer-vector", v.to_str().unwrap(), "--steer-scale", "1"]);
+    assert!(!ok && stderr.contains("does not fit"), "a [1, p, d] activation is not a [d] vector: {stderr}");
+    let short = format!("blocks.1.hook_resid_pre={}", v.display());
+    let (ok, _, stderr) = glassbox(&["generate", "--model", m, "--prompt", "x", "--steer", &short, "--scale", "1"]);
+    assert!(!ok && stderr.contains("does not fit"), "{stderr}");
+
+    let bad: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--steer", "blocks.99.hook_resid_pre", "--steer-positive", "a", "--steer-negative", "b", "--steer-scale", "1"], "out of range"),
+        (vec!["--steer", "blocks.1.hook_resid_pre", "--steer-vector", "/nonexistent.safetensors", "--steer-scale", "1"], "nonexistent"),
+        (vec!["--steer", "blocks.1.hook_resid_pre", "--steer-positive", "a", "--steer-negative", "b", "--steer-scale", "inf"], "scale"),
+        (vec!["--temperature", "0"], "temperature is 0"),
+        (vec!["--top-p", "2"], "top_p is 2"),
+    ];
+    for (args, expect) in bad {
+        let mut all = vec!["generate", "--model", m, "--prompt", "The cat sat on the"];
+        all.extend_from_slice(&args);
+        let (ok, stdout, stderr) = glassbox(&all);
+        assert!(!ok, "{args:?} succeeded: {stdout}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

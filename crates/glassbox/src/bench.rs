@@ -43,6 +43,8 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32
 pub struct Q41Weight(Q41);
 
 impl Q41Weight {
+    /// A `rows × cols` weight from its Q4_1 blocks; errors unless `cols` is a multiple of 32 and
+    /// `blocks` holds 20 bytes per 32 weights.
     pub fn new(rows: usize, cols: usize, blocks: Vec<u8>) -> Result<Self> {
         Q41::new(rows, cols, blocks)
             .map(Q41Weight)

@@ -5,94 +5,193 @@ use std::path::PathBuf;
 /// Errors returned by glassbox. The library never panics on user input.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file-system operation on `path` failed (opening, reading, writing or renaming it).
     #[error("cannot read {}: {}", printable(&path.display()), printable(source))]
     Io {
+        /// The file or folder the operation was on.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
+    /// `path` is not something glassbox loads (neither a GGUF file nor a Hugging Face model folder, or not a
+    /// regular file); `reason` says what to give instead.
     #[error("{} is not a model glassbox can load: {}", printable(&path.display()), printable(reason))]
-    NotAModel { path: PathBuf, reason: String },
+    NotAModel {
+        /// The path given.
+        path: PathBuf,
+        /// Why it is not a model, and what to give instead.
+        reason: String,
+    },
 
+    /// The file at `path` is damaged, truncated or malformed; `detail` says where.
     #[error("{} is corrupt or truncated: {}", printable(&path.display()), printable(detail))]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it, and where.
+        detail: String,
+    },
 
+    /// The model's architecture `name` (config.json's `model_type` or GGUF's `general.architecture`)
+    /// is not one glassbox implements; `supported` lists those it does.
     #[error("unknown architecture `{}`; supported: {supported}", printable(name))]
-    UnknownArchitecture { name: String, supported: String },
+    UnknownArchitecture {
+        /// The architecture the file declares.
+        name: String,
+        /// The architectures glassbox implements, comma-separated.
+        supported: String,
+    },
 
+    /// A model file lacks a setting glassbox needs to build the config.
     #[error("the {format} file for architecture `{}` lacks `{}`, which glassbox needs", printable(arch), printable(key))]
     MissingMetadata {
+        /// Which kind of file: `"GGUF"` or `"config.json"`.
         format: &'static str,
+        /// The architecture the file declares.
         arch: String,
+        /// The missing key.
         key: String,
     },
 
+    /// The weight `name`, which the architecture needs, is not in the file.
     #[error("tensor `{}` is missing from the weights", printable(name))]
-    MissingTensor { name: String },
+    MissingTensor {
+        /// The tensor's name in the file's naming.
+        name: String,
+    },
 
+    /// The file holds tensors (`names`, the first eight) that no part of the `arch` model reads, so
+    /// loading it would compute another model than the checkpoint.
     #[error("the file holds tensors that no part of the `{}` model reads: {}; glassbox would compute another model than the checkpoint (a variant of the family it does not implement yet)", printable(arch), printable(names))]
-    UnusedTensors { arch: String, names: String },
+    UnusedTensors {
+        /// The architecture the model was loaded as.
+        arch: String,
+        /// The unread tensors' names (the first eight, then how many more).
+        names: String,
+    },
 
+    /// A weight in the file does not have the shape the model's config implies.
     #[error("tensor `{}` has shape {got:?}; expected {expected:?}", printable(name))]
     TensorShape {
+        /// The tensor's name in the file.
         name: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// The shape stored in the file.
         got: Vec<usize>,
     },
 
+    /// `name` does not parse as a hook point.
     #[error("unknown hook point `{}`; hook names look like `blocks.3.attn.hook_z` or `hook_embed` (run `glassbox hooks` to list them)", printable(name))]
-    UnknownHook { name: String },
+    UnknownHook {
+        /// The name given.
+        name: String,
+    },
 
+    /// `layer` is beyond the model's `n_layers` layers.
     #[error("layer {layer} is out of range: this model has {n_layers} layers (0..={max})", max = n_layers.saturating_sub(1))]
-    LayerOutOfRange { layer: usize, n_layers: usize },
+    LayerOutOfRange {
+        /// The layer asked for.
+        layer: usize,
+        /// The model's layer count.
+        n_layers: usize,
+    },
 
+    /// An intervention selects a head beyond the head axis of its hook.
     #[error("head {head} is out of range at {point}: it has {n_heads} heads (0..={max})", max = n_heads.saturating_sub(1))]
     HeadOutOfRange {
+        /// The head asked for.
         head: usize,
+        /// Heads at that hook (key/value heads at `hook_k`, `hook_v`, `hook_rot_k`).
         n_heads: usize,
+        /// The hook point's name.
         point: String,
     },
 
+    /// `position` is not below the prompt's `n_positions` tokens.
     #[error("position {position} is out of range: the prompt has {n_positions} tokens (0..={max})", max = n_positions.saturating_sub(1))]
-    PositionOutOfRange { position: usize, n_positions: usize },
+    PositionOutOfRange {
+        /// The position asked for.
+        position: usize,
+        /// The prompt's token count.
+        n_positions: usize,
+    },
 
+    /// A prompt (or a batch) holds no tokens.
     #[error("the prompt is empty; give at least one token of text")]
     EmptyPrompt,
 
+    /// A prompt of (at least) `n_tokens` tokens exceeds the model's context of `max` positions.
     #[error("the prompt is at least {n_tokens} tokens long, but this model takes at most {max} positions; shorten it")]
-    PromptTooLong { n_tokens: usize, max: usize },
+    PromptTooLong {
+        /// The prompt's tokens (a lower bound when counted before tokenizing).
+        n_tokens: usize,
+        /// The model's context length `n_ctx`.
+        max: usize,
+    },
 
+    /// A prompt's text of `bytes` bytes exceeds `MAX_PROMPT_BYTES` (`max`), checked before tokenizing.
     #[error("the prompt is {bytes} bytes of text; glassbox takes at most {max} bytes; shorten it")]
-    PromptTooLongText { bytes: usize, max: usize },
+    PromptTooLongText {
+        /// The prompt's length in bytes.
+        bytes: usize,
+        /// `MAX_PROMPT_BYTES`.
+        max: usize,
+    },
 
+    /// An answer is not exactly one token of the model's vocabulary.
     #[error("{text:?} is {n_tokens} tokens in this model's vocabulary ({}); answers must be one token{}", printable(pieces), printable(hint))]
     NotSingleToken {
+        /// The answer as given.
         text: String,
+        /// How many tokens it encodes to.
         n_tokens: usize,
+        /// Its tokens, quoted and joined with ` + `.
         pieces: String,
+        /// Appended to the message: the first token to try instead, or a note that the answer is empty.
         hint: String,
     },
 
+    /// The tokenizer failed to encode, or its data in the model file is unusable.
     #[error("tokenizer: {}", printable(.0))]
     Tokenizer(String),
 
+    /// An intervention at hook `point` does not fit it: heads chosen at a hook without a head axis,
+    /// or a replacement, addend or closure result whose shape does not fit (`detail`).
     #[error("intervention at {point}: {}", printable(detail))]
-    Intervention { point: String, detail: String },
+    Intervention {
+        /// The hook point's name.
+        point: String,
+        /// What does not fit.
+        detail: String,
+    },
 
+    /// Pulling registry or Hub model `model` failed, or its cached file is damaged (`detail`).
     #[error("fetching model `{model}` failed: {}", printable(detail))]
-    Fetch { model: String, detail: String },
+    Fetch {
+        /// The registry name or Hub id.
+        model: String,
+        /// What failed, and what to do.
+        detail: String,
+    },
 
+    /// An argument, input or model setting is out of its domain; the message says which and what to do.
     #[error("{}", printable(.0))]
     Invalid(String),
 
+    /// A result holds a NaN or infinite number (logits, a reported figure, a steering vector); the
+    /// message says where.
     #[error("{}", printable(.0))]
     NonFinite(String),
 
+    /// A candle tensor operation failed.
     #[error("tensor computation failed: {}", printable(.0))]
     Candle(#[from] candle_core::Error),
 }
 
+/// `std::result::Result` with glassbox's `Error`.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Text for a message with its control characters escaped: messages quote file names,

@@ -11,23 +11,34 @@ use crate::model::{Batch, Hooks, Model};
 /// length) and the correct and incorrect answer tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Contrast {
+    /// The clean prompt's text.
     pub clean_prompt: String,
+    /// The corrupted prompt's text (given, or the clean one with the answers' words swapped).
     pub corrupted_prompt: String,
     /// `"given"` or `"name_swap"`.
     pub corruption: String,
+    /// The correct answer's text (one token, e.g. `" Mary"`).
     pub correct: String,
+    /// The incorrect answer's text (one token).
     pub incorrect: String,
+    /// Token ids of the clean prompt.
     pub clean: Vec<u32>,
+    /// Token ids of the corrupted prompt, as many as `clean`.
     pub corrupted: Vec<u32>,
+    /// Token id of `correct`.
     pub correct_id: u32,
+    /// Token id of `incorrect`.
     pub incorrect_id: u32,
 }
 
 /// A prompt and the two answers whose logit difference (or another metric) is measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prompt {
+    /// Token ids of the prompt (with BOS where the model wants it).
     pub tokens: Vec<u32>,
+    /// Token id of the correct answer.
     pub correct: u32,
+    /// Token id of the incorrect answer.
     pub incorrect: u32,
 }
 
@@ -194,6 +205,7 @@ impl Contrast {
         Batch::new(&[self.clean.clone(), self.corrupted.clone()])
     }
 
+    /// Token count of each prompt (clean and corrupted have the same).
     pub fn n_pos(&self) -> usize {
         self.clean.len()
     }

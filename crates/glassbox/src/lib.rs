@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! glassbox: mechanistic interpretability for transformer language models.
 //!
 //! Load a model (`Model::load` for a Hugging Face folder or GGUF file, or
@@ -29,5 +30,5 @@ pub use error::{Error, Result};
 pub use finite::check_finite;
 pub use model::{
     Action, ActivationCache, Batch, Decompose, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model,
-    ModelConfig, Stack, Start,
+    GenerateOptions, Generation, KvCache, ModelConfig, Sampling, StopReason, Stack, Start,
 };

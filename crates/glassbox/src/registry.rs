@@ -24,7 +24,9 @@ use crate::error::{Error, Result};
 /// A model glassbox knows by name.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
+    /// The name it is known by (`glassbox models pull <name>`).
     pub name: &'static str,
+    /// What the model is, in one line.
     pub description: &'static str,
     /// Python packages holding the file (or its parts, in order).
     pub packages: &'static [&'static str],
@@ -36,8 +38,10 @@ pub struct Entry {
     pub sha256: &'static str,
 }
 
+/// The registry model used when none is named.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
+/// Every model glassbox knows by name.
 pub const REGISTRY: &[Entry] = &[
     Entry {
         name: "smollm2-135m",
@@ -81,6 +85,7 @@ pub fn home() -> Result<PathBuf> {
     }
 }
 
+/// The registry entry called `name`, if any.
 pub fn entry(name: &str) -> Option<&'static Entry> {
     REGISTRY.iter().find(|e| e.name == name)
 }
@@ -144,6 +149,7 @@ fn damaged(e: &Entry, path: &Path, got: &str) -> Error {
 /// What the cache holds of a registry model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// No file in the cache yet.
     Missing,
     /// The file's sha256 is the registry's (checked now, or stamped for its size and time).
     Verified,

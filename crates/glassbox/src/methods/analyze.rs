@@ -26,12 +26,15 @@ pub struct AnalyzeOptions {
     pub target: f32,
     /// Most heads the circuit may grow to.
     pub max_heads: usize,
+    /// How ablated heads are replaced: resample (default), mean or zero.
     pub ablation: Ablation,
+    /// Count every MLP in the ablated universe (the circuit itself holds heads only); default false.
     #[serde(default)]
     pub include_mlps: bool,
     /// Include the logit lens in the result.
     #[serde(default)]
     pub logit_lens: bool,
+    /// The metric attributed and judged; the logit difference by default.
     #[serde(default)]
     pub metric: Metric,
 }
@@ -68,28 +71,48 @@ impl Default for AnalyzeOptions {
     }
 }
 
+/// Result of `analyze`: head attributions, the minimum faithful circuit and its exact faithfulness.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Analysis {
+    /// The model's name.
     pub model: String,
+    /// The clean prompt.
     pub prompt: String,
+    /// The correct answer.
     pub correct: String,
+    /// The incorrect answer.
     pub incorrect: String,
+    /// The corrupted prompt.
     pub corrupted_prompt: String,
     /// How the corrupted prompt was made: `given` or `name_swap`.
     pub corruption: String,
+    /// How the heads were ranked (Taylor or integrated gradients).
     pub method: Method,
+    /// The metric's name (`logit_diff`, `logprob`, `prob`, `kl`, `custom`).
     pub metric: String,
+    /// The circuit's heads, by decreasing attribution.
     pub circuit: Vec<Head>,
+    /// Attribution per head, by name (`L09H09`).
     pub attributions: BTreeMap<String, f32>,
+    /// The 20 heads of largest |attribution|, by decreasing |score|.
     pub top_heads: Vec<Scored>,
+    /// The metric of the clean run.
     pub clean_ld: f32,
+    /// The metric of the corrupted run.
     pub corrupted_ld: f32,
+    /// Exact faithfulness of the circuit, with the Taylor sufficiency estimate beside it.
     pub faithfulness: Faithfulness,
+    /// Whether the circuit reached the target sufficiency within `max_heads`.
     pub target_reached: bool,
+    /// The search's add and remove steps, in order.
     pub trajectory: Vec<Step>,
+    /// The logit lens of the clean prompt, when `logit_lens` was asked for.
     pub logit_lens: Option<LogitLens>,
 }
 
+/// Ranks every head by attribution, grows and prunes the minimum faithful circuit by exact
+/// sufficiency and reports its faithfulness; errors on options out of range or a contrast that
+/// does not fit the model.
 pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Result<Analysis> {
     opts.check()?;
     // The attribution's clean and corrupted runs also give the evaluator its clean residual
@@ -139,40 +162,61 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
 /// `analyze` over a prompt set: mean attributions, one circuit judged on all prompts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetAnalysis {
+    /// The model's name.
     pub model: String,
+    /// Number of prompts.
     pub n: usize,
+    /// How the heads were ranked (Taylor or integrated gradients).
     pub method: Method,
+    /// The metric's name (`logit_diff`, `logprob`, `prob`, `kl`, `custom`).
     pub metric: String,
+    /// Mean metric of the clean runs.
     pub mean_clean_ld: f32,
+    /// Mean metric of the corrupted runs.
     pub mean_corrupted_ld: f32,
+    /// The circuit found from the mean attributions, by decreasing mean attribution.
     pub circuit: Vec<Head>,
     /// Mean attribution per head.
     pub attributions: BTreeMap<String, f32>,
+    /// The 20 heads of largest |mean attribution|, by decreasing |score|.
     pub top_heads: Vec<Scored>,
+    /// Exact faithfulness of the circuit over the set (ratios of sums over the prompts).
     pub faithfulness: Faithfulness,
+    /// Whether the circuit reached the target sufficiency within `max_heads`.
     pub target_reached: bool,
+    /// The search's add and remove steps, in order.
     pub trajectory: Vec<Step>,
     /// Percentile bootstrap of the exact figures over the prompts.
     pub bootstrap: Bootstrap,
+    /// Each prompt's figures for the circuit, in input order.
     pub prompts: Vec<PromptFigures>,
 }
 
+/// One prompt's metric values for the set's circuit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromptFigures {
+    /// The clean prompt.
     pub prompt: String,
+    /// The corrupted prompt.
     pub corrupted_prompt: String,
+    /// The metric of the clean run.
     pub clean_ld: f32,
+    /// The metric of the corrupted run.
     pub corrupted_ld: f32,
+    /// The metric with everything but the circuit ablated.
     pub ld_circuit_only: f32,
+    /// The metric with the circuit ablated.
     pub ld_circuit_ablated: f32,
 }
 
 /// Options of `analyze_set`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetOptions {
+    /// The options of `analyze` (`logit_lens` is not used here).
     pub analyze: AnalyzeOptions,
     /// Bootstrap resamples of the prompts for the confidence intervals.
     pub n_boot: usize,
+    /// Seed of the bootstrap resampling.
     pub seed: u64,
 }
 

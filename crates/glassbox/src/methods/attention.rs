@@ -22,26 +22,44 @@ use crate::error::{Error, Result};
 use crate::methods::Head;
 use crate::model::{Batch, HookPoint, Hooks, Model};
 
+/// Length of the random sequence repeated for the induction and duplicate-token scores.
 pub const REPEAT_LEN: usize = 20;
+/// Least `induction` score of an `induction` head.
 pub const INDUCTION_MIN: f32 = 0.4;
+/// Least `duplicate_token` score of a `duplicate_token` head.
 pub const DUPLICATE_MIN: f32 = 0.4;
+/// Least `previous_token` score of a `previous_token` head.
 pub const PREVIOUS_MIN: f32 = 0.5;
+/// Least `bos_sink` score of a `bos_sink` head.
 pub const BOS_SINK_MIN: f32 = 0.6;
+/// Least `self_attention` score of a `self` head.
 pub const SELF_MIN: f32 = 0.5;
+/// Least `max_attention` of a `focused` head.
 pub const FOCUSED_MIN: f32 = 0.5;
 
+/// A head's attention statistics, each from 0 to 1 (see the module docs).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Default)]
 pub struct HeadScores {
+    /// Mean attention from each query to the position before it.
     pub previous_token: f32,
+    /// Mean attention from each second-half token of the repeated sequence to its first occurrence.
     pub duplicate_token: f32,
+    /// Mean attention from each second-half token of the repeated sequence to the token after its
+    /// first occurrence.
     pub induction: f32,
+    /// Mean attention to position 0.
     pub bos_sink: f32,
+    /// Mean attention from each query to itself.
     pub self_attention: f32,
+    /// Mean of each query row's largest weight.
     pub max_attention: f32,
+    /// Mean row entropy divided by `ln(q + 1)`: 0 = one key, 1 = uniform.
     pub entropy: f32,
 }
 
 impl HeadScores {
+    /// The head's type: the first of `induction`, `duplicate_token`, `previous_token`, `bos_sink`,
+    /// `self`, `focused` whose threshold its scores meet, else `diffuse`.
     pub fn head_type(&self) -> &'static str {
         if self.induction >= INDUCTION_MIN {
             "induction"
@@ -61,13 +79,18 @@ impl HeadScores {
     }
 }
 
+/// One shown head: its pattern on the prompt, its type and scores.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadPattern {
+    /// The head.
     pub head: Head,
+    /// The head's name (`L09H09`).
     pub name: String,
     /// `pattern[q][k]` on the prompt.
     pub pattern: Vec<Vec<f32>>,
+    /// The head's type (`HeadScores::head_type`).
     pub head_type: String,
+    /// The head's scores.
     pub scores: HeadScores,
 }
 
@@ -77,6 +100,7 @@ pub struct AttentionOptions {
     /// The heads to show; by default the `top_k` most focused (lowest entropy).
     #[serde(default)]
     pub heads: Option<Vec<Head>>,
+    /// How many heads to show when `heads` is `None` (default 10).
     pub top_k: usize,
     /// Seed of the random repeated sequence the induction score is measured on.
     #[serde(default)]
@@ -89,11 +113,16 @@ impl Default for AttentionOptions {
     }
 }
 
+/// Result of `attention_patterns`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttentionPatterns {
+    /// The prompt's tokens as strings.
     pub tokens: Vec<String>,
+    /// The shown heads: those asked for, in their order, else the `top_k` by increasing entropy.
     pub heads: Vec<HeadPattern>,
+    /// Normalised entropy of each shown head, by name.
     pub entropy: BTreeMap<String, f32>,
+    /// Type of each shown head, by name.
     pub head_types: BTreeMap<String, String>,
     /// Every head's scores: `all_scores[layer][head]`.
     pub all_scores: Vec<Vec<HeadScores>>,

@@ -47,6 +47,7 @@ pub enum Component {
 }
 
 impl Component {
+    /// The hook point attributed at `layer`: `hook_z`, `hook_mlp_out` or `hook_attn_out`.
     pub fn point(self, layer: usize) -> HookPoint {
         match self {
             Component::Heads => HookPoint::Z(layer),
@@ -69,8 +70,13 @@ impl Component {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Method {
+    /// First-order Taylor estimate (attribution patching) on the clean run's gradients.
     Taylor,
-    IntegratedGradients { n_steps: usize },
+    /// Integrated gradients from the corrupted run, `n_steps` midpoint steps.
+    IntegratedGradients {
+        /// Integration steps (midpoints of `n_steps` equal intervals), within `limits::N_STEPS`.
+        n_steps: usize,
+    },
 }
 
 impl Method {
@@ -119,8 +125,11 @@ impl std::str::FromStr for Method {
 /// Options of `attribute`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttributionOptions {
+    /// Which activations are attributed (heads by default).
     pub component: Component,
+    /// Taylor (default) or integrated gradients.
     pub method: Method,
+    /// The metric attributed; the logit difference by default.
     #[serde(default)]
     pub metric: Metric,
 }
@@ -134,17 +143,24 @@ impl Default for AttributionOptions {
 /// One attributed component.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scored {
+    /// The component's name (`L09H09`, `MLP03`, `ATTN03`).
     pub name: String,
+    /// The component's layer.
     pub layer: usize,
     /// The head, for head attributions.
     pub head: Option<usize>,
+    /// The attribution, in units of the metric: the component's share of `clean_ld − corrupted_ld`.
     pub score: f32,
 }
 
+/// Result of `attribute`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attribution {
+    /// The attribution method.
     pub method: Method,
+    /// The kind of component attributed.
     pub component: Component,
+    /// Integration steps, for integrated gradients.
     pub n_steps: Option<usize>,
     /// The metric attributed (`logit_diff` unless chosen otherwise).
     pub metric: String,
@@ -156,6 +172,7 @@ pub struct Attribution {
     pub top: Vec<Scored>,
     /// The metric of the clean and the corrupted run.
     pub clean_ld: f32,
+    /// The metric of the corrupted run.
     pub corrupted_ld: f32,
     /// Integrated gradients only: the token embeddings' share of `LD_clean − LD_corr`.
     pub embed_attribution: Option<f32>,

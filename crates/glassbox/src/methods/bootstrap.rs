@@ -7,24 +7,35 @@ use serde::{Deserialize, Serialize};
 use crate::methods::faithfulness::{figures, Ablation, PromptLds};
 use crate::tasks::Rng;
 
+/// One figure on the whole set and its percentile bootstrap interval.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Interval {
     /// The figure on the whole prompt set.
     pub mean: f32,
     /// Standard deviation of the bootstrap distribution (the standard error).
     pub std: f32,
+    /// Lower end of the `1 − alpha` interval (the `alpha / 2` quantile of the resamples).
     pub ci_lo: f32,
+    /// Upper end of the `1 − alpha` interval (the `1 − alpha / 2` quantile of the resamples).
     pub ci_hi: f32,
+    /// Number of prompts.
     pub n: usize,
 }
 
+/// Bootstrap intervals of the exact faithfulness figures over a prompt set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bootstrap {
+    /// Interval of the sufficiency.
     pub sufficiency: Interval,
+    /// Interval of the comprehensiveness.
     pub comprehensiveness: Interval,
+    /// Interval of the F1 of sufficiency and comprehensiveness.
     pub f1: Interval,
+    /// Bootstrap resamples drawn.
     pub n_boot: usize,
+    /// The intervals are `1 − alpha` intervals.
     pub alpha: f32,
+    /// Seed of the resampling.
     pub seed: u64,
 }
 
@@ -58,6 +69,7 @@ pub struct BootstrapOptions {
     pub n_boot: usize,
     /// The interval is `1 − alpha` (`alpha` in (0, 1)).
     pub alpha: f32,
+    /// Seed of the resampling.
     pub seed: u64,
 }
 

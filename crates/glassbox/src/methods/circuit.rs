@@ -9,23 +9,34 @@ use crate::error::Result;
 use crate::methods::faithfulness::{Circuit, CircuitEvaluator, Faithfulness};
 use crate::methods::Head;
 
+/// One step of the circuit search.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     /// `"add"` or `"remove"`.
     pub action: String,
+    /// The head added or removed.
     pub head: Head,
+    /// The circuit's size after the step.
     pub size: usize,
+    /// Exact sufficiency of the circuit after the step.
     pub sufficiency: f32,
+    /// Exact comprehensiveness of the circuit after the step.
     pub comprehensiveness: f32,
 }
 
+/// Result of `minimum_faithful_circuit`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CircuitSearch {
+    /// The circuit's heads by decreasing attribution; when the target is not reached, the prefix
+    /// of highest sufficiency.
     pub circuit: Vec<Head>,
+    /// Exact faithfulness of `circuit`.
     pub faithfulness: Faithfulness,
+    /// The target sufficiency.
     pub target: f32,
     /// Whether the target sufficiency was reached within the cap.
     pub reached: bool,
+    /// Every add and remove step, in order.
     pub trajectory: Vec<Step>,
 }
 

@@ -18,11 +18,15 @@ use crate::error::{Error, Result};
 use crate::methods::Head;
 use crate::model::Model;
 
+/// Which input of the receiving head reads the sender's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    /// Q-composition: the receiver's queries.
     Q,
+    /// K-composition: the receiver's keys.
     K,
+    /// V-composition: the receiver's values.
     V,
 }
 
@@ -97,12 +101,18 @@ fn frob_pair(g_a: &Tensor, g_b: &Tensor) -> Result<f64> {
     Ok(tr.max(0.0).sqrt())
 }
 
+/// Composition scores of one ordered pair of heads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompositionEdge {
+    /// The earlier head (`L09H09`).
     pub sender: String,
+    /// The later head.
     pub receiver: String,
+    /// Q-composition score, from 0 to 1.
     pub q: f32,
+    /// K-composition score, from 0 to 1.
     pub k: f32,
+    /// V-composition score, from 0 to 1.
     pub v: f32,
 }
 
@@ -113,10 +123,12 @@ pub struct CompositionOptions {
     pub min_score: f32,
 }
 
+/// Result of `all_composition_scores`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Composition {
     /// Pairs with any score ≥ `min_score`, by decreasing max(q, k, v).
     pub combined_edges: Vec<CompositionEdge>,
+    /// The `min_score` the pairs were filtered by.
     pub min_score: f32,
 }
 

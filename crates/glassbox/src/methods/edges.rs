@@ -21,44 +21,65 @@ use crate::model::config::NormKind;
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::model::kernels;
 
+/// One scored edge.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Edge {
+    /// The sending node (`embed`, `L09H09`, `MLP03`).
     pub sender: String,
+    /// The receiving input (`L09H09.q`, `L09KV02.k`, `L09KV02.v`, `MLP03`, `logits`).
     pub receiver: String,
+    /// `Σ_pos ∂metric/∂input_v · (out_u,clean − out_u,corr)`: the edge's estimated share of
+    /// `clean_ld − corrupted_ld`.
     pub score: f32,
 }
 
+/// Result of `edge_attribution`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EdgeAttribution {
+    /// Taylor (EAP) or integrated gradients (EAP-IG).
     pub method: Method,
+    /// Integration steps, for EAP-IG.
     pub n_steps: Option<usize>,
+    /// The metric's name.
     pub metric: String,
+    /// The metric of the clean run.
     pub clean_ld: f32,
+    /// The metric of the corrupted run.
     pub corrupted_ld: f32,
+    /// Number of edges in the model's graph (every one is scored).
     pub n_edges: usize,
+    /// The `top_k` edges by decreasing |score|.
     pub top_edges: Vec<Edge>,
 }
 
 /// A node that sends into the residual stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sender {
+    /// The token (and position) embeddings.
     Embed,
+    /// A head's output as it joins the residual stream (`z · W_O` of that head).
     Head(Head),
+    /// A layer's MLP output.
     Mlp(usize),
 }
 
 /// A node that reads the residual stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Receiver {
+    /// Query input of a head.
     Q(Head),
     /// Key input of key/value head `head` of `layer`.
     K(Head),
+    /// Value input of key/value head `head` of `layer`.
     V(Head),
+    /// A layer's MLP input.
     Mlp(usize),
+    /// The logits, reading the last layer's `hook_resid_post`.
     Logits,
 }
 
 impl Sender {
+    /// `embed`, `L09H09` or `MLP03`.
     pub fn name(&self) -> String {
         match self {
             Sender::Embed => "embed".into(),
@@ -69,6 +90,7 @@ impl Sender {
 }
 
 impl Receiver {
+    /// `L09H09.q`, `L09KV02.k`, `L09KV02.v`, `MLP03` or `logits`.
     pub fn name(&self) -> String {
         match self {
             Receiver::Q(h) => format!("{h}.q"),
@@ -204,6 +226,7 @@ pub struct EdgeOptions {
     pub method: Method,
     /// How many edges `top_edges` lists.
     pub top_k: usize,
+    /// The metric attributed; the logit difference by default.
     #[serde(default)]
     pub metric: Metric,
 }

@@ -28,11 +28,15 @@ use crate::methods::attribution::Runs;
 use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model, Start};
 
+/// How an ablated component's activation is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ablation {
+    /// By its value in the corrupted run (the default).
     Resample,
+    /// By its mean over a prompt set (by default the clean and corrupted prompts).
     Mean,
+    /// By zeros.
     Zero,
 }
 
@@ -48,31 +52,50 @@ impl std::str::FromStr for Ablation {
     }
 }
 
+/// A circuit: attention heads and, counted only with `include_mlps`, MLP layers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Circuit {
+    /// The circuit's heads.
     pub heads: Vec<Head>,
+    /// Layers whose MLP is in the circuit (used only with `include_mlps`).
     #[serde(default)]
     pub mlps: Vec<usize>,
 }
 
+/// Exact faithfulness figures of a circuit (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Faithfulness {
+    /// `(ld_circuit_only − ld_all_ablated) / (clean_ld − ld_all_ablated)`: the fraction of the
+    /// effect the circuit alone keeps.
     pub sufficiency: f32,
+    /// `(clean_ld − ld_circuit_ablated) / (clean_ld − ld_all_ablated)`: the fraction of the effect
+    /// lost when the circuit is ablated.
     pub comprehensiveness: f32,
+    /// Harmonic mean of sufficiency and comprehensiveness, each clipped at 0.
     pub f1: f32,
+    /// `faithful`, `backup_mechanisms`, `incomplete`, `weak` or `moderate` (see `category`).
     pub category: String,
     /// Whether `sufficiency` is a first-order estimate (never here: it is exact).
     pub suff_is_approx: bool,
     /// The reference tool's Taylor estimate of sufficiency, when attributions were given.
     pub taylor_sufficiency: Option<f32>,
+    /// The metric of the clean run (mean over the prompts of a set).
     pub clean_ld: f32,
+    /// The metric with everything in the universe but the circuit ablated (mean over the prompts).
     pub ld_circuit_only: f32,
+    /// The metric with the circuit ablated (mean over the prompts).
     pub ld_circuit_ablated: f32,
+    /// The metric with the whole universe ablated (mean over the prompts).
     pub ld_all_ablated: f32,
+    /// The ablation used.
     pub ablation: Ablation,
+    /// Whether the MLPs were in the ablated universe.
     pub include_mlps: bool,
 }
 
+/// The category of exact figures, first match: `faithful` (suff ≥ 0.8, comp ≥ 0.5),
+/// `backup_mechanisms` (suff ≥ 0.6, comp < 0.5), `incomplete` (suff < 0.6, comp ≥ 0.5),
+/// `weak` (both < 0.3), else `moderate`.
 pub fn category(suff: f32, comp: f32) -> &'static str {
     if suff >= 0.8 && comp >= 0.5 {
         "faithful"
@@ -101,6 +124,7 @@ pub fn f1(s: f32, c: f32) -> f32 {
 /// Options of a `CircuitEvaluator` (and of `faithfulness`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvaluatorOptions {
+    /// How ablated components are replaced (resample by default).
     pub ablation: Ablation,
     /// Whether the circuit's MLPs count (otherwise every MLP stays as it is).
     #[serde(default)]
@@ -109,6 +133,7 @@ pub struct EvaluatorOptions {
     /// activations replace the ablated ones; by default each prompt's clean and corrupted runs.
     #[serde(default)]
     pub mean_set: Option<Vec<Vec<u32>>>,
+    /// The metric the figures are computed from; the logit difference by default.
     #[serde(default)]
     pub metric: Metric,
 }
@@ -146,9 +171,13 @@ impl PromptState {
 /// LDs of one circuit on one prompt: the circuit alone, and the circuit ablated.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct PromptLds {
+    /// The metric of the clean run.
     pub clean_ld: f32,
+    /// The metric with everything in the universe but the circuit ablated.
     pub ld_circuit_only: f32,
+    /// The metric with the circuit ablated.
     pub ld_circuit_ablated: f32,
+    /// The metric with the whole universe ablated.
     pub ld_all_ablated: f32,
 }
 
@@ -159,6 +188,7 @@ pub struct CircuitEvaluator<'a> {
     model: &'a Model,
     include_mlps: bool,
     prompts: Vec<PromptState>,
+    /// The ablation the evaluator's replacement values were computed with.
     pub ablation: Ablation,
 }
 
@@ -263,6 +293,7 @@ impl<'a> CircuitEvaluator<'a> {
         (0..layers).flat_map(|l| [HookPoint::ResidPre(l), HookPoint::Z(l), HookPoint::MlpOut(l)]).collect()
     }
 
+    /// Number of prompts the evaluator judges circuits on.
     pub fn n_prompts(&self) -> usize {
         self.prompts.len()
     }

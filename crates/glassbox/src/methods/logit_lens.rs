@@ -21,10 +21,14 @@ use crate::error::Result;
 use crate::methods::Prompt;
 use crate::model::{Batch, Decompose, HookPoint, Hooks, Model};
 
+/// A token and its logit under the lens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenScore {
+    /// The token's id.
     pub token_id: u32,
+    /// The token as a string.
     pub token: String,
+    /// Its logit.
     pub logit: f32,
 }
 
@@ -41,14 +45,19 @@ impl Default for LogitLensOptions {
     }
 }
 
+/// Result of `logit_lens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogitLens {
+    /// `logit[correct] − logit[incorrect]` at the last position read after the embedding (`[0]`)
+    /// and after each block (`[i + 1]`): `n_layers + 1` values.
     pub logit_diffs: Vec<f32>,
+    /// The change across each block: `logit_shifts[i] = logit_diffs[i + 1] − logit_diffs[i]`.
     pub logit_shifts: Vec<f32>,
     /// Top tokens at the last position after the embedding and after every block.
     pub top_tokens: Vec<Vec<TokenScore>>,
     /// `head_direct_effects[layer][head]`
     pub head_direct_effects: Vec<Vec<f32>>,
+    /// Direct effect of each layer's MLP on the logit difference: `mlp_direct_effects[layer]`.
     pub mlp_direct_effects: Vec<f32>,
     /// The token (and position) embeddings' direct effect.
     pub embed_direct_effect: f32,

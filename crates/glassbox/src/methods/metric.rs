@@ -38,21 +38,25 @@ pub enum Position {
 pub enum Metric {
     /// `logit[correct] − logit[incorrect]`.
     LogitDiff {
+        /// Where the metric reads the prediction; the last real position by default.
         #[serde(default)]
         position: Position,
     },
     /// `log p(correct)` under the model's next-token distribution.
     Logprob {
+        /// Where the metric reads the prediction; the last real position by default.
         #[serde(default)]
         position: Position,
     },
     /// `p(correct)`.
     Prob {
+        /// Where the metric reads the prediction; the last real position by default.
         #[serde(default)]
         position: Position,
     },
     /// `KL(p_clean ‖ p_run)` of the next-token distributions (ACDC): 0 for the clean run.
     Kl {
+        /// Where the metric reads the prediction; the last real position by default.
         #[serde(default)]
         position: Position,
     },

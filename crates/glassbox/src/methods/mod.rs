@@ -15,6 +15,7 @@ pub mod path_patching;
 pub mod patching;
 pub mod scrubbing;
 pub mod stability;
+pub mod steering;
 pub mod token_attribution;
 
 use std::fmt;
@@ -32,7 +33,9 @@ pub use metric::{Metric, Position, Scorer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(from = "[usize; 2]", into = "[usize; 2]")]
 pub struct Head {
+    /// Layer index, from 0.
     pub layer: usize,
+    /// Head index within its layer, from 0.
     pub head: usize,
 }
 

@@ -17,17 +17,22 @@ use crate::methods::{Contrast, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
 use crate::model::kernels;
 
+/// Which run receives the patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
+    /// Corrupted activations patched into the clean run (noising; the default).
     IntoClean,
+    /// Clean activations patched into the corrupted run (denoising).
     IntoCorrupted,
 }
 
 /// Options of `exact_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatchingOptions {
+    /// Which run receives the patches (the clean run by default).
     pub direction: Direction,
+    /// The metric the patched runs are scored by; the logit difference by default.
     #[serde(default)]
     pub metric: Metric,
 }
@@ -38,12 +43,16 @@ impl Default for PatchingOptions {
     }
 }
 
+/// Result of `exact_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Patching {
+    /// Which run received the patches.
     pub direction: Direction,
+    /// The metric's name.
     pub metric: String,
     /// LD of the run that receives the patches, and of the run they come from.
     pub base_ld: f32,
+    /// The metric of the run the patches come from.
     pub source_ld: f32,
     /// Patched LD per head: `heads[layer][head]`.
     pub heads: Vec<Vec<f32>>,
@@ -52,6 +61,7 @@ pub struct Patching {
     /// `(patched − base) / (source − base)` per head: 1 means the patch alone moves the LD all
     /// the way to the source run's.
     pub head_effects: Vec<Vec<f32>>,
+    /// `(patched − base) / (source − base)` per layer's MLP.
     pub mlp_effects: Vec<f32>,
 }
 

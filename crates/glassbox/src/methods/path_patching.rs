@@ -14,14 +14,17 @@ use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
 use crate::model::kernels;
 
+/// Where the paths from the senders end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathReceiver {
+    /// The logits: the metric with the sender patched (its direct path and paths through MLPs).
     Logits,
     /// A query head's query input.
     Q(Head),
     /// A key/value head's key input (`head` is the key/value head index).
     K(Head),
+    /// A key/value head's value input (`head` is the key/value head index).
     V(Head),
 }
 
@@ -36,21 +39,31 @@ impl PathReceiver {
     }
 }
 
+/// The effect of the paths from one sender.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathEffect {
+    /// The sender head.
     pub sender: Head,
+    /// The sender's name (`L09H09`).
     pub name: String,
+    /// The metric with the sender's paths to the receiver patched from the corrupted run.
     pub patched_ld: f32,
     /// `(patched − clean) / (corrupted − clean)`.
     pub effect: f32,
 }
 
+/// Result of `path_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathPatching {
+    /// The receiver.
     pub receiver: PathReceiver,
+    /// The metric's name.
     pub metric: String,
+    /// The metric of the clean run.
     pub clean_ld: f32,
+    /// The metric of the corrupted run.
     pub corrupted_ld: f32,
+    /// One entry per sender, in the senders' order.
     pub paths: Vec<PathEffect>,
 }
 
@@ -58,10 +71,12 @@ pub struct PathPatching {
 /// Options of `path_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PathPatchingOptions {
+    /// Where the paths end (the logits by default).
     pub receiver: PathReceiver,
     /// The sender heads (every head before the receiver when `None`).
     #[serde(default)]
     pub senders: Option<Vec<Head>>,
+    /// The metric; the logit difference by default.
     #[serde(default)]
     pub metric: Metric,
 }

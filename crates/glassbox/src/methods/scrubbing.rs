@@ -22,7 +22,9 @@ use crate::tasks::Rng;
 /// A prompt of the set with its features (`io`, `subject`, `template`, ...).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScrubPrompt {
+    /// The prompt's clean and corrupted versions and its answers.
     pub contrast: Contrast,
+    /// Feature values by name (`io`, `subject`, `template`, ...).
     pub features: BTreeMap<String, String>,
 }
 
@@ -31,18 +33,24 @@ pub struct ScrubPrompt {
 pub struct ScrubOptions {
     /// The hypothesis: each head's output depends only on this feature of the prompt.
     pub hypothesis: Vec<(Head, String)>,
+    /// Seed of the random choice of replacement prompts.
     pub seed: u64,
 }
 
+/// Result of `causal_scrubbing`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scrubbing {
     /// Fraction of the clean − corrupted LD the hypothesis preserves.
     pub preserved: f32,
+    /// Mean clean logit difference over the prompts.
     pub mean_clean_ld: f32,
+    /// Mean corrupted logit difference over the prompts.
     pub mean_corrupted_ld: f32,
+    /// Mean logit difference of the scrubbed runs.
     pub mean_scrubbed_ld: f32,
     /// (prompt, head) pairs for which no other prompt agreed on the feature.
     pub unmatched: usize,
+    /// Number of prompts.
     pub n: usize,
 }
 

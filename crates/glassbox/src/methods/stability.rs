@@ -15,12 +15,18 @@ use crate::methods::{Head, Metric, Prompt, Scorer};
 use crate::model::Model;
 use crate::tasks::Rng;
 
+/// One head's Taylor attribution across the corruptions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadStability {
+    /// The head.
     pub head: Head,
+    /// The head's name (`L09H09`).
     pub name: String,
+    /// Mean attribution over the corruptions (logit difference).
     pub mean: f32,
+    /// Sample standard deviation of the attribution over the corruptions.
     pub std: f32,
+    /// `max(0, 1 − std / |mean|)`; 0 when the mean is 0.
     pub stability: f32,
 }
 
@@ -31,6 +37,7 @@ pub struct StabilityOptions {
     pub n_corruptions: usize,
     /// Probability that each token (but a leading BOS) is replaced.
     pub p: f32,
+    /// Seed of the corruptions.
     pub seed: u64,
 }
 
@@ -40,11 +47,17 @@ impl Default for StabilityOptions {
     }
 }
 
+/// Result of `attribution_stability`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stability {
+    /// Random corruptions used.
     pub n_corruptions: usize,
+    /// Probability with which each token (but a leading BOS) was replaced.
     pub p: f32,
+    /// Seed of the corruptions.
     pub seed: u64,
+    /// Mean Kendall τ-b between the corruptions' head attributions over all pairs where it is
+    /// defined (1: every corruption ranks the heads alike).
     pub rank_consistency: f32,
     /// `stability[layer][head]`
     pub stability: Vec<Vec<f32>>,

@@ -15,19 +15,26 @@ use crate::methods::{order_by_magnitude, Metric, Prompt, Scorer};
 use crate::model::config::Positions;
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
 
+/// The embeddings integrated gradients start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Baseline {
+    /// Zero embeddings.
     Zero,
     /// This token's embedding at every position (e.g. a pad or EOS token).
     Token(u32),
 }
 
+/// One token's attribution.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenAttr {
+    /// Its position in the prompt, from 0.
     pub position: usize,
+    /// The token's id.
     pub token_id: u32,
+    /// The token as a string.
     pub token_str: String,
+    /// Its attribution to the logit difference.
     pub attribution: f32,
 }
 
@@ -38,12 +45,18 @@ pub enum TokenMethod {
     /// Gradient × input at the embeddings (one forward and backward).
     GradientXInput,
     /// Integrated gradients from `baseline` embeddings in `n_steps` steps.
-    IntegratedGradients { n_steps: usize, baseline: Baseline },
+    IntegratedGradients {
+        /// Integration steps, within `limits::N_STEPS`.
+        n_steps: usize,
+        /// The embeddings the path starts from.
+        baseline: Baseline,
+    },
 }
 
 /// Options of `token_attribution`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct TokenAttributionOptions {
+    /// Gradient × input (default) or integrated gradients.
     pub method: TokenMethod,
 }
 
@@ -53,6 +66,7 @@ impl Default for TokenAttributionOptions {
     }
 }
 
+/// Result of `token_attribution`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenAttribution {
     /// `"gradient_x_input"` or `"integrated_gradients"`.
@@ -61,10 +75,15 @@ pub struct TokenAttribution {
     pub tokens: Vec<TokenAttr>,
     /// By decreasing |attribution|.
     pub top_tokens: Vec<TokenAttr>,
+    /// The prompt's logit difference `logit[correct] − logit[incorrect]` at the last position.
     pub ld: f32,
+    /// Integrated gradients only: the baseline.
     pub baseline: Option<Baseline>,
+    /// Integrated gradients only: the logit difference with the baseline embeddings.
     pub baseline_ld: Option<f32>,
+    /// Integrated gradients only: the integration steps.
     pub n_steps: Option<usize>,
+    /// Integrated gradients only: `|Σ attribution − (ld − baseline_ld)| / |ld − baseline_ld|`.
     pub completeness_residual: Option<f32>,
 }
 

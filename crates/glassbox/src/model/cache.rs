@@ -30,7 +30,9 @@ pub struct ActivationCache {
 /// A stack of residual-stream components `[components, b, p, d_model]` and their labels.
 #[derive(Debug, Clone)]
 pub struct Stack {
+    /// `[components, b, p, d_model]`.
     pub tensor: Tensor,
+    /// One label per component, in stack order (e.g. `embed`, `3_attn_out`, `L3H5`).
     pub labels: Vec<String>,
 }
 
@@ -40,7 +42,9 @@ pub struct Stack {
 pub enum Decompose {
     /// Attention and MLP outputs.
     All,
+    /// Attention outputs only.
     Attn,
+    /// MLP outputs only.
     Mlp,
 }
 

@@ -15,9 +15,12 @@ pub enum NormKind {
     RmsNorm,
 }
 
+/// The normalisation every norm of the model uses.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NormConfig {
+    /// LayerNorm or RMSNorm.
     pub kind: NormKind,
+    /// Added to the variance (mean square for RMSNorm) before the square root.
     pub eps: f64,
 }
 
@@ -31,10 +34,12 @@ pub enum RotaryPairing {
     Interleaved,
 }
 
+/// Rotary position embedding: how many dimensions rotate, how they pair, how frequencies scale.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RotaryConfig {
     /// Number of leading dimensions of each head that rotate (== d_head for full rotary).
     pub dim: usize,
+    /// Which dimensions rotate together.
     pub pairing: RotaryPairing,
     /// How the frequencies are scaled for long contexts (see `model::rope`).
     #[serde(default)]
@@ -45,20 +50,51 @@ pub struct RotaryConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RopeScaling {
+    /// Unscaled frequencies.
     #[default]
     None,
     /// Every frequency divided by `factor` (position interpolation).
-    Linear { factor: f64 },
+    Linear {
+        /// Divisor of every frequency.
+        factor: f64,
+    },
     /// NTK-aware: for a run longer than `max_positions`, the base is multiplied by
     /// `(factor · len / max_positions − (factor − 1))^(dim / (dim − 2))`, `len` the run's
     /// (padded) length; shorter runs are unscaled.
-    Dynamic { factor: f64, max_positions: usize },
+    Dynamic {
+        /// The scaling factor.
+        factor: f64,
+        /// Run length beyond which the base is scaled.
+        max_positions: usize,
+    },
     /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth blend between
     /// wavelengths `original_max / high_freq_factor` and `original_max / low_freq_factor`.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// `original_max / low_freq_factor` is the wavelength beyond which frequencies are divided.
+        low_freq_factor: f64,
+        /// `original_max / high_freq_factor` is the wavelength below which frequencies are kept.
+        high_freq_factor: f64,
+        /// The context length the model was trained with.
+        original_max: usize,
+    },
     /// YaRN: interpolated and extrapolated frequencies blended over the correction range of
     /// `beta_fast`..`beta_slow` rotations, cos and sin multiplied by `attention_factor`.
-    Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64, truncate: bool },
+    Yarn {
+        /// Divisor of the interpolated frequencies.
+        factor: f64,
+        /// The context length the model was trained with.
+        original_max: usize,
+        /// Rotations over `original_max` at the fast end of the correction range.
+        beta_fast: f64,
+        /// Rotations over `original_max` at the slow end of the correction range.
+        beta_slow: f64,
+        /// Multiplier of cos and sin.
+        attention_factor: f64,
+        /// Round the correction range's bounds to whole dimensions (`transformers`' `truncate`).
+        truncate: bool,
+    },
 }
 
 impl RopeScaling {
@@ -90,12 +126,17 @@ impl RopeScaling {
 #[serde(rename_all = "snake_case")]
 pub enum Positions {
     /// A learned table added to the token embedding; row `pos + offset` is used.
-    Learned { offset: usize },
+    Learned {
+        /// Added to each position to find its row (2 in OPT).
+        offset: usize,
+    },
     /// Rotary embedding of queries and keys (the base is per layer, see `LayerAttention`).
     Rotary(RotaryConfig),
+    /// No position information beyond the causal mask.
     None,
 }
 
+/// The MLP's activation function (applied to the gate in gated MLPs).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
@@ -103,12 +144,16 @@ pub enum Activation {
     Gelu,
     /// The tanh approximation of GELU (GPT-2's `gelu_new`).
     GeluTanh,
+    /// `max(x, 0)`.
     Relu,
+    /// `x · sigmoid(x)` (SwiGLU's gate).
     Silu,
 }
 
+/// The MLP's activation and whether it is gated.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {
+    /// Applied to `hook_pre` (the gate projection in gated MLPs).
     pub activation: Activation,
     /// Gated MLP: `act(x W_gate) * (x W_in)` (SwiGLU, GeGLU).
     pub gated: bool,
@@ -126,6 +171,7 @@ pub struct LayerAttention {
 /// Mixture of experts in place of the MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Moe {
+    /// Experts per layer.
     pub n_experts: usize,
     /// Experts each token is routed to.
     pub top_k: usize,
@@ -159,23 +205,30 @@ pub struct Variants {
     pub attn_softcap: Option<f64>,
     /// `logits = c · tanh(logits / c)` (Gemma 2).
     pub final_softcap: Option<f64>,
+    /// A mixture of experts in place of the MLP (see `Moe`).
     pub moe: Option<Moe>,
 }
 
 /// The largest model glassbox accepts, so that sizes from a file cannot ask for absurd memory
 /// or overflow: far beyond any released model.
 pub struct Limits {
+    /// Most layers.
     pub layers: usize,
     /// d_model, d_head, d_mlp.
     pub width: usize,
+    /// Most query heads.
     pub heads: usize,
+    /// Most vocabulary entries.
     pub vocab: usize,
+    /// Most positions (`n_ctx`).
     pub context: usize,
+    /// Most experts per mixture.
     pub experts: usize,
     /// Elements of one weight matrix.
     pub elements: usize,
 }
 
+/// The limits `ModelConfig::validate` enforces.
 pub const LIMITS: Limits = Limits {
     layers: 1024,
     width: 1 << 18,
@@ -191,20 +244,29 @@ pub const LIMITS: Limits = Limits {
 pub struct ModelConfig {
     /// The family the model was loaded as (for display; the forward never reads it).
     pub architecture: String,
+    /// Number of transformer blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: usize,
+    /// Query heads per attention layer.
     pub n_heads: usize,
     /// Key/value heads: equal to `n_heads` for MHA, fewer for GQA/MQA.
     pub n_kv_heads: usize,
+    /// Width of one head's queries, keys and values.
     pub d_head: usize,
+    /// Hidden width of the MLP (of each expert in a mixture).
     pub d_mlp: usize,
+    /// Vocabulary size: rows of the embedding and the unembedding.
     pub d_vocab: usize,
     /// The most positions the model takes.
     pub n_ctx: usize,
+    /// Kind and epsilon of every norm.
     pub norm: NormConfig,
+    /// How positions enter: a learned table, rotary, or not at all.
     pub positions: Positions,
     /// Multiplier of `q·k` (usually `1/sqrt(d_head)`).
     pub attn_scale: f64,
+    /// MLP activation and gating.
     pub mlp: MlpConfig,
     /// Attention and MLP both read the block's input (GPT-J, NeoX).
     pub parallel_block: bool,
@@ -212,7 +274,9 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     /// The token embedding is multiplied by this (Gemma: sqrt(d_model)).
     pub embed_scale: Option<f64>,
+    /// Attention settings of each layer, `n_layers` of them.
     pub layers: Vec<LayerAttention>,
+    /// Components only some families have (none by default).
     #[serde(default)]
     pub variants: Variants,
 }

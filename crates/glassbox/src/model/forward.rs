@@ -42,12 +42,15 @@ impl Batch {
         })
     }
 
+    /// Number of prompts (rows).
     pub fn size(&self) -> usize {
         self.lengths.len()
     }
+    /// Padded length: the longest prompt's token count.
     pub fn n_pos(&self) -> usize {
         self.lengths.iter().copied().max().unwrap_or(0)
     }
+    /// Each prompt's last real position (`len - 1`).
     pub fn last_positions(&self) -> Vec<usize> {
         self.lengths.iter().map(|l| l - 1).collect()
     }
@@ -60,18 +63,23 @@ pub struct ForwardOutput {
     pub logits: Tensor,
     /// The vocabulary ids of the logits' columns when `Hooks::logits_for` chose them.
     pub logit_ids: Option<Vec<u32>>,
+    /// The activations at the points `Hooks::cache` chose.
     pub cache: ActivationCache,
+    /// The zero `Var` added at each gradient tap; `backward` reads their gradients.
     pub taps: HashMap<HookPoint, Var>,
+    /// Real length of each prompt; its last real position is `len - 1`.
     pub lengths: Vec<usize>,
 }
 
 /// Gradients of a scalar with respect to each gradient tap.
 #[derive(Debug, Clone, Default)]
 pub struct Gradients {
+    /// The gradient at each tap, shaped as that hook's tensor.
     pub values: HashMap<HookPoint, Tensor>,
 }
 
 impl Gradients {
+    /// The gradient at `point`; errors when `point` was not a gradient tap of the run.
     pub fn get(&self, point: HookPoint) -> Result<&Tensor> {
         self.values.get(&point).ok_or_else(|| {
             Error::Invalid(format!("{point} was not a gradient tap in this run"))
@@ -146,13 +154,52 @@ impl ForwardOutput {
 
 /// Where a forward pass begins.
 pub enum Start<'a> {
+    /// Token ids: the whole forward pass from the embeddings.
     Tokens(&'a Batch),
     /// The residual stream entering `layer` (`blocks.{layer}.hook_resid_pre`), `[b, p, d_model]`.
     Residual {
+        /// The block the residual enters.
         layer: usize,
+        /// `[b, p, d_model]` residual stream (cast to the weights' dtype).
         resid: &'a Tensor,
+        /// Real length of each prompt.
         lengths: &'a [usize],
     },
+    /// New tokens after the sequence whose keys and values `cache` holds (every row the same
+    /// length, no padding): the run sees the cached positions through attention, and the cache
+    /// grows by the new ones. Hooks see the new positions only (attention scores and patterns
+    /// have every key: `[b, h, new, past + new]`).
+    Continue {
+        /// The new tokens.
+        batch: &'a Batch,
+        /// Keys and values of the positions before them; grows by the new ones.
+        cache: &'a mut KvCache,
+    },
+}
+
+/// The keys and values (after query/key norms and rotary) of the positions run so far, per
+/// layer, for generation: `[b, positions, kv_heads, d_head]` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Model {
@@ -166,8 +213,20 @@ impl Model {
     pub fn forward_from(&self, start: Start, hooks: &Hooks) -> Result<ForwardOutput> {
         let cfg = &self.config;
         let w = &self.weights;
+        let past = match &start {
+            Start::Continue { cache, batch } => {
+                if batch.lengths.iter().any(|&l| l != batch.n_pos()) {
+                    return Err(Error::Invalid("a run that continues a cached sequence takes rows of one length (no padding)".into()));
+                }
+                if !cache.is_empty() && cache.layers.iter().flatten().next().is_some_and(|(k, _)| k.dims()[0] != batch.size()) {
+                    return Err(Error::Invalid("the cache holds another number of rows than the batch".into()));
+                }
+                cache.len
+            }
+            _ => 0,
+        };
         let (lengths, n_pos, batch_size) = match &start {
-            Start::Tokens(b) => {
+            Start::Tokens(b) | Start::Continue { batch: b, .. } => {
                 let (rows, p) = b.ids.dims2()?;
                 (b.lengths.clone(), p, rows)
             }
@@ -190,9 +249,9 @@ impl Model {
                 "prompt lengths {lengths:?} do not fit a batch of {batch_size} prompts of {n_pos} positions (each must be 1..={n_pos})"
             )));
         }
-        if n_pos > cfg.n_ctx {
+        if past + n_pos > cfg.n_ctx {
             return Err(Error::PromptTooLong {
-                n_tokens: n_pos,
+                n_tokens: past + n_pos,
                 max: cfg.n_ctx,
             });
         }
@@ -200,9 +259,13 @@ impl Model {
         let mut st = HookState::new(hooks);
         let dtype = w.dtype();
 
-        let (mut x, first_layer) = match start {
-            Start::Tokens(batch) => (self.embed(batch, &mut st)?, 0),
-            Start::Residual { layer, resid, .. } => (resid.to_dtype(dtype)?, layer),
+        let (mut x, first_layer, mut cache) = match start {
+            Start::Tokens(batch) => (self.embed(batch, 0, &mut st)?, 0, None),
+            Start::Residual { layer, resid, .. } => (resid.to_dtype(dtype)?, layer, None),
+            Start::Continue { batch, cache } => {
+                cache.layers.resize(cfg.n_layers, None);
+                (self.embed(batch, past, &mut st)?, 0, Some(cache))
+            }
         };
 
         let rope = match cfg.positions {
@@ -213,9 +276,19 @@ impl Model {
         let mut masks: HashMap<Option<usize>, AttnMask> = HashMap::new();
         for l in first_layer..cfg.n_layers {
             let la = cfg.layers[l];
-            let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, la.sliding_window, dtype));
-            let layer_rope = rope.map(|r| tables.entry(la.rope_base.to_bits()).or_insert_with(|| crate::model::rope::tables(n_pos, r.dim, la.rope_base, r.scaling, w.rope_freqs.as_deref())).clone());
-            x = self.block(l, x, mask, layer_rope.as_ref(), &mut st)?;
+            let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, past, la.sliding_window, dtype));
+            // Tables for every position so far; a continued run rotates the new ones only.
+            let layer_rope = rope
+                .map(|r| -> Result<Arc<RopeTables>> {
+                    let all = tables.entry(la.rope_base.to_bits()).or_insert_with(|| crate::model::rope::tables(past + n_pos, r.dim, la.rope_base, r.scaling, w.rope_freqs.as_deref())).clone();
+                    Ok(if past == 0 { all } else { Arc::new(all.from_position(past)) })
+                })
+                .transpose()?;
+            let layer_kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = self.block(l, x, mask, layer_rope.as_ref(), layer_kv, &mut st)?;
+        }
+        if let Some(c) = cache {
+            c.len += n_pos;
         }
 
         let mut x = if cfg.variants.no_final_norm {
@@ -253,7 +326,8 @@ impl Model {
         })
     }
 
-    fn embed(&self, batch: &Batch, st: &mut HookState) -> Result<Tensor> {
+    /// Token (and position) embeddings of a batch whose first position is `past`.
+    fn embed(&self, batch: &Batch, past: usize, st: &mut HookState) -> Result<Tensor> {
         let cfg = &self.config;
         let w = &self.weights;
         let (b, p) = batch.ids.dims2()?;
@@ -274,7 +348,7 @@ impl Model {
         let mut x = st.apply(HookPoint::Embed, tok)?;
         if let (Positions::Learned { offset }, Some(table)) = (cfg.positions, &w.pos_embed) {
             let pos = table
-                .narrow(0, offset, p)?
+                .narrow(0, offset + past, p)?
                 .unsqueeze(0)?
                 .broadcast_as((b, p, cfg.d_model))?
                 .contiguous()?;
@@ -290,6 +364,7 @@ impl Model {
         x: Tensor,
         mask: &AttnMask,
         rope: Option<&Arc<RopeTables>>,
+        mut kv: Option<&mut Option<(Tensor, Tensor)>>,
         st: &mut HookState,
     ) -> Result<Tensor> {
         let cfg = &self.config;
@@ -305,7 +380,7 @@ impl Model {
         if cfg.variants.post_ln {
             // Post-LN (OPT-350m): the sublayers read the raw residual; a norm follows each
             // residual addition.
-            let attn_out = self.attention(l, &resid_pre, mask, rope, st)?;
+            let attn_out = self.attention(l, &resid_pre, mask, rope, kv.as_deref_mut(), st)?;
             let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
             let normalized = normalize_weighted(&(&resid_pre + &attn_out)?, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?;
             let resid_mid = st.apply(HookPoint::ResidMid(l), normalized)?;
@@ -321,7 +396,7 @@ impl Model {
         } else {
             normalize_weighted(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?
         };
-        let attn_out = post_norm(self.attention(l, &attn_in, mask, rope, st)?, &lw.extra.ln1_post)?;
+        let attn_out = post_norm(self.attention(l, &attn_in, mask, rope, kv, st)?, &lw.extra.ln1_post)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
 
         let mlp_in_resid = if cfg.parallel_block {
@@ -403,6 +478,7 @@ impl Model {
         x: &Tensor,
         mask: &AttnMask,
         rope: Option<&Arc<RopeTables>>,
+        past_kv: Option<&mut Option<(Tensor, Tensor)>>,
         st: &mut HookState,
     ) -> Result<Tensor> {
         let cfg = &self.config;
@@ -432,7 +508,16 @@ impl Model {
             k = st.apply(HookPoint::RotK(l), rotary(&k, rope, r.pairing)?)?;
         }
 
-        let z = if st.touches(HookPoint::AttnScores(l)) || st.touches(HookPoint::Pattern(l)) {
+        let z = if let Some(slot) = past_kv {
+            // A continued run: the new keys and values join the cached ones.
+            let (k_all, v_all) = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+                None => (k.clone(), v.clone()),
+            };
+            let z = self.attention_chain(l, &q, &k_all, &v_all, mask, st)?;
+            *slot = Some((k_all.detach(), v_all.detach()));
+            z
+        } else if st.touches(HookPoint::AttnScores(l)) || st.touches(HookPoint::Pattern(l)) {
             self.attention_chain(l, &q, &k, &v, mask, st)?
         } else {
             let spec = AttnSpec { scale: cfg.attn_scale, softcap: cfg.variants.attn_softcap, allowed: mask.allowed.clone() };
@@ -553,36 +638,42 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
 /// Which keys each query may see: causal, within the prompt's real length and the sliding
 /// window. The fused attention core reads `allowed`; the chain adds `additive()`.
 struct AttnMask {
-    /// `[b, p, p]`
+    /// `[b, queries, keys]`
     allowed: Arc<Vec<bool>>,
     b: usize,
-    p: usize,
+    queries: usize,
+    keys: usize,
     dtype: DType,
     additive: std::cell::OnceCell<Tensor>,
 }
 
 impl AttnMask {
-    fn new(lengths: &[usize], p: usize, window: Option<usize>, dtype: DType) -> Self {
+    /// Queries at positions `past..past + p` of each prompt (real length `past + len`) over
+    /// keys `0..past + p`: causal, within the prompt and the sliding window.
+    fn new(lengths: &[usize], p: usize, past: usize, window: Option<usize>, dtype: DType) -> Self {
         let b = lengths.len();
-        let mut allowed = vec![false; b * p * p];
+        let keys = past + p;
+        let mut allowed = vec![false; b * p * keys];
         for (bi, &len) in lengths.iter().enumerate() {
-            for q in 0..p {
-                for k in 0..=q.min(len.saturating_sub(1)) {
+            let real = past + len;
+            for qi in 0..p {
+                let q = past + qi;
+                for k in 0..=q.min(real.saturating_sub(1)) {
                     // Padding queries (q ≥ len) see the whole real prompt: a sliding window could
                     // otherwise leave them no key at all, and a row of -inf gives NaN, which would
                     // reach real positions through `0 · NaN` in the value products.
-                    allowed[(bi * p + q) * p + k] = q >= len || window.is_none_or(|w| q - k < w);
+                    allowed[(bi * p + qi) * keys + k] = q >= real || window.is_none_or(|w| q - k < w);
                 }
             }
         }
-        AttnMask { allowed: Arc::new(allowed), b, p, dtype, additive: std::cell::OnceCell::new() }
+        AttnMask { allowed: Arc::new(allowed), b, queries: p, keys, dtype, additive: std::cell::OnceCell::new() }
     }
 
-    /// The additive mask `[b, 1, p, p]`: 0 where a query may see a key, -inf elsewhere.
+    /// The additive mask `[b, 1, queries, keys]`: 0 where a query may see a key, -inf elsewhere.
     fn additive(&self) -> Result<&Tensor> {
         if self.additive.get().is_none() {
             let m: Vec<f32> = self.allowed.iter().map(|&a| if a { 0.0 } else { f32::NEG_INFINITY }).collect();
-            let t = Tensor::from_vec(m, (self.b, 1, self.p, self.p), &Device::Cpu)?.to_dtype(self.dtype)?;
+            let t = Tensor::from_vec(m, (self.b, 1, self.queries, self.keys), &Device::Cpu)?.to_dtype(self.dtype)?;
             let _ = self.additive.set(t);
         }
         self.additive.get().ok_or_else(|| Error::Invalid("attention mask not built".into()))

@@ -31,34 +31,66 @@ use crate::model::config::ModelConfig;
 /// A named place in the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
+    /// `hook_embed`: token embeddings (times the embedding scale where the model has one), `[b, p, d_model]`.
     Embed,
+    /// `hook_pos_embed`: learned position embeddings, `[b, p, d_model]`.
     PosEmbed,
+    /// `blocks.{l}.hook_resid_pre`: the residual stream entering block `l`, `[b, p, d_model]`.
     ResidPre(usize),
+    /// `blocks.{l}.ln1.hook_scale`: the attention norm's divisor (std or RMS, with eps), `[b, p, 1]`.
     Ln1Scale(usize),
+    /// `blocks.{l}.ln1.hook_normalized`: the attention norm's output before its weight and bias, `[b, p, d_model]`.
     Ln1Normalized(usize),
+    /// `blocks.{l}.attn.hook_q`: queries (before query norm and rotary), `[b, p, n_heads, d_head]`.
     Q(usize),
+    /// `blocks.{l}.attn.hook_k`: keys (before key norm and rotary), `[b, p, n_kv_heads, d_head]`.
     K(usize),
+    /// `blocks.{l}.attn.hook_v`: values, `[b, p, n_kv_heads, d_head]`.
     V(usize),
+    /// `blocks.{l}.attn.hook_rot_q`: queries after rotary, `[b, p, n_heads, d_head]` (rotary models only).
     RotQ(usize),
+    /// `blocks.{l}.attn.hook_rot_k`: keys after rotary, `[b, p, n_kv_heads, d_head]` (rotary models only).
     RotK(usize),
+    /// `blocks.{l}.attn.hook_attn_scores`: scaled (and soft-capped) scores after the mask,
+    /// `[b, n_heads, p_query, p_key]`.
     AttnScores(usize),
+    /// `blocks.{l}.attn.hook_pattern`: softmax of the scores over keys, `[b, n_heads, p_query, p_key]`.
     Pattern(usize),
+    /// `blocks.{l}.attn.hook_z`: pattern-weighted values before the output projection, `[b, p, n_heads, d_head]`.
     Z(usize),
+    /// `blocks.{l}.hook_attn_out`: the attention output added to the residual (after its post-norm
+    /// where the model has one), `[b, p, d_model]`.
     AttnOut(usize),
+    /// `blocks.{l}.hook_resid_mid`: the residual stream between attention and MLP, `[b, p, d_model]`
+    /// (absent in parallel blocks).
     ResidMid(usize),
+    /// `blocks.{l}.hook_mlp_in`: the residual as the MLP reads it, before its norm, `[b, p, d_model]`.
     MlpIn(usize),
+    /// `blocks.{l}.ln2.hook_scale`: the MLP norm's divisor (std or RMS, with eps), `[b, p, 1]`.
     Ln2Scale(usize),
+    /// `blocks.{l}.ln2.hook_normalized`: the MLP norm's output before its weight and bias, `[b, p, d_model]`.
     Ln2Normalized(usize),
+    /// `blocks.{l}.mlp.hook_pre`: the MLP's pre-activation (the gate projection in gated MLPs), `[b, p, d_mlp]`.
     MlpPre(usize),
+    /// `blocks.{l}.mlp.hook_pre_linear`: a gated MLP's up projection, `[b, p, d_mlp]`.
     MlpPreLinear(usize),
+    /// `blocks.{l}.mlp.hook_post`: the MLP's hidden activation (times the up projection when gated),
+    /// `[b, p, d_mlp]`.
     MlpPost(usize),
+    /// `blocks.{l}.mlp.hook_router_logits`: a mixture's router logits, `[b, p, n_experts]`.
     RouterLogits(usize),
+    /// `blocks.{l}.mlp.hook_expert_weights`: each expert's routing weight (0 where unchosen), `[b, p, n_experts]`.
     ExpertWeights(usize),
     /// Expert `.1`'s output (before its routing weight) in layer `.0`.
     ExpertOut(usize, usize),
+    /// `blocks.{l}.hook_mlp_out`: the MLP (or mixture) output added to the residual (after its
+    /// post-norm where the model has one), `[b, p, d_model]`.
     MlpOut(usize),
+    /// `blocks.{l}.hook_resid_post`: the residual stream leaving block `l`, `[b, p, d_model]`.
     ResidPost(usize),
+    /// `ln_final.hook_scale`: the final norm's divisor (std or RMS, with eps; 1 without a final norm), `[b, p, 1]`.
     LnFinalScale,
+    /// `ln_final.hook_normalized`: the final norm's output before its weight and bias, `[b, p, d_model]`.
     LnFinalNormalized,
 }
 
@@ -101,6 +133,7 @@ const GLOBAL_HOOKS: &[(&str, HookPoint)] = &[
 pub struct Axes {
     /// The position axis (the query position for scores and patterns).
     pub pos: usize,
+    /// The head axis, for points that have one.
     pub head: Option<usize>,
 }
 
@@ -117,6 +150,7 @@ impl HookPoint {
         }
     }
 
+    /// Which axes of this point's tensor hold positions and heads.
     pub fn axes(&self) -> Axes {
         use HookPoint::*;
         match self {
@@ -343,14 +377,20 @@ mod tensor_serde {
 /// (`None` selects all).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Intervention {
+    /// Where it acts.
     pub point: HookPoint,
+    /// What it does to the selected part of the hook's value.
     pub action: Action,
+    /// Batch rows it acts on (`None`: all).
     pub batch: Option<Vec<usize>>,
+    /// Positions it acts on (query positions for scores and patterns; `None`: all).
     pub positions: Option<Vec<usize>>,
+    /// Heads it acts on (`None`: all); only at points with a head axis.
     pub heads: Option<Vec<usize>>,
 }
 
 impl Intervention {
+    /// `action` at `point`, on every batch row, position and head.
     pub fn new(point: HookPoint, action: Action) -> Self {
         Intervention {
             point,
@@ -360,14 +400,17 @@ impl Intervention {
             heads: None,
         }
     }
+    /// Restricts it to `heads`.
     pub fn heads(mut self, heads: Vec<usize>) -> Self {
         self.heads = Some(heads);
         self
     }
+    /// Restricts it to `positions`.
     pub fn positions(mut self, positions: Vec<usize>) -> Self {
         self.positions = Some(positions);
         self
     }
+    /// Restricts it to batch rows `batch`.
     pub fn batch(mut self, batch: Vec<usize>) -> Self {
         self.batch = Some(batch);
         self
@@ -482,9 +525,12 @@ impl Intervention {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheSpec {
+    /// Cache no point (the default).
     #[default]
     Nothing,
+    /// Cache every point the run passes.
     All,
+    /// Cache these points only.
     Only(HashSet<HookPoint>),
 }
 
@@ -492,8 +538,10 @@ pub enum CacheSpec {
 /// experiment can be saved and replayed.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Hooks {
+    /// Which points the run caches (none by default).
     #[serde(default)]
     pub cache: CacheSpec,
+    /// Interventions; those at one point apply in this order.
     #[serde(default)]
     pub interventions: Vec<Intervention>,
     /// Points whose gradient is wanted: each gets a zero `Var` added to it.
@@ -511,9 +559,11 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// Hooks that do nothing: a plain forward pass.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Caches `points` as well as those of earlier `cache` calls (an earlier `cache_all` is dropped).
     pub fn cache(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
         let mut set = match self.cache {
             CacheSpec::Only(s) => s,
@@ -523,10 +573,12 @@ impl Hooks {
         self.cache = CacheSpec::Only(set);
         self
     }
+    /// Caches every hook point.
     pub fn cache_all(mut self) -> Self {
         self.cache = CacheSpec::All;
         self
     }
+    /// Adds an intervention, after those already added.
     pub fn intervene(mut self, i: Intervention) -> Self {
         self.interventions.push(i);
         self
@@ -537,10 +589,12 @@ impl Hooks {
         self.intervene(Intervention::new(point, Action::closure(f)))
     }
 
+    /// Taps the gradient at `points` (see `grad_taps`).
     pub fn grad_tap(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
         self.grad_taps.extend(points);
         self
     }
+    /// Logits at each prompt's last real position only (see the field `last_logits_only`).
     pub fn last_logits_only(mut self) -> Self {
         self.last_logits_only = true;
         self
@@ -555,6 +609,8 @@ impl Hooks {
         self
     }
 
+    /// Checks every intervention, gradient tap, cached point and logit id against the model and a
+    /// run of `batch` prompts of `n_pos` positions.
     pub fn validate(&self, cfg: &ModelConfig, batch: usize, n_pos: usize) -> Result<()> {
         for i in &self.interventions {
             i.validate(cfg, batch, n_pos)?;

@@ -4,6 +4,7 @@ pub mod cache;
 pub mod config;
 pub mod forward;
 pub(crate) mod fused;
+pub mod generate;
 pub mod hooks;
 pub(crate) mod kernels;
 pub mod load;
@@ -20,7 +21,8 @@ use candle_core::DType;
 use crate::error::{Error, Result};
 pub use config::ModelConfig;
 pub use cache::{ActivationCache, Decompose, Stack};
-pub use forward::{Batch, ForwardOutput, Gradients, Start};
+pub use generate::{GenerateOptions, Generation, Sampling, StopReason};
+pub use forward::{Batch, ForwardOutput, Gradients, KvCache, Start};
 pub use hooks::{Action, HookPoint, Hooks, Intervention};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
@@ -33,8 +35,11 @@ pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 pub struct Model {
     /// A short name (file stem or folder name).
     pub name: String,
+    /// Shapes and components: everything the forward pass reads about the model.
     pub config: ModelConfig,
+    /// Every weight, in the one layout of `weights`.
     pub weights: Weights,
+    /// Text to token ids and back (with BOS where the model wants it).
     pub tokenizer: Tokenizer,
     /// Exact Q4_1 copies of linear weights, by the f32 tensor's id: the products stream these
     /// (a sixth of the bytes) and give the same figures bit for bit. Filled by the GGUF loader
@@ -50,15 +55,19 @@ impl Quantized {
     pub(crate) fn get(&self, w: &candle_core::Tensor) -> Option<&std::sync::Arc<kernels::Q41>> {
         self.0.get(&w.id())
     }
+    /// Number of weights with a Q4_1 copy.
     pub fn len(&self) -> usize {
         self.0.len()
     }
+    /// Whether no weight has a Q4_1 copy.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
 
 impl Model {
+    /// A model from its parts (no Q4_1 copies); errors when the config is invalid or the tokenizer's
+    /// vocabulary is empty or larger than the embedding.
     pub fn new(name: String, config: ModelConfig, weights: Weights, tokenizer: Tokenizer) -> Result<Self> {
         config.validate()?;
         match tokenizer.vocab_size() {

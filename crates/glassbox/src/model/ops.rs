@@ -176,6 +176,19 @@ pub struct RopeTables {
     pub half: usize,
 }
 
+impl RopeTables {
+    /// The tables of positions `first..` (for the new positions of a continued run).
+    pub fn from_position(&self, first: usize) -> RopeTables {
+        let first = first.min(self.positions);
+        RopeTables {
+            cos: self.cos[first * self.half..].to_vec(),
+            sin: self.sin[first * self.half..].to_vec(),
+            positions: self.positions - first,
+            half: self.half,
+        }
+    }
+}
+
 /// Rotary embedding on `x: [b, p, heads, d_head]`, rotating the first `2 * tables.half`
 /// dimensions. One op whose backward is the inverse rotation (the same tables, `−sin`).
 pub fn rotary(x: &Tensor, tables: &Arc<RopeTables>, pairing: RotaryPairing) -> Result<Tensor> {

@@ -25,6 +25,8 @@ pub struct Tokenizer {
     /// The user's choice (`Model::set_prepend_bos`, TransformerLens' `prepend_bos`): the BOS
     /// token first and the text with nothing else added, or the text alone.
     forced: Option<bool>,
+    /// The tokens that end a generation: the files' EOS (and GGUF end-of-turn) tokens.
+    eos_ids: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -281,7 +283,7 @@ impl Tokenizer {
         let probe = |special: bool| inner.encode("a", special).map(|e| e.get_ids().to_vec()).unwrap_or_default();
         let (with, without) = (probe(true), probe(false));
         let post_bos = (with.len() > without.len() && with.first() != without.first()).then(|| with[0]);
-        Ok(Tokenizer { inner: Backend::Hf(Box::new(inner)), bos_id: post_bos, default: DefaultBos::PostProcessor { post_bos }, forced: None })
+        Ok(Tokenizer { inner: Backend::Hf(Box::new(inner)), bos_id: post_bos, default: DefaultBos::PostProcessor { post_bos }, forced: None, eos_ids: Vec::new() })
     }
 
     /// Builds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata; `bos`: whether
@@ -341,7 +343,27 @@ impl Tokenizer {
     /// llama.cpp reads `tokenizer.ggml.add_bos_token` instead, which SmolLM2's file sets false).
     fn gguf(inner: Backend, content: &Content, bos: bool) -> Tokenizer {
         let bos_id = meta_u32(content, "tokenizer.ggml.bos_token_id");
-        Tokenizer { inner, bos_id, default: DefaultBos::Gguf { bos }, forced: None }
+        let mut eos_ids = Vec::new();
+        for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+            if let Some(id) = meta_u32(content, key).filter(|id| !eos_ids.contains(id)) {
+                eos_ids.push(id);
+            }
+        }
+        Tokenizer { inner, bos_id, default: DefaultBos::Gguf { bos }, forced: None, eos_ids }
+    }
+
+    /// Names the tokens that end a generation (config.json's `eos_token_id`).
+    pub(crate) fn with_eos_tokens(mut self, ids: Vec<u32>) -> Self {
+        if self.eos_ids.is_empty() {
+            self.eos_ids = ids;
+        }
+        self
+    }
+
+    /// The tokens that end a generation by default: the model files' EOS token(s), and a GGUF
+    /// file's end-of-turn token.
+    pub fn eos_tokens(&self) -> &[u32] {
+        &self.eos_ids
     }
 
     /// Names the model's BOS token where the tokenizer itself does not (a tokenizer.json

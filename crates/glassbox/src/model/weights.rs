@@ -8,7 +8,9 @@ use crate::error::Result;
 /// A norm's elementwise weight and optional bias (LayerNorm has both, RMSNorm only `w`).
 #[derive(Debug, Clone)]
 pub struct Norm {
+    /// Elementwise weight over the normalised axis (`[d_model]` for the block and final norms).
     pub w: Tensor,
+    /// Elementwise bias, same shape as `w`, where the norm has one.
     pub b: Option<Tensor>,
 }
 
@@ -16,31 +18,47 @@ pub struct Norm {
 /// `w_o: [d_model, n_heads*d_head]`.
 #[derive(Debug, Clone)]
 pub struct AttnWeights {
+    /// `[n_heads*d_head, d_model]` query projection.
     pub w_q: Tensor,
+    /// `[n_heads*d_head]` query bias, where the model has one.
     pub b_q: Option<Tensor>,
+    /// `[n_kv_heads*d_head, d_model]` key projection.
     pub w_k: Tensor,
+    /// `[n_kv_heads*d_head]` key bias, where the model has one.
     pub b_k: Option<Tensor>,
+    /// `[n_kv_heads*d_head, d_model]` value projection.
     pub w_v: Tensor,
+    /// `[n_kv_heads*d_head]` value bias, where the model has one.
     pub b_v: Option<Tensor>,
+    /// `[d_model, n_heads*d_head]` output projection.
     pub w_o: Tensor,
+    /// `[d_model]` output bias, where the model has one.
     pub b_o: Option<Tensor>,
 }
 
 /// MLP maps. `w_in`/`w_gate: [d_mlp, d_model]`, `w_out: [d_model, d_mlp]`.
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
+    /// `[d_mlp, d_model]` input projection (the up projection of a gated MLP).
     pub w_in: Tensor,
+    /// `[d_mlp]` input bias, where the model has one.
     pub b_in: Option<Tensor>,
+    /// `[d_mlp, d_model]` gate projection, in gated MLPs only.
     pub w_gate: Option<Tensor>,
+    /// `[d_mlp]` gate bias, where the model has one.
     pub b_gate: Option<Tensor>,
+    /// `[d_model, d_mlp]` output projection.
     pub w_out: Tensor,
+    /// `[d_model]` output bias, where the model has one.
     pub b_out: Option<Tensor>,
 }
 
 /// A mixture of experts: the router `[n_experts, d_model]` and each expert's gated MLP.
 #[derive(Debug, Clone)]
 pub struct MoeWeights {
+    /// `[n_experts, d_model]` router; its products are `hook_router_logits`.
     pub router: Tensor,
+    /// Each expert's MLP, in the router's order.
     pub experts: Vec<MlpWeights>,
     /// A shared expert and its gate `[1, d_model]` (Qwen2-MoE).
     pub shared: Option<(MlpWeights, Tensor)>,
@@ -55,17 +73,24 @@ pub struct LayerExtras {
     pub ln2_post: Option<Norm>,
     /// Per-head query and key RMSNorm weights `[d_head]` (Gemma 3).
     pub q_norm: Option<Norm>,
+    /// The key norm's weights, as `q_norm` for the keys.
     pub k_norm: Option<Norm>,
     /// Present when the MLP is a mixture of experts (`mlp` is then unused).
     pub moe: Option<MoeWeights>,
 }
 
+/// The weights of one block.
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
+    /// The attention's norm (before it; after the residual addition in post-LN models).
     pub ln1: Norm,
+    /// Attention projections.
     pub attn: AttnWeights,
+    /// The MLP's norm (before it; after the residual addition in post-LN models).
     pub ln2: Norm,
+    /// The dense MLP (unused when `extra.moe` is set).
     pub mlp: MlpWeights,
+    /// Weights only some families have.
     pub extra: LayerExtras,
 }
 
@@ -73,11 +98,17 @@ pub struct LayerWeights {
 /// `unembed: [d_vocab, d_model]` (the same tensor as `embed` when tied).
 #[derive(Debug, Clone)]
 pub struct Weights {
+    /// `[d_vocab, d_model]` token embedding.
     pub embed: Tensor,
+    /// `[n_positions, d_model]` learned position table, with `Positions::Learned` only.
     pub pos_embed: Option<Tensor>,
+    /// One entry per block, in order.
     pub layers: Vec<LayerWeights>,
+    /// The final norm before the unembedding.
     pub ln_final: Norm,
+    /// `[d_vocab, d_model]` unembedding (the same tensor as `embed` when tied).
     pub unembed: Tensor,
+    /// `[d_vocab]` unembedding bias, where the model has one.
     pub unembed_bias: Option<Tensor>,
     /// Divisors of the rotary frequencies, one per rotating pair (a GGUF file's
     /// `rope_freqs.weight`, llama.cpp's form of Llama 3.1 scaling).
@@ -115,6 +146,7 @@ impl MlpWeights {
 }
 
 impl Weights {
+    /// The weights' dtype (the token embedding's).
     pub fn dtype(&self) -> DType {
         self.embed.dtype()
     }

@@ -25,19 +25,25 @@ pub const TEMPLATES: &[&str] = &[
     "The {PLACE} {A} and {B} went to had a {OBJECT}. {B} gave it to",
 ];
 
+/// Names for the IO, the subject and `abc`'s third name (those that are single tokens of the model).
 pub const NAMES: &[&str] = &[
     "Mary", "John", "Alice", "Bob", "Tom", "Anna", "Sarah", "Mike", "Emma", "David", "Lisa", "Mark", "Kate", "Paul",
     "Laura", "James", "Daniel", "Rachel", "Michael", "Jessica", "Andrew", "Emily", "Chris", "Amy", "Peter", "Linda",
     "Steven", "Susan", "Kevin", "Karen", "George", "Helen", "Jack", "Anne", "Sam", "Jane",
 ];
 
+/// Words for `{PLACE}` (those that are single tokens of the model).
 pub const PLACES: &[&str] = &["store", "park", "school", "office", "restaurant", "hospital", "station", "garden", "library", "market"];
+/// Words for `{OBJECT}` (those that are single tokens of the model).
 pub const OBJECTS: &[&str] = &["drink", "ring", "book", "kiss", "letter", "basketball", "computer", "snack", "bone", "necklace"];
 
+/// How an IOI prompt's corrupted version differs from the clean one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Corruption {
+    /// `name_swap`: IO and subject exchanged everywhere.
     NameSwap,
+    /// `abc`: the repeated subject replaced by a third name, so no name repeats.
     Abc,
 }
 
@@ -52,12 +58,18 @@ impl std::str::FromStr for Corruption {
     }
 }
 
+/// One generated IOI prompt pair and its answers.
 #[derive(Debug, Clone, Serialize)]
 pub struct IoiPrompt {
+    /// The clean prompt.
     pub clean: String,
+    /// The corrupted prompt, as the `Corruption` made it.
     pub corrupted: String,
+    /// The indirect object with its leading space (`" Mary"`): the correct answer.
     pub io: String,
+    /// The subject with its leading space (`" John"`): the incorrect answer.
     pub subject: String,
+    /// Index of the template in `TEMPLATES`.
     pub template: usize,
     /// `"ABBA"` or `"BABA"`.
     pub order: String,

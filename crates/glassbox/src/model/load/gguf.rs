@@ -45,6 +45,7 @@ const FAMILIES: &[GgufFamily] = &[
     GgufFamily { arch: "gemma3", config: gemma_config, names: &names::GEMMA3_GGUF, bos: true },
 ];
 
+/// The `general.architecture` values the GGUF loader reads.
 pub fn supported_architectures() -> Vec<&'static str> {
     FAMILIES.iter().map(|f| f.arch).collect()
 }

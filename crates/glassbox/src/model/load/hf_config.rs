@@ -89,6 +89,24 @@ pub(crate) struct Json {
     pub tie_word_embeddings: Option<bool>,
     // tokens
     pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<OneOrMany>,
+}
+
+/// A token id or a list of them (`eos_token_id` is either).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl OneOrMany {
+    pub fn ids(&self) -> Vec<u32> {
+        match self {
+            OneOrMany::One(x) => vec![*x],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// `rope_scaling` as a config writes it (`rope_type`, or `type` in older files).

@@ -65,8 +65,9 @@ pub(crate) fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
     Ok(meta)
 }
 
-/// Reads a JSON file of at most `limit` bytes (config.json, tokenizer.json, a shard index).
-pub(crate) fn read_json_text(path: &Path, limit: u64) -> Result<String> {
+/// The bytes of a regular file of at most `limit` bytes (checked before reading, and the read
+/// stops there should the file grow).
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let meta = regular_file(path)?;
     if meta.len() > limit {
         return Err(Error::Corrupt {
@@ -74,11 +75,32 @@ pub(crate) fn read_json_text(path: &Path, limit: u64) -> Result<String> {
             detail: format!("it is {} bytes; a file of this kind is at most {limit} bytes", meta.len()),
         });
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(limit + 1).read_to_string(&mut text))
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
         .map_err(|e| Error::io(path, e))?;
-    Ok(text)
+    Ok(bytes)
+}
+
+/// Reads a JSON file of at most `limit` bytes (config.json, tokenizer.json, a shard index).
+pub(crate) fn read_json_text(path: &Path, limit: u64) -> Result<String> {
+    String::from_utf8(read_limited(path, limit)?)
+        .map_err(|e| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// The most bytes of a small safetensors file read whole (a steering vector, a saved input).
+pub const MAX_SMALL_SAFETENSORS_BYTES: u64 = 1 << 30;
+
+/// Reads every tensor of a safetensors file of at most `MAX_SMALL_SAFETENSORS_BYTES` (a
+/// steering vector, a dictionary of inputs), with its header and offsets checked.
+pub fn read_small_safetensors(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
+    let bytes = read_limited(path, MAX_SMALL_SAFETENSORS_BYTES)?;
+    let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
+    // The safetensors crate checks the header and that every tensor's bytes lie in the file.
+    let parsed = std::panic::catch_unwind(|| candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu))
+        .map_err(|_| corrupt("not a readable safetensors file".into()))?
+        .map_err(|e| corrupt(format!("not a readable safetensors file ({e})")))?;
+    Ok(parsed)
 }
 
 /// Where `build_weights` reads tensors from: f32 tensors by name.
