@@ -60,10 +60,17 @@ def main():
     batch = tok(PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         b8 = median(lambda: model(**batch), 10)
+    gen_cfg = model.generation_config
+    gen_cfg.eos_token_id = None
+    gen_cfg.pad_token_id = 0
+    with torch.no_grad():
+        gen = median(lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                                            do_sample=False, generation_config=gen_cfg), 3)
     print(f"transformers {__import__('transformers').__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"| forward (1 prompt, {ids.shape[1]} tokens) | {fwd*1e3:.1f} ms |")
     print(f"| forward + backward (to the input embeddings) | {fb*1e3:.1f} ms |")
     print(f"| forward, batch of 8 prompts | {b8*1e3:.1f} ms |")
+    print(f"| generate 32 tokens, greedy, key/value cache | {gen*1e3:.1f} ms |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 //! Engine benchmark on SmolLM2-135M (the default model) with the 15-token IOI prompt:
 //! model load, one forward, forward + backward to all `hook_z` taps, a batch of 8 prompts,
-//! and peak memory. Run: `cargo bench -p glassbox --bench engine`.
+//! generation with and without the key/value cache, and peak memory. Run: `cargo bench -p glassbox --bench engine`.
 
 mod common;
 
 use common::*;
-use glassbox::{Batch, HookPoint, Hooks, Model};
+use glassbox::{Batch, GenerateOptions, HookPoint, Hooks, Model};
 
 const PROMPTS: [&str; 8] = [
     IOI,
@@ -51,6 +51,22 @@ fn main() {
     let cache_all = median_secs(10, || {
         std::hint::black_box(model.forward(&batch, &Hooks::new().cache_all()).unwrap());
     });
+    // 32 greedy tokens after the IOI prompt: with the key/value cache, and recomputing the
+    // whole sequence at every step (what a loop of forwards without a cache does).
+    const NEW: usize = 32;
+    let opts = GenerateOptions { max_new_tokens: NEW, stop_at_eos: false, ..GenerateOptions::default() };
+    let generate = median_secs(3, || {
+        std::hint::black_box(model.generate(IOI, &opts, &Hooks::new()).unwrap());
+    });
+    let recompute = median_secs(3, || {
+        let mut ids = model.tokenize(IOI).unwrap();
+        for _ in 0..NEW {
+            let out = model.forward(&Batch::new(std::slice::from_ref(&ids)).unwrap(), &Hooks::new().last_logits_only()).unwrap();
+            let last: Vec<f32> = out.last_logits().unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            ids.push((0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b }) as u32);
+        }
+        std::hint::black_box(ids);
+    });
 
     let f32_mb = model_bytes(&model) as f64 / 1e6;
     println!("SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32, {f32_mb:.0} MB), IOI prompt ({} tokens), {} threads", batch.n_pos(), rayon_threads());
@@ -61,6 +77,9 @@ fn main() {
     row("forward + backward to all 30 hook_z taps", fwd_bwd);
     row(&format!("forward, batch of 8 prompts (padded to {})", batch8.n_pos()), forward8);
     row("forward caching every hook point", cache_all);
+    row(&format!("generate {NEW} tokens, greedy, key/value cache"), generate);
+    row(&format!("{NEW} tokens recomputing the sequence each step"), recompute);
+    println!("| {:<58} | {:>10.1} /s |", "generated tokens per second (key/value cache)", NEW as f64 / generate);
     println!("| {:<58} | {:>10.2} x  |", "forward+backward / forward", fwd_bwd / forward);
     println!("| {:<58} | {:>10.0} MB |", "peak RSS before loading", rss_start);
     println!("| {:<58} | {:>10.0} MB |", "peak RSS after one load", rss_loaded);
