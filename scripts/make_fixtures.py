@@ -27,6 +27,8 @@ What it produces:
                                  gguf_meta.json (GGUF metadata, tensor list, conventions)
   tests/fixtures/generation/     smollm2.json, gemma3.json: 20 greedy tokens per prompt
                                  from transformers' generate (EOS stopping off)
+  tests/fixtures/hidden_states/  transformers' output_hidden_states on the IOI prompt
+                                 (tiny-llama, tiny-gpt2, smollm2), for the Python tests
 
 Tiny families: gpt2, llama, llama-tied, qwen2, mistral, mixtral, neox, opt,
 opt-postln, gptneo, gemma, gemma2, gemma3 (see FAMILIES for the conventions
@@ -1826,12 +1828,58 @@ def build_generation() -> None:
 
 
 # --------------------------------------------------------------------------
+# Hidden states for the Python package's tests (tests/fixtures/hidden_states/)
+# --------------------------------------------------------------------------
+
+HIDDEN_TINY = ["tiny-llama", "tiny-gpt2"]
+
+
+def build_hidden_states() -> None:
+    """`output_hidden_states=True` on the IOI prompt: hidden_states[l] for l < n_layers is
+    the residual stream entering block l (TransformerLens' blocks.l.hook_resid_pre); the last
+    one has the final norm applied and is left out. Tiny models in float64 (stored f32) with
+    their fixture tokenizer; SmolLM2 in float32 with transformers' GGUF tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = FIXTURES / "hidden_states"
+    out.mkdir(parents=True, exist_ok=True)
+    prompt = REAL_PROMPTS[0]
+
+    def record(model, ids, name, dtype):
+        with torch.no_grad():
+            hs = model(torch.tensor([ids], dtype=torch.int64), output_hidden_states=True).hidden_states
+        n = model.config.num_hidden_layers
+        assert len(hs) == n + 1, (name, len(hs))
+        tensors = {"input_ids": torch.tensor(ids, dtype=torch.int64)}
+        for l in range(n):
+            tensors[f"blocks.{l}.hook_resid_pre"] = hs[l][0].float().contiguous()
+        write_safetensors(out / f"{name}.safetensors", tensors, {
+            "prompt": prompt, "computed_dtype": dtype,
+            "source": "transformers output_hidden_states=True; hidden_states[l] = resid_pre of block l",
+        })
+        print(f"[hidden {name}] {len(ids)} ids, {n} layers", flush=True)
+
+    tiny_tok = build_tokenizer()
+    for name in HIDDEN_TINY:
+        d = FIXTURES / name
+        model = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").double().eval()
+        record(model, tiny_tok.encode(prompt, add_special_tokens=False).ids, name, "float64")
+
+    path = fetch_smollm2()
+    d, f = str(path.parent), path.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    record(model, tok(prompt)["input_ids"], "smollm2", "float32")
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
 def main() -> None:
     global FIXTURES
-    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf", "generation"]
+    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf", "generation", "hidden_states"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", choices=names, metavar="NAME",
                     help=f"build only this fixture (repeatable): {', '.join(names)}")
@@ -1876,6 +1924,8 @@ def main() -> None:
         build_gemma3()
     if "generation" in selected:
         build_generation()
+    if "hidden_states" in selected:
+        build_hidden_states()
 
     print(f"\nSummary ({time.time() - t0:.1f} s):")
     for d in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):

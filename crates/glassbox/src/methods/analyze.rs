@@ -19,6 +19,7 @@ use crate::model::Model;
 
 /// Options of `analyze`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AnalyzeOptions {
     /// How heads are ranked: Taylor attribution or integrated gradients.
     pub method: Method,
@@ -211,6 +212,7 @@ pub struct PromptFigures {
 
 /// Options of `analyze_set`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SetOptions {
     /// The options of `analyze` (`logit_lens` is not used here).
     pub analyze: AnalyzeOptions,

@@ -96,6 +96,7 @@ pub struct HeadPattern {
 
 /// Options of `attention_patterns`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AttentionOptions {
     /// The heads to show; by default the `top_k` most focused (lowest entropy).
     #[serde(default)]

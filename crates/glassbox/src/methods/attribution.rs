@@ -124,6 +124,7 @@ impl std::str::FromStr for Method {
 
 /// Options of `attribute`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AttributionOptions {
     /// Which activations are attributed (heads by default).
     pub component: Component,

@@ -64,6 +64,7 @@ fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) -> Interval
 
 /// Options of `bootstrap`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BootstrapOptions {
     /// Resamples (within `limits::N_BOOT`).
     pub n_boot: usize,
@@ -71,6 +72,13 @@ pub struct BootstrapOptions {
     pub alpha: f32,
     /// Seed of the resampling.
     pub seed: u64,
+}
+
+impl Default for BootstrapOptions {
+    /// 1000 resamples, a 95 % interval, seed 0 (as `analyze_set`).
+    fn default() -> Self {
+        BootstrapOptions { n_boot: 1000, alpha: 0.05, seed: 0 }
+    }
 }
 
 /// Percentile bootstrap of the faithfulness figures over the prompts (at least one).

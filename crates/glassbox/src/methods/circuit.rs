@@ -55,6 +55,7 @@ const BATCH: usize = 4;
 
 /// Options of `minimum_faithful_circuit`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CircuitOptions {
     /// The exact sufficiency to reach.
     pub target: f32,

@@ -118,6 +118,7 @@ pub struct CompositionEdge {
 
 /// Options of `all_composition_scores`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CompositionOptions {
     /// List the pairs with any score at least this.
     pub min_score: f32,

@@ -221,6 +221,7 @@ fn sender_outputs(model: &Model, out: &crate::model::ForwardOutput) -> Result<Ve
 
 /// Options of `edge_attribution`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EdgeOptions {
     /// `Taylor` (EAP) or `IntegratedGradients` (EAP-IG).
     pub method: Method,

@@ -123,6 +123,7 @@ pub fn f1(s: f32, c: f32) -> f32 {
 
 /// Options of a `CircuitEvaluator` (and of `faithfulness`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EvaluatorOptions {
     /// How ablated components are replaced (resample by default).
     pub ablation: Ablation,

@@ -34,6 +34,7 @@ pub struct TokenScore {
 
 /// Options of `logit_lens`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LogitLensOptions {
     /// Top tokens listed after every layer.
     pub top_k: usize,

@@ -29,6 +29,7 @@ pub enum Direction {
 
 /// Options of `exact_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PatchingOptions {
     /// Which run receives the patches (the clean run by default).
     pub direction: Direction,

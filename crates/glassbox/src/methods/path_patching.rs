@@ -70,6 +70,7 @@ pub struct PathPatching {
 /// Path patching from each of `senders` (all heads before the receiver when `None`).
 /// Options of `path_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PathPatchingOptions {
     /// Where the paths end (the logits by default).
     pub receiver: PathReceiver,

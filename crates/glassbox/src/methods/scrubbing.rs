@@ -30,6 +30,7 @@ pub struct ScrubPrompt {
 
 /// Options of `causal_scrubbing`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScrubOptions {
     /// The hypothesis: each head's output depends only on this feature of the prompt.
     pub hypothesis: Vec<(Head, String)>,

@@ -32,6 +32,7 @@ pub struct HeadStability {
 
 /// Options of `attribution_stability`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StabilityOptions {
     /// Random corruptions of the prompt (within `limits::N_CORRUPTIONS`).
     pub n_corruptions: usize,

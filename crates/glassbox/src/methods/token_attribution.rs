@@ -55,6 +55,7 @@ pub enum TokenMethod {
 
 /// Options of `token_attribution`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TokenAttributionOptions {
     /// Gradient × input (default) or integrated gradients.
     pub method: TokenMethod,

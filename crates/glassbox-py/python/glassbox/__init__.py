@@ -1,0 +1,51 @@
+"""glassbox: mechanistic interpretability for transformer language models, computed in Rust.
+
+    import glassbox
+    model = glassbox.Model.load("smollm2-135m")          # fetched and verified on first use
+    logits, cache = model.run_with_cache("When Mary and John went to the store, John gave a drink to")
+    cache["pattern", 9]                                   # numpy arrays, TransformerLens names
+    gb = glassbox.GlassboxV2(model)                       # the reference tool's API
+    gb.analyze("When Mary and John went to the store, John gave a drink to", " Mary", " John")["circuit"]
+
+The work (forward passes, gradients, every method) runs in Rust with the GIL released.
+"""
+
+import os as _os
+
+# The thread settings glassbox's own programs use (glassbox::threads::candle_env): candle's
+# elementwise pool off, rayon with one thread per core. Set before the native module loads;
+# values the user set are kept.
+_os.environ.setdefault("CANDLE_NUM_THREADS", "1")
+_os.environ.setdefault("RAYON_NUM_THREADS", str(_os.cpu_count() or 1))
+
+from . import _native  # noqa: E402
+from ._native import (  # noqa: E402
+    ActivationCache,
+    Config,
+    GlassboxError,
+    HookPoint,
+    InputError,
+    Intervention,
+    Model,
+    ModelLoadError,
+    NonFiniteError,
+    __version__,
+)
+from .analysis import GlassboxV2, HeadCompositionAnalyzer  # noqa: E402
+from . import utils  # noqa: E402
+
+__all__ = [
+    "ActivationCache",
+    "Config",
+    "GlassboxError",
+    "GlassboxV2",
+    "HeadCompositionAnalyzer",
+    "HookPoint",
+    "InputError",
+    "Intervention",
+    "Model",
+    "ModelLoadError",
+    "NonFiniteError",
+    "utils",
+    "__version__",
+]

@@ -1,0 +1,590 @@
+//! `glassbox.Model`: loading, tokens, runs with a cache or with hooks (Python functions, or
+//! declarative interventions that never call back into Python), gradients and generation.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Tensor, D};
+use glassbox::methods::metric::Scorer;
+use glassbox::methods::Metric;
+use glassbox::model::hooks::CacheSpec;
+use glassbox::{registry, Action, Batch, GenerateOptions, Hooks, Sampling};
+use numpy::{PyArrayDyn, PyArrayMethods};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use crate::arrays::{from_numpy, to_numpy, token_rows};
+use crate::cache::ActivationCache;
+use crate::errors::{candle, input as input_error, IntoPy};
+
+/// A loaded model (shared, read-only): run it, hook it, differentiate it, generate from it.
+#[pyclass(module = "glassbox._native", frozen)]
+pub struct Model {
+    pub inner: Arc<glassbox::Model>,
+}
+
+/// A model's shape, with TransformerLens' names (`model.cfg.n_layers`, ...).
+#[pyclass(module = "glassbox._native", frozen, get_all)]
+pub struct Config {
+    /// The model's name (file stem or folder name).
+    pub model_name: String,
+    /// The family it was loaded as (`llama`, `gemma3`, `gpt2`, ...).
+    pub architecture: String,
+    /// Blocks.
+    pub n_layers: usize,
+    /// Query heads per layer.
+    pub n_heads: usize,
+    /// Key/value heads per layer (fewer than `n_heads` with grouped-query attention).
+    pub n_key_value_heads: usize,
+    /// Residual stream width.
+    pub d_model: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// MLP hidden width.
+    pub d_mlp: usize,
+    /// Vocabulary size.
+    pub d_vocab: usize,
+    /// Context length in tokens.
+    pub n_ctx: usize,
+    /// `LN` or `RMS`.
+    pub normalization_type: String,
+    /// `rotary`, `standard` (learned) or `none`.
+    pub positional_embedding_type: String,
+    /// The MLP's activation (`gelu`, `silu`, ...).
+    pub act_fn: String,
+    /// Whether the MLP is gated (SwiGLU, GeGLU).
+    pub gated_mlp: bool,
+    /// Experts per mixture-of-experts layer (0 for dense models).
+    pub num_experts: usize,
+    /// Whether attention and MLP read the same residual (GPT-J, NeoX).
+    pub parallel_attn_mlp: bool,
+}
+
+#[pymethods]
+impl Config {
+    /// The whole configuration as a dict (every field the forward reads).
+    fn to_dict<'py>(&self, py: Python<'py>, model: &Model) -> PyResult<Bound<'py, PyAny>> {
+        Ok(pythonize::pythonize(py, &model.inner.config)?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Config(model_name={:?}, architecture={:?}, n_layers={}, n_heads={}, n_key_value_heads={}, d_model={}, d_head={}, d_mlp={}, d_vocab={}, n_ctx={})",
+            self.model_name, self.architecture, self.n_layers, self.n_heads, self.n_key_value_heads, self.d_model, self.d_head, self.d_mlp, self.d_vocab, self.n_ctx
+        )
+    }
+}
+
+/// A hook point as a Python hook function sees it: `hook.name` is the TransformerLens name.
+#[pyclass(module = "glassbox._native", frozen)]
+pub struct HookPoint {
+    pub inner: glassbox::HookPoint,
+}
+
+#[pymethods]
+impl HookPoint {
+    /// Parses a TransformerLens name (`blocks.3.attn.hook_z`).
+    #[new]
+    fn new(name: &str) -> PyResult<Self> {
+        Ok(HookPoint { inner: name.parse().py_err()? })
+    }
+    /// The TransformerLens name.
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.to_string()
+    }
+    /// The block the point is in (`None` for embeddings and the final norm).
+    fn layer(&self) -> Option<usize> {
+        self.inner.layer()
+    }
+    fn __repr__(&self) -> String {
+        format!("HookPoint({:?})", self.inner.to_string())
+    }
+    fn __str__(&self) -> String {
+        self.inner.to_string()
+    }
+}
+
+/// A declarative intervention, run inside the forward without calling back into Python:
+/// `action` is `zero`, `mean` (over the batch), `replace` or `add` (with `value`, broadcast to
+/// the hook's shape), restricted to `heads`, `positions` and `batch` rows when given.
+#[pyclass(module = "glassbox._native", frozen)]
+#[derive(Clone)]
+pub struct Intervention {
+    pub inner: glassbox::Intervention,
+}
+
+#[pymethods]
+impl Intervention {
+    #[new]
+    #[pyo3(signature = (hook, action, value=None, heads=None, positions=None, batch=None))]
+    fn new(
+        hook: &str,
+        action: &str,
+        value: Option<&Bound<'_, PyAny>>,
+        heads: Option<Vec<usize>>,
+        positions: Option<Vec<usize>>,
+        batch: Option<Vec<usize>>,
+    ) -> PyResult<Self> {
+        let point: glassbox::HookPoint = hook.parse().py_err()?;
+        let action = match (action, value) {
+            ("zero", None) => Action::Zero,
+            ("mean", None) => Action::MeanOverBatch,
+            ("replace", Some(v)) => Action::Replace(from_numpy(v, "the replacement value")?),
+            ("add", Some(v)) => Action::Add(from_numpy(v, "the added value")?),
+            ("zero" | "mean", Some(_)) => return Err(input_error(format!("the {action} intervention takes no value"))),
+            ("replace" | "add", None) => return Err(input_error(format!("the {action} intervention needs a value (an array)"))),
+            (other, _) => return Err(input_error(format!("unknown intervention {other:?}; use zero, mean, replace or add"))),
+        };
+        let mut i = glassbox::Intervention::new(point, action);
+        i.heads = heads;
+        i.positions = positions;
+        i.batch = batch;
+        Ok(Intervention { inner: i })
+    }
+    fn __repr__(&self) -> String {
+        let a = match &self.inner.action {
+            Action::Zero => "zero",
+            Action::MeanOverBatch => "mean",
+            Action::Replace(_) => "replace",
+            Action::Add(_) => "add",
+            Action::Closure(_) => "closure",
+        };
+        format!("Intervention({:?}, {a:?}, heads={:?}, positions={:?}, batch={:?})", self.inner.point.to_string(), self.inner.heads, self.inner.positions, self.inner.batch)
+    }
+}
+
+/// The tokens of a run: prompts (each tokenized, right-padded with their real lengths kept)
+/// or token ids (every position real).
+pub fn batch_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<Batch> {
+    if let Ok(s) = input.cast::<PyString>() {
+        return model.batch(&[&s.to_cow()?]).py_err();
+    }
+    if let Ok(list) = input.cast::<PyList>() {
+        if !list.is_empty() && list.iter().all(|x| x.is_instance_of::<PyString>()) {
+            let texts: Vec<String> = list.extract()?;
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            return model.batch(&refs).py_err();
+        }
+    }
+    let rows = token_rows(input).map_err(|_| input_type_error())?;
+    let v = model.config.d_vocab;
+    if let Some(&t) = rows.iter().flatten().find(|&&t| t as usize >= v) {
+        return Err(input_error(format!("token id {t} is outside the vocabulary of {v} tokens")));
+    }
+    Batch::new(&rows).py_err()
+}
+
+fn input_type_error() -> PyErr {
+    PyTypeError::new_err("give a prompt (str), a list of prompts, or token ids (a list of ints or an integer array from to_tokens)")
+}
+
+/// One prompt's tokens from a string or token ids (1-D, or 2-D with one row).
+pub fn tokens_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    if let Ok(s) = input.cast::<PyString>() {
+        return model.tokenize(&s.to_cow()?).py_err();
+    }
+    let mut rows = token_rows(input).map_err(|_| input_type_error())?;
+    if rows.len() != 1 {
+        return Err(input_error(format!("one prompt is expected here, not a batch of {}", rows.len())));
+    }
+    let row = rows.remove(0);
+    let v = model.config.d_vocab;
+    if let Some(&t) = row.iter().find(|&&t| t as usize >= v) {
+        return Err(input_error(format!("token id {t} is outside the vocabulary of {v} tokens")));
+    }
+    if row.is_empty() {
+        return Err(crate::errors::to_py(glassbox::Error::EmptyPrompt));
+    }
+    Ok(row)
+}
+
+/// A Python exception raised inside a hook function, kept for the caller to re-raise.
+type ErrorSlot = Arc<Mutex<Option<PyErr>>>;
+
+/// The hook points a `fwd_hooks` entry names: a TransformerLens name, or a filter function of
+/// the name (TransformerLens' `name_filter`).
+fn points_named(model: &glassbox::Model, spec: &Bound<'_, PyAny>) -> PyResult<Vec<glassbox::HookPoint>> {
+    if let Ok(s) = spec.cast::<PyString>() {
+        let p: glassbox::HookPoint = s.to_cow()?.parse().py_err()?;
+        p.check(&model.config).py_err()?;
+        return Ok(vec![p]);
+    }
+    if spec.is_callable() {
+        let mut out = Vec::new();
+        for p in glassbox::HookPoint::all_for(&model.config) {
+            if spec.call1((p.to_string(),))?.is_truthy()? {
+                out.push(p);
+            }
+        }
+        return Ok(out);
+    }
+    Err(PyTypeError::new_err("a hook is named by a string (blocks.3.attn.hook_z) or a filter function of the name"))
+}
+
+/// An `Action::Closure` that calls `func(activation, hook)` with the GIL held: `None` keeps the
+/// activation (with any in-place change to the array it was given), an array replaces it
+/// (same shape). An exception inside `func` stops the run and is re-raised as it was.
+fn python_action(func: Py<PyAny>, slot: ErrorSlot) -> Action {
+    Action::closure(move |x: &Tensor, point: glassbox::HookPoint| -> glassbox::Result<Tensor> {
+        Python::attach(|py| {
+            let fail = |e: PyErr, slot: &ErrorSlot| {
+                if let Ok(mut s) = slot.lock() {
+                    s.get_or_insert(e);
+                }
+                glassbox::Error::Intervention { point: point.to_string(), detail: "the Python hook raised an exception".into() }
+            };
+            let arr = to_numpy(py, x).map_err(|e| fail(e, &slot))?;
+            let before: Vec<f32> = arr.readonly().as_slice().map(<[f32]>::to_vec).unwrap_or_default();
+            let hook = Py::new(py, HookPoint { inner: point }).map_err(|e| fail(e, &slot))?;
+            let ret = func.call1(py, (arr.clone(), hook)).map_err(|e| fail(e, &slot))?;
+            let (new, what) = if ret.is_none(py) {
+                // TransformerLens semantics: an in-place edit of the array counts.
+                let after = arr.readonly();
+                let after = after.as_slice().map_err(|e| fail(e.into(), &slot))?;
+                if after == before.as_slice() {
+                    return Ok(x.clone());
+                }
+                (from_numpy(arr.as_any(), "the array the hook edited").map_err(|e| fail(e, &slot))?, "edited")
+            } else {
+                (from_numpy(ret.bind(py), "the array the hook returned").map_err(|e| fail(e, &slot))?, "returned")
+            };
+            if new.dims() != x.dims() {
+                return Err(glassbox::Error::Intervention {
+                    point: point.to_string(),
+                    detail: format!("the hook {what} an array of shape {:?}; the activation has shape {:?}", new.dims(), x.dims()),
+                });
+            }
+            Ok(new.to_dtype(x.dtype())?)
+        })
+    })
+}
+
+/// Hooks from `fwd_hooks` (Python functions) and `interventions`, plus what to cache.
+fn build_hooks(model: &glassbox::Model, fwd_hooks: Option<&Bound<'_, PyAny>>, interventions: Option<Vec<Intervention>>, slot: &ErrorSlot) -> PyResult<Hooks> {
+    let mut hooks = Hooks::new();
+    for i in interventions.unwrap_or_default() {
+        i.inner.point.check(&model.config).py_err()?;
+        hooks = hooks.intervene(i.inner);
+    }
+    if let Some(list) = fwd_hooks {
+        for item in list.try_iter()? {
+            let item = item?;
+            let pair = item.cast::<PyTuple>().map_err(|_| PyTypeError::new_err("fwd_hooks is a list of (name or filter, function) pairs"))?;
+            if pair.len() != 2 {
+                return Err(PyTypeError::new_err("fwd_hooks is a list of (name or filter, function) pairs"));
+            }
+            let func = pair.get_item(1)?;
+            if !func.is_callable() {
+                return Err(PyTypeError::new_err("the second item of a fwd_hooks pair must be a function (activation, hook) -> array or None"));
+            }
+            for p in points_named(model, &pair.get_item(0)?)? {
+                hooks = hooks.intervene(glassbox::Intervention::new(p, python_action(func.clone().unbind(), slot.clone())));
+            }
+        }
+    }
+    Ok(hooks)
+}
+
+/// Re-raises the exception a Python hook raised, if one did; else the library's error.
+fn raise(e: glassbox::Error, slot: &ErrorSlot) -> PyErr {
+    match slot.lock().ok().and_then(|mut s| s.take()) {
+        Some(py_err) => py_err,
+        None => crate::errors::to_py(e),
+    }
+}
+
+/// The points `names_filter` selects: all (None), a name, a list of names, or a filter function.
+fn cache_points(model: &glassbox::Model, names_filter: Option<&Bound<'_, PyAny>>) -> PyResult<CacheSpec> {
+    let Some(f) = names_filter else { return Ok(CacheSpec::All) };
+    if f.is_none() {
+        return Ok(CacheSpec::All);
+    }
+    let points: Vec<glassbox::HookPoint> = if let Ok(list) = f.cast::<PyList>() {
+        let mut v = Vec::new();
+        for name in list.iter() {
+            v.extend(points_named(model, &name)?);
+        }
+        v
+    } else {
+        points_named(model, f)?
+    };
+    Ok(CacheSpec::Only(points.into_iter().collect()))
+}
+
+/// Mean next-token cross-entropy of each row over its real positions: `[b]`.
+fn loss_per_row(logits: &Tensor, batch: &Batch) -> PyResult<Vec<f32>> {
+    let logits = logits.to_dtype(DType::F32).map_err(candle)?;
+    let ids: Vec<Vec<u32>> = batch.ids.to_vec2().map_err(candle)?;
+    let mut out = Vec::new();
+    for (b, &len) in batch.lengths.iter().enumerate() {
+        if len < 2 {
+            return Err(input_error("the loss needs prompts of at least two tokens"));
+        }
+        let row = logits.get(b).and_then(|r| r.narrow(0, 0, len - 1)).map_err(candle)?; // [len-1, V]
+        let max = row.max_keepdim(D::Minus1).map_err(candle)?;
+        let lse = (row.broadcast_sub(&max).and_then(|x| x.exp()).and_then(|x| x.sum_keepdim(D::Minus1)).and_then(|x| x.log()).and_then(|x| x + &max)).map_err(candle)?;
+        let targets = Tensor::from_vec(ids[b][1..len].to_vec(), (len - 1, 1), row.device()).map_err(candle)?;
+        let picked = row.gather(&targets, 1).map_err(candle)?;
+        let nll = (lse - picked).and_then(|x| x.mean_all()).and_then(|x| x.to_scalar::<f32>()).map_err(candle)?;
+        out.push(nll);
+    }
+    Ok(out)
+}
+
+impl Model {
+    fn run(&self, py: Python<'_>, batch: &Batch, hooks: Hooks, slot: &ErrorSlot) -> PyResult<glassbox::ForwardOutput> {
+        let m = self.inner.clone();
+        py.detach(|| m.forward(batch, &hooks)).map_err(|e| raise(e, slot))
+    }
+
+    fn output<'py>(&self, py: Python<'py>, out: &glassbox::ForwardOutput, batch: &Batch, return_type: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+        match return_type {
+            Some("logits") => Ok(to_numpy(py, &out.logits)?.into_any()),
+            Some("loss") => Ok(numpy::PyArray1::from_vec(py, loss_per_row(&out.logits, batch)?).into_any()),
+            Some("both") => {
+                let loss = numpy::PyArray1::from_vec(py, loss_per_row(&out.logits, batch)?);
+                Ok(PyTuple::new(py, [to_numpy(py, &out.logits)?.into_any(), loss.into_any()])?.into_any())
+            }
+            None => Ok(py.None().into_bound(py)),
+            Some(other) => Err(input_error(format!("return_type {other:?} is not one of logits, loss, both, None"))),
+        }
+    }
+}
+
+#[pymethods]
+impl Model {
+    /// Loads a model: a registry name (`smollm2-135m`, fetched and verified on first use), a
+    /// GGUF file, or a Hugging Face model folder. `prepend_bos`: whether prompts start with
+    /// the BOS token (None: as `transformers` tokenizes this model).
+    #[staticmethod]
+    #[pyo3(signature = (name_or_path="smollm2-135m", prepend_bos=None))]
+    fn load(py: Python<'_>, name_or_path: &str, prepend_bos: Option<bool>) -> PyResult<Model> {
+        let spec = name_or_path.to_string();
+        let model = py.detach(move || -> glassbox::Result<glassbox::Model> {
+            let path = registry::resolve(&spec, &mut |m| eprintln!("{m}"))?;
+            let mut model = glassbox::Model::load(&path)?;
+            model.set_prepend_bos(prepend_bos)?;
+            Ok(model)
+        });
+        Ok(Model { inner: Arc::new(model.py_err()?) })
+    }
+
+    /// The model's name.
+    #[getter]
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    /// The model's shape (`cfg.n_layers`, `cfg.d_model`, ...).
+    #[getter]
+    fn cfg(&self) -> Config {
+        let c = &self.inner.config;
+        use glassbox::model::config::{NormKind, Positions};
+        Config {
+            model_name: self.inner.name.clone(),
+            architecture: c.architecture.clone(),
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            n_key_value_heads: c.n_kv_heads,
+            d_model: c.d_model,
+            d_head: c.d_head,
+            d_mlp: c.d_mlp,
+            d_vocab: c.d_vocab,
+            n_ctx: c.n_ctx,
+            normalization_type: match c.norm.kind {
+                NormKind::LayerNorm => "LN".into(),
+                NormKind::RmsNorm => "RMS".into(),
+            },
+            positional_embedding_type: match c.positions {
+                Positions::Rotary(_) => "rotary".into(),
+                Positions::Learned { .. } => "standard".into(),
+                Positions::None => "none".into(),
+            },
+            act_fn: serde_json::to_value(c.mlp.activation).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{:?}", c.mlp.activation).to_lowercase()),
+            gated_mlp: c.mlp.gated,
+            num_experts: c.variants.moe.map_or(0, |m| m.n_experts),
+            parallel_attn_mlp: c.parallel_block,
+        }
+    }
+
+    /// Every hook point of this model, by TransformerLens name.
+    #[getter]
+    fn hook_names(&self) -> Vec<String> {
+        glassbox::HookPoint::all_for(&self.inner.config).iter().map(ToString::to_string).collect()
+    }
+
+    /// Token ids `[batch, positions]` (int64) of a prompt or a list of prompts (right-padded
+    /// with 0; `to_tokens` of one prompt at a time keeps lengths exact).
+    fn to_tokens<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+        let batch = batch_of(&self.inner, input)?;
+        let ids: Vec<i64> = batch.ids.flatten_all().and_then(|t| t.to_vec1::<u32>()).map_err(candle)?.into_iter().map(i64::from).collect();
+        numpy::PyArray1::from_vec(py, ids).reshape(vec![batch.size(), batch.n_pos()])
+    }
+
+    /// Each token of a prompt (or of token ids) as a string.
+    fn to_str_tokens(&self, input: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        Ok(self.inner.to_str_tokens(&tokens_of(&self.inner, input)?))
+    }
+
+    /// The text of token ids.
+    fn to_string(&self, tokens: &Bound<'_, PyAny>) -> PyResult<String> {
+        Ok(self.inner.to_string(&tokens_of(&self.inner, tokens)?))
+    }
+
+    /// The id of a string that is one token (e.g. `" Mary"`); an error otherwise.
+    fn to_single_token(&self, text: &str) -> PyResult<u32> {
+        self.inner.answer_token(text).py_err()
+    }
+
+    /// Runs the model: `return_type` `logits` (`[batch, positions, d_vocab]` float32),
+    /// `loss` (mean next-token cross-entropy per prompt), `both`, or None.
+    #[pyo3(signature = (input, return_type=Some("logits")))]
+    fn __call__<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>, return_type: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+        let batch = batch_of(&self.inner, input)?;
+        let slot = ErrorSlot::default();
+        let out = self.run(py, &batch, Hooks::new(), &slot)?;
+        self.output(py, &out, &batch, return_type)
+    }
+
+    /// Runs the model caching activations: `(logits, cache)`. `names_filter`: None (every
+    /// point), a name, a list of names, or a function of the name.
+    #[pyo3(signature = (input, names_filter=None, fwd_hooks=None, interventions=None))]
+    fn run_with_cache<'py>(
+        &self,
+        py: Python<'py>,
+        input: &Bound<'py, PyAny>,
+        names_filter: Option<&Bound<'py, PyAny>>,
+        fwd_hooks: Option<&Bound<'py, PyAny>>,
+        interventions: Option<Vec<Intervention>>,
+    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, ActivationCache)> {
+        let batch = batch_of(&self.inner, input)?;
+        let slot = ErrorSlot::default();
+        let mut hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
+        hooks.cache = cache_points(&self.inner, names_filter)?;
+        let out = self.run(py, &batch, hooks, &slot)?;
+        let logits = to_numpy(py, &out.logits)?;
+        Ok((logits, ActivationCache { inner: out.cache, model: self.inner.clone(), lengths: batch.lengths.clone() }))
+    }
+
+    /// Runs the model with hooks: `fwd_hooks` is a list of `(name or filter, fn)` where
+    /// `fn(activation, hook)` returns a replacement array or None (TransformerLens' form);
+    /// `interventions` are declarative `Intervention`s (no Python call per hook).
+    #[pyo3(signature = (input, fwd_hooks=None, interventions=None, return_type=Some("logits")))]
+    fn run_with_hooks<'py>(
+        &self,
+        py: Python<'py>,
+        input: &Bound<'py, PyAny>,
+        fwd_hooks: Option<&Bound<'py, PyAny>>,
+        interventions: Option<Vec<Intervention>>,
+        return_type: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let batch = batch_of(&self.inner, input)?;
+        let slot = ErrorSlot::default();
+        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
+        let out = self.run(py, &batch, hooks, &slot)?;
+        self.output(py, &out, &batch, return_type)
+    }
+
+    /// Gradients of a metric of one prompt with respect to the activations at `at` (names):
+    /// `{name: array}`. `metric`: `logit_diff` (needs `incorrect`), `logprob`, `prob`, or a
+    /// dict such as `{"kind": "kl", "position": "last"}`.
+    #[pyo3(signature = (input, at, correct, incorrect=None, metric=None, interventions=None))]
+    fn grad<'py>(
+        &self,
+        py: Python<'py>,
+        input: &Bound<'py, PyAny>,
+        at: Vec<String>,
+        correct: &Bound<'py, PyAny>,
+        incorrect: Option<&Bound<'py, PyAny>>,
+        metric: Option<&Bound<'py, PyAny>>,
+        interventions: Option<Vec<Intervention>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let tokens = tokens_of(&self.inner, input)?;
+        let metric = crate::methods::metric_of(metric)?;
+        let answer = |a: &Bound<'py, PyAny>| -> PyResult<u32> {
+            match a.extract::<u32>() {
+                Ok(id) => Ok(id),
+                Err(_) => self.inner.answer_token(&a.extract::<String>()?).py_err(),
+            }
+        };
+        let correct = answer(correct)?;
+        let incorrect = match incorrect {
+            Some(i) => answer(i)?,
+            None if matches!(metric, Metric::LogitDiff { .. }) => return Err(input_error("the logit difference needs an incorrect answer")),
+            // Unused by the other metrics; any id other than `correct` passes the checks.
+            None => u32::from(correct == 0),
+        };
+        let points: Vec<glassbox::HookPoint> = at.iter().map(|n| n.parse::<glassbox::HookPoint>()).collect::<glassbox::Result<_>>().py_err()?;
+        for p in &points {
+            p.check(&self.inner.config).py_err()?;
+        }
+        let mut base = Hooks::new();
+        for i in interventions.unwrap_or_default() {
+            base = base.intervene(i.inner);
+        }
+        let m = self.inner.clone();
+        let grads = py
+            .detach(|| -> glassbox::Result<glassbox::Gradients> {
+                let scorer = Scorer::for_answers(&m, &tokens, correct, incorrect, &metric)?;
+                let mut hooks = scorer.hooks().grad_tap(points.iter().copied());
+                hooks.interventions = base.interventions;
+                let out = m.forward(&Batch::new(std::slice::from_ref(&tokens))?, &hooks)?;
+                let value = scorer.eval(&out)?.sum_all()?;
+                out.backward(&value)
+            })
+            .py_err()?;
+        let d = PyDict::new(py);
+        for p in points {
+            d.set_item(p.to_string(), to_numpy(py, grads.get(p).py_err()?)?)?;
+        }
+        Ok(d)
+    }
+
+    /// Continues a prompt with the key/value cache: greedy, or sampled when `temperature`,
+    /// `top_k` or `top_p` is given (reproducible by `seed`). Hooks act at every step.
+    /// `return_type`: `str` (prompt and continuation, as TransformerLens), `tokens` (the new
+    /// ids) or `dict` (tokens, text, log-probabilities, stop reason).
+    #[pyo3(signature = (input, max_new_tokens=32, temperature=None, top_k=None, top_p=None, seed=0, stop_at_eos=true, stop_tokens=None, fwd_hooks=None, interventions=None, return_type="str"))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of TransformerLens' generate
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        input: &Bound<'py, PyAny>,
+        max_new_tokens: usize,
+        temperature: Option<f32>,
+        top_k: Option<usize>,
+        top_p: Option<f32>,
+        seed: u64,
+        stop_at_eos: bool,
+        stop_tokens: Option<Vec<u32>>,
+        fwd_hooks: Option<&Bound<'py, PyAny>>,
+        interventions: Option<Vec<Intervention>>,
+        return_type: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let is_text = input.is_instance_of::<PyString>();
+        let tokens = tokens_of(&self.inner, input)?;
+        let sampling = if temperature.is_some() || top_k.is_some() || top_p.is_some() {
+            Sampling::Sample { temperature: temperature.unwrap_or(1.0), top_k, top_p, seed }
+        } else {
+            Sampling::Greedy
+        };
+        let opts = GenerateOptions { max_new_tokens, sampling, stop_at_eos, stop_tokens: stop_tokens.unwrap_or_default() };
+        let slot = ErrorSlot::default();
+        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
+        let m = self.inner.clone();
+        let g = py.detach(|| m.generate_from_tokens(&tokens, &opts, &hooks)).map_err(|e| raise(e, &slot))?;
+        match return_type {
+            "str" if is_text => Ok(PyString::new(py, &format!("{}{}", input.extract::<String>()?, g.text)).into_any()),
+            "str" => Ok(PyString::new(py, &self.inner.to_string(&[g.prompt_tokens.clone(), g.tokens.clone()].concat())).into_any()),
+            "tokens" => Ok(PyList::new(py, &g.tokens)?.into_any()),
+            "dict" => Ok(pythonize::pythonize(py, &g)?),
+            other => Err(input_error(format!("return_type {other:?} is not one of str, tokens, dict"))),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.inner.config;
+        format!("Model({:?}, {} layers, {} heads, d_model {})", self.inner.name, c.n_layers, c.n_heads, c.d_model)
+    }
+}

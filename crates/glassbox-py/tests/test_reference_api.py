@@ -1,0 +1,161 @@
+"""The reference tool's quickstart and each snippet of its "Full API" section (seed
+000_f8ae88bd3ee8361b.txt), run against SmolLM2-135M with only the model loading changed:
+`model = glassbox.Model.load("smollm2-135m")` instead of `HookedTransformer.from_pretrained`.
+Head indices in the snippets are GPT-2's (12 heads per layer); SmolLM2 has 9, so (9, 9),
+(10, 0), (5, 5) become (9, 8), (10, 0), (5, 5) here (and an out-of-range head is an error,
+tested below). The SAE and cross-model (FCAS) snippets wait for their methods (issue 16)."""
+
+import numpy as np
+import pytest
+
+import glassbox
+from conftest import IOI, IOI_CORRUPTED
+
+
+def is_head(h):
+    return isinstance(h, tuple) and len(h) == 2 and all(isinstance(x, int) for x in h)
+
+
+def test_quickstart(smollm2):
+    model = smollm2
+    gb = glassbox.GlassboxV2(model)
+    result = gb.analyze(
+        prompt=IOI,
+        correct=" Mary",
+        incorrect=" John",
+    )
+    circuit = result["circuit"]
+    assert circuit and all(is_head(h) for h in circuit)
+    f = result["faithfulness"]
+    assert set(f) >= {"sufficiency", "comprehensiveness", "f1", "category", "suff_is_approx"}
+    assert all(isinstance(f[k], float) for k in ("sufficiency", "comprehensiveness", "f1"))
+    assert isinstance(f["category"], str) and isinstance(f["suff_is_approx"], bool)
+    # glassbox measures sufficiency exactly; the reference's Taylor estimate is beside it.
+    assert f["suff_is_approx"] is False and isinstance(f["taylor_sufficiency"], float)
+    assert 0.0 <= f["f1"] <= 1.0
+    assert result["clean_ld"] > 0  # SmolLM2 prefers " Mary"
+
+
+@pytest.fixture(scope="module")
+def tokens(smollm2):
+    model = smollm2
+    tokens_c = model.to_tokens(IOI)
+    tokens_corr = model.to_tokens(IOI_CORRUPTED)
+    t_tok, d_tok = model.to_single_token(" Mary"), model.to_single_token(" John")
+    return tokens_c, tokens_corr, t_tok, d_tok
+
+
+def test_attribution_patching(gb, tokens, smollm2):
+    tokens_c, tokens_corr, t_tok, d_tok = tokens
+    attrs, clean_ld = gb.attribution_patching(tokens_c, tokens_corr, t_tok, d_tok)
+    cfg = smollm2.cfg
+    assert len(attrs) == cfg.n_layers * cfg.n_heads
+    assert all(is_head(k) and isinstance(v, float) for k, v in attrs.items())
+    assert isinstance(clean_ld, float) and clean_ld > 0
+
+    attrs_ig, _ = gb.attribution_patching(
+        tokens_c, tokens_corr, t_tok, d_tok,
+        method="integrated_gradients", n_steps=20,
+    )
+    assert attrs_ig.keys() == attrs.keys()
+    assert attrs_ig != attrs
+
+
+def test_mlp_attribution(gb, tokens, smollm2):
+    tokens_c, tokens_corr, t_tok, d_tok = tokens
+    mlp_attrs = gb.mlp_attribution(tokens_c, tokens_corr, t_tok, d_tok)
+    assert sorted(mlp_attrs) == list(range(smollm2.cfg.n_layers))
+    assert all(isinstance(v, float) for v in mlp_attrs.values())
+
+
+def test_minimum_faithful_circuit(gb, tokens):
+    tokens_c, tokens_corr, t_tok, d_tok = tokens
+    circuit, attrs, clean_ld = gb.minimum_faithful_circuit(tokens_c, tokens_corr, t_tok, d_tok)
+    assert circuit and all(is_head(h) for h in circuit)
+    assert all(h in attrs for h in circuit)
+    assert isinstance(clean_ld, float)
+
+
+def test_logit_lens(gb, tokens, smollm2):
+    tokens_c, _, _, _ = tokens
+    ll = gb.logit_lens(tokens_c, " Mary", " John")
+    n = smollm2.cfg.n_layers
+    assert len(ll["logit_diffs"]) == n + 1  # at the embedding and after each layer
+    assert len(ll["logit_shifts"]) == n
+    assert len(ll["head_direct_effects"][9]) == smollm2.cfg.n_heads
+    assert all(isinstance(x, float) for x in ll["logit_diffs"])
+
+    result = gb.analyze(IOI, " Mary", " John", include_logit_lens=True)
+    assert result["logit_lens"]["logit_diffs"] == pytest.approx(ll["logit_diffs"], abs=1e-4)
+
+
+def test_edge_attribution_patching(gb, tokens):
+    tokens_c, tokens_corr, t_tok, d_tok = tokens
+    eap = gb.edge_attribution_patching(tokens_c, tokens_corr, t_tok, d_tok, top_k=50)
+    lines = [f"{edge['sender']:15s}{edge['receiver']:15s}  score={edge['score']:.4f}" for edge in eap["top_edges"][:5]]
+    assert len(lines) == 5 and len(eap["top_edges"]) == 50
+    scores = [abs(e["score"]) for e in eap["top_edges"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_attribution_stability(gb, tokens):
+    tokens_c, _, t_tok, d_tok = tokens
+    stability = gb.attribution_stability(tokens_c, t_tok, d_tok, n_corruptions=25, seed=42)
+    assert -1.0 <= stability["rank_consistency"] <= 1.0
+    top = stability["top_stable_heads"][:3]
+    assert len(top) == 3 and all(is_head(h["head"]) and 0.0 <= h["stability"] <= 1.0 for h in top)
+
+
+def test_token_attribution(gb, tokens, smollm2):
+    tokens_c, _, t_tok, d_tok = tokens
+    tok_attr = gb.token_attribution(tokens_c, t_tok, d_tok)
+    lines = []
+    for t in tok_attr["top_tokens"]:
+        sign = "+" if t["attribution"] > 0 else "-"
+        lines.append(f"  [{sign}] {t['token_str']!r:15s}  |attr|={abs(t['attribution']):.4f}")
+    assert len(lines) == len(smollm2.to_str_tokens(IOI))
+    assert {t["token_str"] for t in tok_attr["top_tokens"]} >= {" Mary", " John"}
+
+
+def test_attention_patterns(gb, tokens):
+    tokens_c, _, _, _ = tokens
+    attn = gb.attention_patterns(tokens_c, heads=[(9, 8), (10, 0), (5, 5)])
+    assert set(attn["entropy"]) == {"L09H08", "L10H00", "L05H05"}
+    assert all(isinstance(v, float) for v in attn["entropy"].values())
+    assert set(attn["head_types"]) == set(attn["entropy"])
+    assert all(isinstance(v, str) for v in attn["head_types"].values())
+    n = tokens_c.shape[1]
+    assert np.asarray(attn["heads"][0]["pattern"]).shape == (n, n)
+
+    attn_auto = gb.attention_patterns(tokens_c, heads=None, top_k=10)
+    assert len(attn_auto["heads"]) == 10
+
+    with pytest.raises(glassbox.InputError, match="head 9"):
+        gb.attention_patterns(tokens_c, heads=[(9, 9)])  # GPT-2's head index; SmolLM2 has 9 heads
+
+
+def test_head_composition(smollm2):
+    comp = glassbox.HeadCompositionAnalyzer(smollm2)
+    q_score = comp.q_composition_score(5, 5, 9, 8)
+    assert isinstance(q_score, float) and 0.0 <= q_score <= 1.0
+    circuit = [(5, 5), (7, 3), (9, 8), (9, 6)]
+    all_comp = comp.all_composition_scores(circuit, min_score=0.05)
+    for edge in all_comp["combined_edges"][:5]:
+        assert {"sender", "receiver", "q", "k", "v"} <= set(edge)
+        assert max(edge["q"], edge["k"], edge["v"]) >= 0.05
+    edge = next(e for e in comp.all_composition_scores(circuit)["combined_edges"] if (e["sender"], e["receiver"]) == ("L05H05", "L09H08"))
+    assert edge["q"] == pytest.approx(q_score, abs=1e-6)
+
+
+def test_bootstrap_metrics(gb):
+    boot = gb.bootstrap_metrics(
+        prompts=[
+            (IOI, " Mary", " John"),
+            ("When Alice and Bob entered the room, Bob handed the key to", " Alice", " Bob"),
+        ],
+        n_boot=500,
+    )
+    s = boot["sufficiency"]
+    assert set(s) == {"mean", "std", "ci_lo", "ci_hi", "n"}
+    assert s["n"] == 2 and s["ci_lo"] <= s["mean"] <= s["ci_hi"]
+    assert set(boot) >= {"sufficiency", "comprehensiveness", "f1"}
