@@ -11,6 +11,8 @@ use serde::Serialize;
 
 mod generate;
 mod methods;
+mod plot;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "glassbox", version, about = "See what a transformer language model is doing on a prompt")]
@@ -141,6 +143,13 @@ enum Command {
         model: ModelArg,
         #[command(flatten)]
         args: methods::AttentionArgs,
+    },
+    /// A local dashboard in the browser over every method (http://127.0.0.1:7860/ by default).
+    Serve {
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        args: serve::ServeArgs,
     },
     /// List the hook points of a model.
     Hooks {
@@ -292,16 +301,7 @@ fn cache(model: &Model, prompt: &str, hooks: &[String], out: &Path) -> Result<()
     for p in &points {
         tensors.insert(p.to_string(), result.cache.get(*p)?.to_dtype(DType::F32)?);
     }
-    // Written beside the target, then renamed over it: a failed write leaves no half file.
-    let name = out.file_name().context("--out must name a file")?.to_string_lossy();
-    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let written = candle_core::safetensors::save(&tensors, &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))
-        .and_then(|()| std::fs::rename(&tmp, out).with_context(|| format!("moving the output to {}", out.display())));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
+    write_via_temp(out, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
     for p in &points {
         eprintln!("{p}: {:?}", tensors[&p.to_string()].dims());
     }
@@ -309,9 +309,28 @@ fn cache(model: &Model, prompt: &str, hooks: &[String], out: &Path) -> Result<()
     Ok(())
 }
 
+/// Writes a file through `write(tmp)` on a temporary file beside `out`, then renames it over
+/// `out`: a failed write leaves no half file.
+fn write_via_temp(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = out.file_name().context("the output must name a file")?.to_string_lossy();
+    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = write(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| std::fs::rename(&tmp, out).with_context(|| format!("moving the output to {}", out.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Writes `bytes` to `out` through a temporary file (see `write_via_temp`).
+pub(crate) fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_temp(out, |tmp| Ok(std::fs::write(tmp, bytes)?))
+}
+
 /// Error unless `out` is a path glassbox may write a file to: new, or an existing regular
 /// file (never a link, a device, a FIFO or a folder, which a rename would replace).
-fn check_output_path(out: &Path) -> Result<()> {
+pub(crate) fn check_output_path(out: &Path) -> Result<()> {
     match std::fs::symlink_metadata(out) {
         Ok(m) if m.file_type().is_symlink() => {
             anyhow::bail!("{} is a symbolic link; give the path of a new file (or of a regular file to replace)", out.display())
@@ -383,6 +402,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::TokenAttribution { model, args } => methods::run_token_attribution(&load_model(&model)?, &args)?,
         Command::Attention { model, args } => methods::run_attention(&load_model(&model)?, &args)?,
         Command::Generate { model, args } => generate::run_generate(&load_model(&model)?, &args)?,
+        Command::Serve { model, args } => serve::serve(load_model(&model)?, &args)?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for p in HookPoint::all_for(&m.config) {

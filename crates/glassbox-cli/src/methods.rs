@@ -16,6 +16,7 @@ use glassbox::methods::scrubbing::{causal_scrubbing, ScrubOptions};
 use glassbox::methods::stability::{attribution_stability_with_progress, StabilityOptions};
 use glassbox::methods::token_attribution::{token_attribution, Baseline, TokenAttribution, TokenAttributionOptions, TokenMethod};
 use glassbox::methods::{Contrast, Head, Metric, Prompt};
+use glassbox::plot::Plot;
 use glassbox::Model;
 use serde::Serialize;
 
@@ -154,6 +155,14 @@ pub fn finite<T: Serialize>(v: T) -> Result<T> {
     Ok(v)
 }
 
+/// Writes the result's picture when `--plot` was given.
+fn write_plot(path: &Option<std::path::PathBuf>, r: &impl Plot) -> Result<()> {
+    if let Some(p) = path {
+        crate::plot::write(p, &r.plot())?;
+    }
+    Ok(())
+}
+
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -198,6 +207,9 @@ pub struct AttributionArgs {
     /// Rows of the table.
     #[arg(long, default_value_t = 15)]
     pub top: usize,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -211,6 +223,7 @@ pub fn run_attribution(model: &Model, a: &AttributionArgs) -> Result<()> {
     };
     let opts = AttributionOptions { component, method: a.method.method(a.n_steps), metric: a.metric.metric() };
     let r = finite(attribute(model, &contrast, &opts)?)?;
+    write_plot(&a.plot, &r)?;
     if a.json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -254,12 +267,16 @@ pub struct LogitLensArgs {
     pub answers: PromptAnswers,
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run_logit_lens(model: &Model, a: &LogitLensArgs) -> Result<()> {
     let l = finite(logit_lens(model, &a.answers.prompt(model)?, &LogitLensOptions { top_k: a.top_k })?)?;
+    write_plot(&a.plot, &l)?;
     if a.json {
         return print_json(&l);
     }
@@ -290,6 +307,9 @@ pub struct TokenAttributionArgs {
     /// Integrated-gradients baseline: zero, bos, or a token id.
     #[arg(long, default_value = "bos")]
     pub baseline: String,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -308,6 +328,7 @@ pub fn run_token_attribution(model: &Model, a: &TokenAttributionArgs) -> Result<
         TokenMethodArg::IntegratedGradients => TokenMethod::IntegratedGradients { n_steps: a.n_steps, baseline: parse_baseline(model, &a.baseline)? },
     };
     let t = finite(token_attribution(model, &a.answers.prompt(model)?, &TokenAttributionOptions { method })?)?;
+    write_plot(&a.plot, &t)?;
     if a.json {
         return print_json(&t);
     }
@@ -325,6 +346,9 @@ pub struct AttentionArgs {
     pub heads: Vec<String>,
     #[arg(long, default_value_t = 10)]
     pub top_k: usize,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -334,6 +358,7 @@ pub fn run_attention(model: &Model, a: &AttentionArgs) -> Result<()> {
     let chosen = parse_heads(&a.heads)?;
     let opts = AttentionOptions { heads: (!chosen.is_empty()).then_some(chosen), top_k: a.top_k, seed: 0 };
     let view = finite(attention_patterns(model, &tokens, &opts)?)?;
+    write_plot(&a.plot, &view)?;
     if a.json {
         return print_json(&view);
     }
@@ -362,6 +387,9 @@ pub struct EdgesArgs {
     pub top_k: usize,
     #[arg(long, value_enum, default_value = "logit_diff")]
     pub metric: MetricArg,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -373,6 +401,7 @@ pub fn run_edges(model: &Model, a: &EdgesArgs) -> Result<()> {
         EdgeMethodArg::EapIg => Method::IntegratedGradients { n_steps: a.n_steps },
     };
     let r = finite(edge_attribution(model, &contrast, &EdgeOptions { method, top_k: a.top_k, metric: a.metric.metric() })?)?;
+    write_plot(&a.plot, &r)?;
     if a.json {
         return print_json(&r);
     }
@@ -433,6 +462,9 @@ pub struct AnalyzeArgs {
     /// Include the logit lens in the result.
     #[arg(long)]
     pub logit_lens: bool,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -481,6 +513,11 @@ pub fn run_analyze(model: &Model, a: &AnalyzeArgs) -> Result<()> {
     }
     .build(model)?;
     let r = finite(analyze(model, &contrast, &a.options())?)?;
+    if let Some(path) = &a.plot {
+        // The circuit's heads coloured by their attention type on this prompt.
+        let view = attention_patterns(model, &contrast.clean, &AttentionOptions { heads: Some(r.circuit.clone()), ..Default::default() })?;
+        crate::plot::write(path, &glassbox::plot::analysis_with_types(&r, &view.head_types))?;
+    }
     if a.json {
         return print_json(&r);
     }
@@ -505,6 +542,9 @@ fn run_analyze_task(model: &Model, a: &AnalyzeArgs) -> Result<()> {
     let task = a.task.as_deref().unwrap_or_default();
     if task != "ioi" {
         bail!("unknown task `{task}`; the tasks are: ioi");
+    }
+    if a.plot.is_some() {
+        bail!("--plot draws the analysis of one prompt; leave it out with --task (or analyze one of the prompts)");
     }
     let corruption = match a.corruption {
         CorruptionArg::NameSwap => glassbox::tasks::ioi::Corruption::NameSwap,
@@ -553,6 +593,9 @@ pub struct PatchArgs {
     pub metric: MetricArg,
     #[arg(long, default_value_t = 15)]
     pub top: usize,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -564,6 +607,7 @@ pub fn run_patch(model: &Model, a: &PatchArgs) -> Result<()> {
         DirectionArg::IntoCorrupted => Direction::IntoCorrupted,
     };
     let p = finite(exact_patching(model, &contrast, &PatchingOptions { direction, metric: a.metric.metric() })?)?;
+    write_plot(&a.plot, &p)?;
     if a.json {
         return print_json(&p);
     }
@@ -596,6 +640,9 @@ pub struct StabilityArgs {
     pub p: f32,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -611,6 +658,7 @@ pub fn run_stability(model: &Model, a: &StabilityArgs) -> Result<()> {
     };
     let opts = StabilityOptions { n_corruptions: a.n_corruptions, p: a.p, seed: a.seed };
     let s = finite(attribution_stability_with_progress(model, &prompt, &opts, &mut progress)?)?;
+    write_plot(&a.plot, &s)?;
     bar.finish_and_clear();
     if a.json {
         return print_json(&s);
@@ -623,7 +671,7 @@ pub fn run_stability(model: &Model, a: &StabilityArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_receiver(s: &str) -> Result<PathReceiver> {
+pub(crate) fn parse_receiver(s: &str) -> Result<PathReceiver> {
     if s == "logits" {
         return Ok(PathReceiver::Logits);
     }
@@ -649,6 +697,9 @@ pub struct PathPatchArgs {
     pub metric: MetricArg,
     #[arg(long, default_value_t = 15)]
     pub top: usize,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -657,6 +708,7 @@ pub fn run_path_patch(model: &Model, a: &PathPatchArgs) -> Result<()> {
     let contrast = a.contrast.build(model)?;
     let opts = PathPatchingOptions { receiver: parse_receiver(&a.receiver)?, senders: None, metric: a.metric.metric() };
     let r = finite(path_patching(model, &contrast, &opts)?)?;
+    write_plot(&a.plot, &r)?;
     if a.json {
         return print_json(&r);
     }
@@ -685,16 +737,19 @@ pub struct ScrubArgs {
     pub json: bool,
 }
 
-pub fn run_scrub(model: &Model, a: &ScrubArgs) -> Result<()> {
-    let hypothesis = a
-        .hypothesis
-        .split(',')
+/// A scrubbing hypothesis written `L23H3=io,L29H1=io`.
+pub(crate) fn parse_hypothesis(s: &str) -> Result<Vec<(Head, String)>> {
+    s.split(',')
         .filter(|x| !x.trim().is_empty())
         .map(|pair| {
             let (h, f) = pair.split_once('=').with_context(|| format!("`{pair}`: write HEAD=feature, e.g. L23H3=io"))?;
-            Ok((h.parse::<Head>()?, f.trim().to_string()))
+            Ok((h.trim().parse::<Head>()?, f.trim().to_string()))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+pub fn run_scrub(model: &Model, a: &ScrubArgs) -> Result<()> {
+    let hypothesis = parse_hypothesis(&a.hypothesis)?;
     let prompts = glassbox::tasks::ioi::generate(model, a.n, a.seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
     let set = glassbox::tasks::ioi::scrub_prompts(model, &prompts)?;
     let none = hypothesis.is_empty();
@@ -729,6 +784,9 @@ pub struct CompositionArgs {
     /// Show pairs with any score at least this.
     #[arg(long, default_value_t = 0.0)]
     pub min_score: f32,
+    /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -736,6 +794,7 @@ pub struct CompositionArgs {
 pub fn run_composition(model: &Model, a: &CompositionArgs) -> Result<()> {
     let circuit = parse_heads(&a.heads)?;
     let c = finite(all_composition_scores(model, &circuit, &CompositionOptions { min_score: a.min_score })?)?;
+    write_plot(&a.plot, &c)?;
     if a.json {
         return print_json(&c);
     }

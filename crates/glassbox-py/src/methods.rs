@@ -287,7 +287,19 @@ fn ioi_prompts_py<'py>(py: Python<'py>, model: &Model, n: usize, seed: u64, corr
 }
 
 /// Adds the functions to the module.
+/// The picture of a result as an SVG document: `kind` is the method (`analyze`,
+/// `attribution`, `patch`, `path-patch`, `logit-lens`, `attention`, `edges`,
+/// `token-attribution`, `stability`, `composition`), `result` what that method returned (as
+/// the native functions return it), `head_types` colours an analysis's circuit by head type.
+#[pyfunction]
+#[pyo3(signature = (kind, result, head_types=None))]
+fn plot(py: Python<'_>, kind: &str, result: &Bound<'_, PyAny>, head_types: Option<std::collections::BTreeMap<String, String>>) -> PyResult<String> {
+    let v: serde_json::Value = value(result, "result")?;
+    compute(py, || glassbox::plot::plot_value(kind, &v, head_types.as_ref()).map(|s| s.finish()))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(plot, m)?)?;
     m.add_function(wrap_pyfunction!(contrast, m)?)?;
     m.add_function(wrap_pyfunction!(contrast_from_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(prompt, m)?)?;

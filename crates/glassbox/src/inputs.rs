@@ -131,6 +131,9 @@ impl Contrast {
     /// the two prompts tokenize to different lengths.
     pub fn new(model: &Model, prompt: &str, correct: &str, incorrect: &str, corrupted: Option<&str>) -> Result<Self> {
         let (correct_id, incorrect_id) = answer_pair(model, correct, incorrect)?;
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
         let (corrupted_prompt, corruption) = match corrupted {
             Some(c) => (c.to_string(), "given"),
             None => {

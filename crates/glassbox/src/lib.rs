@@ -22,6 +22,7 @@ pub mod finite;
 pub mod inputs;
 pub mod methods;
 pub mod model;
+pub mod plot;
 pub mod registry;
 pub mod tasks;
 pub mod threads;

@@ -5,7 +5,9 @@
     logits, cache = model.run_with_cache("When Mary and John went to the store, John gave a drink to")
     cache["pattern", 9]                                   # numpy arrays, TransformerLens names
     gb = glassbox.GlassboxV2(model)                       # the reference tool's API
-    gb.analyze("When Mary and John went to the store, John gave a drink to", " Mary", " John")["circuit"]
+    r = gb.analyze("When Mary and John went to the store, John gave a drink to", " Mary", " John")
+    r["circuit"]                                          # a dict; in Jupyter it shows as its picture
+    open("analysis.svg", "w").write(r.plot())             # the same picture as `glassbox analyze --plot`
 
 The work (forward passes, gradients, every method) runs in Rust with the GIL released.
 """
@@ -32,6 +34,7 @@ from ._native import (  # noqa: E402
     __version__,
 )
 from .analysis import GlassboxV2, HeadCompositionAnalyzer  # noqa: E402
+from .pictures import Result, plot  # noqa: E402
 from . import utils  # noqa: E402
 
 __all__ = [
@@ -46,6 +49,8 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "NonFiniteError",
+    "Result",
+    "plot",
     "utils",
     "__version__",
 ]

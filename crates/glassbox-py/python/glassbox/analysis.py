@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import copy
+
 from . import _native
 from ._native import InputError, Model
+from .pictures import Result
 
 Tokens = Any  # a prompt string, a list of ids, or an integer array from ``model.to_tokens``
 Answer = Union[str, int]
@@ -121,13 +124,16 @@ class GlassboxV2:
         opts = _options(method=_method(method, n_steps), logit_lens=include_logit_lens, target=target,
                         max_heads=max_heads, ablation=ablation, include_mlps=include_mlps, metric=_metric(metric))
         r = _native.analyze(self.model, c, opts)
+        raw = copy.deepcopy(r)
+        # The circuit's heads typed by their attention on this prompt, for the picture.
+        types = _native.attention_patterns(self.model, c["clean"], {"heads": r["circuit"]})["head_types"] if r["circuit"] else {}
         r["circuit"] = _heads(r["circuit"])
         r["attributions"] = {_parse_head_name(k): v for k, v in r["attributions"].items()}
         for h in r["top_heads"]:
             h["head"] = (h["layer"], h["head"])
         for s in r["trajectory"]:
             s["head"] = _head(s["head"])
-        return r
+        return Result(r, "analyze", raw, types)
 
     # ---- attribution --------------------------------------------------------------------
 
@@ -170,7 +176,7 @@ class GlassboxV2:
                   component: str = "heads", method: str = "taylor", n_steps: int = 20, metric: Any = None) -> Dict[str, Any]:
         """glassbox's full attribution result (heads, ``mlp`` or ``attn_out``), with IG's
         completeness residual."""
-        return self._attribute(tokens_clean, tokens_corrupted, target_token, distractor_token, component, method, n_steps, metric)
+        return Result(self._attribute(tokens_clean, tokens_corrupted, target_token, distractor_token, component, method, n_steps, metric), "attribution")
 
     def minimum_faithful_circuit(
         self,
@@ -207,7 +213,7 @@ class GlassboxV2:
     def logit_lens(self, tokens: Tokens, target_token: Answer, distractor_token: Answer) -> Dict[str, Any]:
         """``logit_diffs`` (at the embedding and after each layer), ``logit_shifts`` (per
         block), ``head_direct_effects[layer][head]``, ``mlp_direct_effects``, top tokens."""
-        return _native.logit_lens(self.model, self._prompt(tokens, target_token, distractor_token), None)
+        return Result(_native.logit_lens(self.model, self._prompt(tokens, target_token, distractor_token), None), "logit-lens")
 
     def edge_attribution_patching(
         self,
@@ -223,7 +229,7 @@ class GlassboxV2:
         """Every sender → receiver edge scored (EAP, Syed et al. 2024; ``method="eap-ig"`` for
         integrated gradients): ``top_edges`` (``sender``, ``receiver``, ``score``), ``n_edges``."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
-        return _native.edge_attribution(self.model, c, _options(method=_method(method, n_steps), top_k=top_k, metric=_metric(metric)))
+        return Result(_native.edge_attribution(self.model, c, _options(method=_method(method, n_steps), top_k=top_k, metric=_metric(metric))), "edges")
 
     def attribution_stability(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,
                               n_corruptions: int = 25, seed: int = 42, p: Optional[float] = None) -> Dict[str, Any]:
@@ -231,9 +237,10 @@ class GlassboxV2:
         ``rank_consistency``; ``top_stable_heads`` carry ``head`` as a tuple."""
         r = _native.attribution_stability(self.model, self._prompt(tokens, target_token, distractor_token),
                                           _options(n_corruptions=n_corruptions, seed=seed, p=p))
+        raw = copy.deepcopy(r)
         for h in r["top_stable_heads"]:
             h["head"] = _head(h["head"])
-        return r
+        return Result(r, "stability", raw)
 
     def token_attribution(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,
                           method: str = "gradient_x_input", n_steps: int = 20, baseline: Any = None) -> Dict[str, Any]:
@@ -246,7 +253,7 @@ class GlassboxV2:
             m = {"kind": "integrated_gradients", "n_steps": int(n_steps), "baseline": {"token": b} if isinstance(b, int) else b}
         else:
             raise InputError(f"unknown method {method!r}; use gradient_x_input or integrated_gradients")
-        return _native.token_attribution(self.model, self._prompt(tokens, target_token, distractor_token), {"method": m})
+        return Result(_native.token_attribution(self.model, self._prompt(tokens, target_token, distractor_token), {"method": m}), "token-attribution")
 
     def attention_patterns(self, tokens: Tokens, heads: Optional[Sequence[Head]] = None, top_k: int = 10,
                            seed: Optional[int] = None) -> Dict[str, Any]:
@@ -254,9 +261,10 @@ class GlassboxV2:
         the ``top_k`` most distinctive heads when ``heads`` is None."""
         opts = _options(heads=[list(h) for h in heads] if heads is not None else None, top_k=top_k, seed=seed)
         r = _native.attention_patterns(self.model, tokens, opts)
+        raw = copy.deepcopy(r)
         for h in r["heads"]:
             h["head"] = _head(h["head"])
-        return r
+        return Result(r, "attention", raw)
 
     # ---- sets ------------------------------------------------------------------------------
 
@@ -290,7 +298,7 @@ class GlassboxV2:
         """Exact activation patching of every head and MLP (batched): ``heads[layer][head]``,
         ``mlps[layer]`` (normalised) and their raw effects."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
-        return _native.exact_patching(self.model, c, _options(direction=direction, metric=_metric(metric)))
+        return Result(_native.exact_patching(self.model, c, _options(direction=direction, metric=_metric(metric))), "patch")
 
     def path_patching(self, tokens_clean: Tokens, tokens_corrupted: Tokens, target_token: Answer, distractor_token: Answer,
                       receiver: Any = "logits", senders: Optional[Sequence[Head]] = None, metric: Any = None) -> Dict[str, Any]:
@@ -298,7 +306,7 @@ class GlassboxV2:
         or ``{"q": [layer, head]}`` / ``{"k": [layer, kv_head]}`` / ``{"v": [layer, kv_head]}``."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
         opts = _options(receiver=receiver, senders=[list(h) for h in senders] if senders is not None else None, metric=_metric(metric))
-        return _native.path_patching(self.model, c, opts)
+        return Result(_native.path_patching(self.model, c, opts), "path-patch")
 
     def causal_scrubbing(self, hypothesis: Dict[Head, str], n: int = 32, seed: int = 0) -> Dict[str, Any]:
         """Causal scrubbing of ``{(layer, head): feature}`` (features ``io``, ``subject``,
@@ -331,4 +339,4 @@ class HeadCompositionAnalyzer:
     def all_composition_scores(self, circuit: Sequence[Head], min_score: float = 0.0) -> Dict[str, Any]:
         """Scores between every ordered pair of the circuit's heads (earlier → later):
         ``combined_edges`` with ``sender``, ``receiver``, ``q``, ``k``, ``v``."""
-        return _native.all_composition_scores(self.model, [list(h) for h in circuit], {"min_score": min_score})
+        return Result(_native.all_composition_scores(self.model, [list(h) for h in circuit], {"min_score": min_score}), "composition")
