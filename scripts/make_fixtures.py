@@ -29,6 +29,10 @@ What it produces:
                                  from transformers' generate (EOS stopping off)
   tests/fixtures/hidden_states/  transformers' output_hidden_states on the IOI prompt
                                  (tiny-llama, tiny-gpt2, smollm2), for the Python tests
+  tests/fixtures/sae/<name>/     SAEs and transcoders for tiny-llama written by the real
+                                 sae-lens package (random weights; every architecture, the
+                                 6.x and the pre-6.0 config layouts, Gemma Scope's params.npz),
+                                 with expected.safetensors: inputs, sae-lens' encode, decode
 
 Tiny families: gpt2, llama, llama-tied, qwen2, mistral, mixtral, neox, opt,
 opt-postln, gptneo, gemma, gemma2, gemma3 (see FAMILIES for the conventions
@@ -65,6 +69,7 @@ PACKAGES = [
     "numpy",
     "sentencepiece",
     "protobuf",
+    "sae-lens==6.54.12",
 ]
 
 
@@ -1874,12 +1879,119 @@ def build_hidden_states() -> None:
 
 
 # --------------------------------------------------------------------------
+# SAEs (sae-lens)
+# --------------------------------------------------------------------------
+
+def build_sae() -> None:
+    """SAEs and transcoders sized for tiny-llama (d_model 64, 4 heads × 16), written by the
+    real sae-lens package with random weights, and sae-lens' own encode/decode of random
+    inputs, after reloading each with SAE.load_from_disk (so the reference is what sae-lens
+    reads back, including the pre-6.0 config conversion)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    import sae_lens
+    from sae_lens import (SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig, JumpReLUSAE,
+                          JumpReLUSAEConfig, GatedSAE, GatedSAEConfig, BatchTopKTrainingSAE,
+                          BatchTopKTrainingSAEConfig, Transcoder, TranscoderConfig, SkipTranscoder,
+                          SkipTranscoderConfig, JumpReLUTranscoder, JumpReLUTranscoderConfig)
+    from sae_lens.saes.sae import SAEMetadata
+
+    out_root = FIXTURES / "sae"
+    torch.manual_seed(0)
+    D, S = 64, 96
+    hook = "blocks.0.hook_resid_post"
+
+    def meta(h=hook, **kw):
+        return SAEMetadata(model_name="tiny-llama", hook_name=h, neuronpedia_id="tiny-llama/0-res-test",
+                           prepend_bos=False, context_size=128, **kw)
+
+    @torch.no_grad()
+    def randomize(sae):
+        for n, p in sae.named_parameters():
+            if n == "threshold":
+                p.copy_(torch.rand_like(p) * 0.5)
+            else:
+                p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.1))
+
+    cases = {
+        "standard": StandardSAE(StandardSAEConfig(d_in=D, d_sae=S, metadata=meta())),
+        "standard_nobdec": StandardSAE(StandardSAEConfig(d_in=D, d_sae=S, apply_b_dec_to_input=False, metadata=meta())),
+        "layernorm": StandardSAE(StandardSAEConfig(d_in=D, d_sae=S, normalize_activations="layer_norm", metadata=meta())),
+        "constant_norm_rescale": StandardSAE(StandardSAEConfig(d_in=D, d_sae=S, normalize_activations="constant_norm_rescale", metadata=meta())),
+        "hook_z": StandardSAE(StandardSAEConfig(d_in=D, d_sae=S, reshape_activations="hook_z", metadata=meta("blocks.1.attn.hook_z"))),
+        "topk": TopKSAE(TopKSAEConfig(d_in=D, d_sae=S, k=8, metadata=meta())),
+        "topk_rescale": TopKSAE(TopKSAEConfig(d_in=D, d_sae=S, k=8, rescale_acts_by_decoder_norm=True, metadata=meta())),
+        "jumprelu": JumpReLUSAE(JumpReLUSAEConfig(d_in=D, d_sae=S, metadata=meta())),
+        "gated": GatedSAE(GatedSAEConfig(d_in=D, d_sae=S, metadata=meta())),
+        "transcoder": Transcoder(TranscoderConfig(d_in=D, d_sae=S, d_out=D, apply_b_dec_to_input=False,
+                                                  metadata=meta("blocks.1.ln2.hook_normalized", hook_name_out="blocks.1.hook_mlp_out"))),
+        "skip_transcoder": SkipTranscoder(SkipTranscoderConfig(d_in=D, d_sae=S, d_out=D, apply_b_dec_to_input=False,
+                                                               metadata=meta("blocks.1.ln2.hook_normalized", hook_name_out="blocks.1.hook_mlp_out"))),
+        "jumprelu_transcoder": JumpReLUTranscoder(JumpReLUTranscoderConfig(d_in=D, d_sae=S, d_out=D, apply_b_dec_to_input=False,
+                                                                           metadata=meta("blocks.1.ln2.hook_normalized", hook_name_out="blocks.1.hook_mlp_out"))),
+    }
+    names = list(cases)
+    for name, sae in cases.items():
+        randomize(sae)
+        sae.save_model(out_root / name)
+    # BatchTopK: trained as such, saved for inference as JumpReLU with its threshold.
+    bt = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=S, k=4.0, metadata=meta()))
+    randomize(bt)
+    bt.topk_threshold.fill_(0.4)
+    bt.save_inference_model(out_root / "batchtopk")
+    names.append("batchtopk")
+
+    # The pre-6.0 flat layout (as 4.x/5.x wrote it), with the weights of two 6.x SAEs.
+    def old_cfg(activation, kwargs, normalize):
+        return {"architecture": "standard", "d_in": D, "d_sae": S, "dtype": "torch.float32", "device": "cpu",
+                "model_name": "tiny-llama", "hook_point": hook, "hook_point_layer": 0, "hook_point_head_index": None,
+                "activation_fn_str": activation, "activation_fn_kwargs": kwargs, "apply_b_dec_to_input": True,
+                "finetuning_scaling_factor": False, "prepend_bos": False, "context_size": 128,
+                "normalize_activations": normalize, "neuronpedia_id": "tiny-llama/0-res-old"}
+    for name, src, act, kwargs, norm in [("old_standard", "standard", "relu", {}, False), ("old_topk", "topk", "topk", {"k": 8}, "none")]:
+        d = out_root / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "sae_weights.safetensors").write_bytes((out_root / src / "sae_weights.safetensors").read_bytes())
+        (d / "cfg.json").write_text(json.dumps(old_cfg(act, kwargs, norm)))
+        names.append(name)
+
+    gen = torch.Generator().manual_seed(1)
+    for name in names:
+        d = out_root / name
+        sae = SAE.load_from_disk(d)
+        x = torch.randn((10, 4, 16) if name == "hook_z" else (10, D), generator=gen) * 1.5
+        with torch.no_grad():
+            acts = sae.encode(x)
+            rec = sae.decode(acts)
+            if getattr(sae, "W_skip", None) is not None:
+                rec = rec + x @ sae.W_skip.T
+        save_file({"x": x.contiguous(), "acts": acts.contiguous(), "recon": rec.contiguous()}, d / "expected.safetensors")
+        print(f"[sae {name}] {type(sae).__name__} active {int((acts != 0).sum())}/{acts.numel()}", flush=True)
+
+    # Gemma Scope's layout: params.npz (np.savez), JumpReLU without b_dec on the input; the
+    # reference is sae-lens' JumpReLUSAE with Gemma Scope's settings and these parameters.
+    d = out_root / "gemma_scope"
+    d.mkdir(parents=True, exist_ok=True)
+    gs = JumpReLUSAE(JumpReLUSAEConfig(d_in=D, d_sae=S, apply_b_dec_to_input=False, metadata=meta()))
+    randomize(gs)
+    params = {k: v.detach().numpy().astype(np.float32) for k, v in gs.state_dict().items()}
+    np.savez(d / "params.npz", **params)
+    x = torch.randn((10, D), generator=gen) * 1.5
+    with torch.no_grad():
+        acts = gs.encode(x)
+        rec = gs.decode(acts)
+    save_file({"x": x.contiguous(), "acts": acts.contiguous(), "recon": rec.contiguous()}, d / "expected.safetensors")
+    print(f"[sae gemma_scope] sae-lens {sae_lens.__version__}", flush=True)
+
+
+# --------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------
 
 def main() -> None:
     global FIXTURES
-    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf", "generation", "hidden_states"]
+    names = [f.name for f in FAMILIES] + REAL_FIXTURES + ["variants", "gguf", "generation", "hidden_states", "sae"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", choices=names, metavar="NAME",
                     help=f"build only this fixture (repeatable): {', '.join(names)}")
@@ -1926,6 +2038,8 @@ def main() -> None:
         build_generation()
     if "hidden_states" in selected:
         build_hidden_states()
+    if "sae" in selected:
+        build_sae()
 
     print(f"\nSummary ({time.time() - t0:.1f} s):")
     for d in sorted(p for p in FIXTURES.iterdir() if p.is_dir()):

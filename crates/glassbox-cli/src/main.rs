@@ -9,9 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use glassbox::{registry, Batch, HookPoint, Hooks, Model};
 use serde::Serialize;
 
+mod align;
 mod generate;
 mod methods;
 mod plot;
+mod sae;
 mod serve;
 
 #[derive(Parser)]
@@ -150,6 +152,19 @@ enum Command {
         model: ModelArg,
         #[command(flatten)]
         args: serve::ServeArgs,
+    },
+    /// Cross-model circuit alignment (FCAS) of two models' top heads, with a Monte Carlo null.
+    Align {
+        /// Put the BOS token first (true) or not (false); by default, as `transformers` does.
+        #[arg(long)]
+        prepend_bos: Option<bool>,
+        #[command(flatten)]
+        args: align::AlignArgs,
+    },
+    /// Sparse autoencoders and transcoders: `sae attribute`, `sae info`.
+    Sae {
+        #[command(subcommand)]
+        command: sae::SaeCommand,
     },
     /// List the hook points of a model.
     Hooks {
@@ -403,6 +418,8 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Attention { model, args } => methods::run_attention(&load_model(&model)?, &args)?,
         Command::Generate { model, args } => generate::run_generate(&load_model(&model)?, &args)?,
         Command::Serve { model, args } => serve::serve(load_model(&model)?, &args)?,
+        Command::Sae { command } => sae::run(&command)?,
+        Command::Align { prepend_bos, args } => align::run_align(&args, &|name| load_model(&ModelArg { model: name.to_string(), prepend_bos }))?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for p in HookPoint::all_for(&m.config) {

@@ -71,7 +71,7 @@ pub enum MetricArg {
 }
 
 impl MetricArg {
-    fn metric(self) -> Metric {
+    pub fn metric(self) -> Metric {
         let position = glassbox::methods::Position::Last;
         match self {
             MetricArg::LogitDiff => Metric::LogitDiff { position },
@@ -781,9 +781,10 @@ pub struct CompositionArgs {
     /// Heads of the circuit (L9H6 or 9.6; repeatable).
     #[arg(long = "head", required = true)]
     pub heads: Vec<String>,
-    /// Show pairs with any score at least this.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_score: f32,
+    /// Show only pairs whose best score exceeds the random-heads baseline by at least this
+    /// (default: every pair).
+    #[arg(long, allow_hyphen_values = true)]
+    pub min_score: Option<f32>,
     /// Write the result's picture to this file (.svg, or .png rendered at twice the size).
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
@@ -798,9 +799,11 @@ pub fn run_composition(model: &Model, a: &CompositionArgs) -> Result<()> {
     if a.json {
         return print_json(&c);
     }
-    println!("{:<8}    {:<8} {:>8} {:>8} {:>8}", "sender", "receiver", "Q", "K", "V");
+    let b = &c.baseline;
+    println!("random heads of these shapes ({} pairs): Q {:.4} ± {:.4}, K {:.4} ± {:.4}, V {:.4} ± {:.4}", b.n_samples, b.q, b.q_std, b.k, b.k_std, b.v, b.v_std);
+    println!("{:<8}    {:<8} {:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}", "sender", "receiver", "Q", "K", "V", "Q−base", "K−base", "V−base");
     for e in &c.combined_edges {
-        println!("{:<8} →  {:<8} {:>8.4} {:>8.4} {:>8.4}", e.sender, e.receiver, e.q, e.k, e.v);
+        println!("{:<8} →  {:<8} {:>8.4} {:>8.4} {:>8.4}   {:>+8.4} {:>+8.4} {:>+8.4}", e.sender, e.receiver, e.q, e.k, e.v, e.q_excess, e.k_excess, e.v_excess);
     }
     Ok(())
 }

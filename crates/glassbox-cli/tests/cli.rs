@@ -296,3 +296,46 @@ fn generate_greedy_sampled_and_steered() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn sae_attribute_info_and_align() {
+    let model = fixtures().join("tiny-llama");
+    let m = model.to_str().unwrap();
+    let sae = fixtures().join("sae/standard");
+    let p = "When Mary and John went to the store, John gave a drink to";
+    let plot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-sae.svg");
+    let (ok, stdout, stderr) = glassbox(&[
+        "sae", "attribute", "--model", m, "--sae", sae.to_str().unwrap(), "--prompt", p, "--correct", " Mary", "--incorrect", " John",
+        "--top-k", "5", "--n-exact", "2", "--json", "--plot", plot.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let feats = v["top_features"].as_array().unwrap();
+    assert_eq!(feats.len(), 5);
+    for k in ["layer", "feature_id", "activation", "ld_contribution", "direction", "neuronpedia_url"] {
+        assert!(feats[0].get(k).is_some(), "top_features lacks {k}");
+    }
+    assert!(feats[0]["exact_effect"].is_number() && feats[2]["exact_effect"].is_null());
+    assert!(v["direct"]["decomposition_residual"].as_f64().unwrap() < 1e-4);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    let bars = svg.matches("class=\"bar\"").count();
+    assert_eq!(bars, 5);
+
+    let (ok, stdout, stderr) = glassbox(&["sae", "info", "--sae", fixtures().join("sae/gemma_scope").to_str().unwrap(), "--hook", "blocks.0.hook_resid_post"]);
+    assert!(ok && stdout.contains("gemma-scope") && stdout.contains("JumpRelu"), "{stdout}{stderr}");
+    let (ok, _, stderr) = glassbox(&["sae", "info", "--sae", fixtures().join("sae/gemma_scope").to_str().unwrap()]);
+    assert!(!ok && stderr.contains("name no hook point"), "{stderr}");
+    let (ok, _, stderr) = glassbox(&["sae", "attribute", "--model", m, "--sae", sae.to_str().unwrap(), "--hook", "blocks.0.mlp.hook_post", "--prompt", p, "--correct", " Mary", "--incorrect", " John"]);
+    assert!(!ok && stderr.contains("made for another model"), "{stderr}");
+    let (ok, _, stderr) = glassbox(&["sae", "attribute", "--model", fixtures().join("tiny-gpt2").to_str().unwrap(), "--sae", sae.to_str().unwrap(), "--prompt", p, "--correct", " Mary", "--incorrect", " John"]);
+    assert!(ok && stderr.contains("was trained on tiny-llama"), "{stderr}");
+
+    let (ok, stdout, stderr) = glassbox(&["align", "--model-a", m, "--model-b", fixtures().join("tiny-gpt2").to_str().unwrap(), "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--top-k", "3", "--n-null", "500", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let f = v["fcas"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&f));
+    assert_eq!(v["pairs"].as_array().unwrap().len(), 3);
+    let (ok, _, stderr) = glassbox(&["align", "--model-a", m, "--model-b", m, "--task", "ioi", "--n", "4", "--top-k", "9", "--json"]);
+    assert!(!ok && stderr.contains("top_k 9"), "{stderr}");
+}

@@ -10,6 +10,7 @@ mod cache;
 mod errors;
 mod methods;
 mod model;
+mod sae;
 
 /// The native module.
 #[pymodule]
@@ -23,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::Intervention>()?;
     m.add_class::<cache::ActivationCache>()?;
     methods::register(m)?;
+    sae::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -298,7 +298,30 @@ fn plot(py: Python<'_>, kind: &str, result: &Bound<'_, PyAny>, head_types: Optio
     compute(py, || glassbox::plot::plot_value(kind, &v, head_types.as_ref()).map(|s| s.finish()))
 }
 
+/// `functional_circuit_alignment`: FCAS between two rankings of heads (`[layer, head]`, best
+/// first) of models of shapes `(n_layers, n_heads)`, with its Monte Carlo null.
+#[pyfunction(name = "functional_circuit_alignment")]
+#[pyo3(signature = (heads_a, shape_a, heads_b, shape_b, options=None))]
+fn functional_circuit_alignment_py<'py>(
+    py: Python<'py>,
+    heads_a: Vec<(usize, usize)>,
+    shape_a: (usize, usize),
+    heads_b: Vec<(usize, usize)>,
+    shape_b: (usize, usize),
+    options: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    use glassbox::methods::alignment::{functional_circuit_alignment, AlignmentOptions, ModelShape};
+    let o: AlignmentOptions = opts_of(options, "alignment options")?;
+    let heads = |v: Vec<(usize, usize)>| -> Vec<Head> { v.into_iter().map(|(layer, head)| Head { layer, head }).collect() };
+    let (a, b) = (heads(heads_a), heads(heads_b));
+    let sa = ModelShape { n_layers: shape_a.0, n_heads: shape_a.1 };
+    let sb = ModelShape { n_layers: shape_b.0, n_heads: shape_b.1 };
+    let r = compute(py, || functional_circuit_alignment(&a, sa, &b, sb, &o))?;
+    result(py, &r)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(functional_circuit_alignment_py, m)?)?;
     m.add_function(wrap_pyfunction!(plot, m)?)?;
     m.add_function(wrap_pyfunction!(contrast, m)?)?;
     m.add_function(wrap_pyfunction!(contrast_from_tokens, m)?)?;

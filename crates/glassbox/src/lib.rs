@@ -24,6 +24,8 @@ pub mod methods;
 pub mod model;
 pub mod plot;
 pub mod registry;
+pub mod rng;
+pub mod sae;
 pub mod tasks;
 pub mod threads;
 

@@ -31,9 +31,10 @@ from ._native import (  # noqa: E402
     Model,
     ModelLoadError,
     NonFiniteError,
+    SAE,
     __version__,
 )
-from .analysis import GlassboxV2, HeadCompositionAnalyzer  # noqa: E402
+from .analysis import GlassboxV2, HeadCompositionAnalyzer, SAEFeatureAttributor  # noqa: E402
 from .pictures import Result, plot  # noqa: E402
 from . import utils  # noqa: E402
 
@@ -50,6 +51,8 @@ __all__ = [
     "ModelLoadError",
     "NonFiniteError",
     "Result",
+    "SAE",
+    "SAEFeatureAttributor",
     "plot",
     "utils",
     "__version__",

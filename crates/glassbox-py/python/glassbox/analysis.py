@@ -22,7 +22,7 @@ Tokens = Any  # a prompt string, a list of ids, or an integer array from ``model
 Answer = Union[str, int]
 Head = Tuple[int, int]
 
-__all__ = ["GlassboxV2", "HeadCompositionAnalyzer"]
+__all__ = ["GlassboxV2", "HeadCompositionAnalyzer", "SAEFeatureAttributor"]
 
 
 def _head(h: Sequence[int]) -> Head:
@@ -129,8 +129,11 @@ class GlassboxV2:
         types = _native.attention_patterns(self.model, c["clean"], {"heads": r["circuit"]})["head_types"] if r["circuit"] else {}
         r["circuit"] = _heads(r["circuit"])
         r["attributions"] = {_parse_head_name(k): v for k, v in r["attributions"].items()}
+        cfg = self.model.cfg
         for h in r["top_heads"]:
             h["head"] = (h["layer"], h["head"])
+            # The model's shape, so that functional_circuit_alignment can draw its null.
+            h["n_layers"], h["n_heads"] = cfg.n_layers, cfg.n_heads
         for s in r["trajectory"]:
             s["head"] = _head(s["head"])
         return Result(r, "analyze", raw, types)
@@ -266,6 +269,33 @@ class GlassboxV2:
             h["head"] = _head(h["head"])
         return Result(r, "attention", raw)
 
+    # ---- across models ---------------------------------------------------------------------
+
+    def functional_circuit_alignment(self, heads_a: Sequence[Any], heads_b: Sequence[Any], top_k: int = 5,
+                                     n_null: int = 10000, model_b: Optional[Model] = None, seed: int = 0) -> Dict[str, Any]:
+        """FCAS between this model's ranked heads and another model's: ``1 − mean |depth_a −
+        depth_b|`` over the rank-matched top ``top_k`` (relative depth ``layer / (n_layers −
+        1)``), with ``null_mean``, ``null_std``, ``z_score`` and the empirical ``p_value`` from
+        ``n_null`` random head sets of the two real models. Heads are ``analyze(...)["top_heads"]``
+        entries (which carry their model's shape) or ``(layer, head)`` tuples with ``model_b``."""
+        def ranking(hs):
+            return [(int(h["layer"]), int(h["head"][1] if isinstance(h["head"], tuple) else h["head"])) if isinstance(h, dict)
+                    else (int(h[0]), int(h[1])) for h in hs]
+
+        def shape_of(hs, model, which):
+            if model is not None:
+                return (model.cfg.n_layers, model.cfg.n_heads)
+            first = hs[0] if len(hs) else None
+            if isinstance(first, dict) and "n_layers" in first:
+                return (int(first["n_layers"]), int(first["n_heads"]))
+            raise InputError(f"the heads of model {which} do not say its shape; pass analyze(...)['top_heads'] "
+                             "or give model_b, so the null draws from the real model's heads")
+
+        shape_a = (self.model.cfg.n_layers, self.model.cfg.n_heads)
+        shape_b = shape_of(heads_b, model_b, "B")
+        return _native.functional_circuit_alignment(ranking(heads_a), shape_a, ranking(heads_b), shape_b,
+                                                    {"top_k": top_k, "n_null": n_null, "seed": seed})
+
     # ---- sets ------------------------------------------------------------------------------
 
     def bootstrap_metrics(self, prompts: Sequence[Tuple[str, str, str]], n_boot: int = 500, seed: int = 0,
@@ -336,7 +366,55 @@ class HeadCompositionAnalyzer:
         """How much the receiver's values read what the sender writes."""
         return _native.composition_score(self.model, (sender_layer, sender_head), (receiver_layer, receiver_head), "v")
 
-    def all_composition_scores(self, circuit: Sequence[Head], min_score: float = 0.0) -> Dict[str, Any]:
+    def all_composition_scores(self, circuit: Sequence[Head], min_score: Optional[float] = None) -> Dict[str, Any]:
         """Scores between every ordered pair of the circuit's heads (earlier → later):
         ``combined_edges`` with ``sender``, ``receiver``, ``q``, ``k``, ``v``."""
         return Result(_native.all_composition_scores(self.model, [list(h) for h in circuit], {"min_score": min_score}), "composition")
+
+
+class SAEFeatureAttributor:
+    """The reference tool's SAE feature attribution, on SAEs given as folders (SAELens'
+    format or Gemma Scope's parameters) or loaded ``glassbox.SAE``s: no pretrained SAE is
+    downloaded. ``saes`` is one SAE or path, a list of them, or ``{path: hook}`` for files that
+    name no hook point."""
+
+    def __init__(self, model: Model, saes: Any) -> None:
+        self.model = model
+        if isinstance(saes, dict):
+            loaded = [_native.SAE.load(str(p), hook) for p, hook in saes.items()]
+        else:
+            items = saes if isinstance(saes, (list, tuple)) else [saes]
+            loaded = [s if isinstance(s, _native.SAE) else _native.SAE.load(str(s)) for s in items]
+        if not loaded:
+            raise InputError("give at least one SAE (a folder or a glassbox.SAE)")
+        self.saes = loaded
+
+    def attribute(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,
+                  layers: Optional[Sequence[int]] = None, top_k: int = 20, n_exact: int = 10,
+                  metric: Any = None) -> Dict[str, Any]:
+        """Decomposes the prediction into the SAEs' features: ``top_features`` (``layer``,
+        ``feature_id``, ``activation`` at the answer position, ``ld_contribution`` =
+        gradient × activation summed over positions, ``exact_effect`` of removing the feature
+        for the top ``n_exact``, ``direct_effect`` for residual-stream SAEs, ``direction``
+        (``target``/``distractor``), ``neuronpedia_url``), over the SAEs whose layer is in
+        ``layers`` (all by default), and ``per_sae``: each SAE's full result."""
+        p = _native.prompt(self.model, tokens, target_token, distractor_token)
+        opts = _options(top_k=top_k, n_exact=n_exact, metric=_metric(metric))
+        per = []
+        for sae in self.saes:
+            layer = _layer_of(sae.hook_name)
+            if layers is not None and layer not in layers:
+                continue
+            per.append(_native.sae_attribution(self.model, sae, p, opts))
+        if not per:
+            raise InputError(f"no SAE at layers {list(layers or [])}; the SAEs read "
+                             + ", ".join(s.hook_name for s in self.saes))
+        feats = sorted((f for r in per for f in r["top_features"]), key=lambda f: -abs(f["ld_contribution"]))[:top_k]
+        raw = dict(per[0]) if len(per) == 1 else {**per[0], "top_features": feats, "hook": ", ".join(r["hook"] for r in per)}
+        out = {"top_features": feats, "per_sae": per, "clean_ld": per[0]["clean_ld"], "metric": per[0]["metric"]}
+        return Result(out, "sae-attribute", raw)
+
+
+def _layer_of(hook: str) -> int:
+    parts = hook.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else -1

@@ -1,6 +1,7 @@
 //! Interpretability methods: each is a function of the model and its inputs that returns a
 //! plain serialisable result, with the key names of the Glassbox reference tool.
 
+pub mod alignment;
 pub mod analyze;
 pub mod attention;
 pub mod attribution;
@@ -12,6 +13,7 @@ pub mod edges;
 pub mod faithfulness;
 pub mod logit_lens;
 pub mod path_patching;
+pub mod sae_attribution;
 pub mod patching;
 pub mod scrubbing;
 pub mod stability;

@@ -17,7 +17,7 @@ pub use svg::{Scale, Svg};
 use crate::error::{Error, Result};
 
 /// The kinds of result `plot_value` draws: the CLI's command names.
-pub const KINDS: &[&str] = &["analyze", "attribution", "patch", "path-patch", "logit-lens", "attention", "edges", "token-attribution", "stability", "composition"];
+pub const KINDS: &[&str] = &["analyze", "attribution", "patch", "path-patch", "logit-lens", "attention", "edges", "token-attribution", "stability", "composition", "sae-attribute"];
 
 /// A result that has a picture.
 pub trait Plot {
@@ -49,6 +49,7 @@ plot_impl!(crate::methods::edges::EdgeAttribution, results::edges);
 plot_impl!(crate::methods::token_attribution::TokenAttribution, results::token_attribution);
 plot_impl!(crate::methods::stability::Stability, results::stability);
 plot_impl!(crate::methods::composition::Composition, results::composition);
+plot_impl!(crate::methods::sae_attribution::SaeAttribution, results::sae_attribution);
 
 impl Plot for crate::methods::analyze::Analysis {
     fn plot(&self) -> Svg {
@@ -80,6 +81,7 @@ pub fn plot_value(kind: &str, value: &serde_json::Value, head_types: Option<&BTr
         "token-attribution" => results::token_attribution(&parse(value, &kind)?),
         "stability" => results::stability(&parse(value, &kind)?),
         "composition" => results::composition(&parse(value, &kind)?),
+        "sae-attribute" | "sae-attribution" => results::sae_attribution(&parse(value, &kind)?),
         other => return Err(Error::Invalid(format!("no picture for `{other}`; kinds: {}", KINDS.join(", ")))),
     })
 }

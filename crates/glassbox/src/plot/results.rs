@@ -313,3 +313,9 @@ pub fn composition(c: &Composition) -> Svg {
     };
     hstack("composition", &[panel("Q", &|e| e.q), panel("K", &|e| e.k), panel("V", &|e| e.v)], 12.0)
 }
+
+/// SAE feature attribution: the top features' gradient × activation (and exact effects) as bars.
+pub fn sae_attribution(r: &crate::methods::sae_attribution::SaeAttribution) -> Svg {
+    let items: Vec<(String, f32)> = r.top_features.iter().take(25).map(|f| (format!("L{} #{}", f.layer, f.feature_id), f.ld_contribution)).collect();
+    bars(&format!("SAE features at {}: gradient × activation of {}", r.hook, r.metric), &items, None)
+}

@@ -67,7 +67,7 @@ pub(crate) fn regular_file(path: &Path) -> Result<std::fs::Metadata> {
 
 /// The bytes of a regular file of at most `limit` bytes (checked before reading, and the read
 /// stops there should the file grow).
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let meta = regular_file(path)?;
     if meta.len() > limit {
         return Err(Error::Corrupt {

@@ -1,0 +1,115 @@
+//! Sparse autoencoders and transcoders (`glassbox.SAE`): SAELens' folders and Gemma Scope's
+//! parameters, `encode`/`decode` on numpy arrays, and SAE feature attribution.
+
+use std::sync::Arc;
+
+use glassbox::methods::sae_attribution::{sae_attribution, SaeAttributionOptions};
+use glassbox::methods::Prompt;
+use pyo3::prelude::*;
+
+use crate::arrays::{from_numpy, to_numpy};
+use crate::errors::{input, IntoPy};
+use crate::model::Model;
+
+/// A sparse autoencoder or transcoder.
+#[pyclass(module = "glassbox._native", frozen, name = "SAE")]
+pub struct Sae {
+    pub inner: Arc<glassbox::sae::Sae>,
+}
+
+#[pymethods]
+impl Sae {
+    /// Loads an SAE folder: SAELens' `cfg.json` + `sae_weights.safetensors` (both config
+    /// layouts), or Gemma Scope's `params.npz`/`params.safetensors` (give `hook`, which those
+    /// files do not name). `hook` overrides the config's hook point.
+    #[staticmethod]
+    #[pyo3(signature = (path, hook=None))]
+    fn load(py: Python<'_>, path: std::path::PathBuf, hook: Option<&str>) -> PyResult<Sae> {
+        let hook = hook.map(|h| h.parse::<glassbox::HookPoint>()).transpose().py_err()?;
+        let sae = py.detach(move || glassbox::sae::Sae::load(&path, hook)).py_err()?;
+        Ok(Sae { inner: Arc::new(sae) })
+    }
+
+    /// The configuration as a dict (architecture, sizes, hook points, format, Neuronpedia id).
+    #[getter]
+    fn cfg<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(pythonize::pythonize(py, &self.inner.cfg)?)
+    }
+
+    /// The hook point it reads (TransformerLens name).
+    #[getter]
+    fn hook_name(&self) -> String {
+        self.inner.cfg.hook.to_string()
+    }
+
+    /// Feature activations of activations `x` (`[..., d_in]`, or `[..., heads, d_head]` for
+    /// `hook_z`): `[n, d_sae]`, one row per position.
+    fn encode<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let x = from_numpy(x, "x")?;
+        let sae = self.inner.clone();
+        let acts = py.detach(move || -> glassbox::Result<candle_core::Tensor> { Ok(sae.encode(&sae.rows(&x)?)?.acts) }).py_err()?;
+        Ok(to_numpy(py, &acts)?.into_any())
+    }
+
+    /// The reconstruction of activations `x` (a transcoder's output, with its skip
+    /// connection): `[n, d_out]`.
+    fn reconstruct<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let x = from_numpy(x, "x")?;
+        let sae = self.inner.clone();
+        let y = py
+            .detach(move || -> glassbox::Result<candle_core::Tensor> {
+                let rows = sae.rows(&x)?;
+                let e = sae.encode(&rows)?;
+                sae.output(&rows, &e)
+            })
+            .py_err()?;
+        Ok(to_numpy(py, &y)?.into_any())
+    }
+
+    /// The decoder's rows `W_dec` `[d_sae, d_out]`.
+    #[getter]
+    fn w_dec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(to_numpy(py, &self.inner.w_dec)?.into_any())
+    }
+
+    /// The encoder `W_enc` `[d_in, d_sae]`.
+    #[getter]
+    fn w_enc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(to_numpy(py, &self.inner.w_enc)?.into_any())
+    }
+
+    /// Neuronpedia's page of feature `f` (None without a Neuronpedia id).
+    fn neuronpedia_url(&self, f: usize) -> PyResult<Option<String>> {
+        if f >= self.inner.cfg.d_sae {
+            return Err(input(format!("feature {f} is out of range: this SAE has {}", self.inner.cfg.d_sae)));
+        }
+        Ok(self.inner.neuronpedia_url(f))
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.inner.cfg;
+        format!("SAE({:?}, d_in={}, d_sae={}, hook={:?}, format={:?})", c.architecture, c.d_in, c.d_sae, c.hook.to_string(), c.format)
+    }
+}
+
+/// `sae_attribution`: the metric attributed to the SAE's features (gradient × activation for
+/// all, exact ablation for the top `n_exact`, direct effects for residual-stream SAEs).
+#[pyfunction(name = "sae_attribution")]
+#[pyo3(signature = (model, sae, prompt, options=None))]
+fn sae_attribution_py<'py>(py: Python<'py>, model: &Model, sae: &Sae, prompt: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    let p: Prompt = pythonize::depythonize(prompt).map_err(|e| input(format!("prompt: {e}")))?;
+    let o: SaeAttributionOptions = match options {
+        Some(o) if !o.is_none() => pythonize::depythonize(o).map_err(|e| input(format!("sae attribution options: {e}")))?,
+        _ => SaeAttributionOptions::default(),
+    };
+    let (m, s) = (model.inner.clone(), sae.inner.clone());
+    let r = py.detach(move || sae_attribution(&m, &s, &p, &o)).py_err()?;
+    glassbox::check_finite(&r).py_err()?;
+    Ok(pythonize::pythonize(py, &r)?)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Sae>()?;
+    m.add_function(wrap_pyfunction!(sae_attribution_py, m)?)?;
+    Ok(())
+}
