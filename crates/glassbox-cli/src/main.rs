@@ -357,6 +357,30 @@ pub(crate) fn check_output_path(out: &Path) -> Result<()> {
     }
 }
 
+/// Set by Ctrl-C (SIGINT) once `stop_flag` has been called: long runs check it, stop at the
+/// next safe point and save what they must (a second Ctrl-C ends the process at once).
+pub(crate) fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    static FLAG: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\nstopping at the next step (Ctrl-C again to quit at once)");
+                    f.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        std::process::exit(130);
+                    }
+                }
+            });
+        });
+        flag
+    })
+    .clone()
+}
+
 fn main() -> std::process::ExitCode {
     for (k, v) in glassbox::threads::candle_env() {
         // Sound here: no other thread has started yet (see glassbox::threads).

@@ -51,6 +51,81 @@ pub enum SaeCommand {
         /// Write the top features' picture to this file (.svg, or .png).
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Instead: which active features these circuit heads write to (L9H6; repeatable;
+        /// a linear approximation, stated in the output).
+        #[arg(long = "circuit-head")]
+        circuit_heads: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a TopK (or BatchTopK) SAE, or a transcoder with --hook-out, on the model's
+    /// activations over a text corpus; writes SAELens' format.
+    Train {
+        #[command(flatten)]
+        model: crate::ModelArg,
+        /// Where the SAE reads, e.g. blocks.3.hook_resid_post (a transcoder: blocks.3.ln2.hook_normalized).
+        #[arg(long)]
+        hook: String,
+        /// A transcoder's target, e.g. blocks.3.hook_mlp_out.
+        #[arg(long)]
+        hook_out: Option<String>,
+        /// Text files or folders of them (fortune files split into their entries).
+        #[arg(long = "corpus", required = true, num_args = 1..)]
+        corpus: Vec<PathBuf>,
+        /// Leave out corpus files of this name (repeatable; e.g. one held out for `sae eval`).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Features.
+        #[arg(long, default_value_t = 4096)]
+        d_sae: usize,
+        /// Active features per token.
+        #[arg(long, default_value_t = 32)]
+        k: usize,
+        /// BatchTopK instead of TopK (saved as JumpReLU with the learned threshold).
+        #[arg(long)]
+        batch_topk: bool,
+        /// Tokens to train on.
+        #[arg(long, default_value_t = 200_000)]
+        tokens: usize,
+        /// Activations per step.
+        #[arg(long, default_value_t = 1024)]
+        batch_size: usize,
+        /// Adam's learning rate (default 2e-4 / √(d_sae / 16384)).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        context: usize,
+        /// Rows in the shuffling buffer.
+        #[arg(long, default_value_t = 32_768)]
+        buffer: usize,
+        /// Steps between checkpoints.
+        #[arg(long, default_value_t = 100)]
+        checkpoint_every: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue from the checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Evaluate an SAE or transcoder on held-out text: explained variance, MSE, L0, dead and
+    /// dense features, and the cross-entropy loss recovered when it replaces the activation.
+    Eval {
+        #[command(flatten)]
+        model: crate::ModelArg,
+        #[command(flatten)]
+        sae: SaeArg,
+        /// Text files or folders of them.
+        #[arg(long = "corpus", required = true, num_args = 1..)]
+        corpus: Vec<PathBuf>,
+        /// Tokens to evaluate on (at most).
+        #[arg(long, default_value_t = 16_384)]
+        tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        context: usize,
         #[arg(long)]
         json: bool,
     },
@@ -83,13 +158,94 @@ pub fn run(command: &SaeCommand) -> Result<()> {
                 println!("neuronpedia   {id}");
             }
         }
-        SaeCommand::Attribute { model, sae, answers, top_k, n_exact, metric, plot, json } => {
+        SaeCommand::Train { model, hook, hook_out, corpus, exclude, d_sae, k, batch_topk, tokens, batch_size, lr, context, buffer, checkpoint_every, seed, out, resume } => {
+            use glassbox::sae::train::{train, Sparsity, TrainOptions};
+            let m = crate::load_model(model)?;
+            let hook_in: HookPoint = hook.parse()?;
+            let hook_out = hook_out.as_deref().map(str::parse::<HookPoint>).transpose()?;
+            let files = glassbox::sae::corpus::corpus_files(corpus, exclude)?;
+            let docs = glassbox::sae::corpus::read_documents(&files)?;
+            let seqs = glassbox::sae::corpus::sequences(&m, &docs, *context)?;
+            let per_seq = context - usize::from(m.tokenizer.bos().is_some());
+            eprintln!("corpus: {} files, {} documents, {} sequences of {context} tokens ({} tokens)", files.len(), docs.len(), seqs.len(), seqs.len() * per_seq);
+            let opts = TrainOptions {
+                d_sae: *d_sae,
+                k: *k,
+                sparsity: if *batch_topk { Sparsity::BatchTopK } else { Sparsity::TopK },
+                batch_size: *batch_size,
+                lr: *lr,
+                tokens: *tokens,
+                context: *context,
+                buffer: *buffer,
+                checkpoint_every: *checkpoint_every,
+                seed: *seed,
+                ..TrainOptions::default()
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} ({elapsed}, ETA {eta})") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            let stop = crate::stop_flag();
+            let mut last = None;
+            let result = train(&m, hook_in, hook_out, seqs, &opts, out, *resume, &mut |r| {
+                bar.set_length(r.total_steps as u64);
+                bar.set_position(r.step as u64);
+                bar.set_message(format!("FVU {:.4}  L0 {:.1}  dead {:.1}%  aux {:.3}", r.fvu, r.l0, 100.0 * r.dead_fraction, r.aux_loss));
+                last = Some(r.clone());
+                !stop.load(std::sync::atomic::Ordering::Relaxed)
+            });
+            bar.finish_and_clear();
+            let dir = result?;
+            if let Some(r) = last {
+                eprintln!("step {}/{}: {} tokens, FVU {:.4} (explained variance {:.4}), L0 {:.1}, dead {:.1}%", r.step, r.total_steps, r.tokens, r.fvu, 1.0 - r.fvu, r.l0, 100.0 * r.dead_fraction);
+            }
+            println!("{}", dir.display());
+        }
+        SaeCommand::Eval { model, sae, corpus, tokens, context, json } => {
+            let s = sae.load()?;
+            let m = crate::load_model(model)?;
+            let files = glassbox::sae::corpus::corpus_files(corpus, &[])?;
+            let docs = glassbox::sae::corpus::read_documents(&files)?;
+            let mut seqs = glassbox::sae::corpus::sequences(&m, &docs, *context)?;
+            let per_seq = context - usize::from(m.tokenizer.bos().is_some());
+            seqs.truncate(tokens.div_ceil(per_seq).max(1));
+            let r = finite(glassbox::sae::eval::evaluate(&m, &s, &seqs, 4)?)?;
+            if *json {
+                return print_json(&r);
+            }
+            println!("{} tokens of held-out text", r.tokens);
+            println!("explained variance   {:.4}", r.explained_variance);
+            println!("MSE                  {:.6}", r.mse);
+            println!("L0                   {:.2}", r.l0);
+            println!("dead features        {:.2}%", 100.0 * r.dead_fraction);
+            println!("dense features       {:.2}% (active on > 10% of tokens)", 100.0 * r.dense_fraction);
+            println!("CE loss              clean {:.4}, with the SAE {:.4}, zero-ablated {:.4}", r.ce_clean, r.ce_sae, r.ce_zero);
+            println!("CE loss recovered    {:.4}", r.ce_loss_recovered);
+        }
+        SaeCommand::Attribute { model, sae, answers, top_k, n_exact, metric, plot, circuit_heads, json } => {
             let s = sae.load()?;
             let m = crate::load_model(model)?;
             if let Some(trained) = s.cfg.model_name.as_deref().filter(|n| !m.name.contains(*n) && !n.contains(m.name.as_str())) {
                 eprintln!("warning: this SAE was trained on {trained}, and the model is {}; its features mean something only on the model it was trained on", m.name);
             }
             let prompt = answers.prompt(&m)?;
+            if !circuit_heads.is_empty() {
+                use glassbox::methods::sae_attribution::{circuit_features, CircuitFeatureOptions};
+                let heads = circuit_heads.iter().map(|h| h.parse::<glassbox::methods::Head>()).collect::<glassbox::Result<Vec<_>>>()?;
+                let r = finite(circuit_features(&m, &s, &prompt, &CircuitFeatureOptions { heads, top_k: *top_k })?)?;
+                if *json {
+                    return print_json(&r);
+                }
+                println!("SAE at {}; {}", r.hook, r.approximation);
+                for h in &r.heads {
+                    println!("\n{}:", h.head);
+                    println!("  {:>7} {:>10} {:>12} {:>10} {:>12}", "feature", "head share", "pre-act", "act", "grad × act");
+                    for f in &h.top_features {
+                        println!("  {:>7} {:>+10.4} {:>+12.4} {:>10.4} {:>+12.4}", f.feature_id, f.head_contribution, f.pre_activation, f.activation, f.ld_contribution);
+                    }
+                }
+                return Ok(());
+            }
             let opts = SaeAttributionOptions { top_k: *top_k, n_exact: *n_exact, metric: metric.metric() };
             let r = finite(sae_attribution(&m, &s, &prompt, &opts)?)?;
             if let Some(p) = plot {

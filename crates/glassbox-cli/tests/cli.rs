@@ -336,6 +336,11 @@ fn sae_attribute_info_and_align() {
     let f = v["fcas"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&f));
     assert_eq!(v["pairs"].as_array().unwrap().len(), 3);
+    // A model aligned with itself: FCAS 1, far above the null.
+    let (ok, stdout, stderr) = glassbox(&["align", "--model-a", m, "--model-b", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--top-k", "4", "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!((v["fcas"].as_f64().unwrap() - 1.0).abs() < 1e-6 && v["null_mean"].as_f64().unwrap() < 0.9, "{v}");
     let (ok, _, stderr) = glassbox(&["align", "--model-a", m, "--model-b", m, "--task", "ioi", "--n", "4", "--top-k", "9", "--json"]);
     assert!(!ok && stderr.contains("top_k 9"), "{stderr}");
 }

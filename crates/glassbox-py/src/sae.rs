@@ -108,7 +108,22 @@ fn sae_attribution_py<'py>(py: Python<'py>, model: &Model, sae: &Sae, prompt: &B
     Ok(pythonize::pythonize(py, &r)?)
 }
 
+/// `circuit_features`: which active features of a residual-stream SAE each circuit head writes
+/// to at the answer position (a linear approximation, stated in the result).
+#[pyfunction(name = "sae_circuit_features")]
+#[pyo3(signature = (model, sae, prompt, options))]
+fn sae_circuit_features_py<'py>(py: Python<'py>, model: &Model, sae: &Sae, prompt: &Bound<'py, PyAny>, options: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    use glassbox::methods::sae_attribution::{circuit_features, CircuitFeatureOptions};
+    let p: Prompt = pythonize::depythonize(prompt).map_err(|e| input(format!("prompt: {e}")))?;
+    let o: CircuitFeatureOptions = pythonize::depythonize(options).map_err(|e| input(format!("circuit feature options: {e}")))?;
+    let (m, s) = (model.inner.clone(), sae.inner.clone());
+    let r = py.detach(move || circuit_features(&m, &s, &p, &o)).py_err()?;
+    glassbox::check_finite(&r).py_err()?;
+    Ok(pythonize::pythonize(py, &r)?)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(sae_circuit_features_py, m)?)?;
     m.add_class::<Sae>()?;
     m.add_function(wrap_pyfunction!(sae_attribution_py, m)?)?;
     Ok(())

@@ -47,3 +47,15 @@ def test_sae_feature_attributor(tiny_llama):
     assert "<svg" in only0._repr_svg_()
     with pytest.raises(glassbox.InputError, match="no SAE at layers"):
         sfa.attribute(tiny_llama.to_tokens(IOI), " Mary", " John", layers=[5])
+
+
+def test_attribute_circuit_heads(tiny_llama):
+    sfa = glassbox.SAEFeatureAttributor(tiny_llama, [SAES / "standard", SAES / "hook_z"])
+    r = sfa.attribute_circuit_heads([(0, 1), (0, 3)], tiny_llama.to_tokens(IOI), " Mary", " John", top_k=3)
+    assert list(r) == ["blocks.0.hook_resid_post"], "only the residual-stream SAE after the heads"
+    res = r["blocks.0.hook_resid_post"]
+    assert "linear" in res["approximation"]
+    assert [h["head"] for h in res["heads"]] == ["L00H01", "L00H03"]
+    assert all(len(h["top_features"]) == 3 for h in res["heads"])
+    with pytest.raises(glassbox.InputError, match="further on"):
+        sfa.attribute_circuit_heads([(1, 0)], tiny_llama.to_tokens(IOI), " Mary", " John")

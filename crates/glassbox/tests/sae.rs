@@ -49,7 +49,8 @@ fn check_against_sae_lens(dir: &Path, hook: Option<HookPoint>) -> Sae {
 
 #[test]
 fn every_sae_lens_architecture_encodes_as_sae_lens_does() {
-    let cases: &[(&str, fn(&Sae) -> bool)] = &[
+    type Check = fn(&Sae) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("standard", |s| s.cfg.architecture == Architecture::Standard && s.cfg.apply_b_dec_to_input && s.cfg.format == "sae-lens 6"),
         ("standard_nobdec", |s| !s.cfg.apply_b_dec_to_input),
         ("layernorm", |s| s.cfg.normalize == Normalize::LayerNorm),
@@ -194,4 +195,147 @@ fn attribution_of_the_unscaled_saes_and_its_errors() {
     let mut wrong = sae.clone();
     wrong.cfg.hook = HookPoint::ResidPost(7);
     assert!(sae_attribution(&model, &wrong, &prompt, &SaeAttributionOptions::default()).unwrap_err().to_string().contains("out of range"));
+}
+
+/// A small English corpus from the repository's own documentation.
+fn corpus_seqs(model: &Model, context: usize) -> Vec<Vec<u32>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let files = glassbox::sae::corpus::corpus_files(&[root.join("README.md")], &[]).unwrap();
+    let docs = glassbox::sae::corpus::read_documents(&files).unwrap();
+    glassbox::sae::corpus::sequences(model, &docs, context).unwrap()
+}
+
+fn small_options() -> glassbox::sae::train::TrainOptions {
+    glassbox::sae::train::TrainOptions { d_sae: 96, k: 6, batch_size: 128, tokens: 128 * 40, context: 48, buffer: 1024, checkpoint_every: 0, ..Default::default() }
+}
+
+#[test]
+fn a_trained_topk_sae_learns_loads_and_evaluates() {
+    use glassbox::sae::train::train;
+    let (model, prompt) = tiny();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-topk");
+    let _ = std::fs::remove_dir_all(&out);
+    let seqs = corpus_seqs(&model, 48);
+    let mut fvu = Vec::new();
+    train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &small_options(), &out, false, &mut |r| {
+        fvu.push(r.fvu);
+        assert!((r.l0 - 6.0).abs() < 1e-6, "TopK keeps exactly k");
+        true
+    })
+    .unwrap();
+    assert_eq!(fvu.len(), 40);
+    let first: f32 = fvu[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = fvu[35..].iter().sum::<f32>() / 5.0;
+    assert!(last < 0.85 * first, "the reconstruction improves: FVU {first} → {last}");
+    let sae = Sae::load(&out, None).unwrap();
+    assert_eq!(sae.cfg.architecture, Architecture::TopK { k: 6, rescale_by_decoder_norm: false });
+    // On the model's own activations (not rescaled by hand), the saved SAE reconstructs as well
+    // as training said: the input scaling is folded into the weights.
+    let ev = glassbox::sae::eval::evaluate(&model, &sae, &seqs[..8], 4).unwrap();
+    assert!(ev.explained_variance > 1.0 - 1.5 * last && ev.explained_variance > 0.2, "{ev:?} after FVU {last}");
+    assert!((ev.l0 - 6.0).abs() < 1e-6 && ev.ce_loss_recovered.is_finite(), "{ev:?}");
+    // And it attributes.
+    let r = sae_attribution(&model, &sae, &prompt, &SaeAttributionOptions::default()).unwrap();
+    assert!(r.direct.unwrap().decomposition_residual < 1e-4);
+}
+
+#[test]
+fn training_resumes_from_its_checkpoint_and_transcoders_train() {
+    use glassbox::sae::train::train;
+    let (model, _) = tiny();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-resume");
+    let _ = std::fs::remove_dir_all(&out);
+    let seqs = corpus_seqs(&model, 48);
+    let opts = glassbox::sae::train::TrainOptions { checkpoint_every: 10, ..small_options() };
+    // Stopped after step 15: a checkpoint is written there.
+    let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &opts, &out, false, &mut |r| r.step < 15).unwrap_err().to_string();
+    assert!(err.contains("stopped at step 15") && err.contains("--resume"), "{err}");
+    assert!(Sae::load(&out.join("checkpoint/sae"), None).is_ok(), "the checkpoint holds a loadable SAE");
+    let mut steps = Vec::new();
+    train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &opts, &out, true, &mut |r| {
+        steps.push(r.step);
+        true
+    })
+    .unwrap();
+    assert_eq!(steps.first(), Some(&16), "resumed after the checkpoint's step");
+    assert_eq!(steps.last(), Some(&40));
+    assert!(!out.join("checkpoint").exists(), "the checkpoint goes once the run is done");
+    assert!(Sae::load(&out, None).is_ok());
+    // A different size does not resume from another run's checkpoint.
+    let _ = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &opts, &out, false, &mut |r| r.step < 12);
+    let other = glassbox::sae::train::TrainOptions { d_sae: 64, ..opts.clone() };
+    let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &other, &out, true, &mut |_| true).unwrap_err().to_string();
+    assert!(err.contains("same model, hook points and sizes"), "{err}");
+
+    // A transcoder: BatchTopK, saved as a JumpReLU transcoder.
+    let tc = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-transcoder");
+    let _ = std::fs::remove_dir_all(&tc);
+    train(&model, HookPoint::Ln2Normalized(1), Some(HookPoint::MlpOut(1)), seqs.clone(), &small_options(), &tc, false, &mut |_| true).unwrap();
+    let t = Sae::load(&tc, None).unwrap();
+    assert_eq!((t.cfg.architecture, t.cfg.hook_out), (Architecture::JumpRelu, Some(HookPoint::MlpOut(1))));
+    let ev = glassbox::sae::eval::evaluate(&model, &t, &seqs[..4], 4).unwrap();
+    assert!(ev.l0 > 0.0 && ev.explained_variance.is_finite(), "{ev:?}");
+}
+
+#[test]
+fn bad_training_arguments_are_errors() {
+    use glassbox::sae::train::{train, TrainOptions};
+    let (model, _) = tiny();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-bad");
+    let seqs = corpus_seqs(&model, 48);
+    let cases: Vec<(TrainOptions, &str)> = vec![
+        (TrainOptions { k: 0, ..small_options() }, "k"),
+        (TrainOptions { k: 97, ..small_options() }, "k"),
+        (TrainOptions { buffer: 10, ..small_options() }, "buffer"),
+        (TrainOptions { lr: Some(f64::NAN), ..small_options() }, "learning rate"),
+        (TrainOptions { d_sae: 1 << 22, ..small_options() }, "d_sae"),
+    ];
+    for (o, needle) in cases {
+        let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &o, &out, false, &mut |_| true).unwrap_err().to_string();
+        assert!(err.contains(needle), "`{err}` lacks `{needle}`");
+    }
+    let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &small_options(), &out, true, &mut |_| true).unwrap_err().to_string();
+    assert!(err.contains("no checkpoint to resume"), "{err}");
+    assert!(glassbox::sae::corpus::sequences(&model, &["hi".to_string()], 1).is_err());
+    assert!(glassbox::sae::corpus::read_documents(&[]).is_err());
+}
+
+#[test]
+fn circuit_heads_shares_of_a_feature_add_up_with_the_rest() {
+    use glassbox::methods::sae_attribution::{circuit_features, CircuitFeatureOptions};
+    use glassbox::methods::Head;
+    let (model, prompt) = tiny();
+    let sae = Sae::load(&sae_dir("standard"), None).unwrap();
+    let heads: Vec<Head> = (0..4).map(|h| Head { layer: 0, head: h }).collect();
+    let r = circuit_features(&model, &sae, &prompt, &CircuitFeatureOptions { heads: heads.clone(), top_k: 96 }).unwrap();
+    // Identity: every layer-0 head's share + the embedding's and MLP 0's projections + b_enc −
+    // b_dec·W_enc = the pre-activation (LLaMA: no attention bias, resid_post 0 = embed + heads + MLP).
+    let out = model
+        .forward(&glassbox::Batch::new(std::slice::from_ref(&prompt.tokens)).unwrap(), &glassbox::Hooks::new().cache([HookPoint::Embed, HookPoint::MlpOut(0)]))
+        .unwrap();
+    let last = prompt.tokens.len() - 1;
+    let rest = (out.cache.get(HookPoint::Embed).unwrap().get(0).unwrap().get(last).unwrap() + out.cache.get(HookPoint::MlpOut(0)).unwrap().get(0).unwrap().get(last).unwrap()).unwrap();
+    let rest_proj = (rest.unsqueeze(0).unwrap() - sae.b_dec.unsqueeze(0).unwrap()).unwrap().matmul(&sae.w_enc).unwrap().broadcast_add(&sae.b_enc).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+    let first = &r.heads[0].top_features;
+    assert!(!first.is_empty());
+    for f in first {
+        let heads_sum: f32 = r.heads.iter().map(|h| h.top_features.iter().find(|g| g.feature_id == f.feature_id).unwrap().head_contribution).sum();
+        let total = heads_sum + rest_proj[f.feature_id];
+        assert!((total - f.pre_activation).abs() < 1e-4 * (1.0 + f.pre_activation.abs()), "feature {}: {total} against {}", f.feature_id, f.pre_activation);
+    }
+    let late = circuit_features(&model, &sae, &prompt, &CircuitFeatureOptions { heads: vec![Head { layer: 1, head: 0 }], top_k: 5 });
+    assert!(late.unwrap_err().to_string().contains("writes after the SAE reads"));
+}
+
+#[test]
+fn a_run_stopped_after_a_layer_caches_what_the_full_run_does() {
+    let (model, prompt) = tiny();
+    let b = glassbox::Batch::new(std::slice::from_ref(&prompt.tokens)).unwrap();
+    let full = model.forward(&b, &glassbox::Hooks::new().cache([HookPoint::ResidPost(0), HookPoint::MlpOut(0)])).unwrap();
+    let early = model.forward(&b, &glassbox::Hooks::new().cache([HookPoint::ResidPost(0), HookPoint::MlpOut(0)]).stop_after_layer(0)).unwrap();
+    for p in [HookPoint::ResidPost(0), HookPoint::MlpOut(0)] {
+        assert_eq!(max_diff(full.cache.get(p).unwrap(), early.cache.get(p).unwrap()), 0.0, "{p}");
+    }
+    assert_eq!(early.logits.dims(), &[1, 0, 0]);
+    assert!(early.cache.get(HookPoint::ResidPost(1)).is_err());
 }

@@ -415,6 +415,29 @@ class SAEFeatureAttributor:
         return Result(out, "sae-attribute", raw)
 
 
+    def attribute_circuit_heads(self, circuit: Sequence[Head], tokens: Tokens, target_token: Answer,
+                                distractor_token: Answer, top_k: int = 10) -> Dict[str, Any]:
+        """Which active features each circuit head writes to at the answer position, per
+        residual-stream SAE after the heads: ``{hook: {"heads": [{"head", "top_features":
+        [{"feature_id", "head_contribution", "pre_activation", "activation",
+        "ld_contribution", "neuronpedia_url"}]}], "approximation": ...}}`` — a linear
+        approximation (the head's result projected on each feature's encoder direction),
+        stated in ``approximation``."""
+        p = _native.prompt(self.model, tokens, target_token, distractor_token)
+        heads = [list(h) for h in circuit]
+        last = max(h[0] for h in heads)
+        out = {}
+        for sae in self.saes:
+            hook = sae.hook_name
+            layer = _layer_of(hook)
+            ok = ("hook_resid_post" in hook and layer >= last) or (("hook_resid_pre" in hook or "hook_resid_mid" in hook) and layer > last)
+            if ok and sae.cfg["hook_out"] is None:
+                out[hook] = _native.sae_circuit_features(self.model, sae, p, {"heads": heads, "top_k": top_k})
+        if not out:
+            raise InputError("no residual-stream SAE reads after the circuit's last layer; give one further on")
+        return out
+
+
 def _layer_of(hook: str) -> int:
     parts = hook.split(".")
     return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else -1

@@ -133,7 +133,7 @@ pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttr
     if want_direct {
         cached.extend([HookPoint::ResidPost(last_layer), HookPoint::LnFinalScale]);
     }
-    let batch = Batch::new(&[prompt.tokens.clone()])?;
+    let batch = Batch::new(std::slice::from_ref(&prompt.tokens))?;
     let out = model.forward(&batch, &scorer.hooks().cache(cached).grad_tap([write]))?;
     let m = scorer.eval(&out)?;
     let clean = scalar(&m)?;
@@ -215,8 +215,7 @@ pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttr
     for start in (0..n_exact).step_by(CHUNK) {
         let n = CHUNK.min(n_exact - start);
         let mut deltas = Vec::with_capacity(n);
-        for j in start..start + n {
-            let f = order[j];
+        for (j, &f) in order.iter().enumerate().skip(start).take(n) {
             let a = enc.acts.narrow(1, f, 1)?.mul(&enc.out_scale)?; // [P, 1]
             let d = a.broadcast_mul(&write_rows.get(j)?.unsqueeze(0)?)?.neg()?; // [P, d_out]
             deltas.push(d.reshape(write_shape.as_slice())?);
@@ -261,5 +260,132 @@ pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttr
         bias_contribution,
         top_features,
         direct,
+    })
+}
+
+/// Options of `circuit_features`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CircuitFeatureOptions {
+    /// The circuit's heads.
+    pub heads: Vec<crate::methods::Head>,
+    /// Features listed per head.
+    pub top_k: usize,
+}
+
+impl Default for CircuitFeatureOptions {
+    fn default() -> Self {
+        CircuitFeatureOptions { heads: Vec::new(), top_k: 10 }
+    }
+}
+
+/// A feature a head writes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadFeature {
+    /// The feature's index in the SAE.
+    pub feature_id: usize,
+    /// The head's share of the feature's pre-activation at the answer position:
+    /// `result_h · W_enc[:, f]` (the linear approximation).
+    pub head_contribution: f32,
+    /// The feature's pre-activation there, all writers together.
+    pub pre_activation: f32,
+    /// Its activation there.
+    pub activation: f32,
+    /// The feature's gradient × activation on the metric (as `sae_attribution` gives it).
+    pub ld_contribution: f32,
+    /// The feature's Neuronpedia page.
+    pub neuronpedia_url: Option<String>,
+}
+
+/// The features one circuit head writes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CircuitHeadFeatures {
+    /// The head (`L09H06`).
+    pub head: String,
+    /// Active features by |head_contribution|.
+    pub top_features: Vec<HeadFeature>,
+}
+
+/// Result of `circuit_features`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CircuitFeatures {
+    /// Where the SAE reads.
+    pub hook: String,
+    /// The approximation made, in words.
+    pub approximation: String,
+    /// Per head.
+    pub heads: Vec<CircuitHeadFeatures>,
+    /// The full attribution the features' `ld_contribution` come from.
+    pub attribution: SaeAttribution,
+}
+
+/// Which of a residual-stream SAE's features each circuit head writes to, at the answer
+/// position: a head's result (`z_h W_O,h`, as it joins the residual stream) projected on each
+/// active feature's encoder direction. Linear approximation: the SAE's pre-activation is
+/// linear in its input, so the projections of everything written before the hook sum to the
+/// pre-activation less `b_enc` and the `b_dec` term; the head's share ignores the ReLU/TopK
+/// choice and everything between the head's layer and the hook that reads the head's output
+/// (later heads and MLPs are counted as themselves, not as the head's). Needs an SAE on the
+/// residual stream after the heads' layers, without input normalisation.
+pub fn circuit_features(model: &Model, sae: &Sae, prompt: &Prompt, opts: &CircuitFeatureOptions) -> Result<CircuitFeatures> {
+    let hook = sae.cfg.hook;
+    let after = match hook {
+        HookPoint::ResidPost(l) => l as i64,
+        HookPoint::ResidMid(l) | HookPoint::ResidPre(l) => l as i64 - 1,
+        _ => return Err(Error::Invalid(format!("circuit features need an SAE on the residual stream (hook_resid_pre/mid/post), not at {hook}"))),
+    };
+    if sae.cfg.normalize != crate::sae::Normalize::None || sae.cfg.hook_out.is_some() {
+        return Err(Error::Invalid("circuit features need an SAE without input normalisation (and not a transcoder)".into()));
+    }
+    if opts.heads.is_empty() {
+        return Err(Error::Invalid("give the circuit's heads".into()));
+    }
+    super::check_count("top_k", opts.top_k, 1..=100_000)?;
+    for h in &opts.heads {
+        h.check(&model.config)?;
+        if h.layer as i64 > after {
+            return Err(Error::Invalid(format!("{h} writes after the SAE reads ({hook}); give heads of earlier layers or an SAE further on")));
+        }
+    }
+    let attribution = sae_attribution(model, sae, prompt, &SaeAttributionOptions { top_k: sae.cfg.d_sae, n_exact: 0, metric: Metric::default() })?;
+    let by_feature: std::collections::HashMap<usize, f32> = attribution.top_features.iter().map(|f| (f.feature_id, f.ld_contribution)).collect();
+    let layers: std::collections::BTreeSet<usize> = opts.heads.iter().map(|h| h.layer).collect();
+    let out = model.forward(&Batch::new(std::slice::from_ref(&prompt.tokens))?, &crate::model::Hooks::new().cache(layers.iter().map(|&l| HookPoint::Z(l)).chain([hook])).last_logits_only())?;
+    let last = prompt.tokens.len() - 1;
+    let x = sae.rows(&out.cache.get(hook)?.get(0)?.get(last)?.unsqueeze(0)?)?;
+    let enc = sae.encode(&x)?;
+    let xin = if sae.cfg.apply_b_dec_to_input { x.broadcast_sub(&sae.b_dec)? } else { x };
+    let pre = xin.matmul(&sae.w_enc)?.broadcast_add(&sae.b_enc)?.squeeze(0)?.to_vec1::<f32>()?;
+    let acts = enc.acts.squeeze(0)?.to_vec1::<f32>()?;
+    let mut heads = Vec::new();
+    for h in &opts.heads {
+        let z = out.cache.get(HookPoint::Z(h.layer))?;
+        let post = model.attn_post_scale(h.layer, z)?;
+        let results = model.head_results(h.layer, z, post.as_ref())?; // [1, p, H, d]
+        let r = results.get(0)?.get(last)?.get(h.head)?.to_dtype(DType::F32)?.unsqueeze(0)?; // [1, d]
+        let contrib = r.matmul(&sae.w_enc)?.squeeze(0)?.to_vec1::<f32>()?;
+        let mut active: Vec<usize> = (0..sae.cfg.d_sae).filter(|&f| acts[f] != 0.0).collect();
+        active.sort_by(|&a, &b| contrib[b].abs().total_cmp(&contrib[a].abs()).then(a.cmp(&b)));
+        active.truncate(opts.top_k);
+        heads.push(CircuitHeadFeatures {
+            head: h.to_string(),
+            top_features: active
+                .into_iter()
+                .map(|f| HeadFeature {
+                    feature_id: f,
+                    head_contribution: contrib[f],
+                    pre_activation: pre[f],
+                    activation: acts[f],
+                    ld_contribution: by_feature.get(&f).copied().unwrap_or(0.0),
+                    neuronpedia_url: sae.neuronpedia_url(f),
+                })
+                .collect(),
+        });
+    }
+    Ok(CircuitFeatures {
+        hook: hook.to_string(),
+        approximation: "linear: a head's share of a feature's pre-activation is its result at the answer position projected on the feature's encoder direction; the activation function and the layers between the head and the SAE are not attributed to the head".into(),
+        heads,
+        attribution,
     })
 }

@@ -274,7 +274,8 @@ impl Model {
         };
         let mut tables: HashMap<u64, Arc<RopeTables>> = HashMap::new();
         let mut masks: HashMap<Option<usize>, AttnMask> = HashMap::new();
-        for l in first_layer..cfg.n_layers {
+        let last_layer = hooks.stop_after_layer.map_or(cfg.n_layers, |s| (s + 1).min(cfg.n_layers));
+        for l in first_layer..last_layer {
             let la = cfg.layers[l];
             let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, past, la.sliding_window, dtype));
             // Tables for every position so far; a continued run rotates the new ones only.
@@ -289,6 +290,15 @@ impl Model {
         }
         if let Some(c) = cache {
             c.len += n_pos;
+        }
+        if last_layer < cfg.n_layers {
+            return Ok(ForwardOutput {
+                logits: Tensor::zeros((batch_size, 0, 0), dtype, &Device::Cpu)?,
+                cache: ActivationCache { values: st.cache },
+                taps: st.tap_vars,
+                lengths,
+                logit_ids: hooks.logit_ids.clone(),
+            });
         }
 
         let mut x = if cfg.variants.no_final_norm {

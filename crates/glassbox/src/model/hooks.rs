@@ -556,6 +556,10 @@ pub struct Hooks {
     /// read a logit difference. `ForwardOutput::logit_diff` maps ids to columns.
     #[serde(default)]
     pub logit_ids: Option<Vec<u32>>,
+    /// Stop after this block: the run gives its cache only (logits `[b, 0, 0]`), e.g. to
+    /// read activations at an early layer without paying for the rest of the model.
+    #[serde(default)]
+    pub stop_after_layer: Option<usize>,
 }
 
 impl Hooks {
@@ -594,6 +598,12 @@ impl Hooks {
         self.grad_taps.extend(points);
         self
     }
+    /// Stops the run after block `layer` (see the field `stop_after_layer`).
+    pub fn stop_after_layer(mut self, layer: usize) -> Self {
+        self.stop_after_layer = Some(layer);
+        self
+    }
+
     /// Logits at each prompt's last real position only (see the field `last_logits_only`).
     pub fn last_logits_only(mut self) -> Self {
         self.last_logits_only = true;

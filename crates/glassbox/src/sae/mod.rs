@@ -23,6 +23,10 @@
 //! keeps its scaling factor outside the files (SAELens' `load_from_disk` applies none either),
 //! so it reads as the identity and `Sae::unapplied_scaling` says so.
 
+pub mod corpus;
+pub mod eval;
+pub mod train;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -150,7 +154,7 @@ fn usize_of(cfg: &Value, key: &str, dir: &Path) -> Result<usize> {
     meta(cfg, key)
         .and_then(Value::as_u64)
         .and_then(|v| usize::try_from(v).ok())
-        .filter(|&v| v >= 1 && v <= 1 << 24)
+        .filter(|v| (1..=1 << 24).contains(v))
         .ok_or_else(|| bad(dir, format!("cfg.json: `{key}` must be a whole number from 1 to 2^24")))
 }
 
@@ -469,24 +473,32 @@ pub fn hook_width(model: &Model, hook: HookPoint) -> Result<usize> {
     })
 }
 
-/// Per row, the `k` largest values kept (then ReLU), the rest zero; ties go to the lower index.
-fn top_k_relu(h: &Tensor, k: usize) -> Result<Tensor> {
-    let (n, d) = h.dims2()?;
-    let rows = h.to_vec2::<f32>()?;
-    let mut out = vec![0f32; n * d];
+/// Per row, `value(h, kept)` at the `k` largest values (`kept` true) and elsewhere (false);
+/// ties go to the lower index.
+pub(crate) fn top_k_map(rows: &[Vec<f32>], k: usize, value: impl Fn(f32, bool) -> f32) -> Result<Tensor> {
+    let d = rows.first().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(rows.len() * d);
     let mut idx: Vec<usize> = Vec::with_capacity(d);
-    for (r, row) in rows.iter().enumerate() {
+    let mut kept = vec![false; d];
+    for row in rows {
         idx.clear();
         idx.extend(0..d);
         let k = k.min(d);
-        if k < d {
+        if k > 0 && k < d {
             idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
         }
+        kept.iter_mut().for_each(|x| *x = false);
         for &i in &idx[..k] {
-            out[r * d + i] = row[i].max(0.0);
+            kept[i] = true;
         }
+        out.extend(row.iter().zip(&kept).map(|(&v, &on)| value(v, on)));
     }
-    Ok(Tensor::from_vec(out, (n, d), &Device::Cpu)?)
+    Ok(Tensor::from_vec(out, (rows.len(), d), &Device::Cpu)?)
+}
+
+/// Per row, the `k` largest values kept (then ReLU), the rest zero.
+fn top_k_relu(h: &Tensor, k: usize) -> Result<Tensor> {
+    top_k_map(&h.to_vec2::<f32>()?, k, |v, on| if on { v.max(0.0) } else { 0.0 })
 }
 
 /// Every tensor of a safetensors file of at most `MAX_SAE_BYTES`.

@@ -1,0 +1,161 @@
+//! Text corpora and the model activations they give, for training and evaluating SAEs.
+//!
+//! A corpus is plain-text files; a file in fortune format (entries separated by lines holding
+//! only `%`) splits into its entries, any other file into paragraphs (blank lines). Documents
+//! are tokenized without special tokens, joined (EOS between documents where the model has
+//! one) and cut into sequences of `context` tokens, each starting with BOS where the model's
+//! tokenizer puts one first; BOS positions are left out of the activations (an attention
+//! sink's activation is unlike the rest and would dominate the loss).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{Batch, HookPoint, Hooks, Model};
+
+/// The most bytes read from one corpus file.
+pub const MAX_CORPUS_FILE_BYTES: u64 = 1 << 30;
+
+/// The documents of the corpus files (fortune entries or paragraphs), in file order.
+pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<String>> {
+    if paths.is_empty() {
+        return Err(Error::Invalid("give at least one corpus file".into()));
+    }
+    let mut docs = Vec::new();
+    for p in paths {
+        let bytes = crate::model::load::read_limited(p, MAX_CORPUS_FILE_BYTES)?;
+        let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
+        let fortune = text.lines().any(|l| l.trim() == "%");
+        let parts: Vec<String> = if fortune {
+            text.split("\n%\n").map(str::to_string).collect()
+        } else {
+            text.split("\n\n").map(str::to_string).collect()
+        };
+        docs.extend(parts.into_iter().map(|d| d.trim().to_string()).filter(|d| !d.is_empty() && d != "%"));
+    }
+    if docs.is_empty() {
+        return Err(Error::Invalid("the corpus files hold no text".into()));
+    }
+    Ok(docs)
+}
+
+/// The corpus as model sequences of `context` tokens (BOS first where the model puts one).
+pub fn sequences(model: &Model, docs: &[String], context: usize) -> Result<Vec<Vec<u32>>> {
+    if context < 2 || context > model.config.n_ctx {
+        return Err(Error::Invalid(format!("a context of {context} tokens: give 2 to the model's {}", model.config.n_ctx)));
+    }
+    let bos = model.tokenizer.bos();
+    let eos = model.tokenizer.eos_tokens().first().copied();
+    let body = context - usize::from(bos.is_some());
+    let mut stream: Vec<u32> = Vec::new();
+    for d in docs {
+        let ids = model.tokenizer.encode(d)?;
+        stream.extend(ids.iter().copied().filter(|t| Some(*t) != bos));
+        if let Some(e) = eos {
+            stream.push(e);
+        }
+    }
+    Ok(stream
+        .chunks_exact(body)
+        .map(|c| bos.into_iter().chain(c.iter().copied()).collect())
+        .collect())
+}
+
+/// Model activations read sequence batch by sequence batch: `x` at `hook_in`, and `y` at
+/// `hook_out` for a transcoder. BOS positions left out.
+pub struct ActivationStream<'a> {
+    model: &'a Model,
+    seqs: Vec<Vec<u32>>,
+    /// The next sequence to read.
+    pub position: usize,
+    per_forward: usize,
+    hook_in: HookPoint,
+    hook_out: Option<HookPoint>,
+    skip_first: bool,
+}
+
+impl<'a> ActivationStream<'a> {
+    /// A stream over `seqs` from sequence `position`, `per_forward` sequences per forward pass.
+    pub fn new(model: &'a Model, seqs: Vec<Vec<u32>>, position: usize, per_forward: usize, hook_in: HookPoint, hook_out: Option<HookPoint>) -> Result<Self> {
+        hook_in.check(&model.config)?;
+        if let Some(h) = hook_out {
+            h.check(&model.config)?;
+        }
+        if seqs.is_empty() {
+            return Err(Error::Invalid("the corpus is shorter than one sequence; give more text or a shorter --context".into()));
+        }
+        let skip_first = model.tokenizer.bos().is_some();
+        Ok(ActivationStream { model, seqs, position, per_forward: per_forward.max(1), hook_in, hook_out, skip_first })
+    }
+
+    /// Sequences in the stream.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether the stream holds no sequence.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Tokens per sequence that give activations.
+    pub fn tokens_per_sequence(&self) -> usize {
+        self.seqs[0].len() - usize::from(self.skip_first)
+    }
+
+    /// The next batch of activations, `([n, d_in], [n, d_out])`, or `None` at the end.
+    pub fn next_batch(&mut self) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        if self.position >= self.seqs.len() {
+            return Ok(None);
+        }
+        let end = (self.position + self.per_forward).min(self.seqs.len());
+        let rows = &self.seqs[self.position..end];
+        self.position = end;
+        let points: Vec<HookPoint> = std::iter::once(self.hook_in).chain(self.hook_out).collect();
+        // Only the blocks up to the last hook point read.
+        let stop = points.iter().map(|p| p.layer().unwrap_or(0)).max().unwrap_or(0);
+        let out = self.model.forward(&Batch::new(rows)?, &Hooks::new().cache(points).last_logits_only().stop_after_layer(stop))?;
+        let take = |p: HookPoint| -> Result<Tensor> {
+            let t = out.cache.get(p)?.to_dtype(DType::F32)?;
+            let (b, n) = (t.dim(0)?, t.dim(1)?);
+            let t = t.reshape((b, n, ()))?;
+            let t = if self.skip_first { t.narrow(1, 1, n - 1)? } else { t };
+            let width = t.dim(2)?;
+            Ok(t.reshape(((), width))?.contiguous()?)
+        };
+        let x = take(self.hook_in)?;
+        let y = self.hook_out.map(take).transpose()?;
+        Ok(Some((x, y)))
+    }
+}
+
+/// The files of corpus folders (sorted) and the files given, less those named in `exclude`
+/// (file names, e.g. a collection held out for evaluation).
+pub fn corpus_files(paths: &[PathBuf], exclude: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+        if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| Error::io(p, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && is_text_name(f))
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.retain(|f| !f.file_name().and_then(|n| n.to_str()).is_some_and(|n| exclude.iter().any(|e| e == n)));
+    if out.is_empty() {
+        return Err(Error::Invalid("no corpus files left (after --exclude)".into()));
+    }
+    Ok(out)
+}
+
+/// Leaves out fortune's index files (`.dat`) and its UTF-8 copies (`.u8`).
+fn is_text_name(p: &Path) -> bool {
+    !matches!(p.extension().and_then(|e| e.to_str()), Some("dat" | "u8" | "gz" | "zip"))
+}
