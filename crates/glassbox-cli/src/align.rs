@@ -1,14 +1,14 @@
 //! `glassbox align`: cross-model circuit alignment (FCAS) between two models' top heads,
 //! ranked by attribution on one prompt or averaged over generated IOI prompts.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use glassbox::methods::alignment::{functional_circuit_alignment, Alignment, AlignmentOptions, ModelShape};
 use glassbox::methods::attribution::{attribute, AttributionOptions};
 use glassbox::methods::{Contrast, Head};
 use glassbox::Model;
 
-use crate::methods::{finite, print_json};
+use crate::methods::{finite, print_json, PromptOrTask};
 
 /// `glassbox align`.
 #[derive(Args)]
@@ -19,19 +19,8 @@ pub struct AlignArgs {
     /// The second model.
     #[arg(long)]
     pub model_b: String,
-    /// The prompt (or give --task).
-    #[arg(long, required_unless_present = "task")]
-    pub prompt: Option<String>,
-    #[arg(long, required_unless_present = "task")]
-    pub correct: Option<String>,
-    #[arg(long, required_unless_present = "task")]
-    pub incorrect: Option<String>,
-    /// The corrupted prompt; by default the answers' words swapped.
-    #[arg(long)]
-    pub corrupted: Option<String>,
-    /// Rank heads by mean attribution over a generated prompt set instead: `ioi`.
-    #[arg(long, conflicts_with_all = ["prompt", "correct", "incorrect", "corrupted"])]
-    pub task: Option<String>,
+    #[command(flatten)]
+    pub input: PromptOrTask,
     /// Prompts in the task set (each model gets the same templates and seed).
     #[arg(long, default_value_t = 32)]
     pub n: usize,
@@ -65,19 +54,12 @@ fn ranking(model: &Model, contrasts: &[Contrast]) -> Result<Vec<Head>> {
 }
 
 fn contrasts(model: &Model, a: &AlignArgs) -> Result<Vec<Contrast>> {
-    match a.task.as_deref() {
-        Some("ioi") => {
+    match a.input.task()? {
+        Some(_) => {
             let prompts = glassbox::tasks::ioi::generate(model, a.n, a.seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
             Ok(glassbox::tasks::ioi::contrasts(model, &prompts)?)
         }
-        Some(t) => bail!("unknown task `{t}`; the tasks are: ioi"),
-        None => Ok(vec![Contrast::new(
-            model,
-            a.prompt.as_deref().unwrap_or_default(),
-            a.correct.as_deref().unwrap_or_default(),
-            a.incorrect.as_deref().unwrap_or_default(),
-            a.corrupted.as_deref(),
-        )?]),
+        None => Ok(vec![a.input.contrast(model)?]),
     }
 }
 

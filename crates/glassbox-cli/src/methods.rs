@@ -56,6 +56,44 @@ impl ContrastArgs {
     }
 }
 
+/// One prompt with its answers (and optionally the corrupted prompt), or a generated task set
+/// instead: the input of the commands that take either (`analyze`, `align`).
+#[derive(Args, Clone)]
+pub struct PromptOrTask {
+    /// The prompt (or give --task).
+    #[arg(long, required_unless_present = "task")]
+    pub prompt: Option<String>,
+    /// The answer the model should give, e.g. " Mary" (one token).
+    #[arg(long, required_unless_present = "task")]
+    pub correct: Option<String>,
+    /// The competing answer, e.g. " John" (one token).
+    #[arg(long, required_unless_present = "task")]
+    pub incorrect: Option<String>,
+    /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
+    #[arg(long)]
+    pub corrupted: Option<String>,
+    /// Run over a generated prompt set instead: `ioi`.
+    #[arg(long, conflicts_with_all = ["prompt", "correct", "incorrect", "corrupted"])]
+    pub task: Option<String>,
+}
+
+impl PromptOrTask {
+    /// The one prompt's contrast (when no task is given).
+    pub fn contrast(&self, model: &Model) -> Result<Contrast> {
+        let (p, c, i) = (self.prompt.as_deref().unwrap_or_default(), self.correct.as_deref().unwrap_or_default(), self.incorrect.as_deref().unwrap_or_default());
+        Ok(Contrast::new(model, p, c, i, self.corrupted.as_deref())?)
+    }
+
+    /// The task's name, checked (`ioi` is the one task), or `None` for one prompt.
+    pub fn task(&self) -> Result<Option<&str>> {
+        match self.task.as_deref() {
+            None => Ok(None),
+            Some("ioi") => Ok(Some("ioi")),
+            Some(t) => bail!("unknown task `{t}`; the tasks are: ioi"),
+        }
+    }
+}
+
 /// What a method measures of each run.
 #[derive(Clone, Copy, ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -417,21 +455,8 @@ pub fn run_edges(model: &Model, a: &EdgesArgs) -> Result<()> {
 /// `glassbox analyze`.
 #[derive(Args)]
 pub struct AnalyzeArgs {
-    /// The prompt (or give --task).
-    #[arg(long, required_unless_present = "task")]
-    pub prompt: Option<String>,
-    /// The answer the model should give, e.g. " Mary" (one token).
-    #[arg(long, required_unless_present = "task")]
-    pub correct: Option<String>,
-    /// The competing answer, e.g. " John" (one token).
-    #[arg(long, required_unless_present = "task")]
-    pub incorrect: Option<String>,
-    /// The corrupted prompt; by default the two answers' words are swapped in the prompt.
-    #[arg(long)]
-    pub corrupted: Option<String>,
-    /// Run over a generated prompt set instead: `ioi`.
-    #[arg(long, conflicts_with_all = ["prompt", "correct", "incorrect", "corrupted"])]
-    pub task: Option<String>,
+    #[command(flatten)]
+    pub input: PromptOrTask,
     /// Prompts in the task set.
     #[arg(long, default_value_t = 64)]
     pub n: usize,
@@ -500,18 +525,10 @@ fn print_faithfulness(f: &glassbox::methods::faithfulness::Faithfulness, circuit
 }
 
 pub fn run_analyze(model: &Model, a: &AnalyzeArgs) -> Result<()> {
-    if a.task.is_some() {
+    if a.input.task()?.is_some() {
         return run_analyze_task(model, a);
     }
-    let contrast = ContrastArgs {
-        answers: PromptAnswers {
-            prompt: a.prompt.clone().unwrap_or_default(),
-            correct: a.correct.clone().unwrap_or_default(),
-            incorrect: a.incorrect.clone().unwrap_or_default(),
-        },
-        corrupted: a.corrupted.clone(),
-    }
-    .build(model)?;
+    let contrast = a.input.contrast(model)?;
     let r = finite(analyze(model, &contrast, &a.options())?)?;
     if let Some(path) = &a.plot {
         // The circuit's heads coloured by their attention type on this prompt.
@@ -539,10 +556,6 @@ pub fn run_analyze(model: &Model, a: &AnalyzeArgs) -> Result<()> {
 }
 
 fn run_analyze_task(model: &Model, a: &AnalyzeArgs) -> Result<()> {
-    let task = a.task.as_deref().unwrap_or_default();
-    if task != "ioi" {
-        bail!("unknown task `{task}`; the tasks are: ioi");
-    }
     if a.plot.is_some() {
         bail!("--plot draws the analysis of one prompt; leave it out with --task (or analyze one of the prompts)");
     }

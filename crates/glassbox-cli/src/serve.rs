@@ -153,6 +153,8 @@ struct MethodRequest {
     hypothesis: Option<String>,
     /// How many next tokens `run` lists.
     top_k: Option<usize>,
+    /// How many generated IOI prompts `scrub` runs on (default 32).
+    n: Option<usize>,
     /// The library's option struct of the method; missing keys take their defaults.
     #[serde(default)]
     options: Value,
@@ -289,7 +291,10 @@ fn run_method(model: &Model, command: &str, req: &MethodRequest, progress: &Prog
             if let Some(h) = &req.hypothesis {
                 o.hypothesis = crate::methods::parse_hypothesis(h).map_err(|e| ApiError::bad(format!("{e:#}")))?;
             }
-            let n = req.top_k.unwrap_or(32);
+            if req.top_k.is_some() {
+                return Err(ApiError::bad("`scrub` takes `n` (how many IOI prompts), not `top_k`"));
+            }
+            let n = req.n.unwrap_or(32);
             let prompts = glassbox::tasks::ioi::generate(model, n, o.seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
             let set = glassbox::tasks::ioi::scrub_prompts(model, &prompts)?;
             to_json(&causal_scrubbing(model, &set, &o)?)

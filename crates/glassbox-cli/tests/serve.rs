@@ -87,6 +87,10 @@ fn the_api_returns_the_cli_json_results() {
     let (s, got) = post(&format!("{}/api/composition", server.url), &json!({"heads": ["L0H1", "L1H2"]}).to_string());
     assert_eq!(s, 200, "{got}");
     assert_close(&got, &cli_json(&["composition", "--model", &m, "--head", "L0H1", "--head", "L1H2", "--json"]), "composition");
+    let (s, got) = post(&format!("{}/api/scrub", server.url), &json!({"hypothesis": "L1H2=io", "n": 8}).to_string());
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["n"], 8, "{got}");
+    assert_close(&got, &cli_json(&["scrub", "--model", &m, "--hypothesis", "L1H2=io", "--n", "8", "--json"]), "scrub");
 
     // The plot endpoint draws a result as `--plot` does.
     let (_, attribution) = post(&format!("{}/api/attribution", server.url), &body(json!({})));
@@ -127,6 +131,7 @@ fn bad_requests_get_messages_and_the_server_goes_on() {
         ("/api/attention", json!({"prompt": PROMPT, "heads": ["L7H0"]}).to_string(), 400, "out of range"),
         ("/api/composition", json!({"heads": []}).to_string(), 400, "needs `heads`"),
         ("/api/run", json!({"prompt": PROMPT, "top_k": 0}).to_string(), 400, "top_k"),
+        ("/api/scrub", json!({"top_k": 8}).to_string(), 400, "takes `n`"),
         ("/api/train", "{}".into(), 404, "no command"),
         ("/api/plot/analyze", json!({"result": {"circuit": 3}}).to_string(), 400, "not a `analyze` result"),
         ("/api/plot/sankey", json!({"result": {}}).to_string(), 400, "no picture"),

@@ -26,6 +26,12 @@ impl Rng {
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+    /// Shuffles `items` in place (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
     /// Standard normal (Box–Muller).
     pub fn gaussian(&mut self) -> f64 {
         let (u, v) = (self.unit(), self.unit());

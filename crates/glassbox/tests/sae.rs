@@ -338,4 +338,8 @@ fn a_run_stopped_after_a_layer_caches_what_the_full_run_does() {
     }
     assert_eq!(early.logits.dims(), &[1, 0, 0]);
     assert!(early.cache.get(HookPoint::ResidPost(1)).is_err());
+    // Reading logits from it is an error that says why, not an index error.
+    for err in [early.last_logits().unwrap_err(), early.logit_diff(&[1], &[2]).unwrap_err()] {
+        assert!(err.to_string().contains("stop_after_layer"), "{err}");
+    }
 }

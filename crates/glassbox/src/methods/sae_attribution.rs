@@ -117,6 +117,12 @@ fn scalar(t: &Tensor) -> Result<f32> {
 
 /// The metric attributed to the features of `sae` on `prompt`.
 pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttributionOptions) -> Result<SaeAttribution> {
+    Ok(attribution_and_cache(model, sae, prompt, opts, &[])?.0)
+}
+
+/// `sae_attribution`, with the clean run's activations at `also_cache` besides (so a caller
+/// that needs more of the clean run does not run it again).
+fn attribution_and_cache(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttributionOptions, also_cache: &[HookPoint]) -> Result<(SaeAttribution, crate::model::ActivationCache)> {
     prompt.check(model)?;
     sae.check(model)?;
     super::check_count("top_k", opts.top_k, 1..=100_000)?;
@@ -133,6 +139,7 @@ pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttr
     if want_direct {
         cached.extend([HookPoint::ResidPost(last_layer), HookPoint::LnFinalScale]);
     }
+    cached.extend_from_slice(also_cache);
     let batch = Batch::new(std::slice::from_ref(&prompt.tokens))?;
     let out = model.forward(&batch, &scorer.hooks().cache(cached).grad_tap([write]))?;
     let m = scorer.eval(&out)?;
@@ -248,7 +255,7 @@ pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttr
     if !clean.is_finite() {
         return Err(Error::NonFinite(format!("the metric on the clean prompt is {clean}")));
     }
-    Ok(SaeAttribution {
+    let result = SaeAttribution {
         hook: read.to_string(),
         hook_out: cfg.hook_out.map(|h| h.to_string()),
         metric: opts.metric.name().to_string(),
@@ -260,7 +267,8 @@ pub fn sae_attribution(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAttr
         bias_contribution,
         top_features,
         direct,
-    })
+    };
+    Ok((result, out.cache))
 }
 
 /// Options of `circuit_features`.
@@ -347,19 +355,19 @@ pub fn circuit_features(model: &Model, sae: &Sae, prompt: &Prompt, opts: &Circui
             return Err(Error::Invalid(format!("{h} writes after the SAE reads ({hook}); give heads of earlier layers or an SAE further on")));
         }
     }
-    let attribution = sae_attribution(model, sae, prompt, &SaeAttributionOptions { top_k: sae.cfg.d_sae, n_exact: 0, metric: Metric::default() })?;
+    // One clean run gives the attribution and the heads' outputs.
+    let layers: Vec<HookPoint> = opts.heads.iter().map(|h| HookPoint::Z(h.layer)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let (attribution, cache) = attribution_and_cache(model, sae, prompt, &SaeAttributionOptions { top_k: sae.cfg.d_sae, n_exact: 0, metric: Metric::default() }, &layers)?;
     let by_feature: std::collections::HashMap<usize, f32> = attribution.top_features.iter().map(|f| (f.feature_id, f.ld_contribution)).collect();
-    let layers: std::collections::BTreeSet<usize> = opts.heads.iter().map(|h| h.layer).collect();
-    let out = model.forward(&Batch::new(std::slice::from_ref(&prompt.tokens))?, &crate::model::Hooks::new().cache(layers.iter().map(|&l| HookPoint::Z(l)).chain([hook])).last_logits_only())?;
     let last = prompt.tokens.len() - 1;
-    let x = sae.rows(&out.cache.get(hook)?.get(0)?.get(last)?.unsqueeze(0)?)?;
+    let x = sae.rows(&cache.get(hook)?.get(0)?.get(last)?.unsqueeze(0)?)?;
     let enc = sae.encode(&x)?;
     let xin = if sae.cfg.apply_b_dec_to_input { x.broadcast_sub(&sae.b_dec)? } else { x };
     let pre = xin.matmul(&sae.w_enc)?.broadcast_add(&sae.b_enc)?.squeeze(0)?.to_vec1::<f32>()?;
     let acts = enc.acts.squeeze(0)?.to_vec1::<f32>()?;
     let mut heads = Vec::new();
     for h in &opts.heads {
-        let z = out.cache.get(HookPoint::Z(h.layer))?;
+        let z = cache.get(HookPoint::Z(h.layer))?;
         let post = model.attn_post_scale(h.layer, z)?;
         let results = model.head_results(h.layer, z, post.as_ref())?; // [1, p, H, d]
         let r = results.get(0)?.get(last)?.get(h.head)?.to_dtype(DType::F32)?.unsqueeze(0)?; // [1, d]

@@ -90,6 +90,9 @@ impl Gradients {
 impl ForwardOutput {
     /// Logits at each prompt's last real position: `[b, d_vocab]`.
     pub fn last_logits(&self) -> Result<Tensor> {
+        if self.logits.dim(1)? == 0 {
+            return Err(Error::Invalid("this run computed no logits: it stopped early (Hooks::stop_after_layer); run it without stop_after_layer to read logits".into()));
+        }
         if self.logits.dim(1)? == 1 {
             return Ok(self.logits.squeeze(1)?);
         }

@@ -4,8 +4,10 @@
 //!
 //! `ce_loss_recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)`: 1 when splicing the
 //! reconstruction in costs nothing, 0 when it is as bad as zeroing the activation. The
-//! replacement (and the zero ablation) cover every position but BOS, whose activation the SAE
-//! was not trained on (its loss is the loss of predicting every token after BOS).
+//! replacement (and the zero ablation) cover the positions the SAE was trained on: all but
+//! each sequence's first position and the BOS and end-of-text tokens (`corpus::kept_rows`);
+//! the loss is the mean over every predicted token. The reconstruction figures are over the
+//! same positions.
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -17,7 +19,7 @@ use crate::model::{Action, Batch, Hooks, Intervention, Model};
 /// Result of `evaluate`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SaeEval {
-    /// Tokens evaluated (BOS left out).
+    /// Positions evaluated (sequence starts and special tokens left out).
     pub tokens: usize,
     /// `1 − Σ ‖y − ŷ‖² / Σ ‖y − ȳ‖²`.
     pub explained_variance: f32,
@@ -67,20 +69,21 @@ pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize)
     }
     let cfg = &sae.cfg;
     let (read, write) = (cfg.hook, cfg.hook_out.unwrap_or(cfg.hook));
-    let skip = usize::from(model.tokenizer.bos().is_some());
+    let excluded = super::corpus::excluded_tokens(model);
     let mut fires = vec![0usize; cfg.d_sae];
     let (mut sq_err, mut sum_y, mut sum_y2, mut tokens, mut active) = (0f64, vec![0f64; cfg.d_out], 0f64, 0usize, 0usize);
     let mut ce = [(0f64, 0usize); 3];
     for rows in seqs.chunks(per_forward.max(1)) {
         let batch = Batch::new(rows)?;
         let clean = model.forward(&batch, &Hooks::new().cache([read, write]))?;
-        let (b, n) = (rows.len(), rows[0].len());
+        let kept = super::corpus::kept_rows(rows, &excluded)?;
         let x = clean.cache.get(read)?.to_dtype(DType::F32)?;
         let y_full = clean.cache.get(write)?.to_dtype(DType::F32)?;
         let shape = y_full.dims().to_vec();
-        let x = x.reshape((b, n, ()))?.narrow(1, skip, n - skip)?;
-        let y = y_full.reshape((b, n, ()))?.narrow(1, skip, n - skip)?.reshape(((), cfg.d_out))?;
-        let xr = sae.rows(&x.reshape(((), x.dim(2)?))?)?;
+        let flat = |t: &Tensor| -> Result<Tensor> { Ok(t.reshape((shape[0] * shape[1], ()))?) };
+        let y_rows = flat(&y_full)?;
+        let y = y_rows.index_select(&kept, 0)?;
+        let xr = sae.rows(&flat(&x)?.index_select(&kept, 0)?)?;
         let enc = sae.encode(&xr)?;
         let recon = sae.output(&xr, &enc)?;
         // Reconstruction figures.
@@ -96,11 +99,10 @@ pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize)
         for (f, c) in fires.iter_mut().zip(on.sum(0)?.to_vec1::<f32>()?) {
             *f += c as usize;
         }
-        // Loss with the reconstruction, and with zeros, at every position but BOS.
+        // Loss with the reconstruction, and with zeros, at the kept positions.
         let splice = |rows_value: &Tensor| -> Result<Tensor> {
-            let body = rows_value.reshape((b, n - skip, ()))?;
-            let full = if skip == 1 { Tensor::cat(&[y_full.reshape((b, n, ()))?.narrow(1, 0, 1)?, body], 1)? } else { body };
-            Ok(full.reshape(shape.as_slice())?.to_dtype(model.weights.dtype())?)
+            let delta = (rows_value - &y)?;
+            Ok(y_rows.index_add(&kept, &delta, 0)?.reshape(shape.as_slice())?.to_dtype(model.weights.dtype())?)
         };
         let with_sae = model.forward(&batch, &Hooks::new().intervene(Intervention::new(write, Action::Replace(splice(&recon)?))))?;
         let zero = model.forward(&batch, &Hooks::new().intervene(Intervention::new(write, Action::Replace(splice(&recon.zeros_like()?)?))))?;
@@ -109,6 +111,9 @@ pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize)
             ce[i].0 += t;
             ce[i].1 += c;
         }
+    }
+    if tokens == 0 {
+        return Err(Error::Invalid("the text gives no positions to evaluate: every position is a sequence start or a special token".into()));
     }
     let mean_y2: f64 = sum_y.iter().map(|s| s * s).sum::<f64>() / tokens as f64;
     let var = sum_y2 - mean_y2;

@@ -173,8 +173,12 @@ pub fn train(
     let lr = opts.lr.unwrap_or(2e-4 / ((n as f64) / 16384.0).sqrt());
     let total_steps = opts.tokens.div_ceil(opts.batch_size);
 
-    let mut stream = ActivationStream::new(model, seqs, 0, opts.seqs_per_forward, hook_in, hook_out)?;
+    // The sequences in a seeded order (the same on --resume), so that a run shorter than the
+    // corpus sees all of its parts.
     let mut rng = Rng::new(opts.seed);
+    let mut seqs = seqs;
+    rng.shuffle(&mut seqs);
+    let mut stream = ActivationStream::new(model, seqs, 0, opts.seqs_per_forward, hook_in, hook_out)?;
     let ckpt = out.join("checkpoint");
     let (params, mut moments, mut state, mut last_fired) = if resume {
         load_checkpoint(&ckpt, model, hook_in, hook_out, opts)?
@@ -214,12 +218,24 @@ pub fn train(
     let mut next_rows = |stream: &mut ActivationStream, need: usize| -> Result<(Vec<f32>, Vec<f32>)> {
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         let mut got = 0;
+        // Rows read since the corpus last started over: a whole pass with none cannot feed training.
+        let (mut read_this_pass, mut empty_ends) = (0usize, 0usize);
         while got < need {
             if pending.is_empty() {
                 match stream.next_batch()? {
-                    Some(b) => pending.push(b),
+                    Some(b) => {
+                        read_this_pass += b.0.dim(0)?;
+                        pending.push(b);
+                    }
                     None => {
+                        if read_this_pass == 0 {
+                            empty_ends += 1;
+                            if empty_ends > 1 {
+                                return Err(Error::Invalid("the corpus gives no activations: every position is a sequence start or a special token".into()));
+                            }
+                        }
                         stream.position = 0; // the corpus again from its start
+                        read_this_pass = 0;
                         continue;
                     }
                 }
