@@ -10,6 +10,7 @@ use glassbox::{registry, Batch, HookPoint, Hooks, Model};
 use serde::Serialize;
 
 mod align;
+mod batch;
 mod generate;
 mod methods;
 mod plot;
@@ -24,7 +25,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct ModelArg {
+pub(crate) struct ModelArg {
     /// A registry model name (see `glassbox models list`), a GGUF file or a Hugging Face model folder.
     #[arg(long, default_value = registry::DEFAULT_MODEL)]
     model: String,
@@ -161,6 +162,8 @@ enum Command {
         #[command(flatten)]
         args: align::AlignArgs,
     },
+    /// A method over a JSONL prompt set into Parquet (resumable); `batch summarize`, `batch prompts`.
+    Batch(batch::BatchArgs),
     /// Sparse autoencoders and transcoders: `sae attribute`, `sae info`.
     Sae {
         #[command(subcommand)]
@@ -204,7 +207,7 @@ enum ModelsCommand {
     List,
 }
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("{msg}");
 }
 
@@ -382,6 +385,13 @@ pub(crate) fn stop_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Output piped into a command that stops reading (`glassbox ... | head`) ends the process
+    // quietly, as other command-line tools do, instead of failing on the next print.
+    // SAFETY: resetting one signal's disposition to the default before any other thread
+    // exists; no handler is installed, so nothing runs in signal context.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     for (k, v) in glassbox::threads::candle_env() {
         // Sound here: no other thread has started yet (see glassbox::threads).
         std::env::set_var(k, v);
@@ -443,6 +453,7 @@ fn run_cli(cli: Cli) -> Result<()> {
         Command::Generate { model, args } => generate::run_generate(&load_model(&model)?, &args)?,
         Command::Serve { model, args } => serve::serve(load_model(&model)?, &args)?,
         Command::Sae { command } => sae::run(&command)?,
+        Command::Batch(args) => batch::run(&args)?,
         Command::Align { prepend_bos, args } => align::run_align(&args, &|name| load_model(&ModelArg { model: name.to_string(), prepend_bos }))?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;

@@ -16,6 +16,7 @@
 //! assert!("blocks.9.attn.hook_scores".parse::<HookPoint>().is_err());
 //! ```
 
+pub mod batch;
 pub mod bench;
 pub mod error;
 pub mod finite;

@@ -347,6 +347,67 @@ pub(crate) fn attribute_caching(
     Ok((attribution, runs))
 }
 
+/// `attribute` for each contrast. Taylor attribution of the logit difference at the last
+/// position runs the contrasts together: their clean prompts in one right-padded batch
+/// (forward and backward), their corrupted prompts in another, each row's scores summed over
+/// its own positions only (a padding position's gradient is zero, and causal attention keeps
+/// a real position from seeing the padding after it). Each result equals `attribute` on its
+/// contrast up to float rounding. Other methods and metrics run one contrast at a time.
+pub fn attribute_many(model: &Model, contrasts: &[Contrast], opts: &AttributionOptions) -> Result<Vec<Attribution>> {
+    let last_ld = matches!(opts.metric, Metric::LogitDiff { position: crate::methods::Position::Last });
+    if opts.method != Method::Taylor || !last_ld || contrasts.len() < 2 || model.config.variants.final_softcap.is_some() {
+        return contrasts.iter().map(|c| attribute(model, c, opts)).collect();
+    }
+    for c in contrasts {
+        c.check(model)?;
+    }
+    let component = opts.component;
+    let points: Vec<HookPoint> = (0..model.config.n_layers).map(|l| component.point(l)).collect();
+    let correct: Vec<u32> = contrasts.iter().map(|c| c.correct_id).collect();
+    let incorrect: Vec<u32> = contrasts.iter().map(|c| c.incorrect_id).collect();
+    let clean_rows: Vec<Vec<u32>> = contrasts.iter().map(|c| c.clean.clone()).collect();
+    let corr_rows: Vec<Vec<u32>> = contrasts.iter().map(|c| c.corrupted.clone()).collect();
+    let hooks = crate::model::Hooks::new().last_logits_only().cache(points.iter().copied());
+    let (corr, clean) = kernels::concurrently(
+        || model.forward(&Batch::new(&corr_rows)?, &hooks),
+        || -> Result<_> {
+            let clean = model.forward(&Batch::new(&clean_rows)?, &hooks.clone().grad_tap(points.iter().copied()))?;
+            let ld = clean.logit_diff(&correct, &incorrect)?;
+            let grads = clean.backward(&ld.sum_all()?)?;
+            Ok((clean, ld, grads))
+        },
+    );
+    let (corr, (clean, ld_clean, grads)) = (corr?, clean?);
+    let ld_clean = ld_clean.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let ld_corr = corr.logit_diff(&correct, &incorrect)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(contrasts.len());
+    for (r, c) in contrasts.iter().enumerate() {
+        let n = c.clean.len();
+        let scores = points
+            .iter()
+            .map(|&p| {
+                let delta = (clean.cache.get(p)?.get(r)?.narrow(0, 0, n)? - corr.cache.get(p)?.get(r)?.narrow(0, 0, n)?)?;
+                per_unit(&(grads.get(p)?.get(r)?.narrow(0, 0, n)? * delta)?, component)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (attributions, top) = ranked(&scores, component);
+        out.push(Attribution {
+            method: Method::Taylor,
+            component,
+            n_steps: None,
+            metric: opts.metric.name().to_string(),
+            scores,
+            attributions,
+            top,
+            clean_ld: ld_clean[r],
+            corrupted_ld: ld_corr[r],
+            embed_attribution: None,
+            completeness_residual: None,
+        });
+    }
+    Ok(out)
+}
+
 /// Taylor attribution of one clean prompt against many corrupted ones (same length): the
 /// gradient is the clean run's, so one forward and backward of the clean prompt serves every
 /// corruption, and the corrupted prompts run in batches of up to 160 token rows with only

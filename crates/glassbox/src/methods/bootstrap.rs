@@ -49,7 +49,7 @@ pub fn quantile(sorted: &[f32], q: f32) -> f32 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
 }
 
-fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) -> Interval {
+pub(crate) fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) -> Interval {
     samples.sort_by(f32::total_cmp);
     let m = samples.iter().sum::<f32>() / samples.len().max(1) as f32;
     let var = samples.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / (samples.len().max(2) - 1) as f32;

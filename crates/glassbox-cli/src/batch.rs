@@ -1,0 +1,342 @@
+//! `glassbox batch`: a method over a JSONL prompt set into Parquet (resumable), its summary,
+//! and generated prompt sets as JSONL.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use glassbox::batch::summary::{summarize, Summary, SummaryOptions};
+use glassbox::batch::{self, BatchOptions, Item, LineError, Method, Settings};
+use serde_json::Value;
+
+use crate::methods::{finite, print_json};
+use crate::ModelArg;
+
+/// `glassbox batch`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BatchArgs {
+    #[command(subcommand)]
+    pub command: Option<BatchCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `glassbox batch` without a subcommand: the run.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The prompts: one JSON object per line, {"id", "prompt", "correct", "incorrect",
+    /// "corrupted"?, "group"?} (or give --task).
+    #[arg(long, required_unless_present = "task")]
+    pub input: Option<PathBuf>,
+    /// Generate the prompts instead: `ioi` (written beside the output as OUT.prompts.jsonl).
+    #[arg(long, conflicts_with = "input")]
+    pub task: Option<String>,
+    /// Prompts the task generates.
+    #[arg(long, default_value_t = 256)]
+    pub n: usize,
+    /// Seed of the task's prompts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The method: analyze, attribution, patch, logit-lens, edges, token-attribution, sae-attribute.
+    #[arg(long, default_value = "attribution")]
+    pub method: String,
+    /// The method's options as JSON (the library's option struct, as `glassbox serve` takes
+    /// it), e.g. '{"method": {"kind": "integrated_gradients", "n_steps": 10}}'.
+    #[arg(long)]
+    pub options: Option<String>,
+    /// The SAE folder, for sae-attribute.
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// The result file (Parquet).
+    #[arg(long, required_unless_present = "task")]
+    pub out: Option<PathBuf>,
+    /// Prompts per group, sorted by length (one padded batch where the method allows).
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Rows per Parquet row group (each flushed to disk as it completes).
+    #[arg(long, default_value_t = 64)]
+    pub row_group: usize,
+    /// Continue an interrupted run (or add new ids to a finished one): ids already in the
+    /// output are skipped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop at the first bad line or failed prompt instead of reporting it and going on.
+    #[arg(long)]
+    pub strict: bool,
+    /// Print the run's report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BatchCommand {
+    /// Summarise a result file: means with bootstrap intervals, the circuit over the set, per group.
+    Summarize {
+        /// The result file of `glassbox batch`.
+        file: PathBuf,
+        /// Bootstrap resamples.
+        #[arg(long, default_value_t = 1000)]
+        n_boot: usize,
+        /// Cells listed per [layer][unit] column.
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a generated prompt set as JSONL (the input of `glassbox batch`).
+    Prompts {
+        #[command(flatten)]
+        model: ModelArg,
+        /// The task: ioi.
+        #[arg(long)]
+        task: String,
+        #[arg(long, default_value_t = 256)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The items of a generated task set (ids `ioi-0000`, groups by template).
+fn task_items(model: &glassbox::Model, task: &str, n: usize, seed: u64) -> Result<Vec<Item>> {
+    if task != "ioi" {
+        bail!("unknown task `{task}`; the tasks are: ioi");
+    }
+    let prompts = glassbox::tasks::ioi::generate(model, n, seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
+    Ok(prompts
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Item {
+            line: i + 1,
+            id: format!("ioi-{i:05}"),
+            prompt: p.clean,
+            correct: p.io,
+            incorrect: p.subject,
+            corrupted: Some(p.corrupted),
+            group: Some(format!("template-{}-{}", p.template, p.order)),
+        })
+        .collect())
+}
+
+fn write_jsonl(items: &[Item], w: &mut dyn Write) -> Result<()> {
+    for it in items {
+        let mut v = serde_json::json!({"id": it.id, "prompt": it.prompt, "correct": it.correct, "incorrect": it.incorrect});
+        if let Some(c) = &it.corrupted {
+            v["corrupted"] = Value::String(c.clone());
+        }
+        if let Some(g) = &it.group {
+            v["group"] = Value::String(g.clone());
+        }
+        writeln!(w, "{v}")?;
+    }
+    Ok(())
+}
+
+/// The sha256 of the model's weights: the file's, or for a folder the hash of its files'
+/// hashes in name order.
+fn model_sha256(path: &Path) -> Result<String> {
+    if path.is_file() {
+        return Ok(glassbox::registry::sha256_file(path)?);
+    }
+    use sha2::{Digest, Sha256};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        h.update(glassbox::registry::sha256_file(&f)?.as_bytes());
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn report_lines(errors: &[LineError], strict: bool, what: &str) -> Result<()> {
+    for e in errors {
+        eprintln!("line {}{}: {}", e.line, e.id.as_ref().map(|i| format!(" (id {i})")).unwrap_or_default(), e.message);
+    }
+    if strict && !errors.is_empty() {
+        bail!("{} {what} (--strict stops at the first; leave it out to skip them)", errors.len());
+    }
+    Ok(())
+}
+
+pub fn run(args: &BatchArgs) -> Result<()> {
+    match &args.command {
+        Some(BatchCommand::Summarize { file, n_boot, top_k, seed, json }) => {
+            let s = finite(summarize(file, &SummaryOptions { n_boot: *n_boot, top_k: *top_k, seed: *seed, ..Default::default() })?)?;
+            if *json {
+                return print_json(&s);
+            }
+            print_summary(&s);
+            Ok(())
+        }
+        Some(BatchCommand::Prompts { model, task, n, seed, out }) => {
+            let m = crate::load_model(model)?;
+            let items = task_items(&m, task, *n, *seed)?;
+            match out {
+                Some(p) => {
+                    let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
+                    write_jsonl(&items, &mut f)?;
+                    f.flush()?;
+                }
+                None => write_jsonl(&items, &mut std::io::stdout().lock())?,
+            }
+            Ok(())
+        }
+        None => run_batch(&args.run),
+    }
+}
+
+fn run_batch(a: &RunArgs) -> Result<()> {
+    let method: Method = a.method.parse()?;
+    let options: Value = match &a.options {
+        Some(s) => serde_json::from_str(s).with_context(|| format!("--options is not valid JSON: {s}"))?,
+        None => Value::Null,
+    };
+    let sae = match (&a.sae, method) {
+        (Some(dir), _) => Some(glassbox::sae::Sae::load(dir, None)?),
+        (None, Method::SaeAttribute) => bail!("--method sae-attribute needs --sae DIR"),
+        (None, _) => None,
+    };
+    let path = glassbox::registry::resolve(&a.model.model, &mut crate::progress)?;
+    let m = crate::load_model(&a.model)?;
+    let out = match (&a.out, &a.task) {
+        (Some(o), _) => o.clone(),
+        (None, Some(t)) => PathBuf::from(format!("{t}-{}.parquet", method.name())),
+        (None, None) => bail!("give --out FILE.parquet"),
+    };
+    let (items, mut bad) = match (&a.input, &a.task) {
+        (Some(input), _) => batch::read_jsonl(input)?,
+        (None, Some(task)) => {
+            let items = task_items(&m, task, a.n, a.seed)?;
+            let mut prompts_file = out.as_os_str().to_owned();
+            prompts_file.push(".prompts.jsonl");
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&prompts_file)?);
+            write_jsonl(&items, &mut f)?;
+            f.flush()?;
+            eprintln!("prompts: {}", Path::new(&prompts_file).display());
+            (items, Vec::new())
+        }
+        (None, None) => bail!("give --input FILE.jsonl or --task ioi"),
+    };
+    let n_lines = items.len() + bad.len();
+    let (prepared, unfit) = batch::prepare(&m, items, method);
+    bad.extend(unfit);
+    bad.sort_by_key(|e| e.line);
+    report_lines(&bad, a.strict, "lines left out")?;
+    if prepared.is_empty() {
+        bail!("none of the {n_lines} lines can run");
+    }
+    let settings = Settings {
+        method,
+        options: options.clone(),
+        model: m.name.clone(),
+        model_sha256: model_sha256(&path)?,
+        sae: a.sae.as_ref().map(|p| p.display().to_string()),
+        glassbox: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let opts = BatchOptions { method, options, batch_size: a.batch_size, row_group: a.row_group };
+    let bar = indicatif::ProgressBar::new(prepared.len() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} prompts {msg} ({per_sec}, ETA {eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let stop = crate::stop_flag();
+    let strict_stop = std::sync::atomic::AtomicBool::new(false);
+    let both = StopEither(&stop, &strict_stop);
+    let t0 = std::time::Instant::now();
+    let report = batch::run(&m, sae.as_ref(), &prepared, &opts, &settings, &out, a.resume, both.flag(), &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        if p.failed > 0 {
+            bar.set_message(format!("{} failed", p.failed));
+        }
+        if a.strict && p.failed > 0 {
+            strict_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        both.sync();
+    })?;
+    bar.finish_and_clear();
+    report_lines(&report.failed, false, "prompts failed")?;
+    let mut sidecar = out.as_os_str().to_owned();
+    sidecar.push(".json");
+    let meta = serde_json::json!({
+        "settings": settings,
+        "input": a.input.as_ref().map(|p| p.display().to_string()),
+        "task": a.task.as_ref().map(|t| serde_json::json!({"task": t, "n": a.n, "seed": a.seed})),
+        "rows": report.rows,
+        "written": report.written,
+        "skipped_done": report.skipped,
+        "lines_left_out": bad,
+        "failed": report.failed,
+        "interrupted": report.interrupted,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    std::fs::write(&sidecar, serde_json::to_vec_pretty(&meta)?)?;
+    if a.json {
+        print_json(&meta)?;
+    } else {
+        let rate = report.written as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        println!("{}: {} rows ({} written now, {:.2} prompts/s; {} already there; {} lines left out; {} failed)", out.display(), report.rows, report.written, rate, report.skipped, bad.len(), report.failed.len());
+        println!("settings: {}", Path::new(&sidecar).display());
+    }
+    if report.interrupted {
+        bail!("stopped early: {} holds the {} rows done so far; run the same command with --resume to finish", out.display(), report.rows);
+    }
+    if a.strict && !report.failed.is_empty() {
+        bail!("{} prompts failed (--strict)", report.failed.len());
+    }
+    Ok(())
+}
+
+/// Ctrl-C or a --strict failure: either stops the run.
+struct StopEither<'a>(&'a std::sync::atomic::AtomicBool, &'a std::sync::atomic::AtomicBool);
+
+impl StopEither<'_> {
+    /// The flag the run reads: Ctrl-C's, with a --strict failure copied into it.
+    fn flag(&self) -> &std::sync::atomic::AtomicBool {
+        self.0
+    }
+    fn sync(&self) {
+        if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn print_summary(s: &Summary) {
+    let print_set = |set: &glassbox::batch::summary::SetSummary, indent: &str| {
+        for (name, i) in &set.figures {
+            println!("{indent}{name:<24} {:>10.4}  [{:.4}, {:.4}]", i.mean, i.ci_lo, i.ci_hi);
+        }
+        for (name, cells) in &set.top_cells {
+            println!("{indent}{name}: largest mean cells");
+            for c in cells {
+                println!("{indent}  {:<8} {:>10.4}  [{:.4}, {:.4}]", c.name, c.interval.mean, c.interval.ci_lo, c.interval.ci_hi);
+            }
+        }
+        if !set.circuit_frequency.is_empty() {
+            let heads: Vec<String> = set.circuit.iter().map(|h| h.to_string()).collect();
+            println!("{indent}circuit over the set (heads in ≥ 50 % of the prompts' circuits): {}", if heads.is_empty() { "(none)".into() } else { heads.join(" ") });
+            for c in set.circuit_frequency.iter().take(10) {
+                println!("{indent}  {:<8} in {:.0} %", c.head.to_string(), 100.0 * c.frequency);
+            }
+        }
+    };
+    println!("{} rows{}; intervals: {:.0} % bootstrap over prompts ({} resamples)", s.all.n, s.method.as_ref().map(|m| format!(" of {m}")).unwrap_or_default(), 100.0 * (1.0 - s.options.alpha), s.options.n_boot);
+    print_set(&s.all, "  ");
+    for (g, set) in &s.groups {
+        println!("\ngroup {g} ({} rows)", set.n);
+        print_set(set, "  ");
+    }
+}

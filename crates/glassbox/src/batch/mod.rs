@@ -1,0 +1,532 @@
+//! Dataset runs: one method over the prompts of a JSONL file, one Parquet row per prompt.
+//!
+//! Input lines are `{"id", "prompt", "correct", "incorrect", "corrupted"?, "group"?}`; a line
+//! that is not such an object, repeats an id, or that the model cannot take (an answer that is
+//! not one token, a prompt longer than the context) is reported with its line number and left
+//! out, and the other lines run (`read_jsonl`, `prepare`).
+//!
+//! `run` writes the results as they complete: every `row_group` rows become one complete
+//! Parquet file in `OUT.parts/` (written to a temporary name and renamed, so a killed run
+//! leaves only whole parts). When the run ends, or is stopped, the parts are joined, row group
+//! by row group without decoding, into `OUT` (again through a temporary name); a finished run
+//! then removes its parts. `resume` skips the ids already in the parts (or in `OUT`, when the
+//! parts are gone) and appends the rest, so an interrupted run, resumed, holds each id once.
+//!
+//! Prompts are sorted by length and run in groups of up to `batch_size`; methods that can run
+//! several prompts at once (Taylor attribution of the logit difference) run each group as one
+//! right-padded batch, the others prompt by prompt. A prompt's row is the same either way.
+
+pub mod summary;
+pub mod table;
+
+use std::collections::HashSet;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::inputs::{Contrast, Prompt};
+use crate::model::Model;
+use crate::sae::Sae;
+
+/// The longest input line read, in bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// The most input lines read.
+pub const MAX_LINES: usize = 10_000_000;
+
+/// One prompt of the dataset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Item {
+    /// Its line in the input (from 1).
+    pub line: usize,
+    /// Its id (a JSON string, or a number written as text).
+    pub id: String,
+    /// The prompt.
+    pub prompt: String,
+    /// The answer the model should give (one token).
+    pub correct: String,
+    /// The competing answer (one token).
+    pub incorrect: String,
+    /// The corrupted prompt; by default the answers' words swapped.
+    #[serde(default)]
+    pub corrupted: Option<String>,
+    /// A label to break the summary down by (e.g. the template).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A line left out, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LineError {
+    /// The line (from 1).
+    pub line: usize,
+    /// The item's id, when the line had one.
+    pub id: Option<String>,
+    /// What was wrong.
+    pub message: String,
+}
+
+fn text_field(o: &Map<String, Value>, name: &str, required: bool) -> std::result::Result<Option<String>, String> {
+    match o.get(name) {
+        None | Some(Value::Null) if required => Err(format!("missing field `{name}`")),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) if name == "id" || name == "group" => Ok(Some(n.to_string())),
+        Some(v) => Err(format!("`{name}` is {v}, not text")),
+    }
+}
+
+/// Parses one input line (`line` from 1) into an item.
+pub fn parse_line(text: &str, line: usize) -> std::result::Result<Item, LineError> {
+    let fail = |id: Option<String>, message: String| LineError { line, id, message };
+    let v: Value = serde_json::from_str(text).map_err(|e| fail(None, format!("not valid JSON: {e}")))?;
+    let Value::Object(o) = v else {
+        return Err(fail(None, "not a JSON object; write {\"id\": ..., \"prompt\": ..., \"correct\": ..., \"incorrect\": ...}".into()));
+    };
+    let id = text_field(&o, "id", true).map_err(|m| fail(None, m))?.unwrap_or_default();
+    let field = |name: &str, required: bool| text_field(&o, name, required).map_err(|m| fail(Some(id.clone()), m));
+    Ok(Item {
+        line,
+        prompt: field("prompt", true)?.unwrap_or_default(),
+        correct: field("correct", true)?.unwrap_or_default(),
+        incorrect: field("incorrect", true)?.unwrap_or_default(),
+        corrupted: field("corrupted", false)?,
+        group: field("group", false)?,
+        id,
+    })
+}
+
+/// The items of a JSONL file and the lines left out (not an object, missing fields, a
+/// repeated id, a line over `MAX_LINE_BYTES`). Blank lines are skipped.
+pub fn read_jsonl(path: &Path) -> Result<(Vec<Item>, Vec<LineError>)> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = std::io::BufReader::new(f);
+    let (mut items, mut errors) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    let mut buf = Vec::new();
+    for line in 1.. {
+        if line > MAX_LINES {
+            return Err(Error::Invalid(format!("{} has more than {MAX_LINES} lines; split it", path.display())));
+        }
+        buf.clear();
+        // At most MAX_LINE_BYTES + 1 bytes of the line are kept; the rest is skipped.
+        let n = read_bounded_line(&mut reader, &mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        if buf.len() > MAX_LINE_BYTES {
+            errors.push(LineError { line, id: None, message: format!("the line is {n} bytes; the most is {MAX_LINE_BYTES}") });
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&buf) else {
+            errors.push(LineError { line, id: None, message: "not UTF-8 text".into() });
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_line(text, line) {
+            Ok(item) if !seen.insert(item.id.clone()) => errors.push(LineError { line, id: Some(item.id.clone()), message: format!("the id {:?} is on an earlier line too; ids must be unique", item.id) }),
+            Ok(item) => items.push(item),
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((items, errors))
+}
+
+/// Reads one line into `buf`, keeping at most `MAX_LINE_BYTES + 1` bytes of it; returns the
+/// line's full length in bytes (0 at the end of the input).
+fn read_bounded_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = (MAX_LINE_BYTES + 1).saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        r.consume(take);
+        total += take;
+        if done {
+            while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                buf.pop();
+            }
+            return Ok(total);
+        }
+    }
+}
+
+/// The methods a dataset run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// `analyze`: circuit and faithfulness.
+    Analyze,
+    /// `attribution`: per-head (or MLP) attribution.
+    Attribution,
+    /// `patch`: exact activation patching of every head.
+    Patch,
+    /// `logit-lens`.
+    LogitLens,
+    /// `edges`: edge attribution patching.
+    Edges,
+    /// `token-attribution`: token saliency.
+    TokenAttribution,
+    /// `sae-attribute`: SAE feature attribution (needs an SAE).
+    SaeAttribute,
+}
+
+impl Method {
+    /// Every method, as the CLI names them.
+    pub const ALL: [Method; 7] = [Method::Analyze, Method::Attribution, Method::Patch, Method::LogitLens, Method::Edges, Method::TokenAttribution, Method::SaeAttribute];
+
+    /// The CLI's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Analyze => "analyze",
+            Method::Attribution => "attribution",
+            Method::Patch => "patch",
+            Method::LogitLens => "logit-lens",
+            Method::Edges => "edges",
+            Method::TokenAttribution => "token-attribution",
+            Method::SaeAttribute => "sae-attribute",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            Error::Invalid(format!("no batch method `{s}`; the methods are: {}", Method::ALL.map(Method::name).join(", ")))
+        })
+    }
+}
+
+/// A prompt ready to run: the item tokenized and checked.
+pub struct Prepared {
+    /// The input item.
+    pub item: Item,
+    /// The clean prompt and its answers.
+    pub prompt: Prompt,
+    /// The clean and corrupted prompts, for the methods that compare the two.
+    pub contrast: Option<Contrast>,
+}
+
+impl Prepared {
+    fn contrast(&self) -> Result<&Contrast> {
+        self.contrast.as_ref().ok_or_else(|| Error::Invalid("this method needs a corrupted prompt".into()))
+    }
+}
+
+/// Whether the method reads one prompt (no corrupted prompt needed).
+fn one_prompt(method: Method) -> bool {
+    matches!(method, Method::LogitLens | Method::TokenAttribution | Method::SaeAttribute)
+}
+
+/// Tokenizes and checks each item for the model; the items it cannot take become line errors.
+pub fn prepare(model: &Model, items: Vec<Item>, method: Method) -> (Vec<Prepared>, Vec<LineError>) {
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for item in items {
+        let built = if one_prompt(method) {
+            Prompt::new(model, &item.prompt, &item.correct, &item.incorrect).and_then(|p| {
+                p.check(model)?;
+                Ok((p, None))
+            })
+        } else {
+            Contrast::new(model, &item.prompt, &item.correct, &item.incorrect, item.corrupted.as_deref()).and_then(|c| {
+                c.check(model)?;
+                Ok((Prompt { tokens: c.clean.clone(), correct: c.correct_id, incorrect: c.incorrect_id }, Some(c)))
+            })
+        };
+        match built {
+            Ok((prompt, contrast)) => ok.push(Prepared { item, prompt, contrast }),
+            Err(e) => bad.push(LineError { line: item.line, id: Some(item.id), message: e.to_string() }),
+        }
+    }
+    (ok, bad)
+}
+
+/// What `run` does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchOptions {
+    /// The method.
+    pub method: Method,
+    /// The method's option struct as JSON (`null`: its defaults), as `glassbox serve` takes it.
+    #[serde(default)]
+    pub options: Value,
+    /// Prompts per group (one padded batch where the method allows).
+    pub batch_size: usize,
+    /// Rows per Parquet row group (and per part file).
+    pub row_group: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { method: Method::Attribution, options: Value::Null, batch_size: 16, row_group: 64 }
+    }
+}
+
+fn options<T: DeserializeOwned + Default>(v: &Value, method: Method) -> Result<T> {
+    if v.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(v.clone()).map_err(|e| Error::Invalid(format!("the options of `{}`: {e}", method.name())))
+}
+
+fn object<T: Serialize>(v: &T) -> Result<Map<String, Value>> {
+    crate::check_finite(v)?;
+    match serde_json::to_value(v).map_err(|e| Error::Invalid(format!("encoding a result: {e}")))? {
+        Value::Object(m) => Ok(m),
+        other => Ok(Map::from_iter([("value".to_string(), other)])),
+    }
+}
+
+/// The method's result for each prompt of `group`, in order: the `--json` result's fields
+/// (errors are per prompt).
+pub fn run_group(model: &Model, sae: Option<&Sae>, method: Method, opts: &Value, group: &[&Prepared]) -> Result<Vec<Result<Map<String, Value>>>> {
+    use crate::methods::{analyze, attribution, edges, logit_lens, patching, sae_attribution, token_attribution};
+    let one = |p: &Prepared| -> Result<Map<String, Value>> {
+        match method {
+            Method::Analyze => object(&analyze::analyze(model, p.contrast()?, &options(opts, method)?)?),
+            Method::Attribution => object(&attribution::attribute(model, p.contrast()?, &options(opts, method)?)?),
+            Method::Patch => object(&patching::exact_patching(model, p.contrast()?, &options(opts, method)?)?),
+            Method::LogitLens => object(&logit_lens::logit_lens(model, &p.prompt, &options(opts, method)?)?),
+            Method::Edges => object(&edges::edge_attribution(model, p.contrast()?, &options(opts, method)?)?),
+            Method::TokenAttribution => object(&token_attribution::token_attribution(model, &p.prompt, &options(opts, method)?)?),
+            Method::SaeAttribute => {
+                let sae = sae.ok_or_else(|| Error::Invalid("sae-attribute needs an SAE (--sae DIR)".into()))?;
+                object(&sae_attribution::sae_attribution(model, sae, &p.prompt, &options(opts, method)?)?)
+            }
+        }
+    };
+    if method == Method::Attribution && group.len() > 1 {
+        let o: attribution::AttributionOptions = options(opts, method)?;
+        let contrasts: Vec<Contrast> = group.iter().map(|p| p.contrast().cloned()).collect::<Result<_>>()?;
+        // One batch for the group; should it fail as a whole, each prompt alone says which.
+        if let Ok(all) = attribution::attribute_many(model, &contrasts, &o) {
+            return Ok(all.iter().map(object).collect());
+        }
+    }
+    Ok(group.iter().map(|p| one(p)).collect())
+}
+
+/// Progress of a run, for a progress bar.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Prompts finished this run (rows written or failed).
+    pub done: usize,
+    /// Prompts this run has to do.
+    pub total: usize,
+    /// Prompts that failed this run.
+    pub failed: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The result file.
+    pub out: PathBuf,
+    /// Rows in it.
+    pub rows: usize,
+    /// Rows written by this run.
+    pub written: usize,
+    /// Ids skipped because an earlier run (resumed) had them.
+    pub skipped: usize,
+    /// Prompts that failed when run (each with its line and message).
+    pub failed: Vec<LineError>,
+    /// Whether the stop flag ended the run early.
+    pub interrupted: bool,
+}
+
+/// The folder of the parts of `out`'s run.
+pub fn parts_dir(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".parts");
+    PathBuf::from(s)
+}
+
+fn part_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("part-") && n.ends_with(".parquet")))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Writes `path` through a temporary name beside it, so it is whole or absent.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The settings of a run, kept beside its parts and in the result's metadata; `resume`
+/// refuses parts written with other settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    /// The method and its options.
+    pub method: Method,
+    /// The method's options (JSON).
+    pub options: Value,
+    /// The model's name.
+    pub model: String,
+    /// The sha256 of the model's weight file(s) (lowercase hex).
+    pub model_sha256: String,
+    /// The SAE folder, for `sae-attribute`.
+    pub sae: Option<String>,
+    /// glassbox's version.
+    pub glassbox: String,
+}
+
+/// Runs `opts.method` over `prepared` into the Parquet file `out` (see the module's notes).
+/// `progress` sees each finished group; `stop` ends the run early with a valid file.
+#[allow(clippy::too_many_arguments)] // the model, its SAE, the prompts, the options, where, and the three controls
+pub fn run(
+    model: &Model,
+    sae: Option<&Sae>,
+    prepared: &[Prepared],
+    opts: &BatchOptions,
+    settings: &Settings,
+    out: &Path,
+    resume: bool,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunReport> {
+    crate::methods::check_count("batch_size", opts.batch_size, 1..=4096)?;
+    crate::methods::check_count("row_group", opts.row_group, 1..=1_000_000)?;
+    let dir = parts_dir(out);
+    let settings_file = dir.join("settings.json");
+    let mut done: HashSet<String> = HashSet::new();
+    if resume {
+        if !dir.exists() && out.exists() {
+            // A finished (or joined) result: it becomes the first part.
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            std::fs::copy(out, dir.join("part-000000.parquet")).map_err(|e| Error::io(out, e))?;
+            let (_, kv) = table::read_file(out)?;
+            let old = kv.iter().find(|(k, _)| k == "glassbox.settings").map(|(_, v)| v.clone()).unwrap_or_default();
+            std::fs::write(&settings_file, old).map_err(|e| Error::io(&settings_file, e))?;
+        }
+        if dir.exists() {
+            let old: Settings = std::fs::read(&settings_file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| Error::Invalid(format!("{} has no readable settings.json; it is not a glassbox batch run to resume", dir.display())))?;
+            if old.method != settings.method || old.options != settings.options || old.model_sha256 != settings.model_sha256 || old.sae != settings.sae {
+                return Err(Error::Invalid(format!(
+                    "the run in {} used {} with options {} on {} ({}); resume it with the same method, options and model, or write to another --out",
+                    dir.display(),
+                    old.method.name(),
+                    old.options,
+                    old.model,
+                    &old.model_sha256[..old.model_sha256.len().min(12)]
+                )));
+            }
+            for p in part_files(&dir)? {
+                done.extend(table::read_column_text(&p, "id")?);
+            }
+        }
+    } else if dir.exists() {
+        return Err(Error::Invalid(format!("{} holds the parts of an unfinished run; continue it with --resume, or remove it", dir.display())));
+    } else if out.exists() {
+        return Err(Error::Invalid(format!("{} exists; give --resume to add to it, or another --out", out.display())));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    std::fs::write(&settings_file, serde_json::to_vec_pretty(settings).map_err(|e| Error::Invalid(e.to_string()))?).map_err(|e| Error::io(&settings_file, e))?;
+
+    let mut todo: Vec<&Prepared> = prepared.iter().filter(|p| !done.contains(&p.item.id)).collect();
+    let skipped = prepared.len() - todo.len();
+    // Grouped by length (stable: equal lengths keep their input order).
+    todo.sort_by_key(|p| p.prompt.tokens.len());
+    let mut next_part = part_files(&dir)?.len();
+    let mut columns: Option<table::Columns> = None;
+    if let Some(first) = part_files(&dir)?.first() {
+        columns = Some(columns_of(first)?);
+    }
+    let mut pending: Vec<Map<String, Value>> = Vec::new();
+    let mut failed = Vec::new();
+    let mut written = 0usize;
+    let mut report = Progress { done: 0, total: todo.len(), failed: 0 };
+    let mut interrupted = false;
+    let flush = |pending: &mut Vec<Map<String, Value>>, columns: &mut Option<table::Columns>, next_part: &mut usize| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let cols = columns.get_or_insert_with(|| table::Columns::infer(pending));
+        let path = dir.join(format!("part-{:06}.parquet", *next_part));
+        write_atomically(&path, |tmp| table::write_file(tmp, cols, pending, &[]))?;
+        *next_part += 1;
+        pending.clear();
+        Ok(())
+    };
+    for group in todo.chunks(opts.batch_size) {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        let results = run_group(model, sae, opts.method, &opts.options, group)?;
+        for (p, r) in group.iter().zip(results) {
+            match r {
+                Ok(fields) => {
+                    let mut row = Map::new();
+                    row.insert("id".into(), Value::String(p.item.id.clone()));
+                    row.insert("line".into(), Value::from(p.item.line));
+                    row.insert("group".into(), p.item.group.clone().map_or(Value::Null, Value::String));
+                    for (k, v) in fields {
+                        if !row.contains_key(&k) {
+                            row.insert(k, v);
+                        }
+                    }
+                    pending.push(row);
+                    written += 1;
+                }
+                Err(e) => {
+                    failed.push(LineError { line: p.item.line, id: Some(p.item.id.clone()), message: e.to_string() });
+                    report.failed += 1;
+                }
+            }
+        }
+        report.done += group.len();
+        if pending.len() >= opts.row_group {
+            flush(&mut pending, &mut columns, &mut next_part)?;
+        }
+        progress(report);
+    }
+    flush(&mut pending, &mut columns, &mut next_part)?;
+    // The parts joined into the result.
+    let parts = part_files(&dir)?;
+    let settings_json = serde_json::to_string(settings).map_err(|e| Error::Invalid(e.to_string()))?;
+    let rows = if parts.is_empty() {
+        0
+    } else {
+        write_atomically(out, |tmp| table::concat_files(&parts, tmp, &[("glassbox.settings".into(), settings_json.clone())]))?;
+        count_rows(out)?
+    };
+    if !interrupted {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(RunReport { out: out.to_path_buf(), rows, written, skipped, failed, interrupted })
+}
+
+fn columns_of(path: &Path) -> Result<table::Columns> {
+    table::read_columns(path)
+}
+
+fn count_rows(path: &Path) -> Result<usize> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let r = SerializedFileReader::new(f)?;
+    Ok(r.metadata().file_metadata().num_rows().max(0) as usize)
+}
