@@ -141,23 +141,6 @@ fn write_jsonl(items: &[Item], w: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// The sha256 of the model's weights: the file's, or for a folder the hash of its files'
-/// hashes in name order.
-fn model_sha256(path: &Path) -> Result<String> {
-    if path.is_file() {
-        return Ok(glassbox::registry::sha256_file(path)?);
-    }
-    use sha2::{Digest, Sha256};
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
-    files.sort();
-    let mut h = Sha256::new();
-    for f in files {
-        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-        h.update(glassbox::registry::sha256_file(&f)?.as_bytes());
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn report_lines(errors: &[LineError], strict: bool, what: &str) -> Result<()> {
     for e in errors {
         eprintln!("line {}{}: {}", e.line, e.id.as_ref().map(|i| format!(" (id {i})")).unwrap_or_default(), e.message);
@@ -239,7 +222,7 @@ fn run_batch(a: &RunArgs) -> Result<()> {
         method,
         options: options.clone(),
         model: m.name.clone(),
-        model_sha256: model_sha256(&path)?,
+        model_sha256: batch::weights_sha256(&path)?,
         sae: a.sae.as_ref().map(|p| p.display().to_string()),
         glassbox: env!("CARGO_PKG_VERSION").to_string(),
     };

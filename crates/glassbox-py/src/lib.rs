@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod arrays;
+mod batch;
 mod cache;
 mod errors;
 mod methods;
@@ -25,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cache::ActivationCache>()?;
     methods::register(m)?;
     sae::register(m)?;
+    batch::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

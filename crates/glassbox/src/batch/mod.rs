@@ -530,3 +530,20 @@ fn count_rows(path: &Path) -> Result<usize> {
     let r = SerializedFileReader::new(f)?;
     Ok(r.metadata().file_metadata().num_rows().max(0) as usize)
 }
+
+/// The sha256 of a model's weights: the file's, or for a folder the hash of its files' names
+/// and hashes in name order (lowercase hex).
+pub fn weights_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    if path.is_file() {
+        return crate::registry::sha256_file(path);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        h.update(crate::registry::sha256_file(&f)?.as_bytes());
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,113 @@
+//! Dataset runs from Python (`glassbox.distributed` shards them over Ray): parse JSONL items,
+//! run a method over items into a Parquet file (resumable), join result files, summarise.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use glassbox::batch::summary::{summarize, SummaryOptions};
+use glassbox::batch::{self, BatchOptions, Item, Method, Settings};
+use pyo3::prelude::*;
+
+use crate::errors::{input, IntoPy};
+use crate::model::Model;
+use crate::sae::Sae;
+
+/// Items from JSONL lines (line numbers from `first_line`): `(items, errors)`, each a dict.
+#[pyfunction]
+#[pyo3(signature = (lines, first_line=1))]
+fn batch_parse<'py>(py: Python<'py>, lines: Vec<String>, first_line: usize) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let (mut items, mut errors) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match batch::parse_line(l, first_line + i) {
+            Ok(it) if !seen.insert(it.id.clone()) => errors.push(batch::LineError { line: it.line, id: Some(it.id.clone()), message: format!("the id {:?} is on an earlier line too; ids must be unique", it.id) }),
+            Ok(it) => items.push(it),
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((pythonize::pythonize(py, &items)?, pythonize::pythonize(py, &errors)?))
+}
+
+/// Runs `method` over `items` (dicts as `batch_parse` gives) into the Parquet file `out`, as
+/// `glassbox batch` does; returns the run's report with the items the model could not take.
+#[pyfunction]
+#[pyo3(signature = (model, items, method, out, model_path, options=None, batch_size=16, row_group=64, resume=false, sae=None))]
+#[allow(clippy::too_many_arguments)] // the run's settings, as keywords
+fn batch_run<'py>(
+    py: Python<'py>,
+    model: &Model,
+    items: &Bound<'py, PyAny>,
+    method: &str,
+    out: PathBuf,
+    model_path: &str,
+    options: Option<&Bound<'py, PyAny>>,
+    batch_size: usize,
+    row_group: usize,
+    resume: bool,
+    sae: Option<&Sae>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let items: Vec<Item> = pythonize::depythonize(items).map_err(|e| input(format!("items: {e}")))?;
+    let method: Method = method.parse().py_err()?;
+    let options: serde_json::Value = match options {
+        Some(o) if !o.is_none() => pythonize::depythonize(o).map_err(|e| input(format!("options: {e}")))?,
+        _ => serde_json::Value::Null,
+    };
+    let m = model.inner.clone();
+    let sae = sae.map(|s| s.inner.clone());
+    let spec = model_path.to_string();
+    let report = py
+        .detach(move || -> glassbox::Result<serde_json::Value> {
+            let path = glassbox::registry::resolve(&spec, &mut |msg| eprintln!("{msg}"))?;
+            let settings = Settings {
+                method,
+                options: options.clone(),
+                model: m.name.clone(),
+                model_sha256: batch::weights_sha256(&path)?,
+                sae: None,
+                glassbox: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let (prepared, unfit) = batch::prepare(&m, items, method);
+            let opts = BatchOptions { method, options, batch_size, row_group };
+            let r = batch::run(&m, sae.as_deref(), &prepared, &opts, &settings, &out, resume, &AtomicBool::new(false), &mut |_| {})?;
+            Ok(serde_json::json!({"report": r, "lines_left_out": unfit, "settings": settings}))
+        })
+        .py_err()?;
+    Ok(pythonize::pythonize(py, &report)?)
+}
+
+/// Joins result files (one schema) into `out`, row group by row group, without decoding;
+/// `settings` (a dict) goes into the file's metadata.
+#[pyfunction]
+#[pyo3(signature = (parts, out, settings=None))]
+fn batch_join(py: Python<'_>, parts: Vec<PathBuf>, out: PathBuf, settings: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    let mut meta = Vec::new();
+    if let Some(s) = settings.filter(|s| !s.is_none()) {
+        let v: serde_json::Value = pythonize::depythonize(s).map_err(|e| input(format!("settings: {e}")))?;
+        meta.push(("glassbox.settings".to_string(), v.to_string()));
+    }
+    py.detach(move || glassbox::batch::table::concat_files(&parts, &out, &meta)).py_err()
+}
+
+/// `glassbox batch summarize` of a result file, as a dict.
+#[pyfunction]
+#[pyo3(signature = (path, options=None))]
+fn batch_summarize<'py>(py: Python<'py>, path: PathBuf, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    let o: SummaryOptions = match options {
+        Some(o) if !o.is_none() => pythonize::depythonize(o).map_err(|e| input(format!("options: {e}")))?,
+        _ => SummaryOptions::default(),
+    };
+    let s = py.detach(move || summarize(&path, &o)).py_err()?;
+    glassbox::check_finite(&s).py_err()?;
+    Ok(pythonize::pythonize(py, &s)?)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(batch_parse, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_run, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_join, m)?)?;
+    m.add_function(wrap_pyfunction!(batch_summarize, m)?)?;
+    Ok(())
+}
