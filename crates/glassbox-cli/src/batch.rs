@@ -273,6 +273,9 @@ fn run_batch(a: &RunArgs) -> Result<()> {
         println!("{}: {} rows ({} written now, {:.2} prompts/s; {} already there; {} lines left out; {} failed)", out.display(), report.rows, report.written, rate, report.skipped, bad.len(), report.failed.len());
         println!("settings: {}", Path::new(&sidecar).display());
     }
+    if report.rows == 0 && !report.interrupted {
+        bail!("no rows: every prompt failed (see the messages above)");
+    }
     if report.interrupted {
         bail!("stopped early: {} holds the {} rows done so far; run the same command with --resume to finish", out.display(), report.rows);
     }

@@ -230,3 +230,53 @@ fn parquet_columns_round_trip() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert!(table::read_file(&path).is_err());
 }
+
+#[test]
+fn sae_attribute_rows_equal_the_sae_attribution_alone() {
+    use glassbox::methods::sae_attribution::{sae_attribution, SaeAttributionOptions};
+    let model = tiny();
+    let sae = glassbox::sae::Sae::load(&fixtures().join("sae").join("standard"), None).unwrap();
+    let items = ioi_items(&model, 6);
+    let dir = tmp("sae");
+    let out = dir.join("r.parquet");
+    let opts = BatchOptions { method: Method::SaeAttribute, batch_size: 4, row_group: 4, ..Default::default() };
+    let (prepared, bad) = batch::prepare(&model, items, opts.method);
+    assert!(bad.is_empty());
+    let report = batch::run(&model, Some(&sae), &prepared, &opts, &settings(opts.method), &out, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(report.rows, 6);
+    let rows = rows_by_id(&out);
+    for p in &prepared {
+        let want = serde_json::to_value(sae_attribution(&model, &sae, &p.prompt, &SaeAttributionOptions::default()).unwrap()).unwrap();
+        assert_eq!(rows[&p.item.id]["top_features"], want["top_features"], "{}", p.item.id);
+    }
+    // Without an SAE each prompt fails with the reason, and the run still ends with a report.
+    let out2 = dir.join("none.parquet");
+    let r = batch::run(&model, None, &prepared, &opts, &settings(opts.method), &out2, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!((r.rows, r.failed.len()), (0, 6));
+    assert!(r.failed[0].message.contains("needs an SAE"), "{}", r.failed[0].message);
+}
+
+#[test]
+fn damaged_result_files_are_errors_not_crashes() {
+    let model = tiny();
+    let dir = tmp("damaged");
+    let out = dir.join("r.parquet");
+    run(&model, ioi_items(&model, 8), &BatchOptions { method: Method::Attribution, ..Default::default() }, &out, false);
+    let bytes = std::fs::read(&out).unwrap();
+    let mut rng = glassbox::rng::Rng::new(9);
+    let bad = dir.join("bad.parquet");
+    for _ in 0..300 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(b.len());
+            b[i] = rng.below(256) as u8;
+        }
+        if rng.below(4) == 0 {
+            b.truncate(rng.below(b.len()));
+        }
+        std::fs::write(&bad, &b).unwrap();
+        // Either reads (a byte that did not matter) or is an error; never a panic or a hang.
+        let _ = table::read_file(&bad);
+        let _ = summarize(&bad, &SummaryOptions { n_boot: 10, ..Default::default() });
+    }
+}

@@ -325,6 +325,10 @@ pub fn write_file(path: &Path, columns: &Columns, rows: &[Map<String, Value>], m
 /// Copies every row group of `parts` (Parquet files with one schema) into `path`, without
 /// decoding them; `metadata` becomes the file's key-value metadata.
 pub fn concat_files(parts: &[std::path::PathBuf], path: &Path, metadata: &[(String, String)]) -> Result<()> {
+    guarded(path, || concat_unguarded(parts, path, metadata))
+}
+
+fn concat_unguarded(parts: &[std::path::PathBuf], path: &Path, metadata: &[(String, String)]) -> Result<()> {
     use parquet::column::writer::ColumnCloseResult;
     use parquet::file::metadata::ParquetMetaDataReader;
     let Some(first) = parts.first() else {
@@ -375,6 +379,16 @@ pub fn concat_files(parts: &[std::path::PathBuf], path: &Path, metadata: &[(Stri
 /// The rows of a Parquet file written by `write_file` or `concat_files`, as JSON objects
 /// (JSON-text columns parsed back), with the file's key-value metadata.
 pub fn read_file(path: &Path) -> Result<(Vec<Map<String, Value>>, Vec<(String, String)>)> {
+    guarded(path, || read_file_unguarded(path))
+}
+
+/// Runs a reader of `path` with the `parquet` crate's panics (on damaged files) turned into
+/// errors naming the file.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Error::Corrupt { path: path.to_path_buf(), detail: "a damaged Parquet file (the reader failed on it)".into() }))
+}
+
+fn read_file_unguarded(path: &Path) -> Result<(Vec<Map<String, Value>>, Vec<(String, String)>)> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(f).map_err(|e| Error::Corrupt { path: path.to_path_buf(), detail: format!("not a complete Parquet file: {e}") })?;
     let meta = reader.metadata().file_metadata();
@@ -425,6 +439,10 @@ pub fn read_column_text(path: &Path, name: &str) -> Result<Vec<String>> {
 /// The columns of a Parquet file written by `write_file` (its schema, and which text columns
 /// hold JSON), so that a resumed run writes parts that join with the earlier ones.
 pub fn read_columns(path: &Path) -> Result<Columns> {
+    guarded(path, || read_columns_unguarded(path))
+}
+
+fn read_columns_unguarded(path: &Path) -> Result<Columns> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(f).map_err(|e| Error::Corrupt { path: path.to_path_buf(), detail: format!("not a complete Parquet file: {e}") })?;
     let meta = reader.metadata().file_metadata();
