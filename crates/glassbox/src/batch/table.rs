@@ -28,6 +28,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// A file's key-value metadata, in order.
+pub type Metadata = Vec<(String, String)>;
+
 /// The key-value metadata entry listing the columns that hold JSON text.
 const JSON_COLUMNS: &str = "glassbox.json_columns";
 
@@ -378,7 +381,7 @@ fn concat_unguarded(parts: &[std::path::PathBuf], path: &Path, metadata: &[(Stri
 
 /// The rows of a Parquet file written by `write_file` or `concat_files`, as JSON objects
 /// (JSON-text columns parsed back), with the file's key-value metadata.
-pub fn read_file(path: &Path) -> Result<(Vec<Map<String, Value>>, Vec<(String, String)>)> {
+pub fn read_file(path: &Path) -> Result<(Vec<Map<String, Value>>, Metadata)> {
     guarded(path, || read_file_unguarded(path))
 }
 
@@ -388,7 +391,7 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| Err(Error::Corrupt { path: path.to_path_buf(), detail: "a damaged Parquet file (the reader failed on it)".into() }))
 }
 
-fn read_file_unguarded(path: &Path) -> Result<(Vec<Map<String, Value>>, Vec<(String, String)>)> {
+fn read_file_unguarded(path: &Path) -> Result<(Vec<Map<String, Value>>, Metadata)> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(f).map_err(|e| Error::Corrupt { path: path.to_path_buf(), detail: format!("not a complete Parquet file: {e}") })?;
     let meta = reader.metadata().file_metadata();
