@@ -262,7 +262,8 @@ pub fn run(command: &SaeCommand) -> Result<()> {
 
 fn print_attribution(r: &SaeAttribution) {
     println!("SAE at {}{}: {} {:.4}", r.hook, r.hook_out.as_ref().map_or(String::new(), |h| format!(" → {h}")), r.metric, r.clean_ld);
-    println!("L0 {:.1} features per position, {} active on the prompt, explained variance {:.3}", r.l0, r.n_active, r.explained_variance);
+    let ev = r.explained_variance.map_or("n/a (too few positions)".to_string(), |e| format!("{e:.3}"));
+    println!("L0 {:.1} features per position, {} active on the prompt, explained variance {ev} (first position, BOS and end-of-text left out)", r.l0, r.n_active);
     println!("error term {:+.4}, decoder bias {:+.4} (gradient × value)", r.error_contribution, r.bias_contribution);
     if let Some(d) = &r.direct {
         println!(

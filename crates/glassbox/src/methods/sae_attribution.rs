@@ -99,8 +99,9 @@ pub struct SaeAttribution {
     pub l0: f32,
     /// Features active at some position.
     pub n_active: usize,
-    /// `1 − Σ ε² / Σ (y − ȳ)²` over the prompt's positions.
-    pub explained_variance: f32,
+    /// `1 − Σ ε² / Σ (y − ȳ)²` over the prompt's positions but the first and any BOS or
+    /// end-of-text token (the positions SAEs are trained on); `None` with fewer than two.
+    pub explained_variance: Option<f32>,
     /// Gradient × the error term: what the SAE does not explain, to first order.
     pub error_contribution: f32,
     /// Gradient × the decoder bias (and normalisation shift).
@@ -175,9 +176,16 @@ fn attribution_and_cache(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAt
             }
         }
     }
-    let y_mean = y.mean_keepdim(0)?;
-    let var = scalar(&y.broadcast_sub(&y_mean)?.sqr()?.sum_all()?)?;
-    let explained_variance = 1.0 - scalar(&err.sqr()?.sum_all()?)? / var.max(f32::MIN_POSITIVE);
+    // Over the positions an SAE is trained on: not the first, not BOS or end-of-text (attention
+    // sinks, whose outsized activations would make most of the variance).
+    let kept = crate::sae::corpus::kept_rows(std::slice::from_ref(&prompt.tokens), &crate::sae::corpus::excluded_tokens(model))?;
+    let explained_variance = if kept.dim(0)? > 1 {
+        let (yk, ek) = (y.index_select(&kept, 0)?, err.index_select(&kept, 0)?);
+        let var = scalar(&yk.broadcast_sub(&yk.mean_keepdim(0)?)?.sqr()?.sum_all()?)?;
+        Some(1.0 - scalar(&ek.sqr()?.sum_all()?)? / var.max(f32::MIN_POSITIVE))
+    } else {
+        None
+    };
 
     let mut order: Vec<usize> = (0..cfg.d_sae).filter(|&f| active[f]).collect();
     order.sort_by(|&a, &b| contribution[b].abs().total_cmp(&contribution[a].abs()).then(a.cmp(&b)));
