@@ -1,4 +1,4 @@
-"""`glassbox batch` output read by pyarrow: one row per prompt, per-head figures as nested
+"""`glassbox batch` output over 256 IOI prompts read by pyarrow: one row per prompt, per-head figures as nested
 [layer][head] lists, equal to running each prompt alone through the Python package."""
 
 import json
@@ -19,18 +19,18 @@ def test_batch_parquet_reads_in_pyarrow_and_equals_single_runs(tmp_path, tiny_ll
     model_dir = str(FIXTURES / "tiny-llama")
     out = tmp_path / "r.parquet"
     subprocess.run(
-        [str(glassbox_bin()), "batch", "--model", model_dir, "--task", "ioi", "--n", "64", "--seed", "5",
+        [str(glassbox_bin()), "batch", "--model", model_dir, "--task", "ioi", "--n", "256", "--seed", "5",
          "--method", "attribution", "--batch-size", "16", "--row-group", "16", "--out", str(out)],
         check=True, capture_output=True,
     )
     table = pq.read_table(out)
-    assert table.num_rows == 64
+    assert table.num_rows == 256
     assert str(table.schema.field("scores").type) == "list<element: list<element: double not null> not null>"
     assert table.schema.field("id").type == "string"
     meta = table.schema.metadata
     settings = json.loads(meta[b"glassbox.settings"])
     assert settings["method"] == "attribution" and len(settings["model_sha256"]) == 64
-    assert pq.ParquetFile(out).num_row_groups == 4
+    assert pq.ParquetFile(out).num_row_groups == 16
     prompts = {}
     for line in open(f"{out}.prompts.jsonl"):
         p = json.loads(line)
