@@ -450,11 +450,10 @@ pub fn run(
     let skipped = prepared.len() - todo.len();
     // Grouped by length (stable: equal lengths keep their input order).
     todo.sort_by_key(|p| p.prompt.tokens.len());
-    let mut next_part = part_files(&dir)?.len();
-    let mut columns: Option<table::Columns> = None;
-    if let Some(first) = part_files(&dir)?.first() {
-        columns = Some(columns_of(first)?);
-    }
+    // A resumed run writes parts with the columns of the earlier ones, numbered after them.
+    let earlier = part_files(&dir)?;
+    let mut next_part = earlier.len();
+    let mut columns: Option<table::Columns> = earlier.first().map(|p| table::read_columns(p)).transpose()?;
     let mut pending: Vec<Map<String, Value>> = Vec::new();
     let mut failed = Vec::new();
     let mut written = 0usize;
@@ -518,10 +517,6 @@ pub fn run(
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     Ok(RunReport { out: out.to_path_buf(), rows, written, skipped, failed, interrupted })
-}
-
-fn columns_of(path: &Path) -> Result<table::Columns> {
-    table::read_columns(path)
 }
 
 fn count_rows(path: &Path) -> Result<usize> {

@@ -169,7 +169,6 @@ impl From<parquet::errors::ParquetError> for Error {
 }
 
 /// Values, definition and repetition levels of one column over a set of rows.
-#[derive(Default)]
 struct Levels<T> {
     values: Vec<T>,
     def: Vec<i16>,
@@ -182,6 +181,33 @@ fn number(v: &Value, name: &str) -> Result<f64> {
 
 fn integer(v: &Value, name: &str) -> Result<i64> {
     v.as_i64().ok_or_else(|| Error::Invalid(format!("result field `{name}`: {v} is not an integer")))
+}
+
+fn boolean(v: &Value, name: &str) -> Result<bool> {
+    v.as_bool().ok_or_else(|| Error::Invalid(format!("result field `{name}`: {v} is not true or false")))
+}
+
+fn text(v: &Value, name: &str) -> Result<ByteArray> {
+    v.as_str().map(|s| ByteArray::from(s.as_bytes().to_vec())).ok_or_else(|| Error::Invalid(format!("result field `{name}`: {v} is not text")))
+}
+
+fn json_text(v: &Value, _: &str) -> Result<ByteArray> {
+    Ok(ByteArray::from(v.to_string().into_bytes()))
+}
+
+/// The values and definition levels of a nullable scalar column (0 null, 1 a value).
+fn scalar<T>(rows: &[Map<String, Value>], name: &str, value: fn(&Value, &str) -> Result<T>) -> Result<Levels<T>> {
+    let mut l = Levels { values: Vec::new(), def: Vec::new(), rep: Vec::new() };
+    for r in rows {
+        match r.get(name).unwrap_or(&Value::Null) {
+            Value::Null => l.def.push(0),
+            v => {
+                l.values.push(value(v, name)?);
+                l.def.push(1);
+            }
+        }
+    }
+    Ok(l)
 }
 
 /// The values and levels of a nullable list (`depth` 1) or list of lists (`depth` 2) column
@@ -235,7 +261,9 @@ trait WriteLevels<T> {
 
 impl<D: parquet::data_type::DataType> WriteLevels<D::T> for parquet::column::writer::ColumnWriterImpl<'_, D> {
     fn write_batch_levels(&mut self, l: &Levels<D::T>) -> Result<()> {
-        self.write_batch(&l.values, Some(&l.def), Some(&l.rep))?;
+        // Scalar columns have no repetition levels.
+        let rep = (!l.rep.is_empty()).then_some(l.rep.as_slice());
+        self.write_batch(&l.values, Some(&l.def), rep)?;
         Ok(())
     }
 }
@@ -253,66 +281,12 @@ pub fn write_file(path: &Path, columns: &Columns, rows: &[Map<String, Value>], m
     let mut rg = writer.next_row_group()?;
     for (name, kind) in &columns.0 {
         let mut col = rg.next_column()?.ok_or_else(|| Error::Invalid("Parquet: fewer columns than the schema".into()))?;
-        let field = |r: &Map<String, Value>| r.get(name).cloned().unwrap_or(Value::Null);
         match kind {
-            Kind::Number => {
-                let mut l = Levels::<f64>::default();
-                for r in rows {
-                    match field(r) {
-                        Value::Null => l.def.push(0),
-                        v => {
-                            l.values.push(number(&v, name)?);
-                            l.def.push(1);
-                        }
-                    }
-                }
-                col.typed::<DoubleType>().write_batch(&l.values, Some(&l.def), None)?;
-            }
-            Kind::Int => {
-                let mut l = Levels::<i64>::default();
-                for r in rows {
-                    match field(r) {
-                        Value::Null => l.def.push(0),
-                        v => {
-                            l.values.push(v.as_i64().ok_or_else(|| Error::Invalid(format!("result field `{name}`: {v} is not an integer")))?);
-                            l.def.push(1);
-                        }
-                    }
-                }
-                col.typed::<Int64Type>().write_batch(&l.values, Some(&l.def), None)?;
-            }
-            Kind::Bool => {
-                let mut l = Levels::<bool>::default();
-                for r in rows {
-                    match field(r) {
-                        Value::Null => l.def.push(0),
-                        Value::Bool(b) => {
-                            l.values.push(b);
-                            l.def.push(1);
-                        }
-                        v => return Err(Error::Invalid(format!("result field `{name}`: {v} is not true or false"))),
-                    }
-                }
-                col.typed::<BoolType>().write_batch(&l.values, Some(&l.def), None)?;
-            }
-            Kind::Text | Kind::Json => {
-                let mut l = Levels::<ByteArray>::default();
-                for r in rows {
-                    match (field(r), kind) {
-                        (Value::Null, _) => l.def.push(0),
-                        (Value::String(s), Kind::Text) => {
-                            l.values.push(ByteArray::from(s.into_bytes()));
-                            l.def.push(1);
-                        }
-                        (v, Kind::Json) => {
-                            l.values.push(ByteArray::from(v.to_string().into_bytes()));
-                            l.def.push(1);
-                        }
-                        (v, _) => return Err(Error::Invalid(format!("result field `{name}`: {v} is not text"))),
-                    }
-                }
-                col.typed::<ByteArrayType>().write_batch(&l.values, Some(&l.def), None)?;
-            }
+            Kind::Number => col.typed::<DoubleType>().write_batch_levels(&scalar(rows, name, number)?)?,
+            Kind::Int => col.typed::<Int64Type>().write_batch_levels(&scalar(rows, name, integer)?)?,
+            Kind::Bool => col.typed::<BoolType>().write_batch_levels(&scalar(rows, name, boolean)?)?,
+            Kind::Text => col.typed::<ByteArrayType>().write_batch_levels(&scalar(rows, name, text)?)?,
+            Kind::Json => col.typed::<ByteArrayType>().write_batch_levels(&scalar(rows, name, json_text)?)?,
             Kind::List => col.typed::<DoubleType>().write_batch_levels(&nested(rows, name, 1, number)?)?,
             Kind::Matrix => col.typed::<DoubleType>().write_batch_levels(&nested(rows, name, 2, number)?)?,
             Kind::IntList => col.typed::<Int64Type>().write_batch_levels(&nested(rows, name, 1, integer)?)?,
