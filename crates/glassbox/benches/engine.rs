@@ -68,11 +68,16 @@ fn main() {
         std::hint::black_box(ids);
     });
 
-    let f32_mb = model_bytes(&model) as f64 / 1e6;
-    println!("SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to f32, {f32_mb:.0} MB), IOI prompt ({} tokens), {} threads", batch.n_pos(), rayon_threads());
+    let weights_mb = model.weights.memory_bytes() as f64 / 1e6;
+    println!(
+        "SmolLM2-135M-Instruct (Q4_1 GGUF; weights held in {weights_mb:.0} MB, {} matrices quantized), IOI prompt ({} tokens), {} threads",
+        model.quantized_matrices(),
+        batch.n_pos(),
+        rayon_threads()
+    );
     println!("| {:<58} | {:>13} |", "what", "median");
     println!("|{}|{}|", "-".repeat(60), "-".repeat(15));
-    row("load GGUF + dequantize + tokenizer", load);
+    row("load GGUF + tokenizer", load);
     row("forward (1 prompt)", forward);
     row("forward + backward to all 30 hook_z taps", fwd_bwd);
     row(&format!("forward, batch of 8 prompts (padded to {})", batch8.n_pos()), forward8);
@@ -84,21 +89,6 @@ fn main() {
     println!("| {:<58} | {:>10.0} MB |", "peak RSS before loading", rss_start);
     println!("| {:<58} | {:>10.0} MB |", "peak RSS after one load", rss_loaded);
     println!("| {:<58} | {:>10.0} MB |", "peak RSS at the end (3 more loads, all runs)", peak_rss_mb());
-}
-
-fn model_bytes(m: &Model) -> usize {
-    let w = &m.weights;
-    let mut n = w.embed.elem_count() + w.pos_embed.as_ref().map_or(0, |t| t.elem_count());
-    if !m.config.tied_embeddings {
-        n += w.unembed.elem_count();
-    }
-    for l in &w.layers {
-        for t in [&l.attn.w_q, &l.attn.w_k, &l.attn.w_v, &l.attn.w_o, &l.mlp.w_in, &l.mlp.w_out, &l.ln1.w, &l.ln2.w] {
-            n += t.elem_count();
-        }
-        n += l.mlp.w_gate.as_ref().map_or(0, |t| t.elem_count());
-    }
-    n * 4
 }
 
 fn rayon_threads() -> usize {

@@ -8,7 +8,7 @@ fn main() {
     }
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
-    eprintln!("{} weights with an exact Q4_1 copy", model.quantized.len());
+    eprintln!("{} weight matrices kept quantized", model.quantized_matrices());
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
     let b: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     // A third argument repeats the prompt that many times (long prompts).

@@ -3,7 +3,8 @@
 //! are checked, and a CPU without the kernels' instructions gets an error.
 
 use crate::error::{Error, Result};
-use crate::model::kernels::{self, Q41};
+use crate::model::kernels;
+use crate::model::quant::QMatrix;
 
 /// Whether this CPU runs the kernels (x86-64 with AVX2, FMA and F16C, and not switched off).
 pub fn kernels_available() -> bool {
@@ -40,13 +41,13 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32
 
 /// A weight as llama.cpp Q4_1 blocks (`rows × cols`, `cols` a multiple of 32, 20 bytes per
 /// block of 32).
-pub struct Q41Weight(Q41);
+pub struct Q41Weight(QMatrix);
 
 impl Q41Weight {
     /// A `rows × cols` weight from its Q4_1 blocks; errors unless `cols` is a multiple of 32 and
     /// `blocks` holds 20 bytes per 32 weights.
     pub fn new(rows: usize, cols: usize, blocks: Vec<u8>) -> Result<Self> {
-        Q41::new(rows, cols, blocks)
+        QMatrix::from_bytes(candle_core::quantized::GgmlDType::Q4_1, rows, cols, &blocks)
             .map(Q41Weight)
             .ok_or_else(|| Error::Invalid(format!("Q4_1 blocks do not make a {rows} × {cols} weight (cols a multiple of 32, 20 bytes per 32 weights)")))
     }
@@ -55,13 +56,13 @@ impl Q41Weight {
     pub fn x_wt(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         ready()?;
         sizes("x_wt_q41", m.checked_mul(self.0.cols()) == Some(x.len()))?;
-        Ok(kernels::x_wt_q41(x, &self.0, m))
+        Ok(kernels::x_wt_q(x, &self.0, m))
     }
 
     /// `g_w` against this weight.
     pub fn g_w(&self, g: &[f32], m: usize) -> Result<Vec<f32>> {
         ready()?;
         sizes("g_w_q41", m.checked_mul(self.0.rows()) == Some(g.len()))?;
-        Ok(kernels::g_w_q41(g, &self.0, m))
+        Ok(kernels::g_w_q(g, &self.0, m))
     }
 }

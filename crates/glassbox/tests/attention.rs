@@ -38,9 +38,9 @@ fn layer(q: Tensor, k: Tensor, v: Tensor, o: Tensor) -> LayerWeights {
     let zeros = |r, c| Tensor::zeros((r, c), DType::F32, &Device::Cpu).unwrap();
     LayerWeights {
         ln1: norm(),
-        attn: AttnWeights { w_q: q, b_q: None, w_k: k, b_k: None, w_v: v, b_v: None, w_o: o, b_o: None },
+        attn: AttnWeights { w_q: q.into(), b_q: None, w_k: k.into(), b_k: None, w_v: v.into(), b_v: None, w_o: o.into(), b_o: None },
         ln2: norm(),
-        mlp: MlpWeights { w_in: zeros(4, D), b_in: None, w_gate: None, b_gate: None, w_out: zeros(D, 4), b_out: None },
+        mlp: MlpWeights { w_in: zeros(4, D).into(), b_in: None, w_gate: None, b_gate: None, w_out: zeros(D, 4).into(), b_out: None },
         extra: Default::default(),
     }
 }
@@ -88,8 +88,8 @@ fn induction_model(with_induction: bool) -> Model {
         variants: Default::default(),
     };
     let weights = Weights {
-        unembed: embed.clone(),
-        embed,
+        unembed: embed.clone().into(),
+        embed: embed.into(),
         pos_embed: Some(mat(P, D, (0..P).map(|p| (p, pos(p), 1.0)))),
         layers: vec![l0, l1],
         ln_final: norm(),

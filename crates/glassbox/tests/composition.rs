@@ -20,11 +20,11 @@ fn gram_formula_equals_explicit_products() {
         let (s, r) = (Head { layer: 0, head: 1 }, Head { layer: 1, head: 3 });
         let f64w = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let ln = |l: usize| f64w(&model.weights.layers[l].ln1.w);
-        let rows = |w: &Tensor, i: usize, l: usize| f64w(&w.narrow(0, i * dh, dh).unwrap()).broadcast_mul(&ln(l)).unwrap();
+        let rows = |w: &glassbox::model::weights::Matrix, i: usize, l: usize| f64w(&w.tensor().unwrap().narrow(0, i * dh, dh).unwrap()).broadcast_mul(&ln(l)).unwrap();
         let kv = |h: usize| h / cfg.group_size();
         let (ls, lr) = (&model.weights.layers[0].attn, &model.weights.layers[1].attn);
         let ov = |a: &glassbox::model::weights::AttnWeights, h: usize, l: usize| {
-            f64w(&a.w_o.narrow(1, h * dh, dh).unwrap()).matmul(&rows(&a.w_v, kv(h), l)).unwrap()
+            f64w(&a.w_o.tensor().unwrap().narrow(1, h * dh, dh).unwrap()).matmul(&rows(&a.w_v, kv(h), l)).unwrap()
         };
         let ov_s = ov(ls, s.head, 0);
         let ov_r = ov(lr, r.head, 1);

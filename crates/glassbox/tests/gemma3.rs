@@ -90,3 +90,21 @@ fn long_text_tokenizes_in_linearithmic_time() {
     let e = m.tokenize(&"a".repeat((1 << 20) - 1)).unwrap_err();
     assert!(matches!(e, glassbox::Error::PromptTooLong { .. }), "{e}");
 }
+
+/// The Q5_0, Q8_0, Q4_K and Q6_K matrices of the file (and the Q8_0 tied embedding) stay
+/// quantized, and the logits and the gradients at every layer's `hook_z` equal, bit for bit,
+/// those of the same model with every matrix dequantized to f32 (candle's dequantization).
+/// The weights then take about the file's size in memory.
+#[test]
+fn quantized_weights_give_the_f32_figures_bit_for_bit() {
+    let model = gemma3();
+    if !glassbox::bench::kernels_available() {
+        assert_eq!(model.quantized_matrices(), 0);
+        return;
+    }
+    assert_eq!(model.quantized_matrices(), 7 * model.config.n_layers + 1);
+    let file = std::fs::metadata(registry::resolve("gemma3-270m", &mut |_| {}).unwrap()).unwrap().len() as f64;
+    let held = model.weights.memory_bytes() as f64;
+    assert!(held < 1.1 * file, "weights hold {held} bytes for a file of {file}");
+    common::assert_quantized_equals_dense(model, &[IOI]);
+}

@@ -25,11 +25,11 @@ fn zero_ablating_a_head_equals_zeroing_its_w_o_rows() {
 
         let mut edited = model.clone();
         let dh = model.config.d_head;
-        let w_o = &model.weights.layers[layer].attn.w_o; // [d_model, heads*d_head]
+        let w_o = &model.weights.layers[layer].attn.w_o.tensor().unwrap(); // [d_model, heads*d_head]
         let cols = w_o.dim(1).unwrap();
         let keep: Vec<f32> = (0..cols).map(|c| if c / dh == head { 0.0 } else { 1.0 }).collect();
         let keep = Tensor::from_vec(keep, (1, cols), w_o.device()).unwrap();
-        edited.weights.layers[layer].attn.w_o = w_o.broadcast_mul(&keep).unwrap();
+        edited.weights.layers[layer].attn.w_o = w_o.broadcast_mul(&keep).unwrap().into();
         let reference = edited.forward(&batch, &Hooks::new()).unwrap().logits;
         let d = max_abs_diff(&ablated, &reference);
         assert!(d <= 1e-5, "{name}: {d:e}");

@@ -21,6 +21,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::methods::Head;
+use crate::model::weights::Matrix;
 use crate::model::Model;
 
 /// Which input of the receiving head reads the sender's output.
@@ -52,8 +53,8 @@ fn maps(model: &Model, h: Head) -> Result<HeadMaps> {
     let l = &model.weights.layers[h.layer];
     // The receiver's input-norm weight, where its attention reads through one (the model says).
     let w_ln = model.attn_input_norm(h.layer).map(|w| w.to_dtype(DType::F64)).transpose()?;
-    let rows = |w: &Tensor, i: usize| -> Result<Tensor> {
-        let r = w.narrow(0, i * dh, dh)?.to_dtype(DType::F64)?;
+    let rows = |w: &Matrix, i: usize| -> Result<Tensor> {
+        let r = w.narrow_rows(i * dh, dh)?.to_dtype(DType::F64)?;
         Ok(match &w_ln {
             Some(n) => r.broadcast_mul(n)?,
             None => r,
@@ -63,7 +64,7 @@ fn maps(model: &Model, h: Head) -> Result<HeadMaps> {
         w_q: rows(&l.attn.w_q, h.head)?,
         w_k: rows(&l.attn.w_k, kv)?,
         w_v: rows(&l.attn.w_v, kv)?,
-        w_o: l.attn.w_o.narrow(1, h.head * dh, dh)?.to_dtype(DType::F64)?,
+        w_o: l.attn.w_o.tensor()?.narrow(1, h.head * dh, dh)?.to_dtype(DType::F64)?,
     })
 }
 

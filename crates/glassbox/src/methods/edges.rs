@@ -188,9 +188,9 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
             }
             Ok(())
         };
-        per_head(grads.get(HookPoint::Q(l))?, &a.w_q, h)?;
-        per_head(grads.get(HookPoint::K(l))?, &a.w_k, kv)?;
-        per_head(grads.get(HookPoint::V(l))?, &a.w_v, kv)?;
+        per_head(grads.get(HookPoint::Q(l))?, &a.w_q.tensor()?, h)?;
+        per_head(grads.get(HookPoint::K(l))?, &a.w_k.tensor()?, kv)?;
+        per_head(grads.get(HookPoint::V(l))?, &a.w_v.tensor()?, kv)?;
         res.push(grads.get(HookPoint::MlpIn(l))?.clone());
     }
     res.push(grads.get(HookPoint::ResidPost(c.n_layers - 1))?.clone());

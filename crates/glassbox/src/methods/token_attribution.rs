@@ -138,7 +138,7 @@ pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttribution
                     if id as usize >= model.config.d_vocab {
                         return Err(Error::Invalid(format!("baseline token {id} is outside the vocabulary")));
                     }
-                    let mut row = model.weights.embed.get(id as usize)?;
+                    let mut row = model.weights.embed.row(id as usize)?;
                     if let Some(s) = model.config.embed_scale {
                         row = (row * s)?;
                     }

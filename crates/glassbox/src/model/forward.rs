@@ -11,7 +11,8 @@ use crate::model::config::{NormKind, Positions};
 use crate::model::fused::{self, AttnSpec};
 use crate::model::cache::ActivationCache;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
-use crate::model::ops::{linear, linear_q, norm_parts, rotary, softmax_last, RopeTables};
+use crate::model::ops::{linear, norm_parts, rotary, softmax_last, RopeTables};
+use crate::model::weights::Matrix;
 use crate::model::weights::{MoeWeights, Norm};
 use crate::model::Model;
 
@@ -319,10 +320,10 @@ impl Model {
             x = Tensor::stack(&rows, 0)?;
         }
         let logits = match &hooks.logit_ids {
-            None => linear(&x, &w.unembed, w.unembed_bias.as_ref())?,
+            None => w.unembed.linear(&x, w.unembed_bias.as_ref())?,
             Some(ids) => {
                 let idx = Tensor::from_slice(ids, ids.len(), &Device::Cpu)?;
-                let rows = w.unembed.index_select(&idx, 0)?;
+                let rows = w.unembed.rows(ids)?;
                 let bias = w.unembed_bias.as_ref().map(|b| b.index_select(&idx, 0)).transpose()?;
                 linear(&x, &rows, bias.as_ref())?
             }
@@ -351,10 +352,7 @@ impl Model {
                 cfg.d_vocab
             )));
         }
-        let mut tok = w
-            .embed
-            .index_select(&batch.ids.flatten_all()?, 0)?
-            .reshape((b, p, cfg.d_model))?;
+        let mut tok = w.embed.rows(&batch.ids.flatten_all()?.to_vec1::<u32>()?)?.reshape((b, p, cfg.d_model))?;
         if let Some(s) = cfg.embed_scale {
             tok = (tok * s)?;
         }
@@ -577,9 +575,9 @@ impl Model {
         self.linear(&post, &m.w_out, m.b_out.as_ref())
     }
 
-    /// `ops::linear` with the weight's exact Q4_1 copy when the model has one.
-    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        linear_q(x, w, self.quantized.get(w), b)
+    /// `x @ wᵀ + b` (quantized weights streamed as their blocks).
+    fn linear(&self, x: &Tensor, w: &Matrix, b: Option<&Tensor>) -> Result<Tensor> {
+        w.linear(x, b)
     }
 }
 
@@ -619,12 +617,12 @@ fn weighted_norm(x: &Tensor, n: &Norm, cfg: &crate::model::ModelConfig) -> Resul
 
 /// `w_out · (act(w_gate · x) ⊙ (w_in · x))`: one expert of a mixture.
 fn gated_mlp(x: &Tensor, m: &crate::model::weights::MlpWeights, act: crate::model::config::Activation) -> Result<Tensor> {
-    let up = linear(x, &m.w_in, m.b_in.as_ref())?;
+    let up = m.w_in.linear(x, m.b_in.as_ref())?;
     let hidden = match &m.w_gate {
-        Some(g) => fused::gated(&linear(x, g, m.b_gate.as_ref())?, &up, act)?,
+        Some(g) => fused::gated(&g.linear(x, m.b_gate.as_ref())?, &up, act)?,
         None => fused::activation(&up, act)?,
     };
-    linear(&hidden, &m.w_out, m.b_out.as_ref())
+    m.w_out.linear(&hidden, m.b_out.as_ref())
 }
 
 fn apply_norm_weights(normalized: &Tensor, n: &Norm) -> Result<Tensor> {

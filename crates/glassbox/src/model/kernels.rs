@@ -2,8 +2,13 @@
 //! against large weight matrices. `gemm` (behind candle's matmul) packs the whole weight for
 //! every call, which costs more than the product itself at 15 rows; these kernels stream each
 //! weight row once, keep the token rows in cache, and split the weight across threads.
-//! Weights with an exact Q4_1 copy are streamed as their 5-bit blocks and dequantized on the
-//! way. x86-64 with AVX2, FMA and F16C only; callers fall back to candle's matmul elsewhere.
+//! Quantized weights (`quant::QMatrix`) are streamed as their blocks and dequantized on the
+//! way, a few rows at a time into a buffer in cache. x86-64 with AVX2, FMA and F16C only;
+//! callers fall back to candle's matmul elsewhere (and the loader then keeps f32 weights).
+
+use candle_core::quantized::GgmlDType;
+
+use crate::model::quant::QMatrix;
 
 /// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 256
 /// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s
@@ -20,7 +25,7 @@ pub fn available() -> bool {
     *AVAILABLE.get_or_init(|| cpu_has_kernels() && std::env::var("GLASSBOX_KERNELS").as_deref() != Ok("portable"))
 }
 
-fn cpu_has_kernels() -> bool {
+pub(crate) fn cpu_has_kernels() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
@@ -233,112 +238,66 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     })
 }
 
-/// A weight kept as llama.cpp Q4_1 blocks, `rows × cols` (cols a multiple of 32), row-major:
-/// each row is `cols / 32` blocks of 20 bytes.
-#[derive(Debug)]
-pub struct Q41 {
-    rows: usize,
-    cols: usize,
-    blocks: Vec<u8>,
-}
-
-impl Q41 {
-    /// The blocks of a `rows × cols` weight, or `None` unless `cols` is a multiple of 32 and
-    /// `blocks` holds exactly `rows` rows of `cols / 32` blocks (the products read them all).
-    pub fn new(rows: usize, cols: usize, blocks: Vec<u8>) -> Option<Q41> {
-        let size = rows.checked_mul(cols / 32)?.checked_mul(20)?;
-        (cols % 32 == 0 && blocks.len() == size).then_some(Q41 { rows, cols, blocks })
-    }
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-    pub fn row_bytes(&self) -> usize {
-        self.cols / 32 * 20
-    }
-
-    /// The rows reordered as `load::unpermute_rows` reorders a Q or K projection of `n_heads`
-    /// heads (llama.cpp's interleaved-rotary permutation undone): new row `(h, a, b)` is old
-    /// row `(h, b, a)` over `[n_heads, 2, d_head / 2]`.
-    /// `None` unless the rows split into `n_heads` heads of an even size.
-    pub fn unpermute_rows(&self, n_heads: usize) -> Option<Q41> {
-        if n_heads == 0 || self.rows % n_heads != 0 || (self.rows / n_heads) % 2 != 0 {
-            return None;
+/// One row of `format` blocks to f32 with the vector kernels, bit for bit as candle's
+/// `to_float` (the same products and differences, rounded in the same order; no fused
+/// multiply-adds where candle rounds twice). `false` for formats without a kernel here
+/// (the caller then runs candle's). Requires `cpu_has_kernels()`; `src` must hold exactly
+/// the blocks of `out.len()` values.
+pub(crate) fn dequant_row(format: GgmlDType, src: &[u8], out: &mut [f32]) -> bool {
+    assert!(cpu_has_kernels());
+    let (block, bytes) = (format.block_size(), format.type_size());
+    let fits = |b: usize, t: usize| b == block && t == bytes && out.len().is_multiple_of(b) && src.len() == out.len() / b * t;
+    #[cfg(target_arch = "x86_64")]
+    // Safety: each arm runs only when `src` holds the blocks of exactly `out.len()` values of
+    // its format (`fits`: 34, 22, 144 and 210 bytes for 32, 32, 256 and 256 values).
+    unsafe {
+        match format {
+            GgmlDType::Q4_1 if fits(32, 20) => avx::dequant_q41_row(src.as_ptr(), out.as_mut_ptr(), out.len()),
+            GgmlDType::Q8_0 if fits(32, 34) => avx::dequant_q80_row(src.as_ptr(), out.as_mut_ptr(), out.len()),
+            GgmlDType::Q5_0 if fits(32, 22) => avx::dequant_q50_row(src.as_ptr(), out.as_mut_ptr(), out.len()),
+            GgmlDType::Q4K if fits(256, 144) => avx::dequant_q4k_row(src.as_ptr(), out.as_mut_ptr(), out.len()),
+            GgmlDType::Q6K if fits(256, 210) => avx::dequant_q6k_row(src.as_ptr(), out.as_mut_ptr(), out.len()),
+            _ => return false,
         }
-        let d_head = self.rows / n_heads;
-        let half = d_head / 2;
-        let rb = self.row_bytes();
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for h in 0..n_heads {
-            for a in 0..2 {
-                for b in 0..half {
-                    let old = h * d_head + b * 2 + a;
-                    blocks.extend_from_slice(&self.blocks[old * rb..(old + 1) * rb]);
-                }
-            }
-        }
-        Some(Q41 { rows: self.rows, cols: self.cols, blocks })
+        true
     }
-
-    /// The weights as f32, exactly as candle dequantizes them. Requires `available()`.
-    #[cfg(test)]
-    pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
-            self.dequantize_row(r, row);
-        }
-        out
-    }
-
-    /// Whether the copy dequantizes to exactly `w` (row-major `rows × cols`), bit for bit,
-    /// one row at a time. Requires `available()`.
-    pub fn equals(&self, w: &[f32]) -> bool {
-        if w.len() != self.rows * self.cols {
-            return false;
-        }
-        let mut row = vec![0f32; self.cols];
-        w.chunks_exact(self.cols).enumerate().all(|(r, want)| {
-            self.dequantize_row(r, &mut row);
-            row.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits())
-        })
-    }
-
-    /// Row `r` into `out` (`cols` floats).
-    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        assert!(cpu_has_kernels() && r < self.rows && out.len() == self.cols);
-        #[cfg(target_arch = "x86_64")]
-        // Safety: row r's bytes are inside `blocks` (checked by `row_bytes`), `out` holds `cols`.
-        unsafe {
-            avx::dequant_q41_row(self.blocks.as_ptr().add(r * self.row_bytes()), out.as_mut_ptr(), self.cols)
-        }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (fits, src, out);
+        false
     }
 }
 
-/// `x_wt` for a Q4_1 weight (`n = q.rows`, `k = q.cols`): the same figures as `x_wt` on the
-/// dequantized weight, bit for bit.
-pub fn x_wt_q41(x: &[f32], q: &Q41, m: usize) -> Vec<f32> {
-    let (k, n) = (q.cols, q.rows);
-    assert!(cpu_has_kernels() && x.len() == m * k && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
+/// `x_wt` for a quantized weight (`n = q.rows`, `k = q.cols`): each part dequantizes four
+/// weight rows at a time into a buffer and multiplies them as `x_wt` does, so the figures
+/// are bit for bit those of `x_wt` on the dequantized weight. Any `m`.
+pub fn x_wt_q(x: &[f32], q: &QMatrix, m: usize) -> Vec<f32> {
+    let (k, n) = (q.cols(), q.rows());
+    assert!(cpu_has_kernels() && x.len() == m * k);
     by_columns(m, n, &|j0, j1, y| {
         // Safety: every part writes only columns j0..j1 of y.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            avx::x_wt_cols_q41(x.as_ptr(), q.blocks.as_ptr(), q.row_bytes(), y, m, k, n, j0, j1)
+            avx::x_wt_cols_q(x.as_ptr(), q, y, m, k, n, j0, j1)
         }
     })
 }
 
-/// `g_w` for a Q4_1 weight (`n = q.rows`, `k = q.cols`), bit for bit as on the dequantized one.
-pub fn g_w_q41(g: &[f32], q: &Q41, m: usize) -> Vec<f32> {
-    let (n, k) = (q.rows, q.cols);
-    assert!(cpu_has_kernels() && g.len() == m * n && k % 32 == 0 && q.blocks.len() == n * q.row_bytes());
+/// `g_w` for a quantized weight (`n = q.rows`, `k = q.cols`), bit for bit as on the
+/// dequantized one: Q4_1 blocks are dequantized into the product's panels as it goes; other
+/// formats a block of rows at a time into a buffer that the f32 product then reads.
+pub fn g_w_q(g: &[f32], q: &QMatrix, m: usize) -> Vec<f32> {
+    let (n, k) = (q.rows(), q.cols());
+    assert!(cpu_has_kernels() && g.len() == m * n);
     by_rows(m, n, k, &|j0, j1, acc| {
         #[cfg(target_arch = "x86_64")]
         // Safety: acc is this part's own m×k buffer; g and q are read-only.
         unsafe {
-            avx::g_w_rows(g.as_ptr(), avx::Rows::Q41(q.blocks.as_ptr(), q.row_bytes()), acc, m, n, k, j0, j1)
+            if q.format() == GgmlDType::Q4_1 {
+                avx::g_w_rows(g.as_ptr(), avx::Rows::Q41(q.bytes().as_ptr(), q.row_bytes()), acc, m, n, k, j0, j1)
+            } else {
+                avx::g_w_rows_q(g.as_ptr(), q, acc, m, n, k, j0, j1)
+            }
         }
     })
 }
@@ -359,6 +318,8 @@ unsafe impl Send for SendPtr {}
 #[allow(clippy::too_many_arguments)]
 mod avx {
     use std::arch::x86_64::*;
+
+    use super::QMatrix;
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -478,13 +439,13 @@ mod avx {
             let je = (jb + JB).min(j1);
             // The next block's rows (contiguous) are prefetched on the way.
             let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
-            rows_block(g, &rows, acc, m, n, k, jb, je, base.add(je * row_bytes), next_bytes);
+            rows_block(g, &rows, acc, m, n, k, jb, je, base.wrapping_add(je * row_bytes), next_bytes);
             if let Rows::F32(w) = rows {
                 for r in 0..m {
                     for j in jb..je {
                         let gv = *g.add(r * n + j);
                         for t in k32..k {
-                            *acc.add(r * k + t) += gv * *w.add(j * k + t);
+                            *acc.add(r * k + t) += gv * *w.wrapping_add(j * k + t);
                         }
                     }
                 }
@@ -509,7 +470,7 @@ mod avx {
         for kb in 0..blocks {
             for _ in 0..per_block {
                 if cursor < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T1>(next.add(cursor) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(cursor) as *const i8);
                     cursor += 64;
                 }
             }
@@ -519,10 +480,10 @@ mod avx {
                 // block of rows had no earlier block to fetch them).
                 match *rows {
                     Rows::F32(w) => {
-                        let src = w.add(j * k + 32 * kb);
+                        let src = w.wrapping_add(j * k + 32 * kb);
                         if kb + 2 < blocks {
-                            _mm_prefetch::<_MM_HINT_T0>(src.add(64) as *const i8);
-                            _mm_prefetch::<_MM_HINT_T0>(src.add(80) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(64) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(80) as *const i8);
                         }
                         for h in 0..2 {
                             _mm256_storeu_ps(dst.add(h * JB * 16), _mm256_loadu_ps(src.add(16 * h)));
@@ -561,39 +522,52 @@ mod avx {
         }
     }
 
-    /// Columns `j0..j1` of `y = x · wᵀ` for Q4_1 weight rows: each block of four rows is
+    /// Columns `j0..j1` of `y = x · wᵀ` for quantized weight rows: each block of four rows is
     /// dequantized into a small buffer (exactly as candle dequantizes), then multiplied as in
-    /// `x_wt_cols`. The weight stream from memory is 5 bits per weight instead of 32.
+    /// `x_wt_cols`. The weight stream from memory is the blocks' bits per weight, not 32.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn x_wt_cols_q41(x: *const f32, q: *const u8, row_bytes: usize, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
-        with_scratch(4 * k, |scratch| x_wt_cols_q41_in(x, q, row_bytes, y, m, k, n, j0, j1, scratch))
+    pub unsafe fn x_wt_cols_q(x: *const f32, q: &QMatrix, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
+        with_scratch(4 * k, |scratch| {
+            let (bytes, row_bytes) = (q.bytes().as_ptr(), q.row_bytes());
+            let mut j = j0;
+            while j < j1 {
+                let rows = (j1 - j).min(4);
+                q.dequantize_rows(j, j + rows, &mut scratch[..rows * k]);
+                // The next four rows' bytes (contiguous) arrive while these are multiplied.
+                let next = bytes.wrapping_add((j + rows) * row_bytes);
+                let next_bytes = (j1 - j - rows).min(4) * row_bytes;
+                let mut b = 0;
+                while b < next_bytes {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b) as *const i8);
+                    b += 64;
+                }
+                // A base such that row j is at `base + j k` (only rows j..j + rows are read).
+                let base = scratch.as_ptr().wrapping_sub(j * k);
+                if rows == 4 {
+                    four_rows(x, base, y, m, k, n, j, std::ptr::null());
+                } else {
+                    tail_rows(x, base, y, m, k, n, j, j + rows);
+                }
+                j += rows;
+            }
+        })
     }
 
+    /// `acc += g[:, j0..j1] · w[j0..j1, :]` for quantized weight rows other than Q4_1: each
+    /// block of `JB` rows is dequantized into a buffer (in L2) that `g_w_rows` then reads as
+    /// f32 rows, in the same blocks as on the f32 weight (so the same sums, bit for bit).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn x_wt_cols_q41_in(x: *const f32, q: *const u8, row_bytes: usize, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize, scratch: &mut [f32]) {
-        let mut j = j0;
-        while j < j1 {
-            let rows = (j1 - j).min(4);
-            for r in 0..rows {
-                dequant_q41(q.add((j + r) * row_bytes), scratch.as_mut_ptr().add(r * k), k, 16);
+    pub unsafe fn g_w_rows_q(g: *const f32, q: &QMatrix, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+        with_scratch(JB * k, |scratch| {
+            let mut jb = j0;
+            while jb < j1 {
+                let je = (jb + JB).min(j1);
+                q.dequantize_rows(jb, je, &mut scratch[..(je - jb) * k]);
+                let base = scratch.as_ptr().wrapping_sub(jb * k);
+                g_w_rows(g, Rows::F32(base), acc, m, n, k, jb, je);
+                jb = je;
             }
-            // The next four rows' bytes (contiguous) arrive while these are multiplied.
-            let next = q.add((j + rows) * row_bytes);
-            let next_bytes = (j1 - j - rows).min(4) * row_bytes;
-            let mut b = 0;
-            while b < next_bytes {
-                _mm_prefetch::<_MM_HINT_T0>(next.add(b) as *const i8);
-                b += 64;
-            }
-            // A base such that row j is at `base + j k` (only rows j..j + rows are read).
-            let base = scratch.as_ptr().wrapping_sub(j * k);
-            if rows == 4 {
-                four_rows(x, base, y, m, k, n, j, std::ptr::null());
-            } else {
-                tail_rows(x, base, y, m, k, n, j, j + rows);
-            }
-            j += rows;
-        }
+        })
     }
 
     thread_local! {
@@ -684,6 +658,143 @@ mod avx {
         }
     }
 
+    /// An f16 at `p` (unaligned) as f32, exactly.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// Stores `scale · v` for the 8 signed bytes in the low half of `bytes`, rounded once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store_i8x8(dst: *mut f32, bytes: __m128i, scale: f32) {
+        let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+        _mm256_storeu_ps(dst, _mm256_mul_ps(v, _mm256_set1_ps(scale)));
+    }
+
+    /// The 32 signed bytes of `v` times `scales[c / 2]` (scales per 16 values), rounded once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store_i8x32(dst: *mut f32, v: __m256i, scales: [f32; 2]) {
+        let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        store_i8x8(dst, lo, scales[0]);
+        store_i8x8(dst.add(8), _mm_srli_si128::<8>(lo), scales[0]);
+        store_i8x8(dst.add(16), hi, scales[1]);
+        store_i8x8(dst.add(24), _mm_srli_si128::<8>(hi), scales[1]);
+    }
+
+    /// Q8_0 (34 bytes: f16 `d`, 32 signed bytes): `q · d`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q80_row(src: *const u8, dst: *mut f32, k: usize) {
+        for b in 0..k / 32 {
+            let blk = src.add(b * 34);
+            let d = f16_at(blk);
+            let q = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+            store_i8x32(dst.add(32 * b), q, [d, d]);
+        }
+    }
+
+    /// Q5_0 (22 bytes: f16 `d`, 32 high bits, 16 bytes of nibbles; value `j` is the low nibble
+    /// of byte `j` with high bit `j`, value `j + 16` the high nibble with high bit `j + 16`):
+    /// `(q − 16) · d`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q50_row(src: *const u8, dst: *mut f32, k: usize) {
+        let nib = _mm_set1_epi8(0x0F);
+        // Byte e of the broadcast high bits picks byte e / 8 of the word, then its bit e % 8.
+        let spread = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
+        let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+        for b in 0..k / 32 {
+            let blk = src.add(b * 22);
+            let d = f16_at(blk);
+            let qh = i32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
+            let bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(qh), spread), bit);
+            let high = _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi8(-1)), _mm256_set1_epi8(0x10));
+            let qs = _mm_loadu_si128(blk.add(6) as *const __m128i);
+            let low = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(qs), nib), _mm_and_si128(qs, nib));
+            let q = _mm256_sub_epi8(_mm256_or_si256(low, high), _mm256_set1_epi8(16));
+            store_i8x32(dst.add(32 * b), q, [d, d]);
+        }
+    }
+
+    /// Q4_K (144 bytes: f16 `d`, f16 `dmin`, 12 bytes of 6-bit scales and minima, 128 bytes of
+    /// nibbles): in each run of 64 values, the low nibbles of 32 bytes with scale `d·sc₁` and
+    /// minimum `dmin·m₁`, then their high nibbles with `d·sc₂`, `dmin·m₂`; `(d·sc)·q − dmin·m`
+    /// rounded after the product and after the difference, as candle does.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q4k_row(src: *const u8, dst: *mut f32, k: usize) {
+        let nib = _mm256_set1_epi8(0x0F);
+        for b in 0..k / 256 {
+            let blk = src.add(b * 144);
+            let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+            let sc = std::slice::from_raw_parts(blk.add(4), 12);
+            for j in 0..4 {
+                let qs = _mm256_loadu_si256(blk.add(16 + 32 * j) as *const __m256i);
+                let halves = [_mm256_and_si256(qs, nib), _mm256_and_si256(_mm256_srli_epi16::<4>(qs), nib)];
+                for (h, q) in halves.into_iter().enumerate() {
+                    let (s, m) = scale_min_k4(2 * j + h, sc);
+                    let (scale, min) = (_mm256_set1_ps(d * s as f32), _mm256_set1_ps(dmin * m as f32));
+                    let out = dst.add(256 * b + 64 * j + 32 * h);
+                    let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+                    for (c, part) in [lo, _mm_srli_si128::<8>(lo), hi, _mm_srli_si128::<8>(hi)].into_iter().enumerate() {
+                        let v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part));
+                        _mm256_storeu_ps(out.add(8 * c), _mm256_sub_ps(_mm256_mul_ps(scale, v), min));
+                    }
+                }
+            }
+        }
+    }
+
+    /// candle's `get_scale_min_k4`: the 6-bit scale and minimum of sub-block `j` of a Q4_K
+    /// (or Q5_K) block's 12 scale bytes.
+    #[inline]
+    fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+        if j < 4 {
+            (q[j] & 63, q[j + 4] & 63)
+        } else {
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        }
+    }
+
+    /// Q6_K (210 bytes: 128 bytes of low nibbles, 64 bytes of 2-bit high parts, 16 signed
+    /// scales, f16 `d`): in each half of 128 values, four runs of 32 (low or high nibbles of
+    /// `ql[0..32]` or `ql[32..64]`, with bits 0–1, 2–3, 4–5 or 6–7 of `qh`), `(d·sc)·(q − 32)`
+    /// with a scale per 16 values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dequant_q6k_row(src: *const u8, dst: *mut f32, k: usize) {
+        let (nib, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+        for b in 0..k / 256 {
+            let blk = src.add(b * 210);
+            let d = f16_at(blk.add(208));
+            for n in 0..2 {
+                let ql0 = _mm256_loadu_si256(blk.add(64 * n) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(blk.add(64 * n + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
+                let high = |shift: i32| -> __m256i {
+                    let bits = match shift {
+                        0 => qh,
+                        2 => _mm256_srli_epi16::<2>(qh),
+                        4 => _mm256_srli_epi16::<4>(qh),
+                        _ => _mm256_srli_epi16::<6>(qh),
+                    };
+                    _mm256_slli_epi16::<4>(_mm256_and_si256(bits, two))
+                };
+                let runs = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, nib), high(0)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, nib), high(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), nib), high(4)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), nib), high(6)),
+                ];
+                for (r, q) in runs.into_iter().enumerate() {
+                    let sc = |i: usize| d * (*blk.add(192 + 8 * n + i) as i8) as f32;
+                    let q = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+                    store_i8x32(dst.add(256 * b + 128 * n + 32 * r), q, [sc(2 * r), sc(2 * r + 1)]);
+                }
+            }
+        }
+    }
+
     /// Columns `kc..kc + 16` of `MR` token rows from one panel (row j's 16 weights at
     /// `panel + (j − jb) 16`): 2·MR accumulators, 2 weight vectors, 1 broadcast.
     #[inline]
@@ -721,35 +832,26 @@ mod tests {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
     }
 
-    /// Q4_1 copies: dequantization bit for bit equal to candle's; the products on the copy
-    /// bit for bit equal to the products on the dequantized weight (odd row counts, both
-    /// thread splits); the row permutation equal to the loader's on the f32 weight.
+    /// Quantized weights of every format: the products on the blocks bit for bit equal to the
+    /// products on the dequantized weight (odd row counts, both thread splits, a row count
+    /// past one block of the backward product).
     #[test]
     #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
-    fn q41_copies_match_the_dequantized_weight() {
-        use candle_core::quantized::{GgmlDType, QTensor};
-        use candle_core::{Device, Tensor};
+    fn quantized_products_match_the_dequantized_weight() {
+        use candle_core::quantized::QTensor;
+        use candle_core::{DType, Device, Tensor};
         assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
-        for &(n, k, m) in &[(7, 64, 3), (130, 96, 15), (259, 576, 16), (12, 32, 1)] {
-            let w = Tensor::from_vec(data(n * k, 5), (n, k), &Device::Cpu).unwrap();
-            let qt = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-            let copy = Q41::new(n, k, qt.data().unwrap().into_owned()).unwrap();
-            let candle = qt.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let ours = copy.dequantize();
-            assert!(candle.iter().zip(&ours).all(|(a, b)| a.to_bits() == b.to_bits()), "dequantize {n}x{k}");
-            assert!(copy.equals(&candle), "equals {n}x{k}");
-            let mut off = candle.clone();
-            off[(n / 2) * k + k - 1] = f32::from_bits(off[(n / 2) * k + k - 1].to_bits() ^ 1);
-            assert!(!copy.equals(&off), "equals misses a one-ulp difference {n}x{k}");
-            let x = data(m * k, 6);
-            let g = data(m * n, 7);
-            assert_eq!(x_wt_q41(&x, &copy, m), x_wt(&x, &ours, m, k, n), "x_wt {m}x{k}x{n}");
-            assert_eq!(g_w_q41(&g, &copy, m), g_w(&g, &ours, m, n, k), "g_w {m}x{n}x{k}");
-            if n % 4 == 0 {
-                let heads = n / 4;
-                let deq = Tensor::from_vec(ours.clone(), (n, k), &Device::Cpu).unwrap();
-                let loader = crate::model::load::unpermute_rows(&deq, heads).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                assert_eq!(copy.unpermute_rows(heads).unwrap().dequantize(), loader, "unpermute {n}x{k}");
+        for format in crate::model::quant::FORMATS {
+            let b = format.block_size();
+            for &(n, k, m) in &[(7, 2 * b, 3), (130, 3 * b, 15), (259, 576 / b * b + b, 16), (12, b, 1)] {
+                let w = Tensor::from_vec(data(n * k, 5), (n, k), &Device::Cpu).unwrap();
+                let qt = QTensor::quantize(&w, format).unwrap();
+                let q = QMatrix::from_bytes(format, n, k, &qt.data().unwrap()).unwrap();
+                let deq = q.to_tensor(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let x = data(m * k, 6);
+                let g = data(m * n, 7);
+                assert_eq!(x_wt_q(&x, &q, m), x_wt(&x, &deq, m, k, n), "x_wt {format:?} {m}x{k}x{n}");
+                assert_eq!(g_w_q(&g, &q, m), g_w(&g, &deq, m, n, k), "g_w {format:?} {m}x{n}x{k}");
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod load;
 pub mod readout;
 pub mod rope;
 pub(crate) mod ops;
+pub mod quant;
 pub mod tokenizer;
 pub mod weights;
 
@@ -41,28 +42,6 @@ pub struct Model {
     pub weights: Weights,
     /// Text to token ids and back (with BOS where the model wants it).
     pub tokenizer: Tokenizer,
-    /// Exact Q4_1 copies of linear weights, by the f32 tensor's id: the products stream these
-    /// (a sixth of the bytes) and give the same figures bit for bit. Filled by the GGUF loader
-    /// for Q4_1 tensors whose copy dequantizes to exactly the loaded weight; empty otherwise.
-    pub quantized: Quantized,
-}
-
-/// See `Model::quantized`.
-#[derive(Clone, Default)]
-pub struct Quantized(pub(crate) std::sync::Arc<std::collections::HashMap<candle_core::TensorId, std::sync::Arc<kernels::Q41>>>);
-
-impl Quantized {
-    pub(crate) fn get(&self, w: &candle_core::Tensor) -> Option<&std::sync::Arc<kernels::Q41>> {
-        self.0.get(&w.id())
-    }
-    /// Number of weights with a Q4_1 copy.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    /// Whether no weight has a Q4_1 copy.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 impl Model {
@@ -85,7 +64,6 @@ impl Model {
             config,
             weights,
             tokenizer,
-            quantized: Quantized::default(),
         })
     }
 
@@ -98,9 +76,23 @@ impl Model {
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
         Ok(Model {
             weights: self.weights.to_dtype(dtype)?,
-            quantized: Quantized::default(),
             ..self.clone()
         })
+    }
+
+    /// The number of weight matrices kept quantized (GGUF files on CPUs with the kernels).
+    pub fn quantized_matrices(&self) -> usize {
+        let w = &self.weights;
+        let mut n = usize::from(w.embed.quantized().is_some()) + usize::from(!w.unembed.same_as(&w.embed) && w.unembed.quantized().is_some());
+        for l in &w.layers {
+            let (a, m) = (&l.attn, &l.mlp);
+            n += [Some(&a.w_q), Some(&a.w_k), Some(&a.w_v), Some(&a.w_o), Some(&m.w_in), Some(&m.w_out), m.w_gate.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter(|w| w.quantized().is_some())
+                .count();
+        }
+        n
     }
 
     /// Sets whether prompts get the BOS token first (TransformerLens' `prepend_bos`): `None`

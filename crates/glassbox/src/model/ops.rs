@@ -5,11 +5,12 @@
 //! in `fused`.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
 
 use std::sync::Arc;
 
-use crate::model::kernels::{self, Q41};
+use crate::model::kernels;
+use crate::model::weights::Matrix;
 
 use crate::error::Result;
 use crate::model::config::{NormKind, RotaryPairing};
@@ -19,86 +20,87 @@ use crate::model::config::{NormKind, RotaryPairing};
 /// gradient too: for a 135M model that is 0.5 GB of writes per backward pass. This op returns
 /// the input's gradient only.
 ///
-/// When the weight also has an exact Q4_1 copy (`q`), the products read that instead (5 bits
-/// per weight from memory instead of 32; the same figures bit for bit).
+/// A quantized weight is streamed as its blocks by the kernels, forward and backward (the
+/// same figures bit for bit as on its dequantized f32 values).
 struct LinearNoWeightGrad {
-    q: Option<Arc<Q41>>,
+    w: Matrix,
 }
 
-impl CustomOp2 for LinearNoWeightGrad {
+impl CustomOp1 for LinearNoWeightGrad {
     fn name(&self) -> &'static str {
         "linear-no-weight-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = lx.dims();
-        let (n, k) = lw.shape().dims2()?;
+        let (n, k) = self.w.shape();
         let lead = match dims.split_last() {
             Some((&features, lead)) if features == k => lead,
             _ => candle_core::bail!("linear: input of shape {dims:?}, weight expects {k} features"),
         };
         let m: usize = lead.iter().product();
         let out_shape = Shape::from([lead, &[n]].concat());
-        if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, w) {
-            if let (Some((x0, x1)), Some((w0, w1))) = (lx.contiguous_offsets(), lw.contiguous_offsets()) {
-                if let Some(q) = self.q.as_ref().filter(|q| q.rows() == n && q.cols() == k && kernels::preferred(m, n)) {
-                    let y = kernels::x_wt_q41(&xs[x0..x1], q, m);
-                    return Ok((CpuStorage::F32(y), out_shape));
-                }
+        let Some((x0, x1)) = lx.contiguous_offsets() else {
+            candle_core::bail!("linear: input must be contiguous")
+        };
+        let w = match &self.w {
+            Matrix::Quantized(q) => {
+                let CpuStorage::F32(xs) = x else {
+                    candle_core::bail!("linear: a quantized weight takes f32 inputs")
+                };
+                return Ok((CpuStorage::F32(kernels::x_wt_q(&xs[x0..x1], q, m)), out_shape));
+            }
+            Matrix::Dense(w) => w,
+        };
+        let (storage, lw) = w.storage_and_layout();
+        let Storage::Cpu(ws) = &*storage else {
+            candle_core::bail!("linear: weights must be on the CPU")
+        };
+        if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (x, ws) {
+            if let Some((w0, w1)) = lw.contiguous_offsets() {
                 if kernels::preferred(m, n) {
                     let y = kernels::x_wt(&xs[x0..x1], &ws[w0..w1], m, k, n);
                     return Ok((CpuStorage::F32(y), out_shape));
                 }
             }
         }
-        let x2 = match lx.contiguous_offsets() {
-            Some((x0, _)) => Layout::contiguous_with_offset((m, k), x0),
-            None => candle_core::bail!("linear: input must be contiguous"),
-        };
+        let x2 = Layout::contiguous_with_offset((m, k), x0);
         let wt = lw.transpose(0, 1)?;
-        let out = x.matmul(w, (1, m, n, k), &x2, &wt)?;
+        let out = x.matmul(ws, (1, m, n, k), &x2, &wt)?;
         Ok((out, out_shape))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = w.dims2()?;
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (n, k) = self.w.shape();
         let m = grad.elem_count() / n.max(1);
+        let w = match &self.w {
+            Matrix::Quantized(q) => {
+                let g = grad.to_dtype(DType::F32)?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let dx = kernels::g_w_q(&g, q, m);
+                return Ok(Some(Tensor::from_vec(dx, x.shape(), grad.device())?.to_dtype(grad.dtype())?));
+            }
+            Matrix::Dense(w) => w,
+        };
         if grad.dtype() == DType::F32 && kernels::preferred(m, k) {
             let g = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            if let Some(q) = self.q.as_ref().filter(|q| q.rows() == n && q.cols() == k) {
-                let dx = kernels::g_w_q41(&g, q, m);
-                return Ok((Some(Tensor::from_vec(dx, x.shape(), grad.device())?), None));
-            }
             let (storage, layout) = w.storage_and_layout();
             if let (Storage::Cpu(CpuStorage::F32(ws)), Some((w0, w1))) = (&*storage, layout.contiguous_offsets()) {
                 let dx = kernels::g_w(&g, &ws[w0..w1], m, n, k);
-                return Ok((Some(Tensor::from_vec(dx, x.shape(), grad.device())?), None));
+                return Ok(Some(Tensor::from_vec(dx, x.shape(), grad.device())?));
             }
         }
-        Ok((Some(grad.reshape((m, n))?.matmul(w)?.reshape(x.shape())?), None))
+        Ok(Some(grad.reshape((m, n))?.matmul(w)?.reshape(x.shape())?))
     }
 }
 
-/// `x @ w^T + b` over the last axis of `x` (any leading shape).
+/// `x @ w^T + b` over the last axis of `x` (any leading shape), for a weight as a tensor.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    linear_q(x, w, None, b)
+    linear_m(x, &Matrix::Dense(w.clone()), b)
 }
 
-/// `linear`, with the weight's exact Q4_1 copy when it has one (see `Model::quantized`).
-pub fn linear_q(x: &Tensor, w: &Tensor, q: Option<&Arc<Q41>>, b: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.contiguous()?.apply_op2(w, LinearNoWeightGrad { q: q.cloned() })?;
+/// `x @ w^T + b` for a weight matrix, dense or quantized.
+pub fn linear_m(x: &Tensor, w: &Matrix, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.contiguous()?.apply_op1(LinearNoWeightGrad { w: w.clone() })?;
     Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,

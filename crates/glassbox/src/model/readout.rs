@@ -12,7 +12,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::{Error, Result};
 use crate::model::config::NormKind;
-use crate::model::ops::{linear, norm_parts};
+use crate::model::ops::norm_parts;
 use crate::model::weights::Norm;
 use crate::model::Model;
 
@@ -67,7 +67,7 @@ impl Model {
     /// Logits of normalised residual vectors `x: [..., d_model]`: the unembedding, its bias,
     /// and the final soft-cap (Gemma 2) — what the forward does after the final norm.
     pub fn unembed(&self, x: &Tensor) -> Result<Tensor> {
-        self.softcap_logits(linear(x, &self.weights.unembed, self.weights.unembed_bias.as_ref())?)
+        self.softcap_logits(self.weights.unembed.linear(x, self.weights.unembed_bias.as_ref())?)
     }
 
     /// The final soft-cap `c · tanh(logits / c)` where the model has one.
@@ -83,8 +83,7 @@ impl Model {
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.config.d_vocab) {
             return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {} tokens", self.config.d_vocab)));
         }
-        let idx = Tensor::from_slice(tokens, tokens.len(), self.weights.unembed.device())?;
-        Ok(self.weights.unembed.index_select(&idx, 0)?)
+        self.weights.unembed.rows(tokens)
     }
 
     /// The logit contribution of unembedding bias of `correct` minus that of `incorrect`.
@@ -103,7 +102,7 @@ impl Model {
             return Ok(None);
         }
         let (b, p, h, dh) = z.dims4()?;
-        let pre = linear(&z.reshape((b, p, h * dh))?, &lw.attn.w_o, lw.attn.b_o.as_ref())?;
+        let pre = lw.attn.w_o.linear(&z.reshape((b, p, h * dh))?, lw.attn.b_o.as_ref())?;
         Ok(Some(self.norm_scale_of(&pre)?))
     }
 
@@ -117,7 +116,7 @@ impl Model {
         let (b, p, h, dh) = z.dims4()?;
         let d = self.config.d_model;
         // [d, h, dh] → per head [h, dh, d]
-        let w_o = lw.attn.w_o.reshape((d, h, dh))?.permute((1, 2, 0))?.contiguous()?;
+        let w_o = lw.attn.w_o.tensor()?.reshape((d, h, dh))?.permute((1, 2, 0))?.contiguous()?;
         // [b·p, h, dh] × [h, dh, d] per head
         let zz = z.reshape((b * p, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, b·p, dh]
         let out = zz.matmul(&w_o)?.transpose(0, 1)?.reshape((b, p, h, d))?; // [b, p, h, d]
@@ -132,7 +131,7 @@ impl Model {
         let d = self.config.d_model;
         let bias = match &lw.attn.b_o {
             Some(b) => b.broadcast_as((shape.0, shape.1, d))?.contiguous()?,
-            None => Tensor::zeros((shape.0, shape.1, d), lw.attn.w_o.dtype(), lw.attn.w_o.device())?,
+            None => Tensor::zeros((shape.0, shape.1, d), self.weights.dtype(), &candle_core::Device::Cpu)?,
         };
         self.through_post_norm(&lw.extra.ln1_post, bias, post_scale)
     }
@@ -154,7 +153,7 @@ impl Model {
         if lw.extra.ln2_post.is_none() {
             return Ok(None);
         }
-        Ok(Some(self.norm_scale_of(&linear(post, &lw.mlp.w_out, lw.mlp.b_out.as_ref())?)?))
+        Ok(Some(self.norm_scale_of(&lw.mlp.w_out.linear(post, lw.mlp.b_out.as_ref())?)?))
     }
 
     /// Each MLP neuron's output as it joins the stream: `[b, p, d_mlp, d_model]` from
@@ -166,7 +165,7 @@ impl Model {
         if lw.extra.moe.is_some() {
             return Err(Error::Invalid(format!("layer {layer} is a mixture of experts: it has no neurons of one MLP")));
         }
-        let w_out = lw.mlp.w_out.t()?; // [d_mlp, d]
+        let w_out = lw.mlp.w_out.tensor()?.t()?; // [d_mlp, d]
         let out = post.unsqueeze(3)?.broadcast_mul(&w_out.unsqueeze(0)?.unsqueeze(0)?)?; // [b, p, m, d]
         self.through_post_norm(&lw.extra.ln2_post, out, post_scale.map(|s| s.unsqueeze(2)).transpose()?.as_ref())
     }

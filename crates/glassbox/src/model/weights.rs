@@ -1,9 +1,139 @@
 //! The weights of a model in one layout for every family: linear maps as `[out, in]`
 //! (PyTorch `nn.Linear`), per-head projections with heads outermost in the `out` rows.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::quant::QMatrix;
+
+/// A weight matrix `[rows, cols]` (a linear map's `[out, in]`, or an embedding's
+/// `[vocab, d_model]`): a dense tensor, or a GGUF file's quantized blocks kept as they are
+/// (the GGUF loader on CPUs with the kernels), which the products dequantize on the way to
+/// exactly the f32 values of the dense form.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// A dense 2-D tensor (f32; f64 in finite-difference checks).
+    Dense(Tensor),
+    /// Quantized blocks, shared between clones.
+    Quantized(Arc<QMatrix>),
+}
+
+impl From<Tensor> for Matrix {
+    fn from(t: Tensor) -> Self {
+        Matrix::Dense(t)
+    }
+}
+
+impl Matrix {
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Matrix::Dense(t) => match t.dims() {
+                [] => (1, 1),
+                [c] => (1, *c),
+                [lead @ .., c] => (lead.iter().product(), *c),
+            },
+            Matrix::Quantized(q) => (q.rows(), q.cols()),
+        }
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> [usize; 2] {
+        let (r, c) = self.shape();
+        [r, c]
+    }
+
+    /// Number of values.
+    pub fn elem_count(&self) -> usize {
+        let (r, c) = self.shape();
+        r * c
+    }
+
+    /// The matrix as a dense tensor: the tensor itself, or an f32 copy of quantized blocks
+    /// (for the methods that read a weight as a matrix; the forward never makes one).
+    pub fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Matrix::Dense(t) => Ok(t.clone()),
+            Matrix::Quantized(q) => q.to_tensor(DType::F32),
+        }
+    }
+
+    /// Rows `start..start + len` as a dense tensor (only those rows dequantized).
+    pub fn narrow_rows(&self, start: usize, len: usize) -> Result<Tensor> {
+        let (rows, cols) = self.shape();
+        if start.checked_add(len).is_none_or(|e| e > rows) {
+            return Err(Error::Invalid(format!("rows {start}..+{len} of a {rows}-row matrix")));
+        }
+        match self {
+            Matrix::Dense(t) => Ok(t.narrow(0, start, len)?),
+            Matrix::Quantized(q) => {
+                let mut out = vec![0f32; len * cols];
+                q.dequantize_rows(start, start + len, &mut out);
+                Ok(Tensor::from_vec(out, (len, cols), &candle_core::Device::Cpu)?)
+            }
+        }
+    }
+
+    /// `x @ selfᵀ + b` over the last axis of `x`.
+    pub fn linear(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        crate::model::ops::linear_m(x, self, b)
+    }
+
+    /// The rows of `ids`, `[ids.len(), cols]` (an embedding lookup).
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let rows = self.shape().0;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(Error::Invalid(format!("token id {bad} is outside the {rows} rows of the embedding")));
+        }
+        match self {
+            Matrix::Dense(t) => Ok(t.index_select(&Tensor::from_slice(ids, ids.len(), t.device())?, 0)?),
+            Matrix::Quantized(q) => q.gather(ids),
+        }
+    }
+
+    /// Row `i`, `[cols]`.
+    pub fn row(&self, i: usize) -> Result<Tensor> {
+        let id = u32::try_from(i).map_err(|_| Error::Invalid(format!("row {i} is out of range")))?;
+        Ok(self.rows(&[id])?.squeeze(0)?)
+    }
+
+    /// Whether `self` and `other` are the same stored weight (a tied embedding).
+    pub fn same_as(&self, other: &Matrix) -> bool {
+        match (self, other) {
+            (Matrix::Dense(a), Matrix::Dense(b)) => a.id() == b.id(),
+            (Matrix::Quantized(a), Matrix::Quantized(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The quantized blocks, where the matrix is kept quantized.
+    pub fn quantized(&self) -> Option<&QMatrix> {
+        match self {
+            Matrix::Quantized(q) => Some(q),
+            Matrix::Dense(_) => None,
+        }
+    }
+
+    /// Bytes the matrix holds in memory.
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            Matrix::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Matrix::Quantized(q) => q.memory_bytes(),
+        }
+    }
+
+    /// A copy in `dtype`: quantized blocks stay as they are in f32 (unless `dense`) and become
+    /// a dense tensor in any other dtype.
+    pub fn to_dtype(&self, dtype: DType, dense: bool) -> Result<Matrix> {
+        match self {
+            Matrix::Quantized(_) if dtype == DType::F32 && !dense => Ok(self.clone()),
+            Matrix::Quantized(q) => Ok(Matrix::Dense(q.to_tensor(dtype)?)),
+            Matrix::Dense(t) => Ok(Matrix::Dense(t.to_dtype(dtype)?)),
+        }
+    }
+}
 
 /// A norm's elementwise weight and optional bias (LayerNorm has both, RMSNorm only `w`).
 #[derive(Debug, Clone)]
@@ -19,19 +149,19 @@ pub struct Norm {
 #[derive(Debug, Clone)]
 pub struct AttnWeights {
     /// `[n_heads*d_head, d_model]` query projection.
-    pub w_q: Tensor,
+    pub w_q: Matrix,
     /// `[n_heads*d_head]` query bias, where the model has one.
     pub b_q: Option<Tensor>,
     /// `[n_kv_heads*d_head, d_model]` key projection.
-    pub w_k: Tensor,
+    pub w_k: Matrix,
     /// `[n_kv_heads*d_head]` key bias, where the model has one.
     pub b_k: Option<Tensor>,
     /// `[n_kv_heads*d_head, d_model]` value projection.
-    pub w_v: Tensor,
+    pub w_v: Matrix,
     /// `[n_kv_heads*d_head]` value bias, where the model has one.
     pub b_v: Option<Tensor>,
     /// `[d_model, n_heads*d_head]` output projection.
-    pub w_o: Tensor,
+    pub w_o: Matrix,
     /// `[d_model]` output bias, where the model has one.
     pub b_o: Option<Tensor>,
 }
@@ -40,15 +170,15 @@ pub struct AttnWeights {
 #[derive(Debug, Clone)]
 pub struct MlpWeights {
     /// `[d_mlp, d_model]` input projection (the up projection of a gated MLP).
-    pub w_in: Tensor,
+    pub w_in: Matrix,
     /// `[d_mlp]` input bias, where the model has one.
     pub b_in: Option<Tensor>,
     /// `[d_mlp, d_model]` gate projection, in gated MLPs only.
-    pub w_gate: Option<Tensor>,
+    pub w_gate: Option<Matrix>,
     /// `[d_mlp]` gate bias, where the model has one.
     pub b_gate: Option<Tensor>,
     /// `[d_model, d_mlp]` output projection.
-    pub w_out: Tensor,
+    pub w_out: Matrix,
     /// `[d_model]` output bias, where the model has one.
     pub b_out: Option<Tensor>,
 }
@@ -99,7 +229,7 @@ pub struct LayerWeights {
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// `[d_vocab, d_model]` token embedding.
-    pub embed: Tensor,
+    pub embed: Matrix,
     /// `[n_positions, d_model]` learned position table, with `Positions::Learned` only.
     pub pos_embed: Option<Tensor>,
     /// One entry per block, in order.
@@ -107,7 +237,7 @@ pub struct Weights {
     /// The final norm before the unembedding.
     pub ln_final: Norm,
     /// `[d_vocab, d_model]` unembedding (the same tensor as `embed` when tied).
-    pub unembed: Tensor,
+    pub unembed: Matrix,
     /// `[d_vocab]` unembedding bias, where the model has one.
     pub unembed_bias: Option<Tensor>,
     /// Divisors of the rotary frequencies, one per rotating pair (a GGUF file's
@@ -133,26 +263,64 @@ impl Norm {
 }
 
 impl MlpWeights {
-    fn to_dtype(&self, dtype: DType) -> Result<Self> {
+    fn to_dtype(&self, dtype: DType, dense: bool) -> Result<Self> {
         Ok(MlpWeights {
-            w_in: cast(&self.w_in, dtype)?,
+            w_in: self.w_in.to_dtype(dtype, dense)?,
             b_in: cast_opt(&self.b_in, dtype)?,
-            w_gate: cast_opt(&self.w_gate, dtype)?,
+            w_gate: self.w_gate.as_ref().map(|w| w.to_dtype(dtype, dense)).transpose()?,
             b_gate: cast_opt(&self.b_gate, dtype)?,
-            w_out: cast(&self.w_out, dtype)?,
+            w_out: self.w_out.to_dtype(dtype, dense)?,
             b_out: cast_opt(&self.b_out, dtype)?,
         })
     }
 }
 
 impl Weights {
-    /// The weights' dtype (the token embedding's).
+    /// The weights' dtype (the final norm's: f32, or f64 in finite-difference checks;
+    /// quantized matrices compute in f32).
     pub fn dtype(&self) -> DType {
-        self.embed.dtype()
+        self.ln_final.w.dtype()
     }
 
-    /// A copy of every weight in `dtype` (f64 for finite-difference checks).
+    /// Bytes the weights hold in memory (a tied unembedding counted once).
+    pub fn memory_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let norm = |n: &Norm| t(&n.w) + n.b.as_ref().map_or(0, t);
+        let opt = |x: &Option<Tensor>| x.as_ref().map_or(0, t);
+        let mlp = |m: &MlpWeights| {
+            m.w_in.memory_bytes() + m.w_out.memory_bytes() + m.w_gate.as_ref().map_or(0, |w| w.memory_bytes()) + opt(&m.b_in) + opt(&m.b_gate) + opt(&m.b_out)
+        };
+        let mut n = self.embed.memory_bytes() + opt(&self.pos_embed) + norm(&self.ln_final) + opt(&self.unembed_bias);
+        if !self.unembed.same_as(&self.embed) {
+            n += self.unembed.memory_bytes();
+        }
+        for l in &self.layers {
+            let a = &l.attn;
+            n += norm(&l.ln1) + norm(&l.ln2) + mlp(&l.mlp);
+            n += [&a.w_q, &a.w_k, &a.w_v, &a.w_o].iter().map(|w| w.memory_bytes()).sum::<usize>();
+            n += [&a.b_q, &a.b_k, &a.b_v, &a.b_o].iter().map(|b| opt(b)).sum::<usize>();
+            let e = &l.extra;
+            n += [&e.ln1_post, &e.ln2_post, &e.q_norm, &e.k_norm].iter().map(|x| x.as_ref().map_or(0, norm)).sum::<usize>();
+            if let Some(moe) = &e.moe {
+                n += t(&moe.router) + moe.experts.iter().map(mlp).sum::<usize>() + moe.shared.as_ref().map_or(0, |(m, g)| mlp(m) + t(g));
+            }
+        }
+        n
+    }
+
+    /// A copy of every weight in `dtype` (f64 for finite-difference checks); quantized
+    /// matrices stay quantized in f32.
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        self.convert(dtype, false)
+    }
+
+    /// The weights with every quantized matrix dequantized to a dense f32 tensor (what the
+    /// loader made before quantized weights were kept: the figures are the same bit for bit).
+    pub fn dense(&self) -> Result<Self> {
+        self.convert(DType::F32, true)
+    }
+
+    fn convert(&self, dtype: DType, dense: bool) -> Result<Self> {
         let layers = self
             .layers
             .iter()
@@ -161,16 +329,16 @@ impl Weights {
                     ln1: l.ln1.to_dtype(dtype)?,
                     ln2: l.ln2.to_dtype(dtype)?,
                     attn: AttnWeights {
-                        w_q: cast(&l.attn.w_q, dtype)?,
+                        w_q: l.attn.w_q.to_dtype(dtype, dense)?,
                         b_q: cast_opt(&l.attn.b_q, dtype)?,
-                        w_k: cast(&l.attn.w_k, dtype)?,
+                        w_k: l.attn.w_k.to_dtype(dtype, dense)?,
                         b_k: cast_opt(&l.attn.b_k, dtype)?,
-                        w_v: cast(&l.attn.w_v, dtype)?,
+                        w_v: l.attn.w_v.to_dtype(dtype, dense)?,
                         b_v: cast_opt(&l.attn.b_v, dtype)?,
-                        w_o: cast(&l.attn.w_o, dtype)?,
+                        w_o: l.attn.w_o.to_dtype(dtype, dense)?,
                         b_o: cast_opt(&l.attn.b_o, dtype)?,
                     },
-                    mlp: l.mlp.to_dtype(dtype)?,
+                    mlp: l.mlp.to_dtype(dtype, dense)?,
                     extra: LayerExtras {
                         ln1_post: l.extra.ln1_post.as_ref().map(|n| n.to_dtype(dtype)).transpose()?,
                         ln2_post: l.extra.ln2_post.as_ref().map(|n| n.to_dtype(dtype)).transpose()?,
@@ -183,8 +351,8 @@ impl Weights {
                             .map(|m| {
                                 Ok::<_, crate::error::Error>(MoeWeights {
                                     router: cast(&m.router, dtype)?,
-                                    experts: m.experts.iter().map(|e| e.to_dtype(dtype)).collect::<Result<_>>()?,
-                                    shared: m.shared.as_ref().map(|(e, g)| Ok::<_, crate::error::Error>((e.to_dtype(dtype)?, cast(g, dtype)?))).transpose()?,
+                                    experts: m.experts.iter().map(|e| e.to_dtype(dtype, dense)).collect::<Result<_>>()?,
+                                    shared: m.shared.as_ref().map(|(e, g)| Ok::<_, crate::error::Error>((e.to_dtype(dtype, dense)?, cast(g, dtype)?))).transpose()?,
                                 })
                             })
                             .transpose()?,
@@ -192,13 +360,13 @@ impl Weights {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embed = cast(&self.embed, dtype)?;
-        let tied = self.unembed.id() == self.embed.id();
+        let embed = self.embed.to_dtype(dtype, dense)?;
+        let tied = self.unembed.same_as(&self.embed);
         Ok(Weights {
             unembed: if tied {
                 embed.clone()
             } else {
-                cast(&self.unembed, dtype)?
+                self.unembed.to_dtype(dtype, dense)?
             },
             embed,
             pos_embed: cast_opt(&self.pos_embed, dtype)?,

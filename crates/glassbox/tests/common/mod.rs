@@ -58,6 +58,28 @@ impl Reference {
 }
 
 /// `max |a - b|` over all elements (shapes must match).
+/// Asserts that `model` and the same model with every quantized matrix dequantized to f32
+/// give the same logits and gradients (of the logits' sum, at every layer's `hook_z`) on
+/// `prompts`, bit for bit.
+#[allow(dead_code)]
+pub fn assert_quantized_equals_dense(model: &Model, prompts: &[&str]) {
+    use glassbox::{HookPoint, Hooks};
+    let plain = Model { weights: model.weights.dense().unwrap(), ..model.clone() };
+    assert_eq!(plain.quantized_matrices(), 0);
+    let batch = model.batch(prompts).unwrap();
+    let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    let run = |m: &Model| {
+        let out = m.forward(&batch, &Hooks::new().grad_tap(taps.iter().copied())).unwrap();
+        let grads = out.backward(&out.logits.sum_all().unwrap()).unwrap();
+        let g: Vec<f32> = taps.iter().flat_map(|&p| grads.get(p).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
+        (out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
+    };
+    let (a, ga) = run(model);
+    let (b, gb) = run(&plain);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "logits differ");
+    assert!(ga.iter().zip(&gb).all(|(x, y)| x.to_bits() == y.to_bits()), "gradients differ");
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
@@ -278,10 +300,10 @@ pub fn eps_close(name: &str, eps: f64) -> (Model, glassbox::methods::Contrast) {
     let d = model.config.d_model;
     let noise: Vec<f64> = (0..d).map(|k| ((k as f64) * 1.7).sin()).collect();
     let noise = Tensor::from_vec(noise, d, &Device::Cpu).unwrap();
-    let row = (model.weights.embed.get(john).unwrap() + (noise * eps).unwrap()).unwrap();
-    let mut rows: Vec<Tensor> = (0..model.config.d_vocab).map(|i| model.weights.embed.get(i).unwrap()).collect();
+    let row = (model.weights.embed.row(john).unwrap() + (noise * eps).unwrap()).unwrap();
+    let mut rows: Vec<Tensor> = (0..model.config.d_vocab).map(|i| model.weights.embed.row(i).unwrap()).collect();
     rows[spare] = row;
-    let embed = Tensor::stack(&rows, 0).unwrap();
+    let embed = glassbox::model::weights::Matrix::Dense(Tensor::stack(&rows, 0).unwrap());
     if model.config.tied_embeddings {
         model.weights.unembed = embed.clone();
     }

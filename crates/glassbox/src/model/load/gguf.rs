@@ -1,21 +1,20 @@
-//! GGUF files (llama.cpp): config from the metadata, tensors dequantized to f32 at load,
+//! GGUF files (llama.cpp): config from the metadata; weight matrices kept in their quantized
+//! blocks (`quant::QMatrix`, on CPUs with the kernels), other tensors dequantized to f32;
 //! tokenizer from the embedded vocabulary.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashSet;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::GgmlDType;
-use candle_core::{CpuStorage, Device, Storage, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::names::{self, Qkv, TensorNames, T};
-use super::{build_weights, name_at, TensorSource};
-use crate::model::kernels::{self, Q41};
-use crate::model::{Quantized, Weights};
+use super::names::{self, TensorNames, T};
+use super::{build_weights, TensorSource};
+use crate::model::kernels;
+use crate::model::quant::QMatrix;
 use crate::error::{Error, Result};
 use super::layers::{Layout, Pattern};
 use crate::model::config::{Activation, MlpConfig, Moe, ModelConfig, NormConfig, NormKind, Positions, RopeScaling, RotaryConfig, RotaryPairing, Variants};
@@ -260,9 +259,6 @@ struct GgufSource {
     content: Content,
     reader: BufReader<File>,
     path: PathBuf,
-    /// The blocks of every Q4_1 tensor loaded so far, by name (for `q41_copies`, so that the
-    /// file is read once).
-    q41: HashMap<String, Q41>,
     loaded: HashSet<String>,
 }
 
@@ -288,14 +284,34 @@ impl TensorSource for GgufSource {
                 path: self.path.clone(),
                 detail: format!("tensor `{}`: {e}", super::gguf_header::printable(name)),
             })?;
-        if q.dtype() == GgmlDType::Q4_1 {
-            if let Ok((rows, cols)) = q.shape().dims2() {
-                if let Some(copy) = Q41::new(rows, cols, q.data()?.into_owned()) {
-                    self.q41.insert(name.to_string(), copy);
-                }
-            }
-        }
         Ok(q.dequantize(&Device::Cpu)?)
+    }
+
+    /// The tensor's blocks read straight from the file into a `QMatrix` (the header checked
+    /// its offset and size against the file).
+    fn load_quantized(&mut self, name: &str) -> Result<Option<QMatrix>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let (rows, cols) = match info.shape.dims() {
+            &[rows, cols] => (rows, cols),
+            _ => return Ok(None),
+        };
+        if !kernels::available() || !QMatrix::supports(info.ggml_dtype) {
+            return Ok(None);
+        }
+        let start = self.content.tensor_data_offset.checked_add(info.offset);
+        let (reader, path) = (&mut self.reader, &self.path);
+        let corrupt = |detail: String| Error::Corrupt { path: path.clone(), detail: format!("tensor `{}`: {detail}", super::gguf_header::printable(name)) };
+        let q = QMatrix::filled(info.ggml_dtype, rows, cols, |dst| {
+            let start = start.ok_or_else(|| corrupt("offset past the end of the file".into()))?;
+            reader.seek(SeekFrom::Start(start)).map_err(|e| corrupt(e.to_string()))?;
+            reader.read_exact(dst).map_err(|e| corrupt(e.to_string()))
+        })?;
+        if q.is_some() {
+            self.loaded.insert(name.to_string());
+        }
+        Ok(q)
     }
 }
 
@@ -339,73 +355,14 @@ pub fn load_file(path: &Path) -> Result<Model> {
         content,
         reader,
         path: path.to_path_buf(),
-        q41: HashMap::new(),
         loaded: HashSet::new(),
     };
     let mut weights = build_weights(&cfg, family.names, &mut src)?;
     weights.rope_freqs = rope_freqs(&mut src, &cfg)?;
     super::check_all_used(&src, &arch)?;
-    let quantized = q41_copies(std::mem::take(&mut src.q41), family.names, &cfg, &weights)?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut model = Model::new(name, cfg, weights, tokenizer)?;
-    model.quantized = quantized;
-    Ok(model)
-}
-
-/// Exact Q4_1 copies of the layers' linear weights (see `Model::quantized`), from the blocks
-/// of the tensors the file stores as Q4_1 (kept by `GgufSource::load`). Each copy goes through
-/// the loader's own row permutation and is kept only where it dequantizes to exactly the
-/// loaded f32 weight, bit for bit.
-fn q41_copies(mut blocks: HashMap<String, Q41>, names: &TensorNames, cfg: &ModelConfig, weights: &Weights) -> Result<Quantized> {
-    let Qkv::Separate { q, k, v, .. } = names.qkv else {
-        return Ok(Quantized::default());
-    };
-    if !kernels::available() {
-        return Ok(Quantized::default());
-    }
-    let permuted = |h: usize| names.qk_rows_permuted.then_some(h);
-    let mut map = HashMap::new();
-    for (l, lw) in weights.layers.iter().enumerate() {
-        let mut targets = vec![
-            (q, &lw.attn.w_q, permuted(cfg.n_heads)),
-            (k, &lw.attn.w_k, permuted(cfg.n_kv_heads)),
-            (v, &lw.attn.w_v, None),
-            (names.o, &lw.attn.w_o, None),
-            (names.mlp_in, &lw.mlp.w_in, None),
-            (names.mlp_out, &lw.mlp.w_out, None),
-        ];
-        if let Some(g) = &lw.mlp.w_gate {
-            targets.push((names.mlp_gate, g, None));
-        }
-        for (t, w, heads) in targets {
-            let name = match t {
-                T::Req(n) | T::Opt(n) => name_at(n, l),
-                T::No => continue,
-            };
-            let Some(mut copy) = blocks.remove(&name) else {
-                continue;
-            };
-            if w.dims() != [copy.rows(), copy.cols()] {
-                continue;
-            }
-            if let Some(h) = heads {
-                match copy.unpermute_rows(h) {
-                    Some(c) => copy = c,
-                    None => continue,
-                }
-            }
-            let (storage, layout) = w.storage_and_layout();
-            let exact = match (&*storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(CpuStorage::F32(ws)), Some((o0, o1))) => copy.equals(&ws[o0..o1]),
-                _ => false,
-            };
-            if exact {
-                map.insert(w.id(), Arc::new(copy));
-            }
-        }
-    }
-    Ok(Quantized(Arc::new(map)))
+    Model::new(name, cfg, weights, tokenizer)
 }

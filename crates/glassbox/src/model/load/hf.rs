@@ -233,7 +233,7 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
     })?;
     super::check_all_used(&src, &cfg.architecture)?;
     // Folded maps (OPT-350m) give an unembedding that is not the embedding.
-    cfg.tied_embeddings = weights.unembed.id() == weights.embed.id();
+    cfg.tied_embeddings = weights.unembed.same_as(&weights.embed);
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?.with_bos_token(json.bos_token_id)
         .with_eos_tokens(json.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default());
     Model::new(

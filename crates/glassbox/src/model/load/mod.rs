@@ -17,7 +17,8 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
-use crate::model::weights::{AttnWeights, LayerExtras, LayerWeights, MlpWeights, MoeWeights, Norm, Weights};
+use crate::model::quant::QMatrix;
+use crate::model::weights::{AttnWeights, LayerExtras, LayerWeights, Matrix, MlpWeights, MoeWeights, Norm, Weights};
 use crate::model::Model;
 use names::{Linear, Qkv, TensorNames, T};
 
@@ -109,6 +110,12 @@ pub(crate) trait TensorSource {
     /// The stored shape (row-major), checked before the tensor is read.
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     fn load(&mut self, name: &str) -> Result<Tensor>;
+    /// A 2-D tensor kept in its quantized blocks, where the source stores it in a format the
+    /// kernels stream (`quant::FORMATS`) and this CPU runs them; `None` otherwise (`load` then
+    /// reads it as f32).
+    fn load_quantized(&mut self, _name: &str) -> Result<Option<QMatrix>> {
+        Ok(None)
+    }
     /// Every tensor name in the file.
     fn names(&self) -> Vec<String>;
     /// The names `load` has read so far.
@@ -196,6 +203,60 @@ fn fetch_name(
     Ok(Some(x))
 }
 
+/// `fetch` for a weight matrix: kept quantized where the source can (`load_quantized`; never
+/// for a transposed Conv1D layout), a dense f32 tensor otherwise.
+fn fetch_matrix(src: &mut dyn TensorSource, t: T, layer: usize, shape: &[usize], linear: Option<Linear>) -> Result<Option<Matrix>> {
+    match t {
+        T::Req(n) | T::Opt(n) => fetch_name_matrix(src, &name_at(n, layer), matches!(t, T::Req(_)), shape, linear),
+        T::No => Ok(None),
+    }
+}
+
+fn fetch_name_matrix(src: &mut dyn TensorSource, name: &str, required: bool, shape: &[usize], linear: Option<Linear>) -> Result<Option<Matrix>> {
+    if linear != Some(Linear::InOut) && shape.len() == 2 && src.shape(name).as_deref() == Some(shape) {
+        if let Some(q) = src.load_quantized(name)? {
+            if !q.all_finite() {
+                return Err(non_finite(name));
+            }
+            return Ok(Some(Matrix::Quantized(std::sync::Arc::new(q))));
+        }
+    }
+    Ok(fetch_name(src, name, required, shape, linear)?.map(Matrix::Dense))
+}
+
+fn required_matrix(x: Option<Matrix>, t: T, layer: usize) -> Result<Matrix> {
+    x.ok_or_else(|| match required(None, t, layer) {
+        Err(e) => e,
+        Ok(_) => Error::MissingTensor { name: String::new() },
+    })
+}
+
+/// `unpermute_rows` for a matrix, dense or quantized.
+fn unpermute_matrix(w: Matrix, n_heads: usize) -> Result<Matrix> {
+    match w {
+        Matrix::Dense(t) => Ok(Matrix::Dense(unpermute_rows(&t, n_heads)?)),
+        Matrix::Quantized(q) => q
+            .unpermute_rows(n_heads)
+            .map(|q| Matrix::Quantized(std::sync::Arc::new(q)))
+            .ok_or_else(|| Error::Invalid(format!("a Q or K projection of {} rows does not split into {n_heads} heads of an even size", q.rows()))),
+    }
+}
+
+/// Rows `start..start + len` of a matrix, dense or quantized.
+fn narrow_matrix(w: &Matrix, start: usize, len: usize) -> Result<Matrix> {
+    Ok(match w {
+        Matrix::Dense(t) => Matrix::Dense(t.narrow(0, start, len)?.contiguous()?),
+        Matrix::Quantized(q) => Matrix::Quantized(std::sync::Arc::new(q.narrow_rows(start, len)?)),
+    })
+}
+
+fn non_finite(name: &str) -> Error {
+    Error::Invalid(format!(
+        "tensor `{}` holds NaN or infinite values; the file is damaged or was saved from a diverged model",
+        gguf_header::printable(name)
+    ))
+}
+
 /// Error naming the tensor when any of its values is NaN or infinite: such a weight would
 /// make every figure NaN.
 pub(crate) fn check_finite(x: &Tensor, name: &str) -> Result<()> {
@@ -209,10 +270,7 @@ pub(crate) fn check_finite(x: &Tensor, name: &str) -> Result<()> {
         }
     };
     if bad {
-        return Err(Error::Invalid(format!(
-            "tensor `{}` holds NaN or infinite values; the file is damaged or was saved from a diverged model",
-            gguf_header::printable(name)
-        )));
+        return Err(non_finite(name));
     }
     Ok(())
 }
@@ -281,9 +339,9 @@ pub(crate) fn build_weights(
         Some(e) => {
             let raw = required(fetch(src, names.embed, 0, &[cfg.d_vocab, e], None)?, names.embed, 0)?;
             let p_in = required(fetch(src, names.project_in, 0, &[d, e], None)?, names.project_in, 0)?;
-            (raw.matmul(&p_in.t()?)?, Some(raw))
+            (Matrix::Dense(raw.matmul(&p_in.t()?)?), Some(raw))
         }
-        None => (required(fetch(src, names.embed, 0, &[cfg.d_vocab, d], None)?, names.embed, 0)?, None),
+        None => (required_matrix(fetch_matrix(src, names.embed, 0, &[cfg.d_vocab, d], None)?, names.embed, 0)?, None),
     };
     let pos_embed = match cfg.positions {
         crate::model::config::Positions::Learned { offset } => {
@@ -309,14 +367,14 @@ pub(crate) fn build_weights(
         let ln1 = norm(src, names.ln1_w, names.ln1_b, l)?;
         let (w_q, b_q, w_k, b_k, w_v, b_v) = match names.qkv {
             Qkv::Separate { q, k, v, bq, bk, bv } => {
-                let mut w_q = required(fetch(src, q, l, &[q_rows, d], lin)?, q, l)?;
-                let mut w_k = required(fetch(src, k, l, &[kv_rows, d], lin)?, k, l)?;
-                let w_v = required(fetch(src, v, l, &[kv_rows, d], lin)?, v, l)?;
+                let mut w_q = required_matrix(fetch_matrix(src, q, l, &[q_rows, d], lin)?, q, l)?;
+                let mut w_k = required_matrix(fetch_matrix(src, k, l, &[kv_rows, d], lin)?, k, l)?;
+                let w_v = required_matrix(fetch_matrix(src, v, l, &[kv_rows, d], lin)?, v, l)?;
                 let mut b_q = fetch(src, bq, l, &[q_rows], None)?;
                 let mut b_k = fetch(src, bk, l, &[kv_rows], None)?;
                 if names.qk_rows_permuted {
-                    w_q = unpermute_rows(&w_q, cfg.n_heads)?;
-                    w_k = unpermute_rows(&w_k, cfg.n_kv_heads)?;
+                    w_q = unpermute_matrix(w_q, cfg.n_heads)?;
+                    w_k = unpermute_matrix(w_k, cfg.n_kv_heads)?;
                     b_q = b_q.map(|b| unpermute_bias(&b, cfg.n_heads)).transpose()?;
                     b_k = b_k.map(|b| unpermute_bias(&b, cfg.n_kv_heads)).transpose()?;
                 }
@@ -336,27 +394,27 @@ pub(crate) fn build_weights(
                 let bpart = |i: usize| -> Result<Option<Tensor>> {
                     bt.as_ref().map(|b| Ok(part(&b.reshape((rows, 1))?, i)?.reshape(h * dh)?)).transpose()
                 };
-                (part(&wt, 0)?, bpart(0)?, part(&wt, 1)?, bpart(1)?, part(&wt, 2)?, bpart(2)?)
+                (part(&wt, 0)?.into(), bpart(0)?, part(&wt, 1)?.into(), bpart(1)?, part(&wt, 2)?.into(), bpart(2)?)
             }
             Qkv::Fused { w, b } => {
                 let rows = q_rows + 2 * kv_rows;
-                let wt = required(fetch(src, w, l, &[rows, d], lin)?, w, l)?;
+                let wt = required_matrix(fetch_matrix(src, w, l, &[rows, d], lin)?, w, l)?;
                 let bt = fetch(src, b, l, &[rows], None)?;
                 let split = |x: &Tensor, start: usize, len: usize| x.narrow(0, start, len)?.contiguous();
                 let bsplit = |start: usize, len: usize| -> Result<Option<Tensor>> {
                     Ok(bt.as_ref().map(|b| split(b, start, len)).transpose()?)
                 };
                 (
-                    split(&wt, 0, q_rows)?,
+                    narrow_matrix(&wt, 0, q_rows)?,
                     bsplit(0, q_rows)?,
-                    split(&wt, q_rows, kv_rows)?,
+                    narrow_matrix(&wt, q_rows, kv_rows)?,
                     bsplit(q_rows, kv_rows)?,
-                    split(&wt, q_rows + kv_rows, kv_rows)?,
+                    narrow_matrix(&wt, q_rows + kv_rows, kv_rows)?,
                     bsplit(q_rows + kv_rows, kv_rows)?,
                 )
             }
         };
-        let w_o = required(fetch(src, names.o, l, &[d, q_rows], lin)?, names.o, l)?;
+        let w_o = required_matrix(fetch_matrix(src, names.o, l, &[d, q_rows], lin)?, names.o, l)?;
         let b_o = fetch(src, names.bo, l, &[d], None)?;
         let ln2 = norm(src, names.ln2_w, names.ln2_b, l)?;
         let m = cfg.d_mlp;
@@ -374,12 +432,12 @@ pub(crate) fn build_weights(
                     .map(|e| {
                         if let Some((g, u, dn)) = &stacked {
                             let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.get(e)?.contiguous()?) };
-                            return Ok(MlpWeights { w_gate: Some(pick(g)?), b_gate: None, w_in: pick(u)?, b_in: None, w_out: pick(dn)?, b_out: None });
+                            return Ok(MlpWeights { w_gate: Some(pick(g)?.into()), b_gate: None, w_in: pick(u)?.into(), b_in: None, w_out: pick(dn)?.into(), b_out: None });
                         }
-                        let mut get = |t: T, shape: &[usize]| -> Result<Tensor> {
+                        let mut get = |t: T, shape: &[usize]| -> Result<Matrix> {
                             let (t, template) = expert(t, e);
                             let name = name_at(&template, l);
-                            fetch_name(src, &name, t != T::No, shape, lin)?.ok_or(Error::MissingTensor { name })
+                            fetch_name_matrix(src, &name, t != T::No, shape, lin)?.ok_or(Error::MissingTensor { name })
                         };
                         Ok(MlpWeights {
                             w_gate: Some(get(names.expert_gate, &[m, d])?),
@@ -393,7 +451,7 @@ pub(crate) fn build_weights(
                     .collect::<Result<Vec<_>>>()?;
                 let shared = match moe.shared_expert {
                     Some(w) => {
-                        let mut get = |t: T, shape: &[usize]| -> Result<Tensor> { required(fetch(src, t, l, shape, lin)?, t, l) };
+                        let mut get = |t: T, shape: &[usize]| -> Result<Matrix> { required_matrix(fetch_matrix(src, t, l, shape, lin)?, t, l) };
                         let expert = MlpWeights {
                             w_gate: Some(get(names.shared_gate, &[w, d])?),
                             b_gate: None,
@@ -402,7 +460,7 @@ pub(crate) fn build_weights(
                             w_out: get(names.shared_down, &[d, w])?,
                             b_out: None,
                         };
-                        Some((expert, get(names.shared_expert_gate, &[1, d])?))
+                        Some((expert, required(fetch(src, names.shared_expert_gate, l, &[1, d], lin)?, names.shared_expert_gate, l)?))
                     }
                     None => None,
                 };
@@ -413,27 +471,27 @@ pub(crate) fn build_weights(
         let dense = moe.is_none();
         // One matrix `[gate; up]` (Phi-3), or the two apart.
         let gate_up = if dense && names.mlp_gate_up != T::No {
-            let both = required(fetch(src, names.mlp_gate_up, l, &[2 * m, d], lin)?, names.mlp_gate_up, l)?;
-            Some((both.narrow(0, 0, m)?.contiguous()?, both.narrow(0, m, m)?.contiguous()?))
+            let both = required_matrix(fetch_matrix(src, names.mlp_gate_up, l, &[2 * m, d], lin)?, names.mlp_gate_up, l)?;
+            Some((narrow_matrix(&both, 0, m)?, narrow_matrix(&both, m, m)?))
         } else {
             None
         };
         let w_in = match (&gate_up, dense) {
             (Some((_, up)), _) => up.clone(),
-            (None, true) => required(fetch(src, names.mlp_in, l, &[m, d], lin)?, names.mlp_in, l)?,
-            (None, false) => Tensor::zeros((0, d), DType::F32, &candle_core::Device::Cpu)?,
+            (None, true) => required_matrix(fetch_matrix(src, names.mlp_in, l, &[m, d], lin)?, names.mlp_in, l)?,
+            (None, false) => Tensor::zeros((0, d), DType::F32, &candle_core::Device::Cpu)?.into(),
         };
         let b_in = if dense { fetch(src, names.mlp_b_in, l, &[m], None)? } else { None };
         let b_gate = if cfg.mlp.gated && dense { fetch(src, names.mlp_b_gate, l, &[m], None)? } else { None };
         let w_gate = match (&gate_up, cfg.mlp.gated && dense) {
             (Some((gate, _)), _) => Some(gate.clone()),
-            (None, true) => Some(required(fetch(src, names.mlp_gate, l, &[m, d], lin)?, names.mlp_gate, l)?),
+            (None, true) => Some(required_matrix(fetch_matrix(src, names.mlp_gate, l, &[m, d], lin)?, names.mlp_gate, l)?),
             (None, false) => None,
         };
         let w_out = if dense {
-            required(fetch(src, names.mlp_out, l, &[d, m], lin)?, names.mlp_out, l)?
+            required_matrix(fetch_matrix(src, names.mlp_out, l, &[d, m], lin)?, names.mlp_out, l)?
         } else {
-            Tensor::zeros((d, 0), DType::F32, &candle_core::Device::Cpu)?
+            Tensor::zeros((d, 0), DType::F32, &candle_core::Device::Cpu)?.into()
         };
         let b_out = if dense { fetch(src, names.mlp_b_out, l, &[d], None)? } else { None };
         let extra = LayerExtras {
@@ -476,12 +534,12 @@ pub(crate) fn build_weights(
         (Some(raw), Some(e)) => {
             let stored = fetch(src, names.unembed, 0, &[cfg.d_vocab, e], None)?;
             let p_out = required(fetch(src, names.project_out, 0, &[e, d], None)?, names.project_out, 0)?;
-            stored.as_ref().unwrap_or(raw).matmul(&p_out)?
+            Matrix::Dense(stored.as_ref().unwrap_or(raw).matmul(&p_out)?)
         }
-        _ => match fetch(src, names.unembed, 0, &[cfg.d_vocab, d], None)? {
+        _ => match fetch_matrix(src, names.unembed, 0, &[cfg.d_vocab, d], None)? {
             Some(u) => u,
             None if cfg.tied_embeddings => embed.clone(),
-            None => required(None, names.unembed, 0)?,
+            None => required_matrix(None, names.unembed, 0)?,
         },
     };
     let unembed_bias = fetch(src, names.unembed_b, 0, &[cfg.d_vocab], None)?;
