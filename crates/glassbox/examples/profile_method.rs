@@ -1,7 +1,8 @@
 //! Runs one method in a loop on the default model (for profilers):
-//! `profile_method taylor|ig|analyze|patching N`.
+//! `profile_method taylor|ig|analyze|patching|eap N`.
 use glassbox::methods::analyze::{analyze, AnalyzeOptions};
 use glassbox::methods::attribution::{attribute, AttributionOptions, Method};
+use glassbox::methods::edges::{edge_attribution, EdgeOptions};
 use glassbox::methods::patching::{exact_patching, PatchingOptions};
 use glassbox::methods::Contrast;
 use glassbox::{registry, Model};
@@ -22,6 +23,7 @@ fn main() {
         match which.as_str() {
             "analyze" => drop(std::hint::black_box(analyze(&model, &c, &AnalyzeOptions::default()).unwrap())),
             "patching" => drop(std::hint::black_box(exact_patching(&model, &c, &PatchingOptions::default()).unwrap())),
+            "eap" => drop(std::hint::black_box(edge_attribution(&model, &c, &EdgeOptions::default()).unwrap())),
             _ => drop(std::hint::black_box(attribute(&model, &c, &opts).unwrap())),
         }
     }

@@ -14,7 +14,7 @@
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::methods::attribution::Method;
 use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head, Metric, Scorer};
 use crate::model::config::NormKind;
@@ -122,8 +122,9 @@ pub fn is_edge(u: Sender, v: Receiver, n_layers: usize, parallel_block: bool) ->
 
 /// Gradient w.r.t. a norm's input, given the gradient w.r.t. its normalised output
 /// (`normalized = centred / scale`): `(g − n·mean(g⊙n) [− mean(g) for LayerNorm]) / scale`.
+/// `normalized` and `scale` broadcast against `g` (leading axes of one).
 pub fn normalize_vjp(g: &Tensor, normalized: &Tensor, scale: &Tensor, kind: NormKind) -> Result<Tensor> {
-    let gn = (g * normalized)?.mean_keepdim(D::Minus1)?;
+    let gn = g.broadcast_mul(normalized)?.mean_keepdim(D::Minus1)?;
     let mut out = (g - normalized.broadcast_mul(&gn)?)?;
     if kind == NormKind::LayerNorm {
         out = out.broadcast_sub(&g.mean_keepdim(D::Minus1)?)?;
@@ -176,15 +177,18 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
             Some(w_ln) => Some((w_ln, out.cache.get(HookPoint::Ln1Normalized(l))?, out.cache.get(HookPoint::Ln1Scale(l))?)),
             None => None,
         };
+        // All heads of a projection at once: [heads, b·p, dh] × [heads, dh, d], then the
+        // norm's backward broadcast over the heads.
         let mut per_head = |g: &Tensor, w: &Tensor, heads: usize| -> Result<()> {
+            let (b, p) = (g.dim(0)?, g.dim(1)?);
+            let gh = g.reshape((b * p, heads, dh))?.transpose(0, 1)?.contiguous()?; // [heads, b·p, dh]
+            let g_in = gh.matmul(&w.reshape((heads, dh, c.d_model))?)?.reshape((heads, b, p, c.d_model))?;
+            let g_in = match norm {
+                Some((w_ln, n, s)) => normalize_vjp(&g_in.broadcast_mul(w_ln)?, &n.unsqueeze(0)?, &s.unsqueeze(0)?, c.norm.kind)?,
+                None => g_in,
+            };
             for i in 0..heads {
-                let gi = g.narrow(2, i, 1)?.squeeze(2)?; // [b, p, dh]
-                let wi = w.narrow(0, i * dh, dh)?; // [dh, d]
-                let g_in = gi.broadcast_matmul(&wi)?; // [b, p, d]
-                res.push(match norm {
-                    Some((w_ln, n, s)) => normalize_vjp(&g_in.broadcast_mul(w_ln)?, n, s, c.norm.kind)?,
-                    None => g_in,
-                });
+                res.push(g_in.get(i)?);
             }
             Ok(())
         };
@@ -197,26 +201,70 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
     Ok(res)
 }
 
-/// Every sender's output `[b, p, d]` (in `senders` order) from a run with `Embed`, `PosEmbed`,
-/// `Z` and `MlpOut` cached.
-fn sender_outputs(model: &Model, out: &crate::model::ForwardOutput) -> Result<Vec<Tensor>> {
+/// Every sender's clean-minus-corrupted output, flattened to `[p·d]` (in `senders` order),
+/// from the two runs (each a batch of one, with `Embed`, `PosEmbed`, `Z` and `MlpOut`
+/// cached). A head's output is linear in its `z` where the attention output has no
+/// post-norm, so its difference is the readout of the `z` difference (one product per layer);
+/// with a post-norm each run's output goes through its own frozen scale.
+fn sender_deltas(model: &Model, clean: &crate::model::ForwardOutput, corr: &crate::model::ForwardOutput) -> Result<Vec<Tensor>> {
     let c = &model.config;
-    let mut embed = out.cache.get(HookPoint::Embed)?.clone();
-    if let Ok(p) = out.cache.get(HookPoint::PosEmbed) {
-        embed = (embed + p)?;
+    let diff = |p: HookPoint| -> Result<Tensor> { Ok((clean.cache.get(p)? - corr.cache.get(p)?)?) };
+    let mut embed = diff(HookPoint::Embed)?;
+    if HookPoint::PosEmbed.present_in(c) {
+        embed = (embed + diff(HookPoint::PosEmbed)?)?;
     }
-    let mut res = vec![embed];
+    let mut res = vec![embed.flatten_all()?];
     for l in 0..c.n_layers {
-        // Each head's output as it joins the stream (the model's readout: through the
-        // attention post-norm with the run's scale where there is one).
-        let z = out.cache.get(HookPoint::Z(l))?; // [b, p, h, dh]
-        let heads = model.head_results(l, z, model.attn_post_scale(l, z)?.as_ref())?; // [b, p, h, d]
+        let heads = if model.weights.layers[l].extra.ln1_post.is_some() {
+            let result = |run: &crate::model::ForwardOutput| -> Result<Tensor> {
+                let z = run.cache.get(HookPoint::Z(l))?;
+                model.head_results(l, z, model.attn_post_scale(l, z)?.as_ref())
+            };
+            (result(clean)? - result(corr)?)?
+        } else {
+            model.head_results(l, &diff(HookPoint::Z(l))?, None)?
+        }; // [1, p, h, d]
+        let heads = heads.squeeze(0)?.transpose(0, 1)?.contiguous()?; // [h, p, d]
         for i in 0..c.n_heads {
-            res.push(heads.narrow(2, i, 1)?.squeeze(2)?);
+            res.push(heads.get(i)?.flatten_all()?);
         }
-        res.push(out.cache.get(HookPoint::MlpOut(l))?.clone());
+        res.push(diff(HookPoint::MlpOut(l))?.flatten_all()?);
     }
     Ok(res)
+}
+
+/// `scores[i][j] = deltas[i] · rgrads[j]` for every sender `i` and receiver `j` that can form
+/// an edge: each layer's receivers against the senders before them only (about half of the
+/// full product), as products of a few receiver rows against the sender rows (the kernels'
+/// skinny shape) where the kernels run. Pairs that are not edges are left at zero.
+fn edge_scores(model: &Model, deltas: &[Tensor], rgrads: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+    let c = &model.config;
+    let s_mat = Tensor::stack(deltas, 0)?.to_dtype(DType::F32)?;
+    let r_mat = Tensor::stack(rgrads, 0)?.to_dtype(DType::F32)?;
+    let (n_s, k) = s_mat.dims2()?;
+    let n_r = rgrads.len();
+    let (s, r) = (s_mat.flatten_all()?.to_vec1::<f32>()?, r_mat.flatten_all()?.to_vec1::<f32>()?);
+    let per_layer_r = c.n_heads + 2 * c.n_kv_heads + 1;
+    let mut scores = vec![vec![0f32; n_r]; n_s];
+    for l in 0..=c.n_layers {
+        // Receivers of layer l (the logits after the last layer), and the senders that reach
+        // them: the embeddings, every node of the layers before, this layer's heads (for its MLP).
+        let (start, count) = if l < c.n_layers { (l * per_layer_r, per_layer_r) } else { (c.n_layers * per_layer_r, 1) };
+        let senders = (1 + l * (c.n_heads + 1) + c.n_heads).min(n_s);
+        let rows = &r[start * k..(start + count) * k];
+        let y = if kernels::available() {
+            kernels::x_wt(rows, &s[..senders * k], count, k, senders)
+        } else {
+            let rt = Tensor::from_slice(rows, (count, k), &candle_core::Device::Cpu)?;
+            rt.matmul(&s_mat.narrow(0, 0, senders)?.t()?)?.flatten_all()?.to_vec1::<f32>()?
+        };
+        for j in 0..count {
+            for i in 0..senders {
+                scores[i][start + j] = y[j * senders + i];
+            }
+        }
+    }
+    Ok(scores)
 }
 
 /// Options of `edge_attribution`.
@@ -257,29 +305,34 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
         }
     }
     let taps = receiver_taps(layers);
-    let batch = contrast.batch()?;
-    let hooks = scorer.hooks().cache(cache.iter().copied()).grad_tap(taps.iter().copied());
-    let out = model.forward(&batch, &hooks)?;
-    let ld = scorer.eval(&out)?;
-    let lds = ld.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let taylor = matches!(method, Method::Taylor);
+    // As in Taylor attribution: the corrupted run needs no gradient, so it runs apart, at the
+    // same time as the clean forward (and, for EAP, its backward) on the other core.
+    let corr_hooks = scorer.hooks().cache(cache.iter().copied());
+    let clean_hooks = if taylor { corr_hooks.clone().grad_tap(taps.iter().copied()) } else { corr_hooks.clone() };
+    let (corr, clean) = kernels::concurrently(
+        || model.forward(&Batch::new(std::slice::from_ref(&contrast.corrupted))?, &corr_hooks),
+        || -> Result<_> {
+            let clean = model.forward(&Batch::new(std::slice::from_ref(&contrast.clean))?, &clean_hooks)?;
+            let ld = scorer.eval(&clean)?;
+            let grads = if taylor { Some(clean.backward(&ld.sum_all()?)?) } else { None };
+            Ok((clean, ld, grads))
+        },
+    );
+    let (corr, (clean, ld_clean, grads)) = (corr?, clean?);
+    let lds = Tensor::cat(&[ld_clean, scorer.eval(&corr)?], 0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
 
-    let outs = sender_outputs(model, &out)?;
-    let deltas: Vec<Tensor> = outs
-        .iter()
-        .map(|o| Ok((o.get(0)? - o.get(1)?)?.flatten_all()?))
-        .collect::<Result<_>>()?;
+    let deltas = sender_deltas(model, &clean, &corr)?;
 
-    let rgrads: Vec<Tensor> = match method {
-        Method::Taylor => {
-            let grads = out.backward(&ld.get(0)?)?;
-            receiver_grads(model, &out, &grads)?
-                .into_iter()
-                .map(|g| Ok(g.get(0)?.flatten_all()?))
-                .collect::<Result<_>>()?
-        }
-        Method::IntegratedGradients { n_steps } => {
-            let emb = out.cache.get(HookPoint::Embed)?;
-            let (corr, delta) = (emb.get(1)?, (emb.get(0)? - emb.get(1)?)?);
+    let rgrads: Vec<Tensor> = match (method, grads) {
+        (Method::Taylor, Some(grads)) => receiver_grads(model, &clean, &grads)?
+            .into_iter()
+            .map(|g| Ok(g.get(0)?.flatten_all()?))
+            .collect::<Result<_>>()?,
+        (Method::IntegratedGradients { n_steps }, _) => {
+            let (clean_emb, corr_emb) = (clean.cache.get(HookPoint::Embed)?.get(0)?, corr.cache.get(HookPoint::Embed)?.get(0)?);
+            let delta = (clean_emb - &corr_emb)?;
+            let (corr, emb) = (&corr_emb, &corr_emb);
             let p = contrast.n_pos();
             let chunk = (64 / p.max(1)).clamp(1, n_steps);
             // Each chunk of steps: the receivers' gradients summed over the chunk's steps.
@@ -305,12 +358,10 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
                 .map(|s| Ok((s / n_steps as f64)?))
                 .collect::<Result<_>>()?
         }
+        (Method::Taylor, None) => return Err(Error::Invalid("EAP's clean run lost its gradients".into())),
     };
 
-    // All scores at once: [senders, p·d] × [p·d, receivers].
-    let s_mat = Tensor::stack(&deltas, 0)?.to_dtype(DType::F32)?;
-    let r_mat = Tensor::stack(&rgrads, 0)?.to_dtype(DType::F32)?;
-    let scores = s_mat.matmul(&r_mat.t()?)?.to_vec2::<f32>()?;
+    let scores = edge_scores(model, &deltas, &rgrads)?;
     let (snd, rcv) = (senders(model), receivers(model));
     let mut edges = Vec::new();
     for (i, u) in snd.iter().enumerate() {

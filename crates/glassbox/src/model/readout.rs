@@ -115,8 +115,8 @@ impl Model {
         let lw = &self.weights.layers[layer];
         let (b, p, h, dh) = z.dims4()?;
         let d = self.config.d_model;
-        // [d, h, dh] → per head [h, dh, d]
-        let w_o = lw.attn.w_o.tensor()?.reshape((d, h, dh))?.permute((1, 2, 0))?.contiguous()?;
+        // [d, h·dh] → per head [h, dh, d]
+        let w_o = lw.attn.w_o.transposed()?.reshape((h, dh, d))?.to_dtype(z.dtype())?;
         // [b·p, h, dh] × [h, dh, d] per head
         let zz = z.reshape((b * p, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, b·p, dh]
         let out = zz.matmul(&w_o)?.transpose(0, 1)?.reshape((b, p, h, d))?; // [b, p, h, d]

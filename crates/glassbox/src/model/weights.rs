@@ -76,6 +76,31 @@ impl Matrix {
         }
     }
 
+    /// The transpose `[cols, rows]` as a dense contiguous tensor, made by a plain loop over the
+    /// rows (a strided copy of a permuted tensor costs several times more).
+    pub fn transposed(&self) -> Result<Tensor> {
+        let (rows, cols) = self.shape();
+        let dense = match self {
+            Matrix::Dense(t) if t.dtype() != DType::F32 => return Ok(t.t()?.contiguous()?),
+            Matrix::Dense(t) => t.flatten_all()?.to_vec1::<f32>()?,
+            Matrix::Quantized(q) => {
+                let mut v = vec![0f32; rows * cols];
+                q.dequantize_rows(0, rows, &mut v);
+                v
+            }
+        };
+        let mut out = vec![0f32; rows * cols];
+        // Blocks of 16 rows keep the writes' cache lines in use.
+        for r0 in (0..rows).step_by(16) {
+            for c in 0..cols {
+                for r in r0..(r0 + 16).min(rows) {
+                    out[c * rows + r] = dense[r * cols + c];
+                }
+            }
+        }
+        Ok(Tensor::from_vec(out, (cols, rows), &candle_core::Device::Cpu)?)
+    }
+
     /// `x @ selfᵀ + b` over the last axis of `x`.
     pub fn linear(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         crate::model::ops::linear_m(x, self, b)
