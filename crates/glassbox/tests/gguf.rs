@@ -79,3 +79,56 @@ fn gguf_mixtral_gemma_gemma2_qwen3() {
         }
     }
 }
+
+/// The format each weight of the quantized tiny LLaMA file is stored in (five block formats).
+fn tiny_format(name: &str) -> candle_core::quantized::GgmlDType {
+    use candle_core::quantized::GgmlDType as G;
+    let two_d = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_gate", "ffn_down", "token_embd"];
+    match two_d.iter().position(|t| name.contains(&format!("{t}.weight"))) {
+        Some(0) => G::Q8_0,
+        Some(1) => G::Q4_1,
+        Some(2) => G::Q5_0,
+        Some(3) => G::Q5_1,
+        Some(4 | 5 | 6) => G::Q4_0,
+        Some(_) => G::Q8_0,
+        None => G::F32,
+    }
+}
+
+/// A tiny LLaMA GGUF with its weights in five block formats (Q and K rows permuted as
+/// llama.cpp stores them) loads with them kept quantized, and gives bit for bit the logits and
+/// gradients of the same file with each weight stored as the f32 values its blocks dequantize
+/// to (the loader's f32 path: its own row unpermutation, its own embedding lookup).
+#[test]
+fn quantized_tiny_llama_equals_its_dequantized_twin() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let d = scratch("gguf-quantized");
+    let parts = common::gguf_parts_from_fixture("tiny-llama", "llama");
+    let quantized = d.join("q.gguf");
+    common::write_gguf_typed(&parts, &quantized, &tiny_format, &|_, _| {});
+    let mut twin = common::GgufParts { meta: parts.meta.clone(), tensors: Vec::new() };
+    for (n, t) in &parts.tensors {
+        let ty = tiny_format(n);
+        let t = if ty == GgmlDType::F32 { t.clone() } else { QTensor::quantize(t, ty).unwrap().dequantize(&candle_core::Device::Cpu).unwrap() };
+        twin.tensors.push((n.clone(), t));
+    }
+    let dense = d.join("f32.gguf");
+    common::write_gguf(&twin, &dense);
+    let (q, f) = (Model::load(&quantized).unwrap(), Model::load(&dense).unwrap());
+    let expected = if glassbox::bench::kernels_available() { 7 * q.config.n_layers + 1 } else { 0 };
+    assert_eq!(q.quantized_matrices(), expected);
+    assert_eq!(f.quantized_matrices(), 0);
+    common::assert_same_figures(&q, &f, &["When Mary and John went to the store, John gave a drink to"]);
+
+    // A block whose scale is infinite or NaN: an error naming the tensor.
+    for bits in [0x7c00u16, 0x7e00] {
+        let damaged = d.join("damaged.gguf");
+        common::write_gguf_typed(&parts, &damaged, &tiny_format, &|n, bytes| {
+            if n == "blk.1.ffn_up.weight" {
+                bytes[3 * 18..3 * 18 + 2].copy_from_slice(&bits.to_le_bytes());
+            }
+        });
+        let e = Model::load(&damaged).err().expect("a damaged block scale loads").to_string();
+        assert!(e.contains("blk.1.ffn_up.weight") && e.contains("NaN or infinite"), "{e}");
+    }
+}

@@ -59,25 +59,30 @@ impl Reference {
 
 /// `max |a - b|` over all elements (shapes must match).
 /// Asserts that `model` and the same model with every quantized matrix dequantized to f32
-/// give the same logits and gradients (of the logits' sum, at every layer's `hook_z`) on
-/// `prompts`, bit for bit.
+/// give the same figures bit for bit (`assert_same_figures`).
 #[allow(dead_code)]
 pub fn assert_quantized_equals_dense(model: &Model, prompts: &[&str]) {
-    use glassbox::{HookPoint, Hooks};
     let plain = Model { weights: model.weights.dense().unwrap(), ..model.clone() };
     assert_eq!(plain.quantized_matrices(), 0);
-    let batch = model.batch(prompts).unwrap();
-    let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    assert_same_figures(model, &plain, prompts);
+}
+
+/// Asserts that two models give the same logits and gradients (of the logits' sum, at every
+/// layer's `hook_z`) on `prompts`, bit for bit.
+#[allow(dead_code)]
+pub fn assert_same_figures(a: &Model, b: &Model, prompts: &[&str]) {
+    use glassbox::{HookPoint, Hooks};
+    let batch = a.batch(prompts).unwrap();
+    let taps: Vec<HookPoint> = (0..a.config.n_layers).map(HookPoint::Z).collect();
     let run = |m: &Model| {
         let out = m.forward(&batch, &Hooks::new().grad_tap(taps.iter().copied())).unwrap();
         let grads = out.backward(&out.logits.sum_all().unwrap()).unwrap();
         let g: Vec<f32> = taps.iter().flat_map(|&p| grads.get(p).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect();
         (out.logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(), g)
     };
-    let (a, ga) = run(model);
-    let (b, gb) = run(&plain);
-    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "logits differ");
-    assert!(ga.iter().zip(&gb).all(|(x, y)| x.to_bits() == y.to_bits()), "gradients differ");
+    let ((x, gx), (y, gy)) = (run(a), run(b));
+    assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "logits differ");
+    assert!(gx.iter().zip(&gy).all(|(p, q)| p.to_bits() == q.to_bits()), "gradients differ");
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -117,12 +122,30 @@ impl GgufParts {
 
 /// Writes GGUF parts (tensors as F32).
 pub fn write_gguf(parts: &GgufParts, out: &std::path::Path) {
+    write_gguf_typed(parts, out, &|_| candle_core::quantized::GgmlDType::F32, &|_, _| {});
+}
+
+/// Writes GGUF parts with each tensor in `dtype(name)`, its stored bytes passed through
+/// `edit(name, bytes)` first (to damage a block).
+#[allow(dead_code)]
+pub fn write_gguf_typed(
+    parts: &GgufParts,
+    out: &std::path::Path,
+    dtype: &dyn Fn(&str) -> candle_core::quantized::GgmlDType,
+    edit: &dyn Fn(&str, &mut Vec<u8>),
+) {
     use candle_core::quantized::gguf_file;
-    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::quantized::QTensor;
     let q: Vec<(String, QTensor)> = parts
         .tensors
         .iter()
-        .map(|(n, t)| (n.clone(), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .map(|(n, t)| {
+            let ty = dtype(n);
+            let mut bytes = QTensor::quantize(t, ty).unwrap().data().unwrap().into_owned();
+            edit(n, &mut bytes);
+            let q = candle_core::quantized::ggml_file::qtensor_from_ggml(ty, &bytes, t.dims().to_vec(), &Device::Cpu).unwrap();
+            (n.clone(), q)
+        })
         .collect();
     let meta_refs: Vec<(&str, &gguf_file::Value)> = parts.meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let q_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
