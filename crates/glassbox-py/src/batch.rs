@@ -56,6 +56,7 @@ fn batch_run<'py>(
         _ => serde_json::Value::Null,
     };
     let m = model.inner.clone();
+    let sae_path = sae.map(|s| s.path.clone());
     let sae = sae.map(|s| s.inner.clone());
     let spec = model_path.to_string();
     let report = py
@@ -66,7 +67,7 @@ fn batch_run<'py>(
                 options: options.clone(),
                 model: m.name.clone(),
                 model_sha256: batch::weights_sha256(&path)?,
-                sae: None,
+                sae: sae_path,
                 glassbox: env!("CARGO_PKG_VERSION").to_string(),
             };
             let (prepared, unfit) = batch::prepare(&m, items, method);

@@ -15,6 +15,8 @@ use crate::model::Model;
 #[pyclass(module = "glassbox._native", frozen, name = "SAE")]
 pub struct Sae {
     pub inner: Arc<glassbox::sae::Sae>,
+    /// The folder or file it was loaded from (recorded in dataset runs' settings).
+    pub path: String,
 }
 
 #[pymethods]
@@ -26,8 +28,9 @@ impl Sae {
     #[pyo3(signature = (path, hook=None))]
     fn load(py: Python<'_>, path: std::path::PathBuf, hook: Option<&str>) -> PyResult<Sae> {
         let hook = hook.map(|h| h.parse::<glassbox::HookPoint>()).transpose().py_err()?;
+        let shown = path.display().to_string();
         let sae = py.detach(move || glassbox::sae::Sae::load(&path, hook)).py_err()?;
-        Ok(Sae { inner: Arc::new(sae) })
+        Ok(Sae { inner: Arc::new(sae), path: shown })
     }
 
     /// The configuration as a dict (architecture, sizes, hook points, format, Neuronpedia id).

@@ -42,3 +42,21 @@ def test_batch_parquet_reads_in_pyarrow_and_equals_single_runs(tmp_path, tiny_ll
         np.testing.assert_allclose(np.array(row["scores"]), np.array(alone["scores"]), rtol=1e-5, atol=1e-5)
         assert row["clean_ld"] == pytest.approx(alone["clean_ld"], rel=1e-5, abs=1e-5)
         assert row["group"] == p["group"]
+
+
+def test_sae_attribute_run_records_its_sae(tmp_path, tiny_llama):
+    """A dataset run of `sae-attribute` from Python writes one row per prompt and names the SAE
+    in the file's settings (so that `resume` refuses another SAE)."""
+    sae_dir = str(FIXTURES / "sae" / "standard")
+    sae = glassbox.SAE.load(sae_dir)
+    items = [{"line": i + 1, "id": f"p{i}", "prompt": "When Mary and John went to the store, John gave a drink to",
+              "correct": " Mary", "incorrect": " John"} for i in range(3)]
+    out = tmp_path / "s.parquet"
+    r = _native.batch_run(tiny_llama, items, "sae-attribute", str(out), str(FIXTURES / "tiny-llama"), sae=sae)
+    assert r["settings"]["sae"] == sae_dir
+    table = pq.read_table(out)
+    assert table.num_rows == 3
+    assert json.loads(table.schema.metadata[b"glassbox.settings"])["sae"] == sae_dir
+    other = glassbox.SAE.load(str(FIXTURES / "sae" / "topk"))
+    with pytest.raises(Exception, match="(?i)sae|settings|differ"):
+        _native.batch_run(tiny_llama, items, "sae-attribute", str(out), str(FIXTURES / "tiny-llama"), resume=True, sae=other)
