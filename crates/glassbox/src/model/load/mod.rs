@@ -225,10 +225,7 @@ fn fetch_name_matrix(src: &mut dyn TensorSource, name: &str, required: bool, sha
 }
 
 fn required_matrix(x: Option<Matrix>, t: T, layer: usize) -> Result<Matrix> {
-    x.ok_or_else(|| match required(None, t, layer) {
-        Err(e) => e,
-        Ok(_) => Error::MissingTensor { name: String::new() },
-    })
+    x.ok_or_else(|| missing(t, layer))
 }
 
 /// `unpermute_rows` for a matrix, dense or quantized.
@@ -276,12 +273,17 @@ pub(crate) fn check_finite(x: &Tensor, name: &str) -> Result<()> {
 }
 
 fn required(x: Option<Tensor>, t: T, layer: usize) -> Result<Tensor> {
-    x.ok_or_else(|| Error::MissingTensor {
+    x.ok_or_else(|| missing(t, layer))
+}
+
+/// The error for a tensor of the map (at `layer`) that the file lacks.
+fn missing(t: T, layer: usize) -> Error {
+    Error::MissingTensor {
         name: match t {
             T::Req(n) | T::Opt(n) => name_at(n, layer),
             T::No => "(a tensor this family's name map does not give)".to_string(),
         },
-    })
+    }
 }
 
 /// Undoes llama.cpp's row permutation of a Q or K projection: `[heads*d_head, d_model]`.
