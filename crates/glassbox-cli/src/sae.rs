@@ -64,8 +64,12 @@ pub enum SaeCommand {
         #[command(flatten)]
         model: crate::ModelArg,
         /// Where the SAE reads, e.g. blocks.3.hook_resid_post (a transcoder: blocks.3.ln2.hook_normalized).
-        #[arg(long)]
-        hook: String,
+        #[arg(long, required_unless_present = "set")]
+        hook: Option<String>,
+        /// Train a whole transcoder set instead: one transcoder per layer (ln2.hook_normalized →
+        /// hook_mlp_out), every layer from the same forward pass (BatchTopK, saved as JumpReLU).
+        #[arg(long, conflicts_with_all = ["hook", "hook_out", "batch_topk"])]
+        set: bool,
         /// A transcoder's target, e.g. blocks.3.hook_mlp_out.
         #[arg(long)]
         hook_out: Option<String>,
@@ -158,16 +162,31 @@ pub fn run(command: &SaeCommand) -> Result<()> {
                 println!("neuronpedia   {id}");
             }
         }
-        SaeCommand::Train { model, hook, hook_out, corpus, exclude, d_sae, k, batch_topk, tokens, batch_size, lr, context, buffer, checkpoint_every, seed, out, resume } => {
+        SaeCommand::Train { model, hook, set, hook_out, corpus, exclude, d_sae, k, batch_topk, tokens, batch_size, lr, context, buffer, checkpoint_every, seed, out, resume } => {
             use glassbox::sae::train::{train, Sparsity, TrainOptions};
             let m = crate::load_model(model)?;
-            let hook_in: HookPoint = hook.parse()?;
-            let hook_out = hook_out.as_deref().map(str::parse::<HookPoint>).transpose()?;
             let files = glassbox::sae::corpus::corpus_files(corpus, exclude)?;
             let docs = glassbox::sae::corpus::read_documents(&files)?;
             let seqs = glassbox::sae::corpus::sequences(&m, &docs, *context)?;
             let per_seq = context - usize::from(m.tokenizer.bos().is_some());
             eprintln!("corpus: {} files, {} documents, {} sequences of {context} tokens ({} tokens)", files.len(), docs.len(), seqs.len(), seqs.len() * per_seq);
+            if *set {
+                let opts = glassbox::sae::train_set::SetTrainOptions {
+                    d_sae: *d_sae,
+                    k: *k,
+                    batch_size: *batch_size,
+                    lr: *lr,
+                    tokens: *tokens,
+                    context: *context,
+                    buffer: *buffer,
+                    checkpoint_every: *checkpoint_every,
+                    seed: *seed,
+                    ..Default::default()
+                };
+                return train_set(&m, seqs, &opts, out, *resume);
+            }
+            let hook_in: HookPoint = hook.as_deref().unwrap_or_default().parse()?;
+            let hook_out = hook_out.as_deref().map(str::parse::<HookPoint>).transpose()?;
             let opts = TrainOptions {
                 d_sae: *d_sae,
                 k: *k,
@@ -257,6 +276,40 @@ pub fn run(command: &SaeCommand) -> Result<()> {
             print_attribution(&r);
         }
     }
+    Ok(())
+}
+
+/// `sae train --set`: one transcoder per layer, with a progress bar of the mean figures and a
+/// line per layer at the end.
+fn train_set(m: &glassbox::Model, seqs: Vec<Vec<u32>>, opts: &glassbox::sae::train_set::SetTrainOptions, out: &std::path::Path, resume: bool) -> Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} ({elapsed}, ETA {eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let stop = crate::stop_flag();
+    let mut last = None;
+    let log_every = std::env::var("GLASSBOX_TRAIN_LOG_EVERY").ok().and_then(|v| v.parse::<usize>().ok());
+    let started = std::time::Instant::now();
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    let result = glassbox::sae::train_set::train_set(m, seqs, opts, out, resume, &mut |r| {
+        bar.set_length(r.total_steps as u64);
+        bar.set_position(r.step as u64);
+        bar.set_message(format!("mean FVU {:.4}  L0 {:.1}  dead {:.1}%", mean(&r.fvu), mean(&r.l0), 100.0 * mean(&r.dead_fraction)));
+        if log_every.is_some_and(|n| n > 0 && r.step % n == 0) {
+            eprintln!("step {}/{} tokens {} {:.0}s mean FVU {:.4} L0 {:.1} dead {:.2}% FVU by layer {:?}", r.step, r.total_steps, r.tokens, started.elapsed().as_secs_f64(), mean(&r.fvu), mean(&r.l0), 100.0 * mean(&r.dead_fraction), r.fvu.iter().map(|f| (f * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+        }
+        last = Some(r.clone());
+        !stop.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    bar.finish_and_clear();
+    let dir = result?;
+    if let Some(r) = last {
+        eprintln!("step {}/{}: {} tokens", r.step, r.total_steps, r.tokens);
+        for (l, ((f, l0), d)) in r.fvu.iter().zip(&r.l0).zip(&r.dead_fraction).enumerate() {
+            eprintln!("  layer {l:>2}: FVU {f:.4} (explained variance {:.4}), L0 {l0:.1}, dead {:.1}%", 1.0 - f, 100.0 * d);
+        }
+    }
+    println!("{}", dir.display());
     Ok(())
 }
 

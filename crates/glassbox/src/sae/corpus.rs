@@ -64,31 +64,39 @@ pub fn sequences(model: &Model, docs: &[String], context: usize) -> Result<Vec<V
         .collect())
 }
 
-/// Model activations read sequence batch by sequence batch: `x` at `hook_in`, and `y` at
-/// `hook_out` for a transcoder. BOS positions left out.
+/// Model activations read sequence batch by sequence batch at a list of hook points (for an
+/// SAE its input; for a transcoder its input and target; for a transcoder set every layer's
+/// pair), all from the same forward pass. BOS and end-of-text positions left out.
 pub struct ActivationStream<'a> {
     model: &'a Model,
     seqs: Vec<Vec<u32>>,
     /// The next sequence to read.
     pub position: usize,
     per_forward: usize,
-    hook_in: HookPoint,
-    hook_out: Option<HookPoint>,
+    points: Vec<HookPoint>,
     excluded: Vec<u32>,
 }
 
 impl<'a> ActivationStream<'a> {
-    /// A stream over `seqs` from sequence `position`, `per_forward` sequences per forward pass.
+    /// A stream over `seqs` from sequence `position`, `per_forward` sequences per forward pass,
+    /// of `hook_in` (and `hook_out` for a transcoder).
     pub fn new(model: &'a Model, seqs: Vec<Vec<u32>>, position: usize, per_forward: usize, hook_in: HookPoint, hook_out: Option<HookPoint>) -> Result<Self> {
-        hook_in.check(&model.config)?;
-        if let Some(h) = hook_out {
-            h.check(&model.config)?;
+        Self::at_points(model, seqs, position, per_forward, std::iter::once(hook_in).chain(hook_out).collect())
+    }
+
+    /// A stream of the activations at every point of `points`, in that order.
+    pub fn at_points(model: &'a Model, seqs: Vec<Vec<u32>>, position: usize, per_forward: usize, points: Vec<HookPoint>) -> Result<Self> {
+        if points.is_empty() {
+            return Err(Error::Invalid("an activation stream needs at least one hook point".into()));
+        }
+        for p in &points {
+            p.check(&model.config)?;
         }
         if seqs.is_empty() {
             return Err(Error::Invalid("the corpus is shorter than one sequence; give more text or a shorter --context".into()));
         }
         let excluded = excluded_tokens(model);
-        Ok(ActivationStream { model, seqs, position, per_forward: per_forward.max(1), hook_in, hook_out, excluded })
+        Ok(ActivationStream { model, seqs, position, per_forward: per_forward.max(1), points, excluded })
     }
 
     /// Sequences in the stream.
@@ -101,18 +109,27 @@ impl<'a> ActivationStream<'a> {
         self.seqs.is_empty()
     }
 
-    /// The next batch of activations, `([n, d_in], [n, d_out])`, or `None` at the end.
+    /// The next batch of activations, `([n, d_in], [n, d_out])`, or `None` at the end (for a
+    /// stream made by `new`).
     pub fn next_batch(&mut self) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        Ok(self.next_points()?.map(|mut v| {
+            let y = (v.len() > 1).then(|| v.remove(1));
+            (v.remove(0), y)
+        }))
+    }
+
+    /// The next batch of activations at every point, `[n, width]` each with the same `n`
+    /// rows, or `None` at the end.
+    pub fn next_points(&mut self) -> Result<Option<Vec<Tensor>>> {
         if self.position >= self.seqs.len() {
             return Ok(None);
         }
         let end = (self.position + self.per_forward).min(self.seqs.len());
         let rows = &self.seqs[self.position..end];
         self.position = end;
-        let points: Vec<HookPoint> = std::iter::once(self.hook_in).chain(self.hook_out).collect();
         // Only the blocks up to the last hook point read.
-        let stop = points.iter().map(|p| p.layer().unwrap_or(0)).max().unwrap_or(0);
-        let out = self.model.forward(&Batch::new(rows)?, &Hooks::new().cache(points).last_logits_only().stop_after_layer(stop))?;
+        let stop = self.points.iter().map(|p| p.layer().unwrap_or(0)).max().unwrap_or(0);
+        let out = self.model.forward(&Batch::new(rows)?, &Hooks::new().cache(self.points.iter().copied()).last_logits_only().stop_after_layer(stop))?;
         let kept = kept_rows(rows, &self.excluded)?;
         let take = |p: HookPoint| -> Result<Tensor> {
             let t = out.cache.get(p)?.to_dtype(DType::F32)?;
@@ -120,9 +137,7 @@ impl<'a> ActivationStream<'a> {
             let t = t.reshape((b * n, ()))?;
             Ok(t.index_select(&kept, 0)?.contiguous()?)
         };
-        let x = take(self.hook_in)?;
-        let y = self.hook_out.map(take).transpose()?;
-        Ok(Some((x, y)))
+        Ok(Some(self.points.iter().map(|&p| take(p)).collect::<Result<Vec<_>>>()?))
     }
 }
 

@@ -25,7 +25,9 @@
 
 pub mod corpus;
 pub mod eval;
+pub mod set;
 pub mod train;
+pub mod train_set;
 
 use std::collections::HashMap;
 use std::io::Read;
