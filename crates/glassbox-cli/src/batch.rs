@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use glassbox::batch::summary::{summarize, Summary, SummaryOptions};
-use glassbox::batch::{self, BatchOptions, Item, LineError, Method, Settings};
+use glassbox::batch::{self, BatchOptions, Item, LineError, RunSpec, Settings};
+use glassbox::methods::catalog;
 use serde_json::Value;
 
-use crate::methods::{finite, print_json};
+use crate::{finite, print_json};
 use crate::ModelArg;
 
 /// `glassbox batch`.
@@ -32,7 +33,7 @@ pub struct RunArgs {
     /// "corrupted"?, "group"?} (or give --task).
     #[arg(long, required_unless_present = "task")]
     pub input: Option<PathBuf>,
-    /// Generate the prompts instead: `ioi` (written beside the output as OUT.prompts.jsonl).
+    /// Generate the prompts instead: a task (`glassbox methods` lists them; written beside the output as OUT.prompts.jsonl).
     #[arg(long, conflicts_with = "input")]
     pub task: Option<String>,
     /// Prompts the task generates.
@@ -41,11 +42,11 @@ pub struct RunArgs {
     /// Seed of the task's prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The method: analyze, attribution, patch, logit-lens, edges, token-attribution, sae-attribute.
+    /// The method: any method that reads one prompt per row (`glassbox methods` lists them).
     #[arg(long, default_value = "attribution")]
     pub method: String,
-    /// The method's options as JSON (the library's option struct, as `glassbox serve` takes
-    /// it), e.g. '{"method": {"kind": "integrated_gradients", "n_steps": 10}}'.
+    /// The method's options as JSON, with the names of its flags, e.g.
+    /// '{"method": "integrated_gradients", "n_steps": 10}' (`glassbox methods --json` lists them).
     #[arg(long)]
     pub options: Option<String>,
     /// The SAE folder, for sae-attribute.
@@ -106,25 +107,10 @@ pub enum BatchCommand {
     },
 }
 
-/// The items of a generated task set (ids `ioi-0000`, groups by template).
+/// The items of a generated task set (ids `{task}-00000`, groups from the task).
 fn task_items(model: &glassbox::Model, task: &str, n: usize, seed: u64) -> Result<Vec<Item>> {
-    if task != "ioi" {
-        bail!("unknown task `{task}`; the tasks are: ioi");
-    }
-    let prompts = glassbox::tasks::ioi::generate(model, n, seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
-    Ok(prompts
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Item {
-            line: i + 1,
-            id: format!("ioi-{i:05}"),
-            prompt: p.clean,
-            correct: p.io,
-            incorrect: p.subject,
-            corrupted: Some(p.corrupted),
-            group: Some(format!("template-{}-{}", p.template, p.order)),
-        })
-        .collect())
+    let spec = glassbox::tasks::TaskSpec { task: task.to_string(), n, seed, corruption: None };
+    Ok(batch::task_items(model, &spec)?)
 }
 
 fn write_jsonl(items: &[Item], w: &mut dyn Write) -> Result<()> {
@@ -179,21 +165,21 @@ pub fn run(args: &BatchArgs) -> Result<()> {
 }
 
 fn run_batch(a: &RunArgs) -> Result<()> {
-    let method: Method = a.method.parse()?;
+    let entry = batch::method(&a.method)?;
     let options: Value = match &a.options {
         Some(s) => serde_json::from_str(s).with_context(|| format!("--options is not valid JSON: {s}"))?,
         None => Value::Null,
     };
-    let sae = match (&a.sae, method) {
-        (Some(dir), _) => Some(glassbox::sae::Sae::load(dir, None)?),
-        (None, Method::SaeAttribute) => bail!("--method sae-attribute needs --sae DIR"),
-        (None, _) => None,
+    entry.resolve(&options)?;
+    let sae = match &a.sae {
+        Some(dir) => Some(glassbox::sae::Sae::load(dir, None)?),
+        None if entry.needs().sae => bail!("--method {} needs --sae DIR", entry.name()),
+        None => None,
     };
-    let path = glassbox::registry::resolve(&a.model.model, &mut crate::progress)?;
     let m = crate::load_model(&a.model)?;
     let out = match (&a.out, &a.task) {
         (Some(o), _) => o.clone(),
-        (None, Some(t)) => PathBuf::from(format!("{t}-{}.parquet", method.name())),
+        (None, Some(t)) => PathBuf::from(format!("{t}-{}.parquet", entry.name())),
         (None, None) => bail!("give --out FILE.parquet"),
     };
     let (items, mut bad) = match (&a.input, &a.task) {
@@ -211,22 +197,15 @@ fn run_batch(a: &RunArgs) -> Result<()> {
         (None, None) => bail!("give --input FILE.jsonl or --task ioi"),
     };
     let n_lines = items.len() + bad.len();
-    let (prepared, unfit) = batch::prepare(&m, items, method);
+    let (prepared, unfit) = batch::prepare(&m, items, entry);
     bad.extend(unfit);
     bad.sort_by_key(|e| e.line);
     report_lines(&bad, a.strict, "lines left out")?;
     if prepared.is_empty() {
         bail!("none of the {n_lines} lines can run");
     }
-    let settings = Settings {
-        method,
-        options: options.clone(),
-        model: m.name.clone(),
-        model_sha256: batch::weights_sha256(&path)?,
-        sae: a.sae.as_ref().map(|p| p.display().to_string()),
-        glassbox: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let opts = BatchOptions { method, options, batch_size: a.batch_size, row_group: a.row_group };
+    let settings = Settings::new(&m, entry, &options, sae.as_ref())?;
+    let opts = BatchOptions { method: entry.name().to_string(), options, batch_size: a.batch_size, row_group: a.row_group };
     let bar = indicatif::ProgressBar::new(prepared.len() as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} prompts {msg} ({per_sec}, ETA {eta})") {
         bar.set_style(style.progress_chars("=> "));
@@ -238,7 +217,9 @@ fn run_batch(a: &RunArgs) -> Result<()> {
     let strict_stop = std::sync::atomic::AtomicBool::new(false);
     let both = StopEither(&stop, &strict_stop);
     let t0 = std::time::Instant::now();
-    let report = batch::run(&m, sae.as_ref(), &prepared, &opts, &settings, &out, a.resume, both.flag(), &mut |p| {
+    let cx = catalog::Context { model: &m, sae: sae.as_ref(), model_b: None };
+    let spec = RunSpec { options: &opts, settings: &settings, out: &out, resume: a.resume };
+    let report = batch::run(&cx, &prepared, &spec, both.flag(), &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
         if p.failed > 0 {
@@ -265,7 +246,7 @@ fn run_batch(a: &RunArgs) -> Result<()> {
         "interrupted": report.interrupted,
         "seconds": t0.elapsed().as_secs_f64(),
     });
-    std::fs::write(&sidecar, serde_json::to_vec_pretty(&meta)?)?;
+    glassbox::files::write_bytes(Path::new(&sidecar), &serde_json::to_vec_pretty(&meta)?)?;
     if a.json {
         print_json(&meta)?;
     } else {

@@ -4,14 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Tensor, D};
-use clap::{Args, Parser, Subcommand};
+use candle_core::{DType, Tensor};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use glassbox::{registry, Batch, HookPoint, Hooks, Model};
-use serde::Serialize;
 
-mod align;
 mod batch;
-mod generate;
 mod methods;
 mod plot;
 mod sae;
@@ -35,25 +32,14 @@ pub(crate) struct ModelArg {
     prepend_bos: Option<bool>,
 }
 
+/// The commands that are not methods (the methods' subcommands come from the catalog).
 #[derive(Subcommand)]
 enum Command {
-    /// Tokenize a prompt and show the model's top next tokens.
-    Run {
-        #[command(flatten)]
-        model: ModelArg,
-        #[arg(long)]
-        prompt: String,
-        /// How many next tokens to show.
-        #[arg(long, default_value_t = 10)]
-        top_k: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
     /// Run a prompt and write cached activations as safetensors.
     Cache {
         #[command(flatten)]
         model: ModelArg,
+        /// The prompt.
         #[arg(long)]
         prompt: String,
         /// Hook point to cache, e.g. `blocks.3.attn.hook_pattern` (repeatable).
@@ -63,90 +49,6 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Find the circuit behind a prediction, with exact faithfulness figures.
-    Analyze {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::AnalyzeArgs,
-    },
-    /// Attribution stability across random corruptions (per-head stability, Kendall τ-b).
-    Stability {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::StabilityArgs,
-    },
-    /// Path patching: the effect of paths from every earlier head to a receiver.
-    PathPatch {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::PathPatchArgs,
-    },
-    /// Causal scrubbing of a hypothesis on generated IOI prompts.
-    Scrub {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::ScrubArgs,
-    },
-    /// Q/K/V composition scores between heads (Elhage et al. 2021), from the weights alone.
-    Composition {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::CompositionArgs,
-    },
-    /// Exact activation patching of every head and MLP (batched).
-    Patch {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::PatchArgs,
-    },
-    /// Attribution patching (Taylor) or integrated gradients per head, MLP or attention output.
-    Attribution {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::AttributionArgs,
-    },
-    /// Edge attribution patching (EAP, or EAP-IG) over every sender → receiver edge.
-    Edges {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::EdgesArgs,
-    },
-    /// Logit lens: LD and top tokens after every layer, and per-head direct effects.
-    LogitLens {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::LogitLensArgs,
-    },
-    /// Token saliency: gradient × input, or integrated gradients from a baseline.
-    TokenAttribution {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::TokenAttributionArgs,
-    },
-    /// Continue a prompt (greedy or sampled), optionally steered by a vector at a hook point.
-    Generate {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: generate::GenerateArgs,
-    },
-    /// Attention patterns, entropy and head types.
-    Attention {
-        #[command(flatten)]
-        model: ModelArg,
-        #[command(flatten)]
-        args: methods::AttentionArgs,
-    },
     /// A local dashboard in the browser over every method (http://127.0.0.1:7860/ by default).
     Serve {
         #[command(flatten)]
@@ -154,17 +56,9 @@ enum Command {
         #[command(flatten)]
         args: serve::ServeArgs,
     },
-    /// Cross-model circuit alignment (FCAS) of two models' top heads, with a Monte Carlo null.
-    Align {
-        /// Put the BOS token first (true) or not (false); by default, as `transformers` does.
-        #[arg(long)]
-        prepend_bos: Option<bool>,
-        #[command(flatten)]
-        args: align::AlignArgs,
-    },
     /// A method over a JSONL prompt set into Parquet (resumable); `batch summarize`, `batch prompts`.
     Batch(batch::BatchArgs),
-    /// Sparse autoencoders and transcoders: `sae attribute`, `sae info`.
+    /// Sparse autoencoders and transcoders: `sae train`, `sae eval`, `sae info` (and `sae attribute`, the method `sae-attribute`).
     Sae {
         #[command(subcommand)]
         command: sae::SaeCommand,
@@ -173,6 +67,12 @@ enum Command {
     Hooks {
         #[command(flatten)]
         model: ModelArg,
+    },
+    /// List the methods: their input and options (`--json`: the catalog's schema).
+    Methods {
+        /// Print the catalog as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage the named models glassbox fetches itself.
     Models {
@@ -207,6 +107,19 @@ enum ModelsCommand {
     List,
 }
 
+/// The result, or an error naming its first NaN or infinite figure: nothing non-finite is
+/// printed as a result.
+pub(crate) fn finite<T: serde::Serialize>(v: T) -> Result<T> {
+    glassbox::check_finite(&v)?;
+    Ok(v)
+}
+
+/// Prints a value as indented JSON.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
 pub(crate) fn progress(msg: &str) {
     eprintln!("{msg}");
 }
@@ -227,137 +140,24 @@ fn load_model(arg: &ModelArg) -> Result<Model> {
     Ok(model)
 }
 
-#[derive(Serialize)]
-struct TokenOut {
-    id: u32,
-    text: String,
-}
-
-#[derive(Serialize)]
-struct Prediction {
-    token_id: u32,
-    token: String,
-    logit: f32,
-    prob: f32,
-}
-
-#[derive(Serialize)]
-struct RunOut {
-    model: String,
-    /// Whether the BOS token was put first.
-    bos_added: bool,
-    tokens: Vec<TokenOut>,
-    top: Vec<Prediction>,
-}
-
-fn run(model: &Model, prompt: &str, top_k: usize) -> Result<RunOut> {
-    let ids = model.tokenize(prompt)?;
-    let out = model.forward(&Batch::new(&[ids.clone()])?, &Hooks::new())?;
-    let last = out.last_logits()?.squeeze(0)?.to_dtype(DType::F32)?;
-    let probs = softmax(&last)?.to_vec1::<f32>()?;
-    let logits = last.to_vec1::<f32>()?;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    let top = order
-        .into_iter()
-        .take(top_k)
-        .map(|i| Prediction {
-            token_id: i as u32,
-            token: model.tokenizer.token_str(i as u32),
-            logit: logits[i],
-            prob: probs[i],
-        })
-        .collect();
-    Ok(RunOut {
-        model: model.name.clone(),
-        bos_added: model.tokenizer.bos().is_some_and(|b| ids.first() == Some(&b)),
-        tokens: ids
-            .iter()
-            .map(|&id| TokenOut {
-                id,
-                text: model.tokenizer.token_str(id),
-            })
-            .collect(),
-        top,
-    })
-}
-
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-fn print_run(r: &RunOut) {
-    println!("model: {}", r.model);
-    println!("tokens ({}, {}):", r.tokens.len(), if r.bos_added { "BOS added" } else { "no BOS" });
-    for (i, t) in r.tokens.iter().enumerate() {
-        println!("  {i:>3}  {:>6}  {:?}", t.id, t.text);
-    }
-    println!("\ntop next tokens:");
-    println!("  {:>4}  {:<20} {:>10} {:>8}", "rank", "token", "logit", "prob");
-    for (i, p) in r.top.iter().enumerate() {
-        println!(
-            "  {:>4}  {:<20} {:>10.4} {:>7.2}%",
-            i + 1,
-            format!("{:?}", p.token),
-            p.logit,
-            100.0 * p.prob
-        );
-    }
-}
-
 fn cache(model: &Model, prompt: &str, hooks: &[String], out: &Path) -> Result<()> {
     let points = hooks
         .iter()
         .map(|h| h.parse::<HookPoint>())
         .collect::<glassbox::Result<Vec<_>>>()?;
-    check_output_path(out)?;
+    glassbox::files::check_output_path(out)?;
     let ids = model.tokenize(prompt)?;
     let result = model.forward(&Batch::new(&[ids])?, &Hooks::new().cache(points.iter().copied()))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for p in &points {
         tensors.insert(p.to_string(), result.cache.get(*p)?.to_dtype(DType::F32)?);
     }
-    write_via_temp(out, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+    glassbox::files::write_atomically(out, |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
     for p in &points {
         eprintln!("{p}: {:?}", tensors[&p.to_string()].dims());
     }
     eprintln!("wrote {} tensors to {}", tensors.len(), out.display());
     Ok(())
-}
-
-/// Writes a file through `write(tmp)` on a temporary file beside `out`, then renames it over
-/// `out`: a failed write leaves no half file.
-fn write_via_temp(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = out.file_name().context("the output must name a file")?.to_string_lossy();
-    let tmp = out.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let written = write(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))
-        .and_then(|()| std::fs::rename(&tmp, out).with_context(|| format!("moving the output to {}", out.display())));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
-/// Writes `bytes` to `out` through a temporary file (see `write_via_temp`).
-pub(crate) fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
-    write_via_temp(out, |tmp| Ok(std::fs::write(tmp, bytes)?))
-}
-
-/// Error unless `out` is a path glassbox may write a file to: new, or an existing regular
-/// file (never a link, a device, a FIFO or a folder, which a rename would replace).
-pub(crate) fn check_output_path(out: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(out) {
-        Ok(m) if m.file_type().is_symlink() => {
-            anyhow::bail!("{} is a symbolic link; give the path of a new file (or of a regular file to replace)", out.display())
-        }
-        Ok(m) if !m.is_file() => {
-            anyhow::bail!("{} exists and is not a regular file (a folder, device, FIFO or socket); give the path of a new file", out.display())
-        }
-        _ => Ok(()),
-    }
 }
 
 /// Set by Ctrl-C (SIGINT) once `stop_flag` has been called: long runs check it, stop at the
@@ -396,7 +196,7 @@ fn main() -> std::process::ExitCode {
         // Sound here: no other thread has started yet (see glassbox::threads).
         std::env::set_var(k, v);
     }
-    match run_cli(Cli::parse()) {
+    match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Messages can quote a damaged file: control characters are shown escaped.
@@ -414,22 +214,36 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run_cli(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Run {
-            model,
-            prompt,
-            top_k,
-            json,
-        } => {
-            let m = load_model(&model)?;
-            let r = methods::finite(run(&m, &prompt, top_k)?)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print_run(&r);
-            }
+/// The whole command line: the derived commands and one subcommand per catalog method (`sae
+/// attribute` is the method `sae-attribute` under `sae`).
+fn cli_command() -> clap::Command {
+    let mut c = Cli::command();
+    for e in glassbox::methods::catalog::CATALOG {
+        c = c.subcommand(methods::command(*e));
+    }
+    c.mut_subcommand("sae", |s| {
+        let attribute = glassbox::methods::catalog::entry("sae-attribute").map(|e| methods::command(e).name("attribute"));
+        match attribute {
+            Ok(a) => s.subcommand(a),
+            Err(_) => s,
         }
+    })
+}
+
+fn run_cli() -> Result<()> {
+    let matches = cli_command().get_matches();
+    match matches.subcommand() {
+        Some((name, sub)) if glassbox::methods::catalog::entry(name).is_ok() && !["sae"].contains(&name) => {
+            return methods::run(glassbox::methods::catalog::entry(name)?, sub);
+        }
+        Some(("sae", sub)) if sub.subcommand_name() == Some("attribute") => {
+            let (_, m) = sub.subcommand().context("sae attribute")?;
+            return methods::run(glassbox::methods::catalog::entry("sae-attribute")?, m);
+        }
+        _ => {}
+    }
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.command {
         Command::Cache {
             model,
             prompt,
@@ -439,22 +253,10 @@ fn run_cli(cli: Cli) -> Result<()> {
             let m = load_model(&model)?;
             cache(&m, &prompt, &hooks, &out)?;
         }
-        Command::Analyze { model, args } => methods::run_analyze(&load_model(&model)?, &args)?,
-        Command::Stability { model, args } => methods::run_stability(&load_model(&model)?, &args)?,
-        Command::PathPatch { model, args } => methods::run_path_patch(&load_model(&model)?, &args)?,
-        Command::Scrub { model, args } => methods::run_scrub(&load_model(&model)?, &args)?,
-        Command::Composition { model, args } => methods::run_composition(&load_model(&model)?, &args)?,
-        Command::Patch { model, args } => methods::run_patch(&load_model(&model)?, &args)?,
-        Command::Attribution { model, args } => methods::run_attribution(&load_model(&model)?, &args)?,
-        Command::Edges { model, args } => methods::run_edges(&load_model(&model)?, &args)?,
-        Command::LogitLens { model, args } => methods::run_logit_lens(&load_model(&model)?, &args)?,
-        Command::TokenAttribution { model, args } => methods::run_token_attribution(&load_model(&model)?, &args)?,
-        Command::Attention { model, args } => methods::run_attention(&load_model(&model)?, &args)?,
-        Command::Generate { model, args } => generate::run_generate(&load_model(&model)?, &args)?,
         Command::Serve { model, args } => serve::serve(load_model(&model)?, &args)?,
         Command::Sae { command } => sae::run(&command)?,
         Command::Batch(args) => batch::run(&args)?,
-        Command::Align { prepend_bos, args } => align::run_align(&args, &|name| load_model(&ModelArg { model: name.to_string(), prepend_bos }))?,
+        Command::Methods { json } => methods::list(json)?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;
             for p in HookPoint::all_for(&m.config) {

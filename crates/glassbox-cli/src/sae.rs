@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use glassbox::methods::sae_attribution::{sae_attribution, SaeAttribution, SaeAttributionOptions};
 use glassbox::sae::Sae;
 use glassbox::HookPoint;
 
-use crate::methods::{finite, print_json, MetricArg, PromptAnswers};
+use crate::{finite, print_json};
 
 /// An SAE folder and, for files that name none, its hook point.
 #[derive(Args, Clone)]
@@ -31,33 +30,6 @@ impl SaeArg {
 
 #[derive(Subcommand)]
 pub enum SaeCommand {
-    /// Which SAE features drive the prediction: gradient × activation for every feature,
-    /// exact ablation of the top ones, direct effects and the error term.
-    Attribute {
-        #[command(flatten)]
-        model: crate::ModelArg,
-        #[command(flatten)]
-        sae: SaeArg,
-        #[command(flatten)]
-        answers: PromptAnswers,
-        /// Features listed.
-        #[arg(long, default_value_t = 20)]
-        top_k: usize,
-        /// How many of the top features also get their exact effect (batched ablation runs).
-        #[arg(long, default_value_t = 10)]
-        n_exact: usize,
-        #[arg(long, value_enum, default_value = "logit_diff")]
-        metric: MetricArg,
-        /// Write the top features' picture to this file (.svg, or .png).
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Instead: which active features these circuit heads write to (L9H6; repeatable;
-        /// a linear approximation, stated in the output).
-        #[arg(long = "circuit-head")]
-        circuit_heads: Vec<String>,
-        #[arg(long)]
-        json: bool,
-    },
     /// Train a TopK (or BatchTopK) SAE, or a transcoder with --hook-out, on the model's
     /// activations over a text corpus; writes SAELens' format.
     Train {
@@ -241,40 +213,6 @@ pub fn run(command: &SaeCommand) -> Result<()> {
             println!("CE loss              clean {:.4}, with the SAE {:.4}, zero-ablated {:.4}", r.ce_clean, r.ce_sae, r.ce_zero);
             println!("CE loss recovered    {:.4}", r.ce_loss_recovered);
         }
-        SaeCommand::Attribute { model, sae, answers, top_k, n_exact, metric, plot, circuit_heads, json } => {
-            let s = sae.load()?;
-            let m = crate::load_model(model)?;
-            if let Some(trained) = s.cfg.model_name.as_deref().filter(|n| !m.name.contains(*n) && !n.contains(m.name.as_str())) {
-                eprintln!("warning: this SAE was trained on {trained}, and the model is {}; its features mean something only on the model it was trained on", m.name);
-            }
-            let prompt = answers.prompt(&m)?;
-            if !circuit_heads.is_empty() {
-                use glassbox::methods::sae_attribution::{circuit_features, CircuitFeatureOptions};
-                let heads = circuit_heads.iter().map(|h| h.parse::<glassbox::methods::Head>()).collect::<glassbox::Result<Vec<_>>>()?;
-                let r = finite(circuit_features(&m, &s, &prompt, &CircuitFeatureOptions { heads, top_k: *top_k })?)?;
-                if *json {
-                    return print_json(&r);
-                }
-                println!("SAE at {}; {}", r.hook, r.approximation);
-                for h in &r.heads {
-                    println!("\n{}:", h.head);
-                    println!("  {:>7} {:>10} {:>12} {:>10} {:>12}", "feature", "head share", "pre-act", "act", "grad × act");
-                    for f in &h.top_features {
-                        println!("  {:>7} {:>+10.4} {:>+12.4} {:>10.4} {:>+12.4}", f.feature_id, f.head_contribution, f.pre_activation, f.activation, f.ld_contribution);
-                    }
-                }
-                return Ok(());
-            }
-            let opts = SaeAttributionOptions { top_k: *top_k, n_exact: *n_exact, metric: metric.metric() };
-            let r = finite(sae_attribution(&m, &s, &prompt, &opts)?)?;
-            if let Some(p) = plot {
-                crate::plot::write(p, &glassbox::plot::Plot::plot(&r))?;
-            }
-            if *json {
-                return print_json(&r);
-            }
-            print_attribution(&r);
-        }
     }
     Ok(())
 }
@@ -311,31 +249,4 @@ fn train_set(m: &glassbox::Model, seqs: Vec<Vec<u32>>, opts: &glassbox::sae::tra
     }
     println!("{}", dir.display());
     Ok(())
-}
-
-fn print_attribution(r: &SaeAttribution) {
-    println!("SAE at {}{}: {} {:.4}", r.hook, r.hook_out.as_ref().map_or(String::new(), |h| format!(" → {h}")), r.metric, r.clean_ld);
-    let ev = r.explained_variance.map_or("n/a (too few positions)".to_string(), |e| format!("{e:.3}"));
-    println!("L0 {:.1} features per position, {} active on the prompt, explained variance {ev} (first position, BOS and end-of-text left out)", r.l0, r.n_active);
-    println!("error term {:+.4}, decoder bias {:+.4} (gradient × value)", r.error_contribution, r.bias_contribution);
-    if let Some(d) = &r.direct {
-        println!(
-            "direct effects: features {:+.4} + decoder bias {:+.4} + error {:+.4} + rest of the model {:+.4} + constants {:+.4} (identity residual {:.1e})",
-            d.features, d.decoder_bias, d.error, d.rest, d.constant, d.decomposition_residual
-        );
-    }
-    println!("\n  {:>7} {:>10} {:>12} {:>10} {:>10}  {:<10} link", "feature", "activation", "grad × act", "exact", "direct", "direction");
-    for f in &r.top_features {
-        let opt = |v: Option<f32>| v.map_or("-".to_string(), |v| format!("{v:+.4}"));
-        println!(
-            "  {:>7} {:>10.4} {:>+12.4} {:>10} {:>10}  {:<10} {}",
-            f.feature_id,
-            f.activation,
-            f.ld_contribution,
-            opt(f.exact_effect),
-            opt(f.direct_effect),
-            f.direction,
-            f.neuronpedia_url.as_deref().unwrap_or("")
-        );
-    }
 }

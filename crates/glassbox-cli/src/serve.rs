@@ -9,7 +9,6 @@
 //! Nothing in a request names a file. A request that fails (malformed, too large, an error
 //! or even a panic in the method) gets a JSON `{"error": ...}` answer and the server goes on.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,21 +22,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
-use glassbox::methods::analyze::{analyze, AnalyzeOptions};
-use glassbox::methods::attention::{attention_patterns, AttentionOptions};
-use glassbox::methods::attribution::{attribute, AttributionOptions};
-use glassbox::methods::composition::{all_composition_scores, CompositionOptions};
-use glassbox::methods::edges::{edge_attribution, EdgeOptions};
-use glassbox::methods::logit_lens::{logit_lens, LogitLensOptions};
-use glassbox::methods::patching::{exact_patching, PatchingOptions};
-use glassbox::methods::path_patching::{path_patching, PathPatchingOptions};
-use glassbox::methods::scrubbing::{causal_scrubbing, ScrubOptions};
-use glassbox::methods::stability::{attribution_stability_with_progress, StabilityOptions};
-use glassbox::methods::token_attribution::{token_attribution, TokenAttributionOptions};
-use glassbox::methods::{Contrast, Head, Prompt};
+use glassbox::methods::catalog::{self, InputSpec};
+use glassbox::schema::OptionSchema;
 use glassbox::Model;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Largest request body of a method call (prompts and options).
@@ -49,21 +38,12 @@ const PAGE: &str = include_str!("../assets/dashboard/index.html");
 const SCRIPT: &str = include_str!("../assets/dashboard/app.js");
 const STYLE: &str = include_str!("../assets/dashboard/app.css");
 
-/// The commands `POST /api/<command>` runs.
-pub const COMMANDS: &[&str] = &[
-    "run",
-    "analyze",
-    "attribution",
-    "patch",
-    "path-patch",
-    "logit-lens",
-    "attention",
-    "edges",
-    "token-attribution",
-    "stability",
-    "composition",
-    "scrub",
-];
+/// Whether the dashboard runs `entry`: every method whose input is a prompt or a prompt set
+/// (or the weights alone), when the server has what it needs (an SAE, a second model).
+fn offered(entry: &dyn catalog::Entry, state: &AppState) -> bool {
+    let n = entry.needs();
+    (!n.sae || state.sae.is_some()) && (!n.model_b || state.model_b.is_some())
+}
 
 /// `glassbox serve`.
 #[derive(Args)]
@@ -80,6 +60,12 @@ pub struct ServeArgs {
     /// Longest prompt (and answer) accepted, in characters.
     #[arg(long, default_value_t = 4000)]
     pub max_prompt_chars: usize,
+    /// An SAE or transcoder folder, for the SAE methods.
+    #[arg(long)]
+    pub sae: Option<std::path::PathBuf>,
+    /// A second model (registry name, GGUF file or folder), for cross-model alignment.
+    #[arg(long)]
+    pub model_b: Option<String>,
 }
 
 /// What is running now.
@@ -92,6 +78,8 @@ struct Running {
 
 struct AppState {
     model: Model,
+    sae: Option<glassbox::sae::Sae>,
+    model_b: Option<Model>,
     max_queue: usize,
     max_prompt_chars: usize,
     /// One permit: the analysis running.
@@ -137,61 +125,34 @@ impl From<glassbox::Error> for ApiError {
 
 type ApiResult<T> = std::result::Result<T, ApiError>;
 
-/// The body of `POST /api/<command>`. Fields a command does not use are refused by name.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+/// The body of `POST /api/<method>`: the input's keys (`prompt`, `correct`, `incorrect`,
+/// `corrupted`, `task`, `n`, `seed`, `corruption`) and `options`, the method's options by the
+/// names of its CLI flags (missing keys take their defaults; unknown ones are refused).
+#[derive(Default)]
 struct MethodRequest {
-    prompt: Option<String>,
-    correct: Option<String>,
-    incorrect: Option<String>,
-    corrupted: Option<String>,
-    /// Heads for `attention` and `composition` (`L9H6`, `9.6`).
-    heads: Option<Vec<String>>,
-    /// The receiver of `path-patch` as the CLI writes it (`logits`, `L10H7.q`).
-    receiver: Option<String>,
-    /// `scrub`'s hypothesis (`L1H0=io,L1H2=subject`).
-    hypothesis: Option<String>,
-    /// How many next tokens `run` lists.
-    top_k: Option<usize>,
-    /// How many generated IOI prompts `scrub` runs on (default 32).
-    n: Option<usize>,
-    /// The library's option struct of the method; missing keys take their defaults.
-    #[serde(default)]
+    input: InputSpec,
     options: Value,
 }
 
 impl MethodRequest {
-    fn field<'a>(&'a self, v: &'a Option<String>, name: &str, command: &str) -> ApiResult<&'a str> {
-        v.as_deref().ok_or_else(|| ApiError::bad(format!("`{command}` needs `{name}` in the request")))
-    }
-
-    fn contrast(&self, model: &Model, command: &str) -> ApiResult<Contrast> {
-        let (p, c, i) = (self.field(&self.prompt, "prompt", command)?, self.field(&self.correct, "correct", command)?, self.field(&self.incorrect, "incorrect", command)?);
-        Ok(Contrast::new(model, p, c, i, self.corrupted.as_deref().filter(|s| !s.is_empty()))?)
-    }
-
-    fn prompt(&self, model: &Model, command: &str) -> ApiResult<Prompt> {
-        let (p, c, i) = (self.field(&self.prompt, "prompt", command)?, self.field(&self.correct, "correct", command)?, self.field(&self.incorrect, "incorrect", command)?);
-        Ok(Prompt::new(model, p, c, i)?)
-    }
-
-    fn options<T: DeserializeOwned + Default>(&self, command: &str) -> ApiResult<T> {
-        if self.options.is_null() {
-            return Ok(T::default());
+    /// The request from its JSON body; an unknown key is refused by name.
+    fn parse(bytes: &[u8]) -> ApiResult<MethodRequest> {
+        let Value::Object(mut body) = parse_json::<Value>(bytes)? else {
+            return Err(ApiError::bad("the request is not valid JSON for this endpoint: expected an object of input keys and `options`"));
+        };
+        let options = body.remove("options").unwrap_or(Value::Null);
+        let keys: Vec<&str> = InputSpec::fields().iter().map(|f| f.name).collect();
+        if let Some(k) = body.keys().find(|k| !keys.contains(&k.as_str())) {
+            return Err(ApiError::bad(format!("unknown field `{}`: a request holds the input keys ({}) and `options`", glassbox::error::printable(k), keys.join(", "))));
         }
-        serde_json::from_value(self.options.clone()).map_err(|e| ApiError::bad(format!("the options of `{command}`: {e}")))
-    }
-
-    fn heads(&self) -> ApiResult<Option<Vec<Head>>> {
-        self.heads
-            .as_ref()
-            .map(|hs| hs.iter().map(|h| h.parse::<Head>().map_err(ApiError::from)).collect())
-            .transpose()
+        let input: InputSpec = serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::bad(format!("the request's input: {e}")))?;
+        Ok(MethodRequest { input, options })
     }
 
     /// Error unless every text is within the server's limit.
     fn check_lengths(&self, max: usize) -> ApiResult<()> {
-        let texts = [("prompt", &self.prompt), ("correct", &self.correct), ("incorrect", &self.incorrect), ("corrupted", &self.corrupted), ("hypothesis", &self.hypothesis)];
+        let i = &self.input;
+        let texts = [("prompt", &i.prompt), ("correct", &i.correct), ("incorrect", &i.incorrect), ("corrupted", &i.corrupted)];
         for (name, t) in texts {
             if let Some(t) = t {
                 let n = t.chars().count();
@@ -221,86 +182,27 @@ impl Progress<'_> {
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> ApiResult<Value> {
-    glassbox::check_finite(v)?;
-    serde_json::to_value(v).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the result: {e}")))
-}
-
-/// Runs `command` on the model: the `--json` result of the CLI's subcommand.
-fn run_method(model: &Model, command: &str, req: &MethodRequest, progress: &Progress) -> ApiResult<Value> {
-    match command {
-        "run" => {
-            let prompt = req.field(&req.prompt, "prompt", command)?;
-            let top_k = req.top_k.unwrap_or(10);
-            if top_k == 0 || top_k > 1000 {
-                return Err(ApiError::bad(format!("top_k {top_k}: give 1 to 1000")));
-            }
-            to_json(&crate::run(model, prompt, top_k).map_err(|e| ApiError::bad(format!("{e:#}")))?)
+/// Runs `method` on the model: its envelope, as `--json` prints it.
+fn run_method(state: &Arc<AppState>, method: &str, req: &MethodRequest) -> ApiResult<Value> {
+    let entry = catalog::entry(method).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+    // Nothing in a request names a file on this machine.
+    for f in entry.fields() {
+        let file = matches!(&f.kind, glassbox::schema::Kind::Optional { value } if matches!(value.as_ref(), glassbox::schema::Kind::Text { format: Some(glassbox::methods::steering::FILE) }));
+        if file && req.options.get(f.name).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::bad(format!("`{}` names a file; the dashboard reads no file from a request (use the command line)", f.name)));
         }
-        "analyze" => {
-            let c = req.contrast(model, command)?;
-            to_json(&analyze(model, &c, &req.options::<AnalyzeOptions>(command)?)?)
-        }
-        "attribution" => {
-            let c = req.contrast(model, command)?;
-            let a = attribute(model, &c, &req.options::<AttributionOptions>(command)?)?;
-            let mut v = to_json(&a)?;
-            if let Value::Object(m) = &mut v {
-                m.insert("contrast".into(), to_json(&c)?);
-            }
-            Ok(v)
-        }
-        "patch" => {
-            let c = req.contrast(model, command)?;
-            to_json(&exact_patching(model, &c, &req.options::<PatchingOptions>(command)?)?)
-        }
-        "path-patch" => {
-            let c = req.contrast(model, command)?;
-            let mut o: PathPatchingOptions = req.options(command)?;
-            if let Some(r) = &req.receiver {
-                o.receiver = crate::methods::parse_receiver(r).map_err(|e| ApiError::bad(format!("{e:#}")))?;
-            }
-            to_json(&path_patching(model, &c, &o)?)
-        }
-        "logit-lens" => to_json(&logit_lens(model, &req.prompt(model, command)?, &req.options::<LogitLensOptions>(command)?)?),
-        "token-attribution" => to_json(&token_attribution(model, &req.prompt(model, command)?, &req.options::<TokenAttributionOptions>(command)?)?),
-        "edges" => {
-            let c = req.contrast(model, command)?;
-            to_json(&edge_attribution(model, &c, &req.options::<EdgeOptions>(command)?)?)
-        }
-        "stability" => {
-            let p = req.prompt(model, command)?;
-            let o: StabilityOptions = req.options(command)?;
-            progress.set(0, o.n_corruptions);
-            to_json(&attribution_stability_with_progress(model, &p, &o, &mut |done, total| progress.set(done, total))?)
-        }
-        "attention" => {
-            let tokens = model.tokenize(req.field(&req.prompt, "prompt", command)?)?;
-            let mut o: AttentionOptions = req.options(command)?;
-            if let Some(h) = req.heads()? {
-                o.heads = Some(h);
-            }
-            to_json(&attention_patterns(model, &tokens, &o)?)
-        }
-        "composition" => {
-            let heads = req.heads()?.filter(|h| !h.is_empty()).ok_or_else(|| ApiError::bad("`composition` needs `heads`, e.g. [\"L1H0\", \"L1H2\"]"))?;
-            to_json(&all_composition_scores(model, &heads, &req.options::<CompositionOptions>(command)?)?)
-        }
-        "scrub" => {
-            let mut o: ScrubOptions = req.options(command)?;
-            if let Some(h) = &req.hypothesis {
-                o.hypothesis = crate::methods::parse_hypothesis(h).map_err(|e| ApiError::bad(format!("{e:#}")))?;
-            }
-            if req.top_k.is_some() {
-                return Err(ApiError::bad("`scrub` takes `n` (how many IOI prompts), not `top_k`"));
-            }
-            let n = req.n.unwrap_or(32);
-            let prompts = glassbox::tasks::ioi::generate(model, n, o.seed, glassbox::tasks::ioi::Corruption::NameSwap)?;
-            let set = glassbox::tasks::ioi::scrub_prompts(model, &prompts)?;
-            to_json(&causal_scrubbing(model, &set, &o)?)
-        }
-        other => Err(ApiError(StatusCode::NOT_FOUND, format!("no command `{other}`; the commands are: {}", COMMANDS.join(", ")))),
     }
+    let cx = catalog::Context { model: &state.model, sae: state.sae.as_ref(), model_b: state.model_b.as_ref() };
+    let controls = glassbox::controls::Controls {
+        progress: Some({
+            let st = state.clone();
+            Arc::new(move |p: &glassbox::controls::Progress| Progress(&st).set(p.done, p.total))
+        }),
+        cancel: None,
+        poll: None,
+    };
+    let envelope = glassbox::controls::with(&controls, || catalog::run(entry, &cx, &req.input, &req.options))?;
+    serde_json::to_value(&envelope).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the result: {e}")))
 }
 
 /// Clears the running analysis when the blocking task ends (normally or by a panic).
@@ -351,10 +253,11 @@ async fn method(State(state): State<Arc<AppState>>, Path(command): Path<String>,
 }
 
 async fn method_inner(state: Arc<AppState>, command: String, req: Request) -> ApiResult<Response> {
-    if !COMMANDS.contains(&command.as_str()) {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no command `{}`; the commands are: {}", glassbox::error::printable(&command), COMMANDS.join(", "))));
+    let known: Vec<&str> = catalog::CATALOG.iter().filter(|e| offered(**e, &state)).map(|e| e.name()).collect();
+    if !known.contains(&command.as_str()) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no method `{}` here; the methods are: {}", glassbox::error::printable(&command), known.join(", "))));
     }
-    let body: MethodRequest = parse_json(&body_bytes(req, MAX_BODY).await?)?;
+    let body = MethodRequest::parse(&body_bytes(req, MAX_BODY).await?)?;
     body.check_lengths(state.max_prompt_chars)?;
 
     // One analysis at a time; at most `max_queue` wait.
@@ -380,7 +283,7 @@ async fn method_inner(state: Arc<AppState>, command: String, req: Request) -> Ap
             *r = Some(Running { command: command.clone(), started: Instant::now(), done: 0, total: 0 });
         }
         let _running = RunningGuard(&st);
-        run_method(&st.model, &command, &body, &Progress(&st))
+        run_method(&st, &command, &body)
     })
     .await;
     match joined {
@@ -390,21 +293,23 @@ async fn method_inner(state: Arc<AppState>, command: String, req: Request) -> Ap
     }
 }
 
-/// The body of `POST /api/plot/<kind>`: a result as the method returned it, and for `analyze`
-/// the attention types of the circuit's heads.
+/// The body of `POST /api/plot/<method>`: a result as the method returned it (the envelope's
+/// `result`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlotRequest {
     result: Value,
-    #[serde(default)]
-    head_types: Option<BTreeMap<String, String>>,
 }
 
 async fn plot(Path(kind): Path<String>, req: Request) -> Response {
     let svg = async {
         let body: PlotRequest = parse_json(&body_bytes(req, MAX_PLOT_BODY).await?)?;
+        let entry = catalog::entry(&kind).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+        if !entry.has_plot() {
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("`{kind}` draws no picture")));
+        }
         // Drawing is quick, but a large result is still work: keep it off the event loop.
-        let drawn = tokio::task::spawn_blocking(move || glassbox::plot::plot_value(&kind, &body.result, body.head_types.as_ref()).map(|s| s.finish())).await;
+        let drawn = tokio::task::spawn_blocking(move || entry.plot(&body.result).map(|s| s.map(|s| s.finish()).unwrap_or_default())).await;
         match drawn {
             Ok(r) => Ok(r?),
             Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("drawing failed unexpectedly ({e})"))),
@@ -413,6 +318,24 @@ async fn plot(Path(kind): Path<String>, req: Request) -> Response {
     .await;
     match svg {
         Ok(s) => no_store(([(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")], s).into_response()),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/report/<method>`: the result as the CLI's text report.
+async fn report(Path(kind): Path<String>, req: Request) -> Response {
+    let text = async {
+        let body: PlotRequest = parse_json(&body_bytes(req, MAX_PLOT_BODY).await?)?;
+        let entry = catalog::entry(&kind).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+        let made = tokio::task::spawn_blocking(move || entry.report(&body.result, 25)).await;
+        match made {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the report failed unexpectedly ({e})"))),
+        }
+    }
+    .await;
+    match text {
+        Ok(s) => no_store(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response()),
         Err(e) => e.into_response(),
     }
 }
@@ -446,8 +369,10 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
         "n_heads": c.n_heads,
         "n_kv_heads": c.n_kv_heads,
         "d_model": c.d_model,
-        "commands": COMMANDS,
-        "plots": glassbox::plot::KINDS,
+        "commands": catalog::CATALOG.iter().filter(|e| offered(**e, &state)).map(|e| e.name()).collect::<Vec<_>>(),
+        "methods": catalog::describe().into_iter().filter(|d| catalog::entry(d.name).is_ok_and(|e| offered(e, &state))).collect::<Vec<_>>(),
+        "model_b": state.model_b.as_ref().map(|m| m.name.clone()),
+        "sae": state.sae.as_ref().map(|s| s.cfg.hook.to_string()),
         "limits": { "max_body_bytes": MAX_BODY, "max_prompt_chars": state.max_prompt_chars, "max_queue": state.max_queue },
         "version": env!("CARGO_PKG_VERSION"),
     }))
@@ -488,6 +413,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/info", get(info))
         .route("/api/status", get(status))
         .route("/api/plot/{kind}", post(plot))
+        .route("/api/report/{kind}", post(report))
         .route("/api/{command}", post(method))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), check_host))
@@ -506,6 +432,8 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
         "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
         h => h.parse().with_context(|| format!("--host {h}: give an IP address such as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"))?,
     };
+    let sae = a.sae.as_ref().map(|dir| glassbox::sae::Sae::load(dir, None).with_context(|| format!("loading the SAE in {}", dir.display()))).transpose()?;
+    let model_b = a.model_b.as_ref().map(|name| crate::methods::load(name, None)).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the server's runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, a.port))
@@ -522,6 +450,8 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
         });
         let state = Arc::new(AppState {
             model,
+            sae,
+            model_b,
             max_queue: a.max_queue,
             max_prompt_chars: a.max_prompt_chars,
             gate: Arc::new(tokio::sync::Semaphore::new(1)),

@@ -225,8 +225,9 @@ fn dashboard_in_a_real_browser() {
     let cells = s.js("return [...document.querySelectorAll('#heatmap-plot rect.cell[data-head]')].map(c => [Number(c.dataset.layer), Number(c.dataset.head), Number(c.dataset.value)]);", json!([]));
     let cells = cells.as_array().unwrap();
     assert_eq!(cells.len() as u64, n_heads, "one heatmap cell per head");
-    let body = json!({ "prompt": prompt, "correct": " Mary", "incorrect": " John", "options": { "method": { "kind": "taylor" }, "metric": { "kind": "logit_diff" } } }).to_string();
+    let body = json!({ "prompt": prompt, "correct": " Mary", "incorrect": " John", "options": { "method": "taylor", "metric": "logit_diff" } }).to_string();
     let (_, attribution) = post(&format!("{}/api/attribution", server.url), &body);
+    let attribution = &attribution["result"];
     for c in cells {
         let (l, h, v) = (c[0].as_u64().unwrap() as usize, c[1].as_u64().unwrap() as usize, c[2].as_f64().unwrap());
         let want = attribution["scores"][l][h].as_f64().unwrap();
@@ -236,6 +237,7 @@ fn dashboard_in_a_real_browser() {
     // The circuit tab lists the analysis' circuit.
     s.click("#tabs button[data-tab='circuit']");
     let (_, analysis) = post(&format!("{}/api/analyze", server.url), &body);
+    let analysis = &analysis["result"];
     let want: Vec<String> = analysis["circuit"].as_array().unwrap().iter().map(|h| format!("L{:02}H{:02}", h[0].as_u64().unwrap(), h[1].as_u64().unwrap())).collect();
     assert!(!want.is_empty());
     let listed = s.js("return [...document.querySelectorAll('#circuit-list li[data-head]')].map(li => li.dataset.head);", json!([]));
@@ -254,8 +256,8 @@ fn dashboard_in_a_real_browser() {
         &format!("const p = document.getElementById('attention-pattern'); return p.dataset.head === 'L{l}H{h}' ? p.querySelectorAll('rect.cell[data-head=\"{name}\"]').length : null;"),
         60,
     );
-    let (_, tokens) = post(&format!("{}/api/run", server.url), &json!({ "prompt": prompt, "top_k": 1 }).to_string());
-    let n_tokens = tokens["tokens"].as_array().unwrap().len() as u64;
+    let (_, tokens) = post(&format!("{}/api/run", server.url), &json!({ "prompt": prompt, "options": { "top_k": 1 } }).to_string());
+    let n_tokens = tokens["result"]["tokens"].as_array().unwrap().len() as u64;
     assert_eq!(n_cells.as_u64(), Some(n_tokens * n_tokens), "one cell per query × key");
     s.screenshot(&shots.join("dashboard-attention.png"));
 
@@ -267,6 +269,35 @@ fn dashboard_in_a_real_browser() {
     s.click("#tabs button[data-tab='faithfulness']");
     let rows = s.js("return document.querySelectorAll('#faithfulness-table tr').length;", json!([]));
     assert!(rows.as_u64().unwrap() >= 5);
+
+    // Editing the circuit: one head removed, re-scored; the figures equal the API's.
+    s.click("#tabs button[data-tab='circuit']");
+    let edited: Vec<String> = want.iter().skip(1).cloned().collect();
+    let edited = if edited.is_empty() { vec!["L00H00".to_string()] } else { edited };
+    s.type_into("#circuit-edit", &edited.join(" "));
+    s.click("#rescore");
+    s.wait_for("the re-scored circuit", &format!("return document.body.dataset.rescored === '{}' ? true : null;", edited.len()), 120);
+    let shown = s.js("return document.getElementById('circuit-score').textContent;", json!([]));
+    let (_, f) = post(&format!("{}/api/faithfulness", server.url), &json!({ "prompt": prompt, "correct": " Mary", "incorrect": " John", "options": { "heads": edited, "metric": "logit_diff" } }).to_string());
+    let suff = format!("sufficiency {:.1}%", 100.0 * f["result"]["sufficiency"].as_f64().unwrap());
+    assert!(shown.as_str().unwrap().contains(&suff), "{shown} lacks {suff}");
+
+    // Every method from the catalog: a prompt-set run of `analyze` from the generated form.
+    s.click("#tabs button[data-tab='methods']");
+    let offered = s.js("return [...document.querySelectorAll('#method-pick option')].map(o => o.value);", json!([]));
+    for m in ["analyze", "attribution", "patch", "path-patch", "edges", "logit-lens", "token-attribution", "attention", "stability", "composition", "scrub", "faithfulness", "generate", "run"] {
+        assert!(offered.as_array().unwrap().iter().any(|o| o == m), "the dashboard offers {m}: {offered}");
+    }
+    s.js("const p = document.getElementById('method-pick'); p.value = 'analyze'; p.dispatchEvent(new Event('change'));", json!([]));
+    let fields = s.js("return [...document.querySelectorAll('#method-form [data-field]')].map(e => e.dataset.field);", json!([]));
+    assert!(fields.as_array().unwrap().iter().any(|f| f == "n_boot"), "the form comes from the options' schema: {fields}");
+    s.click("#use-task");
+    s.type_into("#task-n", "4");
+    s.click("#method-run");
+    s.wait_for("the prompt-set analysis", "return document.body.dataset.methodDone === 'analyze' ? true : null;", 300);
+    let text = s.js("return document.querySelector('#method-output pre.report').textContent;", json!([]));
+    assert!(text.as_str().unwrap().contains("4 prompts") && text.as_str().unwrap().contains("95% CI"), "{text}");
+    s.screenshot(&shots.join("dashboard-methods.png"));
     drop(s);
     let _ = std::fs::remove_dir_all(&profile);
 }

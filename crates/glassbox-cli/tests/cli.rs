@@ -27,7 +27,13 @@ fn run_json_on_the_default_model() {
         "--json",
     ]);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let env: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // The envelope: what ran, on what model (with the weights' hash), with what input.
+    assert_eq!(env["method"], "run");
+    assert_eq!(env["model"]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(env["input"]["tokens"].as_array().unwrap().len(), 15);
+    assert_eq!(env["options"]["top_k"], 3);
+    let v = &env["result"];
     assert_eq!(v["tokens"].as_array().unwrap().len(), 15);
     let top = v["top"].as_array().unwrap();
     assert_eq!(top.len(), 3);
@@ -117,14 +123,17 @@ fn method_subcommands_json_keys() {
         args.extend(answers);
         let (ok, stdout, stderr) = glassbox(&args);
         assert!(ok, "{cmd:?}: {stderr}");
-        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let env: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        for k in ["method", "glassbox_version", "model", "input", "metric", "options", "result", "warnings", "seconds"] {
+            assert!(env.get(k).is_some(), "{cmd:?}'s envelope lacks `{k}`");
+        }
         for k in keys {
-            assert!(v.get(k).is_some(), "{cmd:?} lacks `{k}`");
+            assert!(env["result"].get(k).is_some(), "{cmd:?} lacks `{k}`");
         }
     }
     let (ok, stdout, stderr) = glassbox(&["attention", "--model", m, "--prompt", p, "--head", "L1H2", "--json"]);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["result"].clone();
     assert!(v["head_types"]["L01H02"].is_string());
     assert!(v["entropy"]["L01H02"].is_number());
     let (ok, _, stderr) = glassbox(&["attribution", "--model", m, "--prompt", p, "--correct", " Mary and", "--incorrect", " John"]);
@@ -253,12 +262,13 @@ fn generate_greedy_sampled_and_steered() {
         all.extend_from_slice(args);
         let (ok, stdout, stderr) = glassbox(&all);
         assert!(ok, "{args:?}: {stderr}");
-        serde_json::from_str(&stdout).unwrap()
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["result"].clone()
     };
     let g = json(&[]);
     assert_eq!(g["generation"]["tokens"].as_array().unwrap().len(), 6);
-    assert_eq!(g["options"]["sampling"], "greedy");
     assert!(g["unsteered"].is_null());
+    // A temperature of 0 means the most likely token each step, as TransformerLens reads it.
+    assert_eq!(json(&["--temperature", "0"])["generation"], g["generation"]);
     let s1 = json(&["--temperature", "1.5", "--seed", "3"]);
     let s2 = json(&["--temperature", "1.5", "--seed", "3"]);
     assert_eq!(s1["generation"], s2["generation"]);
@@ -276,15 +286,13 @@ fn generate_greedy_sampled_and_steered() {
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = glassbox(&["generate", "--model", m, "--prompt", "x", "--steer", "blocks.1.hook_resid_pre", "--steer-vector", v.to_str().unwrap(), "--steer-scale", "1"]);
     assert!(!ok && stderr.contains("does not fit"), "a [1, p, d] activation is not a [d] vector: {stderr}");
-    let short = format!("blocks.1.hook_resid_pre={}", v.display());
-    let (ok, _, stderr) = glassbox(&["generate", "--model", m, "--prompt", "x", "--steer", &short, "--scale", "1"]);
-    assert!(!ok && stderr.contains("does not fit"), "{stderr}");
 
     let bad: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--steer", "blocks.99.hook_resid_pre", "--steer-positive", "a", "--steer-negative", "b", "--steer-scale", "1"], "out of range"),
         (vec!["--steer", "blocks.1.hook_resid_pre", "--steer-vector", "/nonexistent.safetensors", "--steer-scale", "1"], "nonexistent"),
         (vec!["--steer", "blocks.1.hook_resid_pre", "--steer-positive", "a", "--steer-negative", "b", "--steer-scale", "inf"], "scale"),
-        (vec!["--temperature", "0"], "temperature is 0"),
+        (vec!["--temperature", "-1"], "temperature is -1"),
+        (vec!["--steer-positive", "a"], "need `steer`"),
         (vec!["--top-p", "2"], "top_p is 2"),
     ];
     for (args, expect) in bad {
@@ -309,7 +317,7 @@ fn sae_attribute_info_and_align() {
         "--top-k", "5", "--n-exact", "2", "--json", "--plot", plot.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["result"].clone();
     let feats = v["top_features"].as_array().unwrap();
     assert_eq!(feats.len(), 5);
     for k in ["layer", "feature_id", "activation", "ld_contribution", "direction", "neuronpedia_url"] {
@@ -332,14 +340,16 @@ fn sae_attribute_info_and_align() {
 
     let (ok, stdout, stderr) = glassbox(&["align", "--model-a", m, "--model-b", fixtures().join("tiny-gpt2").to_str().unwrap(), "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--top-k", "3", "--n-null", "500", "--json"]);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let env: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(env["model_b"]["name"], "tiny-gpt2");
+    let v = &env["result"];
     let f = v["fcas"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&f));
     assert_eq!(v["pairs"].as_array().unwrap().len(), 3);
     // A model aligned with itself: FCAS 1, far above the null.
     let (ok, stdout, stderr) = glassbox(&["align", "--model-a", m, "--model-b", m, "--prompt", p, "--correct", " Mary", "--incorrect", " John", "--top-k", "4", "--json"]);
     assert!(ok, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["result"].clone();
     assert!((v["fcas"].as_f64().unwrap() - 1.0).abs() < 1e-6 && v["null_mean"].as_f64().unwrap() < 0.9, "{v}");
     let (ok, _, stderr) = glassbox(&["align", "--model-a", m, "--model-b", m, "--task", "ioi", "--n", "4", "--top-k", "9", "--json"]);
     assert!(!ok && stderr.contains("top_k 9"), "{stderr}");

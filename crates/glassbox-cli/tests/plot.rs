@@ -25,7 +25,7 @@ fn plotted(cmd: &[&str], answers: bool, name: &str) -> (Value, String) {
     args.extend(["--json", "--plot", out.to_str().unwrap()]);
     let o = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(&args).output().unwrap();
     assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
-    (serde_json::from_slice(&o.stdout).unwrap(), std::fs::read_to_string(&out).unwrap())
+    (serde_json::from_slice::<Value>(&o.stdout).unwrap()["result"].clone(), std::fs::read_to_string(&out).unwrap())
 }
 
 fn rgb(fill: &str) -> (u8, u8, u8) {
@@ -188,7 +188,7 @@ fn attention_edges_tokens_and_composition() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let j: Value = serde_json::from_slice::<Value>(&o.stdout).unwrap()["result"].clone();
     let svg = std::fs::read_to_string(&out).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let n = j["tokens"].as_array().unwrap().len();
@@ -235,7 +235,7 @@ fn attention_edges_tokens_and_composition() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let j: Value = serde_json::from_slice::<Value>(&o.stdout).unwrap()["result"].clone();
     let doc_text = std::fs::read_to_string(&out).unwrap();
     let doc = roxmltree::Document::parse(&doc_text).unwrap();
     let cells = marks(&doc, "cell");
@@ -279,6 +279,15 @@ fn png_output_and_bad_plot_paths() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(needle) && !err.contains("panicked"), "{}: {err}", path.display());
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(["analyze", "--model", m, "--task", "ioi", "--n", "4", "--plot", "x.svg"]).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--plot draws the analysis of one prompt"));
+    // A path that cannot be written fails before the method runs (no minutes lost).
+    let started = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(["analyze", "--model", m, "--task", "ioi", "--n", "64", "--plot", "/no/such/dir/x.svg"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("does not exist"), "{err}");
+    assert!(started.elapsed().as_secs_f64() < 5.0, "the bad path was found only after the run");
+    // A prompt set's analysis draws too: its mean attributions, circuit and faithfulness.
+    let set = dir.join("plot-analyze-set.svg");
+    let o = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(["analyze", "--model", m, "--task", "ioi", "--n", "4", "--plot", set.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(roxmltree::Document::parse(&std::fs::read_to_string(&set).unwrap()).is_ok());
 }

@@ -30,6 +30,14 @@ fn cli_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The parts of two envelopes that must agree (all but the seconds).
+fn same_envelope(got: &Value, want: &Value, what: &str) {
+    for k in ["method", "model", "input", "metric", "options", "warnings"] {
+        assert_eq!(got[k], want[k], "{what}: `{k}` differs");
+    }
+    assert_close(&got["result"], &want["result"], what);
+}
+
 /// Every number in `a` within `tol` of `b`'s (relative), every other value equal.
 fn assert_close(a: &Value, b: &Value, path: &str) {
     match (a, b) {
@@ -64,13 +72,13 @@ fn the_api_returns_the_cli_json_results() {
     let base = ["--model", m.as_str(), "--prompt", PROMPT, "--correct", " Mary", "--incorrect", " John", "--json"];
     let cases: Vec<(&str, Value, Vec<&str>)> = vec![
         ("attribution", json!({}), vec!["attribution"]),
-        ("attribution", json!({"options": {"method": {"kind": "integrated_gradients", "n_steps": 7}, "component": "mlp"}}), vec!["attribution", "--method", "ig", "--n-steps", "7", "--component", "mlp"]),
+        ("attribution", json!({"options": {"method": "integrated_gradients", "n_steps": 7, "component": "mlp"}}), vec!["attribution", "--method", "ig", "--n-steps", "7", "--component", "mlp"]),
         ("analyze", json!({}), vec!["analyze"]),
-        ("patch", json!({"options": {"metric": {"kind": "logprob"}}}), vec!["patch", "--metric", "logprob"]),
+        ("patch", json!({"options": {"metric": "logprob"}}), vec!["patch", "--metric", "logprob"]),
         ("logit-lens", json!({}), vec!["logit-lens"]),
         ("edges", json!({"options": {"top_k": 5}}), vec!["edges", "--top-k", "5"]),
         ("token-attribution", json!({}), vec!["token-attribution"]),
-        ("path-patch", json!({"receiver": "L1H2.q"}), vec!["path-patch", "--receiver", "L1H2.q"]),
+        ("path-patch", json!({"options": {"receiver": "L1H2.q"}}), vec!["path-patch", "--receiver", "L1H2.q"]),
         ("stability", json!({"options": {"n_corruptions": 5}}), vec!["stability", "--n-corruptions", "5"]),
     ];
     for (command, extra, args) in cases {
@@ -79,21 +87,22 @@ fn the_api_returns_the_cli_json_results() {
         let mut cli_args = args.clone();
         cli_args.extend(base);
         let want = cli_json(&cli_args);
-        assert_close(&got, &want, command);
+        same_envelope(&got, &want, command);
     }
-    let (s, got) = post(&format!("{}/api/attention", server.url), &json!({"prompt": PROMPT, "heads": ["L1H2"]}).to_string());
+    let (s, got) = post(&format!("{}/api/attention", server.url), &json!({"prompt": PROMPT, "options": {"heads": ["L1H2"]}}).to_string());
     assert_eq!(s, 200, "{got}");
-    assert_close(&got, &cli_json(&["attention", "--model", &m, "--prompt", PROMPT, "--head", "L1H2", "--json"]), "attention");
-    let (s, got) = post(&format!("{}/api/composition", server.url), &json!({"heads": ["L0H1", "L1H2"]}).to_string());
+    same_envelope(&got, &cli_json(&["attention", "--model", &m, "--prompt", PROMPT, "--head", "L1H2", "--json"]), "attention");
+    let (s, got) = post(&format!("{}/api/composition", server.url), &json!({"options": {"heads": ["L0H1", "L1H2"]}}).to_string());
     assert_eq!(s, 200, "{got}");
-    assert_close(&got, &cli_json(&["composition", "--model", &m, "--head", "L0H1", "--head", "L1H2", "--json"]), "composition");
-    let (s, got) = post(&format!("{}/api/scrub", server.url), &json!({"hypothesis": "L1H2=io", "n": 8}).to_string());
+    same_envelope(&got, &cli_json(&["composition", "--model", &m, "--head", "L0H1", "--head", "L1H2", "--json"]), "composition");
+    let (s, got) = post(&format!("{}/api/scrub", server.url), &json!({"task": "ioi", "n": 8, "options": {"hypothesis": ["L1H2=io"]}}).to_string());
     assert_eq!(s, 200, "{got}");
-    assert_eq!(got["n"], 8, "{got}");
-    assert_close(&got, &cli_json(&["scrub", "--model", &m, "--hypothesis", "L1H2=io", "--n", "8", "--json"]), "scrub");
+    assert_eq!(got["result"]["n"], 8, "{got}");
+    same_envelope(&got, &cli_json(&["scrub", "--model", &m, "--hypothesis", "L1H2=io", "--n", "8", "--json"]), "scrub");
 
     // The plot endpoint draws a result as `--plot` does.
     let (_, attribution) = post(&format!("{}/api/attribution", server.url), &body(json!({})));
+    let attribution = attribution["result"].clone();
     let (s, ctype, svg) = call(ureq::post(&format!("{}/api/plot/attribution", server.url)), Some(&json!({ "result": attribution }).to_string()));
     assert_eq!((s, ctype.as_str()), (200, "image/svg+xml"));
     let doc = roxmltree::Document::parse(&svg).unwrap();
@@ -126,15 +135,17 @@ fn bad_requests_get_messages_and_the_server_goes_on() {
         ("/api/analyze", json!({"prompt": PROMPT}).to_string(), 400, "needs `correct`"),
         ("/api/analyze", body(json!({"options": {"target": 7.0}})), 400, "target"),
         ("/api/analyze", body(json!({"options": {"method": "fast"}})), 400, "options of `analyze`"),
-        ("/api/attribution", body(json!({"options": {"method": {"kind": "integrated_gradients", "n_steps": 100000000}}})), 400, "steps"),
+        ("/api/analyze", body(json!({"options": {"methdo": "taylor"}})), 400, "no option `methdo`"),
+        ("/api/attribution", body(json!({"options": {"method": "integrated_gradients", "n_steps": 100000000}})), 400, "steps"),
         ("/api/stability", body(json!({"options": {"n_corruptions": 1_000_000_000}})), 400, "corruptions"),
-        ("/api/attention", json!({"prompt": PROMPT, "heads": ["L7H0"]}).to_string(), 400, "out of range"),
-        ("/api/composition", json!({"heads": []}).to_string(), 400, "needs `heads`"),
-        ("/api/run", json!({"prompt": PROMPT, "top_k": 0}).to_string(), 400, "top_k"),
-        ("/api/scrub", json!({"top_k": 8}).to_string(), 400, "takes `n`"),
-        ("/api/train", "{}".into(), 404, "no command"),
+        ("/api/attention", json!({"prompt": PROMPT, "options": {"heads": ["L7H0"]}}).to_string(), 400, "out of range"),
+        ("/api/composition", json!({"options": {"heads": []}}).to_string(), 400, "needs `heads`"),
+        ("/api/run", json!({"prompt": PROMPT, "options": {"top_k": 0}}).to_string(), 400, "top_k is 0"),
+        ("/api/scrub", json!({"top_k": 8}).to_string(), 400, "unknown field `top_k`"),
+        ("/api/generate", json!({"prompt": PROMPT, "options": {"steer": "blocks.1.hook_resid_pre", "steer_vector": "/etc/passwd"}}).to_string(), 400, "names a file"),
+        ("/api/train", "{}".into(), 404, "no method"),
         ("/api/plot/analyze", json!({"result": {"circuit": 3}}).to_string(), 400, "not a `analyze` result"),
-        ("/api/plot/sankey", json!({"result": {}}).to_string(), 400, "no picture"),
+        ("/api/plot/sankey", json!({"result": {}}).to_string(), 404, "no method"),
     ];
     for (path, b, status, needle) in cases {
         let (s, v) = post(&u(path), &b);
@@ -154,7 +165,7 @@ fn bad_requests_get_messages_and_the_server_goes_on() {
     // And the server still answers.
     let (s, v) = post(&u("/api/analyze"), &body(json!({})));
     assert_eq!(s, 200, "{v}");
-    assert!(v["circuit"].is_array());
+    assert!(v["result"]["circuit"].is_array());
 }
 
 #[test]
@@ -195,8 +206,8 @@ fn a_full_queue_gets_503_and_the_queue_drains() {
     assert!(s == 200 && page.contains("glassbox"));
     let (a, b) = (first.join().unwrap(), second.join().unwrap());
     assert_eq!((a.0, b.0), (200, 200), "{} {}", a.1, b.1);
-    assert_eq!(a.1, b.1, "the same request gives the same result");
-    assert_eq!(a.1["n_corruptions"], 1000);
+    assert_eq!(a.1["result"], b.1["result"], "the same request gives the same result");
+    assert_eq!(a.1["result"]["n_corruptions"], 1000);
     let st = wait_for(&|s| s["running"].is_null() && s["queued"] == 0);
     assert_eq!(st["completed"], 2, "{st}");
     let (s, v) = post(&format!("{url}/api/analyze"), &body(json!({})));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use glassbox::batch::summary::{summarize, SummaryOptions};
-use glassbox::batch::{self, BatchOptions, Item, Method, Settings};
+use glassbox::batch::{self, BatchOptions, Item, RunSpec, Settings};
 use pyo3::prelude::*;
 
 use crate::errors::{input, IntoPy};
@@ -33,8 +33,10 @@ fn batch_parse<'py>(py: Python<'py>, lines: Vec<String>, first_line: usize) -> P
 
 /// Runs `method` over `items` (dicts as `batch_parse` gives) into the Parquet file `out`, as
 /// `glassbox batch` does; returns the run's report with the items the model could not take.
+/// The run records the sha256 of the weights the model was loaded from, and `resume` refuses
+/// parts written from other weights, another method or other options.
 #[pyfunction]
-#[pyo3(signature = (model, items, method, out, model_path, options=None, batch_size=16, row_group=64, resume=false, sae=None))]
+#[pyo3(signature = (model, items, method, out, options=None, batch_size=16, row_group=64, resume=false, sae=None))]
 #[allow(clippy::too_many_arguments)] // the run's settings, as keywords
 fn batch_run<'py>(
     py: Python<'py>,
@@ -42,7 +44,6 @@ fn batch_run<'py>(
     items: &Bound<'py, PyAny>,
     method: &str,
     out: PathBuf,
-    model_path: &str,
     options: Option<&Bound<'py, PyAny>>,
     batch_size: usize,
     row_group: usize,
@@ -50,29 +51,21 @@ fn batch_run<'py>(
     sae: Option<&Sae>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let items: Vec<Item> = pythonize::depythonize(items).map_err(|e| input(format!("items: {e}")))?;
-    let method: Method = method.parse().py_err()?;
+    let entry = batch::method(method).py_err()?;
     let options: serde_json::Value = match options {
         Some(o) if !o.is_none() => pythonize::depythonize(o).map_err(|e| input(format!("options: {e}")))?,
         _ => serde_json::Value::Null,
     };
     let m = model.inner.clone();
-    let sae_path = sae.map(|s| s.path.clone());
     let sae = sae.map(|s| s.inner.clone());
-    let spec = model_path.to_string();
     let report = py
         .detach(move || -> glassbox::Result<serde_json::Value> {
-            let path = glassbox::registry::resolve(&spec, &mut |msg| eprintln!("{msg}"))?;
-            let settings = Settings {
-                method,
-                options: options.clone(),
-                model: m.name.clone(),
-                model_sha256: batch::weights_sha256(&path)?,
-                sae: sae_path,
-                glassbox: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            let (prepared, unfit) = batch::prepare(&m, items, method);
-            let opts = BatchOptions { method, options, batch_size, row_group };
-            let r = batch::run(&m, sae.as_deref(), &prepared, &opts, &settings, &out, resume, &AtomicBool::new(false), &mut |_| {})?;
+            let settings = Settings::new(&m, entry, &options, sae.as_deref())?;
+            let (prepared, unfit) = batch::prepare(&m, items, entry);
+            let opts = BatchOptions { method: entry.name().to_string(), options, batch_size, row_group };
+            let cx = glassbox::methods::catalog::Context { model: &m, sae: sae.as_deref(), model_b: None };
+            let spec = RunSpec { options: &opts, settings: &settings, out: &out, resume };
+            let r = batch::run(&cx, &prepared, &spec, &AtomicBool::new(false), &mut |_| {})?;
             Ok(serde_json::json!({"report": r, "lines_left_out": unfit, "settings": settings}))
         })
         .py_err()?;

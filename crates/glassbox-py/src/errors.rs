@@ -46,6 +46,7 @@ pub fn to_py(e: Error) -> PyErr {
         | Error::Intervention { .. }
         | Error::Invalid(_) => InputError::new_err(msg),
         Error::NonFinite(_) => NonFiniteError::new_err(msg),
+        Error::Cancelled => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
         _ => GlassboxError::new_err(msg),
     }
 }

@@ -2,21 +2,13 @@
 //! (the library's option structs through serde; missing keys take their defaults), returning
 //! the library's result as plain Python objects. The GIL is released while they compute.
 
-use glassbox::inputs::{Contrast, Prompt};
-use glassbox::methods::analyze::{analyze, analyze_set, AnalyzeOptions, SetOptions};
-use glassbox::methods::attention::{attention_patterns, AttentionOptions};
-use glassbox::methods::attribution::{attribute, AttributionOptions};
+use glassbox::inputs::{Contrast, Prompt, TaskPrompt};
+use glassbox::methods::catalog::{self, Context, Input, InputSpec};
 use glassbox::methods::circuit::{minimum_faithful_circuit, CircuitOptions};
-use glassbox::methods::composition::{all_composition_scores, composition_score, CompositionOptions, Kind};
-use glassbox::methods::edges::{edge_attribution, EdgeOptions};
+use glassbox::methods::composition::{composition_score, Kind};
 use glassbox::methods::faithfulness::{faithfulness, Circuit, CircuitEvaluator, EvaluatorOptions};
-use glassbox::methods::logit_lens::{logit_lens, LogitLensOptions};
-use glassbox::methods::patching::{exact_patching, PatchingOptions};
-use glassbox::methods::path_patching::{path_patching, PathPatchingOptions};
-use glassbox::methods::scrubbing::{causal_scrubbing, ScrubOptions, ScrubPrompt};
-use glassbox::methods::stability::{attribution_stability, StabilityOptions};
-use glassbox::methods::token_attribution::{token_attribution, TokenAttributionOptions};
 use glassbox::methods::{Head, Metric};
+use glassbox::schema::OptionSchema;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use serde::de::DeserializeOwned;
@@ -110,60 +102,6 @@ fn compute<T: Send>(py: Python<'_>, f: impl FnOnce() -> glassbox::Result<T> + Se
     py.detach(f).py_err()
 }
 
-/// `analyze`: attribution, the minimum faithful circuit and its exact faithfulness.
-#[pyfunction(name = "analyze")]
-#[pyo3(signature = (model, contrast, options=None))]
-fn analyze_py<'py>(py: Python<'py>, model: &Model, contrast: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (c, o): (Contrast, AnalyzeOptions) = (value(contrast, "contrast")?, opts_of(options, "analyze options")?);
-    let r = compute(py, || analyze(&model.inner, &c, &o))?;
-    result(py, &r)
-}
-
-/// `analyze_set`: the same over several contrasts, with bootstrap intervals.
-#[pyfunction(name = "analyze_set")]
-#[pyo3(signature = (model, contrasts, options=None))]
-fn analyze_set_py<'py>(py: Python<'py>, model: &Model, contrasts: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (c, o): (Vec<Contrast>, SetOptions) = (value(contrasts, "contrasts")?, opts_of(options, "set options")?);
-    let r = compute(py, || analyze_set(&model.inner, &c, &o, &mut |_, _, _| {}))?;
-    result(py, &r)
-}
-
-/// Attribution patching (Taylor) or integrated gradients per head, MLP or attention output.
-#[pyfunction(name = "attribute")]
-#[pyo3(signature = (model, contrast, options=None))]
-fn attribute_py<'py>(py: Python<'py>, model: &Model, contrast: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (c, o): (Contrast, AttributionOptions) = (value(contrast, "contrast")?, opts_of(options, "attribution options")?);
-    let r = compute(py, || attribute(&model.inner, &c, &o))?;
-    result(py, &r)
-}
-
-/// Edge attribution patching (EAP or EAP-IG).
-#[pyfunction(name = "edge_attribution")]
-#[pyo3(signature = (model, contrast, options=None))]
-fn edge_attribution_py<'py>(py: Python<'py>, model: &Model, contrast: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (c, o): (Contrast, EdgeOptions) = (value(contrast, "contrast")?, opts_of(options, "edge options")?);
-    let r = compute(py, || edge_attribution(&model.inner, &c, &o))?;
-    result(py, &r)
-}
-
-/// Exact activation patching of every head and MLP.
-#[pyfunction(name = "exact_patching")]
-#[pyo3(signature = (model, contrast, options=None))]
-fn exact_patching_py<'py>(py: Python<'py>, model: &Model, contrast: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (c, o): (Contrast, PatchingOptions) = (value(contrast, "contrast")?, opts_of(options, "patching options")?);
-    let r = compute(py, || exact_patching(&model.inner, &c, &o))?;
-    result(py, &r)
-}
-
-/// Path patching from every earlier head to a receiver.
-#[pyfunction(name = "path_patching")]
-#[pyo3(signature = (model, contrast, options=None))]
-fn path_patching_py<'py>(py: Python<'py>, model: &Model, contrast: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (c, o): (Contrast, PathPatchingOptions) = (value(contrast, "contrast")?, opts_of(options, "path patching options")?);
-    let r = compute(py, || path_patching(&model.inner, &c, &o))?;
-    result(py, &r)
-}
-
 /// The exact faithfulness of a circuit (`{"heads": [(l, h), ...], "mlps": [...]}`), with the
 /// Taylor sufficiency beside it when head attributions are given.
 #[pyfunction(name = "faithfulness")]
@@ -201,42 +139,6 @@ fn minimum_faithful_circuit_py<'py>(
     result(py, &r)
 }
 
-/// The logit lens with per-head and per-MLP direct effects.
-#[pyfunction(name = "logit_lens")]
-#[pyo3(signature = (model, prompt, options=None))]
-fn logit_lens_py<'py>(py: Python<'py>, model: &Model, prompt: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (p, o): (Prompt, LogitLensOptions) = (value(prompt, "prompt")?, opts_of(options, "logit lens options")?);
-    let r = compute(py, || logit_lens(&model.inner, &p, &o))?;
-    result(py, &r)
-}
-
-/// Token saliency: gradient × input or integrated gradients.
-#[pyfunction(name = "token_attribution")]
-#[pyo3(signature = (model, prompt, options=None))]
-fn token_attribution_py<'py>(py: Python<'py>, model: &Model, prompt: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (p, o): (Prompt, TokenAttributionOptions) = (value(prompt, "prompt")?, opts_of(options, "token attribution options")?);
-    let r = compute(py, || token_attribution(&model.inner, &p, &o))?;
-    result(py, &r)
-}
-
-/// Attribution stability across random corruptions (Kendall τ-b).
-#[pyfunction(name = "attribution_stability")]
-#[pyo3(signature = (model, prompt, options=None))]
-fn attribution_stability_py<'py>(py: Python<'py>, model: &Model, prompt: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (p, o): (Prompt, StabilityOptions) = (value(prompt, "prompt")?, opts_of(options, "stability options")?);
-    let r = compute(py, || attribution_stability(&model.inner, &p, &o))?;
-    result(py, &r)
-}
-
-/// Attention patterns, entropy and head types of a prompt (a string or token ids).
-#[pyfunction(name = "attention_patterns")]
-#[pyo3(signature = (model, tokens, options=None))]
-fn attention_patterns_py<'py>(py: Python<'py>, model: &Model, tokens: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (t, o): (Vec<u32>, AttentionOptions) = (tokens_of(&model.inner, tokens)?, opts_of(options, "attention options")?);
-    let r = compute(py, || attention_patterns(&model.inner, &t, &o))?;
-    result(py, &r)
-}
-
 /// One composition score (`kind`: `q`, `k` or `v`) from `sender` to `receiver` heads.
 #[pyfunction(name = "composition_score")]
 fn composition_score_py(py: Python<'_>, model: &Model, sender: (usize, usize), receiver: (usize, usize), kind: &str) -> PyResult<f32> {
@@ -250,52 +152,160 @@ fn composition_score_py(py: Python<'_>, model: &Model, sender: (usize, usize), r
     compute(py, || composition_score(&model.inner, s, r, kind))
 }
 
-/// Q/K/V composition scores between every ordered pair of a circuit's heads.
-#[pyfunction(name = "all_composition_scores")]
-#[pyo3(signature = (model, circuit, options=None))]
-fn all_composition_scores_py<'py>(py: Python<'py>, model: &Model, circuit: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (heads, o): (Vec<Head>, CompositionOptions) = (value(circuit, "circuit")?, opts_of(options, "composition options")?);
-    let r = compute(py, || all_composition_scores(&model.inner, &heads, &o))?;
-    result(py, &r)
-}
-
-/// Causal scrubbing of a head → feature hypothesis over prompts with features.
-#[pyfunction(name = "causal_scrubbing")]
-#[pyo3(signature = (model, prompts, options=None))]
-fn causal_scrubbing_py<'py>(py: Python<'py>, model: &Model, prompts: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-    let (p, o): (Vec<ScrubPrompt>, ScrubOptions) = (value(prompts, "prompts")?, opts_of(options, "scrubbing options")?);
-    let r = compute(py, || causal_scrubbing(&model.inner, &p, &o))?;
-    result(py, &r)
-}
-
-/// `n` generated IOI prompts (Wang et al. 2022 templates; `corruption` `name_swap` or `abc`)
-/// as `(prompts, contrasts, scrub_prompts)`: the texts, the contrasts `analyze_set` takes and
-/// the prompts with features (`io`, `subject`, `template`, `order`) `causal_scrubbing` takes.
-#[pyfunction(name = "ioi_prompts")]
-#[pyo3(signature = (model, n, seed=0, corruption="name_swap"))]
-fn ioi_prompts_py<'py>(py: Python<'py>, model: &Model, n: usize, seed: u64, corruption: &str) -> PyResult<Bound<'py, PyAny>> {
-    use glassbox::tasks::ioi;
-    let corruption: ioi::Corruption = corruption.parse().py_err()?;
+/// A generated prompt set (`task`: ioi) as task prompts: each a dict with `contrast`,
+/// `features` (ioi: `io`, `subject`, `template`, `order`) and `group`: what `analyze`,
+/// `causal_scrubbing` and the other set methods take.
+#[pyfunction(name = "task_prompts")]
+#[pyo3(signature = (model, task="ioi", n=64, seed=0, corruption=None))]
+fn task_prompts_py<'py>(py: Python<'py>, model: &Model, task: &str, n: usize, seed: u64, corruption: Option<String>) -> PyResult<Bound<'py, PyAny>> {
+    let spec = glassbox::tasks::TaskSpec { task: task.to_string(), n, seed, corruption };
     let m = &model.inner;
-    let (prompts, contrasts, scrub) = compute(py, || {
-        let prompts = ioi::generate(m, n, seed, corruption)?;
-        let contrasts = ioi::contrasts(m, &prompts)?;
-        let scrub = ioi::scrub_prompts(m, &prompts)?;
-        Ok((prompts, contrasts, scrub))
-    })?;
-    result(py, &(prompts, contrasts, scrub))
+    let prompts = compute(py, || glassbox::tasks::generate(m, &spec))?;
+    result(py, &prompts)
 }
 
-/// Adds the functions to the module.
-/// The picture of a result as an SVG document: `kind` is the method (`analyze`,
-/// `attribution`, `patch`, `path-patch`, `logit-lens`, `attention`, `edges`,
-/// `token-attribution`, `stability`, `composition`), `result` what that method returned (as
-/// the native functions return it), `head_types` colours an analysis's circuit by head type.
+/// The picture of a result as an SVG document: `method` is the catalog method that returned
+/// `result` (its envelope's `result`, or the envelope itself).
 #[pyfunction]
-#[pyo3(signature = (kind, result, head_types=None))]
-fn plot(py: Python<'_>, kind: &str, result: &Bound<'_, PyAny>, head_types: Option<std::collections::BTreeMap<String, String>>) -> PyResult<String> {
-    let v: serde_json::Value = value(result, "result")?;
-    compute(py, || glassbox::plot::plot_value(kind, &v, head_types.as_ref()).map(|s| s.finish()))
+fn plot(py: Python<'_>, method: &str, result: &Bound<'_, PyAny>) -> PyResult<String> {
+    let entry = catalog::entry(method).py_err()?;
+    let mut v: serde_json::Value = value(result, "result")?;
+    if v.get("method").is_some() && v.get("result").is_some() {
+        v = v["result"].take();
+    }
+    match compute(py, || entry.plot(&v))? {
+        Some(svg) => Ok(svg.finish()),
+        None => Err(input(format!("`{method}` draws no picture"))),
+    }
+}
+
+/// The picture of a result rendered to PNG bytes at `scale` times its size (the CLI's
+/// `--plot FILE.png` uses 2).
+#[pyfunction]
+#[pyo3(signature = (method, result, scale=2.0))]
+fn plot_png<'py>(py: Python<'py>, method: &str, result: &Bound<'py, PyAny>, scale: f32) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    let svg = plot(py, method, result)?;
+    let bytes = compute(py, || glassbox::plot::png(&svg, scale))?;
+    Ok(pyo3::types::PyBytes::new(py, &bytes))
+}
+
+/// The result as the CLI's text report (`rows`: the longest lists' length).
+#[pyfunction]
+#[pyo3(signature = (method, result, rows=15))]
+fn report(method: &str, result: &Bound<'_, PyAny>, rows: usize) -> PyResult<String> {
+    let entry = catalog::entry(method).py_err()?;
+    let mut v: serde_json::Value = value(result, "result")?;
+    if v.get("method").is_some() && v.get("result").is_some() {
+        v = v["result"].take();
+    }
+    entry.report(&v, rows).py_err()
+}
+
+/// Every method of the catalog: name, Python name, summary, input kind and fields, needs,
+/// options (name, kind, default, help), whether it draws.
+#[pyfunction]
+fn catalog_entries(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    Ok(pythonize::pythonize(py, &catalog::describe())?)
+}
+
+/// The input's keys (prompt, correct, incorrect, corrupted, task, n, seed, corruption) with
+/// their help.
+#[pyfunction]
+fn input_fields(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    Ok(pythonize::pythonize(py, &InputSpec::fields())?)
+}
+
+/// A method's input from Python: a contrast dict (`glassbox.contrast`), a prompt dict
+/// (`glassbox.prompt`), a list of contrasts or task prompts, a prompt string, token ids, or a
+/// dict of input keys (`{"prompt": ..., "correct": ..., "incorrect": ...}`, `{"task": "ioi"}`).
+fn input_of(m: &glassbox::Model, entry: &dyn catalog::Entry, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Input> {
+    use pyo3::types::{PyDict, PyList};
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return catalog::resolve_input(m, entry.input(), &InputSpec::default(), entry.name()).py_err();
+    };
+    if let Ok(d) = obj.cast::<PyDict>() {
+        if d.contains("clean")? {
+            let c: Contrast = value(obj, "contrast")?;
+            c.check(m).py_err()?;
+            return Ok(Input::Contrast(c));
+        }
+        if d.contains("tokens")? {
+            let p: Prompt = value(obj, "prompt")?;
+            p.check(m).py_err()?;
+            let text = m.to_string(&p.tokens);
+            return Ok(Input::Prompt(p, text));
+        }
+        let spec: InputSpec = glassbox::schema::parse_options(&value::<serde_json::Value>(obj, "input")?, "the input").py_err()?;
+        return catalog::resolve_input(m, entry.input(), &spec, entry.name()).py_err();
+    }
+    if obj.cast::<PyString>().is_ok() && entry.input() != catalog::InputKind::Text {
+        return Err(input(format!("`{}` needs more than a prompt string: give glassbox.contrast(...) / glassbox.prompt(...) or a dict of {}", entry.name(), entry.input().keys().join(", "))));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        if l.len() > 0 && l.get_item(0)?.cast::<PyDict>().is_ok() {
+            let first = l.get_item(0)?;
+            let prompts: Vec<TaskPrompt> = if first.cast::<PyDict>()?.contains("contrast")? {
+                value(obj, "prompts")?
+            } else {
+                let cs: Vec<Contrast> = value(obj, "contrasts")?;
+                cs.into_iter().map(|contrast| TaskPrompt { contrast, features: Default::default(), group: String::new() }).collect()
+            };
+            for p in &prompts {
+                p.contrast.check(m).py_err()?;
+            }
+            let spec = glassbox::tasks::TaskSpec { task: "given".into(), n: prompts.len(), seed: 0, corruption: None };
+            return Ok(Input::Set(spec, prompts));
+        }
+    }
+    let tokens = tokens_of(m, obj)?;
+    Ok(Input::Text(m.to_string(&tokens), tokens))
+}
+
+/// Runs the catalog method `method` on `model`: its envelope (`method`, `glassbox_version`,
+/// `model`, `input`, `metric`, `options` with defaults filled in, `result`, `warnings`,
+/// `seconds`). `progress(done, total, stage)` is called as it goes; Ctrl-C stops it within a
+/// step (KeyboardInterrupt), and the model stays usable.
+#[pyfunction]
+#[pyo3(signature = (method, model, input=None, options=None, sae=None, model_b=None, progress=None))]
+#[allow(clippy::too_many_arguments)] // the method, its model and input, and its keywords
+fn run<'py>(
+    py: Python<'py>,
+    method: &str,
+    model: &Model,
+    input: Option<&Bound<'py, PyAny>>,
+    options: Option<&Bound<'py, PyAny>>,
+    sae: Option<&crate::sae::Sae>,
+    model_b: Option<&Model>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let entry = catalog::entry(method).py_err()?;
+    let options: serde_json::Value = match options {
+        Some(o) if !o.is_none() => value(o, "options")?,
+        _ => serde_json::Value::Null,
+    };
+    entry.resolve(&options).py_err()?;
+    let started = std::time::Instant::now();
+    let m = &model.inner;
+    let input = input_of(m, entry, input)?;
+    let sae = sae.map(|s| s.inner.clone());
+    let b = model_b.map(|b| b.inner.clone());
+    let controls = glassbox::controls::Controls {
+        progress: progress.map(|f| -> glassbox::controls::ProgressFn {
+            std::sync::Arc::new(move |p: &glassbox::controls::Progress| {
+                Python::attach(|py| {
+                    let _ = f.call1(py, (p.done, p.total, p.stage.as_str()));
+                })
+            })
+        }),
+        cancel: None,
+        // A pending KeyboardInterrupt (or other signal exception) stops the run.
+        poll: Some(std::sync::Arc::new(|| Python::attach(|py| py.check_signals().is_err()))),
+    };
+    let envelope = compute(py, || {
+        let cx = Context { model: m, sae: sae.as_deref(), model_b: b.as_deref() };
+        glassbox::controls::with(&controls, || catalog::run_input(entry, &cx, &input, &options, started))
+    })?;
+    result(py, &envelope)
 }
 
 /// `functional_circuit_alignment`: FCAS between two rankings of heads (`[layer, head]`, best
@@ -320,28 +330,22 @@ fn functional_circuit_alignment_py<'py>(
     result(py, &r)
 }
 
+/// Adds the functions to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functional_circuit_alignment_py, m)?)?;
     m.add_function(wrap_pyfunction!(plot, m)?)?;
+    m.add_function(wrap_pyfunction!(report, m)?)?;
+    m.add_function(wrap_pyfunction!(plot_png, m)?)?;
+    m.add_function(wrap_pyfunction!(catalog_entries, m)?)?;
+    m.add_function(wrap_pyfunction!(input_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(contrast, m)?)?;
     m.add_function(wrap_pyfunction!(contrast_from_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(prompt, m)?)?;
-    m.add_function(wrap_pyfunction!(analyze_py, m)?)?;
-    m.add_function(wrap_pyfunction!(analyze_set_py, m)?)?;
-    m.add_function(wrap_pyfunction!(attribute_py, m)?)?;
-    m.add_function(wrap_pyfunction!(edge_attribution_py, m)?)?;
-    m.add_function(wrap_pyfunction!(exact_patching_py, m)?)?;
-    m.add_function(wrap_pyfunction!(path_patching_py, m)?)?;
     m.add_function(wrap_pyfunction!(faithfulness_py, m)?)?;
     m.add_function(wrap_pyfunction!(minimum_faithful_circuit_py, m)?)?;
-    m.add_function(wrap_pyfunction!(logit_lens_py, m)?)?;
-    m.add_function(wrap_pyfunction!(token_attribution_py, m)?)?;
-    m.add_function(wrap_pyfunction!(attribution_stability_py, m)?)?;
-    m.add_function(wrap_pyfunction!(attention_patterns_py, m)?)?;
     m.add_function(wrap_pyfunction!(composition_score_py, m)?)?;
-    m.add_function(wrap_pyfunction!(all_composition_scores_py, m)?)?;
-    m.add_function(wrap_pyfunction!(causal_scrubbing_py, m)?)?;
-    m.add_function(wrap_pyfunction!(ioi_prompts_py, m)?)?;
+    m.add_function(wrap_pyfunction!(task_prompts_py, m)?)?;
     m.add_function(wrap_pyfunction!(crate::cache::get_act_name, m)?)?;
     Ok(())
 }

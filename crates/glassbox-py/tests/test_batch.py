@@ -38,7 +38,7 @@ def test_batch_parquet_reads_in_pyarrow_and_equals_single_runs(tmp_path, tiny_ll
     for row in table.to_pylist():
         p = prompts[row["id"]]
         c = _native.contrast(tiny_llama, p["prompt"], p["correct"], p["incorrect"], p["corrupted"])
-        alone = _native.attribute(tiny_llama, c)
+        alone = glassbox.attribute(tiny_llama, c)
         np.testing.assert_allclose(np.array(row["scores"]), np.array(alone["scores"]), rtol=1e-5, atol=1e-5)
         assert row["clean_ld"] == pytest.approx(alone["clean_ld"], rel=1e-5, abs=1e-5)
         assert row["group"] == p["group"]
@@ -52,11 +52,26 @@ def test_sae_attribute_run_records_its_sae(tmp_path, tiny_llama):
     items = [{"line": i + 1, "id": f"p{i}", "prompt": "When Mary and John went to the store, John gave a drink to",
               "correct": " Mary", "incorrect": " John"} for i in range(3)]
     out = tmp_path / "s.parquet"
-    r = _native.batch_run(tiny_llama, items, "sae-attribute", str(out), str(FIXTURES / "tiny-llama"), sae=sae)
+    r = _native.batch_run(tiny_llama, items, "sae-attribute", str(out), sae=sae)
     assert r["settings"]["sae"] == sae_dir
     table = pq.read_table(out)
     assert table.num_rows == 3
     assert json.loads(table.schema.metadata[b"glassbox.settings"])["sae"] == sae_dir
     other = glassbox.SAE.load(str(FIXTURES / "sae" / "topk"))
     with pytest.raises(Exception, match="(?i)sae|settings|differ"):
-        _native.batch_run(tiny_llama, items, "sae-attribute", str(out), str(FIXTURES / "tiny-llama"), resume=True, sae=other)
+        _native.batch_run(tiny_llama, items, "sae-attribute", str(out), resume=True, sae=other)
+
+
+def test_resume_with_other_weights_is_refused(tmp_path, tiny_llama):
+    """The run records the sha256 of the weights the model was read from; resuming it with a
+    model loaded from another file is refused (no path given beside the model to trust)."""
+    items = [{"line": i + 1, "id": f"p{i}", "prompt": "When Mary and John went to the store, John gave a drink to",
+              "correct": " Mary", "incorrect": " John"} for i in range(2)]
+    out = tmp_path / "r.parquet"
+    r = _native.batch_run(tiny_llama, items, "logit-lens", str(out))
+    assert len(r["settings"]["model_sha256"]) == 64
+    # The same architecture and tokenizer, other weights: the tied-embedding twin of tiny-llama.
+    other = glassbox.Model.load(str(FIXTURES / "tiny-llama-tied"))
+    more = items + [{**items[0], "id": "p9", "line": 9}]
+    with pytest.raises(glassbox.InputError, match="same method, options and model"):
+        _native.batch_run(other, more, "logit-lens", str(out), resume=True)

@@ -234,4 +234,4 @@ def test_glassbox_methods_beyond_the_reference(tiny_llama):
     f = gb.faithfulness(IOI, None, " Mary", " John", circuit=[(0, 1), (1, 2)])
     assert 0 <= f["f1"] <= 1
     eapig = gb.edge_attribution_patching(IOI, None, " Mary", " John", method="eap-ig", n_steps=5)
-    assert eapig["method"]["kind"] == "integrated_gradients"
+    assert eapig["method"] == "integrated_gradients"

@@ -96,11 +96,16 @@ def test_plot_function_and_errors(gb, tiny_llama, tmp_path):
     tc = tiny_llama.to_tokens(IOI_CORRUPTED)
     r = gb.exact_patching(t, tc, " Mary", " John")
     assert glassbox.plot("patch", dict(r)) == r.plot()
-    with pytest.raises(glassbox.GlassboxError, match="no picture"):
+    with pytest.raises(glassbox.GlassboxError, match="no method `sankey`"):
         glassbox.plot("sankey", dict(r))
     with pytest.raises(glassbox.GlassboxError, match="not a `logit-lens` result"):
         glassbox.plot("logit-lens", dict(r))
     r.save(str(tmp_path / "patch.svg"))
     assert (tmp_path / "patch.svg").read_text() == r.plot()
-    with pytest.raises(glassbox.InputError, match=".svg"):
-        r.save(str(tmp_path / "patch.png"))
+    r.save(str(tmp_path / "patch.png"))
+    assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(glassbox.InputError, match=".svg or .png"):
+        r.save(str(tmp_path / "patch.pdf"))
+    # A plain dict, as json.loads gives it, draws too.
+    import json
+    assert glassbox.plot("patch", json.loads(json.dumps(r.raw))) == r.plot()

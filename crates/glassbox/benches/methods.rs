@@ -28,19 +28,19 @@ fn main() {
     println!("| {:<58} | {:>13} |", "method", "median");
     println!("|{}|{}|", "-".repeat(60), "-".repeat(15));
     let t = median_secs(7, || {
-        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).unwrap();
     });
     row("attribution patching (Taylor), all 270 heads", t);
     let t = median_secs(3, || {
-        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 20 }, metric: Default::default() }).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 20, metric: Default::default() }).unwrap();
     });
     row("integrated gradients, 20 steps, all heads", t);
     let t = median_secs(2, || {
-        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 50 }, metric: Default::default() }).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
     });
     row("integrated gradients, 50 steps, all heads", t);
     let t = median_secs(5, || {
-        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Mlp, method: Method::Taylor, metric: Default::default() }).unwrap();
+        attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Mlp, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).unwrap();
     });
     row("MLP attribution (Taylor), 30 layers", t);
     let t = median_secs(7, || {
@@ -48,19 +48,19 @@ fn main() {
     });
     row("logit lens + direct effects + top-5 per layer", t);
     let t = median_secs(5, || {
-        edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: Method::Taylor, top_k: 50, metric: Default::default() }).unwrap();
+        edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: Method::Taylor, top_k: 50, ..Default::default() }).unwrap();
     });
     row("edge attribution patching (EAP), 70 651 edges", t);
     let t = median_secs(2, || {
-        edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 20 }, top_k: 50, metric: Default::default() }).unwrap();
+        edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 20, top_k: 50, metric: Default::default() }).unwrap();
     });
     row("EAP-IG, 20 steps", t);
     let t = median_secs(7, || {
-        token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::GradientXInput }).unwrap();
+        token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::GradientXInput, ..Default::default() }).unwrap();
     });
     row("token attribution (gradient x input)", t);
     let t = median_secs(3, || {
-        token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients { n_steps: 20, baseline: Baseline::Token(1) } }).unwrap();
+        token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients, n_steps: 20, baseline: Baseline::Token(1) }).unwrap();
     });
     row("token attribution (integrated gradients, 20 steps)", t);
     let t = median_secs(5, || {

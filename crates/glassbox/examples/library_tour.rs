@@ -27,7 +27,7 @@ fn main() -> glassbox::Result<()> {
 
     // 2. A method: one input, one option struct, any metric.
     let contrast = Contrast::new(&model, prompt, " Mary", " John", None)?;
-    let opts = AttributionOptions { method: Method::IntegratedGradients { n_steps: 16 }, metric: Metric::Kl { position: Position::Last }, ..Default::default() };
+    let opts = AttributionOptions { method: Method::IntegratedGradients, n_steps: 16, metric: Metric::Kl { position: Position::Last }, ..Default::default() };
     let attr = attribute(&model, &contrast, &opts)?;
     println!("IG attribution of KL(clean || run), top head: {} {:.4}", attr.top[0].name, attr.top[0].score);
     let custom = Metric::custom(move |out| {

@@ -16,7 +16,7 @@ fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "taylor".into());
     let n: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let c = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
-    let method = if which == "ig" { Method::IntegratedGradients { n_steps: 20 } } else { Method::Taylor };
+    let method = if which == "ig" { Method::IntegratedGradients } else { Method::Taylor };
     let opts = AttributionOptions { method, ..Default::default() };
     let t = std::time::Instant::now();
     for _ in 0..n {

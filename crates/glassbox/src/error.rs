@@ -181,6 +181,10 @@ pub enum Error {
     #[error("{}", printable(.0))]
     Invalid(String),
 
+    /// The run was stopped (Ctrl-C, or the caller's cancel flag) before it finished.
+    #[error("stopped before it finished (interrupted); nothing was computed past the last step")]
+    Cancelled,
+
     /// A result holds a NaN or infinite number (logits, a reported figure, a steering vector); the
     /// message says where.
     #[error("{}", printable(.0))]

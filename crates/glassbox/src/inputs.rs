@@ -31,6 +31,19 @@ pub struct Contrast {
     pub incorrect_id: u32,
 }
 
+/// A prompt of a generated set: its contrast, its features (for causal scrubbing: `io`,
+/// `subject`, `template`, `order` for IOI) and the group it belongs to (for summaries).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskPrompt {
+    /// The prompt's clean and corrupted versions and its answers.
+    pub contrast: Contrast,
+    /// Feature values by name.
+    pub features: std::collections::BTreeMap<String, String>,
+    /// The group (e.g. the template) it is summarised under.
+    #[serde(default)]
+    pub group: String,
+}
+
 /// A prompt and the two answers whose logit difference (or another metric) is measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prompt {

@@ -18,15 +18,20 @@
 
 pub mod batch;
 pub mod bench;
+pub mod controls;
 pub mod error;
+pub mod files;
 pub mod finite;
 pub mod inputs;
+pub mod limits;
 pub mod methods;
 pub mod model;
 pub mod plot;
 pub mod registry;
+pub mod report;
 pub mod rng;
 pub mod sae;
+pub mod schema;
 pub mod tasks;
 pub mod threads;
 

@@ -13,7 +13,7 @@
 //! verify`. A file that fails the check is never used.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -208,22 +208,10 @@ fn verify_file(e: &Entry, file: &Path) -> Result<Status> {
 
 /// The sha256 of a file, lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    crate::model::load::digest::files_sha256(&[path.to_path_buf()]).map_err(|e| Error::io(path, e))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::model::load::digest::hex;
 
 /// `org/name`, as the Hugging Face Hub names models.
 fn is_hub_id(spec: &str) -> bool {

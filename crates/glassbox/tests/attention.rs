@@ -141,13 +141,13 @@ fn induction_head_k_composes_with_the_previous_token_head() {
     assert!((k - 1.0 / (V as f32).sqrt()).abs() < 1e-4, "K-composition {k}");
     assert!(q < 1e-6, "Q-composition {q}");
     assert_eq!(v, 0.0, "the induction head writes nothing here (W_O = 0)");
-    let all = all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: None }).unwrap();
+    let all = all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: None, ..Default::default() }).unwrap();
     assert_eq!(all.combined_edges.len(), 1);
     let (b, e) = (all.baseline, &all.combined_edges[0]);
     assert!(b.k > 0.0 && b.k < 1.0 && b.q > 0.0 && b.v > 0.0 && b.n_samples > 1, "{b:?}");
     assert!((e.k_excess - (e.k - b.k)).abs() < 1e-6 && (e.q_excess - (e.q - b.q)).abs() < 1e-6);
-    let strict = all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: Some(e.k_excess + 1e-3) }).unwrap();
+    let strict = all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: Some(e.k_excess + 1e-3), ..Default::default() }).unwrap();
     assert!(strict.combined_edges.is_empty(), "min_score is read against the baseline");
-    assert!(all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: Some(f32::NAN) }).is_err());
+    assert!(all_composition_scores(&model, &[s, r], &glassbox::methods::composition::CompositionOptions { min_score: Some(f32::NAN), ..Default::default() }).is_err());
     assert!(composition_score(&model, r, s, Kind::K).is_err(), "a later head cannot send to an earlier one");
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use glassbox::batch::summary::{summarize, SummaryOptions};
-use glassbox::batch::{self, table, BatchOptions, Item, Method, Settings};
+use glassbox::batch::{self, table, BatchOptions, Item, RunSpec, Settings};
+use glassbox::methods::catalog::Context;
 use glassbox::methods::analyze::analyze;
 use glassbox::methods::attribution::{attribute, AttributionOptions};
 use glassbox::Model;
@@ -28,8 +29,8 @@ fn ioi_items(model: &Model, n: usize) -> Vec<Item> {
         .collect()
 }
 
-fn settings(method: Method) -> Settings {
-    Settings { method, options: Value::Null, model: "tiny-llama".into(), model_sha256: "0".repeat(64), sae: None, glassbox: "test".into() }
+fn settings(method: &str) -> Settings {
+    Settings { method: method.into(), options: Value::Null, model: "tiny-llama".into(), model_sha256: "0".repeat(64), sae: None, glassbox: "test".into() }
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -43,10 +44,18 @@ fn rows_by_id(path: &Path) -> std::collections::BTreeMap<String, Map<String, Val
     table::read_file(path).unwrap().0.into_iter().map(|r| (r["id"].as_str().unwrap().to_string(), r)).collect()
 }
 
+fn prepare(model: &Model, items: Vec<Item>, method: &str) -> (Vec<batch::Prepared>, Vec<batch::LineError>) {
+    batch::prepare(model, items, batch::method(method).unwrap())
+}
+
+fn run_with(cx: &Context, prepared: &[batch::Prepared], opts: &BatchOptions, settings: &Settings, out: &Path, resume: bool, stop: &AtomicBool, progress: &mut dyn FnMut(batch::Progress)) -> glassbox::Result<batch::RunReport> {
+    batch::run(cx, prepared, &RunSpec { options: opts, settings, out, resume }, stop, progress)
+}
+
 fn run(model: &Model, items: Vec<Item>, opts: &BatchOptions, out: &Path, resume: bool) -> batch::RunReport {
-    let (prepared, bad) = batch::prepare(model, items, opts.method);
+    let (prepared, bad) = prepare(model, items, &opts.method);
     assert!(bad.is_empty(), "{bad:?}");
-    batch::run(model, None, &prepared, opts, &settings(opts.method), out, resume, &AtomicBool::new(false), &mut |_| {}).unwrap()
+    run_with(&Context::new(model), &prepared, opts, &settings(&opts.method), out, resume, &AtomicBool::new(false), &mut |_| {}).unwrap()
 }
 
 fn close(a: f64, b: f64, what: &str) {
@@ -59,14 +68,14 @@ fn batched_attribution_over_256_prompts_equals_each_prompt_alone() {
     let items = ioi_items(&model, 256);
     let dir = tmp("attr");
     let out = dir.join("r.parquet");
-    let report = run(&model, items.clone(), &BatchOptions { method: Method::Attribution, batch_size: 32, row_group: 50, ..Default::default() }, &out, false);
+    let report = run(&model, items.clone(), &BatchOptions { method: "attribution".into(), batch_size: 32, row_group: 50, ..Default::default() }, &out, false);
     assert_eq!((report.rows, report.written, report.failed.len()), (256, 256, 0));
     assert!(!batch::parts_dir(&out).exists(), "a finished run leaves no parts");
     let rows = rows_by_id(&out);
     assert_eq!(rows.len(), 256);
-    let (prepared, _) = batch::prepare(&model, items, Method::Attribution);
+    let (prepared, _) = prepare(&model, items, "attribution");
     for p in &prepared {
-        let want = attribute(&model, p.contrast.as_ref().unwrap(), &AttributionOptions::default()).unwrap();
+        let want = attribute(&model, p.input.contrast().unwrap(), &AttributionOptions::default()).unwrap();
         let row = &rows[&p.item.id];
         close(row["clean_ld"].as_f64().unwrap(), want.clean_ld as f64, "clean_ld");
         close(row["corrupted_ld"].as_f64().unwrap(), want.corrupted_ld as f64, "corrupted_ld");
@@ -93,12 +102,12 @@ fn analyze_rows_equal_analyze_alone_and_the_summary_finds_the_circuit() {
     let items = ioi_items(&model, 12);
     let dir = tmp("analyze");
     let out = dir.join("r.parquet");
-    run(&model, items.clone(), &BatchOptions { method: Method::Analyze, batch_size: 4, row_group: 5, ..Default::default() }, &out, false);
+    run(&model, items.clone(), &BatchOptions { method: "analyze".into(), batch_size: 4, row_group: 5, ..Default::default() }, &out, false);
     let rows = rows_by_id(&out);
-    let (prepared, _) = batch::prepare(&model, items, Method::Analyze);
+    let (prepared, _) = prepare(&model, items, "analyze");
     let mut counts = std::collections::BTreeMap::new();
     for p in &prepared {
-        let want = serde_json::to_value(analyze(&model, p.contrast.as_ref().unwrap(), &Default::default()).unwrap()).unwrap();
+        let want = serde_json::to_value(analyze(&model, p.input.contrast().unwrap(), &Default::default()).unwrap()).unwrap();
         let row = &rows[&p.item.id];
         assert_eq!(row["circuit"], want["circuit"], "{}", p.item.id);
         assert_eq!(row["faithfulness"], want["faithfulness"], "{}", p.item.id);
@@ -130,7 +139,7 @@ fn a_resumed_run_adds_only_missing_ids() {
     let items = ioi_items(&model, 30);
     let dir = tmp("resume");
     let (whole, part) = (dir.join("whole.parquet"), dir.join("part.parquet"));
-    let opts = BatchOptions { method: Method::Patch, batch_size: 4, row_group: 4, ..Default::default() };
+    let opts = BatchOptions { method: "patch".into(), batch_size: 4, row_group: 4, ..Default::default() };
     run(&model, items.clone(), &opts, &whole, false);
     // The first 13 prompts, then all 30 with resume.
     run(&model, items[..13].to_vec(), &opts, &part, false);
@@ -141,11 +150,11 @@ fn a_resumed_run_adds_only_missing_ids() {
     let again = run(&model, items, &opts, &part, true);
     assert_eq!((again.skipped, again.written, again.rows), (30, 0, 30));
     // Without --resume an existing output is refused, and other options refuse to resume.
-    let (prepared, _) = batch::prepare(&model, ioi_items(&model, 2), Method::Patch);
-    let e = batch::run(&model, None, &prepared, &opts, &settings(Method::Patch), &part, false, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    let (prepared, _) = prepare(&model, ioi_items(&model, 2), "patch");
+    let e = run_with(&Context::new(&model), &prepared, &opts, &settings("patch"), &part, false, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
-    let other = Settings { options: serde_json::json!({"metric": {"kind": "logprob"}}), ..settings(Method::Patch) };
-    let e = batch::run(&model, None, &prepared, &opts, &other, &part, true, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    let other = Settings { options: serde_json::json!({"metric": "logprob"}), ..settings("patch") };
+    let e = run_with(&Context::new(&model), &prepared, &opts, &other, &part, true, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("same method, options and model"), "{e}");
 }
 
@@ -155,10 +164,10 @@ fn a_stopped_run_leaves_a_valid_file_and_resumes() {
     let items = ioi_items(&model, 20);
     let dir = tmp("stop");
     let out = dir.join("r.parquet");
-    let opts = BatchOptions { method: Method::LogitLens, batch_size: 3, row_group: 3, ..Default::default() };
-    let (prepared, _) = batch::prepare(&model, items.clone(), opts.method);
+    let opts = BatchOptions { method: "logit-lens".into(), batch_size: 3, row_group: 3, ..Default::default() };
+    let (prepared, _) = prepare(&model, items.clone(), &opts.method);
     let stop = AtomicBool::new(false);
-    let report = batch::run(&model, None, &prepared, &opts, &settings(opts.method), &out, false, &stop, &mut |p| {
+    let report = run_with(&Context::new(&model), &prepared, &opts, &settings(&opts.method), &out, false, &stop, &mut |p| {
         if p.done >= 6 {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -192,7 +201,7 @@ fn bad_lines_are_reported_by_number_and_the_rest_run() {
     ];
     std::fs::write(&input, lines.join("\n")).unwrap();
     let (items, mut bad) = batch::read_jsonl(&input).unwrap();
-    let (prepared, unfit) = batch::prepare(&model, items, Method::Attribution);
+    let (prepared, unfit) = prepare(&model, items, "attribution");
     bad.extend(unfit);
     bad.sort_by_key(|e| e.line);
     let lines_out: Vec<usize> = bad.iter().map(|e| e.line).collect();
@@ -239,19 +248,19 @@ fn sae_attribute_rows_equal_the_sae_attribution_alone() {
     let items = ioi_items(&model, 6);
     let dir = tmp("sae");
     let out = dir.join("r.parquet");
-    let opts = BatchOptions { method: Method::SaeAttribute, batch_size: 4, row_group: 4, ..Default::default() };
-    let (prepared, bad) = batch::prepare(&model, items, opts.method);
+    let opts = BatchOptions { method: "sae-attribute".into(), batch_size: 4, row_group: 4, ..Default::default() };
+    let (prepared, bad) = prepare(&model, items, &opts.method);
     assert!(bad.is_empty());
-    let report = batch::run(&model, Some(&sae), &prepared, &opts, &settings(opts.method), &out, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let report = run_with(&Context { model: &model, sae: Some(&sae), model_b: None }, &prepared, &opts, &settings(&opts.method), &out, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(report.rows, 6);
     let rows = rows_by_id(&out);
     for p in &prepared {
-        let want = serde_json::to_value(sae_attribution(&model, &sae, &p.prompt, &SaeAttributionOptions::default()).unwrap()).unwrap();
+        let want = serde_json::to_value(sae_attribution(&model, &sae, p.input.prompt().unwrap(), &SaeAttributionOptions::default()).unwrap()).unwrap();
         assert_eq!(rows[&p.item.id]["top_features"], want["top_features"], "{}", p.item.id);
     }
     // Without an SAE each prompt fails with the reason, and the run still ends with a report.
     let out2 = dir.join("none.parquet");
-    let r = batch::run(&model, None, &prepared, &opts, &settings(opts.method), &out2, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let r = run_with(&Context::new(&model), &prepared, &opts, &settings(&opts.method), &out2, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!((r.rows, r.failed.len()), (0, 6));
     assert!(r.failed[0].message.contains("needs an SAE"), "{}", r.failed[0].message);
 }
@@ -261,7 +270,7 @@ fn damaged_result_files_are_errors_not_crashes() {
     let model = tiny();
     let dir = tmp("damaged");
     let out = dir.join("r.parquet");
-    run(&model, ioi_items(&model, 8), &BatchOptions { method: Method::Attribution, ..Default::default() }, &out, false);
+    run(&model, ioi_items(&model, 8), &BatchOptions { method: "attribution".into(), ..Default::default() }, &out, false);
     let bytes = std::fs::read(&out).unwrap();
     let mut rng = glassbox::rng::Rng::new(9);
     let bad = dir.join("bad.parquet");

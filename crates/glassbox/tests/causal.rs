@@ -184,7 +184,7 @@ mod paths {
 
 mod scrub {
     use super::*;
-    use glassbox::methods::scrubbing::{causal_scrubbing, ScrubPrompt};
+    use glassbox::methods::scrubbing::{causal_scrubbing, Claim, ScrubPrompt};
     use glassbox::tasks::ioi::{generate, scrub_prompts, Corruption};
 
     /// A hypothesis whose feature no other prompt shares leaves every claimed head as it is:
@@ -197,15 +197,15 @@ mod scrub {
         for (i, p) in set.iter_mut().enumerate() {
             p.features.insert("id".into(), i.to_string());
         }
-        let all: Vec<(Head, String)> = (0..2)
-            .flat_map(|layer| (0..model.config.n_heads).map(move |head| (Head { layer, head }, "id".to_string())))
+        let all: Vec<Claim> = (0..2)
+            .flat_map(|layer| (0..model.config.n_heads).map(move |head| Claim { head: Head { layer, head }, feature: "id".to_string() }))
             .collect();
         let r = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&all).to_vec(), seed: 0 }).unwrap();
         assert!((r.preserved - 1.0).abs() < 1e-5, "{}", r.preserved);
         assert_eq!(r.unmatched, 12 * 2 * model.config.n_heads);
         let none = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&[]).to_vec(), seed: 0 }).unwrap();
         assert!((none.preserved - 1.0).abs() > 1e-3, "resampling every head changed nothing");
-        let e = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&[(Head { layer: 0, head: 0 }, "colour".into())]).to_vec(), seed: 0 }).unwrap_err();
+        let e = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: vec![Claim { head: Head { layer: 0, head: 0 }, feature: "colour".into() }], seed: 0 }).unwrap_err();
         assert!(e.to_string().contains("colour"));
     }
 }

@@ -44,7 +44,7 @@ fn norm_vjp_matches_autograd() {
 fn eap_matches_exact_edge_patching() {
     for name in ["tiny-gpt2", "tiny-llama"] {
         let (model, contrast) = eps_close(name, 1e-4);
-        let eap = edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: Method::Taylor, top_k: usize::MAX, metric: Default::default() }).unwrap();
+        let eap = edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: Method::Taylor, top_k: usize::MAX, ..Default::default() }).unwrap();
         let (c, i) = (contrast.correct_id, contrast.incorrect_id);
         let clean = ld(&model, &contrast.clean, c, i, Hooks::new());
         let mut cache: Vec<HookPoint> = vec![HookPoint::Embed];
@@ -85,7 +85,7 @@ fn eap_ig_runs_on_both_families() {
     for name in ["tiny-gpt2", "tiny-llama"] {
         let model = load_tiny(name);
         let contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-        let r = edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 10 }, top_k: 20, metric: Default::default() }).unwrap();
+        let r = edge_attribution(&model, &contrast, &glassbox::methods::edges::EdgeOptions { method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 10, top_k: 20, metric: Default::default() }).unwrap();
         assert_eq!(r.top_edges.len(), 20);
         assert!(r.top_edges[0].score.abs() >= r.top_edges[19].score.abs());
     }

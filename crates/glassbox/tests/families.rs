@@ -24,10 +24,10 @@ fn methods_run_on_every_family() {
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         let layers = model.config.n_layers;
 
-        let taylor = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).unwrap();
+        let taylor = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).unwrap();
         assert_eq!(taylor.scores.len(), layers, "{name}");
         assert!(taylor.scores.iter().flatten().all(|x| x.is_finite()), "{name}");
-        let ig = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 50 }, metric: Default::default() }).unwrap();
+        let ig = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
         let r = ig.completeness_residual.unwrap();
         if model.config.variants.moe.is_none() {
             assert!(r < 0.01, "{name}: IG residual {r}");

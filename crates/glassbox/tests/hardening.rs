@@ -54,10 +54,10 @@ fn identical_answers_and_unchanged_corruption_are_errors() {
     // A contrast built by hand is checked by the methods themselves.
     let mut c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     c.corrupted = c.clean.clone();
-    let e = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).unwrap_err().to_string();
+    let e = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).unwrap_err().to_string();
     assert!(e.contains("nothing to attribute"), "{e}");
     c.corrupted.pop();
-    assert!(attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).is_err());
+    assert!(attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).is_err());
     let (tokens, a) = (model.tokenize(IOI).unwrap(), model.answer_token(" Mary").unwrap());
     let e = glassbox::methods::logit_lens::logit_lens(&model, &glassbox::methods::Prompt { tokens, correct: a, incorrect: a }, &Default::default()).unwrap_err().to_string();
     assert!(e.contains("same token"), "{e}");
@@ -69,7 +69,7 @@ fn identical_answers_and_unchanged_corruption_are_errors() {
 fn absurd_counts_are_refused_before_any_work() {
     let model = load_tiny("tiny-llama");
     let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-    let e = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 100_000_000 }, metric: Default::default() }).unwrap_err().to_string();
+    let e = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 100_000_000, metric: Default::default() }).unwrap_err().to_string();
     assert!(e.contains("integration steps is 100000000") && e.contains("1 to 1000"), "{e}");
     let prompt = glassbox::methods::Prompt { tokens: c.clean.clone(), correct: c.correct_id, incorrect: c.incorrect_id };
     let stab = |n_corruptions: usize, p: f32| {
@@ -84,7 +84,7 @@ fn absurd_counts_are_refused_before_any_work() {
     let opts = AnalyzeOptions { max_heads: 0, ..Default::default() };
     assert!(analyze(&model, &c, &opts).is_err());
     let mut p2 = |_: usize, _: usize, _: &str| {};
-    let set = |n_boot: usize| glassbox::methods::analyze::SetOptions { analyze: AnalyzeOptions::default(), n_boot, seed: 0 };
+    let set = |n_boot: usize| AnalyzeOptions { n_boot, ..Default::default() };
     let e = glassbox::methods::analyze::analyze_set(&model, &[c.clone()], &set(1_000_000_000), &mut p2).unwrap_err().to_string();
     assert!(e.contains("bootstrap resamples"), "{e}");
     let e = glassbox::methods::analyze::analyze_set(&model, &[c], &set(0), &mut p2).unwrap_err().to_string();

@@ -22,7 +22,7 @@ use common::last_ld as ld;
 fn attribution_patching_matches_exact_patching_in_the_linear_regime() {
     for name in ["tiny-gpt2", "tiny-llama"] {
         let (model, contrast) = common::eps_close(name, 1e-4);
-        let attr = attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default() }).unwrap();
+        let attr = attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).unwrap();
         let (c, i) = (contrast.correct_id, contrast.incorrect_id);
         let clean_ld = ld(&model, &contrast.clean, c, i, Hooks::new());
         let corr = model
@@ -53,7 +53,7 @@ fn integrated_gradients_are_complete() {
         let contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         assert_eq!(contrast.corruption, "name_swap");
         for component in [Component::Heads, Component::Mlp, Component::AttnOut] {
-            let ig = attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: component, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 50 }, metric: Default::default() }).unwrap();
+            let ig = attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: component, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
             let r = ig.completeness_residual.unwrap();
             assert!(r < 0.01, "{name} {component:?}: completeness residual {r}");
             let clean = ld(&model, &contrast.clean, contrast.correct_id, contrast.incorrect_id, Hooks::new());
@@ -114,14 +114,14 @@ fn token_attribution_ig_is_complete_and_gradient_x_input_sums_sensibly() {
         let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
         // A token baseline (token 0, `<|endoftext|>`): with rotary models and a zero baseline the
         // path starts at the first norm's singularity (RMSNorm(α·e) jumps near α = 0).
-        let ig = token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients { n_steps: 50, baseline: Baseline::Token(0) } }).unwrap();
+        let ig = token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients, n_steps: 50, baseline: Baseline::Token(0) }).unwrap();
         assert!(ig.completeness_residual.unwrap() < 0.01, "{name}: {:?}", ig.completeness_residual);
         if name == "tiny-gpt2" {
-            let zero = token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients { n_steps: 50, baseline: Baseline::Zero } }).unwrap();
+            let zero = token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::IntegratedGradients, n_steps: 50, baseline: Baseline::Zero }).unwrap();
             assert!(zero.completeness_residual.unwrap() < 0.01, "{name} zero baseline: {:?}", zero.completeness_residual);
         }
         assert_eq!(ig.tokens.len(), tokens.len());
-        let gxi = token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::GradientXInput }).unwrap();
+        let gxi = token_attribution(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::token_attribution::TokenAttributionOptions { method: glassbox::methods::token_attribution::TokenMethod::GradientXInput, ..Default::default() }).unwrap();
         assert_eq!(gxi.top_tokens.len(), tokens.len());
         assert!(gxi.top_tokens[0].attribution.abs() >= gxi.top_tokens[1].attribution.abs());
     }

@@ -104,7 +104,7 @@ fn kl_exact_patching_equals_hand_written_runs_and_ig_is_complete() {
         let want = kl(&clean, &logprobs(&model, &c.corrupted, Hooks::new()));
         assert!((want - p.source_ld as f64).abs() < 1e-6, "{name}: KL of the corrupted run");
 
-        let ig = attribute(&model, &c, &AttributionOptions { component: Component::Mlp, method: Method::IntegratedGradients { n_steps: 50 }, metric: kl_metric }).unwrap();
+        let ig = attribute(&model, &c, &AttributionOptions { component: Component::Mlp, method: Method::IntegratedGradients, n_steps: 50, metric: kl_metric }).unwrap();
         let r = ig.completeness_residual.unwrap();
         assert!(r < 0.02, "{name}: IG with KL, completeness residual {r}");
     }

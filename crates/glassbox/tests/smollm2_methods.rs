@@ -23,7 +23,7 @@ const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 fn integrated_gradients_complete_on_ioi() {
     let model = smollm2();
     let contrast = Contrast::new(model, IOI, " Mary", " John", None).unwrap();
-    let ig = attribute(model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients { n_steps: 50 }, metric: Default::default() }).unwrap();
+    let ig = attribute(model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
     let r = ig.completeness_residual.unwrap();
     eprintln!("IG(50) completeness residual {r:.2e}; LD clean {} corrupted {}", ig.clean_ld, ig.corrupted_ld);
     assert!(r < 0.01, "completeness residual {r}");

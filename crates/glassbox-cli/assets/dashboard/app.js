@@ -20,10 +20,31 @@ async function api(path, body) {
   return type.includes('json') ? resp.json() : resp.text();
 }
 
-/// Runs a method, showing its progress (polled from /api/status) while it runs.
+/// The input keys `command` reads (from the method catalog in /api/info).
+function inputKeys(command) {
+  const m = (state.info && state.info.methods || []).find((d) => d.name === command);
+  return m ? m.input_fields.map((f) => f.name) : ['prompt', 'correct', 'incorrect', 'corrupted'];
+}
+
+/// Runs a method on the current query, showing its progress (polled from /api/status) while
+/// it runs; resolves to its envelope's result (the whole envelope is `lastEnvelope`).
 async function method(command, extra) {
+  const env = await runMethod(command, queryInput(command), extra || {});
+  return env.result;
+}
+
+/// The current query as `command`'s input.
+function queryInput(command) {
   const q = state.query;
-  const body = Object.assign({ prompt: q.prompt, correct: q.correct, incorrect: q.incorrect }, q.corrupted ? { corrupted: q.corrupted } : {}, extra || {});
+  const keys = inputKeys(command);
+  const input = {};
+  for (const k of ['prompt', 'correct', 'incorrect', 'corrupted']) if (keys.includes(k) && q[k]) input[k] = q[k];
+  return input;
+}
+
+/// Runs `command` on `input` with `extra` (`{options: ...}`): its envelope; warnings shown.
+async function runMethod(command, input, extra) {
+  const body = Object.assign({}, input, extra || {});
   const started = performance.now();
   setStatus(`running ${command}…`);
   const timer = setInterval(async () => {
@@ -38,15 +59,24 @@ async function method(command, extra) {
     } catch (_) { /* the next poll tries again */ }
   }, 300);
   try {
-    const r = await api(`/api/${command}`, body);
+    const env = await api(`/api/${command}`, body);
     setStatus(`${command} done in ${((performance.now() - started) / 1000).toFixed(2)} s`);
-    return r;
+    showWarnings(env.warnings || []);
+    state.lastEnvelope = env;
+    return env;
   } finally {
     clearInterval(timer);
   }
 }
 
-const plot = (kind, result, headTypes) => api(`/api/plot/${kind}`, headTypes ? { result, head_types: headTypes } : { result });
+const plot = (kind, result) => api(`/api/plot/${kind}`, { result });
+const report = (kind, result) => api(`/api/report/${kind}`, { result });
+
+function showWarnings(list) {
+  const box = $('warnings');
+  box.replaceChildren(...list.map((w) => Object.assign(document.createElement('li'), { textContent: w })));
+  box.hidden = list.length === 0;
+}
 
 function setStatus(text) { $('status').textContent = text; }
 
@@ -59,8 +89,8 @@ function showError(e) {
 
 function clearError() { $('error').hidden = true; $('error').textContent = ''; }
 
-function metricOption() { return { kind: $('metric').value }; }
-function methodOption() { return $('method').value === 'taylor' ? { kind: 'taylor' } : { kind: 'integrated_gradients', n_steps: 20 }; }
+function metricOption() { return $('metric').value; }
+function methodOption() { return $('method').value; }
 
 /// Puts an SVG from the server into `el`, with links to save it and the result.
 function showPlot(el, svg, result, name) {
@@ -135,7 +165,7 @@ const loaders = {
       $('composition-plot').textContent = `The circuit has ${heads.length} head${heads.length === 1 ? '' : 's'}; composition needs two or more.`;
       return;
     }
-    const r = await method('composition', { heads });
+    const r = await method('composition', { options: { heads } });
     if (!current(run)) return;
     showPlot($('composition-plot'), await plot('composition', r), r, 'composition');
   },
@@ -177,17 +207,11 @@ async function submit(ev) {
     showPlot($('heatmap-plot'), heat, attribution, 'attribution');
     $('attention-heatmap').innerHTML = heat;
     wireHeatmap($('attention-heatmap'));
-    const circuit = analysis.circuit.map(headName);
-    if (circuit.length > 0) {
-      const types = await method('attention', { heads: circuit });
-      if (!current(run)) return;
-      state.headTypes = types.head_types || {};
-    } else {
-      state.headTypes = {};
-    }
+    state.headTypes = analysis.head_types || {};
     showCircuit(analysis);
-    showFaithfulness(analysis);
-    showPlot($('circuit-plot'), await plot('analyze', analysis, state.headTypes), analysis, 'analyze');
+    showFaithfulness(analysis.faithfulness, analysis);
+    $('circuit-edit').value = analysis.circuit.map(headName).join(' ');
+    showPlot($('circuit-plot'), await plot('analyze', analysis), analysis, 'analyze');
     document.body.dataset.ready = String(run);
     const open = document.querySelector('#tabs button[aria-selected="true"]');
     if (open) selectTab(open.dataset.tab);
@@ -213,8 +237,7 @@ function showCircuit(a) {
   if (a.circuit.length === 0) list.appendChild(Object.assign(document.createElement('li'), { textContent: 'no head is needed: the target is met with every head ablated' }));
 }
 
-function showFaithfulness(a) {
-  const f = a.faithfulness;
+function showFaithfulness(f, a) {
   const pct = (x) => (x === null || x === undefined ? '—' : `${(100 * x).toFixed(1)}%`);
   const t = $('faithfulness-table');
   t.replaceChildren(row('th', ['measure', 'value']));
@@ -225,9 +248,9 @@ function showFaithfulness(a) {
     ['F1', pct(f.f1)],
     ['category', f.category],
     ['ablation', String(f.ablation)],
-    ['circuit', `${a.circuit.length} heads${a.target_reached ? '' : ' (target not reached)'}`],
-    [`clean ${a.metric}`, a.clean_ld.toFixed(4)],
-    [`corrupted ${a.metric}`, a.corrupted_ld.toFixed(4)],
+    ['circuit', a ? `${a.circuit.length} heads${a.target_reached ? '' : ' (target not reached)'}` : `${f.circuit_heads} heads (edited)`],
+    ['clean metric', f.clean_ld.toFixed(4)],
+    ['metric with everything ablated', f.ld_all_ablated.toFixed(4)],
     ['metric with only the circuit', f.ld_circuit_only.toFixed(4)],
     ['metric with the circuit ablated', f.ld_circuit_ablated.toFixed(4)],
   ];
@@ -265,7 +288,7 @@ async function showPattern() {
   }
   fetching = true;
   try {
-    const r = await method('attention', { heads: [name] });
+    const r = await method('attention', { options: { heads: [name] } });
     const svg = await plot('attention', r);
     if (!current(run)) return;
     state.patterns[name] = svg;
@@ -281,15 +304,131 @@ async function showPattern() {
   }
 }
 
+// ---- the circuit, edited ------------------------------------------------------------------
+
+/// Re-scores the circuit typed in the editor (heads such as L9H6, separated by spaces or
+/// commas): its exact faithfulness by the `faithfulness` method.
+async function rescore() {
+  clearError();
+  const heads = $('circuit-edit').value.split(/[\s,]+/).filter((h) => h);
+  try {
+    const f = await method('faithfulness', { options: { heads, metric: metricOption() } });
+    f.circuit_heads = heads.length;
+    showFaithfulness(f, null);
+    $('circuit-score').textContent = `edited circuit (${heads.length} heads): sufficiency ${(100 * f.sufficiency).toFixed(1)}%, comprehensiveness ${(100 * f.comprehensiveness).toFixed(1)}%, F1 ${(100 * f.f1).toFixed(1)}% (${f.category})`;
+    document.body.dataset.rescored = String(heads.length);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+// ---- every method, with forms made from the catalog -----------------------------------------
+
+/// The form control of one option field (from its schema).
+function control(field) {
+  const k = field.kind;
+  const inner = k.type === 'optional' ? k.value : k;
+  let el;
+  if (inner.type === 'choice') {
+    el = document.createElement('select');
+    if (k.type === 'optional') el.appendChild(Object.assign(document.createElement('option'), { value: '', textContent: '(none)' }));
+    for (const v of inner.values) el.appendChild(Object.assign(document.createElement('option'), { value: v.name, textContent: v.name, title: v.help }));
+  } else if (inner.type === 'boolean') {
+    el = Object.assign(document.createElement('input'), { type: 'checkbox' });
+  } else {
+    el = Object.assign(document.createElement('input'), { type: inner.type === 'integer' || inner.type === 'number' ? 'number' : 'text' });
+    if (inner.type === 'number') el.step = 'any';
+    if (inner.type === 'list') el.placeholder = 'comma-separated';
+    if (inner.format) el.placeholder = inner.format;
+  }
+  el.dataset.field = field.name;
+  el.dataset.kind = inner.type;
+  el.dataset.optional = String(k.type === 'optional');
+  const d = field.default;
+  if (el.type === 'checkbox') el.checked = d === true;
+  else if (Array.isArray(d)) el.value = d.join(', ');
+  else if (d !== null && d !== undefined) el.value = String(d);
+  return el;
+}
+
+/// The options a generated form holds: only the fields changed from their defaults.
+function formOptions(form, entry) {
+  const out = {};
+  for (const f of entry.options) {
+    const el = form.querySelector(`[data-field="${f.name}"]`);
+    if (!el) continue;
+    let v;
+    if (el.type === 'checkbox') v = el.checked;
+    else if (el.value.trim() === '') v = el.dataset.optional === 'true' ? null : undefined;
+    else if (el.dataset.kind === 'integer') v = parseInt(el.value, 10);
+    else if (el.dataset.kind === 'number') v = parseFloat(el.value);
+    else if (el.dataset.kind === 'list') v = el.value.split(/[\s,]+/).filter((x) => x);
+    else v = el.value;
+    if (v !== undefined && JSON.stringify(v) !== JSON.stringify(f.default)) out[f.name] = v;
+  }
+  return out;
+}
+
+function showMethodForm() {
+  const entry = state.info.methods.find((m) => m.name === $('method-pick').value);
+  const form = $('method-form');
+  form.replaceChildren();
+  $('method-summary').textContent = entry.summary;
+  const set = entry.input_fields.some((f) => f.name === 'task');
+  $('method-input').textContent = `input: ${entry.input.replaceAll('_', ' ')}${set ? ' (the prompt above, or a generated set)' : ''}`;
+  $('method-task').hidden = !set;
+  for (const f of entry.options) {
+    const label = Object.assign(document.createElement('label'), { title: f.help });
+    label.append(`${f.name.replaceAll('_', ' ')} `, control(f));
+    form.appendChild(label);
+  }
+}
+
+async function runPicked() {
+  clearError();
+  const entry = state.info.methods.find((m) => m.name === $('method-pick').value);
+  const q = { prompt: $('prompt').value, correct: $('correct').value, incorrect: $('incorrect').value, corrupted: $('corrupted').value.trim() };
+  const input = {};
+  const useSet = !$('method-task').hidden && $('use-task').checked;
+  if (useSet) {
+    input.task = $('task-name').value;
+    input.n = parseInt($('task-n').value, 10);
+    input.seed = parseInt($('task-seed').value, 10);
+  } else {
+    for (const f of entry.input_fields) if (q[f.name]) input[f.name] = q[f.name];
+  }
+  const out = $('method-output');
+  out.replaceChildren();
+  try {
+    const env = await runMethod(entry.name, input, { options: formOptions($('method-form'), entry) });
+    const text = await report(entry.name, env.result);
+    out.appendChild(Object.assign(document.createElement('pre'), { className: 'report', textContent: text }));
+    if (entry.plots) {
+      const div = Object.assign(document.createElement('div'), { className: 'plot' });
+      out.appendChild(div);
+      showPlot(div, await plot(entry.name, env.result), env, entry.name);
+    }
+    document.body.dataset.methodDone = entry.name;
+  } catch (e) {
+    showError(e);
+  }
+}
+
 // ---- start ---------------------------------------------------------------------------------
 
 async function start() {
   for (const b of document.querySelectorAll('#tabs button')) b.addEventListener('click', () => selectTab(b.dataset.tab));
   $('query').addEventListener('submit', submit);
+  $('rescore').addEventListener('click', rescore);
+  $('method-pick').addEventListener('change', showMethodForm);
+  $('method-run').addEventListener('click', runPicked);
   try {
     const info = await (await fetch('/api/info')).json();
     state.info = info;
     $('model-info').textContent = `${info.model}: ${info.architecture}, ${info.n_layers} layers × ${info.n_heads} heads (${info.n_kv_heads} key/value), d_model ${info.d_model}`;
+    const pick = $('method-pick');
+    for (const m of info.methods) pick.appendChild(Object.assign(document.createElement('option'), { value: m.name, textContent: m.name, title: m.summary }));
+    showMethodForm();
   } catch (e) {
     showError(e);
   }

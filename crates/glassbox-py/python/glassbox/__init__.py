@@ -34,8 +34,14 @@ from ._native import (  # noqa: E402
     SAE,
     __version__,
 )
+from ._native import contrast, contrast_from_tokens, prompt, task_prompts  # noqa: E402
 from .analysis import GlassboxV2, HeadCompositionAnalyzer, SAEFeatureAttributor  # noqa: E402
 from .pictures import Result, plot  # noqa: E402
+from . import methods as _methods  # noqa: E402
+from .methods import method_help, methods, run  # noqa: E402
+
+# Every catalog method as a function (attribute, analyze, exact_patching, ...).
+globals().update(_methods.GENERATED)
 from . import utils  # noqa: E402
 
 __all__ = [
@@ -54,6 +60,13 @@ __all__ = [
     "SAE",
     "SAEFeatureAttributor",
     "plot",
+    "contrast",
+    "contrast_from_tokens",
+    "method_help",
+    "methods",
+    "prompt",
+    "run",
+    "task_prompts",
     "utils",
     "__version__",
-]
+] + sorted(_methods.GENERATED)

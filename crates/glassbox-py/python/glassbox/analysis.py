@@ -16,6 +16,7 @@ import copy
 
 from . import _native
 from ._native import InputError, Model
+from .methods import run as _run
 from .pictures import Result
 
 Tokens = Any  # a prompt string, a list of ids, or an integer array from ``model.to_tokens``
@@ -39,25 +40,22 @@ def _heads(hs: Iterable[Sequence[int]]) -> List[Head]:
     return [_head(h) for h in hs]
 
 
-def _metric(metric: Any) -> Optional[Dict[str, Any]]:
-    """A metric for the option structs: None, a name (``logit_diff``, ``logprob``, ``prob``,
-    ``kl``) or the library's dict form (``{"kind": "kl", "position": "mean"}``)."""
-    if metric is None:
-        return None
-    if isinstance(metric, str):
-        names = {"ld": "logit_diff", "logit_diff": "logit_diff", "logprob": "logprob", "prob": "prob", "kl": "kl"}
-        if metric not in names:
-            raise InputError(f"unknown metric {metric!r}; use logit_diff, logprob, prob or kl")
-        return {"kind": names[metric]}
+def _metric(metric: Any) -> Any:
+    """A metric for the options: None, a name (``logit_diff``, ``logprob``, ``prob``, ``kl``;
+    the library checks it) or the dict form (``{"kind": "kl", "position": "mean"}``)."""
+    if metric is None or isinstance(metric, str):
+        return metric
     return dict(metric)
 
 
 def _method(method: str, n_steps: int) -> Dict[str, Any]:
-    m = {"taylor": "taylor", "integrated_gradients": "integrated_gradients", "ig": "integrated_gradients",
-         "eap": "taylor", "eap-ig": "integrated_gradients", "eap_ig": "integrated_gradients"}.get(method)
-    if m is None:
-        raise InputError(f"unknown method {method!r}; use taylor or integrated_gradients")
-    return {"kind": m, "n_steps": int(n_steps)} if m == "integrated_gradients" else {"kind": m}
+    """The ``method`` and ``n_steps`` options (names checked by the library)."""
+    return {"method": method, "n_steps": int(n_steps)}
+
+
+def _call(method: str, model: Model, input: Any, options: Optional[Dict[str, Any]] = None, **kw: Any) -> Dict[str, Any]:
+    """A catalog method's result (the envelope's ``result``)."""
+    return _run(method, model, input, options, **kw)["result"]
 
 
 def _options(**kw: Any) -> Dict[str, Any]:
@@ -121,12 +119,10 @@ class GlassboxV2:
         ``attributions`` (``{(layer, head): score}``), ``top_heads``, ``clean_ld``,
         ``corrupted_ld``, and ``logit_lens`` when ``include_logit_lens``."""
         c = self._contrast(prompt, corrupted, correct, incorrect)
-        opts = _options(method=_method(method, n_steps), logit_lens=include_logit_lens, target=target,
+        opts = _options(**_method(method, n_steps), logit_lens=include_logit_lens, target=target,
                         max_heads=max_heads, ablation=ablation, include_mlps=include_mlps, metric=_metric(metric))
-        r = _native.analyze(self.model, c, opts)
+        r = _call("analyze", self.model, c, opts)
         raw = copy.deepcopy(r)
-        # The circuit's heads typed by their attention on this prompt, for the picture.
-        types = _native.attention_patterns(self.model, c["clean"], {"heads": r["circuit"]})["head_types"] if r["circuit"] else {}
         r["circuit"] = _heads(r["circuit"])
         r["attributions"] = {_parse_head_name(k): v for k, v in r["attributions"].items()}
         cfg = self.model.cfg
@@ -136,7 +132,7 @@ class GlassboxV2:
             h["n_layers"], h["n_heads"] = cfg.n_layers, cfg.n_heads
         for s in r["trajectory"]:
             s["head"] = _head(s["head"])
-        return Result(r, "analyze", raw, types)
+        return Result(r, "analyze", raw)
 
     # ---- attribution --------------------------------------------------------------------
 
@@ -172,8 +168,8 @@ class GlassboxV2:
 
     def _attribute(self, clean, corrupted, t, d, component, method, n_steps, metric) -> Dict[str, Any]:
         c = self._contrast(clean, corrupted, t, d)
-        opts = _options(component=component, method=_method(method, n_steps), metric=_metric(metric))
-        return _native.attribute(self.model, c, opts)
+        opts = _options(component=component, **_method(method, n_steps), metric=_metric(metric))
+        return _call("attribution", self.model, c, opts)
 
     def attribute(self, tokens_clean: Tokens, tokens_corrupted: Tokens, target_token: Answer, distractor_token: Answer,
                   component: str = "heads", method: str = "taylor", n_steps: int = 20, metric: Any = None) -> Dict[str, Any]:
@@ -197,7 +193,7 @@ class GlassboxV2:
         """Heads added by decreasing attribution until the exact sufficiency reaches
         ``target``, then pruned: ``(circuit, attributions, clean_ld)``."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
-        a = _native.attribute(self.model, c, _options(method=_method(method, n_steps), metric=_metric(metric)))
+        a = _call("attribution", self.model, c, _options(**_method(method, n_steps), metric=_metric(metric)))
         search = _native.minimum_faithful_circuit(
             self.model, c, a["scores"], _options(target=target, max_heads=max_heads),
             _options(ablation=ablation, metric=_metric(metric)))
@@ -216,7 +212,7 @@ class GlassboxV2:
     def logit_lens(self, tokens: Tokens, target_token: Answer, distractor_token: Answer) -> Dict[str, Any]:
         """``logit_diffs`` (at the embedding and after each layer), ``logit_shifts`` (per
         block), ``head_direct_effects[layer][head]``, ``mlp_direct_effects``, top tokens."""
-        return Result(_native.logit_lens(self.model, self._prompt(tokens, target_token, distractor_token), None), "logit-lens")
+        return Result(_call("logit-lens", self.model, self._prompt(tokens, target_token, distractor_token)), "logit-lens")
 
     def edge_attribution_patching(
         self,
@@ -232,14 +228,14 @@ class GlassboxV2:
         """Every sender → receiver edge scored (EAP, Syed et al. 2024; ``method="eap-ig"`` for
         integrated gradients): ``top_edges`` (``sender``, ``receiver``, ``score``), ``n_edges``."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
-        return Result(_native.edge_attribution(self.model, c, _options(method=_method(method, n_steps), top_k=top_k, metric=_metric(metric))), "edges")
+        return Result(_call("edges", self.model, c, _options(**_method(method, n_steps), top_k=top_k, metric=_metric(metric))), "edges")
 
     def attribution_stability(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,
                               n_corruptions: int = 25, seed: int = 42, p: Optional[float] = None) -> Dict[str, Any]:
         """Per-head stability across random corruptions and the Kendall τ-b
         ``rank_consistency``; ``top_stable_heads`` carry ``head`` as a tuple."""
-        r = _native.attribution_stability(self.model, self._prompt(tokens, target_token, distractor_token),
-                                          _options(n_corruptions=n_corruptions, seed=seed, p=p))
+        r = _call("stability", self.model, self._prompt(tokens, target_token, distractor_token),
+                  _options(n_corruptions=n_corruptions, seed=seed, p=p))
         raw = copy.deepcopy(r)
         for h in r["top_stable_heads"]:
             h["head"] = _head(h["head"])
@@ -249,21 +245,15 @@ class GlassboxV2:
                           method: str = "gradient_x_input", n_steps: int = 20, baseline: Any = None) -> Dict[str, Any]:
         """Input-token saliency: ``tokens`` and ``top_tokens`` (``token_str``, ``attribution``,
         ``position``)."""
-        if method == "gradient_x_input":
-            m: Dict[str, Any] = {"kind": "gradient_x_input"}
-        elif method in ("integrated_gradients", "ig"):
-            b = baseline if baseline is not None else "zero"
-            m = {"kind": "integrated_gradients", "n_steps": int(n_steps), "baseline": {"token": b} if isinstance(b, int) else b}
-        else:
-            raise InputError(f"unknown method {method!r}; use gradient_x_input or integrated_gradients")
-        return Result(_native.token_attribution(self.model, self._prompt(tokens, target_token, distractor_token), {"method": m}), "token-attribution")
+        opts = _options(method=method, n_steps=int(n_steps), baseline=baseline)
+        return Result(_call("token-attribution", self.model, self._prompt(tokens, target_token, distractor_token), opts), "token-attribution")
 
     def attention_patterns(self, tokens: Tokens, heads: Optional[Sequence[Head]] = None, top_k: int = 10,
                            seed: Optional[int] = None) -> Dict[str, Any]:
         """Patterns, ``entropy`` and ``head_types`` (keys ``L09H09``) of the given heads, or of
         the ``top_k`` most distinctive heads when ``heads`` is None."""
         opts = _options(heads=[list(h) for h in heads] if heads is not None else None, top_k=top_k, seed=seed)
-        r = _native.attention_patterns(self.model, tokens, opts)
+        r = _call("attention", self.model, tokens, opts)
         raw = copy.deepcopy(r)
         for h in r["heads"]:
             h["head"] = _head(h["head"])
@@ -305,8 +295,7 @@ class GlassboxV2:
         ``sufficiency``, ``comprehensiveness`` and ``f1``, each ``{mean, std, ci_lo, ci_hi, n}``,
         plus the ``circuit`` and the per-prompt figures."""
         contrasts = [_native.contrast(self.model, p, c, i, None) for (p, c, i) in prompts]
-        r = _native.analyze_set(self.model, contrasts, {"analyze": _options(method=_method(method, n_steps), target=target),
-                                                        "n_boot": n_boot, "seed": seed})
+        r = _call("analyze", self.model, contrasts, _options(**_method(method, n_steps), target=target, n_boot=n_boot, seed=seed))
         out = dict(r["bootstrap"])
         out["circuit"] = _heads(r["circuit"])
         out["faithfulness"] = r["faithfulness"]
@@ -317,7 +306,7 @@ class GlassboxV2:
                     method: str = "taylor", n_steps: int = 20) -> Dict[str, Any]:
         """glassbox's ``analyze`` over a prompt set: one circuit, mean figures, bootstrap CIs."""
         contrasts = [_native.contrast(self.model, p, c, i, None) for (p, c, i) in prompts]
-        r = _native.analyze_set(self.model, contrasts, {"analyze": {"method": _method(method, n_steps)}, "n_boot": n_boot, "seed": seed})
+        r = _call("analyze", self.model, contrasts, {**_method(method, n_steps), "n_boot": n_boot, "seed": seed})
         r["circuit"] = _heads(r["circuit"])
         return r
 
@@ -328,22 +317,21 @@ class GlassboxV2:
         """Exact activation patching of every head and MLP (batched): ``heads[layer][head]``,
         ``mlps[layer]`` (normalised) and their raw effects."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
-        return Result(_native.exact_patching(self.model, c, _options(direction=direction, metric=_metric(metric))), "patch")
+        return Result(_call("patch", self.model, c, _options(direction=direction, metric=_metric(metric))), "patch")
 
     def path_patching(self, tokens_clean: Tokens, tokens_corrupted: Tokens, target_token: Answer, distractor_token: Answer,
                       receiver: Any = "logits", senders: Optional[Sequence[Head]] = None, metric: Any = None) -> Dict[str, Any]:
         """Path patching from every earlier head (or ``senders``) to ``receiver``: ``"logits"``,
-        or ``{"q": [layer, head]}`` / ``{"k": [layer, kv_head]}`` / ``{"v": [layer, kv_head]}``."""
+        or a head's input ``"L10H7.q"`` / ``"L10KV1.k"`` / ``"L10KV1.v"`` (``{"q": [layer, head]}`` is read too)."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
         opts = _options(receiver=receiver, senders=[list(h) for h in senders] if senders is not None else None, metric=_metric(metric))
-        return Result(_native.path_patching(self.model, c, opts), "path-patch")
+        return Result(_call("path-patch", self.model, c, opts), "path-patch")
 
     def causal_scrubbing(self, hypothesis: Dict[Head, str], n: int = 32, seed: int = 0) -> Dict[str, Any]:
         """Causal scrubbing of ``{(layer, head): feature}`` (features ``io``, ``subject``,
         ``template``, ``order``) on ``n`` generated IOI prompts."""
-        _, _, scrub = _native.ioi_prompts(self.model, n, seed, "name_swap")
         opts = {"hypothesis": [[list(h), f] for h, f in hypothesis.items()], "seed": seed}
-        return _native.causal_scrubbing(self.model, scrub, opts)
+        return _call("scrub", self.model, {"task": "ioi", "n": n, "seed": seed}, opts)
 
 
 class HeadCompositionAnalyzer:
@@ -369,7 +357,7 @@ class HeadCompositionAnalyzer:
     def all_composition_scores(self, circuit: Sequence[Head], min_score: Optional[float] = None) -> Dict[str, Any]:
         """Scores between every ordered pair of the circuit's heads (earlier → later):
         ``combined_edges`` with ``sender``, ``receiver``, ``q``, ``k``, ``v``."""
-        return Result(_native.all_composition_scores(self.model, [list(h) for h in circuit], {"min_score": min_score}), "composition")
+        return Result(_call("composition", self.model, None, {"heads": [list(h) for h in circuit], "min_score": min_score}), "composition")
 
 
 class SAEFeatureAttributor:
@@ -405,7 +393,7 @@ class SAEFeatureAttributor:
             layer = _layer_of(sae.hook_name)
             if layers is not None and layer not in layers:
                 continue
-            per.append(_native.sae_attribution(self.model, sae, p, opts))
+            per.append(_call("sae-attribute", self.model, p, opts, sae=sae))
         if not per:
             raise InputError(f"no SAE at layers {list(layers or [])}; the SAEs read "
                              + ", ".join(s.hook_name for s in self.saes))
@@ -432,7 +420,7 @@ class SAEFeatureAttributor:
             layer = _layer_of(hook)
             ok = ("hook_resid_post" in hook and layer >= last) or (("hook_resid_pre" in hook or "hook_resid_mid" in hook) and layer > last)
             if ok and sae.cfg["hook_out"] is None:
-                out[hook] = _native.sae_circuit_features(self.model, sae, p, {"heads": heads, "top_k": top_k})
+                out[hook] = _call("sae-circuit-features", self.model, p, {"heads": heads, "top_k": top_k}, sae=sae)
         if not out:
             raise InputError("no residual-stream SAE reads after the circuit's last layer; give one further on")
         return out

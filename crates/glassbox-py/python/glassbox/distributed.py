@@ -70,7 +70,7 @@ class _Worker:
                 shutil.rmtree(stale)
             elif stale.exists():
                 stale.unlink()
-        r = _native.batch_run(self.model, items, method, str(tmp), self.model_spec, options=options,
+        r = _native.batch_run(self.model, items, method, str(tmp), options=options,
                               batch_size=batch_size, row_group=max(1, len(items)), sae=self.sae)
         os.replace(tmp, out)
         return {

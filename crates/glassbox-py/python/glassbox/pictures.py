@@ -14,13 +14,21 @@ from . import _native
 __all__ = ["Result", "plot"]
 
 
-def plot(kind: str, result: Dict[str, Any], head_types: Optional[Dict[str, str]] = None) -> str:
-    """The SVG picture of ``result``, which the method ``kind`` returned (``analyze``,
-    ``attribution``, ``patch``, ``path-patch``, ``logit-lens``, ``attention``, ``edges``,
-    ``token-attribution``, ``stability``, ``composition``)."""
-    if isinstance(result, Result):
-        return result.plot(head_types)
-    return _native.plot(kind, result, head_types)
+def plot(kind: str, result: Dict[str, Any]) -> str:
+    """The SVG picture of ``result`` (a plain dict is fine; an envelope too), which the method
+    ``kind`` returned: any catalog method that draws (``glassbox.methods()`` lists them)."""
+    if isinstance(result, Result) and result.kind == kind:
+        return result.plot()
+    return _native.plot(kind, _plain(result))
+
+
+def _plain(x: Any) -> Any:
+    """Tuples (the reference API's heads) as lists, tuple keys as ``L9H6`` names: JSON's forms."""
+    if isinstance(x, dict):
+        return {(f"L{k[0]}H{k[1]}" if isinstance(k, tuple) else k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
 
 
 class Result(dict):
@@ -31,27 +39,32 @@ class Result(dict):
     edits made to the ``dict``.
     """
 
-    def __init__(self, data: Dict[str, Any], kind: str, raw: Optional[Dict[str, Any]] = None,
-                 head_types: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, data: Dict[str, Any], kind: str, raw: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(data)
         self.kind = kind
         self.raw = raw if raw is not None else dict(data)
-        self.head_types = head_types
+        self.envelope: Optional[Dict[str, Any]] = None
 
-    def plot(self, head_types: Optional[Dict[str, str]] = None) -> str:
+    def plot(self) -> str:
         """The picture as an SVG document (a string)."""
-        return _native.plot(self.kind, self.raw, head_types if head_types is not None else self.head_types)
+        return _native.plot(self.kind, self.raw)
 
-    def save(self, path: str) -> None:
-        """Writes the picture to ``path`` as SVG."""
-        if not str(path).lower().endswith(".svg"):
-            raise _native.InputError(f"{path}: the picture is SVG; give a path ending in .svg "
-                                     "(the CLI's --plot also writes PNG)")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.plot())
+    def save(self, path: str, scale: float = 2.0) -> None:
+        """Writes the picture to ``path``: SVG, or PNG rendered at ``scale`` times its size, by
+        the path's ending."""
+        p = str(path).lower()
+        if p.endswith(".svg"):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.plot())
+        elif p.endswith(".png"):
+            data = _native.plot_png(self.kind, self.raw, scale)
+            with open(path, "wb") as f:
+                f.write(data)
+        else:
+            raise _native.InputError(f"{path}: give a path ending in .svg or .png")
 
     def _repr_svg_(self) -> str:
         return self.plot()
 
     def __reduce__(self):
-        return (Result, (dict(self), self.kind, self.raw, self.head_types))
+        return (Result, (dict(self), self.kind, self.raw))

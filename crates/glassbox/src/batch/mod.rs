@@ -24,12 +24,12 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::inputs::{Contrast, Prompt};
+use crate::inputs::Contrast;
+use crate::methods::catalog::{self, Context, Entry, Input, InputKind, InputSpec};
 use crate::model::Model;
 use crate::sae::Sae;
 
@@ -164,91 +164,74 @@ fn read_bounded_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result
     }
 }
 
-/// The methods a dataset run takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// `analyze`: circuit and faithfulness.
-    Analyze,
-    /// `attribution`: per-head (or MLP) attribution.
-    Attribution,
-    /// `patch`: exact activation patching of every head.
-    Patch,
-    /// `logit-lens`.
-    LogitLens,
-    /// `edges`: edge attribution patching.
-    Edges,
-    /// `token-attribution`: token saliency.
-    TokenAttribution,
-    /// `sae-attribute`: SAE feature attribution (needs an SAE).
-    SaeAttribute,
+/// The items of a generated task set: ids `{task}-00000`, the task's groups.
+pub fn task_items(model: &Model, spec: &crate::tasks::TaskSpec) -> Result<Vec<Item>> {
+    Ok(crate::tasks::generate(model, spec)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| Item {
+            line: i + 1,
+            id: format!("{}-{i:05}", spec.task),
+            prompt: p.contrast.clean_prompt,
+            correct: p.contrast.correct,
+            incorrect: p.contrast.incorrect,
+            corrupted: Some(p.contrast.corrupted_prompt),
+            group: Some(p.group).filter(|g| !g.is_empty()),
+        })
+        .collect())
 }
 
-impl Method {
-    /// Every method, as the CLI names them.
-    pub const ALL: [Method; 7] = [Method::Analyze, Method::Attribution, Method::Patch, Method::LogitLens, Method::Edges, Method::TokenAttribution, Method::SaeAttribute];
+/// A prompt ready to run: the item tokenized and checked as its method's input.
+pub struct Prepared {
+    /// The input item.
+    pub item: Item,
+    /// The method's input.
+    pub input: Input,
+}
 
-    /// The CLI's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Analyze => "analyze",
-            Method::Attribution => "attribution",
-            Method::Patch => "patch",
-            Method::LogitLens => "logit-lens",
-            Method::Edges => "edges",
-            Method::TokenAttribution => "token-attribution",
-            Method::SaeAttribute => "sae-attribute",
+impl Prepared {
+    /// Its token count (runs are grouped by it).
+    fn n_tokens(&self) -> usize {
+        match &self.input {
+            Input::Contrast(c) => c.clean.len(),
+            Input::Prompt(p, _) => p.tokens.len(),
+            Input::Text(_, t) => t.len(),
+            _ => 0,
         }
     }
 }
 
-impl std::str::FromStr for Method {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Method> {
-        Method::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            Error::Invalid(format!("no batch method `{s}`; the methods are: {}", Method::ALL.map(Method::name).join(", ")))
-        })
+/// The catalog entry of a dataset run's method: one that reads one prompt per row.
+pub fn method(name: &str) -> Result<&'static dyn Entry> {
+    let e = catalog::entry(name)?;
+    if !e.input().per_prompt() {
+        let per: Vec<&str> = catalog::CATALOG.iter().filter(|e| e.input().per_prompt() && !e.needs().model_b).map(|e| e.name()).collect();
+        return Err(Error::Invalid(format!("`{name}` does not read one prompt per row; a dataset run takes: {}", per.join(", "))));
     }
-}
-
-/// A prompt ready to run: the item tokenized and checked.
-pub struct Prepared {
-    /// The input item.
-    pub item: Item,
-    /// The clean prompt and its answers.
-    pub prompt: Prompt,
-    /// The clean and corrupted prompts, for the methods that compare the two.
-    pub contrast: Option<Contrast>,
-}
-
-impl Prepared {
-    fn contrast(&self) -> Result<&Contrast> {
-        self.contrast.as_ref().ok_or_else(|| Error::Invalid("this method needs a corrupted prompt".into()))
+    if e.needs().model_b {
+        return Err(Error::Invalid(format!("`{name}` compares two models; a dataset run has one")));
     }
+    Ok(e)
 }
 
-/// Whether the method reads one prompt (no corrupted prompt needed).
-fn one_prompt(method: Method) -> bool {
-    matches!(method, Method::LogitLens | Method::TokenAttribution | Method::SaeAttribute)
-}
-
-/// Tokenizes and checks each item for the model; the items it cannot take become line errors.
-pub fn prepare(model: &Model, items: Vec<Item>, method: Method) -> (Vec<Prepared>, Vec<LineError>) {
+/// Tokenizes and checks each item as `entry`'s input; the items it cannot take become line errors.
+pub fn prepare(model: &Model, items: Vec<Item>, entry: &dyn Entry) -> (Vec<Prepared>, Vec<LineError>) {
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     for item in items {
-        let built = if one_prompt(method) {
-            Prompt::new(model, &item.prompt, &item.correct, &item.incorrect).and_then(|p| {
-                p.check(model)?;
-                Ok((p, None))
-            })
-        } else {
-            Contrast::new(model, &item.prompt, &item.correct, &item.incorrect, item.corrupted.as_deref()).and_then(|c| {
-                c.check(model)?;
-                Ok((Prompt { tokens: c.clean.clone(), correct: c.correct_id, incorrect: c.incorrect_id }, Some(c)))
-            })
+        let spec = InputSpec {
+            prompt: Some(item.prompt.clone()),
+            correct: Some(item.correct.clone()).filter(|_| entry.input() != InputKind::Text),
+            incorrect: Some(item.incorrect.clone()).filter(|_| entry.input() != InputKind::Text),
+            corrupted: item.corrupted.clone().filter(|_| matches!(entry.input(), InputKind::Contrast | InputKind::ContrastOrTask)),
+            ..Default::default()
         };
-        match built {
-            Ok((prompt, contrast)) => ok.push(Prepared { item, prompt, contrast }),
+        match catalog::resolve_input(model, entry.input(), &spec, entry.name()).and_then(|input| {
+            if let Input::Contrast(c) = &input {
+                c.check(model)?;
+            }
+            Ok(input)
+        }) {
+            Ok(input) => ok.push(Prepared { item, input }),
             Err(e) => bad.push(LineError { line: item.line, id: Some(item.id), message: e.to_string() }),
         }
     }
@@ -258,9 +241,9 @@ pub fn prepare(model: &Model, items: Vec<Item>, method: Method) -> (Vec<Prepared
 /// What `run` does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BatchOptions {
-    /// The method.
-    pub method: Method,
-    /// The method's option struct as JSON (`null`: its defaults), as `glassbox serve` takes it.
+    /// The method (a catalog entry's name).
+    pub method: String,
+    /// The method's options as JSON (`null`: its defaults).
     #[serde(default)]
     pub options: Value,
     /// Prompts per group (one padded batch where the method allows).
@@ -271,49 +254,33 @@ pub struct BatchOptions {
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { method: Method::Attribution, options: Value::Null, batch_size: 16, row_group: 64 }
+        BatchOptions { method: "attribution".into(), options: Value::Null, batch_size: 16, row_group: 64 }
     }
 }
 
-fn options<T: DeserializeOwned + Default>(v: &Value, method: Method) -> Result<T> {
-    if v.is_null() {
-        return Ok(T::default());
-    }
-    serde_json::from_value(v.clone()).map_err(|e| Error::Invalid(format!("the options of `{}`: {e}", method.name())))
-}
-
-fn object<T: Serialize>(v: &T) -> Result<Map<String, Value>> {
-    crate::check_finite(v)?;
-    match serde_json::to_value(v).map_err(|e| Error::Invalid(format!("encoding a result: {e}")))? {
-        Value::Object(m) => Ok(m),
-        other => Ok(Map::from_iter([("value".to_string(), other)])),
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        other => Map::from_iter([("value".to_string(), other)]),
     }
 }
 
-/// The method's result for each prompt of `group`, in order: the `--json` result's fields
-/// (errors are per prompt).
-pub fn run_group(model: &Model, sae: Option<&Sae>, method: Method, opts: &Value, group: &[&Prepared]) -> Result<Vec<Result<Map<String, Value>>>> {
-    use crate::methods::{analyze, attribution, edges, logit_lens, patching, sae_attribution, token_attribution};
+/// The method's result for each prompt of `group`, in order: the result's fields, and
+/// `warnings` when there are any (errors are per prompt).
+pub fn run_group(cx: &Context, entry: &dyn Entry, opts: &Value, group: &[&Prepared]) -> Result<Vec<Result<Map<String, Value>>>> {
     let one = |p: &Prepared| -> Result<Map<String, Value>> {
-        match method {
-            Method::Analyze => object(&analyze::analyze(model, p.contrast()?, &options(opts, method)?)?),
-            Method::Attribution => object(&attribution::attribute(model, p.contrast()?, &options(opts, method)?)?),
-            Method::Patch => object(&patching::exact_patching(model, p.contrast()?, &options(opts, method)?)?),
-            Method::LogitLens => object(&logit_lens::logit_lens(model, &p.prompt, &options(opts, method)?)?),
-            Method::Edges => object(&edges::edge_attribution(model, p.contrast()?, &options(opts, method)?)?),
-            Method::TokenAttribution => object(&token_attribution::token_attribution(model, &p.prompt, &options(opts, method)?)?),
-            Method::SaeAttribute => {
-                let sae = sae.ok_or_else(|| Error::Invalid("sae-attribute needs an SAE (--sae DIR)".into()))?;
-                object(&sae_attribution::sae_attribution(model, sae, &p.prompt, &options(opts, method)?)?)
-            }
+        let (result, _, warnings) = entry.run(cx, &p.input, opts)?;
+        let mut row = object(result);
+        if !warnings.is_empty() {
+            row.insert("warnings".into(), Value::from(warnings));
         }
+        Ok(row)
     };
-    if method == Method::Attribution && group.len() > 1 {
-        let o: attribution::AttributionOptions = options(opts, method)?;
-        let contrasts: Vec<Contrast> = group.iter().map(|p| p.contrast().cloned()).collect::<Result<_>>()?;
-        // One batch for the group; should it fail as a whole, each prompt alone says which.
-        if let Ok(all) = attribution::attribute_many(model, &contrasts, &o) {
-            return Ok(all.iter().map(object).collect());
+    if group.len() > 1 {
+        let contrasts: Option<Vec<Contrast>> = group.iter().map(|p| p.input.contrast().ok().cloned()).collect();
+        if let Some(Ok(all)) = contrasts.and_then(|cs| entry.run_many(cx, &cs, opts)) {
+            // One batch for the group; should it fail as a whole, each prompt alone says which.
+            return Ok(all.into_iter().map(|v| Ok(object(v))).collect());
         }
     }
     Ok(group.iter().map(|p| one(p)).collect())
@@ -364,26 +331,18 @@ fn part_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Writes `path` through a temporary name beside it, so it is whole or absent.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// The settings of a run, kept beside its parts and in the result's metadata; `resume`
 /// refuses parts written with other settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Settings {
-    /// The method and its options.
-    pub method: Method,
-    /// The method's options (JSON).
+    /// The method (a catalog entry's name).
+    pub method: String,
+    /// The method's options, every default filled in (JSON).
     pub options: Value,
     /// The model's name.
     pub model: String,
-    /// The sha256 of the model's weight file(s) (lowercase hex).
+    /// The sha256 of the model's weight file(s) (lowercase hex), as the model computed it when
+    /// it read them.
     pub model_sha256: String,
     /// The SAE folder, for `sae-attribute`.
     pub sae: Option<String>,
@@ -391,22 +350,47 @@ pub struct Settings {
     pub glassbox: String,
 }
 
+impl Settings {
+    /// The settings of a run of `method` with `options` on the loaded model (and SAE).
+    pub fn new(model: &Model, method: &dyn Entry, options: &Value, sae: Option<&Sae>) -> Result<Settings> {
+        let model_sha256 = model.weights_sha256().ok_or_else(|| Error::Invalid("this model was not loaded from files, so a dataset run cannot record which weights it used; load it with Model::load".into()))?;
+        if method.needs().sae && sae.is_none() {
+            return Err(Error::Invalid(format!("`{}` needs an SAE (--sae DIR)", method.name())));
+        }
+        Ok(Settings {
+            method: method.name().to_string(),
+            options: method.resolve(options)?,
+            model: model.name.clone(),
+            model_sha256,
+            sae: sae.and_then(|s| s.source.as_ref().map(|p| p.display().to_string())),
+            glassbox: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+}
+
+/// Where and how a dataset run writes.
+#[derive(Clone, Copy)]
+pub struct RunSpec<'a> {
+    /// The method and batching.
+    pub options: &'a BatchOptions,
+    /// The settings recorded with the result (`Settings::new`).
+    pub settings: &'a Settings,
+    /// The Parquet file.
+    pub out: &'a Path,
+    /// Continue an earlier run into `out`.
+    pub resume: bool,
+}
+
 /// Runs `opts.method` over `prepared` into the Parquet file `out` (see the module's notes).
 /// `progress` sees each finished group; `stop` ends the run early with a valid file.
-#[allow(clippy::too_many_arguments)] // the model, its SAE, the prompts, the options, where, and the three controls
-pub fn run(
-    model: &Model,
-    sae: Option<&Sae>,
-    prepared: &[Prepared],
-    opts: &BatchOptions,
-    settings: &Settings,
-    out: &Path,
-    resume: bool,
-    stop: &AtomicBool,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<RunReport> {
-    crate::methods::check_count("batch_size", opts.batch_size, 1..=4096)?;
-    crate::methods::check_count("row_group", opts.row_group, 1..=1_000_000)?;
+pub fn run(cx: &Context, prepared: &[Prepared], spec: &RunSpec, stop: &AtomicBool, progress: &mut dyn FnMut(Progress)) -> Result<RunReport> {
+    let RunSpec { options: opts, settings, out, resume } = *spec;
+    let entry = method(&opts.method)?;
+    if settings.method != entry.name() {
+        return Err(Error::Invalid(format!("the settings are for `{}`, the options for `{}`", settings.method, entry.name())));
+    }
+    crate::limits::check_count("batch_size", opts.batch_size, 1..=4096)?;
+    crate::limits::check_count("row_group", opts.row_group, 1..=1_000_000)?;
     let dir = parts_dir(out);
     let settings_file = dir.join("settings.json");
     let mut done: HashSet<String> = HashSet::new();
@@ -428,7 +412,7 @@ pub fn run(
                 return Err(Error::Invalid(format!(
                     "the run in {} used {} with options {} on {} ({}); resume it with the same method, options and model, or write to another --out",
                     dir.display(),
-                    old.method.name(),
+                    old.method,
                     old.options,
                     old.model,
                     &old.model_sha256[..old.model_sha256.len().min(12)]
@@ -449,7 +433,7 @@ pub fn run(
     let mut todo: Vec<&Prepared> = prepared.iter().filter(|p| !done.contains(&p.item.id)).collect();
     let skipped = prepared.len() - todo.len();
     // Grouped by length (stable: equal lengths keep their input order).
-    todo.sort_by_key(|p| p.prompt.tokens.len());
+    todo.sort_by_key(|p| p.n_tokens());
     // A resumed run writes parts with the columns of the earlier ones, numbered after them.
     let earlier = part_files(&dir)?;
     let mut next_part = earlier.len();
@@ -465,7 +449,7 @@ pub fn run(
         }
         let cols = columns.get_or_insert_with(|| table::Columns::infer(pending));
         let path = dir.join(format!("part-{:06}.parquet", *next_part));
-        write_atomically(&path, |tmp| table::write_file(tmp, cols, pending, &[]))?;
+        crate::files::write_atomically(&path, |tmp| table::write_file(tmp, cols, pending, &[]))?;
         *next_part += 1;
         pending.clear();
         Ok(())
@@ -475,7 +459,7 @@ pub fn run(
             interrupted = true;
             break;
         }
-        let results = run_group(model, sae, opts.method, &opts.options, group)?;
+        let results = run_group(cx, entry, &settings.options, group)?;
         for (p, r) in group.iter().zip(results) {
             match r {
                 Ok(fields) => {
@@ -510,7 +494,7 @@ pub fn run(
     let rows = if parts.is_empty() {
         0
     } else {
-        write_atomically(out, |tmp| table::concat_files(&parts, tmp, &[("glassbox.settings".into(), settings_json.clone())]))?;
+        crate::files::write_atomically(out, |tmp| table::concat_files(&parts, tmp, &[("glassbox.settings".into(), settings_json.clone())]))?;
         count_rows(out)?
     };
     if !interrupted {
@@ -524,21 +508,4 @@ fn count_rows(path: &Path) -> Result<usize> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let r = SerializedFileReader::new(f)?;
     Ok(r.metadata().file_metadata().num_rows().max(0) as usize)
-}
-
-/// The sha256 of a model's weights: the file's, or for a folder the hash of its files' names
-/// and hashes in name order (lowercase hex).
-pub fn weights_sha256(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    if path.is_file() {
-        return crate::registry::sha256_file(path);
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
-    files.sort();
-    let mut h = Sha256::new();
-    for f in files {
-        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-        h.update(crate::registry::sha256_file(&f)?.as_bytes());
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -179,8 +179,8 @@ fn summarize_rows(rows: &[&Map<String, Value>], opts: &SummaryOptions, rng: &mut
 
 /// Summarises the rows of a `glassbox batch` result file.
 pub fn summarize(path: &Path, opts: &SummaryOptions) -> Result<Summary> {
-    crate::methods::check_count("n_boot", opts.n_boot, 1..=100_000)?;
-    crate::methods::check_count("top_k", opts.top_k, 1..=10_000)?;
+    crate::limits::check_count("n_boot", opts.n_boot, 1..=100_000)?;
+    crate::limits::check_count("top_k", opts.top_k, 1..=10_000)?;
     if !(opts.alpha > 0.0 && opts.alpha < 1.0) {
         return Err(Error::Invalid(format!("alpha {}: give a number between 0 and 1 (0.05 for 95 % intervals)", opts.alpha)));
     }

@@ -12,7 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::inputs::Contrast;
 use crate::methods::Head;
+use crate::model::Model;
 use crate::rng::Rng;
 
 /// A model's shape, for the null distribution.
@@ -24,23 +26,18 @@ pub struct ModelShape {
     pub n_heads: usize,
 }
 
-/// Options of `functional_circuit_alignment`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AlignmentOptions {
-    /// Heads compared from each model (the top `top_k` of each ranking).
-    pub top_k: usize,
-    /// Random head-set pairs in the null distribution.
-    pub n_null: usize,
-    /// Seed of the null's draws.
-    pub seed: u64,
-}
-
-impl Default for AlignmentOptions {
-    fn default() -> Self {
-        AlignmentOptions { top_k: 5, n_null: 10_000, seed: 0 }
+crate::options! {
+    /// Options of `functional_circuit_alignment`.
+    pub struct AlignmentOptions {
+        /// Heads compared from each model (the top `top_k` of each ranking).
+        pub top_k: usize = 5,
+        /// Random head-set pairs in the null distribution.
+        pub n_null: usize = 10_000,
+        /// Seed of the null's draws.
+        pub seed: u64 = 0,
     }
 }
+
 
 /// One rank's pair of heads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +77,12 @@ pub struct Alignment {
     pub shape_a: ModelShape,
     /// Model B's shape.
     pub shape_b: ModelShape,
+    /// Model A's name.
+    #[serde(default)]
+    pub model_a: String,
+    /// Model B's name.
+    #[serde(default)]
+    pub model_b: String,
 }
 
 fn depth(layer: usize, n_layers: usize) -> f64 {
@@ -169,6 +172,8 @@ pub fn functional_circuit_alignment(heads_a: &[Head], shape_a: ModelShape, heads
         n_null: opts.n_null,
         shape_a,
         shape_b,
+        model_a: String::new(),
+        model_b: String::new(),
     })
 }
 
@@ -213,4 +218,32 @@ mod tests {
         assert!(e(&[h(0, 0), h(0, 0)], AlignmentOptions { top_k: 2, ..Default::default() }).contains("twice"));
         assert!(e(&heads, AlignmentOptions { top_k: 2, n_null: 5, seed: 0 }).contains("n_null"));
     }
+}
+
+/// Heads of `model` by decreasing |attribution| (Taylor, logit difference), averaged over the
+/// contrasts; ties by head order.
+pub fn head_ranking(model: &Model, contrasts: &[Contrast]) -> Result<Vec<Head>> {
+    let cfg = &model.config;
+    let mut sum = vec![vec![0f64; cfg.n_heads]; cfg.n_layers];
+    for c in contrasts {
+        let a = crate::methods::attribution::attribute(model, c, &Default::default())?;
+        for (l, row) in a.scores.iter().enumerate() {
+            for (h, &v) in row.iter().enumerate() {
+                sum[l][h] += v as f64;
+            }
+        }
+    }
+    let mut heads: Vec<(Head, f64)> = sum.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (Head { layer: l, head: h }, v))).collect();
+    heads.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    Ok(heads.into_iter().map(|(h, _)| h).collect())
+}
+
+/// FCAS of two models' head rankings on the same inputs (each model's own tokenization).
+pub fn align_models(a: (&Model, &[Contrast]), b: (&Model, &[Contrast]), opts: &AlignmentOptions) -> Result<Alignment> {
+    let shape = |m: &Model| ModelShape { n_layers: m.config.n_layers, n_heads: m.config.n_heads };
+    let (ra, rb) = (head_ranking(a.0, a.1)?, head_ranking(b.0, b.1)?);
+    let mut r = functional_circuit_alignment(&ra, shape(a.0), &rb, shape(b.0), opts)?;
+    r.model_a = a.0.name.clone();
+    r.model_b = b.0.name.clone();
+    Ok(r)
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::methods::attribution::{attribute, attribute_caching, ranked, AttributionOptions, Component, Method, Scored};
+use crate::methods::attention::AttentionOptions;
 use crate::methods::bootstrap::{bootstrap, Bootstrap, BootstrapOptions};
 use crate::methods::circuit::{minimum_faithful_circuit, CircuitOptions, Step};
 use crate::methods::faithfulness::{taylor_sufficiency, Ablation, Circuit, CircuitEvaluator, EvaluatorOptions, Faithfulness};
@@ -17,34 +18,37 @@ use crate::methods::logit_lens::{logit_lens, LogitLens, LogitLensOptions};
 use crate::methods::{Contrast, Head, Metric, Prompt, Scorer};
 use crate::model::Model;
 
-/// Options of `analyze`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AnalyzeOptions {
-    /// How heads are ranked: Taylor attribution or integrated gradients.
-    pub method: Method,
-    /// Target exact sufficiency of the circuit.
-    pub target: f32,
-    /// Most heads the circuit may grow to.
-    pub max_heads: usize,
-    /// How ablated heads are replaced: resample (default), mean or zero.
-    pub ablation: Ablation,
-    /// Count every MLP in the ablated universe (the circuit itself holds heads only); default false.
-    #[serde(default)]
-    pub include_mlps: bool,
-    /// Include the logit lens in the result.
-    #[serde(default)]
-    pub logit_lens: bool,
-    /// The metric attributed and judged; the logit difference by default.
-    #[serde(default)]
-    pub metric: Metric,
+crate::options! {
+    /// Options of `analyze` (and of `analyze_set`, which also reads `n_boot` and `seed`).
+    pub struct AnalyzeOptions {
+        /// How heads are ranked: Taylor attribution or integrated gradients.
+        pub method: Method = Method::Taylor,
+        /// Integration steps of integrated gradients.
+        pub n_steps: usize = crate::methods::attribution::DEFAULT_N_STEPS,
+        /// Target exact sufficiency of the circuit.
+        pub target: f32 = 0.85,
+        /// Most heads the circuit may grow to.
+        pub max_heads: usize = 40,
+        /// How ablated heads are replaced.
+        pub ablation: Ablation = Ablation::Resample,
+        /// Count every MLP in the ablated universe (the circuit itself holds heads only).
+        pub include_mlps: bool = false,
+        /// Include the logit lens in the result (one prompt only).
+        pub logit_lens: bool = false,
+        /// The metric attributed and judged.
+        pub metric: Metric = Metric::default(),
+        /// Prompt sets: bootstrap resamples of the prompts for the confidence intervals.
+        pub n_boot: usize = 1000,
+        /// Prompt sets: seed of the bootstrap resampling.
+        pub seed: u64 = 0,
+    }
 }
 
 impl AnalyzeOptions {
     /// Error unless the options are in range: steps (for integrated gradients) and the
     /// circuit's largest size within `limits`, a target sufficiency from 0 to 1.
     pub fn check(&self) -> crate::error::Result<()> {
-        self.method.check()?;
+        crate::methods::attribution::check_steps(self.method, self.n_steps)?;
         super::check_number("the target sufficiency", self.target, 0.0, 1.0)?;
         super::check_count("the most heads of the circuit", self.max_heads, super::limits::MAX_HEADS)
     }
@@ -55,20 +59,6 @@ impl AnalyzeOptions {
 
     fn evaluator(&self) -> EvaluatorOptions {
         EvaluatorOptions { ablation: self.ablation, include_mlps: self.include_mlps, mean_set: None, metric: self.metric.clone() }
-    }
-}
-
-impl Default for AnalyzeOptions {
-    fn default() -> Self {
-        AnalyzeOptions {
-            method: Method::Taylor,
-            target: 0.85,
-            max_heads: 40,
-            ablation: Ablation::Resample,
-            include_mlps: false,
-            logit_lens: false,
-            metric: Metric::default(),
-        }
     }
 }
 
@@ -109,6 +99,10 @@ pub struct Analysis {
     pub trajectory: Vec<Step>,
     /// The logit lens of the clean prompt, when `logit_lens` was asked for.
     pub logit_lens: Option<LogitLens>,
+    /// The attention type of each circuit head on the clean prompt (`{"L09H06": "induction"}`,
+    /// as `attention_patterns` types them), for the picture.
+    #[serde(default)]
+    pub head_types: BTreeMap<String, String>,
 }
 
 /// Ranks every head by attribution, grows and prunes the minimum faithful circuit by exact
@@ -120,7 +114,7 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
     // stream and resample values, so those runs are not repeated.
     let resample = opts.ablation == Ablation::Resample;
     let extra = if resample { CircuitEvaluator::run_points(model.config.n_layers) } else { Vec::new() };
-    let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, metric: opts.metric.clone() };
+    let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, n_steps: opts.n_steps, metric: opts.metric.clone() };
     let (attr, runs) = attribute_caching(model, contrast, &attr_opts, &extra)?;
     let ev = match runs {
         Some(runs) if resample => {
@@ -139,6 +133,12 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
     } else {
         None
     };
+    let head_types = if search.circuit.is_empty() {
+        BTreeMap::new()
+    } else {
+        let view = AttentionOptions { heads: Some(search.circuit.clone()), ..Default::default() };
+        crate::methods::attention::attention_patterns(model, &contrast.clean, &view)?.head_types
+    };
     Ok(Analysis {
         model: model.name.clone(),
         prompt: contrast.clean_prompt.clone(),
@@ -155,6 +155,7 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
         corrupted_ld: attr.corrupted_ld,
         faithfulness,
         target_reached: search.reached,
+        head_types,
         trajectory: search.trajectory,
         logit_lens,
     })
@@ -210,33 +211,15 @@ pub struct PromptFigures {
     pub ld_circuit_ablated: f32,
 }
 
-/// Options of `analyze_set`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SetOptions {
-    /// The options of `analyze` (`logit_lens` is not used here).
-    pub analyze: AnalyzeOptions,
-    /// Bootstrap resamples of the prompts for the confidence intervals.
-    pub n_boot: usize,
-    /// Seed of the bootstrap resampling.
-    pub seed: u64,
-}
-
-impl Default for SetOptions {
-    fn default() -> Self {
-        SetOptions { analyze: AnalyzeOptions::default(), n_boot: 1000, seed: 0 }
-    }
-}
-
 /// Runs `analyze` over a prompt set; `progress(done, total, stage)` is called as it goes.
-pub fn analyze_set(model: &Model, contrasts: &[Contrast], set: &SetOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<SetAnalysis> {
-    let (opts, n_boot, seed) = (&set.analyze, set.n_boot, set.seed);
+pub fn analyze_set(model: &Model, contrasts: &[Contrast], opts: &AnalyzeOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<SetAnalysis> {
+    let (n_boot, seed) = (opts.n_boot, opts.seed);
     let cfg = &model.config;
     let n = contrasts.len();
     super::check_count("the number of prompts", n, super::limits::N_PROMPTS)?;
     super::check_count("the number of bootstrap resamples", n_boot, super::limits::N_BOOT)?;
     opts.check()?;
-    let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, metric: opts.metric.clone() };
+    let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, n_steps: opts.n_steps, metric: opts.metric.clone() };
     let mut sum = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
     let (mut clean, mut corrupted) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for (i, c) in contrasts.iter().enumerate() {

@@ -94,25 +94,18 @@ pub struct HeadPattern {
     pub scores: HeadScores,
 }
 
-/// Options of `attention_patterns`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AttentionOptions {
-    /// The heads to show; by default the `top_k` most focused (lowest entropy).
-    #[serde(default)]
-    pub heads: Option<Vec<Head>>,
-    /// How many heads to show when `heads` is `None` (default 10).
-    pub top_k: usize,
-    /// Seed of the random repeated sequence the induction score is measured on.
-    #[serde(default)]
-    pub seed: u64,
-}
-
-impl Default for AttentionOptions {
-    fn default() -> Self {
-        AttentionOptions { heads: None, top_k: 10, seed: 0 }
+crate::options! {
+    /// Options of `attention_patterns`.
+    pub struct AttentionOptions {
+        /// The heads to show (repeatable); by default the `top_k` most focused (lowest entropy).
+        pub heads: Option<Vec<Head>> = None,
+        /// How many heads to show when no heads are given.
+        pub top_k: usize = 10,
+        /// Seed of the random repeated sequence the induction score is measured on.
+        pub seed: u64 = 0,
     }
 }
+
 
 /// Result of `attention_patterns`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -34,16 +34,16 @@ use crate::model::config::Positions;
 use crate::model::kernels;
 use crate::model::{Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Intervention, Model};
 
-/// Which activations are attributed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Component {
-    /// Every attention head, at `hook_z`.
-    Heads,
-    /// Every layer's MLP output.
-    Mlp,
-    /// Every layer's attention output (all heads and the output bias).
-    AttnOut,
+crate::choices! {
+    /// Which activations are attributed.
+    pub enum Component {
+        /// Every attention head, at `hook_z`.
+        Heads = "heads",
+        /// Every layer's MLP output.
+        Mlp = "mlp" | "mlps",
+        /// Every layer's attention output (all heads and the output bias).
+        AttnOut = "attn_out" | "attn",
+    }
 }
 
 impl Component {
@@ -65,79 +65,40 @@ impl Component {
     }
 }
 
-/// How a method attributes: the first-order Taylor estimate on the clean run's gradients, or
-/// integrated gradients along the straight path from the corrupted run with `n_steps` steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Method {
-    /// First-order Taylor estimate (attribution patching) on the clean run's gradients.
-    Taylor,
-    /// Integrated gradients from the corrupted run, `n_steps` midpoint steps.
-    IntegratedGradients {
-        /// Integration steps (midpoints of `n_steps` equal intervals), within `limits::N_STEPS`.
-        n_steps: usize,
-    },
-}
-
-impl Method {
-    /// The method's name (`taylor`, `integrated_gradients`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Method::Taylor => "taylor",
-            Method::IntegratedGradients { .. } => "integrated_gradients",
-        }
-    }
-
-    /// The integration steps, for integrated gradients.
-    pub fn n_steps(&self) -> Option<usize> {
-        match *self {
-            Method::Taylor => None,
-            Method::IntegratedGradients { n_steps } => Some(n_steps),
-        }
-    }
-
-    /// A method by name, with `n_steps` for integrated gradients.
-    pub fn parse(name: &str, n_steps: usize) -> Result<Method> {
-        match name {
-            "taylor" | "eap" => Ok(Method::Taylor),
-            "integrated_gradients" | "ig" | "eap-ig" | "eap_ig" => Ok(Method::IntegratedGradients { n_steps }),
-            other => Err(Error::Invalid(format!("unknown attribution method `{other}`; use taylor or integrated_gradients"))),
-        }
-    }
-
-    /// Error unless the step count is within `limits::N_STEPS`.
-    pub fn check(&self) -> Result<()> {
-        match self.n_steps() {
-            Some(n) => super::check_count("the number of integration steps", n, super::limits::N_STEPS),
-            None => Ok(()),
-        }
+crate::choices! {
+    /// How a method attributes: the first-order Taylor estimate on the clean run's gradients, or
+    /// integrated gradients along the straight path from the corrupted run (`n_steps` steps).
+    pub enum Method {
+        /// First-order Taylor estimate (attribution patching) on the clean run's gradients.
+        Taylor = "taylor" | "eap",
+        /// Integrated gradients from the corrupted run, `n_steps` midpoint steps.
+        IntegratedGradients = "integrated_gradients" | "ig" | "eap-ig" | "eap_ig",
     }
 }
 
-impl std::str::FromStr for Method {
-    type Err = Error;
-    /// `taylor`, or `integrated_gradients` with 20 steps.
-    fn from_str(s: &str) -> Result<Self> {
-        Method::parse(s, 20)
+/// Error unless `n_steps` is within `limits::N_STEPS` (for integrated gradients; Taylor takes none).
+pub(crate) fn check_steps(method: Method, n_steps: usize) -> Result<()> {
+    match method {
+        Method::IntegratedGradients => super::check_count("the number of integration steps", n_steps, super::limits::N_STEPS),
+        Method::Taylor => Ok(()),
     }
 }
 
-/// Options of `attribute`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AttributionOptions {
-    /// Which activations are attributed (heads by default).
-    pub component: Component,
-    /// Taylor (default) or integrated gradients.
-    pub method: Method,
-    /// The metric attributed; the logit difference by default.
-    #[serde(default)]
-    pub metric: Metric,
-}
+/// The reference tool's default number of integration steps is 10 (`n_steps=10`); glassbox's is
+/// 20, which halves the midpoint rule's completeness residual on the IOI prompt.
+pub const DEFAULT_N_STEPS: usize = 20;
 
-impl Default for AttributionOptions {
-    fn default() -> Self {
-        AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Metric::default() }
+crate::options! {
+    /// Options of `attribute`.
+    pub struct AttributionOptions {
+        /// Which activations are attributed.
+        pub component: Component = Component::Heads,
+        /// Taylor (attribution patching) or integrated gradients.
+        pub method: Method = Method::Taylor,
+        /// Integration steps of integrated gradients (midpoints of equal intervals).
+        pub n_steps: usize = DEFAULT_N_STEPS,
+        /// The metric attributed.
+        pub metric: Metric = Metric::default(),
     }
 }
 
@@ -251,8 +212,8 @@ pub(crate) fn attribute_caching(
     extra: &[HookPoint],
 ) -> Result<(Attribution, Option<Runs>)> {
     contrast.check(model)?;
-    opts.method.check()?;
-    let (component, method) = (opts.component, opts.method);
+    check_steps(opts.method, opts.n_steps)?;
+    let (component, method, n_steps) = (opts.component, opts.method, opts.n_steps);
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let layers = model.config.n_layers;
     let points: Vec<HookPoint> = (0..layers).map(|l| component.point(l)).collect();
@@ -286,7 +247,7 @@ pub(crate) fn attribute_caching(
             runs = Some(Runs { clean: detached(&clean.cache), corrupted: detached(&corr.cache) });
             (scores, lds.to_dtype(DType::F32)?.to_vec1::<f32>()?, None)
         }
-        Method::IntegratedGradients { n_steps } => {
+        Method::IntegratedGradients => {
             let mut features = vec![HookPoint::Embed];
             features.extend(points.iter().copied());
             let out = model.forward(&batch, &scorer.hooks().cache(features.iter().copied()))?;
@@ -334,7 +295,7 @@ pub(crate) fn attribute_caching(
     let attribution = Attribution {
         method,
         component,
-        n_steps: method.n_steps(),
+        n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
         metric: opts.metric.name().to_string(),
         scores,
         attributions,

@@ -62,24 +62,18 @@ pub(crate) fn interval(point: f32, mut samples: Vec<f32>, alpha: f32, n: usize) 
     }
 }
 
-/// Options of `bootstrap`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BootstrapOptions {
-    /// Resamples (within `limits::N_BOOT`).
-    pub n_boot: usize,
-    /// The interval is `1 − alpha` (`alpha` in (0, 1)).
-    pub alpha: f32,
-    /// Seed of the resampling.
-    pub seed: u64,
-}
-
-impl Default for BootstrapOptions {
-    /// 1000 resamples, a 95 % interval, seed 0 (as `analyze_set`).
-    fn default() -> Self {
-        BootstrapOptions { n_boot: 1000, alpha: 0.05, seed: 0 }
+crate::options! {
+    /// Options of `bootstrap`.
+    pub struct BootstrapOptions {
+        /// Resamples.
+        pub n_boot: usize = 1000,
+        /// One minus the confidence level (0.05: a 95 % interval).
+        pub alpha: f32 = 0.05,
+        /// Seed of the resampling.
+        pub seed: u64 = 0,
     }
 }
+
 
 /// Percentile bootstrap of the faithfulness figures over the prompts (at least one).
 pub fn bootstrap(lds: &[PromptLds], opts: &BootstrapOptions) -> crate::error::Result<Bootstrap> {

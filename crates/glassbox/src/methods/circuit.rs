@@ -53,21 +53,16 @@ pub fn heads_by_attribution(attributions: &[Vec<f32>]) -> Vec<Head> {
 
 const BATCH: usize = 4;
 
-/// Options of `minimum_faithful_circuit`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CircuitOptions {
-    /// The exact sufficiency to reach.
-    pub target: f32,
-    /// The most heads the circuit may grow to.
-    pub max_heads: usize,
-}
-
-impl Default for CircuitOptions {
-    fn default() -> Self {
-        CircuitOptions { target: 0.85, max_heads: 40 }
+crate::options! {
+    /// Options of `minimum_faithful_circuit`.
+    pub struct CircuitOptions {
+        /// The exact sufficiency to reach.
+        pub target: f32 = 0.85,
+        /// The most heads the circuit may grow to.
+        pub max_heads: usize = 40,
     }
 }
+
 
 /// The smallest circuit (greedy) whose exact sufficiency reaches the target, judged by the
 /// evaluator's ablation runs (its metric); the heads are tried in order of `attributions`.

@@ -216,13 +216,15 @@ pub struct CompositionBaseline {
     pub n_samples: usize,
 }
 
-/// Options of `all_composition_scores`.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CompositionOptions {
-    /// List only the pairs whose best score exceeds the random baseline's by at least this
-    /// (`max(q − q₀, k − k₀, v − v₀) ≥ min_score`); every pair when `None`.
-    pub min_score: Option<f32>,
+crate::options! {
+    /// Options of `all_composition_scores`.
+    pub struct CompositionOptions {
+        /// The circuit's heads (repeatable): scores between every ordered pair.
+        pub heads: Vec<Head> = Vec::new(),
+        /// List only the pairs whose best score exceeds the random-heads baseline by at least
+        /// this (`max(q − q₀, k − k₀, v − v₀) ≥ min_score`); every pair when absent.
+        pub min_score: Option<f32> = None,
+    }
 }
 
 /// Result of `all_composition_scores`.
@@ -244,6 +246,12 @@ fn best_excess(e: &CompositionEdge) -> f32 {
 /// Q, K and V scores between every ordered pair of a circuit's heads (earlier → later), each
 /// beside its excess over the random baseline.
 pub fn all_composition_scores(model: &Model, circuit: &[Head], opts: &CompositionOptions) -> Result<Composition> {
+    if circuit.len() < 2 {
+        return Err(crate::error::Error::Invalid(format!("composition needs `heads`: at least two heads of the circuit (--head L9H6, repeatable); {} given", circuit.len())));
+    }
+    for h in circuit {
+        h.check(&model.config)?;
+    }
     if let Some(m) = opts.min_score {
         super::check_number("min_score", m, -1.0, 1.0)?;
     }

@@ -267,30 +267,25 @@ fn edge_scores(model: &Model, deltas: &[Tensor], rgrads: &[Tensor]) -> Result<Ve
     Ok(scores)
 }
 
-/// Options of `edge_attribution`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EdgeOptions {
-    /// `Taylor` (EAP) or `IntegratedGradients` (EAP-IG).
-    pub method: Method,
-    /// How many edges `top_edges` lists.
-    pub top_k: usize,
-    /// The metric attributed; the logit difference by default.
-    #[serde(default)]
-    pub metric: Metric,
-}
-
-impl Default for EdgeOptions {
-    fn default() -> Self {
-        EdgeOptions { method: Method::Taylor, top_k: 50, metric: Metric::default() }
+crate::options! {
+    /// Options of `edge_attribution`.
+    pub struct EdgeOptions {
+        /// `taylor` (EAP) or `integrated_gradients` (EAP-IG).
+        pub method: Method = Method::Taylor,
+        /// Integration steps of EAP-IG.
+        pub n_steps: usize = crate::methods::attribution::DEFAULT_N_STEPS,
+        /// How many edges `top_edges` lists.
+        pub top_k: usize = 50,
+        /// The metric attributed.
+        pub metric: Metric = Metric::default(),
     }
 }
 
 /// Edge attribution patching of every edge (EAP, or EAP-IG).
 pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -> Result<EdgeAttribution> {
     contrast.check(model)?;
-    opts.method.check()?;
-    let (method, top_k) = (opts.method, opts.top_k);
+    crate::methods::attribution::check_steps(opts.method, opts.n_steps)?;
+    let (method, top_k, n_steps) = (opts.method, opts.top_k, opts.n_steps);
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let c = &model.config;
     let layers = c.n_layers;
@@ -329,7 +324,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
             .into_iter()
             .map(|g| Ok(g.get(0)?.flatten_all()?))
             .collect::<Result<_>>()?,
-        (Method::IntegratedGradients { n_steps }, _) => {
+        (Method::IntegratedGradients, _) => {
             let (clean_emb, corr_emb) = (clean.cache.get(HookPoint::Embed)?.get(0)?, corr.cache.get(HookPoint::Embed)?.get(0)?);
             let delta = (clean_emb - &corr_emb)?;
             let (corr, emb) = (&corr_emb, &corr_emb);
@@ -386,7 +381,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
         .collect();
     Ok(EdgeAttribution {
         method,
-        n_steps: method.n_steps(),
+        n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
         metric: opts.metric.name().to_string(),
         clean_ld: lds[0],
         corrupted_ld: lds[1],

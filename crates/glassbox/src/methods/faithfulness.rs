@@ -28,27 +28,15 @@ use crate::methods::attribution::Runs;
 use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model, Start};
 
-/// How an ablated component's activation is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ablation {
-    /// By its value in the corrupted run (the default).
-    Resample,
-    /// By its mean over a prompt set (by default the clean and corrupted prompts).
-    Mean,
-    /// By zeros.
-    Zero,
-}
-
-impl std::str::FromStr for Ablation {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "resample" => Ok(Ablation::Resample),
-            "mean" => Ok(Ablation::Mean),
-            "zero" => Ok(Ablation::Zero),
-            o => Err(Error::Invalid(format!("unknown ablation `{o}`; use resample, mean or zero"))),
-        }
+crate::choices! {
+    /// How an ablated component's activation is replaced.
+    pub enum Ablation {
+        /// By its value in the corrupted run.
+        Resample = "resample",
+        /// By its mean over a prompt set (by default the clean and corrupted prompts).
+        Mean = "mean",
+        /// By zeros.
+        Zero = "zero",
     }
 }
 
@@ -121,29 +109,21 @@ pub fn f1(s: f32, c: f32) -> f32 {
     }
 }
 
-/// Options of a `CircuitEvaluator` (and of `faithfulness`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EvaluatorOptions {
-    /// How ablated components are replaced (resample by default).
-    pub ablation: Ablation,
-    /// Whether the circuit's MLPs count (otherwise every MLP stays as it is).
-    #[serde(default)]
-    pub include_mlps: bool,
-    /// `Ablation::Mean` only: the prompts (same token count as each contrast) whose mean
-    /// activations replace the ablated ones; by default each prompt's clean and corrupted runs.
-    #[serde(default)]
-    pub mean_set: Option<Vec<Vec<u32>>>,
-    /// The metric the figures are computed from; the logit difference by default.
-    #[serde(default)]
-    pub metric: Metric,
-}
-
-impl Default for EvaluatorOptions {
-    fn default() -> Self {
-        EvaluatorOptions { ablation: Ablation::Resample, include_mlps: false, mean_set: None, metric: Metric::default() }
+crate::options! {
+    /// Options of a circuit's evaluation (`faithfulness`, `CircuitEvaluator`).
+    pub struct EvaluatorOptions {
+        /// How ablated components are replaced.
+        pub ablation: Ablation = Ablation::Resample,
+        /// Whether the circuit's MLPs count (otherwise every MLP stays as it is).
+        pub include_mlps: bool = false,
+        /// Mean ablation only: the prompts (token ids, each as long as the contrast) whose mean
+        /// activations replace the ablated ones; by default each prompt's clean and corrupted runs.
+        pub mean_set: Option<Vec<Vec<u32>>> = None,
+        /// The metric the figures are computed from.
+        pub metric: Metric = Metric::default(),
     }
 }
+
 
 /// One prompt's state in a `CircuitEvaluator`.
 struct PromptState {
@@ -474,6 +454,44 @@ pub fn faithfulness(model: &Model, contrast: &Contrast, circuit: &Circuit, opts:
     let mut f = ev.evaluate(std::slice::from_ref(circuit))?.remove(0);
     f.taylor_sufficiency = attributions.map(|a| taylor_sufficiency(circuit, a, f.clean_ld));
     Ok(f)
+}
+
+crate::options! {
+    /// Options of `circuit_faithfulness`: the circuit, and how it is judged.
+    pub struct CircuitFaithfulnessOptions {
+        /// The circuit's heads (repeatable).
+        pub heads: Vec<Head> = Vec::new(),
+        /// Layers whose MLP is in the circuit (with include_mlps).
+        pub mlps: Vec<usize> = Vec::new(),
+        /// How ablated components are replaced.
+        pub ablation: Ablation = Ablation::Resample,
+        /// Whether MLPs count as components (otherwise every MLP stays as it is).
+        pub include_mlps: bool = false,
+        /// The metric the figures are computed from.
+        pub metric: Metric = Metric::default(),
+        /// Also the first-order Taylor estimate of the sufficiency (one attribution pass).
+        pub taylor: bool = true,
+    }
+}
+
+/// The exact faithfulness of a circuit given by its heads (and MLPs): what a researcher editing
+/// a circuit re-scores.
+pub fn circuit_faithfulness(model: &Model, contrast: &Contrast, opts: &CircuitFaithfulnessOptions) -> Result<Faithfulness> {
+    let circuit = Circuit { heads: opts.heads.clone(), mlps: opts.mlps.clone() };
+    for h in &circuit.heads {
+        h.check(&model.config)?;
+    }
+    for &l in &circuit.mlps {
+        model.config.check_layer(l)?;
+    }
+    let ev = EvaluatorOptions { ablation: opts.ablation, include_mlps: opts.include_mlps, mean_set: None, metric: opts.metric.clone() };
+    let attributions = if opts.taylor {
+        let a = crate::methods::attribution::AttributionOptions { metric: opts.metric.clone(), ..Default::default() };
+        Some(crate::methods::attribution::attribute(model, contrast, &a)?.scores)
+    } else {
+        None
+    };
+    faithfulness(model, contrast, &circuit, &ev, attributions.as_deref())
 }
 
 /// The reference tool's estimate: `Σ_{h∈C} attr(h) / LD_clean`.

@@ -32,19 +32,14 @@ pub struct TokenScore {
     pub logit: f32,
 }
 
-/// Options of `logit_lens`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LogitLensOptions {
-    /// Top tokens listed after every layer.
-    pub top_k: usize,
-}
-
-impl Default for LogitLensOptions {
-    fn default() -> Self {
-        LogitLensOptions { top_k: 5 }
+crate::options! {
+    /// Options of `logit_lens`.
+    pub struct LogitLensOptions {
+        /// Top tokens listed after every layer.
+        pub top_k: usize = 5,
     }
 }
+
 
 /// Result of `logit_lens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -32,43 +32,90 @@ pub enum Position {
     Mean,
 }
 
-/// A metric of a run, one value per prompt.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+/// A metric of a run, one value per prompt. In options it is written by name (`"kl"`: at the
+/// last position), or as `{"kind": "kl", "position": {"at": 3}}` / `"mean"` for another place.
+#[derive(Clone)]
 pub enum Metric {
     /// `logit[correct] − logit[incorrect]`.
     LogitDiff {
         /// Where the metric reads the prediction; the last real position by default.
-        #[serde(default)]
         position: Position,
     },
     /// `log p(correct)` under the model's next-token distribution.
     Logprob {
         /// Where the metric reads the prediction; the last real position by default.
-        #[serde(default)]
         position: Position,
     },
     /// `p(correct)`.
     Prob {
         /// Where the metric reads the prediction; the last real position by default.
-        #[serde(default)]
         position: Position,
     },
     /// `KL(p_clean ‖ p_run)` of the next-token distributions (ACDC): 0 for the clean run.
     Kl {
         /// Where the metric reads the prediction; the last real position by default.
-        #[serde(default)]
         position: Position,
     },
     /// A user's function of the run (library only; not serialised): one value per prompt,
     /// computed from the full logits `[b, p, d_vocab]` and the prompts' lengths.
-    #[serde(skip)]
     Custom(CustomMetric),
+}
+
+/// The serialised form of a metric that reads another position than the last.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacedMetric {
+    kind: String,
+    #[serde(default)]
+    position: Position,
+}
+
+impl Serialize for Metric {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.position() {
+            None => Err(serde::ser::Error::custom("a custom metric (a function) cannot be written out")),
+            Some(Position::Last) => s.serialize_str(self.name()),
+            Some(position) => PlacedMetric { kind: self.name().to_string(), position }.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Name(String),
+            Placed(PlacedMetric),
+        }
+        let (name, position) = match Form::deserialize(d)? {
+            Form::Name(n) => (n, Position::Last),
+            Form::Placed(p) => (p.kind, p.position),
+        };
+        Metric::parse(&name).map(|m| m.at(position)).map_err(serde::de::Error::custom)
+    }
+}
+
+impl crate::schema::FieldType for Metric {
+    fn kind() -> crate::schema::Kind {
+        let c = |name, aliases: &[&'static str], help| crate::schema::Choice { name, aliases: aliases.to_vec(), help };
+        crate::schema::Kind::Choice {
+            values: vec![
+                c("logit_diff", &["ld"], "logit[correct] − logit[incorrect] at the last position."),
+                c("logprob", &[], "log p(correct) at the last position."),
+                c("prob", &[], "p(correct) at the last position."),
+                c("kl", &[], "KL divergence of the run's next-token distribution from the clean run's (ACDC's metric)."),
+            ],
+        }
+    }
 }
 
 /// A user metric: `f(output) → [b]`, differentiable in the output's logits.
 #[derive(Clone)]
-pub struct CustomMetric(pub Arc<dyn Fn(&ForwardOutput) -> Result<Tensor> + Send + Sync>);
+pub struct CustomMetric(pub Arc<MetricFn>);
+
+/// The function of a custom metric.
+pub type MetricFn = dyn Fn(&ForwardOutput) -> Result<Tensor> + Send + Sync;
 
 impl std::fmt::Debug for Metric {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,10 +161,22 @@ impl Metric {
         Metric::Custom(CustomMetric(Arc::new(f)))
     }
 
-    fn position(&self) -> Option<Position> {
+    /// Where the metric reads the prediction (`None` for a custom metric).
+    pub fn position(&self) -> Option<Position> {
         match self {
             Metric::LogitDiff { position } | Metric::Logprob { position } | Metric::Prob { position } | Metric::Kl { position } => Some(*position),
             Metric::Custom(_) => None,
+        }
+    }
+
+    /// The same metric read at `position` (a custom metric stays as it is).
+    pub fn at(self, position: Position) -> Metric {
+        match self {
+            Metric::LogitDiff { .. } => Metric::LogitDiff { position },
+            Metric::Logprob { .. } => Metric::Logprob { position },
+            Metric::Prob { .. } => Metric::Prob { position },
+            Metric::Kl { .. } => Metric::Kl { position },
+            custom => custom,
         }
     }
 }

@@ -6,12 +6,14 @@ pub mod analyze;
 pub mod attention;
 pub mod attribution;
 pub mod bootstrap;
+pub mod catalog;
 pub mod circuit;
 pub mod composition;
 pub mod metric;
 pub mod edges;
 pub mod faithfulness;
 pub mod logit_lens;
+pub mod next_tokens;
 pub mod path_patching;
 pub mod sae_attribution;
 pub mod patching;
@@ -31,14 +33,36 @@ pub use crate::inputs as contrast;
 pub use crate::inputs::{Contrast, Prompt};
 pub use metric::{Metric, Position, Scorer};
 
-/// An attention head: prints as `L09H09`, serialises as `[layer, head]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(from = "[usize; 2]", into = "[usize; 2]")]
+/// An attention head: prints as `L09H09`, serialises as `[layer, head]`, and is read from
+/// either form (`"L9H6"`, `"9.6"` or `[9, 6]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "[usize; 2]")]
 pub struct Head {
     /// Layer index, from 0.
     pub layer: usize,
     /// Head index within its layer, from 0.
     pub head: usize,
+}
+
+impl<'de> Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Pair([usize; 2]),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Pair(p) => Ok(Head::from(p)),
+            Form::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl crate::schema::FieldType for Head {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some("a head: L9H6 or 9.6") }
+    }
 }
 
 impl From<[usize; 2]> for Head {
@@ -98,41 +122,8 @@ pub(crate) fn sum_in_order(chunks: impl IntoIterator<Item = Result<Vec<Tensor>>>
     Ok(sums)
 }
 
-/// Bounds on the arguments that set how much work a method does, so that no single argument
-/// can ask for unbounded time or memory. The README's "Limits" section lists them.
-pub mod limits {
-    use std::ops::RangeInclusive;
-    /// Integration steps of integrated gradients (attribution, token attribution, EAP-IG).
-    pub const N_STEPS: RangeInclusive<usize> = 1..=1000;
-    /// Random corruptions of attribution stability.
-    pub const N_CORRUPTIONS: RangeInclusive<usize> = 2..=1000;
-    /// Bootstrap resamples.
-    pub const N_BOOT: RangeInclusive<usize> = 1..=100_000;
-    /// Prompts in a generated task set (analyze, scrubbing).
-    pub const N_PROMPTS: RangeInclusive<usize> = 1..=10_000;
-    /// Heads in a circuit search.
-    pub const MAX_HEADS: RangeInclusive<usize> = 1..=100_000;
-}
-
-/// Error unless `value` of the argument `what` is in `range`.
-pub(crate) fn check_count(what: &str, value: usize, range: std::ops::RangeInclusive<usize>) -> Result<()> {
-    if !range.contains(&value) {
-        return Err(crate::error::Error::Invalid(format!(
-            "{what} is {value}; it must be from {} to {}",
-            range.start(),
-            range.end()
-        )));
-    }
-    Ok(())
-}
-
-/// Error unless `value` of the argument `what` is a number from `lo` to `hi`.
-pub(crate) fn check_number(what: &str, value: f32, lo: f32, hi: f32) -> Result<()> {
-    if !(value.is_finite() && value >= lo && value <= hi) {
-        return Err(crate::error::Error::Invalid(format!("{what} is {value}; it must be a number from {lo} to {hi}")));
-    }
-    Ok(())
-}
+pub use crate::limits;
+pub(crate) use crate::limits::{check_count, check_number};
 
 pub(crate) use crate::inputs::check_answers;
 

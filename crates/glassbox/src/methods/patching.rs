@@ -17,32 +17,26 @@ use crate::methods::{Contrast, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
 use crate::model::kernels;
 
-/// Which run receives the patches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// Corrupted activations patched into the clean run (noising; the default).
-    IntoClean,
-    /// Clean activations patched into the corrupted run (denoising).
-    IntoCorrupted,
-}
-
-/// Options of `exact_patching`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PatchingOptions {
-    /// Which run receives the patches (the clean run by default).
-    pub direction: Direction,
-    /// The metric the patched runs are scored by; the logit difference by default.
-    #[serde(default)]
-    pub metric: Metric,
-}
-
-impl Default for PatchingOptions {
-    fn default() -> Self {
-        PatchingOptions { direction: Direction::IntoClean, metric: Metric::default() }
+crate::choices! {
+    /// Which run receives the patches.
+    pub enum Direction {
+        /// Corrupted activations patched into the clean run (noising).
+        IntoClean = "into_clean",
+        /// Clean activations patched into the corrupted run (denoising).
+        IntoCorrupted = "into_corrupted",
     }
 }
+
+crate::options! {
+    /// Options of `exact_patching`.
+    pub struct PatchingOptions {
+        /// Which run receives the patches.
+        pub direction: Direction = Direction::IntoClean,
+        /// The metric the patched runs are scored by.
+        pub metric: Metric = Metric::default(),
+    }
+}
+
 
 /// Result of `exact_patching`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

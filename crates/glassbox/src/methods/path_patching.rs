@@ -14,9 +14,8 @@ use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
 use crate::model::kernels;
 
-/// Where the paths from the senders end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Where the paths from the senders end; written `logits`, `L10H7.q`, `L10KV1.k` or `L10KV1.v`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathReceiver {
     /// The logits: the metric with the sender patched (its direct path and paths through MLPs).
     Logits,
@@ -26,6 +25,73 @@ pub enum PathReceiver {
     K(Head),
     /// A key/value head's value input (`head` is the key/value head index).
     V(Head),
+}
+
+impl std::str::FromStr for PathReceiver {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<PathReceiver> {
+        let s = s.trim();
+        if s == "logits" {
+            return Ok(PathReceiver::Logits);
+        }
+        let bad = || Error::Invalid(format!("receiver `{}`: write logits, L10H7.q, L10KV1.k or L10KV1.v", crate::error::printable(&s)));
+        let (node, kind) = s.rsplit_once('.').ok_or_else(bad)?;
+        let head: Head = node.to_ascii_uppercase().replace("KV", "H").parse().map_err(|_| bad())?;
+        match kind {
+            "q" => Ok(PathReceiver::Q(head)),
+            "k" => Ok(PathReceiver::K(head)),
+            "v" => Ok(PathReceiver::V(head)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for PathReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathReceiver::Logits => f.write_str("logits"),
+            PathReceiver::Q(h) => write!(f, "L{}H{}.q", h.layer, h.head),
+            PathReceiver::K(h) => write!(f, "L{}KV{}.k", h.layer, h.head),
+            PathReceiver::V(h) => write!(f, "L{}KV{}.v", h.layer, h.head),
+        }
+    }
+}
+
+impl Serialize for PathReceiver {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PathReceiver {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Tagged {
+            Q(Head),
+            K(Head),
+            V(Head),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            /// The form glassbox wrote before 0.2: `{"q": [10, 7]}`.
+            Tagged(Tagged),
+        }
+        match Form::deserialize(d)? {
+            Form::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Form::Tagged(Tagged::Q(h)) => Ok(PathReceiver::Q(h)),
+            Form::Tagged(Tagged::K(h)) => Ok(PathReceiver::K(h)),
+            Form::Tagged(Tagged::V(h)) => Ok(PathReceiver::V(h)),
+        }
+    }
+}
+
+impl crate::schema::FieldType for PathReceiver {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some("logits, L10H7.q, L10KV1.k or L10KV1.v") }
+    }
 }
 
 impl PathReceiver {
@@ -67,26 +133,19 @@ pub struct PathPatching {
     pub paths: Vec<PathEffect>,
 }
 
-/// Path patching from each of `senders` (all heads before the receiver when `None`).
-/// Options of `path_patching`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PathPatchingOptions {
-    /// Where the paths end (the logits by default).
-    pub receiver: PathReceiver,
-    /// The sender heads (every head before the receiver when `None`).
-    #[serde(default)]
-    pub senders: Option<Vec<Head>>,
-    /// The metric; the logit difference by default.
-    #[serde(default)]
-    pub metric: Metric,
-}
-
-impl Default for PathPatchingOptions {
-    fn default() -> Self {
-        PathPatchingOptions { receiver: PathReceiver::Logits, senders: None, metric: Metric::default() }
+crate::options! {
+    /// Options of `path_patching`.
+    pub struct PathPatchingOptions {
+        /// Where the paths end: `logits`, or a head's input `L10H7.q`, `L10KV1.k`, `L10KV1.v`
+        /// (key/value head index).
+        pub receiver: PathReceiver = PathReceiver::Logits,
+        /// The sender heads (repeatable); every head before the receiver by default.
+        pub senders: Option<Vec<Head>> = None,
+        /// The metric.
+        pub metric: Metric = Metric::default(),
     }
 }
+
 
 /// Path patching from each sender head to the receiver.
 pub fn path_patching(model: &Model, contrast: &Contrast, opts: &PathPatchingOptions) -> Result<PathPatching> {

@@ -25,23 +25,18 @@ use crate::methods::{Metric, Prompt, Scorer};
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::sae::Sae;
 
-/// Options of `sae_attribution`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SaeAttributionOptions {
-    /// Features listed, by |ld_contribution|.
-    pub top_k: usize,
-    /// How many of the top features also get their exact effect (ablation runs, batched).
-    pub n_exact: usize,
-    /// The metric; the logit difference by default.
-    pub metric: Metric,
-}
-
-impl Default for SaeAttributionOptions {
-    fn default() -> Self {
-        SaeAttributionOptions { top_k: 20, n_exact: 10, metric: Metric::default() }
+crate::options! {
+    /// Options of `sae_attribution`.
+    pub struct SaeAttributionOptions {
+        /// Features listed, by |ld_contribution|.
+        pub top_k: usize = 20,
+        /// How many of the top features also get their exact effect (ablation runs, batched).
+        pub n_exact: usize = 10,
+        /// The metric.
+        pub metric: Metric = Metric::default(),
     }
 }
+
 
 /// One feature's attribution.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,21 +274,16 @@ fn attribution_and_cache(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAt
     Ok((result, out.cache))
 }
 
-/// Options of `circuit_features`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CircuitFeatureOptions {
-    /// The circuit's heads.
-    pub heads: Vec<crate::methods::Head>,
-    /// Features listed per head.
-    pub top_k: usize,
-}
-
-impl Default for CircuitFeatureOptions {
-    fn default() -> Self {
-        CircuitFeatureOptions { heads: Vec::new(), top_k: 10 }
+crate::options! {
+    /// Options of `circuit_features`.
+    pub struct CircuitFeatureOptions {
+        /// The circuit's heads.
+        pub heads: Vec<crate::methods::Head> = Vec::new(),
+        /// Features listed per head.
+        pub top_k: usize = 10,
     }
 }
+
 
 /// A feature a head writes to.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,27 +15,77 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::methods::{Contrast, Head};
+use crate::methods::Head;
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 use crate::tasks::Rng;
 
 /// A prompt of the set with its features (`io`, `subject`, `template`, ...).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScrubPrompt {
-    /// The prompt's clean and corrupted versions and its answers.
-    pub contrast: Contrast,
-    /// Feature values by name (`io`, `subject`, `template`, ...).
-    pub features: BTreeMap<String, String>,
+pub type ScrubPrompt = crate::inputs::TaskPrompt;
+
+crate::options! {
+    /// Options of `causal_scrubbing`.
+    pub struct ScrubOptions {
+        /// The hypothesis: each claimed head's output depends only on this feature of the
+        /// prompt (`L23H3=io`; repeatable or comma-separated; features of IOI: io, subject,
+        /// template, order).
+        pub hypothesis: Vec<Claim> = Vec::new(),
+        /// Seed of the random choice of replacement prompts.
+        pub seed: u64 = 0,
+    }
 }
 
-/// Options of `causal_scrubbing`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ScrubOptions {
-    /// The hypothesis: each head's output depends only on this feature of the prompt.
-    pub hypothesis: Vec<(Head, String)>,
-    /// Seed of the random choice of replacement prompts.
-    pub seed: u64,
+/// One claim of a scrubbing hypothesis: `head`'s output depends only on `feature`; written
+/// `L23H3=io`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The head.
+    pub head: Head,
+    /// The feature of the prompt it reads (`io`, `subject`, `template`, `order` for IOI).
+    pub feature: String,
+}
+
+impl std::str::FromStr for Claim {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Claim> {
+        let (h, f) = s.split_once('=').ok_or_else(|| Error::Invalid(format!("`{}`: write HEAD=feature, e.g. L23H3=io", crate::error::printable(&s))))?;
+        if f.trim().is_empty() {
+            return Err(Error::Invalid(format!("`{}` names no feature; write e.g. L23H3=io", crate::error::printable(&s))));
+        }
+        Ok(Claim { head: h.trim().parse()?, feature: f.trim().to_string() })
+    }
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "L{}H{}={}", self.head.layer, self.head.head, self.feature)
+    }
+}
+
+impl Serialize for Claim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Claim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Pair(Head, String),
+        }
+        match Form::deserialize(d)? {
+            Form::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Form::Pair(head, feature) => Ok(Claim { head, feature }),
+        }
+    }
+}
+
+impl crate::schema::FieldType for Claim {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some("a claim: L23H3=io") }
+    }
 }
 
 /// Result of `causal_scrubbing`.
@@ -62,7 +112,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], opts: &ScrubOpti
     if prompts.len() < 2 {
         return Err(Error::Invalid("causal scrubbing needs a prompt set of at least 2 prompts".into()));
     }
-    for (h, f) in hypothesis {
+    for Claim { head: h, feature: f } in hypothesis {
         h.check(cfg)?;
         if prompts.iter().any(|p| !p.features.contains_key(f)) {
             return Err(Error::Invalid(format!("feature `{f}` (for {h}) is missing from some prompts")));
@@ -80,7 +130,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], opts: &ScrubOpti
         corr.push(ld[1]);
         zs.push(points.iter().map(|&pt| Ok(out.cache.get(pt)?.narrow(0, 0, 1)?)).collect::<Result<_>>()?);
     }
-    let claimed: BTreeMap<Head, &str> = hypothesis.iter().map(|(h, f)| (*h, f.as_str())).collect();
+    let claimed: BTreeMap<Head, &str> = hypothesis.iter().map(|c| (c.head, c.feature.as_str())).collect();
     let mut rng = Rng::new(seed);
     let mut scrubbed = Vec::with_capacity(prompts.len());
     let mut unmatched = 0;
@@ -88,7 +138,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], opts: &ScrubOpti
         let n_pos = p.contrast.n_pos();
         let same_len: Vec<usize> = (0..prompts.len()).filter(|&j| j != i && prompts[j].contrast.n_pos() == n_pos).collect();
         let mut hooks = p.contrast.ld_hooks();
-        for l in 0..cfg.n_layers {
+        for (l, _) in zs[i].iter().enumerate() {
             for h in 0..cfg.n_heads {
                 let head = Head { layer: l, head: h };
                 let pool: Vec<usize> = match claimed.get(&head) {
@@ -104,7 +154,7 @@ pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], opts: &ScrubOpti
             }
         }
         let c = &p.contrast;
-        let out = model.forward(&Batch::new(&[c.clean.clone()])?, &hooks)?;
+        let out = model.forward(&Batch::new(std::slice::from_ref(&c.clean))?, &hooks)?;
         scrubbed.push(out.logit_diff(&[c.correct_id], &[c.incorrect_id])?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0]);
     }
     let n = prompts.len() as f32;

@@ -30,23 +30,18 @@ pub struct HeadStability {
     pub stability: f32,
 }
 
-/// Options of `attribution_stability`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StabilityOptions {
-    /// Random corruptions of the prompt (within `limits::N_CORRUPTIONS`).
-    pub n_corruptions: usize,
-    /// Probability that each token (but a leading BOS) is replaced.
-    pub p: f32,
-    /// Seed of the corruptions.
-    pub seed: u64,
-}
-
-impl Default for StabilityOptions {
-    fn default() -> Self {
-        StabilityOptions { n_corruptions: 25, p: 0.3, seed: 42 }
+crate::options! {
+    /// Options of `attribution_stability`.
+    pub struct StabilityOptions {
+        /// Random corruptions of the prompt (the reference tool's default is 10).
+        pub n_corruptions: usize = 25,
+        /// Probability that each token (but a leading BOS) is replaced.
+        pub p: f32 = 0.3,
+        /// Seed of the corruptions.
+        pub seed: u64 = 42,
     }
 }
+
 
 /// Result of `attribution_stability`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

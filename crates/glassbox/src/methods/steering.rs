@@ -2,12 +2,13 @@
 //! activation space, taken as the difference between two prompts' mean activations or read
 //! from a file, added with a scale at every position while the model runs or generates.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
+use crate::model::{Action, Batch, GenerateOptions, Generation, HookPoint, Hooks, Intervention, Model, Sampling};
 
 /// The largest steering scale accepted (in either sign).
 pub const MAX_SCALE: f32 = 1e4;
@@ -72,4 +73,113 @@ pub fn steering_hooks(model: &Model, point: HookPoint, vector: &Tensor, scale: f
     }
     let v = (vector.to_dtype(DType::F32)? * scale as f64)?;
     Ok(Hooks::new().intervene(Intervention::new(point, Action::Add(v))))
+}
+
+/// A file the options name (a front end that takes requests from others refuses it).
+pub const FILE: &str = "a file path";
+
+/// A path option (`steer_vector`): text in the schema, marked as a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FilePath(pub PathBuf);
+
+impl crate::schema::FieldType for FilePath {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some(FILE) }
+    }
+}
+
+crate::options! {
+    /// Options of `generate`: how to continue the prompt, and optionally a steering vector.
+    pub struct GenerationOptions {
+        /// The most tokens to add.
+        pub max_new_tokens: usize = 32,
+        /// Sample at this temperature (0 or absent: the most likely token each step).
+        pub temperature: Option<f32> = None,
+        /// Sample from the K most likely tokens only (implies sampling).
+        pub top_k: Option<usize> = None,
+        /// Sample from the most likely tokens up to this total probability (implies sampling).
+        pub top_p: Option<f32> = None,
+        /// Seed of the sampling.
+        pub seed: u64 = 0,
+        /// Keep going past the model's end-of-sequence token.
+        pub ignore_eos: bool = false,
+        /// Steer at this hook point; the vector is mean(steer_positive) − mean(steer_negative)
+        /// there, or the one in steer_vector.
+        pub steer: Option<HookPoint> = None,
+        /// The prompt whose activations the steering points towards.
+        pub steer_positive: Option<String> = None,
+        /// The prompt whose activations the steering points away from.
+        pub steer_negative: Option<String> = None,
+        /// A safetensors file holding the steering vector (one tensor, or one named after the hook).
+        pub steer_vector: Option<FilePath> = None,
+        /// Multiplies the steering vector.
+        pub steer_scale: f32 = 1.0,
+    }
+}
+
+/// The steering applied to a generation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SteeringInfo {
+    /// The hook point.
+    pub hook: String,
+    /// Where the vector came from.
+    pub source: String,
+    /// Its scale.
+    pub scale: f32,
+    /// The vector's L2 norm before scaling.
+    pub norm: f32,
+}
+
+/// Result of `generate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerationResult {
+    /// The prompt.
+    pub prompt: String,
+    /// The steering applied, if any.
+    pub steering: Option<SteeringInfo>,
+    /// The continuation without steering (when steering, for comparison).
+    pub unsteered: Option<Generation>,
+    /// The continuation.
+    pub generation: Generation,
+}
+
+impl GenerationOptions {
+    /// The library's generation options: greedy unless a temperature above 0, `top_k` or
+    /// `top_p` is given.
+    pub fn generate_options(&self) -> GenerateOptions {
+        let sample = self.temperature.is_some_and(|t| t != 0.0) || self.top_k.is_some() || self.top_p.is_some();
+        let sampling = if sample {
+            Sampling::Sample { temperature: self.temperature.filter(|&t| t != 0.0).unwrap_or(1.0), top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+        } else {
+            Sampling::Greedy
+        };
+        GenerateOptions { max_new_tokens: self.max_new_tokens, sampling, stop_at_eos: !self.ignore_eos, stop_tokens: Vec::new() }
+    }
+}
+
+/// Continues `prompt`; with `steer`, also without steering, for comparison.
+pub fn generate(model: &Model, prompt: &str, opts: &GenerationOptions) -> Result<GenerationResult> {
+    let options = opts.generate_options();
+    let given = [opts.steer_positive.is_some(), opts.steer_negative.is_some(), opts.steer_vector.is_some()];
+    let steering = match opts.steer {
+        None if given.iter().any(|&g| g) => {
+            return Err(Error::Invalid("steer_positive, steer_negative and steer_vector need `steer`, the hook point to steer at".into()));
+        }
+        None => None,
+        Some(point) => {
+            let (vector, source) = match (&opts.steer_positive, &opts.steer_negative, &opts.steer_vector) {
+                (Some(pos), Some(neg), None) => (steering_vector(model, point, pos, neg)?, format!("mean({pos:?}) - mean({neg:?})")),
+                (None, None, Some(path)) => (load_steering_vector(&path.0, point)?, path.0.display().to_string()),
+                _ => return Err(Error::Invalid("steering needs steer_positive and steer_negative (two prompts), or steer_vector (a file), not both".into())),
+            };
+            let norm = vector.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+            Some((steering_hooks(model, point, &vector, opts.steer_scale)?, SteeringInfo { hook: point.to_string(), source, scale: opts.steer_scale, norm }))
+        }
+    };
+    let (generation, unsteered, steering) = match steering {
+        Some((hooks, info)) => (model.generate(prompt, &options, &hooks)?, Some(model.generate(prompt, &options, &Hooks::new())?), Some(info)),
+        None => (model.generate(prompt, &options, &Hooks::new())?, None, None),
+    };
+    Ok(GenerationResult { prompt: prompt.to_string(), steering, unsteered, generation })
 }

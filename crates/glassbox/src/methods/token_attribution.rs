@@ -15,14 +15,60 @@ use crate::methods::{order_by_magnitude, Metric, Prompt, Scorer};
 use crate::model::config::Positions;
 use crate::model::{Action, Batch, HookPoint, Hooks, Intervention, Model};
 
-/// The embeddings integrated gradients start from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The embeddings integrated gradients start from: written `"zero"`, `"bos"` (the model's BOS
+/// token) or a token id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Baseline {
     /// Zero embeddings.
     Zero,
+    /// The model's BOS token's embedding at every position (an error for a model without one).
+    Bos,
     /// This token's embedding at every position (e.g. a pad or EOS token).
     Token(u32),
+}
+
+impl std::str::FromStr for Baseline {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Baseline> {
+        match s.trim() {
+            "zero" => Ok(Baseline::Zero),
+            "bos" => Ok(Baseline::Bos),
+            t => t.parse().map(Baseline::Token).map_err(|_| Error::Invalid(format!("baseline `{}`: use zero, bos or a token id", crate::error::printable(&t)))),
+        }
+    }
+}
+
+impl Serialize for Baseline {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Baseline::Zero => s.serialize_str("zero"),
+            Baseline::Bos => s.serialize_str("bos"),
+            Baseline::Token(t) => s.serialize_u32(*t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Baseline {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Id(u32),
+            Name(String),
+            /// The form glassbox wrote before 0.2: `{"token": id}`.
+            Tagged { token: u32 },
+        }
+        match Form::deserialize(d)? {
+            Form::Id(t) | Form::Tagged { token: t } => Ok(Baseline::Token(t)),
+            Form::Name(n) => n.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl crate::schema::FieldType for Baseline {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some("zero, bos or a token id") }
+    }
 }
 
 /// One token's attribution.
@@ -38,32 +84,25 @@ pub struct TokenAttr {
     pub attribution: f32,
 }
 
-/// How token saliency is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TokenMethod {
-    /// Gradient × input at the embeddings (one forward and backward).
-    GradientXInput,
-    /// Integrated gradients from `baseline` embeddings in `n_steps` steps.
-    IntegratedGradients {
-        /// Integration steps, within `limits::N_STEPS`.
-        n_steps: usize,
-        /// The embeddings the path starts from.
-        baseline: Baseline,
-    },
+crate::choices! {
+    /// How token saliency is computed.
+    pub enum TokenMethod {
+        /// Gradient × input at the embeddings (one forward and backward).
+        GradientXInput = "gradient_x_input" | "taylor",
+        /// Integrated gradients from `baseline` embeddings in `n_steps` steps.
+        IntegratedGradients = "integrated_gradients" | "ig",
+    }
 }
 
-/// Options of `token_attribution`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TokenAttributionOptions {
-    /// Gradient × input (default) or integrated gradients.
-    pub method: TokenMethod,
-}
-
-impl Default for TokenAttributionOptions {
-    fn default() -> Self {
-        TokenAttributionOptions { method: TokenMethod::GradientXInput }
+crate::options! {
+    /// Options of `token_attribution`.
+    pub struct TokenAttributionOptions {
+        /// Gradient × input or integrated gradients.
+        pub method: TokenMethod = TokenMethod::GradientXInput,
+        /// Integration steps of integrated gradients.
+        pub n_steps: usize = crate::methods::attribution::DEFAULT_N_STEPS,
+        /// Where integrated gradients start: zero embeddings, the BOS token's, or a token id's.
+        pub baseline: Baseline = Baseline::Bos,
     }
 }
 
@@ -98,7 +137,7 @@ pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttribution
     let (tokens, correct, incorrect) = (&prompt.tokens[..], prompt.correct, prompt.incorrect);
     let ig = match opts.method {
         TokenMethod::GradientXInput => None,
-        TokenMethod::IntegratedGradients { n_steps, baseline } => Some((n_steps, baseline)),
+        TokenMethod::IntegratedGradients => Some((opts.n_steps, opts.baseline)),
     };
     if let Some((n_steps, baseline)) = &ig {
         super::check_count("the number of integration steps", *n_steps, super::limits::N_STEPS)?;
@@ -134,7 +173,11 @@ pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttribution
             let emb = out.cache.get(HookPoint::Embed)?.get(0)?;
             let base = match baseline {
                 Baseline::Zero => emb.zeros_like()?,
-                Baseline::Token(id) => {
+                Baseline::Bos | Baseline::Token(_) => {
+                    let id = match baseline {
+                        Baseline::Token(id) => id,
+                        _ => model.tokenizer.bos_token().ok_or_else(|| Error::Invalid("this model has no BOS token; use the baseline zero or a token id".into()))?,
+                    };
                     if id as usize >= model.config.d_vocab {
                         return Err(Error::Invalid(format!("baseline token {id} is outside the vocabulary")));
                     }

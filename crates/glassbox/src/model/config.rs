@@ -312,7 +312,7 @@ impl ModelConfig {
                 return bad(format!("{what} is {value}; glassbox takes at most {max}"));
             }
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} query heads cannot be grouped over {} key/value heads",
                 self.n_heads, self.n_kv_heads
@@ -350,7 +350,7 @@ impl ModelConfig {
             if let Some(la) = self.layers.iter().find(|la| !(la.rope_base.is_finite() && la.rope_base > 0.0)) {
                 return bad(format!("rotary base {} must be a positive number", la.rope_base));
             }
-            r.scaling.validate(r.dim).or_else(|e| bad(e))?;
+            r.scaling.validate(r.dim).or_else(&bad)?;
         }
         if let Some(w) = self.layers.iter().find_map(|la| la.sliding_window.filter(|&w| w == 0)) {
             return bad(format!("a sliding window of {w} keys; a window holds at least one"));

@@ -286,7 +286,7 @@ impl Model {
             let layer_rope = rope
                 .map(|r| -> Result<Arc<RopeTables>> {
                     let all = tables.entry(la.rope_base.to_bits()).or_insert_with(|| crate::model::rope::tables(past + n_pos, r.dim, la.rope_base, r.scaling, w.rope_freqs.as_deref())).clone();
-                    Ok(if past == 0 { all } else { Arc::new(all.from_position(past)) })
+                    Ok(if past == 0 { all } else { Arc::new(all.starting_at(past)) })
                 })
                 .transpose()?;
             let layer_kv = cache.as_deref_mut().map(|c| &mut c.layers[l]);

@@ -73,6 +73,16 @@ pub enum StopReason {
     ContextFull,
 }
 
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::MaxNewTokens => f.write_str("reached max_new_tokens"),
+            StopReason::StopToken(t) => write!(f, "stop token {t}"),
+            StopReason::ContextFull => f.write_str("the context is full"),
+        }
+    }
+}
+
 /// A generated continuation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generation {
@@ -96,7 +106,7 @@ pub struct Generation {
 
 impl GenerateOptions {
     fn check(&self) -> Result<()> {
-        crate::methods::check_count("max_new_tokens", self.max_new_tokens, limits::MAX_NEW_TOKENS)?;
+        crate::limits::check_count("max_new_tokens", self.max_new_tokens, limits::MAX_NEW_TOKENS)?;
         if let Sampling::Sample { temperature, top_k, top_p, .. } = self.sampling {
             crate::methods::check_number("temperature", temperature, *limits::TEMPERATURE.start(), *limits::TEMPERATURE.end())?;
             if top_k == Some(0) {

@@ -94,8 +94,11 @@ pub enum HookPoint {
     LnFinalNormalized,
 }
 
+/// A block hook point's constructor from its layer.
+type BlockHook = fn(usize) -> HookPoint;
+
 /// Block-level hook names (after `blocks.{l}.`) and their constructors, in forward order.
-const BLOCK_HOOKS: &[(&str, fn(usize) -> HookPoint)] = &[
+const BLOCK_HOOKS: &[(&str, BlockHook)] = &[
     ("hook_resid_pre", HookPoint::ResidPre),
     ("ln1.hook_scale", HookPoint::Ln1Scale),
     ("ln1.hook_normalized", HookPoint::Ln1Normalized),
@@ -290,6 +293,12 @@ impl FromStr for HookPoint {
     }
 }
 
+impl crate::schema::FieldType for HookPoint {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some("a hook point, e.g. blocks.6.hook_resid_pre") }
+    }
+}
+
 impl serde::Serialize for HookPoint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -326,7 +335,10 @@ pub enum Action {
 
 /// A closure hook: `f(value, point) → replacement`.
 #[derive(Clone)]
-pub struct HookFn(pub std::sync::Arc<dyn Fn(&Tensor, HookPoint) -> Result<Tensor> + Send + Sync>);
+pub struct HookFn(pub std::sync::Arc<HookFnBody>);
+
+/// The function of a closure hook.
+pub type HookFnBody = dyn Fn(&Tensor, HookPoint) -> Result<Tensor> + Send + Sync;
 
 impl fmt::Debug for HookFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

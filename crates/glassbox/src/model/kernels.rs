@@ -802,8 +802,8 @@ mod avx {
     unsafe fn chunk<const MR: usize>(g: *const f32, panel: *const f32, acc: *mut f32, n: usize, k: usize, i: usize, kc: usize, jb: usize, je: usize) {
         let mut a = [[_mm256_setzero_ps(); 2]; MR];
         for (r, ar) in a.iter_mut().enumerate() {
-            for c in 0..2 {
-                ar[c] = _mm256_loadu_ps(acc.add((i + r) * k + kc + 8 * c));
+            for (c, v) in ar.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(acc.add((i + r) * k + kc + 8 * c));
             }
         }
         for j in jb..je {
@@ -811,14 +811,14 @@ mod avx {
             let wv = [_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8))];
             for (r, ar) in a.iter_mut().enumerate() {
                 let gv = _mm256_set1_ps(*g.add((i + r) * n + j));
-                for c in 0..2 {
-                    ar[c] = _mm256_fmadd_ps(gv, wv[c], ar[c]);
+                for (v, w) in ar.iter_mut().zip(&wv) {
+                    *v = _mm256_fmadd_ps(gv, *w, *v);
                 }
             }
         }
         for (r, ar) in a.iter().enumerate() {
-            for c in 0..2 {
-                _mm256_storeu_ps(acc.add((i + r) * k + kc + 8 * c), ar[c]);
+            for (c, v) in ar.iter().enumerate() {
+                _mm256_storeu_ps(acc.add((i + r) * k + kc + 8 * c), *v);
             }
         }
     }

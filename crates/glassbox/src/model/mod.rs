@@ -42,6 +42,8 @@ pub struct Model {
     pub weights: Weights,
     /// Text to token ids and back (with BOS where the model wants it).
     pub tokenizer: Tokenizer,
+    /// The sha256 of the weight files it was loaded from (computed while they were read).
+    sha256: Option<String>,
 }
 
 impl Model {
@@ -64,12 +66,31 @@ impl Model {
             config,
             weights,
             tokenizer,
+            sha256: None,
         })
+    }
+
+    /// The same model, recording the sha256 of the weights it was loaded from.
+    pub fn with_weights_sha256(mut self, sha256: String) -> Model {
+        self.sha256 = Some(sha256);
+        self
+    }
+
+    /// The sha256 (lowercase hex) of the weight file it was loaded from (for a model folder, of
+    /// its weight files one after the other in name order); `None` for a model built in memory.
+    pub fn weights_sha256(&self) -> Option<String> {
+        self.sha256.clone()
     }
 
     /// Loads a Hugging Face model folder or a GGUF file.
     pub fn load(path: &Path) -> Result<Self> {
         load::load_path(path)
+    }
+
+    /// The same architecture and tokenizer with other weights (of the same shapes; checked at
+    /// the first forward pass). It records no weights hash: these weights were not read from files.
+    pub fn with_weights(&self, weights: Weights) -> Model {
+        Model { weights, sha256: None, ..self.clone() }
     }
 
     /// The same model with every weight in `dtype` (f64 for finite-difference checks).

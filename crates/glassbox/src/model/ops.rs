@@ -180,7 +180,7 @@ pub struct RopeTables {
 
 impl RopeTables {
     /// The tables of positions `first..` (for the new positions of a continued run).
-    pub fn from_position(&self, first: usize) -> RopeTables {
+    pub fn starting_at(&self, first: usize) -> RopeTables {
         let first = first.min(self.positions);
         RopeTables {
             cos: self.cos[first * self.half..].to_vec(),

@@ -31,7 +31,8 @@ pub(crate) fn inv_freq(dim: usize, base: f64, scaling: RopeScaling, n_pos: usize
                 .map(|x| {
                     let wavelen = 2.0 * std::f32::consts::PI / x;
                     let scaled = if wavelen > low_wavelen { x / factor as f32 } else { x };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let outside = wavelen < high_wavelen || wavelen > low_wavelen;
+                    let medium = !outside;
                     if medium {
                         let smooth = (old / wavelen - low_freq_factor as f32) / (high_freq_factor as f32 - low_freq_factor as f32);
                         (1.0 - smooth) * scaled / factor as f32 + smooth * scaled

@@ -5,7 +5,7 @@
 //! place (`data-layer`, `data-head`, ...), so tests and the dashboard can read the picture.
 
 mod charts;
-mod results;
+pub(crate) mod results;
 pub mod svg;
 
 use std::collections::BTreeMap;
@@ -18,6 +18,29 @@ use crate::error::{Error, Result};
 
 /// The kinds of result `plot_value` draws: the CLI's command names.
 pub const KINDS: &[&str] = &["analyze", "attribution", "patch", "path-patch", "logit-lens", "attention", "edges", "token-attribution", "stability", "composition", "sae-attribute"];
+
+/// DejaVu Sans (Bitstream Vera license, see assets/LICENSE_DEJAVU), for pictures rendered to
+/// PNG on machines without fonts.
+#[cfg(feature = "png")]
+const DEJAVU: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// An SVG document (as `Svg::finish` writes it) rendered to PNG at `scale` times its size
+/// (feature `png`).
+#[cfg(feature = "png")]
+pub fn png(svg: &str, scale: f32) -> Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    if !(scale.is_finite() && scale > 0.0 && scale <= 8.0) {
+        return Err(Error::Invalid(format!("a PNG scale of {scale}: give a number above 0 and at most 8")));
+    }
+    let mut opt = usvg::Options { font_family: "DejaVu Sans".into(), ..usvg::Options::default() };
+    opt.fontdb_mut().load_font_data(DEJAVU.to_vec());
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| Error::Invalid(format!("rendering the picture: {e}")))?;
+    let size = tree.size().to_int_size();
+    let (w, h) = ((size.width() as f32 * scale).ceil() as u32, (size.height() as f32 * scale).ceil() as u32);
+    let mut pixmap = tiny_skia::Pixmap::new(w, h).ok_or_else(|| Error::Invalid(format!("a {w} × {h} image is too large to render")))?;
+    resvg::render(&tree, tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
+    pixmap.encode_png().map_err(|e| Error::Invalid(format!("encoding the PNG: {e}")))
+}
 
 /// A result that has a picture.
 pub trait Plot {
@@ -52,8 +75,9 @@ plot_impl!(crate::methods::composition::Composition, results::composition);
 plot_impl!(crate::methods::sae_attribution::SaeAttribution, results::sae_attribution);
 
 impl Plot for crate::methods::analyze::Analysis {
+    /// The circuit's heads coloured by their attention type (`head_types`) where the result has them.
     fn plot(&self) -> Svg {
-        results::analysis(self, None)
+        results::analysis(self, (!self.head_types.is_empty()).then_some(&self.head_types))
     }
 }
 

@@ -112,23 +112,31 @@ fn component_name(c: Component) -> &'static str {
 /// a graph (heads coloured by `head_types` when given, else by the sign of their attribution),
 /// and the faithfulness figures.
 pub fn analysis(a: &Analysis, head_types: Option<&BTreeMap<String, String>>) -> Svg {
-    let parsed: Vec<((usize, usize), f32)> = a.attributions.iter().filter_map(|(k, &v)| parse_head(k).map(|lh| (lh, v))).collect();
+    circuit_picture(a.method.name(), &a.metric, &a.attributions, &a.circuit, &a.faithfulness, head_types)
+}
+
+/// The analysis of a prompt set: the mean attributions, the circuit and its faithfulness.
+pub fn set_analysis(a: &crate::methods::analyze::SetAnalysis) -> Svg {
+    circuit_picture(a.method.name(), &a.metric, &a.attributions, &a.circuit, &a.faithfulness, None)
+}
+
+fn circuit_picture(method: &str, metric: &str, attributions: &BTreeMap<String, f32>, circuit: &[crate::methods::Head], f: &crate::methods::faithfulness::Faithfulness, head_types: Option<&BTreeMap<String, String>>) -> Svg {
+    let parsed: Vec<((usize, usize), f32)> = attributions.iter().filter_map(|(k, &v)| parse_head(k).map(|lh| (lh, v))).collect();
     let n_layers = parsed.iter().map(|((l, _), _)| l + 1).max().unwrap_or(0);
     let n_heads = parsed.iter().map(|((_, h), _)| h + 1).max().unwrap_or(0);
     let mut grid = vec![vec![0.0f32; n_heads]; n_layers];
     for ((l, h), v) in &parsed {
         grid[*l][*h] = *v;
     }
-    let marked: HashSet<(usize, usize)> = a.circuit.iter().map(|h| (h.layer, h.head)).collect();
-    let heat = head_heatmap(&format!("Attribution ({}) — circuit outlined", a.method.name()), &grid, a.metric.as_str(), marked);
+    let marked: HashSet<(usize, usize)> = circuit.iter().map(|h| (h.layer, h.head)).collect();
+    let heat = head_heatmap(&format!("Attribution ({}) — circuit outlined", method), &grid, metric, marked);
 
     let scale = Scale::diverging(parsed.iter().map(|(_, v)| v));
-    let mut nodes: Vec<Node> = a
-        .circuit
+    let mut nodes: Vec<Node> = circuit
         .iter()
         .map(|h| {
             let name = h.to_string();
-            let v = a.attributions.get(&name).copied().unwrap_or(0.0);
+            let v = attributions.get(&name).copied().unwrap_or(0.0);
             let (colour, kind) = match head_types.and_then(|t| t.get(&name)) {
                 Some(t) => (type_colour(t).to_string(), t.clone()),
                 None => (scale.colour(v), String::new()),
@@ -137,14 +145,13 @@ pub fn analysis(a: &Analysis, head_types: Option<&BTreeMap<String, String>>) -> 
         })
         .collect();
     nodes.push(Node { id: "logits".into(), row: n_layers as f64 + 1.0, colour: "#ffffff".into(), kind: String::new() });
-    let edges: Vec<(String, String, f32)> = a.circuit.iter().map(|h| {
+    let edges: Vec<(String, String, f32)> = circuit.iter().map(|h| {
         let name = h.to_string();
-        let v = a.attributions.get(&name).copied().unwrap_or(0.0);
+        let v = attributions.get(&name).copied().unwrap_or(0.0);
         (name, "logits".to_string(), v)
     }).collect();
-    let g = graph(&format!("Circuit: {} heads", a.circuit.len()), &nodes, &edges);
+    let g = graph(&format!("Circuit: {} heads", circuit.len()), &nodes, &edges);
 
-    let f = &a.faithfulness;
     let mut items = vec![
         ("sufficiency".to_string(), f.sufficiency),
         ("comprehensiveness".to_string(), f.comprehensiveness),

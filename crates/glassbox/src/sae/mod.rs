@@ -128,6 +128,8 @@ pub struct Sae {
     pub w_skip: Option<Tensor>,
     /// TopK with rescaling: each feature's decoder norm, `[d_sae]`.
     decoder_norms: Option<Tensor>,
+    /// The folder it was loaded from (`None` when made in memory).
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// Features of some activations: `acts [n, d_sae]`, and how decoding undoes the input's
@@ -183,7 +185,7 @@ impl Sae {
             return Err(Error::NotAModel { path: dir.to_path_buf(), reason: "an SAE is a folder (SAELens' cfg.json and sae_weights.safetensors, or Gemma Scope's params.npz)".into() });
         }
         if dir.join("cfg.json").exists() {
-            return Self::load_sae_lens(dir, hook);
+            return Self::load_sae_lens(dir, hook).map(|s| Sae { source: Some(dir.to_path_buf()), ..s });
         }
         for name in ["params.safetensors", "params.npz"] {
             if dir.join(name).exists() {
@@ -191,7 +193,7 @@ impl Sae {
                     "{} holds Gemma Scope parameters, which name no hook point; give it (e.g. --hook blocks.12.hook_resid_post)",
                     crate::error::printable(&dir.display())
                 )))?;
-                return Self::load_gemma_scope(&dir.join(name), hook);
+                return Self::load_gemma_scope(&dir.join(name), hook).map(|s| Sae { source: Some(dir.to_path_buf()), ..s });
             }
         }
         Err(Error::NotAModel {
@@ -349,7 +351,7 @@ impl Sae {
             Architecture::TopK { rescale_by_decoder_norm: true, .. } => Some(w_dec.sqr()?.sum(1)?.sqrt()?),
             _ => None,
         };
-        Ok(Sae { cfg, w_enc, w_dec, b_enc, b_dec, threshold, gated, w_skip, decoder_norms })
+        Ok(Sae { cfg, w_enc, w_dec, b_enc, b_dec, threshold, gated, w_skip, decoder_norms, source: None })
     }
 
     /// Error unless the SAE fits `model`: its hook points exist and have its widths.

@@ -36,9 +36,12 @@ fn bad(path: &Path, detail: impl Into<String>) -> Error {
     Error::Corrupt { path: path.to_path_buf(), detail: detail.into() }
 }
 
+/// A config's `key: value` pairs, in order.
+type Keys = Vec<(String, String)>;
+
 /// The simple YAML of a transcoder-set config: `key: value` lines and one list of strings
 /// (`transcoders:` followed by `  - item` lines). Values may be quoted; `#` starts a comment.
-fn parse_config(text: &str, path: &Path) -> Result<(Vec<(String, String)>, Vec<String>)> {
+fn parse_config(text: &str, path: &Path) -> Result<(Keys, Vec<String>)> {
     let unquote = |s: &str| -> String {
         let s = s.trim();
         let q = (s.starts_with('"') && s.ends_with('"')) || (s.starts_with('\'') && s.ends_with('\''));

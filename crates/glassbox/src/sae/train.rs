@@ -400,7 +400,7 @@ pub fn train(
 }
 
 fn check_options(o: &TrainOptions, d_in: usize) -> Result<()> {
-    let count = super::super::methods::check_count;
+    let count = crate::limits::check_count;
     count("d_sae", o.d_sae, 1..=1 << 20)?;
     count("k", o.k, 1..=o.d_sae)?;
     count("batch_size", o.batch_size, 1..=1 << 20)?;

@@ -575,7 +575,7 @@ fn adam(p: &mut Layer, grads: &[Vec<f32>; 4], s: &StepSpec) {
 }
 
 fn check_options(o: &SetTrainOptions, di: usize, d_out: usize, n_layers: usize) -> Result<()> {
-    let count = crate::methods::check_count;
+    let count = crate::limits::check_count;
     count("d_sae", o.d_sae, 1..=1 << 18)?;
     count("k", o.k, 1..=o.d_sae)?;
     count("batch_size", o.batch_size, 1..=1 << 16)?;

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::methods::Contrast;
+use crate::inputs::{Contrast, TaskPrompt};
 use crate::model::Model;
 use crate::tasks::Rng;
 
@@ -37,24 +37,13 @@ pub const PLACES: &[&str] = &["store", "park", "school", "office", "restaurant",
 /// Words for `{OBJECT}` (those that are single tokens of the model).
 pub const OBJECTS: &[&str] = &["drink", "ring", "book", "kiss", "letter", "basketball", "computer", "snack", "bone", "necklace"];
 
-/// How an IOI prompt's corrupted version differs from the clean one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Corruption {
-    /// `name_swap`: IO and subject exchanged everywhere.
-    NameSwap,
-    /// `abc`: the repeated subject replaced by a third name, so no name repeats.
-    Abc,
-}
-
-impl std::str::FromStr for Corruption {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "name_swap" | "swap" => Ok(Corruption::NameSwap),
-            "abc" => Ok(Corruption::Abc),
-            o => Err(Error::Invalid(format!("unknown IOI corruption `{o}`; use name_swap or abc"))),
-        }
+crate::choices! {
+    /// How an IOI prompt's corrupted version differs from the clean one.
+    pub enum Corruption {
+        /// IO and subject exchanged everywhere.
+        NameSwap = "name_swap" | "swap",
+        /// The repeated subject replaced by a third name, so no name repeats.
+        Abc = "abc",
     }
 }
 
@@ -89,7 +78,7 @@ fn fill(t: &str, a: &str, b: &str, place: &str, object: &str) -> String {
 
 /// `n` IOI prompts (half ABBA, half BABA), seeded.
 pub fn generate(model: &Model, n: usize, seed: u64, corruption: Corruption) -> Result<Vec<IoiPrompt>> {
-    crate::methods::check_count("the number of prompts", n, crate::methods::limits::N_PROMPTS)?;
+    crate::limits::check_count("the number of prompts", n, crate::limits::N_PROMPTS)?;
     let names = single_tokens(model, NAMES);
     if names.len() < 3 {
         return Err(Error::Invalid(format!(
@@ -155,7 +144,7 @@ pub fn contrasts(model: &Model, prompts: &[IoiPrompt]) -> Result<Vec<Contrast>> 
 }
 
 /// The prompts with their features for causal scrubbing: `io`, `subject`, `template`, `order`.
-pub fn scrub_prompts(model: &Model, prompts: &[IoiPrompt]) -> Result<Vec<crate::methods::scrubbing::ScrubPrompt>> {
+pub fn scrub_prompts(model: &Model, prompts: &[IoiPrompt]) -> Result<Vec<TaskPrompt>> {
     prompts
         .iter()
         .zip(contrasts(model, prompts)?)
@@ -169,7 +158,7 @@ pub fn scrub_prompts(model: &Model, prompts: &[IoiPrompt]) -> Result<Vec<crate::
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            Ok(crate::methods::scrubbing::ScrubPrompt { contrast, features })
+            Ok(TaskPrompt { contrast, features, group: format!("{} {}", p.order, p.template) })
         })
         .collect()
 }

@@ -62,7 +62,7 @@ impl Reference {
 /// give the same figures bit for bit (`assert_same_figures`).
 #[allow(dead_code)]
 pub fn assert_quantized_equals_dense(model: &Model, prompts: &[&str]) {
-    let plain = Model { weights: model.weights.dense().unwrap(), ..model.clone() };
+    let plain = model.with_weights(model.weights.dense().unwrap());
     assert_eq!(plain.quantized_matrices(), 0);
     assert_same_figures(model, &plain, prompts);
 }

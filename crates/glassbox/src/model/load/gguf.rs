@@ -257,7 +257,7 @@ fn rope_freqs(src: &mut GgufSource, cfg: &ModelConfig) -> Result<Option<Vec<f32>
 
 struct GgufSource {
     content: Content,
-    reader: BufReader<File>,
+    reader: super::digest::HashingReader<BufReader<File>>,
     path: PathBuf,
     loaded: HashSet<String>,
 }
@@ -351,6 +351,7 @@ pub fn load_file(path: &Path) -> Result<Model> {
     };
     cfg.tied_embeddings = !unembed_stored;
     cfg.validate()?;
+    let reader = super::digest::HashingReader::new(reader).map_err(|e| Error::io(path, e))?;
     let mut src = GgufSource {
         content,
         reader,
@@ -360,9 +361,10 @@ pub fn load_file(path: &Path) -> Result<Model> {
     let mut weights = build_weights(&cfg, family.names, &mut src)?;
     weights.rope_freqs = rope_freqs(&mut src, &cfg)?;
     super::check_all_used(&src, &arch)?;
+    let sha256 = src.reader.finish().map_err(|e| Error::io(path, e))?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Model::new(name, cfg, weights, tokenizer)
+    Ok(Model::new(name, cfg, weights, tokenizer)?.with_weights_sha256(sha256))
 }

@@ -236,10 +236,14 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
     cfg.tied_embeddings = weights.unembed.same_as(&weights.embed);
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?.with_bos_token(json.bos_token_id)
         .with_eos_tokens(json.eos_token_id.as_ref().map(|e| e.ids()).unwrap_or_default());
-    Model::new(
+    // The weight files were read through a memory map; their hash is one more read of them
+    // (from the page cache).
+    let sha256 = super::digest::files_sha256(&files).map_err(|e| Error::io(&files[0], e))?;
+    Ok(Model::new(
         dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         cfg,
         weights,
         tokenizer,
-    )
+    )?
+    .with_weights_sha256(sha256))
 }

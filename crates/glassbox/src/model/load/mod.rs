@@ -4,6 +4,7 @@
 
 pub mod gguf;
 mod gguf_header;
+pub(crate) mod digest;
 pub mod hf;
 mod hf_config;
 mod layers;
