@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{Error, Result};
 use crate::model::config::{NormKind, Positions};
 use crate::model::fused::{self, AttnSpec};
+use crate::model::fused::attention::AttnMask as MaskRule;
 use crate::model::cache::ActivationCache;
 use crate::model::hooks::{HookPoint, HookState, Hooks};
 use crate::model::ops::{linear, norm_parts, rotary, softmax_last, RopeTables};
@@ -525,13 +526,18 @@ impl Model {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
                 None => (k.clone(), v.clone()),
             };
-            let z = self.attention_chain(l, &q, &k_all, &v_all, mask, st)?;
+            let z = if st.touches(HookPoint::AttnScores(l)) || st.touches(HookPoint::Pattern(l)) {
+                self.attention_chain(l, &q, &k_all, &v_all, mask, st)?
+            } else {
+                let spec = AttnSpec { scale: cfg.attn_scale, softcap: cfg.variants.attn_softcap, mask: mask.rule.clone() };
+                fused::attention(&q, &k_all, &v_all, &spec)?
+            };
             *slot = Some((k_all.detach(), v_all.detach()));
             z
         } else if st.touches(HookPoint::AttnScores(l)) || st.touches(HookPoint::Pattern(l)) {
             self.attention_chain(l, &q, &k, &v, mask, st)?
         } else {
-            let spec = AttnSpec { scale: cfg.attn_scale, softcap: cfg.variants.attn_softcap, allowed: mask.allowed.clone() };
+            let spec = AttnSpec { scale: cfg.attn_scale, softcap: cfg.variants.attn_softcap, mask: mask.rule.clone() };
             fused::attention(&q, &k, &v, &spec)?
         };
         let z = st.apply(HookPoint::Z(l), z)?;
@@ -647,44 +653,38 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
 }
 
 /// Which keys each query may see: causal, within the prompt's real length and the sliding
-/// window. The fused attention core reads `allowed`; the chain adds `additive()`.
+/// window (`fused::attention::AttnMask`, a rule, not a matrix). The tiled attention core reads
+/// the rule; the chain of candle ops (a run that hooks the scores or the pattern) adds
+/// `additive()`, built only for such a run.
 struct AttnMask {
-    /// `[b, queries, keys]`
-    allowed: Arc<Vec<bool>>,
-    b: usize,
+    rule: MaskRule,
     queries: usize,
-    keys: usize,
     dtype: DType,
     additive: std::cell::OnceCell<Tensor>,
 }
 
 impl AttnMask {
     /// Queries at positions `past..past + p` of each prompt (real length `past + len`) over
-    /// keys `0..past + p`: causal, within the prompt and the sliding window.
+    /// keys `0..past + p`: causal, within the prompt and the sliding window. Padding queries
+    /// (past the prompt's end) see the whole real prompt: a sliding window could otherwise leave
+    /// them no key at all, and a row of −∞ gives NaN, which would reach real positions through
+    /// `0 · NaN` in the value products.
     fn new(lengths: &[usize], p: usize, past: usize, window: Option<usize>, dtype: DType) -> Self {
-        let b = lengths.len();
-        let keys = past + p;
-        let mut allowed = vec![false; b * p * keys];
-        for (bi, &len) in lengths.iter().enumerate() {
-            let real = past + len;
-            for qi in 0..p {
-                let q = past + qi;
-                for k in 0..=q.min(real.saturating_sub(1)) {
-                    // Padding queries (q ≥ len) see the whole real prompt: a sliding window could
-                    // otherwise leave them no key at all, and a row of -inf gives NaN, which would
-                    // reach real positions through `0 · NaN` in the value products.
-                    allowed[(bi * p + qi) * keys + k] = q >= real || window.is_none_or(|w| q - k < w);
-                }
-            }
-        }
-        AttnMask { allowed: Arc::new(allowed), b, queries: p, keys, dtype, additive: std::cell::OnceCell::new() }
+        AttnMask { rule: MaskRule { lengths: Arc::new(lengths.to_vec()), past, window }, queries: p, dtype, additive: std::cell::OnceCell::new() }
     }
 
     /// The additive mask `[b, 1, queries, keys]`: 0 where a query may see a key, -inf elsewhere.
     fn additive(&self) -> Result<&Tensor> {
         if self.additive.get().is_none() {
-            let m: Vec<f32> = self.allowed.iter().map(|&a| if a { 0.0 } else { f32::NEG_INFINITY }).collect();
-            let t = Tensor::from_vec(m, (self.b, 1, self.queries, self.keys), &Device::Cpu)?.to_dtype(self.dtype)?;
+            let (b, keys) = (self.rule.lengths.len(), self.rule.past + self.queries);
+            let mut m = vec![f32::NEG_INFINITY; b * self.queries * keys];
+            for bi in 0..b {
+                for i in 0..self.queries {
+                    let (lo, hi) = self.rule.keys(bi, i);
+                    m[(bi * self.queries + i) * keys + lo..(bi * self.queries + i) * keys + hi].fill(0.0);
+                }
+            }
+            let t = Tensor::from_vec(m, (b, 1, self.queries, keys), &Device::Cpu)?.to_dtype(self.dtype)?;
             let _ = self.additive.set(t);
         }
         self.additive.get().ok_or_else(|| Error::Invalid("attention mask not built".into()))

@@ -522,35 +522,78 @@ mod avx {
         }
     }
 
-    /// Columns `j0..j1` of `y = x · wᵀ` for quantized weight rows: each block of four rows is
-    /// dequantized into a small buffer (exactly as candle dequantizes), then multiplied as in
-    /// `x_wt_cols`. The weight stream from memory is the blocks' bits per weight, not 32.
+    /// Weight rows dequantized at a time by `x_wt_cols_q` (a panel of f32 rows in L2).
+    const JP: usize = 32;
+    /// Token rows multiplied against a panel at a time (kept in L2 while the panel passes).
+    const MB: usize = 96;
+
+    /// Columns `j0..j1` of `y = x · wᵀ` for quantized weight rows: each panel of `JP` rows is
+    /// dequantized into a buffer (exactly as candle dequantizes), then multiplied as in
+    /// `x_wt_cols`, `MB` token rows at a time so that those rows stay in cache while every
+    /// group of four panel rows passes over them. The weight stream from memory is the blocks'
+    /// bits per weight, not 32. Each output is the same sum as `x_wt_cols` computes.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn x_wt_cols_q(x: *const f32, q: &QMatrix, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
-        with_scratch(4 * k, |scratch| {
+        with_scratch(JP * k, |scratch| {
             let (bytes, row_bytes) = (q.bytes().as_ptr(), q.row_bytes());
-            let mut j = j0;
-            while j < j1 {
-                let rows = (j1 - j).min(4);
-                q.dequantize_rows(j, j + rows, &mut scratch[..rows * k]);
-                // The next four rows' bytes (contiguous) arrive while these are multiplied.
-                let next = bytes.wrapping_add((j + rows) * row_bytes);
-                let next_bytes = (j1 - j - rows).min(4) * row_bytes;
+            let mut jp = j0;
+            while jp < j1 {
+                let rows = (j1 - jp).min(JP);
+                q.dequantize_rows(jp, jp + rows, &mut scratch[..rows * k]);
+                // The next panel's bytes (contiguous) arrive while this one is multiplied.
+                let next = bytes.wrapping_add((jp + rows) * row_bytes);
+                let next_bytes = (j1 - jp - rows).min(JP) * row_bytes;
                 let mut b = 0;
                 while b < next_bytes {
-                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(b) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(b) as *const i8);
                     b += 64;
                 }
-                // A base such that row j is at `base + j k` (only rows j..j + rows are read).
-                let base = scratch.as_ptr().wrapping_sub(j * k);
-                if rows == 4 {
-                    four_rows(x, base, y, m, k, n, j, std::ptr::null());
-                } else {
-                    tail_rows(x, base, y, m, k, n, j, j + rows);
+                // A base such that row j is at `base + j k` (only rows jp..jp + rows are read).
+                let base = scratch.as_ptr().wrapping_sub(jp * k);
+                let mut i0 = 0;
+                while i0 < m {
+                    let i1 = (i0 + MB).min(m);
+                    let mut j = jp;
+                    while j + 4 <= jp + rows {
+                        four_rows_of(x, base, y, (i0, i1), k, n, j);
+                        j += 4;
+                    }
+                    if j < jp + rows {
+                        tail_rows_of(x, base, y, (i0, i1), k, n, (j, jp + rows));
+                    }
+                    i0 = i1;
                 }
-                j += rows;
+                jp += rows;
             }
         })
+    }
+
+    /// `four_rows` over token rows `i0..i1` only.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn four_rows_of(x: *const f32, w: *const f32, y: *mut f32, (i0, i1): (usize, usize), k: usize, n: usize, j: usize) {
+        let mut i = i0;
+        while i < i1 {
+            match i1 - i {
+                1 => block::<1>(x, w, y, k, n, i, j, std::ptr::null()),
+                2 => block::<2>(x, w, y, k, n, i, j, std::ptr::null()),
+                _ => block::<3>(x, w, y, k, n, i, j, std::ptr::null()),
+            }
+            i += (i1 - i).min(3);
+        }
+    }
+
+    /// `tail_rows` over token rows `i0..i1` only.
+    unsafe fn tail_rows_of(x: *const f32, w: *const f32, y: *mut f32, (i0, i1): (usize, usize), k: usize, n: usize, (j0, j1): (usize, usize)) {
+        for jj in j0..j1 {
+            for i in i0..i1 {
+                let mut s = 0f32;
+                for t in 0..k {
+                    s += *x.add(i * k + t) * *w.wrapping_add(jj * k + t);
+                }
+                *y.add(i * n + jj) = s;
+            }
+        }
     }
 
     /// `acc += g[:, j0..j1] · w[j0..j1, :]` for quantized weight rows other than Q4_1: each

@@ -9,16 +9,18 @@
 //! figures up to float rounding. Each op splits its rows, elements or heads over the kernels'
 //! threads when there are enough (`MIN_PART`). f32 and f64.
 
-use std::sync::Arc;
+pub mod attention;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+
+pub use attention::{attention, AttnSpec};
 use num_traits::Float;
 
 use crate::error::Result;
 use crate::model::kernels;
 use crate::model::config::Activation;
 
-trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + std::ops::DivAssign {
+pub(crate) trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + std::ops::DivAssign {
     /// `out[i] = exp(−x[i])`.
     fn exp_neg(x: &[Self], out: &mut [Self]) {
         for (o, &x) in out.iter_mut().zip(x) {
@@ -39,14 +41,14 @@ impl Elem for f32 {
 }
 impl Elem for f64 {}
 
-fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+pub(crate) fn slice<'a, T: Elem>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     let (o0, o1) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input must be contiguous")))?;
     Ok(&T::cpu_storage_as_slice(s)?[o0..o1])
 }
 
-fn values<T: Elem>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+pub(crate) fn values<T: Elem>(t: &Tensor) -> candle_core::Result<Vec<T>> {
     t.flatten_all()?.to_vec1::<T>()
 }
 
@@ -67,11 +69,11 @@ macro_rules! by_dtype {
     };
 }
 
-fn t<T: Elem>(v: f64) -> T {
+pub(crate) fn t<T: Elem>(v: f64) -> T {
     T::from(v).unwrap_or_else(T::nan)
 }
 
-fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
+pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
     let mut acc = [T::zero(); 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -89,20 +91,25 @@ fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
 
 /// Items (elements, or multiply-adds for attention) a part of a split op gets at least: below
 /// this, handing a part to another thread costs more than it saves.
-const MIN_PART: usize = 8192;
+pub(crate) const MIN_PART: usize = 8192;
 
 /// An output the parts of `for_ranges` fill, each in places no other part writes.
-struct Shared<T>(*mut T);
-unsafe impl<T> Sync for Shared<T> {}
-unsafe impl<T> Send for Shared<T> {}
+pub(crate) struct Shared<T: Send>(*mut T);
+// SAFETY: `Shared` only hands out slices through `slice`, whose contract is that the parts
+// write disjoint ranges of one live output; the values are `Send`, so writing them from
+// another thread is sound.
+unsafe impl<T: Send> Sync for Shared<T> {}
+// SAFETY: as for `Sync`: the pointer is used only for disjoint writes while the output lives.
+unsafe impl<T: Send> Send for Shared<T> {}
 
-impl<T> Shared<T> {
-    fn of(v: &mut [T]) -> Self {
+impl<T: Send> Shared<T> {
+    pub(crate) fn of(v: &mut [T]) -> Self {
         Shared(v.as_mut_ptr())
     }
-    /// Safety: `a..b` is inside the output and no other part touches it while the slice lives.
+    /// # Safety
+    /// `a..b` is inside the output and no other part touches it while the slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, a: usize, b: usize) -> &mut [T] {
+    pub(crate) unsafe fn slice(&self, a: usize, b: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(a), b - a)
     }
 }
@@ -151,12 +158,6 @@ fn silu_slope<T: Elem>(x: T, e: T) -> T {
     s * (T::one() + x * (T::one() - s))
 }
 
-/// `y += a · x`
-fn axpy<T: Elem>(y: &mut [T], a: T, x: &[T]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * *x;
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Norm
@@ -448,249 +449,6 @@ impl CustomOp3 for GatedGrad {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Attention core
-
-/// What the attention core needs besides q, k and v.
-#[derive(Debug, Clone)]
-pub struct AttnSpec {
-    /// Multiplies `q · k` (before any soft cap).
-    pub scale: f64,
-    /// Gemma 2's attention soft cap: `c · tanh(s / c)`.
-    pub softcap: Option<f64>,
-    /// `[b, p, p]`: whether query position i of prompt b may see key position j.
-    pub allowed: Arc<Vec<bool>>,
-}
-
-/// `z = softmax(mask(cap(scale · q kᵀ))) v` per query head, each key/value head serving its
-/// group of query heads. `q: [b, p, heads, d_head]`, `k, v: [b, p, kv_heads, d_head]`;
-/// returns `z: [b, p, heads, d_head]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &AttnSpec) -> Result<Tensor> {
-    let op = AttnOp { spec: spec.clone() };
-    Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?)
-}
-
-struct AttnOp {
-    spec: AttnSpec,
-}
-
-#[derive(Clone, Copy)]
-struct AttnDims {
-    b: usize,
-    p: usize,
-    h: usize,
-    kv: usize,
-    dh: usize,
-    dv: usize,
-}
-
-impl AttnDims {
-    fn of(q: &[usize], k: &[usize], v: &[usize], allowed: usize) -> candle_core::Result<Self> {
-        let ok = q.len() == 4 && k.len() == 4 && v.len() == 4;
-        if !ok || q[0] != k[0] || q[1] != k[1] || k[..3] != v[..3] || q[3] != k[3] || k[2] == 0 || !q[2].is_multiple_of(k[2]) || allowed != q[0] * q[1] * q[1] {
-            candle_core::bail!("attention: q {q:?}, k {k:?}, v {v:?} and a mask of {allowed} do not fit");
-        }
-        Ok(AttnDims { b: q[0], p: q[1], h: q[2], kv: k[2], dh: q[3], dv: v[3] })
-    }
-    fn q(&self, bi: usize, i: usize, hh: usize) -> usize {
-        ((bi * self.p + i) * self.h + hh) * self.dh
-    }
-    fn k(&self, bi: usize, j: usize, g: usize) -> usize {
-        ((bi * self.p + j) * self.kv + g) * self.dh
-    }
-    fn v(&self, bi: usize, j: usize, g: usize) -> usize {
-        ((bi * self.p + j) * self.kv + g) * self.dv
-    }
-    fn z(&self, bi: usize, i: usize, hh: usize) -> usize {
-        ((bi * self.p + i) * self.h + hh) * self.dv
-    }
-}
-
-impl AttnOp {
-    /// Query head `hh` of prompt `bi`: the pattern `[p, p]` into `pat`, and where there is a
-    /// soft cap, `tanh(s / c)` into `caps`. (The inner loop of the attention op: its slices
-    /// and indices stay plain arguments.)
-    #[allow(clippy::too_many_arguments)]
-    fn pattern<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], bi: usize, hh: usize, pat: &mut [T], caps: &mut [T]) {
-        let (p, dh) = (d.p, d.dh);
-        let g = hh / (d.h / d.kv);
-        let scale = t::<T>(self.spec.scale);
-        for i in 0..p {
-            let qi = &q[d.q(bi, i, hh)..][..dh];
-            let row = &mut pat[i * p..(i + 1) * p];
-            let mut max = T::neg_infinity();
-            for j in 0..p {
-                if !self.spec.allowed[(bi * p + i) * p + j] {
-                    row[j] = T::neg_infinity();
-                    continue;
-                }
-                let mut s = dot(qi, &k[d.k(bi, j, g)..][..dh]) * scale;
-                if let Some(c) = self.spec.softcap {
-                    let c = t::<T>(c);
-                    let th = (s / c).tanh();
-                    caps[i * p + j] = th;
-                    s = th * c;
-                }
-                row[j] = s;
-                max = Float::max(max, s);
-            }
-            let mut sum = T::zero();
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for s in row.iter_mut() {
-                *s /= sum;
-            }
-        }
-    }
-
-    /// Units (prompt × head pairs) a part gets at least, by the work of one.
-    fn min_units(d: &AttnDims) -> usize {
-        MIN_PART / (d.p * d.p * d.dh).max(1) + 1
-    }
-
-    fn fwd<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
-        let p = d.p;
-        let mut z = vec![T::zero(); d.b * p * d.h * d.dv];
-        let shared = Shared::of(&mut z);
-        // One unit per prompt and query head; each writes its own head's rows of z.
-        kernels::for_ranges(d.b * d.h, Self::min_units(d), &|u0, u1| {
-            let mut pat = vec![T::zero(); p * p];
-            let mut caps = vec![T::zero(); p * p];
-            for u in u0..u1 {
-                let (bi, hh) = (u / d.h, u % d.h);
-                let g = hh / (d.h / d.kv);
-                self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
-                for i in 0..p {
-                    let zi = d.z(bi, i, hh);
-                    // Safety: row i of head hh of prompt bi belongs to this unit alone.
-                    let zrow = unsafe { shared.slice(zi, zi + d.dv) };
-                    for j in 0..p {
-                        let w = pat[i * p + j];
-                        if w != T::zero() {
-                            axpy(zrow, w, &v[d.v(bi, j, g)..][..d.dv]);
-                        }
-                    }
-                }
-            }
-        });
-        z
-    }
-
-    /// `[dq, dk, dv]` flattened, from `dz`.
-    fn grad<T: Elem>(&self, d: &AttnDims, q: &[T], k: &[T], v: &[T], dz: &[T]) -> Vec<T> {
-        let p = d.p;
-        let (nq, nk, nv) = (q.len(), k.len(), v.len());
-        let mut out = vec![T::zero(); nq + nk + nv];
-        let shared = Shared::of(&mut out);
-        let scale = t::<T>(self.spec.scale);
-        let group = d.h / d.kv;
-        // One unit per prompt and key/value head (with its group of query heads): each writes
-        // its own rows of dq, dk and dv.
-        kernels::for_ranges(d.b * d.kv, Self::min_units(d) / group + 1, &|u0, u1| {
-            let mut pat = vec![T::zero(); p * p];
-            let mut caps = vec![T::zero(); p * p];
-            let mut ds = vec![T::zero(); p];
-            for u in u0..u1 {
-                let (bi, g) = (u / d.kv, u % d.kv);
-                for hh in g * group..(g + 1) * group {
-                    self.pattern(d, q, k, bi, hh, &mut pat, &mut caps);
-                    for i in 0..p {
-                        let dzi = &dz[d.z(bi, i, hh)..][..d.dv];
-                        let row = &pat[i * p..(i + 1) * p];
-                        // d pattern, then through the softmax: ds = P ⊙ (dP − Σ P ⊙ dP).
-                        let mut rowdot = T::zero();
-                        for j in 0..p {
-                            ds[j] = if row[j] != T::zero() { dot(dzi, &v[d.v(bi, j, g)..][..d.dv]) } else { T::zero() };
-                            rowdot += ds[j] * row[j];
-                        }
-                        let qi = d.q(bi, i, hh);
-                        // Safety: these rows belong to this unit's prompt and heads alone.
-                        let dq = unsafe { shared.slice(qi, qi + d.dh) };
-                        for j in 0..p {
-                            if row[j] == T::zero() {
-                                continue;
-                            }
-                            let mut s = row[j] * (ds[j] - rowdot);
-                            if self.spec.softcap.is_some() {
-                                let th = caps[i * p + j];
-                                s *= T::one() - th * th;
-                            }
-                            let s = s * scale;
-                            let (kj, vj) = (d.k(bi, j, g), d.v(bi, j, g));
-                            axpy(dq, s, &k[kj..kj + d.dh]);
-                            // Safety: as above.
-                            let (dk, dv) = unsafe { (shared.slice(nq + kj, nq + kj + d.dh), shared.slice(nq + nk + vj, nq + nk + vj + d.dv)) };
-                            axpy(dk, s, &q[qi..qi + d.dh]);
-                            axpy(dv, row[j], dzi);
-                        }
-                    }
-                }
-            }
-        });
-        out
-    }
-}
-
-fn fwd_attn<T: Elem>(op: &AttnOp, d: &AttnDims, a: (&CpuStorage, &Layout), b: (&CpuStorage, &Layout), c: (&CpuStorage, &Layout)) -> candle_core::Result<CpuStorage> {
-    let (q, k, v) = (slice::<T>(a.0, a.1, "attention")?, slice::<T>(b.0, b.1, "attention")?, slice::<T>(c.0, c.1, "attention")?);
-    Ok(T::to_cpu_storage_owned(op.fwd(d, q, k, v)))
-}
-
-impl CustomOp3 for AttnOp {
-    fn name(&self) -> &'static str {
-        "attention"
-    }
-
-    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = AttnDims::of(ql.dims(), kl.dims(), vl.dims(), self.spec.allowed.len())?;
-        let out = by_dtype!(qs, "attention", T => fwd_attn::<T>(self, &d, (qs, ql), (ks, kl), (vs, vl)))?;
-        Ok((out, Shape::from((d.b, d.p, d.h, d.dv))))
-    }
-
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = AttnGrad { spec: self.spec.clone(), q: q.clone(), k: k.clone(), v: v.clone() };
-        let all = grad.contiguous()?.apply_op1(op)?;
-        let (nq, nk, nv) = (q.elem_count(), k.elem_count(), v.elem_count());
-        Ok((
-            Some(all.narrow(0, 0, nq)?.reshape(q.shape())?),
-            Some(all.narrow(0, nq, nk)?.reshape(k.shape())?),
-            Some(all.narrow(0, nq + nk, nv)?.reshape(v.shape())?),
-        ))
-    }
-}
-
-/// `dz → [dq, dk, dv]` (flat), with q, k and v held.
-struct AttnGrad {
-    spec: AttnSpec,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-}
-
-fn grad_attn<T: Elem>(op: &AttnGrad, d: &AttnDims, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
-    let dz = slice::<T>(s, l, "attention backward")?;
-    let (q, k, v) = (values::<T>(&op.q)?, values::<T>(&op.k)?, values::<T>(&op.v)?);
-    let inner = AttnOp { spec: op.spec.clone() };
-    Ok(T::to_cpu_storage_owned(inner.grad(d, &q, &k, &v, dz)))
-}
-
-impl CustomOp1 for AttnGrad {
-    fn name(&self) -> &'static str {
-        "attention-backward"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = AttnDims::of(self.q.dims(), self.k.dims(), self.v.dims(), self.spec.allowed.len())?;
-        if l.dims() != [d.b, d.p, d.h, d.dv] {
-            candle_core::bail!("attention backward: gradient {:?} for z of {:?}", l.dims(), [d.b, d.p, d.h, d.dv]);
-        }
-        let out = by_dtype!(s, "attention backward", T => grad_attn::<T>(self, &d, s, l))?;
-        Ok((out, Shape::from(self.q.elem_count() + self.k.elem_count() + self.v.elem_count())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -740,72 +498,6 @@ mod tests {
 
     fn data(n: usize, seed: u64) -> Vec<f64> {
         (0..n as u64).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 7) % 1000) as f64 / 500.0 - 1.0).collect()
-    }
-
-    /// The attention core at sizes that split over threads (two prompts, the second padded;
-    /// grouped heads; with and without a soft cap) against a plain loop in f64, and its
-    /// gradient against the directional derivative by central differences.
-    #[test]
-    fn attention_matches_a_plain_loop_and_finite_differences() {
-        let (b, p, h, kv, dh) = (2usize, 40usize, 4usize, 2usize, 16usize);
-        let lengths = [40usize, 31];
-        let mut allowed = vec![false; b * p * p];
-        for (bi, &len) in lengths.iter().enumerate() {
-            for i in 0..p {
-                for j in 0..=i.min(len - 1) {
-                    allowed[(bi * p + i) * p + j] = true;
-                }
-            }
-        }
-        let dev = Device::Cpu;
-        let q = Var::from_vec(data(b * p * h * dh, 1), (b, p, h, dh), &dev).unwrap();
-        let k = Var::from_vec(data(b * p * kv * dh, 2), (b, p, kv, dh), &dev).unwrap();
-        let v = Var::from_vec(data(b * p * kv * dh, 3), (b, p, kv, dh), &dev).unwrap();
-        let w = Tensor::from_vec(data(b * p * h * dh, 4), (b, p, h, dh), &dev).unwrap();
-        for softcap in [None, Some(0.7)] {
-            let spec = AttnSpec { scale: 0.3, softcap, allowed: Arc::new(allowed.clone()) };
-            // The plain loop.
-            let (qs, ks, vs) = (data(b * p * h * dh, 1), data(b * p * kv * dh, 2), data(b * p * kv * dh, 3));
-            let mut want = vec![0f64; b * p * h * dh];
-            for bi in 0..b {
-                for hh in 0..h {
-                    let g = hh / (h / kv);
-                    for i in 0..p {
-                        let seen: Vec<usize> = (0..p).filter(|&j| allowed[(bi * p + i) * p + j]).collect();
-                        let scores: Vec<f64> = seen
-                            .iter()
-                            .map(|&j| {
-                                let s: f64 = (0..dh).map(|t| qs[((bi * p + i) * h + hh) * dh + t] * ks[((bi * p + j) * kv + g) * dh + t]).sum::<f64>() * 0.3;
-                                softcap.map_or(s, |c| c * (s / c).tanh())
-                            })
-                            .collect();
-                        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                        let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                        for (&j, s) in seen.iter().zip(&scores) {
-                            for t in 0..dh {
-                                want[((bi * p + i) * h + hh) * dh + t] += (s - max).exp() / sum * vs[((bi * p + j) * kv + g) * dh + t];
-                            }
-                        }
-                    }
-                }
-            }
-            let z = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &spec).unwrap();
-            let got = z.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            assert!(err < 1e-12, "{softcap:?}: attention differs from the plain loop by {err}");
-
-            let metric = |q: &Tensor, k: &Tensor, v: &Tensor| (attention(q, k, v, &spec).unwrap() * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-            let grads = (z * &w).unwrap().sum_all().unwrap().backward().unwrap();
-            let dirs: Vec<Tensor> = [(q.dims(), 5), (k.dims(), 6), (v.dims(), 7)].iter().map(|(d, s)| Tensor::from_vec(data(d.iter().product(), *s), d.to_vec(), &dev).unwrap()).collect();
-            let analytic: f64 = [&q, &k, &v].iter().zip(&dirs).map(|(x, d)| (grads.get(x.as_tensor()).unwrap() * d).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).sum();
-            let eps = 1e-6;
-            let moved = |sign: f64| {
-                let m: Vec<Tensor> = [&q, &k, &v].iter().zip(&dirs).map(|(x, d)| (x.as_tensor() + (d * (sign * eps)).unwrap()).unwrap()).collect();
-                metric(&m[0], &m[1], &m[2])
-            };
-            let numeric = (moved(1.0) - moved(-1.0)) / (2.0 * eps);
-            assert!((analytic - numeric).abs() < 1e-6 * numeric.abs().max(1.0), "{softcap:?}: gradient {analytic} vs finite difference {numeric}");
-        }
     }
 
     /// The norm (LayerNorm and RMSNorm) at a size that splits over threads: values and
