@@ -259,7 +259,7 @@ fn run_cli() -> Result<()> {
         Command::Methods { json } => methods::list(json)?,
         Command::Hooks { model } => {
             let m = load_model(&model)?;
-            for p in HookPoint::all_for(&m.config) {
+            for p in HookPoint::all_for(m.config()) {
                 println!("{p}");
             }
         }

@@ -250,8 +250,8 @@ pub fn run(entry: &'static dyn Entry, m: &ArgMatches) -> Result<()> {
         Some(dir) => {
             let hook = m.get_one::<String>("sae_hook").map(|h| h.parse::<glassbox::HookPoint>()).transpose()?;
             let s = glassbox::sae::Sae::load(dir, hook).with_context(|| format!("loading the SAE in {}", dir.display()))?;
-            if let Some(trained) = s.cfg.model_name.as_deref().filter(|n| !model.name.contains(*n) && !n.contains(model.name.as_str())) {
-                eprintln!("warning: this SAE was trained on {trained}, and the model is {}; its features mean something only on the model it was trained on", model.name);
+            if let Some(trained) = s.cfg.model_name.as_deref().filter(|n| !model.name().contains(*n) && !n.contains(model.name())) {
+                eprintln!("warning: this SAE was trained on {trained}, and the model is {}; its features mean something only on the model it was trained on", model.name());
             }
             Some(s)
         }

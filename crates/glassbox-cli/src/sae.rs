@@ -140,7 +140,7 @@ pub fn run(command: &SaeCommand) -> Result<()> {
             let files = glassbox::sae::corpus::corpus_files(corpus, exclude)?;
             let docs = glassbox::sae::corpus::read_documents(&files)?;
             let seqs = glassbox::sae::corpus::sequences(&m, &docs, *context)?;
-            let per_seq = context - usize::from(m.tokenizer.bos().is_some());
+            let per_seq = context - usize::from(m.tokenizer().bos().is_some());
             eprintln!("corpus: {} files, {} documents, {} sequences of {context} tokens ({} tokens)", files.len(), docs.len(), seqs.len(), seqs.len() * per_seq);
             if *set {
                 let opts = glassbox::sae::train_set::SetTrainOptions {
@@ -178,7 +178,7 @@ pub fn run(command: &SaeCommand) -> Result<()> {
             }
             let stop = crate::stop_flag();
             let mut last = None;
-            let result = train(&m, hook_in, hook_out, seqs, &opts, out, *resume, &mut |r| {
+            let result = train(&m, &glassbox::sae::train::Site { hook_in, hook_out, out, resume: *resume }, seqs, &opts, &mut |r| {
                 bar.set_length(r.total_steps as u64);
                 bar.set_position(r.step as u64);
                 bar.set_message(format!("FVU {:.4}  L0 {:.1}  dead {:.1}%  aux {:.3}", r.fvu, r.l0, 100.0 * r.dead_fraction, r.aux_loss));
@@ -198,7 +198,7 @@ pub fn run(command: &SaeCommand) -> Result<()> {
             let files = glassbox::sae::corpus::corpus_files(corpus, &[])?;
             let docs = glassbox::sae::corpus::read_documents(&files)?;
             let mut seqs = glassbox::sae::corpus::sequences(&m, &docs, *context)?;
-            let per_seq = context - usize::from(m.tokenizer.bos().is_some());
+            let per_seq = context - usize::from(m.tokenizer().bos().is_some());
             seqs.truncate(tokens.div_ceil(per_seq).max(1));
             let r = finite(glassbox::sae::eval::evaluate(&m, &s, &seqs, 4)?)?;
             if *json {

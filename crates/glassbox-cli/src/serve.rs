@@ -361,9 +361,9 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> Response {
-    let c = &state.model.config;
+    let c = &state.model.config();
     axum::Json(json!({
-        "model": state.model.name,
+        "model": state.model.name(),
         "architecture": c.architecture,
         "n_layers": c.n_layers,
         "n_heads": c.n_heads,
@@ -371,7 +371,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
         "d_model": c.d_model,
         "commands": catalog::CATALOG.iter().filter(|e| offered(**e, &state)).map(|e| e.name()).collect::<Vec<_>>(),
         "methods": catalog::describe().into_iter().filter(|d| catalog::entry(d.name).is_ok_and(|e| offered(e, &state))).collect::<Vec<_>>(),
-        "model_b": state.model_b.as_ref().map(|m| m.name.clone()),
+        "model_b": state.model_b.as_ref().map(|m| m.name().to_string()),
         "sae": state.sae.as_ref().map(|s| s.cfg.hook.to_string()),
         "limits": { "max_body_bytes": MAX_BODY, "max_prompt_chars": state.max_prompt_chars, "max_queue": state.max_queue },
         "version": env!("CARGO_PKG_VERSION"),
@@ -461,7 +461,7 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
             allowed_hosts,
         });
         let shown = if ip.is_unspecified() { SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port()) } else { addr };
-        println!("glassbox dashboard for {} listening on http://{shown}/ (Ctrl-C stops it)", state.model.name);
+        println!("glassbox dashboard for {} listening on http://{shown}/ (Ctrl-C stops it)", state.model.name());
         use std::io::Write;
         let _ = std::io::stdout().flush();
         axum::serve(listener, router(state)).with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await.context("serving")

@@ -7,8 +7,10 @@ use std::sync::atomic::AtomicBool;
 use glassbox::batch::summary::{summarize, SummaryOptions};
 use glassbox::batch::{self, BatchOptions, Item, RunSpec, Settings};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::errors::{input, IntoPy};
+use crate::kwargs::Kwargs;
 use crate::model::Model;
 use crate::sae::Sae;
 
@@ -36,25 +38,27 @@ fn batch_parse<'py>(py: Python<'py>, lines: Vec<String>, first_line: usize) -> P
 /// The run records the sha256 of the weights the model was loaded from, and `resume` refuses
 /// parts written from other weights, another method or other options.
 #[pyfunction]
-#[pyo3(signature = (model, items, method, out, options=None, batch_size=16, row_group=64, resume=false, sae=None))]
-#[allow(clippy::too_many_arguments)] // the run's settings, as keywords
+#[pyo3(signature = (model, items, method, out, **kwargs))]
 fn batch_run<'py>(
     py: Python<'py>,
     model: &Model,
     items: &Bound<'py, PyAny>,
     method: &str,
     out: PathBuf,
-    options: Option<&Bound<'py, PyAny>>,
-    batch_size: usize,
-    row_group: usize,
-    resume: bool,
-    sae: Option<&Sae>,
+    kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let mut kw = Kwargs::new(kwargs, "batch_run");
+    let options = kw.object("options")?;
+    let batch_size: usize = kw.or("batch_size", 16)?;
+    let row_group: usize = kw.or("row_group", 64)?;
+    let resume: bool = kw.or("resume", false)?;
+    let sae: Option<PyRef<Sae>> = kw.get("sae")?;
+    kw.finish()?;
     let items: Vec<Item> = pythonize::depythonize(items).map_err(|e| input(format!("items: {e}")))?;
     let entry = batch::method(method).py_err()?;
     let options: serde_json::Value = match options {
-        Some(o) if !o.is_none() => pythonize::depythonize(o).map_err(|e| input(format!("options: {e}")))?,
-        _ => serde_json::Value::Null,
+        Some(o) => pythonize::depythonize(&o).map_err(|e| input(format!("options: {e}")))?,
+        None => serde_json::Value::Null,
     };
     let m = model.inner.clone();
     let sae = sae.map(|s| s.inner.clone());

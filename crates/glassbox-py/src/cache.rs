@@ -9,10 +9,11 @@ use glassbox::{Decompose, Stack};
 use numpy::PyArrayDyn;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::arrays::{from_numpy, to_numpy};
 use crate::errors::{candle, input, IntoPy};
+use crate::kwargs::Kwargs;
 
 /// Cached activations of one run.
 #[pyclass(module = "glassbox._native", frozen)]
@@ -139,7 +140,7 @@ impl ActivationCache {
 
     /// The cached hook names, in forward order.
     fn keys(&self) -> Vec<String> {
-        glassbox::HookPoint::all_for(&self.model.config).into_iter().filter(|p| self.inner.values.contains_key(p)).map(|p| p.to_string()).collect()
+        glassbox::HookPoint::all_for(self.model.config()).into_iter().filter(|p| self.inner.values.contains_key(p)).map(|p| p.to_string()).collect()
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -190,16 +191,21 @@ impl ActivationCache {
     /// The residual stream at `layer` as the sum of its parts: embeddings (when
     /// `incl_embeds`) and each earlier block's attention and MLP outputs (`mode`: `all`,
     /// `attn` or `mlp`).
-    #[pyo3(signature = (layer=None, mode="all", apply_ln=false, pos_slice=None, incl_embeds=true, return_labels=false))]
-    #[allow(clippy::too_many_arguments)] // TransformerLens' keyword arguments
-    fn decompose_resid<'py>(&self, py: Python<'py>, layer: Option<usize>, mode: &str, apply_ln: bool, pos_slice: Option<&Bound<'py, PyAny>>, incl_embeds: bool, return_labels: bool) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (layer=None, mode="all", **kwargs))]
+    fn decompose_resid<'py>(&self, py: Python<'py>, layer: Option<usize>, mode: &str, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let mut kw = Kwargs::new(kwargs, "decompose_resid");
+        let apply_ln: bool = kw.or("apply_ln", false)?;
+        let pos_slice = kw.object("pos_slice")?;
+        let incl_embeds: bool = kw.or("incl_embeds", true)?;
+        let return_labels: bool = kw.or("return_labels", false)?;
+        kw.finish()?;
         let mode = match mode {
             "all" => Decompose::All,
             "attn" => Decompose::Attn,
             "mlp" => Decompose::Mlp,
             other => return Err(input(format!("mode {other:?} is not all, attn or mlp"))),
         };
-        let c = self.sliced(pos_slice)?;
+        let c = self.sliced(pos_slice.as_ref())?;
         let stack = py.detach(|| c.decompose_resid(&self.model, layer, mode, apply_ln, incl_embeds)).py_err()?;
         self.stack_out(py, stack, return_labels)
     }

@@ -9,6 +9,7 @@ mod arrays;
 mod batch;
 mod cache;
 mod errors;
+mod kwargs;
 mod methods;
 mod model;
 mod sae;

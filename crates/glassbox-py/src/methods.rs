@@ -10,11 +10,12 @@ use glassbox::methods::faithfulness::{faithfulness, Circuit, CircuitEvaluator, E
 use glassbox::methods::{Head, Metric};
 use glassbox::schema::OptionSchema;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyString};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::errors::{input, IntoPy};
+use crate::kwargs::Kwargs;
 use crate::model::{tokens_of, Model};
 
 /// Options from a dict (None: the defaults), with serde's message naming a wrong key.
@@ -266,18 +267,20 @@ fn input_of(m: &glassbox::Model, entry: &dyn catalog::Entry, obj: Option<&Bound<
 /// `seconds`). `progress(done, total, stage)` is called as it goes; Ctrl-C stops it within a
 /// step (KeyboardInterrupt), and the model stays usable.
 #[pyfunction]
-#[pyo3(signature = (method, model, input=None, options=None, sae=None, model_b=None, progress=None))]
-#[allow(clippy::too_many_arguments)] // the method, its model and input, and its keywords
+#[pyo3(signature = (method, model, input=None, options=None, **kwargs))]
 fn run<'py>(
     py: Python<'py>,
     method: &str,
     model: &Model,
     input: Option<&Bound<'py, PyAny>>,
     options: Option<&Bound<'py, PyAny>>,
-    sae: Option<&crate::sae::Sae>,
-    model_b: Option<&Model>,
-    progress: Option<Py<PyAny>>,
+    kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let mut kw = Kwargs::new(kwargs, "run");
+    let sae: Option<PyRef<crate::sae::Sae>> = kw.get("sae")?;
+    let model_b: Option<PyRef<Model>> = kw.get("model_b")?;
+    let progress: Option<Py<PyAny>> = kw.get("progress")?;
+    kw.finish()?;
     let entry = catalog::entry(method).py_err()?;
     let options: serde_json::Value = match options {
         Some(o) if !o.is_none() => value(o, "options")?,

@@ -16,6 +16,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use crate::arrays::{from_numpy, to_numpy, token_rows};
 use crate::cache::ActivationCache;
 use crate::errors::{candle, input as input_error, IntoPy};
+use crate::kwargs::Kwargs;
 
 /// A loaded model (shared, read-only): run it, hook it, differentiate it, generate from it.
 #[pyclass(module = "glassbox._native", frozen)]
@@ -64,7 +65,7 @@ pub struct Config {
 impl Config {
     /// The whole configuration as a dict (every field the forward reads).
     fn to_dict<'py>(&self, py: Python<'py>, model: &Model) -> PyResult<Bound<'py, PyAny>> {
-        Ok(pythonize::pythonize(py, &model.inner.config)?)
+        Ok(pythonize::pythonize(py, &model.inner.config())?)
     }
 
     fn __repr__(&self) -> String {
@@ -168,7 +169,7 @@ pub fn batch_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<B
         }
     }
     let rows = token_rows(input).map_err(|_| input_type_error())?;
-    let v = model.config.d_vocab;
+    let v = model.config().d_vocab;
     if let Some(&t) = rows.iter().flatten().find(|&&t| t as usize >= v) {
         return Err(input_error(format!("token id {t} is outside the vocabulary of {v} tokens")));
     }
@@ -189,7 +190,7 @@ pub fn tokens_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<
         return Err(input_error(format!("one prompt is expected here, not a batch of {}", rows.len())));
     }
     let row = rows.remove(0);
-    let v = model.config.d_vocab;
+    let v = model.config().d_vocab;
     if let Some(&t) = row.iter().find(|&&t| t as usize >= v) {
         return Err(input_error(format!("token id {t} is outside the vocabulary of {v} tokens")));
     }
@@ -207,12 +208,12 @@ type ErrorSlot = Arc<Mutex<Option<PyErr>>>;
 fn points_named(model: &glassbox::Model, spec: &Bound<'_, PyAny>) -> PyResult<Vec<glassbox::HookPoint>> {
     if let Ok(s) = spec.cast::<PyString>() {
         let p: glassbox::HookPoint = s.to_cow()?.parse().py_err()?;
-        p.check(&model.config).py_err()?;
+        p.check(model.config()).py_err()?;
         return Ok(vec![p]);
     }
     if spec.is_callable() {
         let mut out = Vec::new();
-        for p in glassbox::HookPoint::all_for(&model.config) {
+        for p in glassbox::HookPoint::all_for(model.config()) {
             if spec.call1((p.to_string(),))?.is_truthy()? {
                 out.push(p);
             }
@@ -264,7 +265,7 @@ fn python_action(func: Py<PyAny>, slot: ErrorSlot) -> Action {
 fn build_hooks(model: &glassbox::Model, fwd_hooks: Option<&Bound<'_, PyAny>>, interventions: Option<Vec<Intervention>>, slot: &ErrorSlot) -> PyResult<Hooks> {
     let mut hooks = Hooks::new();
     for i in interventions.unwrap_or_default() {
-        i.inner.point.check(&model.config).py_err()?;
+        i.inner.point.check(model.config()).py_err()?;
         hooks = hooks.intervene(i.inner);
     }
     if let Some(list) = fwd_hooks {
@@ -373,16 +374,16 @@ impl Model {
     /// The model's name.
     #[getter]
     fn name(&self) -> String {
-        self.inner.name.clone()
+        self.inner.name().to_string()
     }
 
     /// The model's shape (`cfg.n_layers`, `cfg.d_model`, ...).
     #[getter]
     fn cfg(&self) -> Config {
-        let c = &self.inner.config;
+        let c = &self.inner.config();
         use glassbox::model::config::{NormKind, Positions};
         Config {
-            model_name: self.inner.name.clone(),
+            model_name: self.inner.name().to_string(),
             architecture: c.architecture.clone(),
             n_layers: c.n_layers,
             n_heads: c.n_heads,
@@ -411,7 +412,7 @@ impl Model {
     /// Every hook point of this model, by TransformerLens name.
     #[getter]
     fn hook_names(&self) -> Vec<String> {
-        glassbox::HookPoint::all_for(&self.inner.config).iter().map(ToString::to_string).collect()
+        glassbox::HookPoint::all_for(self.inner.config()).iter().map(ToString::to_string).collect()
     }
 
     /// Token ids `[batch, positions]` (int64) of a prompt or a list of prompts (right-padded
@@ -460,8 +461,7 @@ impl Model {
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, ActivationCache)> {
         let batch = batch_of(&self.inner, input)?;
         let slot = ErrorSlot::default();
-        let mut hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
-        hooks.cache = cache_points(&self.inner, names_filter)?;
+        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?.with_cache(cache_points(&self.inner, names_filter)?);
         let out = self.run(py, &batch, hooks, &slot)?;
         let logits = to_numpy(py, &out.logits)?;
         Ok((logits, ActivationCache { inner: out.cache, model: self.inner.clone(), lengths: batch.lengths.clone() }))
@@ -489,7 +489,7 @@ impl Model {
     /// Gradients of a metric of one prompt with respect to the activations at `at` (names):
     /// `{name: array}`. `metric`: `logit_diff` (needs `incorrect`), `logprob`, `prob`, or a
     /// dict such as `{"kind": "kl", "position": "last"}`.
-    #[pyo3(signature = (input, at, correct, incorrect=None, metric=None, interventions=None))]
+    #[pyo3(signature = (input, at, correct, incorrect=None, **kwargs))]
     fn grad<'py>(
         &self,
         py: Python<'py>,
@@ -497,11 +497,14 @@ impl Model {
         at: Vec<String>,
         correct: &Bound<'py, PyAny>,
         incorrect: Option<&Bound<'py, PyAny>>,
-        metric: Option<&Bound<'py, PyAny>>,
-        interventions: Option<Vec<Intervention>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let mut kw = Kwargs::new(kwargs, "grad");
+        let metric = kw.object("metric")?;
+        let interventions: Option<Vec<Intervention>> = kw.get("interventions")?;
+        kw.finish()?;
         let tokens = tokens_of(&self.inner, input)?;
-        let metric = crate::methods::metric_of(metric)?;
+        let metric = crate::methods::metric_of(metric.as_ref())?;
         let answer = |a: &Bound<'py, PyAny>| -> PyResult<u32> {
             match a.extract::<u32>() {
                 Ok(id) => Ok(id),
@@ -517,7 +520,7 @@ impl Model {
         };
         let points: Vec<glassbox::HookPoint> = at.iter().map(|n| n.parse::<glassbox::HookPoint>()).collect::<glassbox::Result<_>>().py_err()?;
         for p in &points {
-            p.check(&self.inner.config).py_err()?;
+            p.check(self.inner.config()).py_err()?;
         }
         let mut base = Hooks::new();
         for i in interventions.unwrap_or_default() {
@@ -527,8 +530,7 @@ impl Model {
         let grads = py
             .detach(|| -> glassbox::Result<glassbox::Gradients> {
                 let scorer = Scorer::for_answers(&m, &tokens, correct, incorrect, &metric)?;
-                let mut hooks = scorer.hooks().grad_tap(points.iter().copied());
-                hooks.interventions = base.interventions;
+                let hooks = base.interventions().iter().cloned().fold(scorer.hooks().grad_tap(points.iter().copied()), |h, i| h.intervene(i));
                 let out = m.forward(&Batch::new(std::slice::from_ref(&tokens))?, &hooks)?;
                 let value = scorer.eval(&out)?.sum_all()?;
                 out.backward(&value)
@@ -545,36 +547,39 @@ impl Model {
     /// `top_k` or `top_p` is given (reproducible by `seed`). Hooks act at every step.
     /// `return_type`: `str` (prompt and continuation, as TransformerLens), `tokens` (the new
     /// ids) or `dict` (tokens, text, log-probabilities, stop reason).
-    #[pyo3(signature = (input, max_new_tokens=32, temperature=None, top_k=None, top_p=None, seed=0, stop_at_eos=true, stop_tokens=None, fwd_hooks=None, interventions=None, return_type="str"))]
-    #[allow(clippy::too_many_arguments)] // the keyword arguments of TransformerLens' generate
-    fn generate<'py>(
-        &self,
-        py: Python<'py>,
-        input: &Bound<'py, PyAny>,
-        max_new_tokens: usize,
-        temperature: Option<f32>,
-        top_k: Option<usize>,
-        top_p: Option<f32>,
-        seed: u64,
-        stop_at_eos: bool,
-        stop_tokens: Option<Vec<u32>>,
-        fwd_hooks: Option<&Bound<'py, PyAny>>,
-        interventions: Option<Vec<Intervention>>,
-        return_type: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (input, **kwargs))]
+    fn generate<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        let mut kw = Kwargs::new(kwargs, "generate");
+        let max_new_tokens: usize = kw.or("max_new_tokens", 32)?;
+        let temperature: Option<f32> = kw.get("temperature")?;
+        let top_k: Option<usize> = kw.get("top_k")?;
+        let top_p: Option<f32> = kw.get("top_p")?;
+        let do_sample: Option<bool> = kw.get("do_sample")?;
+        let seed: u64 = kw.or("seed", 0)?;
+        let stop_at_eos: bool = kw.or("stop_at_eos", true)?;
+        let stop_tokens: Option<Vec<u32>> = kw.get("stop_tokens")?;
+        let fwd_hooks = kw.object("fwd_hooks")?;
+        let interventions: Option<Vec<Intervention>> = kw.get("interventions")?;
+        let return_type: String = kw.or("return_type", "str".to_string())?;
+        let _verbose: bool = kw.or("verbose", false)?;
+        kw.finish()?;
         let is_text = input.is_instance_of::<PyString>();
         let tokens = tokens_of(&self.inner, input)?;
-        let sampling = if temperature.is_some() || top_k.is_some() || top_p.is_some() {
-            Sampling::Sample { temperature: temperature.unwrap_or(1.0), top_k, top_p, seed }
-        } else {
-            Sampling::Greedy
+        // As TransformerLens: sampling unless `do_sample=False`; temperature 0 is greedy.
+        // Without `do_sample`, sampling only when a sampling setting is given.
+        let wants_sample = do_sample.unwrap_or(temperature.is_some() || top_k.is_some() || top_p.is_some());
+        let sampling = match temperature {
+            Some(t) if !t.is_finite() || t < 0.0 => return Err(input_error(format!("temperature {t} must be a finite number ≥ 0 (0 is greedy)"))),
+            Some(0.0) => Sampling::Greedy,
+            _ if wants_sample => Sampling::Sample { temperature: temperature.unwrap_or(1.0), top_k, top_p, seed },
+            _ => Sampling::Greedy,
         };
         let opts = GenerateOptions { max_new_tokens, sampling, stop_at_eos, stop_tokens: stop_tokens.unwrap_or_default() };
         let slot = ErrorSlot::default();
-        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
+        let hooks = build_hooks(&self.inner, fwd_hooks.as_ref(), interventions, &slot)?;
         let m = self.inner.clone();
         let g = py.detach(|| m.generate_from_tokens(&tokens, &opts, &hooks)).map_err(|e| raise(e, &slot))?;
-        match return_type {
+        match return_type.as_str() {
             "str" if is_text => Ok(PyString::new(py, &format!("{}{}", input.extract::<String>()?, g.text)).into_any()),
             "str" => Ok(PyString::new(py, &self.inner.to_string(&[g.prompt_tokens.clone(), g.tokens.clone()].concat())).into_any()),
             "tokens" => Ok(PyList::new(py, &g.tokens)?.into_any()),
@@ -584,7 +589,7 @@ impl Model {
     }
 
     fn __repr__(&self) -> String {
-        let c = &self.inner.config;
-        format!("Model({:?}, {} layers, {} heads, d_model {})", self.inner.name, c.n_layers, c.n_heads, c.d_model)
+        let c = &self.inner.config();
+        format!("Model({:?}, {} layers, {} heads, d_model {})", self.inner.name(), c.n_layers, c.n_heads, c.d_model)
     }
 }

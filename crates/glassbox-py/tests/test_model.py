@@ -195,6 +195,14 @@ def test_generate(smollm2, tiny_llama):
     steered = tiny_llama.generate(IOI, max_new_tokens=8, stop_at_eos=False, return_type="tokens",
                                   interventions=[glassbox.Intervention("blocks.1.hook_resid_pre", "add", value=np.full(64, 3.0) * (np.arange(64) % 3 - 1))])
     assert steered != tiny_llama.generate(IOI, max_new_tokens=8, stop_at_eos=False, return_type="tokens")
+    # TransformerLens' switches: temperature 0 and do_sample=False are greedy.
+    greedy = tiny_llama.generate(IOI, max_new_tokens=8, stop_at_eos=False, return_type="tokens")
+    assert tiny_llama.generate(IOI, max_new_tokens=8, temperature=0.0, stop_at_eos=False, return_type="tokens") == greedy
+    assert tiny_llama.generate(IOI, max_new_tokens=8, temperature=1.5, do_sample=False, stop_at_eos=False, return_type="tokens", verbose=False) == greedy
+    with pytest.raises(glassbox.InputError, match="max_tokens.*max_new_tokens"):
+        tiny_llama.generate(IOI, max_tokens=8)
+    with pytest.raises(glassbox.InputError, match="temperature"):
+        tiny_llama.generate(IOI, temperature=-1.0)
 
 
 def test_loss(tiny_llama):

@@ -38,7 +38,7 @@ fn main() {
     let forward = median_secs(20, || {
         std::hint::black_box(model.forward(&batch, &Hooks::new()).unwrap());
     });
-    let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    let taps: Vec<HookPoint> = (0..model.config().n_layers).map(HookPoint::Z).collect();
     let fwd_bwd = median_secs(10, || {
         let out = model.forward(&batch, &Hooks::new().grad_tap(taps.iter().copied())).unwrap();
         let ld = out.logit_diff(&[mary], &[john]).unwrap().sum_all().unwrap();
@@ -68,7 +68,7 @@ fn main() {
         std::hint::black_box(ids);
     });
 
-    let weights_mb = model.weights.memory_bytes() as f64 / 1e6;
+    let weights_mb = model.weights().memory_bytes() as f64 / 1e6;
     println!(
         "SmolLM2-135M-Instruct (Q4_1 GGUF; weights held in {weights_mb:.0} MB, {} matrices quantized), IOI prompt ({} tokens), {} threads",
         model.quantized_matrices(),

@@ -37,7 +37,7 @@ fn main() {
     }
     let ids = model.tokenize("When Mary and John went to the store, John gave a drink to").unwrap();
     let batch = Batch::new(&[ids]).unwrap();
-    let taps: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    let taps: Vec<HookPoint> = (0..model.config().n_layers).map(HookPoint::Z).collect();
     let mut fwd = Vec::new();
     let mut bwd = Vec::new();
     for _ in 0..10 {

@@ -24,7 +24,7 @@ unsafe fn chains(iters: usize) -> f32 {
 fn main() {
     #[cfg(target_arch = "x86_64")]
     {
-        if !glassbox::bench::kernels_available() {
+        if !glassbox::model::kernels_available() {
             eprintln!("no AVX2/FMA on this CPU");
             return;
         }

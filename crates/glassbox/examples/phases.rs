@@ -14,14 +14,14 @@ fn main() {
     let model = Model::load(&path).unwrap();
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
     let c = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
-    let points: Vec<HookPoint> = (0..model.config.n_layers).map(HookPoint::Z).collect();
+    let points: Vec<HookPoint> = (0..model.config().n_layers).map(HookPoint::Z).collect();
     let (mut a, mut b, mut d) = (0.0, 0.0, 0.0);
     for _ in 0..n {
         let t = Instant::now();
-        let corr = model.forward(&Batch::new(&[c.corrupted.clone()]).unwrap(), &c.ld_hooks().cache(points.iter().copied())).unwrap();
+        let corr = model.forward(&Batch::new(std::slice::from_ref(&c.corrupted)).unwrap(), &c.ld_hooks().cache(points.iter().copied())).unwrap();
         let t1 = Instant::now();
         let hooks = c.ld_hooks().cache(points.iter().copied()).grad_tap(points.iter().copied());
-        let clean = model.forward(&Batch::new(&[c.clean.clone()]).unwrap(), &hooks).unwrap();
+        let clean = model.forward(&Batch::new(std::slice::from_ref(&c.clean)).unwrap(), &hooks).unwrap();
         let ld = clean.logit_diff(&[c.correct_id], &[c.incorrect_id]).unwrap();
         if a == 0.0 {
             eprintln!("{} nodes in the backward graph", ld.sorted_nodes().len());

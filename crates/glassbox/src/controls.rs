@@ -58,6 +58,11 @@ pub fn with<R>(controls: &Controls, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The controls in effect on this thread (the defaults, doing nothing, when none are).
+pub fn current() -> Controls {
+    CURRENT.with(|c| c.borrow().clone()).unwrap_or_default()
+}
+
 /// Reports progress to the current controls, if any.
 pub fn step(done: usize, total: usize, stage: &str) {
     let f = CURRENT.with(|c| c.borrow().as_ref().and_then(|c| c.progress.clone()));

@@ -65,8 +65,8 @@ impl Prompt {
     /// Error unless the prompt is one the methods can run on this model.
     pub fn check(&self, model: &Model) -> Result<()> {
         check_answers(model, &self.tokens, self.correct, self.incorrect)?;
-        if self.tokens.len() > model.config.n_ctx {
-            return Err(Error::PromptTooLong { n_tokens: self.tokens.len(), max: model.config.n_ctx });
+        if self.tokens.len() > model.config().n_ctx {
+            return Err(Error::PromptTooLong { n_tokens: self.tokens.len(), max: model.config().n_ctx });
         }
         Ok(())
     }
@@ -75,7 +75,7 @@ impl Prompt {
 /// Error unless `correct` and `incorrect` are two different tokens of the model's vocabulary
 /// and `tokens` a prompt of it.
 pub(crate) fn check_answers(model: &Model, tokens: &[u32], correct: u32, incorrect: u32) -> Result<()> {
-    let v = model.config.d_vocab;
+    let v = model.config().d_vocab;
     if let Some(&t) = tokens.iter().chain([&correct, &incorrect]).find(|&&t| t as usize >= v) {
         return Err(Error::Invalid(format!("token id {t} is outside the vocabulary of {v} tokens")));
     }
@@ -207,8 +207,8 @@ impl Contrast {
                 self.corrupted.len()
             )));
         }
-        if self.clean.len() > model.config.n_ctx {
-            return Err(Error::PromptTooLong { n_tokens: self.clean.len(), max: model.config.n_ctx });
+        if self.clean.len() > model.config().n_ctx {
+            return Err(Error::PromptTooLong { n_tokens: self.clean.len(), max: model.config().n_ctx });
         }
         if self.clean == self.corrupted {
             return Err(Error::Invalid("the corrupted prompt gives the same tokens as the clean one; there is nothing to attribute".into()));

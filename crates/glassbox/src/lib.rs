@@ -17,6 +17,7 @@
 //! ```
 
 pub mod batch;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod controls;
 pub mod error;

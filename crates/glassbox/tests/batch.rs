@@ -48,14 +48,15 @@ fn prepare(model: &Model, items: Vec<Item>, method: &str) -> (Vec<batch::Prepare
     batch::prepare(model, items, batch::method(method).unwrap())
 }
 
-fn run_with(cx: &Context, prepared: &[batch::Prepared], opts: &BatchOptions, settings: &Settings, out: &Path, resume: bool, stop: &AtomicBool, progress: &mut dyn FnMut(batch::Progress)) -> glassbox::Result<batch::RunReport> {
-    batch::run(cx, prepared, &RunSpec { options: opts, settings, out, resume }, stop, progress)
+/// A run's settings, for `batch::run`.
+fn spec<'a>(opts: &'a BatchOptions, settings: &'a Settings, out: &'a Path, resume: bool) -> RunSpec<'a> {
+    RunSpec { options: opts, settings, out, resume }
 }
 
 fn run(model: &Model, items: Vec<Item>, opts: &BatchOptions, out: &Path, resume: bool) -> batch::RunReport {
     let (prepared, bad) = prepare(model, items, &opts.method);
     assert!(bad.is_empty(), "{bad:?}");
-    run_with(&Context::new(model), &prepared, opts, &settings(&opts.method), out, resume, &AtomicBool::new(false), &mut |_| {}).unwrap()
+    batch::run(&Context::new(model), &prepared, &spec(opts, &settings(&opts.method), out, resume), &AtomicBool::new(false), &mut |_| {}).unwrap()
 }
 
 fn close(a: f64, b: f64, what: &str) {
@@ -151,10 +152,10 @@ fn a_resumed_run_adds_only_missing_ids() {
     assert_eq!((again.skipped, again.written, again.rows), (30, 0, 30));
     // Without --resume an existing output is refused, and other options refuse to resume.
     let (prepared, _) = prepare(&model, ioi_items(&model, 2), "patch");
-    let e = run_with(&Context::new(&model), &prepared, &opts, &settings("patch"), &part, false, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    let e = batch::run(&Context::new(&model), &prepared, &spec(&opts, &settings("patch"), &part, false), &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
     let other = Settings { options: serde_json::json!({"metric": "logprob"}), ..settings("patch") };
-    let e = run_with(&Context::new(&model), &prepared, &opts, &other, &part, true, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    let e = batch::run(&Context::new(&model), &prepared, &spec(&opts, &other, &part, true), &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("same method, options and model"), "{e}");
 }
 
@@ -167,7 +168,7 @@ fn a_stopped_run_leaves_a_valid_file_and_resumes() {
     let opts = BatchOptions { method: "logit-lens".into(), batch_size: 3, row_group: 3, ..Default::default() };
     let (prepared, _) = prepare(&model, items.clone(), &opts.method);
     let stop = AtomicBool::new(false);
-    let report = run_with(&Context::new(&model), &prepared, &opts, &settings(&opts.method), &out, false, &stop, &mut |p| {
+    let report = batch::run(&Context::new(&model), &prepared, &spec(&opts, &settings(&opts.method), &out, false), &stop, &mut |p| {
         if p.done >= 6 {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -186,7 +187,7 @@ fn bad_lines_are_reported_by_number_and_the_rest_run() {
     let model = tiny();
     let dir = tmp("bad");
     let input = dir.join("in.jsonl");
-    let long = "word ".repeat(model.config.n_ctx + 10);
+    let long = "word ".repeat(model.config().n_ctx + 10);
     let good = |id: &str| format!(r#"{{"id": "{id}", "prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary", "incorrect": " John"}}"#);
     let lines = [
         good("a"),
@@ -251,7 +252,7 @@ fn sae_attribute_rows_equal_the_sae_attribution_alone() {
     let opts = BatchOptions { method: "sae-attribute".into(), batch_size: 4, row_group: 4, ..Default::default() };
     let (prepared, bad) = prepare(&model, items, &opts.method);
     assert!(bad.is_empty());
-    let report = run_with(&Context { model: &model, sae: Some(&sae), model_b: None }, &prepared, &opts, &settings(&opts.method), &out, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let report = batch::run(&Context { model: &model, sae: Some(&sae), model_b: None }, &prepared, &spec(&opts, &settings(&opts.method), &out, false), &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(report.rows, 6);
     let rows = rows_by_id(&out);
     for p in &prepared {
@@ -260,7 +261,7 @@ fn sae_attribute_rows_equal_the_sae_attribution_alone() {
     }
     // Without an SAE each prompt fails with the reason, and the run still ends with a report.
     let out2 = dir.join("none.parquet");
-    let r = run_with(&Context::new(&model), &prepared, &opts, &settings(&opts.method), &out2, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let r = batch::run(&Context::new(&model), &prepared, &spec(&opts, &settings(&opts.method), &out2, false), &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!((r.rows, r.failed.len()), (0, 6));
     assert!(r.failed[0].message.contains("needs an SAE"), "{}", r.failed[0].message);
 }

@@ -26,7 +26,7 @@ fn decompositions_sum_to_the_residual_stream() {
         let model = load_tiny(name);
         let out = run(&model);
         let c = &out.cache;
-        let n = model.config.n_layers;
+        let n = model.config().n_layers;
         let resid = c.get(HookPoint::ResidPost(n - 1)).unwrap();
 
         let parts = c.decompose_resid(&model, None, Decompose::All, false, true).unwrap();
@@ -36,7 +36,7 @@ fn decompositions_sum_to_the_residual_stream() {
 
         // Heads + attention biases + embeddings + MLPs.
         let heads = c.stack_head_results(&model, None, false, false).unwrap();
-        assert_eq!(heads.labels.len(), n * model.config.n_heads);
+        assert_eq!(heads.labels.len(), n * model.config().n_heads);
         assert_eq!(heads.labels[1], "L0H1");
         let p = resid.dim(1).unwrap();
         let mut total = (heads.sum().unwrap() + c.decompose_resid(&model, Some(0), Decompose::All, false, true).unwrap().sum().unwrap()).unwrap();
@@ -53,7 +53,7 @@ fn decompositions_sum_to_the_residual_stream() {
         let d = max_abs_diff(&upto.sum().unwrap(), c.get(HookPoint::ResidPre(1)).unwrap());
         assert!(d <= 1e-5, "{name}: remainder {d:e}");
 
-        if model.config.parallel_block {
+        if model.config().parallel_block {
             assert!(c.accumulated_resid(&model, None, true, false).is_err(), "{name}: no resid_mid in a parallel block");
             let acc = c.accumulated_resid(&model, None, false, false).unwrap();
             assert_eq!(acc.labels.len(), n + 1);
@@ -94,9 +94,9 @@ fn neuron_results_sum_to_the_mlp_output() {
         let out = run(&model);
         let c = out.cache.at_positions(&[3]).unwrap();
         let neurons = c.stack_neuron_results(&model, Some(1), false, false).unwrap();
-        assert_eq!(neurons.labels.len(), model.config.d_mlp);
+        assert_eq!(neurons.labels.len(), model.config().d_mlp);
         let mut sum = neurons.sum().unwrap();
-        if let Some(b) = &model.weights.layers[0].mlp.b_out {
+        if let Some(b) = &model.weights().layers[0].mlp.b_out {
             sum = sum.broadcast_add(b).unwrap();
         }
         let d = max_abs_diff(&sum, c.get(HookPoint::MlpOut(0)).unwrap());

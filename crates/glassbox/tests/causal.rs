@@ -21,15 +21,15 @@ fn batched_exact_patching_equals_independent_runs() {
         let model = load_tiny(name);
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         for direction in [Direction::IntoClean, Direction::IntoCorrupted] {
-            let p = exact_patching(&model, &c, &glassbox::methods::patching::PatchingOptions { direction: direction, metric: Default::default() }).unwrap();
+            let p = exact_patching(&model, &c, &glassbox::methods::patching::PatchingOptions { direction, metric: Default::default() }).unwrap();
             let (base, source) = match direction {
                 Direction::IntoClean => (&c.clean, &c.corrupted),
                 Direction::IntoCorrupted => (&c.corrupted, &c.clean),
             };
             let points: Vec<HookPoint> = (0..2).flat_map(|l| [HookPoint::Z(l), HookPoint::MlpOut(l)]).collect();
-            let src = model.forward(&Batch::new(&[source.clone()]).unwrap(), &Hooks::new().cache(points)).unwrap();
+            let src = model.forward(&Batch::new(std::slice::from_ref(source)).unwrap(), &Hooks::new().cache(points)).unwrap();
             for l in 0..2 {
-                for h in 0..model.config.n_heads {
+                for h in 0..model.config().n_heads {
                     let z = src.cache.get(HookPoint::Z(l)).unwrap().clone();
                     let full = ld(&model, base, &c, Hooks::new().intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z)).heads(vec![h])));
                     assert!((full - p.heads[l][h]).abs() <= 1e-5, "{name} {direction:?} L{l}H{h}: {full} vs {}", p.heads[l][h]);
@@ -48,7 +48,7 @@ fn patching_everything_reproduces_the_corrupted_run() {
     let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     let mut points = vec![HookPoint::Embed];
     points.extend((0..2).flat_map(|l| [HookPoint::Z(l), HookPoint::MlpOut(l)]));
-    let corr = model.forward(&Batch::new(&[c.corrupted.clone()]).unwrap(), &Hooks::new().cache(points.iter().copied())).unwrap();
+    let corr = model.forward(&Batch::new(std::slice::from_ref(&c.corrupted)).unwrap(), &Hooks::new().cache(points.iter().copied())).unwrap();
     let mut hooks = Hooks::new();
     for p in &points {
         hooks = hooks.intervene(Intervention::new(*p, Action::Replace(corr.cache.get(*p).unwrap().clone())));
@@ -69,10 +69,10 @@ fn full_and_empty_circuits() {
     for name in ["tiny-gpt2", "tiny-llama"] {
         let model = load_tiny(name);
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-        let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+        let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config().n_heads).map(move |head| Head { layer, head })).collect();
         for ablation in [Ablation::Resample, Ablation::Zero, Ablation::Mean] {
             for include_mlps in [false, true] {
-                let ev = CircuitEvaluator::new(&model, &c, &glassbox::methods::faithfulness::EvaluatorOptions { ablation: ablation, include_mlps: include_mlps, mean_set: None, metric: Default::default() }).unwrap();
+                let ev = CircuitEvaluator::new(&model, &c, &glassbox::methods::faithfulness::EvaluatorOptions { ablation, include_mlps, mean_set: None, metric: Default::default() }).unwrap();
                 let full = Circuit { heads: all_heads.clone(), mlps: if include_mlps { vec![0, 1] } else { vec![] } };
                 let r = ev.evaluate(&[full, Circuit::default()]).unwrap();
                 assert!((r[0].sufficiency - 1.0).abs() < 1e-5, "{name} {ablation:?}: full sufficiency {}", r[0].sufficiency);
@@ -83,12 +83,12 @@ fn full_and_empty_circuits() {
         }
         // Circuits' figures against hand-made ablation runs from the tokens (the evaluator
         // starts each run at the circuit's first layer: layer 0 for the first, 1 for the second).
-        let corr = model.forward(&Batch::new(&[c.corrupted.clone()]).unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
+        let corr = model.forward(&Batch::new(std::slice::from_ref(&c.corrupted)).unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
         let z = |l| corr.cache.get(HookPoint::Z(l)).unwrap().clone();
         let ablating = |pick: &dyn Fn(usize, usize) -> bool| {
             let mut hooks = Hooks::new();
             for l in 0..2 {
-                let heads: Vec<usize> = (0..model.config.n_heads).filter(|&h| pick(l, h)).collect();
+                let heads: Vec<usize> = (0..model.config().n_heads).filter(|&h| pick(l, h)).collect();
                 if !heads.is_empty() {
                     hooks = hooks.intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z(l))).heads(heads));
                 }
@@ -122,7 +122,7 @@ mod paths {
             let model = load_tiny(name);
             let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
             let exact = exact_patching(&model, &c, &glassbox::methods::patching::PatchingOptions { direction: Direction::IntoClean, metric: Default::default() }).unwrap();
-            let senders: Vec<Head> = (0..model.config.n_heads).map(|head| Head { layer: 1, head }).collect();
+            let senders: Vec<Head> = (0..model.config().n_heads).map(|head| Head { layer: 1, head }).collect();
             let pp = path_patching(&model, &c, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Logits, senders: Some(senders.to_vec()), metric: Default::default() }).unwrap();
             for p in &pp.paths {
                 let e = exact.heads[1][p.sender.head];
@@ -139,7 +139,7 @@ mod paths {
         let prompt = [IOI; 3].join(" ");
         let c = Contrast::new(&model, &prompt, " Mary", " John", None).unwrap();
         assert!(c.n_pos() > 32, "the prompt must make chunks of fewer than 4 senders");
-        let senders: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+        let senders: Vec<Head> = (0..2).flat_map(|layer| (0..model.config().n_heads).map(move |head| Head { layer, head })).collect();
         let pp = path_patching(&model, &c, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Logits, senders: Some(senders.to_vec()), metric: Default::default() }).unwrap();
         assert_eq!(pp.paths.iter().map(|p| p.sender).collect::<Vec<_>>(), senders);
         let both = model.forward(&c.batch().unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
@@ -163,7 +163,7 @@ mod paths {
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         let receiver = Head { layer: 1, head: 3 };
         let pp = path_patching(&model, &c, &glassbox::methods::path_patching::PathPatchingOptions { receiver: PathReceiver::Q(receiver), senders: None, metric: Default::default() }).unwrap();
-        assert_eq!(pp.paths.len(), model.config.n_heads);
+        assert_eq!(pp.paths.len(), model.config().n_heads);
         let both = model.forward(&c.batch().unwrap(), &Hooks::new().cache([HookPoint::Z(0), HookPoint::Z(1)])).unwrap();
         let z = |l: usize, r: usize| both.cache.get(HookPoint::Z(l)).unwrap().narrow(0, r, 1).unwrap();
         for p in &pp.paths {
@@ -173,7 +173,7 @@ mod paths {
                 .intervene(Intervention::new(HookPoint::Z(1), Action::Replace(z(1, 0))))
                 .intervene(Intervention::new(HookPoint::Z(s.layer), Action::Replace(z(s.layer, 1))).heads(vec![s.head]))
                 .cache([HookPoint::Q(1)]);
-            let out = model.forward(&Batch::new(&[c.clean.clone()]).unwrap(), &run1).unwrap();
+            let out = model.forward(&Batch::new(std::slice::from_ref(&c.clean)).unwrap(), &run1).unwrap();
             let q = out.cache.get(HookPoint::Q(1)).unwrap().clone();
             let run2 = Hooks::new().intervene(Intervention::new(HookPoint::Q(1), Action::Replace(q)).heads(vec![receiver.head]));
             let manual = ld(&model, &c.clean, &c, run2);
@@ -198,12 +198,12 @@ mod scrub {
             p.features.insert("id".into(), i.to_string());
         }
         let all: Vec<Claim> = (0..2)
-            .flat_map(|layer| (0..model.config.n_heads).map(move |head| Claim { head: Head { layer, head }, feature: "id".to_string() }))
+            .flat_map(|layer| (0..model.config().n_heads).map(move |head| Claim { head: Head { layer, head }, feature: "id".to_string() }))
             .collect();
-        let r = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&all).to_vec(), seed: 0 }).unwrap();
+        let r = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: all.to_vec(), seed: 0 }).unwrap();
         assert!((r.preserved - 1.0).abs() < 1e-5, "{}", r.preserved);
-        assert_eq!(r.unmatched, 12 * 2 * model.config.n_heads);
-        let none = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: (&[]).to_vec(), seed: 0 }).unwrap();
+        assert_eq!(r.unmatched, 12 * 2 * model.config().n_heads);
+        let none = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: [].to_vec(), seed: 0 }).unwrap();
         assert!((none.preserved - 1.0).abs() > 1e-3, "resampling every head changed nothing");
         let e = causal_scrubbing(&model, &set, &glassbox::methods::scrubbing::ScrubOptions { hypothesis: vec![Claim { head: Head { layer: 0, head: 0 }, feature: "colour".into() }], seed: 0 }).unwrap_err();
         assert!(e.to_string().contains("colour"));
@@ -242,10 +242,10 @@ fn mean_ablation_over_a_given_set() {
         let model = load_tiny(name);
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         let mut other = c.corrupted.clone();
-        other[3] = (other[3] + 5) % model.config.d_vocab as u32;
+        other[3] = (other[3] + 5) % model.config().d_vocab as u32;
         let set = vec![c.corrupted.clone(), other];
         let ev = CircuitEvaluator::new(&model, &c, &glassbox::methods::faithfulness::EvaluatorOptions { ablation: Ablation::Mean, include_mlps: false, mean_set: Some(set.to_vec()), metric: Default::default() }).unwrap();
-        let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+        let all_heads: Vec<Head> = (0..2).flat_map(|layer| (0..model.config().n_heads).map(move |head| Head { layer, head })).collect();
         let r = ev.evaluate(&[Circuit { heads: all_heads, mlps: vec![] }, Circuit::default()]).unwrap();
         assert!((r[0].clean_ld - ld(&model, &c.clean, &c, Hooks::new())).abs() < 1e-5, "{name}: clean LD");
         assert!((r[0].sufficiency - 1.0).abs() < 1e-5, "{name}: {}", r[0].sufficiency);

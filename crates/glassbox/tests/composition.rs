@@ -15,14 +15,14 @@ fn fro(t: &Tensor) -> f64 {
 fn gram_formula_equals_explicit_products() {
     for name in ["tiny-gpt2", "tiny-llama"] {
         let model = load_tiny(name);
-        let cfg = &model.config;
+        let cfg = &model.config();
         let dh = cfg.d_head;
         let (s, r) = (Head { layer: 0, head: 1 }, Head { layer: 1, head: 3 });
         let f64w = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
-        let ln = |l: usize| f64w(&model.weights.layers[l].ln1.w);
+        let ln = |l: usize| f64w(&model.weights().layers[l].ln1.w);
         let rows = |w: &glassbox::model::weights::Matrix, i: usize, l: usize| f64w(&w.tensor().unwrap().narrow(0, i * dh, dh).unwrap()).broadcast_mul(&ln(l)).unwrap();
         let kv = |h: usize| h / cfg.group_size();
-        let (ls, lr) = (&model.weights.layers[0].attn, &model.weights.layers[1].attn);
+        let (ls, lr) = (&model.weights().layers[0].attn, &model.weights().layers[1].attn);
         let ov = |a: &glassbox::model::weights::AttnWeights, h: usize, l: usize| {
             f64w(&a.w_o.tensor().unwrap().narrow(1, h * dh, dh).unwrap()).matmul(&rows(&a.w_v, kv(h), l)).unwrap()
         };

@@ -5,7 +5,7 @@ mod common;
 use candle_core::DType;
 use common::{eps_close, load_tiny};
 use glassbox::methods::attribution::Method;
-use glassbox::methods::edges::{edge_attribution, normalize_vjp};
+use glassbox::methods::edges::edge_attribution;
 use glassbox::methods::Contrast;
 use glassbox::{Action, Batch, HookPoint, Hooks, Intervention};
 
@@ -26,13 +26,9 @@ fn norm_vjp_matches_autograd() {
         let out = model.forward(&Batch::new(&[tokens]).unwrap(), &hooks).unwrap();
         let ld = out.logit_diff(&[5], &[6]).unwrap().sum_all().unwrap();
         let g = out.backward(&ld).unwrap();
-        let vjp = normalize_vjp(
-            g.get(HookPoint::Ln2Normalized(0)).unwrap(),
-            out.cache.get(HookPoint::Ln2Normalized(0)).unwrap(),
-            out.cache.get(HookPoint::Ln2Scale(0)).unwrap(),
-            model.config.norm.kind,
-        )
-        .unwrap();
+        let vjp = model
+            .norm_backward(g.get(HookPoint::Ln2Normalized(0)).unwrap(), out.cache.get(HookPoint::Ln2Normalized(0)).unwrap(), out.cache.get(HookPoint::Ln2Scale(0)).unwrap())
+            .unwrap();
         let d = common::max_abs_diff(&vjp, g.get(HookPoint::MlpIn(0)).unwrap());
         assert!(d < 1e-10, "{name}: {d:e}");
     }
@@ -48,7 +44,7 @@ fn eap_matches_exact_edge_patching() {
         let (c, i) = (contrast.correct_id, contrast.incorrect_id);
         let clean = ld(&model, &contrast.clean, c, i, Hooks::new());
         let mut cache: Vec<HookPoint> = vec![HookPoint::Embed];
-        if HookPoint::PosEmbed.present_in(&model.config) {
+        if HookPoint::PosEmbed.present_in(model.config()) {
             cache.push(HookPoint::PosEmbed);
         }
         cache.extend((0..2).flat_map(|l| [HookPoint::AttnOut(l), HookPoint::MlpOut(l)]));
@@ -74,7 +70,7 @@ fn eap_matches_exact_edge_patching() {
         assert!(max_score > 1e-7);
         assert!(max_err / max_score < 2e-2, "{name}: max error {max_err:e} vs max score {max_score:e}");
         // Every sender → receiver pair that exists in the graph is scored once.
-        let c = &model.config;
+        let c = &model.config();
         let senders = 1 + c.n_layers * (c.n_heads + 1);
         assert!(eap.n_edges < senders * (c.n_layers * (c.n_heads + 2 * c.n_kv_heads + 1) + 1));
     }

@@ -22,14 +22,14 @@ fn methods_run_on_every_family() {
     for name in FAMILIES {
         let model = load_tiny(name);
         let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-        let layers = model.config.n_layers;
+        let layers = model.config().n_layers;
 
         let taylor = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: Method::Taylor, metric: Default::default(), n_steps: 20 }).unwrap();
         assert_eq!(taylor.scores.len(), layers, "{name}");
         assert!(taylor.scores.iter().flatten().all(|x| x.is_finite()), "{name}");
         let ig = attribute(&model, &c, &glassbox::methods::attribution::AttributionOptions { component: Component::Heads, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
         let r = ig.completeness_residual.unwrap();
-        if model.config.variants.moe.is_none() {
+        if model.config().variants.moe.is_none() {
             assert!(r < 0.01, "{name}: IG residual {r}");
         } else {
             // Top-k routing switches experts along the path: the function jumps there, and
@@ -40,12 +40,12 @@ fn methods_run_on_every_family() {
 
         let lens = logit_lens(&model, &glassbox::methods::Prompt { tokens: (c.clean).to_vec(), correct: c.correct_id, incorrect: c.incorrect_id }, &glassbox::methods::logit_lens::LogitLensOptions { top_k: 3 }).unwrap();
         assert!((lens.logit_diffs[layers] - lens.final_ld).abs() < 1e-4, "{name}: lens end {} vs {}", lens.logit_diffs[layers], lens.final_ld);
-        if !model.config.variants.post_ln {
+        if !model.config().variants.post_ln {
             assert!(lens.decomposition_residual < 1e-4, "{name}: decomposition residual {}", lens.decomposition_residual);
         }
 
         let p = exact_patching(&model, &c, &glassbox::methods::patching::PatchingOptions { direction: Direction::IntoClean, metric: Default::default() }).unwrap();
         assert!((p.base_ld - taylor.clean_ld).abs() < 1e-5, "{name}");
-        assert_eq!(p.heads[0].len(), model.config.n_heads);
+        assert_eq!(p.heads[0].len(), model.config().n_heads);
     }
 }

@@ -26,7 +26,7 @@ const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 #[test]
 fn config_and_tokenizer() {
     let m = gemma3();
-    let c = &m.config;
+    let c = &m.config();
     assert_eq!((c.n_layers, c.n_heads, c.n_kv_heads, c.d_head, c.d_model, c.d_mlp, c.d_vocab), (18, 4, 1, 256, 640, 2048, 262_144));
     let globals: Vec<usize> = (0..18).filter(|&l| c.layers[l].sliding_window.is_none()).collect();
     assert_eq!(globals, vec![5, 11, 17]);
@@ -84,8 +84,8 @@ fn long_text_tokenizes_in_linearithmic_time() {
         i += 1;
     }
     let ids = m.tokenize(&text).unwrap();
-    assert!(ids.len() > 5_000 && ids.len() < m.config.n_ctx, "{}", ids.len());
-    let spelled: String = ids[1..].iter().map(|&t| m.tokenizer.token_str(t)).collect();
+    assert!(ids.len() > 5_000 && ids.len() < m.config().n_ctx, "{}", ids.len());
+    let spelled: String = ids[1..].iter().map(|&t| m.tokenizer().token_str(t)).collect();
     assert_eq!(spelled, text);
     let e = m.tokenize(&"a".repeat((1 << 20) - 1)).unwrap_err();
     assert!(matches!(e, glassbox::Error::PromptTooLong { .. }), "{e}");
@@ -98,13 +98,13 @@ fn long_text_tokenizes_in_linearithmic_time() {
 #[test]
 fn quantized_weights_give_the_f32_figures_bit_for_bit() {
     let model = gemma3();
-    if !glassbox::bench::kernels_available() {
+    if !glassbox::model::kernels_available() {
         assert_eq!(model.quantized_matrices(), 0);
         return;
     }
-    assert_eq!(model.quantized_matrices(), 7 * model.config.n_layers + 1);
+    assert_eq!(model.quantized_matrices(), 7 * model.config().n_layers + 1);
     let file = std::fs::metadata(registry::resolve("gemma3-270m", &mut |_| {}).unwrap()).unwrap().len() as f64;
-    let held = model.weights.memory_bytes() as f64;
+    let held = model.weights().memory_bytes() as f64;
     assert!(held < 1.1 * file, "weights hold {held} bytes for a file of {file}");
     common::assert_quantized_equals_dense(model, &[IOI]);
 }

@@ -51,7 +51,7 @@ fn kv_cache_gives_the_logits_of_a_full_recompute_on_every_family() {
 
         // A steering hook acts the same on cached and whole runs.
         // Not constant: a LayerNorm removes a constant shift.
-        let d = model.config.d_model;
+        let d = model.config().d_model;
         let v = Tensor::from_vec((0..d).map(|i| if i % 3 == 0 { 1.0f32 } else { -0.5 }).collect(), d, &Device::Cpu).unwrap();
         let hooks = Hooks::new().intervene(Intervention::new(HookPoint::ResidPre(1), Action::Add(v)));
         let (whole_h, pieces_h) = whole_and_pieces(&model, &ids, &cuts, &hooks);
@@ -67,7 +67,7 @@ fn sliding_window_is_kept_across_the_cache() {
     // continuation crosses them one token at a time.
     for name in ["tiny-mistral", "tiny-gemma2", "tiny-gemma3"] {
         let model = load_tiny(name);
-        let window = model.config.layers.iter().filter_map(|l| l.sliding_window).min().expect("a sliding window");
+        let window = model.config().layers.iter().filter_map(|l| l.sliding_window).min().expect("a sliding window");
         let mut ids = model.tokenize(IOI).unwrap();
         while ids.len() < window + 8 {
             ids.extend_from_within(1..ids.len().min(8));
@@ -88,7 +88,7 @@ fn greedy_generation_equals_a_loop_of_full_forwards() {
         let mut seq = model.tokenize(IOI).unwrap();
         assert_eq!(g.prompt_tokens, seq);
         for (step, &tok) in g.tokens.iter().enumerate() {
-            let out = model.forward(&Batch::new(&[seq.clone()]).unwrap(), &Hooks::new()).unwrap();
+            let out = model.forward(&Batch::new(std::slice::from_ref(&seq)).unwrap(), &Hooks::new()).unwrap();
             let last: Vec<f32> = out.last_logits().unwrap().squeeze(0).unwrap().to_vec1().unwrap();
             let best = (0..last.len()).fold(0, |b, i| if last[i] > last[b] { i } else { b });
             assert_eq!(tok as usize, best, "{name}: step {step}");
@@ -121,7 +121,7 @@ fn greedy_generation_matches_transformers_on_smollm2() {
     });
     generation_fixture(model, "smollm2.json");
     // SmolLM2's GGUF names <|im_end|> (2) as its end of sequence.
-    assert!(model.tokenizer.eos_tokens().contains(&2), "{:?}", model.tokenizer.eos_tokens());
+    assert!(model.tokenizer().eos_tokens().contains(&2), "{:?}", model.tokenizer().eos_tokens());
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn generation_stops_at_stop_tokens_and_the_context() {
     assert_eq!(s.tokens, g.tokens[..=first]);
 
     // A prompt near the end of the context: generation stops when the context is full.
-    let n_ctx = model.config.n_ctx;
+    let n_ctx = model.config().n_ctx;
     let ids: Vec<u32> = model.tokenize(IOI).unwrap().into_iter().cycle().take(n_ctx - 3).collect();
     let full = model.generate_from_tokens(&ids, &greedy(100), &Hooks::new()).unwrap();
     assert_eq!(full.stop, StopReason::ContextFull);
@@ -185,9 +185,9 @@ fn bad_generation_arguments_are_refused() {
     assert!(err(greedy(4), at_pos).contains("position"));
     assert!(err(greedy(4), Hooks::new().logits_for(&[1, 2])).contains("logits_for"));
     assert!(model.generate("", &greedy(4), &Hooks::new()).is_err());
-    let vocab = model.config.d_vocab as u32;
+    let vocab = model.config().d_vocab as u32;
     assert!(model.generate_from_tokens(&[1, vocab], &greedy(4), &Hooks::new()).unwrap_err().to_string().contains("outside the vocabulary"));
-    let long: Vec<u32> = vec![1; model.config.n_ctx + 1];
+    let long: Vec<u32> = vec![1; model.config().n_ctx + 1];
     assert!(model.generate_from_tokens(&long, &greedy(4), &Hooks::new()).is_err());
 }
 
@@ -199,11 +199,11 @@ fn steering_vector_is_the_difference_of_mean_activations() {
     // By hand: the cached activation averaged over the positions after BOS.
     let mean_by_hand = |text: &str| {
         let ids = model.tokenize(text).unwrap();
-        let skip = usize::from(model.tokenizer.bos() == Some(ids[0]));
+        let skip = usize::from(model.tokenizer().bos() == Some(ids[0]));
         let out = model.forward(&Batch::new(std::slice::from_ref(&ids)).unwrap(), &Hooks::new().cache([point])).unwrap();
         let a: Vec<Vec<f32>> = out.cache.get(point).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
         let n = (ids.len() - skip) as f32;
-        (0..model.config.d_model).map(|j| a[skip..].iter().map(|r| r[j]).sum::<f32>() / n).collect::<Vec<f32>>()
+        (0..model.config().d_model).map(|j| a[skip..].iter().map(|r| r[j]).sum::<f32>() / n).collect::<Vec<f32>>()
     };
     let got: Vec<f32> = mean_activation(&model, point, "I love it here").unwrap().to_vec1().unwrap();
     let want = mean_by_hand("I love it here");

@@ -89,7 +89,7 @@ fn tiny_format(name: &str) -> candle_core::quantized::GgmlDType {
         Some(1) => G::Q4_1,
         Some(2) => G::Q5_0,
         Some(3) => G::Q5_1,
-        Some(4 | 5 | 6) => G::Q4_0,
+        Some(4..=6) => G::Q4_0,
         Some(_) => G::Q8_0,
         None => G::F32,
     }
@@ -115,7 +115,7 @@ fn quantized_tiny_llama_equals_its_dequantized_twin() {
     let dense = d.join("f32.gguf");
     common::write_gguf(&twin, &dense);
     let (q, f) = (Model::load(&quantized).unwrap(), Model::load(&dense).unwrap());
-    let expected = if glassbox::bench::kernels_available() { 7 * q.config.n_layers + 1 } else { 0 };
+    let expected = if glassbox::model::kernels_available() { 7 * q.config().n_layers + 1 } else { 0 };
     assert_eq!(q.quantized_matrices(), expected);
     assert_eq!(f.quantized_matrices(), 0);
     common::assert_same_figures(&q, &f, &["When Mary and John went to the store, John gave a drink to"]);

@@ -145,7 +145,7 @@ fn fused_ops_equal_the_chains() {
         let model = load_tiny(name).to_dtype(DType::F64).unwrap();
         let reference = Reference::load(fixtures().join(name).join("reference.safetensors"));
         let batch = Batch::new(&[reference.ids(0), reference.ids(1)]).unwrap();
-        let layers = model.config.n_layers;
+        let layers = model.config().n_layers;
         let mut taps = vec![HookPoint::Embed];
         taps.extend((0..layers).map(HookPoint::Z));
         let mut inside = vec![HookPoint::LnFinalScale];

@@ -85,7 +85,7 @@ fn absurd_counts_are_refused_before_any_work() {
     assert!(analyze(&model, &c, &opts).is_err());
     let mut p2 = |_: usize, _: usize, _: &str| {};
     let set = |n_boot: usize| AnalyzeOptions { n_boot, ..Default::default() };
-    let e = glassbox::methods::analyze::analyze_set(&model, &[c.clone()], &set(1_000_000_000), &mut p2).unwrap_err().to_string();
+    let e = glassbox::methods::analyze::analyze_set(&model, std::slice::from_ref(&c), &set(1_000_000_000), &mut p2).unwrap_err().to_string();
     assert!(e.contains("bootstrap resamples"), "{e}");
     let e = glassbox::methods::analyze::analyze_set(&model, &[c], &set(0), &mut p2).unwrap_err().to_string();
     assert!(e.contains("bootstrap resamples is 0"), "{e}");
@@ -267,7 +267,7 @@ fn non_finite_logits_are_an_error_not_nan() {
     let model = load_tiny("tiny-llama");
     let batch = model.batch(&["Hello"]).unwrap();
     // An intervention that writes NaN (say, a steering vector read from a damaged file).
-    let nan = Tensor::full(f32::NAN, (1, 1, model.config.d_model), &Device::Cpu).unwrap();
+    let nan = Tensor::full(f32::NAN, (1, 1, model.config().d_model), &Device::Cpu).unwrap();
     let hooks = glassbox::Hooks::new().intervene(glassbox::Intervention::new(glassbox::HookPoint::ResidPre(1), glassbox::Action::Add(nan)));
     let e = model.forward(&batch, &hooks).err().unwrap();
     assert!(matches!(e, Error::NonFinite(_)), "{e}");
@@ -427,6 +427,7 @@ fn very_long_text_is_refused_before_tokenizing() {
 
 // ---- 11. library safety ----
 
+#[cfg(feature = "bench")]
 #[test]
 fn kernel_entry_points_check_their_sizes() {
     use glassbox::bench;

@@ -23,7 +23,7 @@ fn hub_ids_resolve_through_the_hf_cache() {
     let path = registry::resolve("tiny/llama", &mut |_| {}).unwrap();
     assert_eq!(path, snap);
     let model = Model::load(&path).unwrap();
-    assert_eq!(model.config.n_kv_heads, 2);
+    assert_eq!(model.config().n_kv_heads, 2);
 
     // A refs/main that leads outside the model's snapshots is refused (issue 12).
     let outside = home.join("outside");

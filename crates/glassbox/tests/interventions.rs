@@ -23,13 +23,14 @@ fn zero_ablating_a_head_equals_zeroing_its_w_o_rows() {
         let hooks = Hooks::new().intervene(Intervention::new(HookPoint::Z(layer), Action::Zero).heads(vec![head]));
         let ablated = model.forward(&batch, &hooks).unwrap().logits;
 
-        let mut edited = model.clone();
-        let dh = model.config.d_head;
-        let w_o = &model.weights.layers[layer].attn.w_o.tensor().unwrap(); // [d_model, heads*d_head]
+        let mut weights = model.weights().clone();
+        let dh = model.config().d_head;
+        let w_o = &model.weights().layers[layer].attn.w_o.tensor().unwrap(); // [d_model, heads*d_head]
         let cols = w_o.dim(1).unwrap();
         let keep: Vec<f32> = (0..cols).map(|c| if c / dh == head { 0.0 } else { 1.0 }).collect();
         let keep = Tensor::from_vec(keep, (1, cols), w_o.device()).unwrap();
-        edited.weights.layers[layer].attn.w_o = w_o.broadcast_mul(&keep).unwrap().into();
+        weights.layers[layer].attn.w_o = w_o.broadcast_mul(&keep).unwrap().into();
+        let edited = model.with_weights(weights);
         let reference = edited.forward(&batch, &Hooks::new()).unwrap().logits;
         let d = max_abs_diff(&ablated, &reference);
         assert!(d <= 1e-5, "{name}: {d:e}");
@@ -69,7 +70,7 @@ fn replacing_from_another_run_reproduces_it() {
 fn add_and_mean_ablation_identities() {
     let (model, batch, reference) = ioi_batch("tiny-gpt2");
     let clean = model.forward(&batch, &Hooks::new()).unwrap().logits;
-    let delta = Tensor::ones((1, batch.n_pos(), model.config.d_model), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let delta = Tensor::ones((1, batch.n_pos(), model.config().d_model), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let hooks = Hooks::new()
         .intervene(Intervention::new(HookPoint::ResidMid(0), Action::Add(delta.clone())))
         .intervene(Intervention::new(HookPoint::ResidMid(0), Action::Add(delta.neg().unwrap())));
@@ -92,17 +93,17 @@ fn cached_values_are_consistent() {
     assert!(max_abs_diff(&sum, c.get(HookPoint::ResidPost(0)).unwrap()) <= 1e-5);
     let rows = c.get(HookPoint::Pattern(1)).unwrap().sum(D::Minus1).unwrap();
     assert!(max_abs_diff(&rows, &rows.ones_like().unwrap()) <= 1e-5);
-    assert_eq!(c.get(HookPoint::K(0)).unwrap().dims()[2], model.config.n_kv_heads);
-    assert_eq!(c.get(HookPoint::MlpPost(0)).unwrap().dims()[2], model.config.d_mlp);
+    assert_eq!(c.get(HookPoint::K(0)).unwrap().dims()[2], model.config().n_kv_heads);
+    assert_eq!(c.get(HookPoint::MlpPost(0)).unwrap().dims()[2], model.config().d_mlp);
     let n = c.get(HookPoint::LnFinalNormalized).unwrap();
     let rms = n.sqr().unwrap().mean(D::Minus1).unwrap().sqrt().unwrap();
     assert!(max_abs_diff(&rms, &rms.ones_like().unwrap()) <= 1e-3);
-    let all = HookPoint::all_for(&model.config);
+    let all = HookPoint::all_for(model.config());
     assert_eq!(c.values.len(), all.len(), "every hook point of the model fires");
     assert!(all.iter().all(|p| c.values.contains_key(p)));
     let gpt2 = load_tiny("tiny-gpt2");
     let out = gpt2.forward(&batch, &Hooks::new().cache_all()).unwrap();
-    assert_eq!(out.cache.values.len(), HookPoint::all_for(&gpt2.config).len());
+    assert_eq!(out.cache.values.len(), HookPoint::all_for(gpt2.config()).len());
 }
 
 #[test]
@@ -165,7 +166,7 @@ fn gradients_flow_through_a_closure_hook() {
     let model = common::load_tiny("tiny-llama").to_dtype(DType::F64).unwrap();
     let ids = model.tokenize("When Mary and John went").unwrap();
     let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
-    let batch = glassbox::Batch::new(&[ids.clone()]).unwrap();
+    let batch = glassbox::Batch::new(std::slice::from_ref(&ids)).unwrap();
     let closure = |z: &candle_core::Tensor, _: HookPoint| Ok(((z.sqr()? * 0.5)? + z)?);
     let run = |extra: Option<candle_core::Tensor>| {
         let mut h = Hooks::new().hook(HookPoint::Z(0), closure).grad_tap([HookPoint::ResidPre(0)]);
@@ -178,7 +179,7 @@ fn gradients_flow_through_a_closure_hook() {
     let ld = out.logit_diff(&[c], &[i]).unwrap().sum_all().unwrap();
     let g = out.backward(&ld).unwrap();
     let grad = g.get(HookPoint::ResidPre(0)).unwrap().squeeze(0).unwrap().to_vec2::<f64>().unwrap();
-    let d = model.config.d_model;
+    let d = model.config().d_model;
     let h = 1e-5;
     for (pos, k) in [(1usize, 3usize), (3, 17), (4, 40)] {
         let bump = |s: f64| {

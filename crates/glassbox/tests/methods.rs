@@ -32,7 +32,7 @@ fn attribution_patching_matches_exact_patching_in_the_linear_regime() {
         let mut max_exact = 0f64;
         for l in 0..2 {
             let z_corr = corr.cache.get(HookPoint::Z(l)).unwrap().get(1).unwrap().unsqueeze(0).unwrap();
-            for h in 0..model.config.n_heads {
+            for h in 0..model.config().n_heads {
                 let hooks = Hooks::new().intervene(Intervention::new(HookPoint::Z(l), Action::Replace(z_corr.clone())).heads(vec![h]));
                 let exact = clean_ld - ld(&model, &contrast.clean, c, i, hooks);
                 max_err = max_err.max((exact - attr.scores[l][h] as f64).abs());
@@ -53,7 +53,7 @@ fn integrated_gradients_are_complete() {
         let contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
         assert_eq!(contrast.corruption, "name_swap");
         for component in [Component::Heads, Component::Mlp, Component::AttnOut] {
-            let ig = attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component: component, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
+            let ig = attribute(&model, &contrast, &glassbox::methods::attribution::AttributionOptions { component, method: glassbox::methods::attribution::Method::IntegratedGradients, n_steps: 50, metric: Default::default() }).unwrap();
             let r = ig.completeness_residual.unwrap();
             assert!(r < 0.01, "{name} {component:?}: completeness residual {r}");
             let clean = ld(&model, &contrast.clean, contrast.correct_id, contrast.incorrect_id, Hooks::new());
@@ -72,7 +72,7 @@ fn logit_lens_decomposition_identity() {
         let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
         let lens = logit_lens(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::logit_lens::LogitLensOptions { top_k: 5 }).unwrap();
         assert!(lens.decomposition_residual <= 1e-4, "{name}: {}", lens.decomposition_residual);
-        assert_eq!(lens.logit_diffs.len(), model.config.n_layers + 1);
+        assert_eq!(lens.logit_diffs.len(), model.config().n_layers + 1);
         assert!((lens.logit_diffs.last().unwrap() - lens.final_ld).abs() <= 1e-4);
         assert!((lens.final_ld as f64 - ld(&model, &tokens, c, i, Hooks::new())).abs() <= 1e-5);
         assert_eq!(lens.top_tokens[0].len(), 5);
@@ -89,12 +89,12 @@ fn last_layer_head_direct_effect_equals_ablation_with_frozen_scale() {
     let tokens = model.tokenize(IOI).unwrap();
     let (c, i) = (model.answer_token(" Mary").unwrap(), model.answer_token(" John").unwrap());
     let lens = logit_lens(&model, &glassbox::methods::Prompt { tokens: (tokens).to_vec(), correct: c, incorrect: i }, &glassbox::methods::logit_lens::LogitLensOptions { top_k: 1 }).unwrap();
-    let batch = Batch::new(&[tokens.clone()]).unwrap();
+    let batch = Batch::new(std::slice::from_ref(&tokens)).unwrap();
     let clean = model.forward(&batch, &Hooks::new().cache([HookPoint::LnFinalScale, HookPoint::MlpOut(1)])).unwrap();
     let scale = clean.cache.get(HookPoint::LnFinalScale).unwrap().clone();
     let mlp = clean.cache.get(HookPoint::MlpOut(1)).unwrap().clone();
     let base = ld(&model, &tokens, c, i, Hooks::new());
-    for h in 0..model.config.n_heads {
+    for h in 0..model.config().n_heads {
         // Everything downstream of the head frozen: layer 1's MLP and the final-norm scale.
         let hooks = Hooks::new()
             .intervene(Intervention::new(HookPoint::Z(1), Action::Zero).heads(vec![h]))

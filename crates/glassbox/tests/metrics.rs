@@ -50,7 +50,7 @@ fn logprob_and_prob_attribution_match_exact_patching_in_the_linear_regime() {
             assert!((clean - attr.clean_ld as f64).abs() < 1e-5, "{name} {}: clean value", metric.name());
             let (mut max_err, mut max_exact) = (0f64, 0f64);
             for l in 0..2 {
-                for h in 0..model.config.n_heads {
+                for h in 0..model.config().n_heads {
                     let exact = clean - value(patch_head(&corr, l, h));
                     max_err = max_err.max((exact - attr.scores[l][h] as f64).abs());
                     max_exact = max_exact.max(exact.abs());
@@ -118,7 +118,7 @@ fn positions_custom_metrics_and_faithfulness_identity() {
     let model = load_tiny("tiny-llama");
     let c = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     let (ci, ii) = (c.correct_id as usize, c.incorrect_id as usize);
-    let out = model.forward(&Batch::new(&[c.clean.clone()]).unwrap(), &Hooks::new()).unwrap();
+    let out = model.forward(&Batch::new(std::slice::from_ref(&c.clean)).unwrap(), &Hooks::new()).unwrap();
     let logits = out.logits.squeeze(0).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
     let at = |pos: usize| logits[pos][ci] - logits[pos][ii];
     for (metric, want) in [
@@ -126,7 +126,7 @@ fn positions_custom_metrics_and_faithfulness_identity() {
         (Metric::LogitDiff { position: Position::Mean }, (0..c.clean.len()).map(at).sum::<f64>() / c.clean.len() as f64),
     ] {
         let s = Scorer::new(&model, &c, &metric).unwrap();
-        let run = model.forward(&Batch::new(&[c.clean.clone()]).unwrap(), &s.hooks()).unwrap();
+        let run = model.forward(&Batch::new(std::slice::from_ref(&c.clean)).unwrap(), &s.hooks()).unwrap();
         let got = s.values(&run).unwrap()[0] as f64;
         assert!((got - want).abs() < 1e-5, "{metric:?}: {got} vs {want}");
     }
@@ -144,7 +144,7 @@ fn positions_custom_metrics_and_faithfulness_identity() {
     let wrong = Metric::custom(|out: &glassbox::ForwardOutput| Ok(out.logits.clone()));
     assert!(attribute(&model, &c, &AttributionOptions { metric: wrong, ..Default::default() }).unwrap_err().to_string().contains("one value per prompt"));
 
-    let all: Vec<Head> = (0..2).flat_map(|layer| (0..model.config.n_heads).map(move |head| Head { layer, head })).collect();
+    let all: Vec<Head> = (0..2).flat_map(|layer| (0..model.config().n_heads).map(move |head| Head { layer, head })).collect();
     for m in ["logprob", "prob", "kl"] {
         let opts = EvaluatorOptions { metric: Metric::parse(m).unwrap(), ..Default::default() };
         let f = faithfulness(&model, &c, &Circuit { heads: all.clone(), mlps: vec![] }, &opts, None).unwrap();

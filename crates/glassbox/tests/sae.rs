@@ -127,7 +127,7 @@ fn bad_sae_folders_are_errors() {
     // An SAE for another model's width.
     let model = Model::load(&fixtures().join("tiny-gpt2")).unwrap();
     let sae = Sae::load(&sae_dir("standard"), None).unwrap();
-    if model.config.d_model != 64 {
+    if model.config().d_model != 64 {
         assert!(sae.check(&model).unwrap_err().to_string().contains("made for another model"));
     }
 }
@@ -217,7 +217,7 @@ fn a_trained_topk_sae_learns_loads_and_evaluates() {
     let _ = std::fs::remove_dir_all(&out);
     let seqs = corpus_seqs(&model, 48);
     let mut fvu = Vec::new();
-    train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &small_options(), &out, false, &mut |r| {
+    train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: false }, seqs.clone(), &small_options(), &mut |r| {
         fvu.push(r.fvu);
         assert!((r.l0 - 6.0).abs() < 1e-6, "TopK keeps exactly k");
         true
@@ -248,11 +248,11 @@ fn training_resumes_from_its_checkpoint_and_transcoders_train() {
     let seqs = corpus_seqs(&model, 48);
     let opts = glassbox::sae::train::TrainOptions { checkpoint_every: 10, ..small_options() };
     // Stopped after step 15: a checkpoint is written there.
-    let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &opts, &out, false, &mut |r| r.step < 15).unwrap_err().to_string();
+    let err = train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: false }, seqs.clone(), &opts, &mut |r| r.step < 15).unwrap_err().to_string();
     assert!(err.contains("stopped at step 15") && err.contains("--resume"), "{err}");
     assert!(Sae::load(&out.join("checkpoint/sae"), None).is_ok(), "the checkpoint holds a loadable SAE");
     let mut steps = Vec::new();
-    train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &opts, &out, true, &mut |r| {
+    train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: true }, seqs.clone(), &opts, &mut |r| {
         steps.push(r.step);
         true
     })
@@ -262,15 +262,15 @@ fn training_resumes_from_its_checkpoint_and_transcoders_train() {
     assert!(!out.join("checkpoint").exists(), "the checkpoint goes once the run is done");
     assert!(Sae::load(&out, None).is_ok());
     // A different size does not resume from another run's checkpoint.
-    let _ = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &opts, &out, false, &mut |r| r.step < 12);
+    let _ = train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: false }, seqs.clone(), &opts, &mut |r| r.step < 12);
     let other = glassbox::sae::train::TrainOptions { d_sae: 64, ..opts.clone() };
-    let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &other, &out, true, &mut |_| true).unwrap_err().to_string();
+    let err = train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: true }, seqs.clone(), &other, &mut |_| true).unwrap_err().to_string();
     assert!(err.contains("same model, hook points and sizes"), "{err}");
 
     // A transcoder: BatchTopK, saved as a JumpReLU transcoder.
     let tc = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-transcoder");
     let _ = std::fs::remove_dir_all(&tc);
-    train(&model, HookPoint::Ln2Normalized(1), Some(HookPoint::MlpOut(1)), seqs.clone(), &small_options(), &tc, false, &mut |_| true).unwrap();
+    train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::Ln2Normalized(1), hook_out: Some(HookPoint::MlpOut(1)), out: &tc, resume: false }, seqs.clone(), &small_options(), &mut |_| true).unwrap();
     let t = Sae::load(&tc, None).unwrap();
     assert_eq!((t.cfg.architecture, t.cfg.hook_out), (Architecture::JumpRelu, Some(HookPoint::MlpOut(1))));
     let ev = glassbox::sae::eval::evaluate(&model, &t, &seqs[..4], 4).unwrap();
@@ -291,10 +291,10 @@ fn bad_training_arguments_are_errors() {
         (TrainOptions { d_sae: 1 << 22, ..small_options() }, "d_sae"),
     ];
     for (o, needle) in cases {
-        let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &o, &out, false, &mut |_| true).unwrap_err().to_string();
+        let err = train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: false }, seqs.clone(), &o, &mut |_| true).unwrap_err().to_string();
         assert!(err.contains(needle), "`{err}` lacks `{needle}`");
     }
-    let err = train(&model, HookPoint::ResidPost(0), None, seqs.clone(), &small_options(), &out, true, &mut |_| true).unwrap_err().to_string();
+    let err = train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: true }, seqs.clone(), &small_options(), &mut |_| true).unwrap_err().to_string();
     assert!(err.contains("no checkpoint to resume"), "{err}");
     assert!(glassbox::sae::corpus::sequences(&model, &["hi".to_string()], 1).is_err());
     assert!(glassbox::sae::corpus::read_documents(&[]).is_err());

@@ -23,7 +23,7 @@ const IOI: &str = "When Mary and John went to the store, John gave a drink to";
 
 #[test]
 fn config_read_from_gguf_metadata() {
-    let c = &smollm2().config;
+    let c = &smollm2().config();
     assert_eq!(
         (c.n_layers, c.n_heads, c.n_kv_heads, c.d_head, c.d_model, c.d_vocab),
         (30, 9, 3, 64, 576, 49152)
@@ -76,7 +76,7 @@ fn ioi_prefers_mary_by_the_reference_margin() {
     let ld = out.logit_diff(&[mary as u32], &[john as u32]).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
     assert!((ld - reference_ld).abs() <= 1e-3, "LD {ld} vs transformers {reference_ld}");
     let top = out.last_logits().unwrap().argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()[0];
-    assert_eq!(model.tokenizer.token_str(top), " Mary");
+    assert_eq!(model.tokenizer().token_str(top), " Mary");
 }
 
 /// Every linear weight of the GGUF (Q4_1) and the tied embedding (Q8_0) stay quantized; running
@@ -86,7 +86,7 @@ fn ioi_prefers_mary_by_the_reference_margin() {
 #[test]
 fn quantized_weights_give_the_f32_figures_bit_for_bit() {
     let model = smollm2();
-    let expected = if glassbox::bench::kernels_available() { 7 * model.config.n_layers + 1 } else { 0 };
+    let expected = if glassbox::model::kernels_available() { 7 * model.config().n_layers + 1 } else { 0 };
     assert_eq!(model.quantized_matrices(), expected);
     common::assert_quantized_equals_dense(model, &[IOI, "The capital of France is"]);
 }

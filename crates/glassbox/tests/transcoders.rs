@@ -36,13 +36,13 @@ fn a_transcoder_set_trains_for_every_layer_at_once_and_loads() {
     let seqs = corpus_seqs(&model, 48);
     let mut fvu: Vec<Vec<f32>> = Vec::new();
     train_set(&model, seqs.clone(), &small(), &out, false, &mut |r| {
-        assert_eq!(r.fvu.len(), model.config.n_layers);
+        assert_eq!(r.fvu.len(), model.config().n_layers);
         fvu.push(r.fvu.clone());
         true
     })
     .unwrap();
     assert_eq!(fvu.len(), 40);
-    for l in 0..model.config.n_layers {
+    for l in 0..model.config().n_layers {
         let first: f32 = fvu[..5].iter().map(|f| f[l]).sum::<f32>() / 5.0;
         let last: f32 = fvu[35..].iter().map(|f| f[l]).sum::<f32>() / 5.0;
         assert!(last < 0.8 * first, "layer {l} learns: FVU {first} → {last}");

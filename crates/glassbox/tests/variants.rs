@@ -48,12 +48,12 @@ fn published_config_forms_match_transformers() {
     }
     // What the forms mean, read back from the configuration.
     let (m, _) = assemble("qwen2-max-window-layers");
-    assert_eq!(m.config.layers.iter().map(|l| l.sliding_window).collect::<Vec<_>>(), vec![None, Some(4)]);
+    assert_eq!(m.config().layers.iter().map(|l| l.sliding_window).collect::<Vec<_>>(), vec![None, Some(4)]);
     let (m, _) = assemble("gemma3-sliding-window-pattern");
-    assert_eq!((m.config.layers[0].sliding_window, m.config.layers[1].sliding_window), (Some(4), None));
-    assert_eq!((m.config.layers[0].rope_base, m.config.layers[1].rope_base), (10_000.0, 1_000_000.0));
+    assert_eq!((m.config().layers[0].sliding_window, m.config().layers[1].sliding_window), (Some(4), None));
+    assert_eq!((m.config().layers[0].rope_base, m.config().layers[1].rope_base), (10_000.0, 1_000_000.0));
     let (m, _) = assemble("mistral-absent-window");
-    assert!(m.config.layers.iter().all(|l| l.sliding_window == Some(4096)));
+    assert!(m.config().layers.iter().all(|l| l.sliding_window == Some(4096)));
 }
 
 #[test]
@@ -71,7 +71,7 @@ fn gguf_rope_freqs_match_llama3_scaling() {
     use candle_core::quantized::gguf_file::Value;
     let (hf, reference) = assemble_in("llama-rope-llama3", "rope-freqs-reference");
     let mut parts = common::gguf_parts_from_fixture("tiny-llama", "llama");
-    let d_head = hf.config.d_head;
+    let d_head = hf.config().d_head;
     let factors = glassbox::model::rope::llama3_freq_factors(d_head, 50_000.0, 8.0, 1.0, 4.0, 16);
     let n = factors.len();
     parts.tensors.push(("rope_freqs.weight".into(), candle_core::Tensor::from_vec(factors, n, &candle_core::Device::Cpu).unwrap()));
@@ -79,7 +79,7 @@ fn gguf_rope_freqs_match_llama3_scaling() {
     let path = scratch("gguf-rope-freqs").join("m.gguf");
     common::write_gguf(&parts, &path);
     let model = Model::load(&path).unwrap();
-    assert!(model.weights.rope_freqs.is_some());
+    assert!(model.weights().rope_freqs.is_some());
     check_logits("gguf rope_freqs", &model, &reference, false);
 }
 

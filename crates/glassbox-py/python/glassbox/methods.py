@@ -64,7 +64,7 @@ def run(method: str, model: Any, input: Any = None, options: Optional[Dict[str, 
     envelope: ``method``, ``glassbox_version``, ``model`` (name, family, sha256 of the
     weights, BOS rule), ``input`` (prompts, answers, token strings), ``metric``, ``options``
     (every default filled in), ``result``, ``warnings`` and ``seconds``."""
-    return _native.run(method, model, input, options, sae, model_b, _progress(progress))
+    return _native.run(method, model, input, options, sae=sae, model_b=model_b, progress=_progress(progress))
 
 
 def _kind_text(kind: Dict[str, Any]) -> str:

@@ -360,7 +360,7 @@ impl Settings {
         Ok(Settings {
             method: method.name().to_string(),
             options: method.resolve(options)?,
-            model: model.name.clone(),
+            model: model.name().to_string(),
             model_sha256,
             sae: sae.and_then(|s| s.source.as_ref().map(|p| p.display().to_string())),
             glassbox: env!("CARGO_PKG_VERSION").to_string(),

@@ -177,6 +177,34 @@ pub fn functional_circuit_alignment(heads_a: &[Head], shape_a: ModelShape, heads
     })
 }
 
+/// Heads of `model` by decreasing |attribution| (Taylor, logit difference), averaged over the
+/// contrasts; ties by head order.
+pub fn head_ranking(model: &Model, contrasts: &[Contrast]) -> Result<Vec<Head>> {
+    let cfg = &model.config();
+    let mut sum = vec![vec![0f64; cfg.n_heads]; cfg.n_layers];
+    for c in contrasts {
+        let a = crate::methods::attribution::attribute(model, c, &Default::default())?;
+        for (l, row) in a.scores.iter().enumerate() {
+            for (h, &v) in row.iter().enumerate() {
+                sum[l][h] += v as f64;
+            }
+        }
+    }
+    let mut heads: Vec<(Head, f64)> = sum.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (Head { layer: l, head: h }, v))).collect();
+    heads.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
+    Ok(heads.into_iter().map(|(h, _)| h).collect())
+}
+
+/// FCAS of two models' head rankings on the same inputs (each model's own tokenization).
+pub fn align_models(a: (&Model, &[Contrast]), b: (&Model, &[Contrast]), opts: &AlignmentOptions) -> Result<Alignment> {
+    let shape = |m: &Model| ModelShape { n_layers: m.config().n_layers, n_heads: m.config().n_heads };
+    let (ra, rb) = (head_ranking(a.0, a.1)?, head_ranking(b.0, b.1)?);
+    let mut r = functional_circuit_alignment(&ra, shape(a.0), &rb, shape(b.0), opts)?;
+    r.model_a = a.0.name().to_string();
+    r.model_b = b.0.name().to_string();
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,32 +246,4 @@ mod tests {
         assert!(e(&[h(0, 0), h(0, 0)], AlignmentOptions { top_k: 2, ..Default::default() }).contains("twice"));
         assert!(e(&heads, AlignmentOptions { top_k: 2, n_null: 5, seed: 0 }).contains("n_null"));
     }
-}
-
-/// Heads of `model` by decreasing |attribution| (Taylor, logit difference), averaged over the
-/// contrasts; ties by head order.
-pub fn head_ranking(model: &Model, contrasts: &[Contrast]) -> Result<Vec<Head>> {
-    let cfg = &model.config;
-    let mut sum = vec![vec![0f64; cfg.n_heads]; cfg.n_layers];
-    for c in contrasts {
-        let a = crate::methods::attribution::attribute(model, c, &Default::default())?;
-        for (l, row) in a.scores.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                sum[l][h] += v as f64;
-            }
-        }
-    }
-    let mut heads: Vec<(Head, f64)> = sum.iter().enumerate().flat_map(|(l, r)| r.iter().enumerate().map(move |(h, &v)| (Head { layer: l, head: h }, v))).collect();
-    heads.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then(a.0.cmp(&b.0)));
-    Ok(heads.into_iter().map(|(h, _)| h).collect())
-}
-
-/// FCAS of two models' head rankings on the same inputs (each model's own tokenization).
-pub fn align_models(a: (&Model, &[Contrast]), b: (&Model, &[Contrast]), opts: &AlignmentOptions) -> Result<Alignment> {
-    let shape = |m: &Model| ModelShape { n_layers: m.config.n_layers, n_heads: m.config.n_heads };
-    let (ra, rb) = (head_ranking(a.0, a.1)?, head_ranking(b.0, b.1)?);
-    let mut r = functional_circuit_alignment(&ra, shape(a.0), &rb, shape(b.0), opts)?;
-    r.model_a = a.0.name.clone();
-    r.model_b = b.0.name.clone();
-    Ok(r)
 }

@@ -113,7 +113,7 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
     // The attribution's clean and corrupted runs also give the evaluator its clean residual
     // stream and resample values, so those runs are not repeated.
     let resample = opts.ablation == Ablation::Resample;
-    let extra = if resample { CircuitEvaluator::run_points(model.config.n_layers) } else { Vec::new() };
+    let extra = if resample { CircuitEvaluator::run_points(model.config().n_layers) } else { Vec::new() };
     let attr_opts = AttributionOptions { component: Component::Heads, method: opts.method, n_steps: opts.n_steps, metric: opts.metric.clone() };
     let (attr, runs) = attribute_caching(model, contrast, &attr_opts, &extra)?;
     let ev = match runs {
@@ -140,7 +140,7 @@ pub fn analyze(model: &Model, contrast: &Contrast, opts: &AnalyzeOptions) -> Res
         crate::methods::attention::attention_patterns(model, &contrast.clean, &view)?.head_types
     };
     Ok(Analysis {
-        model: model.name.clone(),
+        model: model.name().to_string(),
         prompt: contrast.clean_prompt.clone(),
         correct: contrast.correct.clone(),
         incorrect: contrast.incorrect.clone(),
@@ -214,7 +214,7 @@ pub struct PromptFigures {
 /// Runs `analyze` over a prompt set; `progress(done, total, stage)` is called as it goes.
 pub fn analyze_set(model: &Model, contrasts: &[Contrast], opts: &AnalyzeOptions, progress: &mut dyn FnMut(usize, usize, &str)) -> Result<SetAnalysis> {
     let (n_boot, seed) = (opts.n_boot, opts.seed);
-    let cfg = &model.config;
+    let cfg = &model.config();
     let n = contrasts.len();
     super::check_count("the number of prompts", n, super::limits::N_PROMPTS)?;
     super::check_count("the number of bootstrap resamples", n_boot, super::limits::N_BOOT)?;
@@ -245,7 +245,7 @@ pub fn analyze_set(model: &Model, contrasts: &[Contrast], opts: &AnalyzeOptions,
     let (named, mut flat) = ranked(&sum, Component::Heads);
     flat.truncate(20);
     Ok(SetAnalysis {
-        model: model.name.clone(),
+        model: model.name().to_string(),
         n,
         method: opts.method,
         metric: opts.metric.name().to_string(),

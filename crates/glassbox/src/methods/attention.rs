@@ -124,7 +124,7 @@ pub struct AttentionPatterns {
 
 /// Patterns `[layer] -> [h, q, k]` of one sequence.
 fn patterns(model: &Model, tokens: &[u32]) -> Result<Patterns> {
-    let layers = model.config.n_layers;
+    let layers = model.config().n_layers;
     let hooks = Hooks::new().cache((0..layers).map(HookPoint::Pattern)).logits_for(&[]);
     let out = model.forward(&Batch::new(&[tokens.to_vec()])?, &hooks)?;
     (0..layers)
@@ -148,7 +148,7 @@ fn mean(xs: impl Iterator<Item = f32>) -> f32 {
 /// The repeated random sequence for induction scores (seeded, avoiding the lowest ids, where
 /// special tokens live).
 pub fn repeated_tokens(model: &Model, seed: u64) -> Vec<u32> {
-    let vocab = model.config.d_vocab as u64;
+    let vocab = model.config().d_vocab as u64;
     let lo = (vocab / 10).max(1);
     let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
     let half: Vec<u32> = (0..REPEAT_LEN)
@@ -157,7 +157,7 @@ pub fn repeated_tokens(model: &Model, seed: u64) -> Vec<u32> {
             (lo + (s >> 33) % (vocab - lo).max(1)) as u32
         })
         .collect();
-    let mut seq: Vec<u32> = model.tokenizer.bos().into_iter().collect();
+    let mut seq: Vec<u32> = model.tokenizer().bos().into_iter().collect();
     seq.extend(&half);
     seq.extend(&half);
     seq
@@ -210,7 +210,7 @@ pub fn attention_patterns(model: &Model, tokens: &[u32], opts: &AttentionOptions
     if tokens.len() < 2 {
         return Err(Error::Invalid("attention patterns need a prompt of at least 2 tokens".into()));
     }
-    let cfg = &model.config;
+    let cfg = &model.config();
     let prompt = patterns(model, tokens)?;
     let all_scores = scores_from(model, &prompt, seed)?;
     let chosen: Vec<Head> = match heads {
@@ -248,7 +248,7 @@ pub fn attention_patterns(model: &Model, tokens: &[u32], opts: &AttentionOptions
         })
         .collect();
     Ok(AttentionPatterns {
-        tokens: tokens.iter().map(|&t| model.tokenizer.token_str(t)).collect(),
+        tokens: tokens.iter().map(|&t| model.tokenizer().token_str(t)).collect(),
         heads,
         entropy,
         head_types,

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head, Metric, Scorer};
 use crate::model::config::Positions;
-use crate::model::kernels;
+use crate::model::compute;
 use crate::model::{Action, ActivationCache, Batch, ForwardOutput, Gradients, HookPoint, Intervention, Model};
 
 crate::choices! {
@@ -215,7 +215,7 @@ pub(crate) fn attribute_caching(
     check_steps(opts.method, opts.n_steps)?;
     let (component, method, n_steps) = (opts.component, opts.method, opts.n_steps);
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
-    let layers = model.config.n_layers;
+    let layers = model.config().n_layers;
     let points: Vec<HookPoint> = (0..layers).map(|l| component.point(l)).collect();
     let batch = contrast.batch()?;
     let mut runs = None;
@@ -228,7 +228,7 @@ pub(crate) fn attribute_caching(
             let cached = points.iter().chain(extra).copied();
             let corr_hooks = scorer.hooks().cache(cached.clone());
             let hooks = scorer.hooks().cache(cached).grad_tap(points.iter().copied());
-            let (corr, clean) = kernels::concurrently(
+            let (corr, clean) = compute::concurrently(
                 || model.forward(&Batch::new(std::slice::from_ref(&contrast.corrupted))?, &corr_hooks),
                 || -> Result<_> {
                     let clean = model.forward(&Batch::new(std::slice::from_ref(&contrast.clean))?, &hooks)?;
@@ -316,20 +316,20 @@ pub(crate) fn attribute_caching(
 /// contrast up to float rounding. Other methods and metrics run one contrast at a time.
 pub fn attribute_many(model: &Model, contrasts: &[Contrast], opts: &AttributionOptions) -> Result<Vec<Attribution>> {
     let last_ld = matches!(opts.metric, Metric::LogitDiff { position: crate::methods::Position::Last });
-    if opts.method != Method::Taylor || !last_ld || contrasts.len() < 2 || model.config.variants.final_softcap.is_some() {
+    if opts.method != Method::Taylor || !last_ld || contrasts.len() < 2 || model.config().variants.final_softcap.is_some() {
         return contrasts.iter().map(|c| attribute(model, c, opts)).collect();
     }
     for c in contrasts {
         c.check(model)?;
     }
     let component = opts.component;
-    let points: Vec<HookPoint> = (0..model.config.n_layers).map(|l| component.point(l)).collect();
+    let points: Vec<HookPoint> = (0..model.config().n_layers).map(|l| component.point(l)).collect();
     let correct: Vec<u32> = contrasts.iter().map(|c| c.correct_id).collect();
     let incorrect: Vec<u32> = contrasts.iter().map(|c| c.incorrect_id).collect();
     let clean_rows: Vec<Vec<u32>> = contrasts.iter().map(|c| c.clean.clone()).collect();
     let corr_rows: Vec<Vec<u32>> = contrasts.iter().map(|c| c.corrupted.clone()).collect();
     let hooks = crate::model::Hooks::new().last_logits_only().cache(points.iter().copied());
-    let (corr, clean) = kernels::concurrently(
+    let (corr, clean) = compute::concurrently(
         || model.forward(&Batch::new(&corr_rows)?, &hooks),
         || -> Result<_> {
             let clean = model.forward(&Batch::new(&clean_rows)?, &hooks.clone().grad_tap(points.iter().copied()))?;
@@ -389,7 +389,7 @@ pub(crate) fn taylor_many(
             clean.len()
         )));
     }
-    let points: Vec<HookPoint> = (0..model.config.n_layers).map(|l| component.point(l)).collect();
+    let points: Vec<HookPoint> = (0..model.config().n_layers).map(|l| component.point(l)).collect();
     let hooks = scorer.hooks().cache(points.iter().copied()).grad_tap(points.iter().copied());
     let corr_hooks = scorer.hooks().cache(points.iter().copied());
     let per_batch = (160 / clean.len().max(1)).max(1);
@@ -398,7 +398,7 @@ pub(crate) fn taylor_many(
         return Ok(Vec::new());
     };
     // The clean forward and backward run at the same time as the first batch of corruptions.
-    let (clean_run, first_run) = kernels::concurrently(
+    let (clean_run, first_run) = compute::concurrently(
         || -> Result<_> {
             let run = model.forward(&Batch::new(&[clean.to_vec()])?, &hooks)?;
             let grads = run.backward(&scorer.eval(&run)?.sum_all()?)?;
@@ -445,7 +445,7 @@ pub(crate) fn integrated_gradients(
     let p = tokens.len();
     let last = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(0, p - 1, 1)?) };
     let ends_last = ends.iter().map(|(c, d)| Ok((last(c)?, last(d)?))).collect::<Result<Vec<_>>>()?;
-    let pos = match (model.config.positions, &model.weights.pos_embed) {
+    let pos = match (model.config().positions, &model.weights().pos_embed) {
         (Positions::Learned { offset }, Some(table)) => Some(table.narrow(0, offset + p - 1, 1)?),
         _ => None,
     };
@@ -495,7 +495,7 @@ fn ig_path(
     };
     let chunks: Vec<(usize, usize)> = (0..n_steps).step_by(chunk).map(|k| (k, chunk.min(n_steps - k))).collect();
     // The chunks run as two streams; their sums are added in the chunks' order.
-    let sums = sum_in_order(kernels::map_in_two_streams(&chunks, chunk_grads))?.ok_or_else(|| Error::Invalid("no steps".into()))?;
+    let sums = sum_in_order(compute::map_in_two_streams(&chunks, "integration steps", chunk_grads, || Err(Error::Cancelled)))?.ok_or_else(|| Error::Invalid("no steps".into()))?;
     sums.into_iter().map(|s| Ok((s / n_steps as f64)?)).collect()
 }
 
@@ -514,7 +514,7 @@ mod tests {
             let mut prompts = vec![base.corrupted.clone()];
             for k in 1..4u32 {
                 let mut p = base.clean.clone();
-                p[2 + k as usize] = (p[2 + k as usize] + 7 * k) % model.config.d_vocab as u32;
+                p[2 + k as usize] = (p[2 + k as usize] + 7 * k) % model.config().d_vocab as u32;
                 prompts.push(p);
             }
             for component in [Component::Heads, Component::Mlp] {
@@ -542,7 +542,7 @@ mod tests {
             let contrast = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
             for component in [Component::Heads, Component::AttnOut] {
                 let mut features = vec![HookPoint::Embed];
-                features.extend((0..model.config.n_layers).map(|l| component.point(l)));
+                features.extend((0..model.config().n_layers).map(|l| component.point(l)));
                 let out = model.forward(&contrast.batch().unwrap(), &crate::model::Hooks::new().cache(features.iter().copied())).unwrap();
                 let ends: Vec<(Tensor, Tensor)> = features
                     .iter()

@@ -270,7 +270,7 @@ pub struct ModelRecord {
 impl ModelRecord {
     /// The record of `model`.
     pub fn of(model: &Model) -> ModelRecord {
-        ModelRecord { name: model.name.clone(), family: model.config.architecture.clone(), sha256: model.weights_sha256(), prepend_bos: model.tokenizer.bos().is_some() }
+        ModelRecord { name: model.name().to_string(), family: model.config().architecture.clone(), sha256: model.weights_sha256(), prepend_bos: model.tokenizer().bos().is_some() }
     }
 }
 

@@ -46,13 +46,13 @@ struct HeadMaps {
 }
 
 fn maps(model: &Model, h: Head) -> Result<HeadMaps> {
-    let cfg = &model.config;
+    let cfg = &model.config();
     h.check(cfg)?;
     let dh = cfg.d_head;
     let kv = h.head / cfg.group_size();
-    let l = &model.weights.layers[h.layer];
+    let l = &model.weights().layers[h.layer];
     // The receiver's input-norm weight, where its attention reads through one (the model says).
-    let w_ln = model.attn_input_norm(h.layer).map(|w| w.to_dtype(DType::F64)).transpose()?;
+    let w_ln = model.attn_input_norm(h.layer)?.map(|w| w.to_dtype(DType::F64)).transpose()?;
     let rows = |w: &Matrix, i: usize| -> Result<Tensor> {
         let r = w.narrow_rows(i * dh, dh)?.to_dtype(DType::F64)?;
         Ok(match &w_ln {
@@ -125,7 +125,7 @@ pub fn baseline_samples(d_head: usize, d_model: usize) -> usize {
 /// shapes (`baseline_samples` sender/receiver pairs, a fixed seed). Raw scores are read
 /// against it: random maps already compose by about `1/√d_model`.
 pub fn random_baseline(model: &Model) -> Result<CompositionBaseline> {
-    let (dh, dm) = (model.config.d_head, model.config.d_model);
+    let (dh, dm) = (model.config().d_head, model.config().d_model);
     // It depends on the shapes alone: computed once per (d_head, d_model) in a process.
     static CACHE: std::sync::Mutex<Vec<((usize, usize), CompositionBaseline)>> = std::sync::Mutex::new(Vec::new());
     if let Some(b) = CACHE.lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == (dh, dm)).map(|(_, b)| *b)) {
@@ -250,7 +250,7 @@ pub fn all_composition_scores(model: &Model, circuit: &[Head], opts: &Compositio
         return Err(crate::error::Error::Invalid(format!("composition needs `heads`: at least two heads of the circuit (--head L9H6, repeatable); {} given", circuit.len())));
     }
     for h in circuit {
-        h.check(&model.config)?;
+        h.check(model.config())?;
     }
     if let Some(m) = opts.min_score {
         super::check_number("min_score", m, -1.0, 1.0)?;

@@ -11,15 +11,14 @@
 //! `hook_resid_post` for the logits. EAP-IG averages the receiver gradients over the
 //! straight-line path of the input embeddings from the corrupted to the clean prompt.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::methods::attribution::Method;
 use crate::methods::{order_by_magnitude, sum_in_order, Contrast, Head, Metric, Scorer};
-use crate::model::config::NormKind;
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
-use crate::model::kernels;
+use crate::model::compute;
 
 /// One scored edge.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,20 +119,8 @@ pub fn is_edge(u: Sender, v: Receiver, n_layers: usize, parallel_block: bool) ->
     }
 }
 
-/// Gradient w.r.t. a norm's input, given the gradient w.r.t. its normalised output
-/// (`normalized = centred / scale`): `(g − n·mean(g⊙n) [− mean(g) for LayerNorm]) / scale`.
-/// `normalized` and `scale` broadcast against `g` (leading axes of one).
-pub fn normalize_vjp(g: &Tensor, normalized: &Tensor, scale: &Tensor, kind: NormKind) -> Result<Tensor> {
-    let gn = g.broadcast_mul(normalized)?.mean_keepdim(D::Minus1)?;
-    let mut out = (g - normalized.broadcast_mul(&gn)?)?;
-    if kind == NormKind::LayerNorm {
-        out = out.broadcast_sub(&g.mean_keepdim(D::Minus1)?)?;
-    }
-    Ok(out.broadcast_div(scale)?)
-}
-
 fn receivers(model: &Model) -> Vec<Receiver> {
-    let c = &model.config;
+    let c = &model.config();
     let mut v = Vec::new();
     for layer in 0..c.n_layers {
         v.extend((0..c.n_heads).map(|head| Receiver::Q(Head { layer, head })));
@@ -146,7 +133,7 @@ fn receivers(model: &Model) -> Vec<Receiver> {
 }
 
 fn senders(model: &Model) -> Vec<Sender> {
-    let c = &model.config;
+    let c = &model.config();
     let mut v = vec![Sender::Embed];
     for layer in 0..c.n_layers {
         v.extend((0..c.n_heads).map(|head| Sender::Head(Head { layer, head })));
@@ -167,14 +154,14 @@ fn receiver_taps(n_layers: usize) -> Vec<HookPoint> {
 /// Input gradients `[b, p, d]` of every receiver (in `receivers` order), from a run with the
 /// receiver taps and `ln1` caches.
 fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crate::model::Gradients) -> Result<Vec<Tensor>> {
-    let c = &model.config;
+    let c = &model.config();
     let (h, kv, dh) = (c.n_heads, c.n_kv_heads, c.d_head);
     let mut res = Vec::new();
     for l in 0..c.n_layers {
-        let a = &model.weights.layers[l].attn;
+        let a = &model.weights().layers[l].attn;
         // The norm attention reads its input through (none: the raw residual).
-        let norm = match model.attn_input_norm(l) {
-            Some(w_ln) => Some((w_ln, out.cache.get(HookPoint::Ln1Normalized(l))?, out.cache.get(HookPoint::Ln1Scale(l))?)),
+        let norm = match model.attn_input_norm(l)? {
+            Some(_) => Some((out.cache.get(HookPoint::Ln1Normalized(l))?.unsqueeze(0)?, out.cache.get(HookPoint::Ln1Scale(l))?.unsqueeze(0)?)),
             None => None,
         };
         // All heads of a projection at once: [heads, b·p, dh] × [heads, dh, d], then the
@@ -183,8 +170,8 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
             let (b, p) = (g.dim(0)?, g.dim(1)?);
             let gh = g.reshape((b * p, heads, dh))?.transpose(0, 1)?.contiguous()?; // [heads, b·p, dh]
             let g_in = gh.matmul(&w.reshape((heads, dh, c.d_model))?)?.reshape((heads, b, p, c.d_model))?;
-            let g_in = match norm {
-                Some((w_ln, n, s)) => normalize_vjp(&g_in.broadcast_mul(w_ln)?, &n.unsqueeze(0)?, &s.unsqueeze(0)?, c.norm.kind)?,
+            let g_in = match &norm {
+                Some((n, s)) => model.attn_input_backward(l, &g_in, n, s)?,
                 None => g_in,
             };
             for i in 0..heads {
@@ -207,7 +194,7 @@ fn receiver_grads(model: &Model, out: &crate::model::ForwardOutput, grads: &crat
 /// post-norm, so its difference is the readout of the `z` difference (one product per layer);
 /// with a post-norm each run's output goes through its own frozen scale.
 fn sender_deltas(model: &Model, clean: &crate::model::ForwardOutput, corr: &crate::model::ForwardOutput) -> Result<Vec<Tensor>> {
-    let c = &model.config;
+    let c = &model.config();
     let diff = |p: HookPoint| -> Result<Tensor> { Ok((clean.cache.get(p)? - corr.cache.get(p)?)?) };
     let mut embed = diff(HookPoint::Embed)?;
     if HookPoint::PosEmbed.present_in(c) {
@@ -215,7 +202,7 @@ fn sender_deltas(model: &Model, clean: &crate::model::ForwardOutput, corr: &crat
     }
     let mut res = vec![embed.flatten_all()?];
     for l in 0..c.n_layers {
-        let heads = if model.weights.layers[l].extra.ln1_post.is_some() {
+        let heads = if model.weights().layers[l].extra.ln1_post.is_some() {
             let result = |run: &crate::model::ForwardOutput| -> Result<Tensor> {
                 let z = run.cache.get(HookPoint::Z(l))?;
                 model.head_results(l, z, model.attn_post_scale(l, z)?.as_ref())
@@ -238,7 +225,7 @@ fn sender_deltas(model: &Model, clean: &crate::model::ForwardOutput, corr: &crat
 /// full product), as products of a few receiver rows against the sender rows (the kernels'
 /// skinny shape) where the kernels run. Pairs that are not edges are left at zero.
 fn edge_scores(model: &Model, deltas: &[Tensor], rgrads: &[Tensor]) -> Result<Vec<Vec<f32>>> {
-    let c = &model.config;
+    let c = &model.config();
     let s_mat = Tensor::stack(deltas, 0)?.to_dtype(DType::F32)?;
     let r_mat = Tensor::stack(rgrads, 0)?.to_dtype(DType::F32)?;
     let (n_s, k) = s_mat.dims2()?;
@@ -252,12 +239,7 @@ fn edge_scores(model: &Model, deltas: &[Tensor], rgrads: &[Tensor]) -> Result<Ve
         let (start, count) = if l < c.n_layers { (l * per_layer_r, per_layer_r) } else { (c.n_layers * per_layer_r, 1) };
         let senders = (1 + l * (c.n_heads + 1) + c.n_heads).min(n_s);
         let rows = &r[start * k..(start + count) * k];
-        let y = if kernels::available() {
-            kernels::x_wt(rows, &s[..senders * k], count, k, senders)
-        } else {
-            let rt = Tensor::from_slice(rows, (count, k), &candle_core::Device::Cpu)?;
-            rt.matmul(&s_mat.narrow(0, 0, senders)?.t()?)?.flatten_all()?.to_vec1::<f32>()?
-        };
+        let y = compute::rows_times(rows, &s[..senders * k], count, k, senders)?;
         for j in 0..count {
             for i in 0..senders {
                 scores[i][start + j] = y[j * senders + i];
@@ -287,7 +269,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
     crate::methods::attribution::check_steps(opts.method, opts.n_steps)?;
     let (method, top_k, n_steps) = (opts.method, opts.top_k, opts.n_steps);
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
-    let c = &model.config;
+    let c = &model.config();
     let layers = c.n_layers;
     let mut cache = vec![HookPoint::Embed];
     if HookPoint::PosEmbed.present_in(c) {
@@ -295,7 +277,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
     }
     for l in 0..layers {
         cache.extend([HookPoint::Z(l), HookPoint::MlpOut(l)]);
-        if model.attn_input_norm(l).is_some() {
+        if model.attn_input_norm(l)?.is_some() {
             cache.extend([HookPoint::Ln1Normalized(l), HookPoint::Ln1Scale(l)]);
         }
     }
@@ -305,7 +287,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
     // same time as the clean forward (and, for EAP, its backward) on the other core.
     let corr_hooks = scorer.hooks().cache(cache.iter().copied());
     let clean_hooks = if taylor { corr_hooks.clone().grad_tap(taps.iter().copied()) } else { corr_hooks.clone() };
-    let (corr, clean) = kernels::concurrently(
+    let (corr, clean) = compute::concurrently(
         || model.forward(&Batch::new(std::slice::from_ref(&contrast.corrupted))?, &corr_hooks),
         || -> Result<_> {
             let clean = model.forward(&Batch::new(std::slice::from_ref(&contrast.clean))?, &clean_hooks)?;
@@ -347,7 +329,7 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
             };
             let chunks: Vec<(usize, usize)> = (0..n_steps).step_by(chunk).map(|k| (k, chunk.min(n_steps - k))).collect();
             // The chunks run as two streams; their sums are added in the chunks' order.
-            let sums = sum_in_order(kernels::map_in_two_streams(&chunks, chunk_grads))?;
+            let sums = sum_in_order(compute::map_in_two_streams(&chunks, "integration steps", chunk_grads, || Err(Error::Cancelled)))?;
             sums.unwrap_or_default()
                 .into_iter()
                 .map(|s| Ok((s / n_steps as f64)?))

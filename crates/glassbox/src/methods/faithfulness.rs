@@ -186,7 +186,7 @@ impl<'a> CircuitEvaluator<'a> {
         if contrasts.is_empty() {
             return Err(Error::Invalid("no prompts to evaluate the circuit on".into()));
         }
-        let layers = model.config.n_layers;
+        let layers = model.config().n_layers;
         let points = Self::run_points(layers);
         let mut prompts = Vec::with_capacity(contrasts.len());
         for contrast in contrasts {
@@ -260,7 +260,7 @@ impl<'a> CircuitEvaluator<'a> {
     /// layer (`[1, ...]` each; `analyze` takes them from its attribution runs). Only the
     /// all-ablated run is left to do.
     pub(crate) fn from_runs(model: &'a Model, contrast: &Contrast, scorer: Scorer, include_mlps: bool, runs: &Runs, clean_ld: f32) -> Result<Self> {
-        let layers = model.config.n_layers;
+        let layers = model.config().n_layers;
         let values = (0..layers)
             .map(|l| Ok((runs.corrupted.get(HookPoint::Z(l))?.clone(), runs.corrupted.get(HookPoint::MlpOut(l))?.clone())))
             .collect::<Result<Vec<_>>>()?;
@@ -281,7 +281,7 @@ impl<'a> CircuitEvaluator<'a> {
 
     /// The hooks that apply each row's ablation from layer `first` on.
     fn hooks(&self, i: usize, rows: &[&Ablate], first: usize) -> Hooks {
-        let cfg = &self.model.config;
+        let cfg = &self.model.config();
         let st = &self.prompts[i];
         let mut hooks = st.scorer.hooks();
         for l in first..cfg.n_layers {
@@ -309,7 +309,7 @@ impl<'a> CircuitEvaluator<'a> {
     /// (`[rows, p, d]`), all from the tokens in one batch.
     fn run_from_tokens(&self, i: usize, rows: &[Ablate]) -> Result<(Vec<f32>, Vec<Tensor>)> {
         let st = &self.prompts[i];
-        let layers = self.model.config.n_layers;
+        let layers = self.model.config().n_layers;
         let n = rows.len();
         let refs: Vec<&Ablate> = rows.iter().collect();
         let hooks = self.hooks(i, &refs, 0).cache((0..layers).map(HookPoint::ResidPre));
@@ -321,7 +321,7 @@ impl<'a> CircuitEvaluator<'a> {
     /// The first layer where a row's run departs from the run it starts from (the clean run
     /// for `Circuit`, the all-ablated run for `Complement`); the last layer when it never does.
     fn first_layer(&self, ab: &Ablate) -> usize {
-        let last = self.model.config.n_layers - 1;
+        let last = self.model.config().n_layers - 1;
         let c = match ab {
             Ablate::Complement(c) | Ablate::Circuit(c) => c,
             Ablate::Nothing => return last,
@@ -374,7 +374,7 @@ impl<'a> CircuitEvaluator<'a> {
     }
 
     fn check(&self, circuits: &[Circuit]) -> Result<()> {
-        let cfg = &self.model.config;
+        let cfg = &self.model.config();
         for c in circuits {
             for h in &c.heads {
                 h.check(cfg)?;
@@ -479,10 +479,10 @@ crate::options! {
 pub fn circuit_faithfulness(model: &Model, contrast: &Contrast, opts: &CircuitFaithfulnessOptions) -> Result<Faithfulness> {
     let circuit = Circuit { heads: opts.heads.clone(), mlps: opts.mlps.clone() };
     for h in &circuit.heads {
-        h.check(&model.config)?;
+        h.check(model.config())?;
     }
     for &l in &circuit.mlps {
-        model.config.check_layer(l)?;
+        model.config().check_layer(l)?;
     }
     let ev = EvaluatorOptions { ablation: opts.ablation, include_mlps: opts.include_mlps, mean_set: None, metric: opts.metric.clone() };
     let attributions = if opts.taylor {

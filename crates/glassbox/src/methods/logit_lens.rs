@@ -79,7 +79,7 @@ fn scalar(t: &Tensor) -> Result<f32> {
 pub fn logit_lens(model: &Model, prompt: &Prompt, opts: &LogitLensOptions) -> Result<LogitLens> {
     prompt.check(model)?;
     let (tokens, correct, incorrect, top_k) = (&prompt.tokens[..], prompt.correct, prompt.incorrect, opts.top_k);
-    let cfg = &model.config;
+    let cfg = &model.config();
     let layers = cfg.n_layers;
     let mut points = vec![HookPoint::Embed, HookPoint::LnFinalScale];
     if HookPoint::PosEmbed.present_in(cfg) {
@@ -118,7 +118,7 @@ pub fn logit_lens(model: &Model, prompt: &Prompt, opts: &LogitLensOptions) -> Re
             idx.into_iter()
                 .map(|i| TokenScore {
                     token_id: i as u32,
-                    token: model.tokenizer.token_str(i as u32),
+                    token: model.tokenizer().token_str(i as u32),
                     logit: row[i],
                 })
                 .collect()

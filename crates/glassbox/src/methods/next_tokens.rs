@@ -50,7 +50,7 @@ pub struct NextTokens {
 
 /// The prompt's tokens and the model's `top_k` most likely next tokens.
 pub fn next_tokens(model: &Model, tokens: &[u32], opts: &NextTokenOptions) -> Result<NextTokens> {
-    crate::limits::check_count("top_k", opts.top_k, 1..=model.config.d_vocab.max(1))?;
+    crate::limits::check_count("top_k", opts.top_k, 1..=model.config().d_vocab.max(1))?;
     let out = model.forward(&Batch::new(&[tokens.to_vec()])?, &Hooks::new().last_logits_only())?;
     let last = out.last_logits()?.squeeze(0)?.to_dtype(DType::F32)?;
     let max = last.max_keepdim(D::Minus1)?;
@@ -62,11 +62,11 @@ pub fn next_tokens(model: &Model, tokens: &[u32], opts: &NextTokenOptions) -> Re
     let top = order
         .into_iter()
         .take(opts.top_k)
-        .map(|i| Prediction { token_id: i as u32, token: model.tokenizer.token_str(i as u32), logit: logits[i], prob: probs[i] })
+        .map(|i| Prediction { token_id: i as u32, token: model.tokenizer().token_str(i as u32), logit: logits[i], prob: probs[i] })
         .collect();
     Ok(NextTokens {
-        bos_added: model.tokenizer.bos().is_some_and(|b| tokens.first() == Some(&b)),
-        tokens: tokens.iter().map(|&id| PromptToken { id, text: model.tokenizer.token_str(id) }).collect(),
+        bos_added: model.tokenizer().bos().is_some_and(|b| tokens.first() == Some(&b)),
+        tokens: tokens.iter().map(|&id| PromptToken { id, text: model.tokenizer().token_str(id) }).collect(),
         top,
     })
 }

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::methods::{Contrast, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
-use crate::model::kernels;
+use crate::model::compute;
+use crate::error::Error;
 
 crate::choices! {
     /// Which run receives the patches.
@@ -65,7 +66,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, opts: &PatchingOptions
     contrast.check(model)?;
     let direction = opts.direction;
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
-    let cfg = &model.config;
+    let cfg = &model.config();
     let (layers, heads) = (cfg.n_layers, cfg.n_heads);
     let (base_row, source_row) = match direction {
         Direction::IntoClean => (0, 1),
@@ -110,7 +111,7 @@ pub fn exact_patching(model: &Model, contrast: &Contrast, opts: &PatchingOptions
     };
     // Two streams, even and odd layers (about the same work each: a run starts at its layer).
     let layer_indices: Vec<usize> = (0..layers).collect();
-    let all = kernels::map_in_two_streams(&layer_indices, |&l| layer_lds(l)).into_iter().collect::<Result<Vec<_>>>()?;
+    let all = compute::map_in_two_streams(&layer_indices, "layers patched", |&l| layer_lds(l), || Err(Error::Cancelled)).into_iter().collect::<Result<Vec<_>>>()?;
     let mut head_lds = Vec::with_capacity(layers);
     let mut mlp_lds = Vec::with_capacity(layers);
     for mut lds in all {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::methods::{Contrast, Head, Metric, Scorer};
 use crate::model::{Action, HookPoint, Intervention, Model, Start};
-use crate::model::kernels;
+use crate::model::compute;
 
 /// Where the paths from the senders end; written `logits`, `L10H7.q`, `L10KV1.k` or `L10KV1.v`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, opts: &PathPatchingOpti
     let receiver = opts.receiver;
     let senders = opts.senders.as_deref();
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
-    let cfg = &model.config;
+    let cfg = &model.config();
     let layers = cfg.n_layers;
     let recv_layer = match receiver {
         PathReceiver::Logits => layers,
@@ -229,7 +229,7 @@ pub fn path_patching(model: &Model, contrast: &Contrast, opts: &PathPatchingOpti
     };
     // Two streams, alternate chunks.
     let chunks: Vec<&[Head]> = senders.chunks(per_chunk).collect();
-    let per_chunk_paths = kernels::map_in_two_streams(&chunks, |c| chunk_paths(c)).into_iter().collect::<Result<Vec<_>>>()?;
+    let per_chunk_paths = compute::map_in_two_streams(&chunks, "senders patched", |c| chunk_paths(c), || Err(Error::Cancelled)).into_iter().collect::<Result<Vec<_>>>()?;
     let paths: Vec<PathEffect> = per_chunk_paths.into_iter().flatten().collect();
     Ok(PathPatching { receiver, metric: opts.metric.name().to_string(), clean_ld, corrupted_ld, paths })
 }

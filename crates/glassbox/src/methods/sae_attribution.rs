@@ -128,9 +128,9 @@ fn attribution_and_cache(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAt
     let write = cfg.hook_out.unwrap_or(cfg.hook);
     let layer = read.layer().unwrap_or(0);
     let scorer = Scorer::for_answers(model, &prompt.tokens, prompt.correct, prompt.incorrect, &opts.metric)?;
-    let last_layer = model.config.n_layers - 1;
+    let last_layer = model.config().n_layers - 1;
     let residual = matches!(write, HookPoint::ResidPre(_) | HookPoint::ResidMid(_) | HookPoint::ResidPost(_));
-    let want_direct = residual && matches!(opts.metric, Metric::LogitDiff { position: crate::methods::Position::Last }) && model.config.variants.final_softcap.is_none();
+    let want_direct = residual && matches!(opts.metric, Metric::LogitDiff { position: crate::methods::Position::Last }) && model.config().variants.final_softcap.is_none();
     let mut cached = vec![read, write];
     if want_direct {
         cached.extend([HookPoint::ResidPost(last_layer), HookPoint::LnFinalScale]);
@@ -194,7 +194,7 @@ fn attribution_and_cache(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAt
         let dir = (model.unembed_rows(&[prompt.correct])? - model.unembed_rows(&[prompt.incorrect])?)?.squeeze(0)?.to_dtype(DType::F32)?;
         let through = |v: &Tensor| -> Result<Tensor> {
             // v: [n, d] → [n]
-            let normed = model.final_norm_frozen(&v.to_dtype(model.weights.dtype())?, &scale)?.to_dtype(DType::F32)?;
+            let normed = model.final_norm_frozen(&v.to_dtype(model.weights().dtype())?, &scale)?.to_dtype(DType::F32)?;
             Ok(normed.broadcast_mul(&dir)?.sum(1)?)
         };
         let s_last = enc.out_scale.get(last)?; // [1]
@@ -230,7 +230,7 @@ fn attribution_and_cache(model: &Model, sae: &Sae, prompt: &Prompt, opts: &SaeAt
             let d = a.broadcast_mul(&write_rows.get(j)?.unsqueeze(0)?)?.neg()?; // [P, d_out]
             deltas.push(d.reshape(write_shape.as_slice())?);
         }
-        let delta = Tensor::stack(&deltas, 0)?.to_dtype(model.weights.dtype())?;
+        let delta = Tensor::stack(&deltas, 0)?.to_dtype(model.weights().dtype())?;
         let rows: Vec<Vec<u32>> = vec![prompt.tokens.clone(); n];
         let hooks = scorer.hooks().intervene(Intervention::new(write, Action::Add(delta)));
         let out = model.forward(&Batch::new(&rows)?, &hooks)?;
@@ -348,7 +348,7 @@ pub fn circuit_features(model: &Model, sae: &Sae, prompt: &Prompt, opts: &Circui
     }
     super::check_count("top_k", opts.top_k, 1..=100_000)?;
     for h in &opts.heads {
-        h.check(&model.config)?;
+        h.check(model.config())?;
         if h.layer as i64 > after {
             return Err(Error::Invalid(format!("{h} writes after the SAE reads ({hook}); give heads of earlier layers or an SAE further on")));
         }

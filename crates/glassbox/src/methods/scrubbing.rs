@@ -108,7 +108,7 @@ pub struct Scrubbing {
 /// Causal scrubbing of a head → feature hypothesis on a prompt set.
 pub fn causal_scrubbing(model: &Model, prompts: &[ScrubPrompt], opts: &ScrubOptions) -> Result<Scrubbing> {
     let (hypothesis, seed) = (&opts.hypothesis[..], opts.seed);
-    let cfg = &model.config;
+    let cfg = &model.config();
     if prompts.len() < 2 {
         return Err(Error::Invalid("causal scrubbing needs a prompt set of at least 2 prompts".into()));
     }

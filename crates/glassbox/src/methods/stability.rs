@@ -101,8 +101,8 @@ pub fn attribution_stability_with_progress(model: &Model, prompt: &Prompt, opts:
     let (tokens, n_corruptions, p, seed) = (&prompt.tokens[..], opts.n_corruptions, opts.p, opts.seed);
     super::check_count("the number of corruptions", n_corruptions, super::limits::N_CORRUPTIONS)?;
     super::check_number("the corruption probability p", p, 0.0, 1.0)?;
-    let cfg = &model.config;
-    let first = usize::from(model.tokenizer.bos().is_some_and(|b| tokens.first() == Some(&b)));
+    let cfg = &model.config();
+    let first = usize::from(model.tokenizer().bos().is_some_and(|b| tokens.first() == Some(&b)));
     if tokens.len() <= first {
         return Err(Error::Invalid("the prompt has no token to corrupt".into()));
     }

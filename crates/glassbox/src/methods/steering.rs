@@ -18,9 +18,9 @@ pub const MAX_SCALE: f32 = 1e4;
 /// would only dilute the mean): the hook's per-position shape, e.g. `[d_model]` for the
 /// residual stream, `[heads, d_head]` for `hook_z`.
 pub fn mean_activation(model: &Model, point: HookPoint, prompt: &str) -> Result<Tensor> {
-    point.check(&model.config)?;
+    point.check(model.config())?;
     let ids = model.tokenize(prompt)?;
-    let skip = usize::from(model.tokenizer.bos().is_some_and(|b| ids.first() == Some(&b)) && ids.len() > 1);
+    let skip = usize::from(model.tokenizer().bos().is_some_and(|b| ids.first() == Some(&b)) && ids.len() > 1);
     let n = ids.len() - skip;
     let out = model.forward(&Batch::new(&[ids])?, &Hooks::new().cache([point]).last_logits_only())?;
     let act = out.cache.get(point)?;
@@ -67,7 +67,7 @@ pub fn load_steering_vector(path: &Path, point: HookPoint) -> Result<Tensor> {
 /// Hooks that add `scale · vector` to `point` at every position (of every run, so of every
 /// generated token too).
 pub fn steering_hooks(model: &Model, point: HookPoint, vector: &Tensor, scale: f32) -> Result<Hooks> {
-    point.check(&model.config)?;
+    point.check(model.config())?;
     if !(scale.is_finite() && scale.abs() <= MAX_SCALE) {
         return Err(Error::Invalid(format!("the steering scale is {scale}; it must be a number from -{MAX_SCALE} to {MAX_SCALE}")));
     }

@@ -146,7 +146,7 @@ pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttribution
         }
     }
     let batch = Batch::new(&[tokens.to_vec()])?;
-    let learned_pos = matches!(model.config.positions, Positions::Learned { .. });
+    let learned_pos = matches!(model.config().positions, Positions::Learned { .. });
     let mut taps = vec![HookPoint::Embed];
     if learned_pos {
         taps.push(HookPoint::PosEmbed);
@@ -176,13 +176,13 @@ pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttribution
                 Baseline::Bos | Baseline::Token(_) => {
                     let id = match baseline {
                         Baseline::Token(id) => id,
-                        _ => model.tokenizer.bos_token().ok_or_else(|| Error::Invalid("this model has no BOS token; use the baseline zero or a token id".into()))?,
+                        _ => model.tokenizer().bos_token().ok_or_else(|| Error::Invalid("this model has no BOS token; use the baseline zero or a token id".into()))?,
                     };
-                    if id as usize >= model.config.d_vocab {
+                    if id as usize >= model.config().d_vocab {
                         return Err(Error::Invalid(format!("baseline token {id} is outside the vocabulary")));
                     }
-                    let mut row = model.weights.embed.row(id as usize)?;
-                    if let Some(s) = model.config.embed_scale {
+                    let mut row = model.weights().embed.row(id as usize)?;
+                    if let Some(s) = model.config().embed_scale {
                         row = (row * s)?;
                     }
                     row.unsqueeze(0)?.broadcast_as(emb.shape())?.contiguous()?
@@ -208,7 +208,7 @@ pub fn token_attribution(model: &Model, prompt: &Prompt, opts: &TokenAttribution
         .map(|(i, &a)| TokenAttr {
             position: i,
             token_id: tokens[i],
-            token_str: model.tokenizer.token_str(tokens[i]),
+            token_str: model.tokenizer().token_str(tokens[i]),
             attribution: a,
         })
         .collect();

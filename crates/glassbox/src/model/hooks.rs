@@ -552,32 +552,62 @@ pub enum CacheSpec {
 pub struct Hooks {
     /// Which points the run caches (none by default).
     #[serde(default)]
-    pub cache: CacheSpec,
+    pub(crate) cache: CacheSpec,
     /// Interventions; those at one point apply in this order.
     #[serde(default)]
-    pub interventions: Vec<Intervention>,
+    pub(crate) interventions: Vec<Intervention>,
     /// Points whose gradient is wanted: each gets a zero `Var` added to it.
     #[serde(default)]
-    pub grad_taps: Vec<HookPoint>,
+    pub(crate) grad_taps: Vec<HookPoint>,
     /// Compute logits at each prompt's last real position only (`logits: [b, 1, d_vocab]`);
     /// saves the unembedding of every other position.
     #[serde(default)]
-    pub last_logits_only: bool,
+    pub(crate) last_logits_only: bool,
     /// Compute the logits of these vocabulary ids only (`logits: [b, p, ids.len()]`): the
     /// unembedding of two answer tokens instead of the whole vocabulary, for methods that only
     /// read a logit difference. `ForwardOutput::logit_diff` maps ids to columns.
     #[serde(default)]
-    pub logit_ids: Option<Vec<u32>>,
+    pub(crate) logit_ids: Option<Vec<u32>>,
     /// Stop after this block: the run gives its cache only (logits `[b, 0, 0]`), e.g. to
     /// read activations at an early layer without paying for the rest of the model.
     #[serde(default)]
-    pub stop_after_layer: Option<usize>,
+    pub(crate) stop_after_layer: Option<usize>,
 }
 
 impl Hooks {
     /// Hooks that do nothing: a plain forward pass.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Which points the run caches.
+    pub fn cache_spec(&self) -> &CacheSpec {
+        &self.cache
+    }
+
+    /// The interventions, in the order they apply.
+    pub fn interventions(&self) -> &[Intervention] {
+        &self.interventions
+    }
+
+    /// The gradient taps.
+    pub fn taps(&self) -> &[HookPoint] {
+        &self.grad_taps
+    }
+
+    /// Whether the run computes logits at the last position only.
+    pub fn reads_last_logits_only(&self) -> bool {
+        self.last_logits_only
+    }
+
+    /// The vocabulary ids whose logits the run computes (all when `None`).
+    pub fn logit_ids(&self) -> Option<&[u32]> {
+        self.logit_ids.as_deref()
+    }
+
+    /// The block the run stops after, if it stops early.
+    pub fn stops_after(&self) -> Option<usize> {
+        self.stop_after_layer
     }
     /// Caches `points` as well as those of earlier `cache` calls (an earlier `cache_all` is dropped).
     pub fn cache(mut self, points: impl IntoIterator<Item = HookPoint>) -> Self {
@@ -587,6 +617,11 @@ impl Hooks {
         };
         set.extend(points);
         self.cache = CacheSpec::Only(set);
+        self
+    }
+    /// Caches what `spec` says (replacing earlier `cache` calls).
+    pub fn with_cache(mut self, spec: CacheSpec) -> Self {
+        self.cache = spec;
         self
     }
     /// Caches every hook point.

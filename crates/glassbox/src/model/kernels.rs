@@ -142,7 +142,7 @@ pub fn x_wt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         // Safety: every part writes only columns j0..j1 of y.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            avx::x_wt_cols(x.as_ptr(), w.as_ptr(), y, m, k, n, j0, j1)
+            avx::x_wt_cols(avx::Fwd { x: x.as_ptr(), w: w.as_ptr(), y, m, k, n }, (j0, j1))
         }
     })
 }
@@ -233,7 +233,7 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         // Safety: acc is this part's own m×k buffer; g and w are read-only.
         unsafe {
-            avx::g_w_rows(g.as_ptr(), avx::Rows::F32(w.as_ptr()), acc, m, n, k, j0, j1)
+            avx::g_w_rows(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, avx::Rows::F32(w.as_ptr()), (j0, j1))
         }
     })
 }
@@ -278,7 +278,7 @@ pub fn x_wt_q(x: &[f32], q: &QMatrix, m: usize) -> Vec<f32> {
         // Safety: every part writes only columns j0..j1 of y.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            avx::x_wt_cols_q(x.as_ptr(), q, y, m, k, n, j0, j1)
+            avx::x_wt_cols_q(avx::Fwd { x: x.as_ptr(), w: std::ptr::null(), y, m, k, n }, q, (j0, j1))
         }
     })
 }
@@ -294,9 +294,9 @@ pub fn g_w_q(g: &[f32], q: &QMatrix, m: usize) -> Vec<f32> {
         // Safety: acc is this part's own m×k buffer; g and q are read-only.
         unsafe {
             if q.format() == GgmlDType::Q4_1 {
-                avx::g_w_rows(g.as_ptr(), avx::Rows::Q41(q.bytes().as_ptr(), q.row_bytes()), acc, m, n, k, j0, j1)
+                avx::g_w_rows(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, avx::Rows::Q41(q.bytes().as_ptr(), q.row_bytes()), (j0, j1))
             } else {
-                avx::g_w_rows_q(g.as_ptr(), q, acc, m, n, k, j0, j1)
+                avx::g_w_rows_q(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, q, (j0, j1))
             }
         }
     })
@@ -312,10 +312,6 @@ unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
-// The SIMD kernels take raw pointers and the product's sizes and column range as plain
-// arguments, as BLAS kernels do: a struct for them would only be unpacked again in every
-// inner loop. Private to this file; every caller above passes checked sizes.
-#[allow(clippy::too_many_arguments)]
 mod avx {
     use std::arch::x86_64::*;
 
@@ -330,78 +326,97 @@ mod avx {
         _mm_cvtss_f32(s)
     }
 
+    /// A forward product's operands, `y[m, n] = x[m, k] · w[n, k]ᵀ`, row-major, as raw
+    /// pointers (the sizes checked by the caller; `w` may be a base only some rows are inside).
+    #[derive(Clone, Copy)]
+    pub struct Fwd {
+        pub x: *const f32,
+        pub w: *const f32,
+        pub y: *mut f32,
+        pub m: usize,
+        pub k: usize,
+        pub n: usize,
+    }
+
     /// Columns `j0..j1` of `y = x · wᵀ`: blocks of 3 token rows × 4 weight rows. With many
     /// token rows (more than `MB`), panels of `JP` weight rows pass over `MB` token rows at a
     /// time, which then stay in cache (the same sums either way).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are there; `p` holds valid pointers for its sizes; no other part writes
+    /// columns `j0..j1` of `y`.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn x_wt_cols(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
-        if m > MB {
+    pub unsafe fn x_wt_cols(p: Fwd, (j0, j1): (usize, usize)) {
+        if p.m > MB {
             let mut jp = j0;
             while jp < j1 {
                 let je = (jp + JP).min(j1);
                 let mut i0 = 0;
-                while i0 < m {
-                    let i1 = (i0 + MB).min(m);
-                    let mut j = jp;
-                    while j + 4 <= je {
-                        four_rows_of(x, w, y, (i0, i1), k, n, j);
-                        j += 4;
-                    }
-                    if j < je {
-                        tail_rows_of(x, w, y, (i0, i1), k, n, (j, je));
-                    }
+                while i0 < p.m {
+                    let i1 = (i0 + MB).min(p.m);
+                    cols(p, (i0, i1), (jp, je), std::ptr::null());
                     i0 = i1;
                 }
                 jp = je;
             }
             return;
         }
+        cols(p, (0, p.m), (j0, j1), p.w.wrapping_add(8 * p.k));
+    }
+
+    /// Columns `j0..j1` of `y` over token rows `i0..i1`: four columns at a time, then the rest.
+    /// `pf` (or null) is the weight row block to prefetch while the first four pass.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn cols(p: Fwd, rows: (usize, usize), (j0, j1): (usize, usize), pf: *const f32) {
         let mut j = j0;
         while j + 4 <= j1 {
             // While the first token rows pass over these weight rows, the block of four after
             // the next is fetched into L2 (the rows are contiguous).
-            let pf = if j + 12 <= j1 { w.add((j + 8) * k) } else { std::ptr::null() };
-            four_rows(x, w, y, m, k, n, j, pf);
+            let ahead = if !pf.is_null() && j + 12 <= j1 { p.w.add((j + 8) * p.k) } else { std::ptr::null() };
+            four_rows(p, rows, j, ahead);
             j += 4;
         }
-        tail_rows(x, w, y, m, k, n, j, j1);
+        tail_rows(p, rows, (j, j1));
     }
 
-    /// Columns `j..j + 4` of `y = x · wᵀ` (weight row c at `w + c k`) over all token rows, 3
-    /// token rows × 4 weight rows at a time: 12 accumulators, three token vectors and one
-    /// weight vector fill the 16 AVX registers; 7 loads per 12 FMAs. `pf` (or null) is
+    /// Columns `j..j + 4` of `y = x · wᵀ` (weight row c at `w + c k`) over token rows
+    /// `i0..i1`, 3 token rows × 4 weight rows at a time: 12 accumulators, three token vectors
+    /// and one weight vector fill the 16 AVX registers; 7 loads per 12 FMAs. `pf` (or null) is
     /// prefetched during the first pass.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn four_rows(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j: usize, pf: *const f32) {
-        let mut i = 0;
-        while i < m {
-            let pf = if i == 0 { pf } else { std::ptr::null() };
-            match m - i {
-                1 => block::<1>(x, w, y, k, n, i, j, pf),
-                2 => block::<2>(x, w, y, k, n, i, j, pf),
-                _ => block::<3>(x, w, y, k, n, i, j, pf),
+    unsafe fn four_rows(p: Fwd, (i0, i1): (usize, usize), j: usize, pf: *const f32) {
+        let mut i = i0;
+        while i < i1 {
+            let pf = if i == i0 { pf } else { std::ptr::null() };
+            match i1 - i {
+                1 => block::<1>(p, i, j, pf),
+                2 => block::<2>(p, i, j, pf),
+                _ => block::<3>(p, i, j, pf),
             }
-            i += (m - i).min(3);
+            i += (i1 - i).min(3);
         }
     }
 
-    /// Columns `j0..j1` (fewer than four) of `y = x · wᵀ`, plain loops.
-    unsafe fn tail_rows(x: *const f32, w: *const f32, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
+    /// Columns `j0..j1` (fewer than four) of `y = x · wᵀ` over token rows `i0..i1`, plain loops.
+    unsafe fn tail_rows(p: Fwd, (i0, i1): (usize, usize), (j0, j1): (usize, usize)) {
+        let k = p.k;
         for jj in j0..j1 {
-            for i in 0..m {
+            for i in i0..i1 {
                 let mut s = 0f32;
                 for t in 0..k {
-                    s += *x.add(i * k + t) * *w.wrapping_add(jj * k + t);
+                    s += *p.x.add(i * k + t) * *p.w.wrapping_add(jj * k + t);
                 }
-                *y.add(i * n + jj) = s;
+                *p.y.add(i * p.n + jj) = s;
             }
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const MR: usize>(x: *const f32, w: *const f32, y: *mut f32, k: usize, n: usize, i: usize, j: usize, pf: *const f32) {
+    unsafe fn block<const MR: usize>(p: Fwd, i: usize, j: usize, pf: *const f32) {
+        let Fwd { x, w, y, k, n, .. } = p;
         let k8 = k / 8 * 8;
         let mut acc = [[_mm256_setzero_ps(); 4]; MR];
         // `wrapping_add`: the quantized path passes a base that only these rows are inside.
@@ -439,6 +454,17 @@ mod avx {
     /// Weight rows per block of the backward product.
     const JB: usize = 96;
 
+    /// A backward product's operands, `acc[m, k] += g[m, n] · w[n, k]` (the weight given
+    /// apart, as `Rows`), as raw pointers (the sizes checked by the caller).
+    #[derive(Clone, Copy)]
+    pub struct Bwd {
+        pub g: *const f32,
+        pub acc: *mut f32,
+        pub m: usize,
+        pub n: usize,
+        pub k: usize,
+    }
+
     /// Where the backward product reads its weight rows.
     #[derive(Clone, Copy)]
     pub enum Rows {
@@ -451,7 +477,8 @@ mod avx {
     /// For f32 rows, columns past the last multiple of 32 are summed in place (Q4_1 rows have
     /// none).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn g_w_rows(g: *const f32, rows: Rows, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+    pub unsafe fn g_w_rows(b: Bwd, rows: Rows, (j0, j1): (usize, usize)) {
+        let Bwd { g, acc, m, n, k } = b;
         let (base, row_bytes) = match rows {
             Rows::F32(w) => (w as *const u8, k * 4),
             Rows::Q41(q, row_bytes) => (q, row_bytes),
@@ -462,7 +489,7 @@ mod avx {
             let je = (jb + JB).min(j1);
             // The next block's rows (contiguous) are prefetched on the way.
             let next_bytes = ((je + JB).min(j1) - je) * row_bytes;
-            rows_block(g, &rows, acc, m, n, k, jb, je, base.wrapping_add(je * row_bytes), next_bytes);
+            rows_block(b, &rows, (jb, je), (base.wrapping_add(je * row_bytes), next_bytes));
             if let Rows::F32(w) = rows {
                 for r in 0..m {
                     for j in jb..je {
@@ -484,7 +511,8 @@ mod avx {
     /// on the way.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows_block(g: *const f32, rows: &Rows, acc: *mut f32, m: usize, n: usize, k: usize, jb: usize, je: usize, next: *const u8, next_bytes: usize) {
+    unsafe fn rows_block(b: Bwd, rows: &Rows, (jb, je): (usize, usize), (next, next_bytes): (*const u8, usize)) {
+        let Bwd { m, k, .. } = b;
         let mut panels = [0f32; 2 * JB * 16];
         let pp = panels.as_mut_ptr();
         let blocks = k / 32;
@@ -532,12 +560,12 @@ mod avx {
                 for gi in 0..groups {
                     let mr = (m - i) / (groups - gi) + usize::from(!(m - i).is_multiple_of(groups - gi));
                     match mr {
-                        1 => chunk::<1>(g, panel, acc, n, k, i, kc, jb, je),
-                        2 => chunk::<2>(g, panel, acc, n, k, i, kc, jb, je),
-                        3 => chunk::<3>(g, panel, acc, n, k, i, kc, jb, je),
-                        4 => chunk::<4>(g, panel, acc, n, k, i, kc, jb, je),
-                        5 => chunk::<5>(g, panel, acc, n, k, i, kc, jb, je),
-                        _ => chunk::<6>(g, panel, acc, n, k, i, kc, jb, je),
+                        1 => chunk::<1>(b, panel, i, kc, (jb, je)),
+                        2 => chunk::<2>(b, panel, i, kc, (jb, je)),
+                        3 => chunk::<3>(b, panel, i, kc, (jb, je)),
+                        4 => chunk::<4>(b, panel, i, kc, (jb, je)),
+                        5 => chunk::<5>(b, panel, i, kc, (jb, je)),
+                        _ => chunk::<6>(b, panel, i, kc, (jb, je)),
                     }
                     i += mr;
                 }
@@ -556,7 +584,8 @@ mod avx {
     /// group of four panel rows passes over them. The weight stream from memory is the blocks'
     /// bits per weight, not 32. Each output is the same sum as `x_wt_cols` computes.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn x_wt_cols_q(x: *const f32, q: &QMatrix, y: *mut f32, m: usize, k: usize, n: usize, j0: usize, j1: usize) {
+    pub unsafe fn x_wt_cols_q(p: Fwd, q: &QMatrix, (j0, j1): (usize, usize)) {
+        let (m, k) = (p.m, p.k);
         with_scratch(JP * k, |scratch| {
             let (bytes, row_bytes) = (q.bytes().as_ptr(), q.row_bytes());
             let mut jp = j0;
@@ -572,18 +601,11 @@ mod avx {
                     b += 64;
                 }
                 // A base such that row j is at `base + j k` (only rows jp..jp + rows are read).
-                let base = scratch.as_ptr().wrapping_sub(jp * k);
+                let panel = Fwd { w: scratch.as_ptr().wrapping_sub(jp * k), ..p };
                 let mut i0 = 0;
                 while i0 < m {
                     let i1 = (i0 + MB).min(m);
-                    let mut j = jp;
-                    while j + 4 <= jp + rows {
-                        four_rows_of(x, base, y, (i0, i1), k, n, j);
-                        j += 4;
-                    }
-                    if j < jp + rows {
-                        tail_rows_of(x, base, y, (i0, i1), k, n, (j, jp + rows));
-                    }
+                    cols(panel, (i0, i1), (jp, jp + rows), std::ptr::null());
                     i0 = i1;
                 }
                 jp += rows;
@@ -591,46 +613,19 @@ mod avx {
         })
     }
 
-    /// `four_rows` over token rows `i0..i1` only.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn four_rows_of(x: *const f32, w: *const f32, y: *mut f32, (i0, i1): (usize, usize), k: usize, n: usize, j: usize) {
-        let mut i = i0;
-        while i < i1 {
-            match i1 - i {
-                1 => block::<1>(x, w, y, k, n, i, j, std::ptr::null()),
-                2 => block::<2>(x, w, y, k, n, i, j, std::ptr::null()),
-                _ => block::<3>(x, w, y, k, n, i, j, std::ptr::null()),
-            }
-            i += (i1 - i).min(3);
-        }
-    }
-
-    /// `tail_rows` over token rows `i0..i1` only.
-    unsafe fn tail_rows_of(x: *const f32, w: *const f32, y: *mut f32, (i0, i1): (usize, usize), k: usize, n: usize, (j0, j1): (usize, usize)) {
-        for jj in j0..j1 {
-            for i in i0..i1 {
-                let mut s = 0f32;
-                for t in 0..k {
-                    s += *x.add(i * k + t) * *w.wrapping_add(jj * k + t);
-                }
-                *y.add(i * n + jj) = s;
-            }
-        }
-    }
-
     /// `acc += g[:, j0..j1] · w[j0..j1, :]` for quantized weight rows other than Q4_1: each
     /// block of `JB` rows is dequantized into a buffer (in L2) that `g_w_rows` then reads as
     /// f32 rows, in the same blocks as on the f32 weight (so the same sums, bit for bit).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn g_w_rows_q(g: *const f32, q: &QMatrix, acc: *mut f32, m: usize, n: usize, k: usize, j0: usize, j1: usize) {
+    pub unsafe fn g_w_rows_q(b: Bwd, q: &QMatrix, (j0, j1): (usize, usize)) {
+        let k = b.k;
         with_scratch(JB * k, |scratch| {
             let mut jb = j0;
             while jb < j1 {
                 let je = (jb + JB).min(j1);
                 q.dequantize_rows(jb, je, &mut scratch[..(je - jb) * k]);
                 let base = scratch.as_ptr().wrapping_sub(jb * k);
-                g_w_rows(g, Rows::F32(base), acc, m, n, k, jb, je);
+                g_w_rows(b, Rows::F32(base), (jb, je));
                 jb = je;
             }
         })
@@ -865,7 +860,8 @@ mod avx {
     /// `panel + (j − jb) 16`): 2·MR accumulators, 2 weight vectors, 1 broadcast.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn chunk<const MR: usize>(g: *const f32, panel: *const f32, acc: *mut f32, n: usize, k: usize, i: usize, kc: usize, jb: usize, je: usize) {
+    unsafe fn chunk<const MR: usize>(b: Bwd, panel: *const f32, i: usize, kc: usize, (jb, je): (usize, usize)) {
+        let Bwd { g, acc, n, k, .. } = b;
         let mut a = [[_mm256_setzero_ps(); 2]; MR];
         for (r, ar) in a.iter_mut().enumerate() {
             for (c, v) in ar.iter_mut().enumerate() {

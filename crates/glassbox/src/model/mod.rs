@@ -1,6 +1,7 @@
 //! A loaded model: configuration, weights and tokenizer, and the one forward pass.
 
 pub mod cache;
+pub mod compute;
 pub mod config;
 pub mod forward;
 pub(crate) mod fused;
@@ -28,6 +29,12 @@ pub use hooks::{Action, HookPoint, Hooks, Intervention};
 pub use tokenizer::Tokenizer;
 pub use weights::Weights;
 
+/// Whether this CPU runs glassbox's own product kernels (x86-64 with AVX2, FMA and F16C, and
+/// not switched off with `GLASSBOX_KERNELS=portable`): GGUF weights then stay quantized.
+pub fn kernels_available() -> bool {
+    kernels::available()
+}
+
 /// The longest prompt text accepted, in bytes (before the model's own limit in tokens).
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 
@@ -35,13 +42,13 @@ pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 #[derive(Clone)]
 pub struct Model {
     /// A short name (file stem or folder name).
-    pub name: String,
+    name: String,
     /// Shapes and components: everything the forward pass reads about the model.
-    pub config: ModelConfig,
+    config: ModelConfig,
     /// Every weight, in the one layout of `weights`.
-    pub weights: Weights,
+    weights: Weights,
     /// Text to token ids and back (with BOS where the model wants it).
-    pub tokenizer: Tokenizer,
+    tokenizer: Tokenizer,
     /// The sha256 of the weight files it was loaded from (computed while they were read).
     sha256: Option<String>,
 }
@@ -68,6 +75,32 @@ impl Model {
             tokenizer,
             sha256: None,
         })
+    }
+
+    /// A short name (the file stem or folder name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Shapes and components: everything the forward pass reads about the model.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Every weight, in the one layout of `weights`.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Text to token ids and back (with BOS where the model wants it).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The same model under another name (e.g. the registry's).
+    pub fn with_name(mut self, name: impl Into<String>) -> Model {
+        self.name = name.into();
+        self
     }
 
     /// The same model, recording the sha256 of the weights it was loaded from.

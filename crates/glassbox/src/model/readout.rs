@@ -97,6 +97,7 @@ impl Model {
     /// The scale of the attention post-norm (Gemma 2/3, OLMo-2) at every position, from the
     /// run's `hook_z` of `layer` (`[b, p, h, d_head]`): `None` for models without one.
     pub fn attn_post_scale(&self, layer: usize, z: &Tensor) -> Result<Option<Tensor>> {
+        self.config.check_layer(layer)?;
         let lw = &self.weights.layers[layer];
         if lw.extra.ln1_post.is_none() {
             return Ok(None);
@@ -149,6 +150,7 @@ impl Model {
     /// The scale of the MLP post-norm from the run's `hook_mlp_post` of `layer` (`None` for
     /// models without one).
     pub fn mlp_post_scale(&self, layer: usize, post: &Tensor) -> Result<Option<Tensor>> {
+        self.config.check_layer(layer)?;
         let lw = &self.weights.layers[layer];
         if lw.extra.ln2_post.is_none() {
             return Ok(None);
@@ -172,8 +174,33 @@ impl Model {
 
     /// The weight of the norm a layer's attention reads its input through (`None` where it
     /// reads the raw residual: post-LN and OLMo-2-style models).
-    pub fn attn_input_norm(&self, layer: usize) -> Option<&Tensor> {
+    pub fn attn_input_norm(&self, layer: usize) -> Result<Option<&Tensor>> {
+        self.config.check_layer(layer)?;
         let v = &self.config.variants;
-        (!v.post_ln && !v.no_pre_norms).then(|| &self.weights.layers[layer].ln1.w)
+        Ok((!v.post_ln && !v.no_pre_norms).then(|| &self.weights.layers[layer].ln1.w))
+    }
+
+    /// The gradient at a norm's input from the gradient at its normalised output (before its
+    /// weight), the norm's scale frozen at the run's (`normalized = centred / scale`, as cached at
+    /// `ln*.hook_normalized` and `ln*.hook_scale`): `(g − n·mean(g⊙n) [− mean(g) for LayerNorm]) /
+    /// scale`. `normalized` and `scale` broadcast against `g` (leading axes of one).
+    pub fn norm_backward(&self, g: &Tensor, normalized: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        let gn = g.broadcast_mul(normalized)?.mean_keepdim(candle_core::D::Minus1)?;
+        let mut out = (g - normalized.broadcast_mul(&gn)?)?;
+        if self.config.norm.kind == crate::model::config::NormKind::LayerNorm {
+            out = out.broadcast_sub(&g.mean_keepdim(candle_core::D::Minus1)?)?;
+        }
+        Ok(out.broadcast_div(scale)?)
+    }
+
+    /// The gradient at the residual stream entering `layer` from the gradient at its
+    /// attention's input (after the input norm and its weight), through the input norm with
+    /// the run's `ln1.hook_normalized` and `ln1.hook_scale`; as it is where attention reads the
+    /// raw residual.
+    pub fn attn_input_backward(&self, layer: usize, g: &Tensor, normalized: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        match self.attn_input_norm(layer)? {
+            Some(w) => self.norm_backward(&g.broadcast_mul(w)?, normalized, scale),
+            None => Ok(g.clone()),
+        }
     }
 }

@@ -54,14 +54,14 @@ pub fn heatmap(h: &Heatmap) -> Svg {
             let x = left + cell * c as f64;
             let name = format!("{} {}: {}", h.rows.get(r).map_or("", String::as_str), h.cols.get(c).map_or("", String::as_str), short(v));
             let attrs = format!("class=\"cell\" data-row=\"{r}\" data-col=\"{c}\" data-value=\"{}\" {}", val(v), (h.cell_attrs)(r, c));
-            svg.rect(x, y, cell, cell, &h.scale.colour(v), Some(("#dddddd", 0.5)), &attrs, Some(&name));
+            svg.rect((x, y, cell, cell), &h.scale.colour(v), Some(("#dddddd", 0.5)), &attrs, Some(&name));
         }
     }
     let mut marked: Vec<&(usize, usize)> = h.marked.iter().collect();
     marked.sort_unstable(); // the same bytes every time
     for &&(r, c) in &marked {
         if r < n_rows && c < n_cols {
-            svg.rect(left + cell * c as f64 + 1.0, top + cell * r as f64 + 1.0, cell - 2.0, cell - 2.0, "none", Some(("#000000", 2.0)), &format!("class=\"mark\" data-row=\"{r}\" data-col=\"{c}\""), None);
+            svg.rect((left + cell * c as f64 + 1.0, top + cell * r as f64 + 1.0, cell - 2.0, cell - 2.0), "none", Some(("#000000", 2.0)), &format!("class=\"mark\" data-row=\"{r}\" data-col=\"{c}\""), None);
         }
     }
     let col_every = (14.0 / cell).ceil().max(1.0) as usize;
@@ -106,12 +106,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, xs: &[String], seri
     let n = xs.len().max(2);
     let x_at = |i: usize| left + plot_w * i as f64 / (n - 1) as f64;
     let y_at = |v: f32| top + plot_h * ((hi - v) / (hi - lo)) as f64;
-    svg.line(left, top, left, top + plot_h, "#444444", 1.0, "class=\"axis\"");
-    svg.line(left, top + plot_h, left + plot_w, top + plot_h, "#444444", 1.0, "class=\"axis\"");
+    svg.line((left, top), (left, top + plot_h), "#444444", 1.0, "class=\"axis\"");
+    svg.line((left, top + plot_h), (left + plot_w, top + plot_h), "#444444", 1.0, "class=\"axis\"");
     for k in 0..=4 {
         let v = lo + (hi - lo) * k as f32 / 4.0;
         svg.text(left - 6.0, y_at(v) + 3.5, &short(v), Anchor::End, 9.0, "class=\"y-tick\"");
-        svg.line(left, y_at(v), left + plot_w, y_at(v), "#eeeeee", 1.0, "class=\"grid\"");
+        svg.line((left, y_at(v)), (left + plot_w, y_at(v)), "#eeeeee", 1.0, "class=\"grid\"");
     }
     let every = (xs.len() / 16).max(1);
     for (i, x) in xs.iter().enumerate().step_by(every) {
@@ -119,7 +119,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, xs: &[String], seri
     }
     for (k, (name, v)) in refs.iter().enumerate() {
         let y = y_at(*v);
-        svg.line(left, y, left + plot_w, y, "#888888", 1.0, &format!("stroke-dasharray=\"4 3\" class=\"reference\" data-value=\"{}\"", val(*v)));
+        svg.line((left, y), (left + plot_w, y), "#888888", 1.0, &format!("stroke-dasharray=\"4 3\" class=\"reference\" data-value=\"{}\"", val(*v)));
         svg.text(left + plot_w + 6.0, y + 3.5 + 10.0 * (k % 2) as f64, &format!("{name} {}", short(*v)), Anchor::Start, 9.0, "class=\"reference-label\"");
     }
     for (s_idx, s) in series.iter().enumerate() {
@@ -127,9 +127,9 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, xs: &[String], seri
         svg.polyline(&pts, s.colour, 2.0, &format!("class=\"series\" data-series=\"{}\"", esc(s.name)));
         for (i, &v) in s.values.iter().enumerate() {
             let title = format!("{} {}: {}", s.name, xs.get(i).map_or("", String::as_str), short(v));
-            svg.circle(x_at(i), y_at(v), 3.0, s.colour, "#ffffff", &format!("class=\"point\" data-series=\"{}\" data-index=\"{i}\" data-value=\"{}\"", esc(s.name), val(v)), Some(&title));
+            svg.circle((x_at(i), y_at(v), 3.0), s.colour, "#ffffff", &format!("class=\"point\" data-series=\"{}\" data-index=\"{i}\" data-value=\"{}\"", esc(s.name), val(v)), Some(&title));
         }
-        svg.line(left + plot_w + 6.0, top + 12.0 + 14.0 * s_idx as f64, left + plot_w + 20.0, top + 12.0 + 14.0 * s_idx as f64, s.colour, 2.0, "class=\"legend-line\"");
+        svg.line((left + plot_w + 6.0, top + 12.0 + 14.0 * s_idx as f64), (left + plot_w + 20.0, top + 12.0 + 14.0 * s_idx as f64), s.colour, 2.0, "class=\"legend-line\"");
         svg.text(left + plot_w + 24.0, top + 15.5 + 14.0 * s_idx as f64, s.name, Anchor::Start, 10.0, "class=\"legend-label\"");
     }
     svg.text(left + plot_w / 2.0, top + plot_h + 36.0, x_label, Anchor::Middle, 11.0, "class=\"axis-label\"");
@@ -159,7 +159,7 @@ pub fn attention(title: &str, head: &str, tokens: &[String], pattern: &[Vec<f32>
         for (k, &v) in row.iter().enumerate() {
             let title = format!("{:?} → {:?}: {}", tokens.get(q).map_or("", String::as_str), tokens.get(k).map_or("", String::as_str), short(v));
             let attrs = format!("class=\"cell\" data-head=\"{}\" data-query=\"{q}\" data-key=\"{k}\" data-value=\"{}\"", esc(head), val(v));
-            svg.rect(left + cell * k as f64, y, cell, cell, &scale.colour(v), None, &attrs, Some(&title));
+            svg.rect((left + cell * k as f64, y, cell, cell), &scale.colour(v), None, &attrs, Some(&title));
         }
     }
     for (k, t) in tokens.iter().enumerate().take(n) {
@@ -210,7 +210,7 @@ pub fn graph(title: &str, nodes: &[Node], edges: &[(String, String, f32)]) -> Sv
             let w = 0.8 + 5.0 * (score.abs() / max) as f64;
             let colour = if *score >= 0.0 { scale.colour(max) } else { scale.colour(-max) };
             let attrs = format!("class=\"edge\" data-from=\"{}\" data-to=\"{}\" data-score=\"{}\" stroke-opacity=\"0.75\"", esc(from), esc(to), val(*score));
-            svg.line(x1, y1, x2, y2, &colour, w, &attrs);
+            svg.line((x1, y1), (x2, y2), &colour, w, &attrs);
         }
     }
     for n in nodes {
@@ -218,7 +218,7 @@ pub fn graph(title: &str, nodes: &[Node], edges: &[(String, String, f32)]) -> Sv
         let title = if n.kind.is_empty() { n.id.clone() } else { format!("{} ({})", n.id, n.kind) };
         let body = format!("<g class=\"node\" data-id=\"{}\" data-type=\"{}\">", esc(&n.id), esc(&n.kind));
         svg.raw(&body);
-        svg.rect(x - 38.0, y - 11.0, 76.0, 22.0, &n.colour, Some(("#333333", 1.0)), "rx=\"6\"", Some(&title));
+        svg.rect((x - 38.0, y - 11.0, 76.0, 22.0), &n.colour, Some(("#333333", 1.0)), "rx=\"6\"", Some(&title));
         svg.text(x, y + 4.0, &n.id, Anchor::Middle, 10.0, "");
         svg.raw("</g>");
     }
@@ -246,7 +246,7 @@ pub fn token_text(title: &str, tokens: &[String], scores: &[f32], legend_label: 
     for (x, y, w, shown, i) in boxes {
         let v = scores.get(i).copied().unwrap_or(0.0);
         let attrs = format!("class=\"token\" data-position=\"{i}\" data-value=\"{}\" rx=\"3\"", val(v));
-        svg.rect(x, y - 16.0, w, 22.0, &scale.colour(v), Some(("#cccccc", 0.5)), &attrs, Some(&format!("{shown:?}: {}", short(v))));
+        svg.rect((x, y - 16.0, w, 22.0), &scale.colour(v), Some(("#cccccc", 0.5)), &attrs, Some(&format!("{shown:?}: {}", short(v))));
         svg.text(x + w / 2.0, y, &shown, Anchor::Middle, 11.0, "xml:space=\"preserve\"");
     }
     svg.place(&legend(scale, 60.0, legend_label), 665.0, 24.0);
@@ -263,13 +263,13 @@ pub fn bars(title: &str, items: &[(String, f32)], max: Option<f32>) -> Svg {
     let max = max.unwrap_or_else(|| items.iter().fold(0.0f32, |m, (_, v)| m.max(v.abs()))).max(1e-12);
     let scale = Scale::Diverging { max };
     let zero = left + bar_w;
-    svg.line(zero, top - 4.0, zero, top + 22.0 * items.len() as f64, "#444444", 1.0, "class=\"axis\"");
+    svg.line((zero, top - 4.0), (zero, top + 22.0 * items.len() as f64), "#444444", 1.0, "class=\"axis\"");
     for (i, (label, v)) in items.iter().enumerate() {
         let y = top + 22.0 * i as f64;
         let len = bar_w * (v.abs() / max).min(1.0) as f64;
         let x = if *v >= 0.0 { zero } else { zero - len };
         let attrs = format!("class=\"bar\" data-label=\"{}\" data-value=\"{}\"", esc(label), val(*v));
-        svg.rect(x, y, len, 16.0, &scale.colour(if *v >= 0.0 { max } else { -max }), None, &attrs, Some(&format!("{label}: {}", short(*v))));
+        svg.rect((x, y, len, 16.0), &scale.colour(if *v >= 0.0 { max } else { -max }), None, &attrs, Some(&format!("{label}: {}", short(*v))));
         svg.text(left - 6.0, y + 12.0, label, Anchor::End, 10.0, "class=\"bar-label\"");
         // A negative figure is written right of the axis, clear of the labels.
         let tx = if *v >= 0.0 { x + len + 4.0 } else { zero + 4.0 };

@@ -81,10 +81,9 @@ impl Svg {
         Svg { width, height, kind: kind.to_string(), body: String::new() }
     }
 
-    /// A rectangle; `attrs` are extra attributes written as they are (already escaped), and
+    /// A rectangle `(x, y, width, height)`; `attrs` are extra attributes written as they are (already escaped), and
     /// `title` a tooltip.
-    #[allow(clippy::too_many_arguments)] // a rectangle's geometry, paint and metadata
-    pub fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: &str, stroke: Option<(&str, f64)>, attrs: &str, title: Option<&str>) {
+    pub fn rect(&mut self, (x, y, w, h): (f64, f64, f64, f64), fill: &str, stroke: Option<(&str, f64)>, attrs: &str, title: Option<&str>) {
         let stroke = stroke.map_or(String::new(), |(c, w)| format!(" stroke=\"{c}\" stroke-width=\"{}\"", num(w)));
         let _ = write!(self.body, "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"{fill}\"{stroke}{}", num(x), num(y), num(w.max(0.0)), num(h.max(0.0)), pad(attrs));
         match title {
@@ -115,9 +114,8 @@ impl Svg {
         self.text(x, y, s, anchor, size, &attrs);
     }
 
-    /// A line segment.
-    #[allow(clippy::too_many_arguments)] // endpoints, paint and metadata
-    pub fn line(&mut self, x1: f64, y1: f64, x2: f64, y2: f64, stroke: &str, width: f64, attrs: &str) {
+    /// A line segment from one point to another.
+    pub fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), stroke: &str, width: f64, attrs: &str) {
         let _ = write!(
             self.body,
             "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{stroke}\" stroke-width=\"{}\"{}/>",
@@ -130,9 +128,8 @@ impl Svg {
         );
     }
 
-    /// A circle, with a tooltip when `title` is given.
-    #[allow(clippy::too_many_arguments)] // geometry, paint and metadata
-    pub fn circle(&mut self, cx: f64, cy: f64, r: f64, fill: &str, stroke: &str, attrs: &str, title: Option<&str>) {
+    /// A circle `(cx, cy, r)`, with a tooltip when `title` is given.
+    pub fn circle(&mut self, (cx, cy, r): (f64, f64, f64), fill: &str, stroke: &str, attrs: &str, title: Option<&str>) {
         let _ = write!(self.body, "<circle cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{fill}\" stroke=\"{stroke}\"{}", num(cx), num(cy), num(r), pad(attrs));
         match title {
             Some(t) => {
@@ -284,7 +281,7 @@ pub fn legend(scale: Scale, height: f64, label: &str) -> Svg {
         let t = i as f32 / (steps - 1) as f32;
         let v = hi - (hi - lo) * t;
         let y = 20.0 + height * i as f64 / steps as f64;
-        svg.rect(8.0, y, 14.0, height / steps as f64 + 0.5, &scale.colour(v), None, "class=\"legend-step\"", None);
+        svg.rect((8.0, y, 14.0, height / steps as f64 + 0.5), &scale.colour(v), None, "class=\"legend-step\"", None);
     }
     svg.text(26.0, 26.0, &short(hi), Anchor::Start, 10.0, "class=\"legend-max\"");
     svg.text(26.0, 20.0 + height, &short(lo), Anchor::Start, 10.0, "class=\"legend-min\"");

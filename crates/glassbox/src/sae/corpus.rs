@@ -44,15 +44,15 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<String>> {
 
 /// The corpus as model sequences of `context` tokens (BOS first where the model puts one).
 pub fn sequences(model: &Model, docs: &[String], context: usize) -> Result<Vec<Vec<u32>>> {
-    if context < 2 || context > model.config.n_ctx {
-        return Err(Error::Invalid(format!("a context of {context} tokens: give 2 to the model's {}", model.config.n_ctx)));
+    if context < 2 || context > model.config().n_ctx {
+        return Err(Error::Invalid(format!("a context of {context} tokens: give 2 to the model's {}", model.config().n_ctx)));
     }
-    let bos = model.tokenizer.bos();
-    let eos = model.tokenizer.eos_tokens().first().copied();
+    let bos = model.tokenizer().bos();
+    let eos = model.tokenizer().eos_tokens().first().copied();
     let body = context - usize::from(bos.is_some());
     let mut stream: Vec<u32> = Vec::new();
     for d in docs {
-        let ids = model.tokenizer.encode(d)?;
+        let ids = model.tokenizer().encode(d)?;
         stream.extend(ids.iter().copied().filter(|t| Some(*t) != bos));
         if let Some(e) = eos {
             stream.push(e);
@@ -90,7 +90,7 @@ impl<'a> ActivationStream<'a> {
             return Err(Error::Invalid("an activation stream needs at least one hook point".into()));
         }
         for p in &points {
-            p.check(&model.config)?;
+            p.check(model.config())?;
         }
         if seqs.is_empty() {
             return Err(Error::Invalid("the corpus is shorter than one sequence; give more text or a shorter --context".into()));
@@ -143,7 +143,7 @@ impl<'a> ActivationStream<'a> {
 
 /// Tokens whose positions give no activations: the model's BOS and end-of-text tokens.
 pub fn excluded_tokens(model: &Model) -> Vec<u32> {
-    model.tokenizer.bos_token().into_iter().chain(model.tokenizer.eos_tokens().iter().copied()).collect()
+    model.tokenizer().bos_token().into_iter().chain(model.tokenizer().eos_tokens().iter().copied()).collect()
 }
 
 /// The row indices (sequence-major, `b * n + position`) of the positions that give

@@ -102,7 +102,7 @@ pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize)
         // Loss with the reconstruction, and with zeros, at the kept positions.
         let splice = |rows_value: &Tensor| -> Result<Tensor> {
             let delta = (rows_value - &y)?;
-            Ok(y_rows.index_add(&kept, &delta, 0)?.reshape(shape.as_slice())?.to_dtype(model.weights.dtype())?)
+            Ok(y_rows.index_add(&kept, &delta, 0)?.reshape(shape.as_slice())?.to_dtype(model.weights().dtype())?)
         };
         let with_sae = model.forward(&batch, &Hooks::new().intervene(Intervention::new(write, Action::Replace(splice(&recon)?))))?;
         let zero = model.forward(&batch, &Hooks::new().intervene(Intervention::new(write, Action::Replace(splice(&recon.zeros_like()?)?))))?;

@@ -357,7 +357,7 @@ impl Sae {
     /// Error unless the SAE fits `model`: its hook points exist and have its widths.
     pub fn check(&self, model: &Model) -> Result<()> {
         let c = &self.cfg;
-        c.hook.check(&model.config)?;
+        c.hook.check(model.config())?;
         let width = hook_width(model, c.hook)?;
         if width != c.d_in {
             return Err(Error::Invalid(format!(
@@ -368,7 +368,7 @@ impl Sae {
             )));
         }
         if let Some(h) = c.hook_out {
-            h.check(&model.config)?;
+            h.check(model.config())?;
             let w = hook_width(model, h)?;
             if w != c.d_out {
                 return Err(Error::Invalid(format!("this transcoder writes {} values at {h}, where this model has {w}", c.d_out)));
@@ -468,7 +468,7 @@ impl Sae {
 
 /// The width per position of a hook point in `model` (heads × d_head for `hook_z`).
 pub fn hook_width(model: &Model, hook: HookPoint) -> Result<usize> {
-    let c = &model.config;
+    let c = &model.config();
     Ok(match hook {
         HookPoint::Embed | HookPoint::PosEmbed | HookPoint::ResidPre(_) | HookPoint::ResidMid(_) | HookPoint::ResidPost(_) | HookPoint::AttnOut(_) | HookPoint::MlpOut(_) | HookPoint::MlpIn(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Normalized(_) | HookPoint::LnFinalNormalized => c.d_model,
         HookPoint::Z(_) | HookPoint::Q(_) | HookPoint::RotQ(_) => c.n_heads * c.d_head,

@@ -167,11 +167,11 @@ impl TranscoderSet {
 
     /// Error unless every transcoder fits `model` and there is one per layer.
     pub fn check(&self, model: &crate::model::Model) -> Result<()> {
-        if self.transcoders.len() != model.config.n_layers {
+        if self.transcoders.len() != model.config().n_layers {
             return Err(Error::Invalid(format!(
                 "this transcoder set has {} transcoders; the model has {} layers (a set replaces every MLP)",
                 self.transcoders.len(),
-                model.config.n_layers
+                model.config().n_layers
             )));
         }
         self.transcoders.iter().try_for_each(|t| t.check(model))

@@ -149,20 +149,34 @@ impl Params {
 
 const NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
 
-/// Trains an SAE (or a transcoder when `hook_out` is given) and writes it to `out` in
-/// SAELens' format; `resume` continues from the checkpoint in `out`. `report` sees every step
+/// Where an SAE trains and where it goes: its hook points (a transcoder's target in
+/// `hook_out`), the output folder, and whether to continue the checkpoint there.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    /// Where it reads.
+    pub hook_in: HookPoint,
+    /// A transcoder's target (`None` for an SAE).
+    pub hook_out: Option<HookPoint>,
+    /// The output folder.
+    pub out: &'a Path,
+    /// Continue from the checkpoint in `out`.
+    pub resume: bool,
+}
+
+/// What a checkpoint or a saved SAE is made of.
+struct Snapshot<'a> {
+    params: &'a Params,
+    moments: &'a [(Tensor, Tensor)],
+    state: &'a State,
+    last_fired: &'a [usize],
+    sparsity: Sparsity,
+}
+
+/// Trains an SAE (or a transcoder when `site.hook_out` is given) and writes it to `site.out` in
+/// SAELens' format; `site.resume` continues from the checkpoint there. `report` sees every step
 /// and returns false to stop the run: a checkpoint is written and the error says how to resume.
-#[allow(clippy::too_many_arguments)] // the model, its two hook points, the data, the options, where and how
-pub fn train(
-    model: &Model,
-    hook_in: HookPoint,
-    hook_out: Option<HookPoint>,
-    seqs: Vec<Vec<u32>>,
-    opts: &TrainOptions,
-    out: &Path,
-    resume: bool,
-    report: &mut dyn FnMut(&StepReport) -> bool,
-) -> Result<PathBuf> {
+pub fn train(model: &Model, site: &Site, seqs: Vec<Vec<u32>>, opts: &TrainOptions, report: &mut dyn FnMut(&StepReport) -> bool) -> Result<PathBuf> {
+    let Site { hook_in, hook_out, out, resume } = *site;
     let d_in = super::hook_width(model, hook_in)?;
     let d_out = hook_out.map(|h| super::hook_width(model, h)).transpose()?.unwrap_or(d_in);
     check_options(opts, d_in)?;
@@ -202,7 +216,7 @@ pub fn train(
             options: opts.clone(),
             hook_in: hook_in.to_string(),
             hook_out: hook_out.map(|h| h.to_string()),
-            model: model.name.clone(),
+            model: model.name().to_string(),
         };
         (params, moments, state, vec![0usize; n])
     };
@@ -384,7 +398,7 @@ pub fn train(
             state.position = stream.position;
             state.rng = rng.next_u64();
             rng = Rng::new(state.rng);
-            save_checkpoint(&ckpt, &params, &moments, &state, &last_fired, model, hook_in, hook_out, sparsity)?;
+            save_checkpoint(&ckpt, &Snapshot { params: &params, moments: &moments, state: &state, last_fired: &last_fired, sparsity }, model, site)?;
         }
         if !go_on && state.step < total_steps {
             return Err(Error::Invalid(format!(
@@ -394,7 +408,7 @@ pub fn train(
             )));
         }
     }
-    save_sae(out, &params, &state, model, hook_in, hook_out, sparsity, k)?;
+    save_sae(out, &Snapshot { params: &params, moments: &moments, state: &state, last_fired: &last_fired, sparsity }, model, site)?;
     let _ = std::fs::remove_dir_all(&ckpt);
     Ok(out.to_path_buf())
 }
@@ -446,8 +460,8 @@ fn batch_topk_mask(h: &[Vec<f32>], n: usize) -> Result<(Tensor, f64)> {
     Ok((Tensor::from_vec(out, (h.len(), d), &Device::Cpu)?, if min_kept.is_finite() { min_kept as f64 } else { 0.0 }))
 }
 
-#[allow(clippy::too_many_arguments)] // one checkpoint's parts
-fn save_checkpoint(dir: &Path, p: &Params, moments: &[(Tensor, Tensor)], state: &State, last_fired: &[usize], model: &Model, hook_in: HookPoint, hook_out: Option<HookPoint>, sparsity: Sparsity) -> Result<()> {
+fn save_checkpoint(dir: &Path, snap: &Snapshot, model: &Model, site: &Site) -> Result<()> {
+    let Snapshot { params: p, moments, state, last_fired, .. } = *snap;
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -462,7 +476,7 @@ fn save_checkpoint(dir: &Path, p: &Params, moments: &[(Tensor, Tensor)], state: 
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| Error::io(&tmp, e))?;
     // The SAE as it stands, loadable on its own.
-    save_sae(&tmp.join("sae"), p, state, model, hook_in, hook_out, sparsity, state.options.k)?;
+    save_sae(&tmp.join("sae"), snap, model, site)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     Ok(())
@@ -474,7 +488,7 @@ fn load_checkpoint(dir: &Path, model: &Model, hook_in: HookPoint, hook_out: Opti
     let text = crate::model::load::read_json_text(&dir.join("trainer_state.json"), 1 << 20)
         .map_err(|e| Error::Invalid(format!("no checkpoint to resume in {} ({e}); start without --resume", crate::error::printable(&dir.display()))))?;
     let state: State = serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: dir.join("trainer_state.json"), detail: e.to_string() })?;
-    let same = state.hook_in == hook_in.to_string() && state.hook_out == hook_out.map(|h| h.to_string()) && state.model == model.name;
+    let same = state.hook_in == hook_in.to_string() && state.hook_out == hook_out.map(|h| h.to_string()) && state.model == model.name();
     let o = &state.options;
     if !same || o.d_sae != opts.d_sae || o.k != opts.k || o.sparsity != opts.sparsity || o.batch_size != opts.batch_size || o.context != opts.context {
         return Err(Error::Invalid(format!(
@@ -497,8 +511,9 @@ fn load_checkpoint(dir: &Path, model: &Model, hook_in: HookPoint, hook_out: Opti
 }
 
 /// Writes the SAE in SAELens' 6.x format, the input scaling folded into the weights.
-#[allow(clippy::too_many_arguments)] // the weights, the state and where they go
-fn save_sae(dir: &Path, p: &Params, state: &State, model: &Model, hook_in: HookPoint, hook_out: Option<HookPoint>, sparsity: Sparsity, k: usize) -> Result<()> {
+fn save_sae(dir: &Path, snap: &Snapshot, model: &Model, site: &Site) -> Result<()> {
+    let Snapshot { params: p, state, sparsity, .. } = *snap;
+    let (hook_in, hook_out, k) = (site.hook_in, site.hook_out, state.options.k);
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (si, so) = (state.scale_in, state.scale_out);
     let transcoder = hook_out.is_some();
@@ -528,9 +543,9 @@ fn save_sae(dir: &Path, p: &Params, state: &State, model: &Model, hook_in: HookP
         "sae_lens_version": "6.0.0",
         "sae_lens_training_version": "6.0.0",
         "trained_with": format!("glassbox {}", env!("CARGO_PKG_VERSION")),
-        "model_name": model.name,
+        "model_name": model.name(),
         "hook_name": hook_in.to_string(),
-        "prepend_bos": model.tokenizer.bos().is_some(),
+        "prepend_bos": model.tokenizer().bos().is_some(),
         "context_size": state.options.context,
         "training_tokens": state.tokens,
         "training_architecture": match sparsity { Sparsity::TopK => "topk", Sparsity::BatchTopK => "batchtopk" },

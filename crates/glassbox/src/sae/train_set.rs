@@ -235,7 +235,7 @@ pub fn plt_hooks(layer: usize) -> (HookPoint, HookPoint) {
 /// sees every step and returns false to stop: a checkpoint is written and the error says how
 /// to resume.
 pub fn train_set(model: &Model, seqs: Vec<Vec<u32>>, opts: &SetTrainOptions, out: &Path, resume: bool, report: &mut dyn FnMut(&SetStepReport) -> bool) -> Result<PathBuf> {
-    let cfg = &model.config;
+    let cfg = &model.config();
     let n_layers = cfg.n_layers;
     let (di, d_out) = (super::hook_width(model, plt_hooks(0).0)?, super::hook_width(model, plt_hooks(0).1)?);
     check_options(opts, di, d_out, n_layers)?;
@@ -267,7 +267,7 @@ pub fn train_set(model: &Model, seqs: Vec<Vec<u32>>, opts: &SetTrainOptions, out
             position: 0,
             rng: 0,
             options: opts.clone(),
-            model: model.name.clone(),
+            model: model.name().to_string(),
             n_layers,
             scale_in: vec![0.0; n_layers],
             scale_out: vec![0.0; n_layers],
@@ -341,7 +341,7 @@ pub fn train_set(model: &Model, seqs: Vec<Vec<u32>>, opts: &SetTrainOptions, out
         };
         let mut rep = SetStepReport { step: state.step, total_steps, tokens: state.tokens + b, fvu: Vec::new(), l0: Vec::new(), dead_fraction: Vec::new() };
         for (l, layer) in layers.iter_mut().enumerate() {
-            let r = step_layer(layer, &batch[2 * l], &batch[2 * l + 1], &spec);
+            let r = step_layer(layer, &batch[2 * l], &batch[2 * l + 1], &spec)?;
             if !r.fvu.is_finite() {
                 return Err(Error::NonFinite(format!("layer {l}'s training loss became {} at step {}; lower the learning rate (--lr)", r.fvu, state.step)));
             }
@@ -408,18 +408,18 @@ struct Entry {
 
 /// One training step of one layer's transcoder on the scaled batch `x [B, d_in]`,
 /// `y [B, d_out]`: the gradients, then Adam; the parameters are updated in place.
-fn step_layer(p: &mut Layer, x: &[f32], y: &[f32], s: &StepSpec) -> LayerStep {
-    let (grads, report) = gradients(p, x, y, s);
+fn step_layer(p: &mut Layer, x: &[f32], y: &[f32], s: &StepSpec) -> Result<LayerStep> {
+    let (grads, report) = gradients(p, x, y, s)?;
     adam(p, &grads, s);
-    report
+    Ok(report)
 }
 
 /// The loss's gradients with respect to `W_enc`, `b_enc`, `W_dec` (its component along each
 /// unit decoder row removed) and `b_dec`, and the step's figures; marks the latents that fired.
-fn gradients(p: &mut Layer, x: &[f32], y: &[f32], s: &StepSpec) -> ([Vec<f32>; 4], LayerStep) {
+fn gradients(p: &mut Layer, x: &[f32], y: &[f32], s: &StepSpec) -> Result<([Vec<f32>; 4], LayerStep)> {
     let (b, di, d_out, n) = (s.batch, s.di, s.d_out, s.n);
     // Pre-activations, the one dense product.
-    let mut h = crate::model::kernels::x_wt(x, &p.w_enc, b, di, n);
+    let mut h = crate::model::compute::rows_times(x, &p.w_enc, b, di, n)?;
     h.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&p.b_enc).for_each(|(v, c)| *v += c));
 
     // BatchTopK: the k·B largest positive pre-activations of the batch.
@@ -553,7 +553,7 @@ fn gradients(p: &mut Layer, x: &[f32], y: &[f32], s: &StepSpec) -> ([Vec<f32>; 4
         axpy(1.0, r, &mut g_bdec);
     }
     let report = LayerStep { fvu, l0: n_active as f32 / b as f32, dead: n_dead, min_kept: min_kept.is_finite().then_some(min_kept) };
-    ([g_enc, g_benc, g_dec, g_bdec], report)
+    Ok(([g_enc, g_benc, g_dec, g_bdec], report))
 }
 
 /// Adam (β = 0.9, 0.999) on every parameter, then the decoder rows back on the unit sphere.
@@ -639,7 +639,7 @@ fn load_checkpoint(dir: &Path, model: &Model, opts: &SetTrainOptions, di: usize,
         .map_err(|e| Error::Invalid(format!("no checkpoint to resume in {} ({e}); start without --resume", crate::error::printable(&dir.display()))))?;
     let state: State = serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: dir.join("trainer_state.json"), detail: e.to_string() })?;
     let o = &state.options;
-    if state.model != model.name || state.n_layers != model.config.n_layers || o.d_sae != opts.d_sae || o.k != opts.k || o.batch_size != opts.batch_size || o.context != opts.context {
+    if state.model != model.name() || state.n_layers != model.config().n_layers || o.d_sae != opts.d_sae || o.k != opts.k || o.batch_size != opts.batch_size || o.context != opts.context {
         return Err(Error::Invalid(format!(
             "the checkpoint in {} was made for {} ({} layers) with d_sae {}, k {}, batch {}, context {}; resume with the same model and sizes",
             crate::error::printable(&dir.display()),
@@ -711,7 +711,7 @@ fn write_set(dir: &Path, layers: &[Layer], state: &State, model: &Model) -> Resu
     }
     let (hin, hout) = plt_hooks(0);
     let strip = |h: HookPoint| h.to_string().trim_start_matches("blocks.0.").to_string();
-    let config = TranscoderSet::config_text(&model.name, &strip(hin), &strip(hout), &files, &serde_json::json!({
+    let config = TranscoderSet::config_text(model.name(), &strip(hin), &strip(hout), &files, &serde_json::json!({
         "trained_with": format!("glassbox {}", env!("CARGO_PKG_VERSION")),
         "training_tokens": state.tokens,
         "d_sae": n,
@@ -774,7 +774,7 @@ mod tests {
         let y: Vec<f32> = (0..b * d_out).map(|_| rng.gaussian() as f32).collect();
         let spec = StepSpec { batch: b, di, d_out, n, k, k_aux: 2, aux_coef: 0.5, dead_after: 100, lr: 1e-3, t: 1, tokens_now: 1000 };
         let p64: [Vec<f64>; 4] = layer.params().map(|v| v.iter().map(|&a| a as f64).collect());
-        let (grads, report) = gradients(&mut layer, &x, &y, &spec);
+        let (grads, report) = gradients(&mut layer, &x, &y, &spec).unwrap();
         assert!(report.dead > 0, "the test needs dead latents");
 
         // The same choices as training: the k·B largest positive pre-activations, then per row

@@ -68,7 +68,7 @@ fn single_tokens<'a>(model: &Model, words: &[&'a str]) -> Vec<&'a str> {
     words
         .iter()
         .copied()
-        .filter(|w| model.tokenizer.encode_plain(&format!(" {w}")).is_ok_and(|ids| ids.len() == 1))
+        .filter(|w| model.tokenizer().encode_plain(&format!(" {w}")).is_ok_and(|ids| ids.len() == 1))
         .collect()
 }
 

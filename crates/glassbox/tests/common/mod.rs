@@ -62,7 +62,7 @@ impl Reference {
 /// give the same figures bit for bit (`assert_same_figures`).
 #[allow(dead_code)]
 pub fn assert_quantized_equals_dense(model: &Model, prompts: &[&str]) {
-    let plain = model.with_weights(model.weights.dense().unwrap());
+    let plain = model.with_weights(model.weights().dense().unwrap());
     assert_eq!(plain.quantized_matrices(), 0);
     assert_same_figures(model, &plain, prompts);
 }
@@ -73,7 +73,7 @@ pub fn assert_quantized_equals_dense(model: &Model, prompts: &[&str]) {
 pub fn assert_same_figures(a: &Model, b: &Model, prompts: &[&str]) {
     use glassbox::{HookPoint, Hooks};
     let batch = a.batch(prompts).unwrap();
-    let taps: Vec<HookPoint> = (0..a.config.n_layers).map(HookPoint::Z).collect();
+    let taps: Vec<HookPoint> = (0..a.config().n_layers).map(HookPoint::Z).collect();
     let run = |m: &Model| {
         let out = m.forward(&batch, &Hooks::new().grad_tap(taps.iter().copied())).unwrap();
         let grads = out.backward(&out.logits.sum_all().unwrap()).unwrap();
@@ -317,20 +317,22 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn eps_close(name: &str, eps: f64) -> (Model, glassbox::methods::Contrast) {
     use glassbox::methods::Contrast;
     const IOI: &str = "When Mary and John went to the store, John gave a drink to";
-    let mut model = load_tiny(name).to_dtype(DType::F64).unwrap();
+    let model = load_tiny(name).to_dtype(DType::F64).unwrap();
     let contrast0 = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
-    let (john, spare) = (contrast0.incorrect_id as usize, model.config.d_vocab - 1);
-    let d = model.config.d_model;
+    let (john, spare) = (contrast0.incorrect_id as usize, model.config().d_vocab - 1);
+    let d = model.config().d_model;
     let noise: Vec<f64> = (0..d).map(|k| ((k as f64) * 1.7).sin()).collect();
     let noise = Tensor::from_vec(noise, d, &Device::Cpu).unwrap();
-    let row = (model.weights.embed.row(john).unwrap() + (noise * eps).unwrap()).unwrap();
-    let mut rows: Vec<Tensor> = (0..model.config.d_vocab).map(|i| model.weights.embed.row(i).unwrap()).collect();
+    let row = (model.weights().embed.row(john).unwrap() + (noise * eps).unwrap()).unwrap();
+    let mut rows: Vec<Tensor> = (0..model.config().d_vocab).map(|i| model.weights().embed.row(i).unwrap()).collect();
     rows[spare] = row;
     let embed = glassbox::model::weights::Matrix::Dense(Tensor::stack(&rows, 0).unwrap());
-    if model.config.tied_embeddings {
-        model.weights.unembed = embed.clone();
+    let mut weights = model.weights().clone();
+    if model.config().tied_embeddings {
+        weights.unembed = embed.clone();
     }
-    model.weights.embed = embed;
+    weights.embed = embed;
+    let model = model.with_weights(weights);
     let mut contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     let pos = contrast.clean.iter().position(|&t| t as usize == john).unwrap();
     contrast.corrupted = contrast.clean.clone();

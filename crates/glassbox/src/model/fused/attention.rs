@@ -218,7 +218,7 @@ impl AttnSpec {
                 *x = T::neg_infinity();
                 continue;
             }
-            *x = *x * scale;
+            *x *= scale;
             if let Some(cap) = self.softcap {
                 let cap = t::<T>(cap);
                 let th = (*x / cap).tanh();
@@ -320,7 +320,7 @@ impl AttnOp {
                 T::exp_neg(&sc.dp[..n], &mut sc.e[..n]);
                 let row = &mut acc[r * d.dv..(r + 1) * d.dv];
                 if corr != T::one() {
-                    row.iter_mut().for_each(|a| *a = *a * corr);
+                    row.iter_mut().for_each(|a| *a *= corr);
                 }
                 let mut sum = T::zero();
                 for (p, &s) in sc.e[..n].iter_mut().zip(&sc.s[..n]) {
@@ -419,7 +419,7 @@ impl AttnOp {
             let mut ds = sc.e[cc] * (sc.dp[cc] - dd);
             if self.spec.softcap.is_some() {
                 let th = sc.caps[cc];
-                ds = ds * (T::one() - th * th);
+                ds *= T::one() - th * th;
             }
             sc.s[cc] = if sc.e[cc] == T::zero() { T::zero() } else { ds * scale };
         }
