@@ -1,3 +1,4 @@
+#![warn(clippy::undocumented_unsafe_blocks)]
 //! The `glassbox` command line: thin front end over the library; it renders results only.
 
 use std::collections::HashMap;

@@ -1,3 +1,4 @@
+#![warn(clippy::undocumented_unsafe_blocks)]
 //! The `glassbox` Python package's native module (`glassbox._native`): the model, its hooks and
 //! cache with numpy arrays, and every method, each computed by the Rust library with the GIL
 //! released. Results cross as plain Python objects made from the library's serde results; the

@@ -1,6 +1,10 @@
 //! This machine's peak f32 FMA rate: 12 independent AVX2 FMA chains per thread, in registers
 //! only, on 1 and on all threads. The ceiling the products' GFLOP/s are compared with.
 //! Run: `cargo run --release -p glassbox --example peak`.
+/// `iters` rounds of 12 independent FMA chains; their sum, so that nothing is optimised away.
+///
+/// # Safety
+/// AVX2 and FMA are there.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn chains(iters: usize) -> f32 {

@@ -1,4 +1,5 @@
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 //! glassbox: mechanistic interpretability for transformer language models.
 //!
 //! Load a model (`Model::load` for a Hugging Face folder or GGUF file, or

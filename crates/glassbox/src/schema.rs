@@ -137,7 +137,23 @@ pub fn parse_options<O: OptionSchema>(value: &Value, what: &str) -> Result<O> {
 
 /// The options as JSON with every default filled in (the resolved options of a result).
 pub fn resolved<O: Serialize>(o: &O) -> Value {
-    serde_json::to_value(o).unwrap_or(Value::Null)
+    as_written(serde_json::to_value(o).unwrap_or(Value::Null))
+}
+
+/// `v` with every number that is an `f32` written as the f32's shortest decimal: an option
+/// of 0.85 reads `0.85`, not `0.8500000238418579` (the f32 widened to f64).
+pub fn as_written(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(0.0);
+            let short = x as f32;
+            let tidy = if f64::from(short) == x { format!("{short}").parse::<f64>().unwrap_or(x) } else { x };
+            serde_json::Number::from_f64(tidy).map_or(Value::Number(n), Value::Number)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(as_written).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, as_written(v))).collect()),
+        v => v,
+    }
 }
 
 /// Parses a command-line string into the JSON value a field of `kind` takes.
@@ -213,7 +229,7 @@ macro_rules! options {
                     $crate::schema::Field {
                         name: stringify!($field),
                         kind: <$ty as $crate::schema::FieldType>::kind(),
-                        default: serde_json::to_value(&d.$field).unwrap_or(serde_json::Value::Null),
+                        default: $crate::schema::as_written(serde_json::to_value(&d.$field).unwrap_or(serde_json::Value::Null)),
                         help: $crate::schema::doc_text(&[$($fdoc),*]),
                     },
                 )*]

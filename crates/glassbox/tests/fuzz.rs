@@ -70,6 +70,7 @@ fn report(what: &str) {
 // SAFETY: forwards every call to the system allocator unchanged; it only refuses (returns
 // null, which Rust turns into an allocation-failure abort) requests beyond the budget.
 unsafe impl GlobalAlloc for Budget {
+    // # Safety: each method's contract is `GlobalAlloc`'s, passed on to `System` unchanged.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if LIVE.load(Relaxed) + layout.size() > MEMORY_BUDGET {
             report("allocated beyond the memory budget");

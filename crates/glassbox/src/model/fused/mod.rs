@@ -119,7 +119,7 @@ fn fill<T: Elem>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
     let shared = Shared::of(out);
     let n = out.len();
     kernels::for_ranges(n, MIN_PART, &|a, b| {
-        // Safety: each part writes its own range.
+        // SAFETY: each part writes its own range.
         for (o, i) in unsafe { shared.slice(a, b) }.iter_mut().zip(a..b) {
             *o = f(i);
         }
@@ -136,7 +136,7 @@ fn fill_exp<T: Elem>(out: &mut [T], x: &[T], f: impl Fn(usize, T, T) -> T + Sync
         while start < b {
             let end = (start + 64).min(b);
             T::exp_neg(&x[start..end], &mut e[..end - start]);
-            // Safety: each part writes its own range.
+            // SAFETY: each part writes its own range.
             for ((o, i), &e) in unsafe { shared.slice(start, end) }.iter_mut().zip(start..end).zip(&e) {
                 *o = f(i, x[i], e);
             }
@@ -205,7 +205,7 @@ impl NormOp {
         let mut out = vec![T::zero(); xs.len()];
         let shared = Shared::of(&mut out);
         kernels::for_ranges(xs.len() / d, MIN_PART / d + 1, &|r0, r1| {
-            // Safety: each part writes its own rows.
+            // SAFETY: each part writes its own rows.
             let out = unsafe { shared.slice(r0 * d, r1 * d) };
             for (row, o) in xs[r0 * d..r1 * d].chunks_exact(d).zip(out.chunks_exact_mut(d)) {
                 let (mean, scale) = self.stats(row);
@@ -228,7 +228,7 @@ impl NormOp {
         let mut out = vec![T::zero(); xs.len()];
         let shared = Shared::of(&mut out);
         kernels::for_ranges(xs.len() / d, MIN_PART / d + 1, &|r0, r1| {
-            // Safety: each part writes its own rows.
+            // SAFETY: each part writes its own rows.
             let out = unsafe { shared.slice(r0 * d, r1 * d) };
             let mut g = vec![T::zero(); d];
             let rows = xs[r0 * d..r1 * d].chunks_exact(d).zip(dys[r0 * d..r1 * d].chunks_exact(d));
@@ -388,7 +388,7 @@ impl Gated {
         let mut out = vec![T::zero(); 2 * n];
         let shared = Shared::of(&mut out);
         kernels::for_ranges(n, MIN_PART, &|a, b| {
-            // Safety: each part writes its own range of each half.
+            // SAFETY: each part writes its own range of each half.
             let (dg, du) = unsafe { (shared.slice(a, b), shared.slice(n + a, n + b)) };
             if self.0 == Activation::Silu {
                 let mut e = [T::zero(); 64];

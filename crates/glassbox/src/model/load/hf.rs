@@ -204,7 +204,7 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
             }
         }
     }
-    // Safety: the files are memory-mapped read-only; glassbox never writes to them, and the
+    // SAFETY: the files are memory-mapped read-only; glassbox never writes to them, and the
     // tensors are copied out (to f32) before the map is dropped.
     let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| Error::Corrupt {
         path: files[0].clone(),

@@ -1,0 +1,51 @@
+//! Matrix products for the skinny shapes of interpretability work: a few dozen token rows
+//! against large weight matrices. `gemm` (behind candle's matmul) packs the whole weight for
+//! every call, which costs more than the product itself at 15 rows; these kernels stream each
+//! weight row once, keep the token rows in cache, and split the weight across threads.
+//! Quantized weights (`quant::QMatrix`) are streamed as their blocks and dequantized on the
+//! way, a few rows at a time into a buffer in cache. x86-64 with AVX2, FMA and F16C only;
+//! callers fall back to candle's matmul elsewhere (and the loader then keeps f32 weights).
+//!
+//! - `schedule`: the kernels' threads, how a product is cut into parts, two streams at once.
+//! - `products`: the f32 and quantized products (`x_wt`, `g_w`, `x_wt_q`, `g_w_q`).
+//! - `dequant`: quantized blocks to f32, bit for bit as candle.
+//! - `math`: the vectorised `exp`.
+//!
+//! Every `unsafe fn` states its contract under `# Safety`; the safe functions check sizes
+//! and the CPU before they call one.
+
+mod dequant;
+mod math;
+mod products;
+mod schedule;
+
+pub(crate) use dequant::dequant_row;
+pub use math::exp_neg;
+pub use products::{g_w, g_w_q, x_wt, x_wt_q};
+pub use schedule::{concurrently, for_ranges, map_in_two_streams};
+
+/// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 256
+/// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s
+/// packing pays off). Measured with `cargo run --release -p glassbox --example mm`.
+pub fn preferred(m: usize, n: usize) -> bool {
+    available() && (m <= 32 || (m <= 256 && n <= 8192))
+}
+
+/// Whether the kernels run: the CPU has AVX2, FMA and F16C, and `GLASSBOX_KERNELS` is not
+/// `portable` (which runs candle's portable products everywhere, as on CPUs without them;
+/// `.ci/run` runs the test suite both ways).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| cpu_has_kernels() && std::env::var("GLASSBOX_KERNELS").as_deref() != Ok("portable"))
+}
+
+pub(crate) fn cpu_has_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
