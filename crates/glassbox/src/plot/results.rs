@@ -57,11 +57,10 @@ fn layer_column(title: &str, column: &str, values: &[f32], legend: &str) -> Svg 
     })
 }
 
-/// `(layer, head)` of a name such as `L09H06`, `L9H6`.
+/// `(layer, head)` of a name such as `L09H06`, `L9H6` (the library's one head parser,
+/// `methods::Head`'s `FromStr`).
 pub fn parse_head(name: &str) -> Option<(usize, usize)> {
-    let rest = name.strip_prefix('L')?;
-    let (l, h) = rest.split_once('H')?;
-    Some((l.parse().ok()?, h.parse().ok()?))
+    name.parse::<crate::methods::Head>().ok().map(|h| (h.layer, h.head))
 }
 
 /// The layer a graph node name belongs to: `LxxHyy`, `LxxHyy.q`, `LxxKVyy.k`, `MLPxx`.
