@@ -52,6 +52,9 @@ pub struct RunArgs {
     /// The SAE folder, for sae-attribute.
     #[arg(long)]
     pub sae: Option<PathBuf>,
+    /// The transcoder set's folder, for graph.
+    #[arg(long)]
+    pub transcoders: Option<PathBuf>,
     /// The result file (Parquet).
     #[arg(long, required_unless_present = "task")]
     pub out: Option<PathBuf>,
@@ -177,6 +180,11 @@ fn run_batch(a: &RunArgs) -> Result<()> {
         None => None,
     };
     let m = crate::load_model(&a.model)?;
+    let transcoders = match &a.transcoders {
+        Some(dir) => Some(crate::methods::load_transcoders(dir, &m)?),
+        None if entry.needs().transcoders => bail!("--method {} needs --transcoders DIR", entry.name()),
+        None => None,
+    };
     let out = match (&a.out, &a.task) {
         (Some(o), _) => o.clone(),
         (None, Some(t)) => PathBuf::from(format!("{t}-{}.parquet", entry.name())),
@@ -217,7 +225,7 @@ fn run_batch(a: &RunArgs) -> Result<()> {
     let strict_stop = std::sync::atomic::AtomicBool::new(false);
     let both = StopEither(&stop, &strict_stop);
     let t0 = std::time::Instant::now();
-    let cx = catalog::Context { model: &m, sae: sae.as_ref(), model_b: None };
+    let cx = catalog::Context { model: &m, sae: sae.as_ref(), model_b: None, transcoders: transcoders.as_ref() };
     let spec = RunSpec { options: &opts, settings: &settings, out: &out, resume: a.resume };
     let report = batch::run(&cx, &prepared, &spec, both.flag(), &mut |p| {
         bar.set_length(p.total as u64);

@@ -129,6 +129,11 @@ pub fn command(entry: &'static dyn Entry) -> Command {
             .arg(Arg::new("sae").long("sae").required(true).value_parser(clap::value_parser!(PathBuf)).help("The SAE's folder: SAELens' cfg.json + sae_weights.safetensors, or Gemma Scope's params.npz."))
             .arg(Arg::new("sae_hook").long("hook").help("The hook point the SAE reads (required for Gemma Scope's files; overrides the config's)."));
     }
+    if needs.transcoders {
+        c = c.arg(Arg::new("transcoders").long("transcoders").required(true).value_parser(clap::value_parser!(PathBuf)).help(
+            "A transcoder set's folder: config.yaml in circuit-tracer's layout and one file per layer (as `glassbox sae train --set` writes it).",
+        ));
+    }
     let spec_fields = InputSpec::fields();
     let option_fields = entry.fields();
     for (name, t) in targets(entry) {
@@ -257,7 +262,11 @@ pub fn run(entry: &'static dyn Entry, m: &ArgMatches) -> Result<()> {
         }
         None => None,
     };
-    let cx = Context { model: &model, sae: sae.as_ref(), model_b: model_b.as_ref() };
+    let transcoders = match m.try_get_one::<PathBuf>("transcoders").ok().flatten() {
+        Some(dir) => Some(load_transcoders(dir, &model)?),
+        None => None,
+    };
+    let cx = Context { model: &model, sae: sae.as_ref(), model_b: model_b.as_ref(), transcoders: transcoders.as_ref() };
     let envelope = with_controls(json, || catalog::run(entry, &cx, &spec, &options))?;
     if let Some(p) = &plot_path {
         if let Some(svg) = entry.plot(&envelope.result)? {
@@ -332,6 +341,15 @@ pub fn list(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A transcoder set's folder, with a warning when it was trained on another model.
+pub fn load_transcoders(dir: &std::path::Path, model: &glassbox::Model) -> Result<glassbox::sae::set::TranscoderSet> {
+    let set = glassbox::sae::set::TranscoderSet::load(dir).with_context(|| format!("loading the transcoder set in {}", dir.display()))?;
+    if let Some(trained) = set.model_name.as_deref().filter(|n| !model.name().contains(*n) && !n.contains(model.name())) {
+        eprintln!("warning: this transcoder set was trained on {trained}, and the model is {}; its features mean something only on the model it was trained on", model.name());
+    }
+    Ok(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,3 +365,4 @@ mod tests {
         }
     }
 }
+

@@ -42,7 +42,7 @@ const STYLE: &str = include_str!("../assets/dashboard/app.css");
 /// (or the weights alone), when the server has what it needs (an SAE, a second model).
 fn offered(entry: &dyn catalog::Entry, state: &AppState) -> bool {
     let n = entry.needs();
-    (!n.sae || state.sae.is_some()) && (!n.model_b || state.model_b.is_some())
+    (!n.sae || state.sae.is_some()) && (!n.model_b || state.model_b.is_some()) && (!n.transcoders || state.transcoders.is_some())
 }
 
 /// `glassbox serve`.
@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// A second model (registry name, GGUF file or folder), for cross-model alignment.
     #[arg(long)]
     pub model_b: Option<String>,
+    /// A transcoder set's folder, for attribution graphs.
+    #[arg(long)]
+    pub transcoders: Option<std::path::PathBuf>,
 }
 
 /// What is running now.
@@ -80,6 +83,7 @@ struct AppState {
     model: Model,
     sae: Option<glassbox::sae::Sae>,
     model_b: Option<Model>,
+    transcoders: Option<glassbox::sae::set::TranscoderSet>,
     max_queue: usize,
     max_prompt_chars: usize,
     /// One permit: the analysis running.
@@ -192,7 +196,7 @@ fn run_method(state: &Arc<AppState>, method: &str, req: &MethodRequest) -> ApiRe
             return Err(ApiError::bad(format!("`{}` names a file; the dashboard reads no file from a request (use the command line)", f.name)));
         }
     }
-    let cx = catalog::Context { model: &state.model, sae: state.sae.as_ref(), model_b: state.model_b.as_ref() };
+    let cx = catalog::Context { model: &state.model, sae: state.sae.as_ref(), model_b: state.model_b.as_ref(), transcoders: state.transcoders.as_ref() };
     let controls = glassbox::controls::Controls {
         progress: Some({
             let st = state.clone();
@@ -434,6 +438,7 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
     };
     let sae = a.sae.as_ref().map(|dir| glassbox::sae::Sae::load(dir, None).with_context(|| format!("loading the SAE in {}", dir.display()))).transpose()?;
     let model_b = a.model_b.as_ref().map(|name| crate::methods::load(name, None)).transpose()?;
+    let transcoders = a.transcoders.as_ref().map(|dir| crate::methods::load_transcoders(dir, &model)).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the server's runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, a.port))
@@ -452,6 +457,7 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
             model,
             sae,
             model_b,
+            transcoders,
             max_queue: a.max_queue,
             max_prompt_chars: a.max_prompt_chars,
             gate: Arc::new(tokio::sync::Semaphore::new(1)),

@@ -95,10 +95,12 @@ fn assert_close(a: &Value, b: &Value, path: &str) {
 fn every_method_gives_one_envelope_through_the_library_the_cli_and_the_api() {
     let all = cases();
     let (model_path, sae_path, b_path) = (fixture(&all["model"]), fixture(&all["sae"]), fixture(&all["model_b"]));
+    let set_path = fixture(&all["transcoders"]);
+    let set = glassbox::sae::set::TranscoderSet::load(set_path.as_ref()).unwrap();
     let model = Model::load(model_path.as_ref()).unwrap();
     let model_b = Model::load(b_path.as_ref()).unwrap();
     let sae = Sae::load(sae_path.as_ref(), None).unwrap();
-    let server = Server::start(&model_path, &["--sae", &sae_path, "--model-b", &b_path]);
+    let server = Server::start(&model_path, &["--sae", &sae_path, "--model-b", &b_path, "--transcoders", &set_path]);
     let mut ran = Vec::new();
     for entry in catalog::CATALOG {
         let name = entry.name();
@@ -109,7 +111,7 @@ fn every_method_gives_one_envelope_through_the_library_the_cli_and_the_api() {
         // The library.
         let spec: InputSpec = serde_json::from_value(input.clone()).unwrap();
         let needs = entry.needs();
-        let cx = Context { model: &model, sae: needs.sae.then_some(&sae), model_b: needs.model_b.then_some(&model_b) };
+        let cx = Context { model: &model, sae: needs.sae.then_some(&sae), model_b: needs.model_b.then_some(&model_b), transcoders: needs.transcoders.then_some(&set) };
         let lib = serde_json::to_value(catalog::run(*entry, &cx, &spec, options).unwrap_or_else(|e| panic!("{name}: {e}"))).unwrap();
 
         // The options come back resolved: every field of the schema, the given ones as given.
@@ -131,6 +133,9 @@ fn every_method_gives_one_envelope_through_the_library_the_cli_and_the_api() {
         args.extend(case["cli"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()));
         if needs.sae {
             args.extend(["--sae".to_string(), sae_path.clone()]);
+        }
+        if needs.transcoders {
+            args.extend(["--transcoders".to_string(), set_path.clone()]);
         }
         if needs.model_b {
             args.extend(["--model-b".to_string(), b_path.clone()]);

@@ -53,6 +53,7 @@ fn batch_run<'py>(
     let row_group: usize = kw.or("row_group", 64)?;
     let resume: bool = kw.or("resume", false)?;
     let sae: Option<PyRef<Sae>> = kw.get("sae")?;
+    let transcoders: Option<PyRef<crate::sae::TranscoderSet>> = kw.get("transcoders")?;
     kw.finish()?;
     let items: Vec<Item> = pythonize::depythonize(items).map_err(|e| input(format!("items: {e}")))?;
     let entry = batch::method(method).py_err()?;
@@ -62,12 +63,16 @@ fn batch_run<'py>(
     };
     let m = model.inner.clone();
     let sae = sae.map(|s| s.inner.clone());
+    let set = transcoders.map(|t| t.inner.clone());
     let report = py
         .detach(move || -> glassbox::Result<serde_json::Value> {
             let settings = Settings::new(&m, entry, &options, sae.as_deref())?;
             let (prepared, unfit) = batch::prepare(&m, items, entry);
             let opts = BatchOptions { method: entry.name().to_string(), options, batch_size, row_group };
-            let cx = glassbox::methods::catalog::Context { model: &m, sae: sae.as_deref(), model_b: None };
+            if entry.needs().transcoders && set.is_none() {
+                return Err(glassbox::Error::Invalid(format!("`{}` needs transcoders=glassbox.TranscoderSet.load(path)", entry.name())));
+            }
+            let cx = glassbox::methods::catalog::Context { model: &m, sae: sae.as_deref(), model_b: None, transcoders: set.as_deref() };
             let spec = RunSpec { options: &opts, settings: &settings, out: &out, resume };
             let r = batch::run(&cx, &prepared, &spec, &AtomicBool::new(false), &mut |_| {})?;
             Ok(serde_json::json!({"report": r, "lines_left_out": unfit, "settings": settings}))

@@ -19,7 +19,7 @@ use crate::kwargs::Kwargs;
 use crate::model::{tokens_of, Model};
 
 /// Options from a dict (None: the defaults), with serde's message naming a wrong key.
-fn opts_of<T: DeserializeOwned + Default>(o: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<T> {
+pub(crate) fn opts_of<T: DeserializeOwned + Default>(o: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<T> {
     match o {
         None => Ok(T::default()),
         Some(o) if o.is_none() => Ok(T::default()),
@@ -279,6 +279,7 @@ fn run<'py>(
     let mut kw = Kwargs::new(kwargs, "run");
     let sae: Option<PyRef<crate::sae::Sae>> = kw.get("sae")?;
     let model_b: Option<PyRef<Model>> = kw.get("model_b")?;
+    let transcoders: Option<PyRef<crate::sae::TranscoderSet>> = kw.get("transcoders")?;
     let progress: Option<Py<PyAny>> = kw.get("progress")?;
     kw.finish()?;
     let entry = catalog::entry(method).py_err()?;
@@ -292,6 +293,7 @@ fn run<'py>(
     let input = input_of(m, entry, input)?;
     let sae = sae.map(|s| s.inner.clone());
     let b = model_b.map(|b| b.inner.clone());
+    let set = transcoders.map(|t| t.inner.clone());
     let controls = glassbox::controls::Controls {
         progress: progress.map(|f| -> glassbox::controls::ProgressFn {
             std::sync::Arc::new(move |p: &glassbox::controls::Progress| {
@@ -305,7 +307,7 @@ fn run<'py>(
         poll: Some(std::sync::Arc::new(|| Python::attach(|py| py.check_signals().is_err()))),
     };
     let envelope = compute(py, || {
-        let cx = Context { model: m, sae: sae.as_deref(), model_b: b.as_deref() };
+        let cx = Context { model: m, sae: sae.as_deref(), model_b: b.as_deref(), transcoders: set.as_deref() };
         glassbox::controls::with(&controls, || catalog::run_input(entry, &cx, &input, &options, started))
     })?;
     result(py, &envelope)

@@ -125,9 +125,93 @@ fn sae_circuit_features_py<'py>(py: Python<'py>, model: &Model, sae: &Sae, promp
     Ok(pythonize::pythonize(py, &r)?)
 }
 
+/// A transcoder set: one transcoder per MLP, the replacement an attribution graph is built over.
+#[pyclass(module = "glassbox._native", frozen, name = "TranscoderSet")]
+pub struct TranscoderSet {
+    pub inner: Arc<glassbox::sae::set::TranscoderSet>,
+    /// The folder it was loaded from.
+    pub path: String,
+}
+
+#[pymethods]
+impl TranscoderSet {
+    /// Loads a transcoder-set folder: `config.yaml` in circuit-tracer's layout and one
+    /// safetensors file per layer (as `glassbox sae train --set` writes it).
+    #[staticmethod]
+    fn load(py: Python<'_>, path: std::path::PathBuf) -> PyResult<TranscoderSet> {
+        let shown = path.display().to_string();
+        let set = py.detach(move || glassbox::sae::set::TranscoderSet::load(&path)).py_err()?;
+        Ok(TranscoderSet { inner: Arc::new(set), path: shown })
+    }
+
+    /// The number of transcoders (one per layer).
+    fn __len__(&self) -> usize {
+        self.inner.transcoders.len()
+    }
+
+    /// The model it was trained on, as its config names it.
+    #[getter]
+    fn model_name(&self) -> Option<String> {
+        self.inner.model_name.clone()
+    }
+
+    /// Layer `layer`'s transcoder.
+    fn __getitem__(&self, layer: usize) -> PyResult<Sae> {
+        let t = self.inner.transcoders.get(layer).ok_or_else(|| input(format!("layer {layer}: this set has {} transcoders", self.inner.transcoders.len())))?;
+        Ok(Sae { inner: Arc::new(t.clone()), path: format!("{}[{layer}]", self.path) })
+    }
+
+    /// The unpruned attribution graph of `prompt` (`{"prompt", "correct", "incorrect"}`) as a
+    /// sparse matrix `A[target, source]` in coordinate form (`rows`, `cols`, `values`, `shape`:
+    /// `scipy.sparse.coo_array((values, (rows, cols)), shape)`) with the node table (`nodes`:
+    /// kind, layer, position, feature, activation, in the matrix's order) and the targets.
+    #[pyo3(signature = (model, prompt, options=None))]
+    fn adjacency<'py>(&self, py: Python<'py>, model: &Model, prompt: &Bound<'py, PyAny>, options: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        use glassbox::methods::graph::{full_graph, GraphOptions};
+        let o: GraphOptions = crate::methods::opts_of(options, "graph options")?;
+        let p: std::collections::HashMap<String, String> = pythonize::depythonize(prompt).map_err(|e| input(format!("prompt: give a dict with prompt, correct and incorrect ({e})")))?;
+        let get = |k: &str| p.get(k).cloned().ok_or_else(|| input(format!("prompt: no `{k}`")));
+        let (text, correct, incorrect) = (get("prompt")?, get("correct")?, get("incorrect")?);
+        let m = model.inner.clone();
+        let set = self.inner.clone();
+        let g = py
+            .detach(move || -> glassbox::Result<glassbox::methods::graph::FullGraph> {
+                let prompt = Prompt::new(&m, &text, &correct, &incorrect)?;
+                full_graph(&m, &set, &prompt, &o)
+            })
+            .py_err()?;
+        let (mut rows, mut cols, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (t, r) in g.adjacency.rows.iter().enumerate() {
+            for &(c, w) in r {
+                rows.push(t as u64);
+                cols.push(u64::from(c));
+                values.push(w);
+            }
+        }
+        let ly = g.layout;
+        let n = ly.tokens;
+        let mut nodes = Vec::with_capacity(g.adjacency.n);
+        for &(l, p, f, a) in &g.features {
+            nodes.push(serde_json::json!({"kind": "feature", "layer": l, "position": p, "feature": f, "activation": a}));
+        }
+        for i in 0..ly.errors {
+            nodes.push(serde_json::json!({"kind": "error", "layer": i / n, "position": i % n}));
+        }
+        for (p, t) in g.tokens.iter().enumerate() {
+            nodes.push(serde_json::json!({"kind": "token", "position": p, "token": t}));
+        }
+        for t in &g.targets {
+            nodes.push(serde_json::json!({"kind": "logit", "position": n - 1, "token": t.id, "label": t.token, "probability": t.probability, "weight": t.weight}));
+        }
+        let out = serde_json::json!({"rows": rows, "cols": cols, "values": values, "shape": [g.adjacency.n, g.adjacency.n], "nodes": nodes, "targets": g.targets, "n_active_features": g.n_active});
+        Ok(pythonize::pythonize(py, &out)?)
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sae_circuit_features_py, m)?)?;
     m.add_class::<Sae>()?;
+    m.add_class::<TranscoderSet>()?;
     m.add_function(wrap_pyfunction!(sae_attribution_py, m)?)?;
     Ok(())
 }

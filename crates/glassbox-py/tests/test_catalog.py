@@ -41,6 +41,8 @@ def cli_envelope(name, case, needs):
         args += ["--sae", str(FIXTURES / CASES["sae"])]
     if needs.get("model_b"):
         args += ["--model-b", str(FIXTURES / CASES["model_b"])]
+    if needs.get("transcoders"):
+        args += ["--transcoders", str(FIXTURES / CASES["transcoders"])]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -50,7 +52,8 @@ def cli_envelope(name, case, needs):
 def parts():
     return (glassbox.Model.load(str(FIXTURES / CASES["model"])),
             glassbox.SAE.load(str(FIXTURES / CASES["sae"])),
-            glassbox.Model.load(str(FIXTURES / CASES["model_b"])))
+            glassbox.Model.load(str(FIXTURES / CASES["model_b"])),
+            glassbox.TranscoderSet.load(str(FIXTURES / CASES["transcoders"])))
 
 
 def test_every_catalog_method_has_a_case():
@@ -60,10 +63,11 @@ def test_every_catalog_method_has_a_case():
 
 @pytest.mark.parametrize("entry", glassbox.methods(), ids=lambda e: e["name"])
 def test_python_gives_the_cli_envelope(entry, parts):
-    model, sae, model_b = parts
+    model, sae, model_b, transcoders = parts
     name, needs = entry["name"], entry["needs"]
     case = CASES["cases"][name]
-    extra = {"sae": sae if needs.get("sae") else None, "model_b": model_b if needs.get("model_b") else None}
+    extra = {"sae": sae if needs.get("sae") else None, "model_b": model_b if needs.get("model_b") else None,
+             "transcoders": transcoders if needs.get("transcoders") else None}
     env = glassbox.run(name, model, dict(case["input"]), dict(case["options"]), **extra)
     want = cli_envelope(name, case, needs)
     for k in ["method", "glassbox_version", "model", "input", "metric", "options", "warnings"]:

@@ -330,3 +330,26 @@ pub fn circuit_features(r: &CircuitFeatures, rows: usize) -> String {
     }
     o
 }
+
+/// An attribution graph: its scores, targets and the most influential kept features.
+pub fn attribution_graph(g: &crate::methods::graph::AttributionGraph, rows: usize) -> String {
+    let s = &g.glassbox;
+    let mut out = String::new();
+    out.push_str(&format!("Prompt: {:?}\n", g.metadata.prompt));
+    for t in &s.targets {
+        out.push_str(&format!("Target: {} (p = {:.3}, weight {:.3})\n", t.token, t.probability, t.weight));
+    }
+    out.push_str(&format!(
+        "Replacement score {:.4}, completeness score {:.4}\n{} active features, {} with their edges computed; {} nodes and {} edges before pruning, {} nodes and {} links kept\n",
+        s.replacement_score, s.completeness_score, s.n_active_features, s.n_selected_features, s.n_nodes, s.n_edges, g.nodes.len(), g.links.len()
+    ));
+    let mut feats: Vec<&crate::methods::graph::Node> = g.nodes.iter().filter(|n| n.feature_type != "logit").collect();
+    feats.sort_by(|a, b| a.influence.unwrap_or(1.0).total_cmp(&b.influence.unwrap_or(1.0)));
+    out.push_str(&format!("\n{:<26} {:>6} {:>5} {:>12} {:>10}  {}\n", "node", "layer", "pos", "activation", "influence", "token"));
+    for n in feats.iter().take(rows) {
+        let tok = g.metadata.prompt_tokens.get(n.ctx_idx).cloned().unwrap_or_default();
+        let act = n.activation.map_or("-".to_string(), |a| format!("{a:.3}"));
+        out.push_str(&format!("{:<26} {:>6} {:>5} {:>12} {:>10.4}  {:?}\n", format!("{} ({})", n.node_id, match n.feature_type.as_str() { "mlp reconstruction error" => "error", "cross layer transcoder" => "feature", t => t }), n.layer, n.ctx_idx, act, n.influence.unwrap_or(0.0), tok));
+    }
+    out
+}

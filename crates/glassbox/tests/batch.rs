@@ -252,7 +252,7 @@ fn sae_attribute_rows_equal_the_sae_attribution_alone() {
     let opts = BatchOptions { method: "sae-attribute".into(), batch_size: 4, row_group: 4, ..Default::default() };
     let (prepared, bad) = prepare(&model, items, &opts.method);
     assert!(bad.is_empty());
-    let report = batch::run(&Context { model: &model, sae: Some(&sae), model_b: None }, &prepared, &spec(&opts, &settings(&opts.method), &out, false), &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let report = batch::run(&Context { model: &model, sae: Some(&sae), model_b: None, transcoders: None }, &prepared, &spec(&opts, &settings(&opts.method), &out, false), &AtomicBool::new(false), &mut |_| {}).unwrap();
     assert_eq!(report.rows, 6);
     let rows = rows_by_id(&out);
     for p in &prepared {

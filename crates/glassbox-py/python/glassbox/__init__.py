@@ -32,6 +32,7 @@ from ._native import (  # noqa: E402
     ModelLoadError,
     NonFiniteError,
     SAE,
+    TranscoderSet,
     __version__,
 )
 from ._native import contrast, contrast_from_tokens, prompt, task_prompts  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "NonFiniteError",
     "Result",
     "SAE",
+    "TranscoderSet",
     "SAEFeatureAttributor",
     "plot",
     "contrast",

@@ -59,12 +59,12 @@ def _progress(progress: Any) -> Optional[Callable[[int, int, str], None]]:
 
 
 def run(method: str, model: Any, input: Any = None, options: Optional[Dict[str, Any]] = None, *,
-        sae: Any = None, model_b: Any = None, progress: Any = None) -> Dict[str, Any]:
+        sae: Any = None, model_b: Any = None, transcoders: Any = None, progress: Any = None) -> Dict[str, Any]:
     """Runs the catalog method ``method`` (its CLI name or Python name) and returns its
     envelope: ``method``, ``glassbox_version``, ``model`` (name, family, sha256 of the
     weights, BOS rule), ``input`` (prompts, answers, token strings), ``metric``, ``options``
     (every default filled in), ``result``, ``warnings`` and ``seconds``."""
-    return _native.run(method, model, input, options, sae=sae, model_b=model_b, progress=_progress(progress))
+    return _native.run(method, model, input, options, sae=sae, model_b=model_b, transcoders=transcoders, progress=_progress(progress))
 
 
 def _kind_text(kind: Dict[str, Any]) -> str:
@@ -89,6 +89,8 @@ def method_help(entry: Dict[str, Any]) -> str:
         lines.append("Needs an SAE or transcoder: sae=glassbox.SAE.load(path).")
     if needs.get("model_b"):
         lines.append("Compares two models: model_b=glassbox.Model.load(...).")
+    if needs.get("transcoders"):
+        lines.append("Needs a transcoder set: transcoders=glassbox.TranscoderSet.load(path).")
     if entry["options"]:
         lines += ["", "Options (a dict):"]
         for o in entry["options"]:
@@ -100,8 +102,8 @@ def _make(entry: Dict[str, Any]) -> Callable[..., Any]:
     name = entry["name"]
 
     def method(model: Any, input: Any = None, options: Optional[Dict[str, Any]] = None, *,
-               sae: Any = None, model_b: Any = None, progress: Any = None) -> Any:
-        env = run(name, model, input, options, sae=sae, model_b=model_b, progress=progress)
+               sae: Any = None, model_b: Any = None, transcoders: Any = None, progress: Any = None) -> Any:
+        env = run(name, model, input, options, sae=sae, model_b=model_b, transcoders=transcoders, progress=progress)
         result = env["result"]
         if isinstance(result, dict):
             r = Result(result, name)

@@ -12,6 +12,7 @@ pub mod composition;
 pub mod metric;
 pub mod edges;
 pub mod faithfulness;
+pub mod graph;
 pub mod logit_lens;
 pub mod next_tokens;
 pub mod path_patching;

@@ -17,7 +17,7 @@ pub use svg::{Scale, Svg};
 use crate::error::{Error, Result};
 
 /// The kinds of result `plot_value` draws: the CLI's command names.
-pub const KINDS: &[&str] = &["analyze", "attribution", "patch", "path-patch", "logit-lens", "attention", "edges", "token-attribution", "stability", "composition", "sae-attribute"];
+pub const KINDS: &[&str] = &["analyze", "attribution", "patch", "path-patch", "logit-lens", "attention", "edges", "token-attribution", "stability", "composition", "sae-attribute", "graph"];
 
 /// DejaVu Sans (Bitstream Vera license, see assets/LICENSE_DEJAVU), for pictures rendered to
 /// PNG on machines without fonts.
@@ -73,6 +73,7 @@ plot_impl!(crate::methods::token_attribution::TokenAttribution, results::token_a
 plot_impl!(crate::methods::stability::Stability, results::stability);
 plot_impl!(crate::methods::composition::Composition, results::composition);
 plot_impl!(crate::methods::sae_attribution::SaeAttribution, results::sae_attribution);
+plot_impl!(crate::methods::graph::AttributionGraph, results::attribution_graph);
 
 impl Plot for crate::methods::analyze::Analysis {
     /// The circuit's heads coloured by their attention type (`head_types`) where the result has them.
@@ -106,6 +107,7 @@ pub fn plot_value(kind: &str, value: &serde_json::Value, head_types: Option<&BTr
         "stability" => results::stability(&parse(value, &kind)?),
         "composition" => results::composition(&parse(value, &kind)?),
         "sae-attribute" | "sae-attribution" => results::sae_attribution(&parse(value, &kind)?),
+        "graph" | "attribution-graph" => results::attribution_graph(&parse(value, &kind)?),
         other => return Err(Error::Invalid(format!("no picture for `{other}`; kinds: {}", KINDS.join(", ")))),
     })
 }

@@ -325,3 +325,100 @@ pub fn sae_attribution(r: &crate::methods::sae_attribution::SaeAttribution) -> S
     let items: Vec<(String, f32)> = r.top_features.iter().take(25).map(|f| (format!("L{} #{}", f.layer, f.feature_id), f.ld_contribution)).collect();
     bars(&format!("SAE features at {}: gradient × activation of {}", r.hook, r.metric), &items, None)
 }
+
+/// An attribution graph (`data-kind="attribution-graph"`): the kept nodes on a grid of
+/// positions (columns, the prompt's tokens below) and layers (rows: embeddings at the bottom,
+/// the target logits on top), circles sized by influence (features blue, errors grey, tokens
+/// green, logits orange), links as lines whose width grows with |weight| (red positive, blue
+/// negative). Nodes are `circle.node` with `data-id`, `data-layer`, `data-pos`,
+/// `data-activation`, `data-influence` and a tooltip; links `line.edge` with `data-from`,
+/// `data-to`, `data-score`.
+pub fn attribution_graph(g: &crate::methods::graph::AttributionGraph) -> Svg {
+    use super::svg::{esc, val, Anchor};
+    let n_pos = g.metadata.prompt_tokens.len().max(1);
+    let n_layers = g.glassbox.n_layers;
+    let row_of = |layer: &str| -> usize {
+        match layer {
+            "E" => 0,
+            l => l.parse::<usize>().map_or(0, |l| (l + 1).min(n_layers + 1)),
+        }
+    };
+    let (col_w, row_h, left, top) = (64.0, 34.0, 60.0, 46.0);
+    let width = left + col_w * n_pos as f64 + 20.0;
+    let height = top + row_h * (n_layers + 2) as f64 + 90.0;
+    let mut svg = Svg::new("attribution-graph", width, height);
+    let s = &g.glassbox;
+    let target = s.targets.first().map_or(String::new(), |t| t.token.clone());
+    svg.title(&format!("Attribution graph of {target}: replacement {:.3}, completeness {:.3}", s.replacement_score, s.completeness_score));
+    // Each cell's nodes side by side.
+    let mut per_cell: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        per_cell.entry((row_of(&n.layer), n.ctx_idx)).or_default().push(i);
+    }
+    let mut at: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    for ((row, pos), members) in &per_cell {
+        let y = top + row_h * (n_layers + 1 - row) as f64 + row_h / 2.0;
+        for (k, &i) in members.iter().enumerate() {
+            let x = left + col_w * *pos as f64 + col_w * (k as f64 + 1.0) / (members.len() as f64 + 1.0);
+            at.insert(g.nodes[i].node_id.as_str(), (x, y));
+        }
+    }
+    for r in 0..n_layers + 2 {
+        let y = top + row_h * (n_layers + 1 - r) as f64 + row_h / 2.0;
+        let label = match r {
+            0 => "emb".to_string(),
+            r if r == n_layers + 1 => "logit".to_string(),
+            r => format!("L{}", r - 1),
+        };
+        svg.text(left - 8.0, y + 3.0, &label, Anchor::End, 9.0, "");
+        svg.line((left, y), (width - 20.0, y), "#eeeeee", 0.5, "");
+    }
+    let max = g.links.iter().fold(0.0f32, |m, l| m.max(l.weight.abs())).max(1e-12);
+    let scale = Scale::Diverging { max };
+    for l in &g.links {
+        if let (Some(&a), Some(&b)) = (at.get(l.source.as_str()), at.get(l.target.as_str())) {
+            let w = 0.3 + 3.0 * f64::from(l.weight.abs() / max);
+            let colour = scale.colour(if l.weight >= 0.0 { max } else { -max });
+            let attrs = format!("class=\"edge\" data-from=\"{}\" data-to=\"{}\" data-score=\"{}\" stroke-opacity=\"0.45\"", esc(&l.source), esc(&l.target), val(l.weight));
+            svg.line(a, b, &colour, w, &attrs);
+        }
+    }
+    for n in &g.nodes {
+        let Some(&(x, y)) = at.get(n.node_id.as_str()) else { continue };
+        let importance = 1.0 - f64::from(n.influence.unwrap_or(0.0)).clamp(0.0, 1.0);
+        let r = 2.5 + 6.0 * importance;
+        let fill = match n.feature_type.as_str() {
+            "embedding" => "#1b9e77",
+            "mlp reconstruction error" => "#999999",
+            "logit" => "#d95f02",
+            _ => "#4a6fd1",
+        };
+        let tok = g.metadata.prompt_tokens.get(n.ctx_idx).cloned().unwrap_or_default();
+        let tip = format!(
+            "{} ({}), layer {}, position {} {:?}{}{}",
+            n.node_id,
+            n.feature_type,
+            n.layer,
+            n.ctx_idx,
+            tok,
+            n.activation.map_or(String::new(), |a| format!(", activation {a:.3}")),
+            n.influence.map_or(String::new(), |i| format!(", cumulative influence {i:.3}"))
+        );
+        let attrs = format!(
+            "class=\"node\" data-id=\"{}\" data-layer=\"{}\" data-pos=\"{}\" data-activation=\"{}\" data-influence=\"{}\"",
+            esc(&n.node_id),
+            esc(&n.layer),
+            n.ctx_idx,
+            n.activation.map_or(String::new(), val),
+            n.influence.map_or(String::new(), val)
+        );
+        svg.circle((x, y, r), fill, "#333333", &attrs, Some(&tip));
+    }
+    let base = top + row_h * (n_layers + 2) as f64 + 8.0;
+    for (p, t) in g.metadata.prompt_tokens.iter().enumerate() {
+        let x = left + col_w * (p as f64 + 0.5);
+        let t: String = t.chars().take(12).collect();
+        svg.text_rotated(x + 3.0, base, &t, Anchor::End, 9.0, -50.0);
+    }
+    svg
+}

@@ -20,7 +20,7 @@ fn plot_of<R: Plot>(r: &R) -> Svg {
     r.plot()
 }
 
-const ONLY_MODEL: Needs = Needs { sae: false, model_b: false };
+const ONLY_MODEL: Needs = Needs { sae: false, model_b: false, transcoders: false };
 
 /// `analyze`'s result: one prompt's analysis, or a prompt set's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,7 +228,7 @@ static SAE_ATTRIBUTE: Def<sae_attribution::SaeAttributionOptions, sae_attributio
     python: "sae_attribution",
     summary: "Which features of a sparse autoencoder or transcoder drive the prediction.",
     input: InputKind::Prompt,
-    needs: Needs { sae: true, model_b: false },
+    needs: Needs { sae: true, model_b: false, transcoders: false },
     run: |cx, i, o| sae_attribution::sae_attribution(cx.model, cx.sae()?, i.prompt()?, o),
     report: crate::report::sae_attribution,
     plot: Some(plot_of),
@@ -242,7 +242,7 @@ static SAE_CIRCUIT: Def<sae_attribution::CircuitFeatureOptions, sae_attribution:
     python: "sae_circuit_features",
     summary: "Which active SAE features the circuit's heads write to at the answer position (a linear approximation, stated).",
     input: InputKind::Prompt,
-    needs: Needs { sae: true, model_b: false },
+    needs: Needs { sae: true, model_b: false, transcoders: false },
     run: |cx, i, o| sae_attribution::circuit_features(cx.model, cx.sae()?, i.prompt()?, o),
     report: crate::report::circuit_features,
     plot: None,
@@ -270,7 +270,7 @@ static ALIGN: Def<alignment::AlignmentOptions, alignment::Alignment> = Def {
     python: "align",
     summary: "Cross-model circuit alignment (FCAS) of two models' top heads, with a Monte Carlo null.",
     input: InputKind::ContrastOrTask,
-    needs: Needs { sae: false, model_b: true },
+    needs: Needs { sae: false, model_b: true, transcoders: false },
     run: |cx, i, o| {
         let b = cx.model_b()?;
         // Each model reads the input through its own tokenizer.
@@ -292,6 +292,20 @@ static ALIGN: Def<alignment::AlignmentOptions, alignment::Alignment> = Def {
     metric: |_| Some("logit_diff".into()),
 };
 
+static GRAPH: Def<graph::GraphOptions, graph::AttributionGraph> = Def {
+    name: "graph",
+    python: "attribution_graph",
+    summary: "The attribution graph of a prediction over a transcoder set: which features cause it, pruned, with replacement and completeness scores (the frontend's JSON).",
+    input: InputKind::Prompt,
+    needs: Needs { sae: false, model_b: false, transcoders: true },
+    run: |cx, i, o| graph::graph(cx.model, cx.transcoders()?, i.prompt()?, o),
+    report: crate::report::attribution_graph,
+    plot: Some(plot_of),
+    warnings: |r, _| graph::warnings(r),
+    many: None,
+    metric: |o| Some(o.target.name().to_string()),
+};
+
 /// Every method, in the order front ends list them.
 pub static CATALOG: &[&dyn Entry] = &[
     &ANALYZE,
@@ -308,6 +322,7 @@ pub static CATALOG: &[&dyn Entry] = &[
     &FAITHFULNESS,
     &SAE_ATTRIBUTE,
     &SAE_CIRCUIT,
+    &GRAPH,
     &GENERATE,
     &ALIGN,
     &NEXT_TOKENS,

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::inputs::Contrast;
 use crate::model::Model;
 use crate::plot::Svg;
+use crate::sae::set::TranscoderSet;
 use crate::sae::Sae;
 use crate::schema::{parse_options, Field, OptionSchema};
 
@@ -81,6 +82,9 @@ pub struct Needs {
     pub sae: bool,
     /// A second model (`--model-b`).
     pub model_b: bool,
+    /// A transcoder set, one transcoder per MLP (`--transcoders DIR`).
+    #[serde(default)]
+    pub transcoders: bool,
 }
 
 /// What a run has besides its input: the model, and what the method needs.
@@ -92,12 +96,18 @@ pub struct Context<'a> {
     pub sae: Option<&'a Sae>,
     /// The second model, for cross-model methods.
     pub model_b: Option<&'a Model>,
+    /// The transcoder set, for attribution graphs.
+    pub transcoders: Option<&'a TranscoderSet>,
 }
 
 impl<'a> Context<'a> {
     /// A context with the model alone.
     pub fn new(model: &'a Model) -> Context<'a> {
-        Context { model, sae: None, model_b: None }
+        Context { model, sae: None, model_b: None, transcoders: None }
+    }
+
+    fn transcoders(&self) -> Result<&'a TranscoderSet> {
+        self.transcoders.ok_or_else(|| Error::Invalid("this method needs a transcoder set, one transcoder per MLP (--transcoders DIR; Python: transcoders=)".into()))
     }
 
     fn sae(&self) -> Result<&'a Sae> {
