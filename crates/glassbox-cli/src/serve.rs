@@ -306,40 +306,36 @@ struct PlotRequest {
 }
 
 async fn plot(Path(kind): Path<String>, req: Request) -> Response {
-    let svg = async {
-        let body: PlotRequest = parse_json(&body_bytes(req, MAX_PLOT_BODY).await?)?;
-        let entry = catalog::entry(&kind).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+    let name = kind.clone();
+    answer_from_result(&kind, req, "image/svg+xml; charset=utf-8", "drawing failed unexpectedly", move |entry, result| {
         if !entry.has_plot() {
-            return Err(ApiError(StatusCode::NOT_FOUND, format!("`{kind}` draws no picture")));
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("`{name}` draws no picture")));
         }
-        // Drawing is quick, but a large result is still work: keep it off the event loop.
-        let drawn = tokio::task::spawn_blocking(move || entry.plot(&body.result).map(|s| s.map(|s| s.finish()).unwrap_or_default())).await;
-        match drawn {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("drawing failed unexpectedly ({e})"))),
-        }
-    }
-    .await;
-    match svg {
-        Ok(s) => no_store(([(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")], s).into_response()),
-        Err(e) => e.into_response(),
-    }
+        Ok(entry.plot(result)?.map(|s| s.finish()).unwrap_or_default())
+    })
+    .await
 }
 
 /// `POST /api/report/<method>`: the result as the CLI's text report.
 async fn report(Path(kind): Path<String>, req: Request) -> Response {
+    answer_from_result(&kind, req, "text/plain; charset=utf-8", "the report failed unexpectedly", |entry, result| Ok(entry.report(result, 25)?)).await
+}
+
+/// Answers a `PlotRequest` to method `kind` with the text `make(entry, result)` gives, as
+/// `content_type`. `make` runs off the event loop (it is quick, but a large result is still
+/// work); `failed` begins the message when it dies (a bug).
+async fn answer_from_result(kind: &str, req: Request, content_type: &'static str, failed: &str, make: impl FnOnce(&'static dyn catalog::Entry, &Value) -> Result<String, ApiError> + Send + 'static) -> Response {
     let text = async {
         let body: PlotRequest = parse_json(&body_bytes(req, MAX_PLOT_BODY).await?)?;
-        let entry = catalog::entry(&kind).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
-        let made = tokio::task::spawn_blocking(move || entry.report(&body.result, 25)).await;
-        match made {
-            Ok(r) => Ok(r?),
-            Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the report failed unexpectedly ({e})"))),
+        let entry = catalog::entry(kind).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+        match tokio::task::spawn_blocking(move || make(entry, &body.result)).await {
+            Ok(r) => r,
+            Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{failed} ({e})"))),
         }
     }
     .await;
     match text {
-        Ok(s) => no_store(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response()),
+        Ok(s) => no_store(([(header::CONTENT_TYPE, content_type)], s).into_response()),
         Err(e) => e.into_response(),
     }
 }

@@ -8,9 +8,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{fixtures, post, Server};
+use common::{cli_json, fixtures, post, same_envelope, Server};
 use glassbox::methods::catalog::{self, Context, InputSpec};
 use glassbox::sae::Sae;
 use glassbox::schema::OptionSchema;
@@ -39,12 +38,6 @@ fn input_flags(input: &Value) -> Vec<String> {
     a
 }
 
-fn cli_json(args: &[String]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(args).output().unwrap();
-    assert!(out.status.success(), "glassbox {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A value as the envelope writes it: heads given as `"L1H2"` become `[1, 2]`.
 fn as_json(v: &Value) -> Value {
     match v {
@@ -57,37 +50,6 @@ fn as_json(v: &Value) -> Value {
             }
         }
         v => v.clone(),
-    }
-}
-
-/// The parts of two envelopes that must agree (all but the seconds).
-fn same_envelope(got: &Value, want: &Value, what: &str) {
-    for k in ["method", "glassbox_version", "model", "input", "metric", "options", "warnings"] {
-        assert_eq!(got[k], want[k], "{what}: `{k}` differs");
-    }
-    assert_close(&got["result"], &want["result"], what);
-}
-
-/// Every number in `a` within 1e-5 (relative) of `b`'s, every other value equal.
-fn assert_close(a: &Value, b: &Value, path: &str) {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{path}: {x} against {y}");
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            assert_eq!(x.len(), y.len(), "{path}: lengths");
-            for (i, (x, y)) in x.iter().zip(y).enumerate() {
-                assert_close(x, y, &format!("{path}[{i}]"));
-            }
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{path}: keys");
-            for (k, v) in x {
-                assert_close(v, &y[k], &format!("{path}.{k}"));
-            }
-        }
-        _ => assert_eq!(a, b, "{path}"),
     }
 }
 

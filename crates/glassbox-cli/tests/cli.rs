@@ -8,12 +8,17 @@ fn fixtures() -> PathBuf {
 }
 
 fn glassbox(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    glassbox_env(args, &[])
+}
+
+/// Runs `glassbox ARGS...`, which must fail with a message holding `expect` (not a panic);
+/// gives its standard output.
+fn assert_fails_with(args: &[&str], expect: &str) -> String {
+    let (ok, stdout, stderr) = glassbox(args);
+    assert!(!ok, "{args:?} succeeded: {stdout}");
+    assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    stdout
 }
 
 #[test]
@@ -86,10 +91,7 @@ fn errors_are_messages_not_panics() {
         (vec!["models", "pull", "gpt-17"], "not a registry model"),
     ];
     for (args, expect) in cases {
-        let (ok, _, stderr) = glassbox(&args);
-        assert!(!ok, "{args:?} succeeded");
-        assert!(stderr.contains(expect), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_fails_with(&args, expect);
     }
 }
 
@@ -176,10 +178,8 @@ fn hostile_arguments_end_in_messages() {
         (vec!["run", "--model", "org/..", "--prompt", "x"], "no such file"),
     ];
     for (args, expect) in cases {
-        let (ok, stdout, stderr) = glassbox(&args);
-        assert!(!ok, "{args:?} succeeded: {stdout}");
-        assert!(stderr.contains(expect), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked") && !stdout.to_lowercase().contains("nan"), "{args:?}: {stderr}");
+        let stdout = assert_fails_with(&args, expect);
+        assert!(!stdout.to_lowercase().contains("nan"), "{args:?}: {stdout}");
     }
 }
 
@@ -298,10 +298,7 @@ fn generate_greedy_sampled_and_steered() {
     for (args, expect) in bad {
         let mut all = vec!["generate", "--model", m, "--prompt", "The cat sat on the"];
         all.extend_from_slice(&args);
-        let (ok, stdout, stderr) = glassbox(&all);
-        assert!(!ok, "{args:?} succeeded: {stdout}");
-        assert!(stderr.contains(expect), "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_fails_with(&all, expect);
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::fixtures;
+use common::{cli_json, fixtures};
 use serde_json::Value;
 
 const PROMPT: &str = "When Mary and John went to the store, John gave a drink to";
@@ -23,9 +23,7 @@ fn plotted(cmd: &[&str], answers: bool, name: &str) -> (Value, String) {
         args.extend(["--prompt", PROMPT, "--correct", " Mary", "--incorrect", " John"]);
     }
     args.extend(["--json", "--plot", out.to_str().unwrap()]);
-    let o = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(&args).output().unwrap();
-    assert!(o.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&o.stderr));
-    (serde_json::from_slice::<Value>(&o.stdout).unwrap()["result"].clone(), std::fs::read_to_string(&out).unwrap())
+    (cli_json(&args)["result"].clone(), std::fs::read_to_string(&out).unwrap())
 }
 
 fn rgb(fill: &str) -> (u8, u8, u8) {
@@ -183,12 +181,7 @@ fn attention_edges_tokens_and_composition() {
     let model = fixtures().join("tiny-llama");
     let m = model.to_str().unwrap();
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plot-attention.svg");
-    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(["attention", "--model", m, "--prompt", PROMPT, "--head", "L1H2", "--head", "L0H0", "--json", "--plot", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: Value = serde_json::from_slice::<Value>(&o.stdout).unwrap()["result"].clone();
+    let j = cli_json(&["attention", "--model", m, "--prompt", PROMPT, "--head", "L1H2", "--head", "L0H0", "--json", "--plot", out.to_str().unwrap()])["result"].clone();
     let svg = std::fs::read_to_string(&out).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let n = j["tokens"].as_array().unwrap().len();
@@ -230,12 +223,7 @@ fn attention_edges_tokens_and_composition() {
     }
 
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plot-composition.svg");
-    let o = Command::new(env!("CARGO_BIN_EXE_glassbox"))
-        .args(["composition", "--model", m, "--head", "L0H1", "--head", "L0H3", "--head", "L1H2", "--json", "--plot", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: Value = serde_json::from_slice::<Value>(&o.stdout).unwrap()["result"].clone();
+    let j = cli_json(&["composition", "--model", m, "--head", "L0H1", "--head", "L0H3", "--head", "L1H2", "--json", "--plot", out.to_str().unwrap()])["result"].clone();
     let doc_text = std::fs::read_to_string(&out).unwrap();
     let doc = roxmltree::Document::parse(&doc_text).unwrap();
     let cells = marks(&doc, "cell");

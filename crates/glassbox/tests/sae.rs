@@ -3,6 +3,8 @@
 //! real package, scripts/make_fixtures.py --only sae); SAE attribution's identities on a tiny
 //! model.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -11,9 +13,7 @@ use glassbox::methods::Prompt;
 use glassbox::sae::{Architecture, Normalize, Sae};
 use glassbox::{HookPoint, Model};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use common::{cleared, corpus_seqs, fixtures, scratch};
 
 fn sae_dir(name: &str) -> PathBuf {
     fixtures().join("sae").join(name)
@@ -87,9 +87,7 @@ fn gemma_scope_parameters_load_with_a_hook() {
 
 #[test]
 fn bad_sae_folders_are_errors() {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-bad");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = scratch("sae-bad");
     let copy = |name: &str, cfg: &dyn Fn(&mut serde_json::Value)| -> PathBuf {
         let d = tmp.join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -197,14 +195,6 @@ fn attribution_of_the_unscaled_saes_and_its_errors() {
     assert!(sae_attribution(&model, &wrong, &prompt, &SaeAttributionOptions::default()).unwrap_err().to_string().contains("out of range"));
 }
 
-/// A small English corpus from the repository's own documentation.
-fn corpus_seqs(model: &Model, context: usize) -> Vec<Vec<u32>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let files = glassbox::sae::corpus::corpus_files(&[root.join("README.md")], &[]).unwrap();
-    let docs = glassbox::sae::corpus::read_documents(&files).unwrap();
-    glassbox::sae::corpus::sequences(model, &docs, context).unwrap()
-}
-
 fn small_options() -> glassbox::sae::train::TrainOptions {
     glassbox::sae::train::TrainOptions { d_sae: 96, k: 6, batch_size: 128, tokens: 128 * 40, context: 48, buffer: 1024, checkpoint_every: 0, ..Default::default() }
 }
@@ -213,8 +203,7 @@ fn small_options() -> glassbox::sae::train::TrainOptions {
 fn a_trained_topk_sae_learns_loads_and_evaluates() {
     use glassbox::sae::train::train;
     let (model, prompt) = tiny();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-topk");
-    let _ = std::fs::remove_dir_all(&out);
+    let out = cleared("sae-train-topk");
     let seqs = corpus_seqs(&model, 48);
     let mut fvu = Vec::new();
     train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::ResidPost(0), hook_out: None, out: &out, resume: false }, seqs.clone(), &small_options(), &mut |r| {
@@ -243,8 +232,7 @@ fn a_trained_topk_sae_learns_loads_and_evaluates() {
 fn training_resumes_from_its_checkpoint_and_transcoders_train() {
     use glassbox::sae::train::train;
     let (model, _) = tiny();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-resume");
-    let _ = std::fs::remove_dir_all(&out);
+    let out = cleared("sae-train-resume");
     let seqs = corpus_seqs(&model, 48);
     let opts = glassbox::sae::train::TrainOptions { checkpoint_every: 10, ..small_options() };
     // Stopped after step 15: a checkpoint is written there.
@@ -268,8 +256,7 @@ fn training_resumes_from_its_checkpoint_and_transcoders_train() {
     assert!(err.contains("same model, hook points and sizes"), "{err}");
 
     // A transcoder: BatchTopK, saved as a JumpReLU transcoder.
-    let tc = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sae-train-transcoder");
-    let _ = std::fs::remove_dir_all(&tc);
+    let tc = cleared("sae-train-transcoder");
     train(&model, &glassbox::sae::train::Site { hook_in: HookPoint::Ln2Normalized(1), hook_out: Some(HookPoint::MlpOut(1)), out: &tc, resume: false }, seqs.clone(), &small_options(), &mut |_| true).unwrap();
     let t = Sae::load(&tc, None).unwrap();
     assert_eq!((t.cfg.architecture, t.cfg.hook_out), (Architecture::JumpRelu, Some(HookPoint::MlpOut(1))));

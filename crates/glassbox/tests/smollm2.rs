@@ -7,8 +7,8 @@ mod common;
 use std::sync::OnceLock;
 
 use candle_core::{DType, D};
-use common::{fixtures, max_abs_diff, Reference};
-use glassbox::{registry, Batch, Hooks, Model};
+use common::{fixtures, Reference};
+use glassbox::{registry, Hooks, Model};
 
 pub fn smollm2() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
@@ -36,9 +36,7 @@ fn config_read_from_gguf_metadata() {
 fn tokenizes_like_transformers() {
     let model = smollm2();
     let reference = Reference::load(fixtures().join("smollm2/reference.safetensors"));
-    for (i, prompt) in reference.prompts().iter().enumerate() {
-        assert_eq!(model.tokenize(prompt).unwrap(), reference.ids(i), "prompt {prompt:?}");
-    }
+    reference.assert_tokenizes_prompts(model);
     let ids = model.tokenize(IOI).unwrap();
     assert_eq!(ids.len(), 15);
     assert_eq!(ids[0], 1, "BOS first");
@@ -50,16 +48,7 @@ fn tokenizes_like_transformers() {
 fn last_logits_match_transformers() {
     let model = smollm2();
     let reference = Reference::load(fixtures().join("smollm2/reference.safetensors"));
-    for i in 0..3 {
-        let out = model.forward(&Batch::new(&[reference.ids(i)]).unwrap(), &Hooks::new()).unwrap();
-        let ours = out.last_logits().unwrap().squeeze(0).unwrap();
-        let theirs = reference.get(&format!("p{i}.last_logits"));
-        let d = max_abs_diff(&ours, theirs);
-        eprintln!("prompt {i}: max |logit - transformers| = {d:e}");
-        assert!(d <= 1e-3, "prompt {i}: max |logit - transformers| = {d:e}");
-        let top = |t: &candle_core::Tensor| t.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
-        assert_eq!(top(&ours), top(theirs), "prompt {i}: top-1 token");
-    }
+    reference.assert_last_logits_match(model, &Hooks::new());
 }
 
 #[test]

@@ -2,26 +2,16 @@
 //! and output from the same forward), checkpointed and resumed, written in circuit-tracer's
 //! per-layer layout and loaded back.
 
-use std::path::PathBuf;
+mod common;
 
 use glassbox::sae::set::TranscoderSet;
 use glassbox::sae::train_set::{train_set, SetTrainOptions};
 use glassbox::{HookPoint, Model};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use common::{cleared, corpus_seqs, load_tiny};
 
 fn tiny() -> Model {
-    Model::load(&fixtures().join("tiny-llama")).unwrap()
-}
-
-/// A small English corpus from the repository's own documentation.
-fn corpus_seqs(model: &Model, context: usize) -> Vec<Vec<u32>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let files = glassbox::sae::corpus::corpus_files(&[root.join("README.md")], &[]).unwrap();
-    let docs = glassbox::sae::corpus::read_documents(&files).unwrap();
-    glassbox::sae::corpus::sequences(model, &docs, context).unwrap()
+    load_tiny("tiny-llama")
 }
 
 fn small() -> SetTrainOptions {
@@ -31,8 +21,7 @@ fn small() -> SetTrainOptions {
 #[test]
 fn a_transcoder_set_trains_for_every_layer_at_once_and_loads() {
     let model = tiny();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tset-train");
-    let _ = std::fs::remove_dir_all(&out);
+    let out = cleared("tset-train");
     let seqs = corpus_seqs(&model, 48);
     let mut fvu: Vec<Vec<f32>> = Vec::new();
     train_set(&model, seqs.clone(), &small(), &out, false, &mut |r| {
@@ -62,8 +51,7 @@ fn a_transcoder_set_trains_for_every_layer_at_once_and_loads() {
 #[test]
 fn a_set_resumes_from_its_checkpoint_and_refuses_other_sizes() {
     let model = tiny();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tset-resume");
-    let _ = std::fs::remove_dir_all(&out);
+    let out = cleared("tset-resume");
     let seqs = corpus_seqs(&model, 48);
     let opts = SetTrainOptions { checkpoint_every: 10, ..small() };
     let err = train_set(&model, seqs.clone(), &opts, &out, false, &mut |r| r.step < 15).unwrap_err().to_string();

@@ -1,10 +1,14 @@
-//! A `glassbox serve` process for the tests: started on a free loopback port, killed on drop.
+//! Shared by the CLI's tests: a `glassbox serve` process (started on a free loopback port, killed
+//! on drop), HTTP calls to it, the CLI's `--json` output, and the comparison of two envelopes.
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -61,12 +65,50 @@ pub fn call(req: ureq::Request, body: Option<&str>) -> (u16, String, String) {
     (status, ctype, resp.into_string().unwrap())
 }
 
-pub fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
+pub fn post(url: &str, body: &str) -> (u16, Value) {
     let (s, _, text) = call(ureq::post(url), Some(body));
     (s, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
 }
 
-pub fn get(url: &str) -> (u16, serde_json::Value) {
+pub fn get(url: &str) -> (u16, Value) {
     let (s, _, text) = call(ureq::get(url), None);
     (s, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+/// `glassbox ARGS...`'s standard output as JSON; the command must succeed.
+pub fn cli_json<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_glassbox")).args(args).output().unwrap();
+    assert!(out.status.success(), "glassbox {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The parts of two envelopes that must agree (all but the seconds).
+pub fn same_envelope(got: &Value, want: &Value, what: &str) {
+    for k in ["method", "glassbox_version", "model", "input", "metric", "options", "warnings"] {
+        assert_eq!(got[k], want[k], "{what}: `{k}` differs");
+    }
+    assert_close(&got["result"], &want["result"], what);
+}
+
+/// Every number in `a` within 1e-5 (relative) of `b`'s, every other value equal.
+pub fn assert_close(a: &Value, b: &Value, path: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{path}: {x} against {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}: lengths");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_close(x, y, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{path}: keys");
+            for (k, v) in x {
+                assert_close(v, &y[k], &format!("{path}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{path}"),
+    }
 }

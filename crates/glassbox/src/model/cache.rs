@@ -145,16 +145,10 @@ impl ActivationCache {
     /// residual stream. `incl_remainder` adds a `remainder` component: the residual stream at
     /// `layer` minus the heads (everything else), so the stack sums to it.
     pub fn stack_head_results(&self, model: &Model, layer: Option<usize>, apply_ln: bool, incl_remainder: bool) -> Result<Stack> {
-        let n = self.upto(model, layer)?;
-        let mut parts = Vec::new();
-        for l in 0..n {
+        let parts = split_per_layer(self.upto(model, layer)?, model.config.n_heads, 'H', |l| {
             let z = self.get(HookPoint::Z(l))?;
-            let scale = model.attn_post_scale(l, z)?;
-            let r = model.head_results(l, z, scale.as_ref())?; // [b, p, h, d]
-            for h in 0..model.config.n_heads {
-                parts.push((format!("L{l}H{h}"), r.i((.., .., h))?.contiguous()?));
-            }
-        }
+            model.head_results(l, z, model.attn_post_scale(l, z)?.as_ref()) // [b, p, h, d]
+        })?;
         self.with_remainder(model, layer, parts, incl_remainder, apply_ln)
     }
 
@@ -163,16 +157,10 @@ impl ActivationCache {
     /// `[n · d_mlp, b, p, d_model]`; restrict the cache to the positions wanted first
     /// (`at_positions`).
     pub fn stack_neuron_results(&self, model: &Model, layer: Option<usize>, apply_ln: bool, incl_remainder: bool) -> Result<Stack> {
-        let n = self.upto(model, layer)?;
-        let mut parts = Vec::new();
-        for l in 0..n {
+        let parts = split_per_layer(self.upto(model, layer)?, model.config.d_mlp, 'N', |l| {
             let post = self.get(HookPoint::MlpPost(l))?;
-            let scale = model.mlp_post_scale(l, post)?;
-            let r = model.neuron_results(l, post, scale.as_ref())?; // [b, p, m, d]
-            for k in 0..model.config.d_mlp {
-                parts.push((format!("L{l}N{k}"), r.i((.., .., k))?.contiguous()?));
-            }
-        }
+            model.neuron_results(l, post, model.mlp_post_scale(l, post)?.as_ref()) // [b, p, m, d]
+        })?;
         self.with_remainder(model, layer, parts, incl_remainder, apply_ln)
     }
 
@@ -248,4 +236,18 @@ fn check_index(idx: &[usize], n: usize, what: &str) -> Result<()> {
         Some(i) => Err(Error::Invalid(format!("{what} {i} is out of range: there are {n}"))),
         None => Ok(()),
     }
+}
+
+/// The components of the first `n` layers, labelled `L{l}{kind}{c}`: `results(l)` gives layer
+/// `l`'s `[b, p, per_layer, d]`, split along its third dimension into `per_layer` tensors
+/// `[b, p, d]`.
+fn split_per_layer(n: usize, per_layer: usize, kind: char, results: impl Fn(usize) -> Result<Tensor>) -> Result<Vec<(String, Tensor)>> {
+    let mut parts = Vec::new();
+    for l in 0..n {
+        let r = results(l)?;
+        for c in 0..per_layer {
+            parts.push((format!("L{l}{kind}{c}"), r.i((.., .., c))?.contiguous()?));
+        }
+    }
+    Ok(parts)
 }

@@ -248,11 +248,8 @@ fn to_float<B: GgmlType>(src: &[u8], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::test_support::data;
     use candle_core::quantized::QTensor;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
-    }
 
     /// Every format: rows dequantize bit for bit as candle's `QTensor::dequantize`; row
     /// selection and the rotary unpermutation equal the same operations on the f32 matrix.

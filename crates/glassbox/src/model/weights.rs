@@ -288,6 +288,11 @@ impl Norm {
 }
 
 impl MlpWeights {
+    /// A gated MLP without biases, as the experts of a mixture are.
+    pub(crate) fn gated_unbiased(w_gate: Matrix, w_in: Matrix, w_out: Matrix) -> Self {
+        MlpWeights { w_gate: Some(w_gate), b_gate: None, w_in, b_in: None, w_out, b_out: None }
+    }
+
     fn to_dtype(&self, dtype: DType, dense: bool) -> Result<Self> {
         Ok(MlpWeights {
             w_in: self.w_in.to_dtype(dtype, dense)?,

@@ -460,34 +460,51 @@ fn batch_topk_mask(h: &[Vec<f32>], n: usize) -> Result<(Tensor, f64)> {
     Ok((Tensor::from_vec(out, (h.len(), d), &Device::Cpu)?, if min_kept.is_finite() { min_kept as f64 } else { 0.0 }))
 }
 
-fn save_checkpoint(dir: &Path, snap: &Snapshot, model: &Model, site: &Site) -> Result<()> {
-    let Snapshot { params: p, moments, state, last_fired, .. } = *snap;
+/// Writes a checkpoint folder whole or not at all: `fill` writes the tensors (and whatever else
+/// the trainer keeps) into a fresh sibling `DIR.tmp`, the trainer's `state` goes to its
+/// `trainer_state.json`, and the folder then replaces `dir`. Shared by the SAE and the
+/// transcoder-set trainers.
+pub(super) fn write_checkpoint_dir<S: Serialize>(dir: &Path, state: &S, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        t.insert(name.to_string(), p.all()[i].as_tensor().clone());
-        t.insert(format!("adam_m.{name}"), moments[i].0.clone());
-        t.insert(format!("adam_v.{name}"), moments[i].1.clone());
-    }
-    t.insert("last_fired".into(), Tensor::from_vec(last_fired.iter().map(|&x| x as f64).collect::<Vec<_>>(), last_fired.len(), &Device::Cpu)?);
-    candle_core::safetensors::save(&t, tmp.join("trainer_state.safetensors"))?;
+    fill(&tmp)?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
     std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| Error::io(&tmp, e))?;
-    // The SAE as it stands, loadable on its own.
-    save_sae(&tmp.join("sae"), snap, model, site)?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     Ok(())
 }
 
+/// The trainer's state from a checkpoint folder's `trainer_state.json`; a missing one asks to
+/// start without `--resume`.
+pub(super) fn read_checkpoint_state<S: serde::de::DeserializeOwned>(dir: &Path) -> Result<S> {
+    let path = dir.join("trainer_state.json");
+    let text = crate::model::load::read_json_text(&path, 1 << 20)
+        .map_err(|e| Error::Invalid(format!("no checkpoint to resume in {} ({e}); start without --resume", crate::error::printable(&dir.display()))))?;
+    serde_json::from_str(&text).map_err(|e| Error::Corrupt { path, detail: e.to_string() })
+}
+
+fn save_checkpoint(dir: &Path, snap: &Snapshot, model: &Model, site: &Site) -> Result<()> {
+    let Snapshot { params: p, moments, state, last_fired, .. } = *snap;
+    write_checkpoint_dir(dir, state, |tmp| {
+        let mut t: HashMap<String, Tensor> = HashMap::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            t.insert(name.to_string(), p.all()[i].as_tensor().clone());
+            t.insert(format!("adam_m.{name}"), moments[i].0.clone());
+            t.insert(format!("adam_v.{name}"), moments[i].1.clone());
+        }
+        t.insert("last_fired".into(), Tensor::from_vec(last_fired.iter().map(|&x| x as f64).collect::<Vec<_>>(), last_fired.len(), &Device::Cpu)?);
+        candle_core::safetensors::save(&t, tmp.join("trainer_state.safetensors"))?;
+        // The SAE as it stands, loadable on its own.
+        save_sae(&tmp.join("sae"), snap, model, site)
+    })
+}
+
 type Loaded = (Params, Vec<(Tensor, Tensor)>, State, Vec<usize>);
 
 fn load_checkpoint(dir: &Path, model: &Model, hook_in: HookPoint, hook_out: Option<HookPoint>, opts: &TrainOptions) -> Result<Loaded> {
-    let text = crate::model::load::read_json_text(&dir.join("trainer_state.json"), 1 << 20)
-        .map_err(|e| Error::Invalid(format!("no checkpoint to resume in {} ({e}); start without --resume", crate::error::printable(&dir.display()))))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: dir.join("trainer_state.json"), detail: e.to_string() })?;
+    let state: State = read_checkpoint_state(dir)?;
     let same = state.hook_in == hook_in.to_string() && state.hook_out == hook_out.map(|h| h.to_string()) && state.model == model.name();
     let o = &state.options;
     if !same || o.d_sae != opts.d_sae || o.k != opts.k || o.sparsity != opts.sparsity || o.batch_size != opts.batch_size || o.context != opts.context {

@@ -55,6 +55,29 @@ impl Reference {
     pub fn prompts(&self) -> Vec<String> {
         serde_json::from_str(&self.metadata["prompts"]).expect("prompts metadata")
     }
+
+    /// Asserts that `model` tokenizes every prompt of the reference to the reference's ids.
+    pub fn assert_tokenizes_prompts(&self, model: &Model) {
+        for (i, prompt) in self.prompts().iter().enumerate() {
+            assert_eq!(model.tokenize(prompt).unwrap(), self.ids(i), "prompt {prompt:?}");
+        }
+    }
+
+    /// Asserts that the last logits of the first three prompts (run with `hooks`) are within
+    /// 1e-3 of the reference's `p{i}.last_logits`, with the same top token.
+    pub fn assert_last_logits_match(&self, model: &Model, hooks: &glassbox::Hooks) {
+        use candle_core::D;
+        for i in 0..3 {
+            let out = model.forward(&glassbox::Batch::new(&[self.ids(i)]).unwrap(), hooks).unwrap();
+            let ours = out.last_logits().unwrap().squeeze(0).unwrap();
+            let theirs = self.get(&format!("p{i}.last_logits"));
+            let d = max_abs_diff(&ours, theirs);
+            eprintln!("prompt {i}: max |logit - transformers| = {d:e}");
+            assert!(d <= 1e-3, "prompt {i}: max |logit - transformers| = {d:e}");
+            let top = |t: &Tensor| t.argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
+            assert_eq!(top(&ours), top(theirs), "prompt {i}: top-1 token");
+        }
+    }
 }
 
 /// `max |a - b|` over all elements (shapes must match).
@@ -304,12 +327,28 @@ pub fn gguf_parts_from_fixture(name: &str, arch: &str) -> GgufParts {
     GgufParts { meta, tensors }
 }
 
-/// A fresh scratch folder under the target directory.
-pub fn scratch(name: &str) -> PathBuf {
+/// A path under the target directory with nothing at it (what an earlier run left is removed),
+/// for a folder the code under test makes itself.
+pub fn cleared(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A fresh scratch folder under the target directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = cleared(name);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A small English corpus from the repository's own documentation, as sequences of `context`
+/// tokens.
+pub fn corpus_seqs(model: &Model, context: usize) -> Vec<Vec<u32>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let files = glassbox::sae::corpus::corpus_files(&[root.join("README.md")], &[]).unwrap();
+    let docs = glassbox::sae::corpus::read_documents(&files).unwrap();
+    glassbox::sae::corpus::sequences(model, &docs, context).unwrap()
 }
 
 /// The IOI contrast on a tiny model (in f64) whose corrupted run is ε-close to the clean one: a

@@ -128,6 +128,21 @@ impl Dims {
     fn k_tiles(&self) -> usize {
         self.kp.div_ceil(BK)
     }
+    /// Unit `u` of the per-query-tile loops as `(prompt, head, query tile)`.
+    fn query_unit(&self, u: usize) -> (usize, usize, usize) {
+        (u / (self.h * self.q_tiles()), (u / self.q_tiles()) % self.h, u % self.q_tiles())
+    }
+    /// Query tile `qt`'s rows `i0..i1`.
+    fn query_rows(&self, qt: usize) -> (usize, usize) {
+        (qt * BQ, ((qt + 1) * BQ).min(self.p))
+    }
+    /// The key tiles `j0..j1` that some query of rows `i0..i1` of prompt `bi` sees, in order.
+    fn key_tiles_seen(&self, mask: &AttnMask, bi: usize, (i0, i1): (usize, usize)) -> impl Iterator<Item = (usize, usize)> {
+        let lo = (i0..i1).map(|i| mask.keys(bi, i).0).min().unwrap_or(0);
+        let hi = (i0..i1).map(|i| mask.keys(bi, i).1).max().unwrap_or(0);
+        let kp = self.kp;
+        (lo / BK * BK..hi).step_by(BK).map(move |j0| (j0, (j0 + BK).min(kp)))
+    }
 }
 
 /// `a · b + c`, as one fused multiply-add where the CPU has one (the tile loops' only product).
@@ -254,23 +269,30 @@ impl AttnOp {
         MIN_PART / (BQ * d.kp.min(4 * BK) * d.dh).max(1) + 1
     }
 
+    /// Runs `unit(u, scratch, avx)` for every unit `u < units`, split across the kernels'
+    /// threads with one scratch per part; `avx` says whether AVX2 and FMA are there.
+    fn for_units<T: Elem>(d: &Dims, units: usize, unit: &(dyn Fn(usize, &mut Scratch<T>, bool) + Sync)) {
+        let avx = kernels::available();
+        kernels::for_ranges(units, Self::min_units(d), &|u0, u1| {
+            let mut sc = Scratch::<T>::new(d);
+            for u in u0..u1 {
+                unit(u, &mut sc, avx);
+            }
+        });
+    }
+
     fn fwd<T: Elem>(&self, d: &Dims, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<f64>) {
         let mut z = vec![T::zero(); d.b * d.p * d.h * d.dv];
         let mut lse = vec![0f64; d.b * d.h * d.p];
         let (zs, ls) = (Shared::of(&mut z), Shared::of(&mut lse));
-        let units = d.b * d.h * d.q_tiles();
-        kernels::for_ranges(units, Self::min_units(d), &|u0, u1| {
-            let mut sc = Scratch::<T>::new(d);
-            for u in u0..u1 {
-                let (bi, hh, qt) = (u / (d.h * d.q_tiles()), (u / d.q_tiles()) % d.h, u % d.q_tiles());
-                if kernels::available() {
-                    // SAFETY: the CPU has AVX2 and FMA (`available`); the unit writes only its
-                    // own rows of z and lse.
-                    unsafe { self.fwd_unit_avx(d, (q, k, v), (bi, hh, qt), &mut sc, (&zs, &ls)) }
-                } else {
-                    // SAFETY: as above, without the instruction sets.
-                    unsafe { self.fwd_unit::<T, false>(d, (q, k, v), (bi, hh, qt), &mut sc, (&zs, &ls)) }
-                }
+        Self::for_units(d, d.b * d.h * d.q_tiles(), &|u, sc, avx| {
+            if avx {
+                // SAFETY: the CPU has AVX2 and FMA (`available`); the unit writes only its own
+                // rows of z and lse.
+                unsafe { self.fwd_unit_avx(d, (q, k, v), d.query_unit(u), sc, (&zs, &ls)) }
+            } else {
+                // SAFETY: as above, without the instruction sets.
+                unsafe { self.fwd_unit::<T, false>(d, (q, k, v), d.query_unit(u), sc, (&zs, &ls)) }
             }
         });
         (z, lse)
@@ -292,16 +314,12 @@ impl AttnOp {
     unsafe fn fwd_unit<T: Elem, const FMA: bool>(&self, d: &Dims, (q, k, v): (&[T], &[T], &[T]), (bi, hh, qt): (usize, usize, usize), sc: &mut Scratch<T>, (zs, ls): (&Shared<T>, &Shared<f64>)) {
         let mask = &self.spec.mask;
         let g = hh / d.group();
-        let (i0, i1) = (qt * BQ, ((qt + 1) * BQ).min(d.p));
+        let (i0, i1) = d.query_rows(qt);
         let rows = i1 - i0;
         let mut m = vec![T::neg_infinity(); rows];
         let mut l = vec![T::zero(); rows];
         let mut acc = vec![T::zero(); rows * d.dv];
-        let lo = (i0..i1).map(|i| mask.keys(bi, i).0).min().unwrap_or(0);
-        let hi = (i0..i1).map(|i| mask.keys(bi, i).1).max().unwrap_or(0);
-        let mut j0 = lo / BK * BK;
-        while j0 < hi {
-            let j1 = (j0 + BK).min(d.kp);
+        for (j0, j1) in d.key_tiles_seen(mask, bi, (i0, i1)) {
             let n = j1 - j0;
             gather(d, (k, v), (bi, g, j0, j1), &mut sc.kt, &mut sc.vr, None);
             for (r, i) in (i0..i1).enumerate() {
@@ -333,7 +351,6 @@ impl AttnOp {
                 l[r] = l[r] * corr + sum;
                 m[r] = new_m;
             }
-            j0 = j1;
         }
         for (r, i) in (i0..i1).enumerate() {
             let zi = d.z(bi, i, hh);
@@ -367,34 +384,25 @@ impl AttnOp {
         let ctx = GradCtx { d: *d, q, k, v, dz, lse, dd: &dd };
         // dk and dv: one unit per key tile of a key/value head (its keys are its own).
         let (dks, dvs) = (Shared::of(&mut dk), Shared::of(&mut dv));
-        let units = d.b * d.kv * d.k_tiles();
-        kernels::for_ranges(units, Self::min_units(d), &|u0, u1| {
-            let mut sc = Scratch::<T>::new(d);
-            for u in u0..u1 {
-                let (bi, g, kt) = (u / (d.kv * d.k_tiles()), (u / d.k_tiles()) % d.kv, u % d.k_tiles());
-                if kernels::available() {
-                    // SAFETY: AVX2 and FMA are there; the unit writes only its keys' rows.
-                    unsafe { self.dkv_unit_avx(&ctx, (bi, g, kt), &mut sc, (&dks, &dvs)) }
-                } else {
-                    // SAFETY: as above, without the instruction sets.
-                    unsafe { self.dkv_unit::<T, false>(&ctx, (bi, g, kt), &mut sc, (&dks, &dvs)) }
-                }
+        Self::for_units(d, d.b * d.kv * d.k_tiles(), &|u, sc, avx| {
+            let unit = (u / (d.kv * d.k_tiles()), (u / d.k_tiles()) % d.kv, u % d.k_tiles());
+            if avx {
+                // SAFETY: AVX2 and FMA are there; the unit writes only its keys' rows.
+                unsafe { self.dkv_unit_avx(&ctx, unit, sc, (&dks, &dvs)) }
+            } else {
+                // SAFETY: as above, without the instruction sets.
+                unsafe { self.dkv_unit::<T, false>(&ctx, unit, sc, (&dks, &dvs)) }
             }
         });
         // dq: one unit per query tile of a head.
         let dqs = Shared::of(&mut dq);
-        let units = d.b * d.h * d.q_tiles();
-        kernels::for_ranges(units, Self::min_units(d), &|u0, u1| {
-            let mut sc = Scratch::<T>::new(d);
-            for u in u0..u1 {
-                let (bi, hh, qt) = (u / (d.h * d.q_tiles()), (u / d.q_tiles()) % d.h, u % d.q_tiles());
-                if kernels::available() {
-                    // SAFETY: AVX2 and FMA are there; the unit writes only its queries' rows.
-                    unsafe { self.dq_unit_avx(&ctx, (bi, hh, qt), &mut sc, &dqs) }
-                } else {
-                    // SAFETY: as above, without the instruction sets.
-                    unsafe { self.dq_unit::<T, false>(&ctx, (bi, hh, qt), &mut sc, &dqs) }
-                }
+        Self::for_units(d, d.b * d.h * d.q_tiles(), &|u, sc, avx| {
+            if avx {
+                // SAFETY: AVX2 and FMA are there; the unit writes only its queries' rows.
+                unsafe { self.dq_unit_avx(&ctx, d.query_unit(u), sc, &dqs) }
+            } else {
+                // SAFETY: as above, without the instruction sets.
+                unsafe { self.dq_unit::<T, false>(&ctx, d.query_unit(u), sc, &dqs) }
             }
         });
         (dq, dk, dv)
@@ -489,14 +497,10 @@ impl AttnOp {
         let d = &c.d;
         let mask = &self.spec.mask;
         let g = hh / d.group();
-        let (i0, i1) = (qt * BQ, ((qt + 1) * BQ).min(d.p));
+        let (i0, i1) = d.query_rows(qt);
         let rows = i1 - i0;
         let mut acc = vec![T::zero(); rows * d.dh];
-        let lo = (i0..i1).map(|i| mask.keys(bi, i).0).min().unwrap_or(0);
-        let hi = (i0..i1).map(|i| mask.keys(bi, i).1).max().unwrap_or(0);
-        let mut j0 = lo / BK * BK;
-        while j0 < hi {
-            let j1 = (j0 + BK).min(d.kp);
+        for (j0, j1) in d.key_tiles_seen(mask, bi, (i0, i1)) {
             let n = j1 - j0;
             gather(d, (c.k, c.v), (bi, g, j0, j1), &mut sc.kt, &mut sc.vr, Some(&mut sc.vt));
             for (cc, j) in (j0..j1).enumerate() {
@@ -516,7 +520,6 @@ impl AttnOp {
                     }
                 }
             }
-            j0 = j1;
         }
         for (r, i) in (i0..i1).enumerate() {
             let qi = d.q(bi, i, hh);

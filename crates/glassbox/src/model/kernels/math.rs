@@ -66,13 +66,14 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::test_support::require_kernels;
 
     /// The vectorised `exp(−x)` within a relative 2ε of the exact value wherever the result is a
     /// normal float, and clamped (never NaN, never an overflow to infinity) outside.
     #[test]
     #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn exp_neg_is_within_two_epsilon() {
-        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
+        require_kernels();
         let x: Vec<f32> = (0..200_001).map(|i| (i as f32 - 100_000.0) / 1000.0).chain([f32::MAX, f32::MIN, 0.0, -0.0]).collect();
         let mut out = vec![0f32; x.len()];
         exp_neg(&x[..x.len() - 3], &mut out[..x.len() - 3]); // an odd length: the tail path

@@ -49,3 +49,17 @@ pub(crate) fn cpu_has_kernels() -> bool {
         false
     }
 }
+
+/// What the kernels' tests (and the quantized formats') share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// `n` floats in [-1, 1) spread over 200 steps, a fixed function of `seed`.
+    pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
+    }
+
+    /// Fails the test where this CPU cannot run the kernels (their tests are ignored off x86-64).
+    pub(crate) fn require_kernels() {
+        assert!(super::cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
+    }
+}

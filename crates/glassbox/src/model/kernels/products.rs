@@ -476,10 +476,7 @@ mod avx {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
-    }
+    use crate::model::kernels::test_support::{data, require_kernels};
 
     /// Quantized weights of every format: the products on the blocks bit for bit equal to the
     /// products on the dequantized weight (odd row counts, both thread splits, a row count
@@ -489,7 +486,7 @@ mod tests {
     fn quantized_products_match_the_dequantized_weight() {
         use candle_core::quantized::QTensor;
         use candle_core::{DType, Device, Tensor};
-        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
+        require_kernels();
         for format in crate::model::quant::FORMATS {
             let b = format.block_size();
             for &(n, k, m) in &[(7, 2 * b, 3), (130, 3 * b, 15), (259, 576 / b * b + b, 16), (12, b, 1), (70, 2 * b, 200)] {
@@ -510,24 +507,24 @@ mod tests {
     #[test]
     #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn kernels_match_naive_products() {
-        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
+        require_kernels();
         for &(m, k, n) in &[(1, 8, 4), (2, 37, 5), (3, 64, 130), (5, 100, 67), (15, 576, 259), (64, 33, 9), (37, 800, 13), (300, 70, 23), (9, 13, 7)] {
             let x = data(m * k, 1);
             let w = data(n * k, 2);
             let y = x_wt(&x, &w, m, k, n);
-            for i in 0..m {
-                for j in 0..n {
-                    let r: f64 = (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum();
-                    assert!((y[i * n + j] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()), "x_wt {m}x{k}x{n} at ({i},{j})");
-                }
-            }
+            assert_cells_near(&y, m, n, &format!("x_wt {m}x{k}x{n}"), |i, j| (0..k).map(|t| x[i * k + t] as f64 * w[j * k + t] as f64).sum());
             let g = data(m * n, 3);
             let dx = g_w(&g, &w, m, n, k);
-            for i in 0..m {
-                for t in 0..k {
-                    let r: f64 = (0..n).map(|j| g[i * n + j] as f64 * w[j * k + t] as f64).sum();
-                    assert!((dx[i * k + t] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()), "g_w {m}x{n}x{k} at ({i},{t})");
-                }
+            assert_cells_near(&dx, m, k, &format!("g_w {m}x{n}x{k}"), |i, t| (0..n).map(|j| g[i * n + j] as f64 * w[j * k + t] as f64).sum());
+        }
+    }
+
+    /// Every cell `(i, j)` of the `rows × cols` matrix `got` within 1e-4 (relative) of `want(i, j)`.
+    fn assert_cells_near(got: &[f32], rows: usize, cols: usize, what: &str, want: impl Fn(usize, usize) -> f64) {
+        for i in 0..rows {
+            for j in 0..cols {
+                let r = want(i, j);
+                assert!((got[i * cols + j] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()), "{what} at ({i},{j})");
             }
         }
     }

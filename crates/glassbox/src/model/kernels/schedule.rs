@@ -187,18 +187,15 @@ unsafe impl Send for SendPtr {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::{cpu_has_kernels, g_w, x_wt};
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 200) as f32 / 100.0 - 1.0).collect()
-    }
+    use crate::model::kernels::test_support::{data, require_kernels};
+    use crate::model::kernels::{g_w, x_wt};
 
     /// Two streams at once give the products bit for bit what one stream gives (the parts are
     /// the same, run one after another), and both streams' results come back.
     #[test]
     #[cfg_attr(not(target_arch = "x86_64"), ignore = "the kernels are x86-64 only")]
     fn concurrent_streams_give_the_same_figures() {
-        assert!(cpu_has_kernels(), "this CPU lacks AVX2, FMA or F16C: the kernels cannot be tested here");
+        require_kernels();
         let (m, n, k) = (15, 1024, 96);
         let (g, w) = (data(m * n, 3), data(n * k, 4));
         let alone = g_w(&g, &w, m, n, k);

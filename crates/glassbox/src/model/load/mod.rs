@@ -435,34 +435,20 @@ pub(crate) fn build_weights(
                     .map(|e| {
                         if let Some((g, u, dn)) = &stacked {
                             let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.get(e)?.contiguous()?) };
-                            return Ok(MlpWeights { w_gate: Some(pick(g)?.into()), b_gate: None, w_in: pick(u)?.into(), b_in: None, w_out: pick(dn)?.into(), b_out: None });
+                            return Ok(MlpWeights::gated_unbiased(pick(g)?.into(), pick(u)?.into(), pick(dn)?.into()));
                         }
                         let mut get = |t: T, shape: &[usize]| -> Result<Matrix> {
                             let (t, template) = expert(t, e);
                             let name = name_at(&template, l);
                             fetch_name_matrix(src, &name, t != T::No, shape, lin)?.ok_or(Error::MissingTensor { name })
                         };
-                        Ok(MlpWeights {
-                            w_gate: Some(get(names.expert_gate, &[m, d])?),
-                            b_gate: None,
-                            w_in: get(names.expert_up, &[m, d])?,
-                            b_in: None,
-                            w_out: get(names.expert_down, &[d, m])?,
-                            b_out: None,
-                        })
+                        Ok(MlpWeights::gated_unbiased(get(names.expert_gate, &[m, d])?, get(names.expert_up, &[m, d])?, get(names.expert_down, &[d, m])?))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let shared = match moe.shared_expert {
                     Some(w) => {
                         let mut get = |t: T, shape: &[usize]| -> Result<Matrix> { required_matrix(fetch_matrix(src, t, l, shape, lin)?, t, l) };
-                        let expert = MlpWeights {
-                            w_gate: Some(get(names.shared_gate, &[w, d])?),
-                            b_gate: None,
-                            w_in: get(names.shared_up, &[w, d])?,
-                            b_in: None,
-                            w_out: get(names.shared_down, &[d, w])?,
-                            b_out: None,
-                        };
+                        let expert = MlpWeights::gated_unbiased(get(names.shared_gate, &[w, d])?, get(names.shared_up, &[w, d])?, get(names.shared_down, &[d, w])?);
                         Some((expert, required(fetch(src, names.shared_expert_gate, l, &[1, d], lin)?, names.shared_expert_gate, l)?))
                     }
                     None => None,

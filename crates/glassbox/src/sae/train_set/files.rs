@@ -10,35 +10,30 @@ use super::{plt_hooks, Layer, SetTrainOptions, State, NAMES};
 use crate::error::{Error, Result};
 use crate::model::{HookPoint, Model};
 use crate::sae::set::{TranscoderSet, SET_CONFIG};
+use crate::sae::train::{read_checkpoint_state, write_checkpoint_dir};
 
 fn tensor(v: &[f32], shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_slice(v, shape, &Device::Cpu)?)
 }
 
 pub(super) fn save_checkpoint(dir: &Path, layers: &[Layer], state: &State, model: &Model) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let o = &state.options;
-    for (l, layer) in layers.iter().enumerate() {
-        let shapes = layer_shapes(o.d_sae, layer.w_enc.len() / o.d_sae, layer.b_dec.len());
-        let mut t: HashMap<String, Tensor> = HashMap::new();
-        for (i, name) in NAMES.iter().enumerate() {
-            t.insert(name.to_string(), tensor(layer.params()[i], &shapes[i])?);
-            t.insert(format!("adam_m.{name}"), tensor(&layer.m[i], &shapes[i])?);
-            t.insert(format!("adam_v.{name}"), tensor(&layer.v[i], &shapes[i])?);
+    write_checkpoint_dir(dir, state, |tmp| {
+        let o = &state.options;
+        for (l, layer) in layers.iter().enumerate() {
+            let shapes = layer_shapes(o.d_sae, layer.w_enc.len() / o.d_sae, layer.b_dec.len());
+            let mut t: HashMap<String, Tensor> = HashMap::new();
+            for (i, name) in NAMES.iter().enumerate() {
+                t.insert(name.to_string(), tensor(layer.params()[i], &shapes[i])?);
+                t.insert(format!("adam_m.{name}"), tensor(&layer.m[i], &shapes[i])?);
+                t.insert(format!("adam_v.{name}"), tensor(&layer.v[i], &shapes[i])?);
+            }
+            let fired: Vec<f64> = layer.last_fired.iter().map(|&x| x as f64).collect();
+            t.insert("last_fired".into(), Tensor::from_vec(fired, o.d_sae, &Device::Cpu)?);
+            candle_core::safetensors::save(&t, tmp.join(format!("layer_{l}.safetensors")))?;
         }
-        let fired: Vec<f64> = layer.last_fired.iter().map(|&x| x as f64).collect();
-        t.insert("last_fired".into(), Tensor::from_vec(fired, o.d_sae, &Device::Cpu)?);
-        candle_core::safetensors::save(&t, tmp.join(format!("layer_{l}.safetensors")))?;
-    }
-    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Invalid(e.to_string()))?;
-    std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| Error::io(&tmp, e))?;
-    // The set as it stands, loadable on its own.
-    write_set(&tmp.join("set"), layers, state, model)?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-    Ok(())
+        // The set as it stands, loadable on its own.
+        write_set(&tmp.join("set"), layers, state, model)
+    })
 }
 
 fn layer_shapes(n: usize, di: usize, d_out: usize) -> [Vec<usize>; 4] {
@@ -46,9 +41,7 @@ fn layer_shapes(n: usize, di: usize, d_out: usize) -> [Vec<usize>; 4] {
 }
 
 pub(super) fn load_checkpoint(dir: &Path, model: &Model, opts: &SetTrainOptions, di: usize, d_out: usize) -> Result<(Vec<Layer>, State)> {
-    let text = crate::model::load::read_json_text(&dir.join("trainer_state.json"), 1 << 20)
-        .map_err(|e| Error::Invalid(format!("no checkpoint to resume in {} ({e}); start without --resume", crate::error::printable(&dir.display()))))?;
-    let state: State = serde_json::from_str(&text).map_err(|e| Error::Corrupt { path: dir.join("trainer_state.json"), detail: e.to_string() })?;
+    let state: State = read_checkpoint_state(dir)?;
     let o = &state.options;
     if state.model != model.name() || state.n_layers != model.config().n_layers || o.d_sae != opts.d_sae || o.k != opts.k || o.batch_size != opts.batch_size || o.context != opts.context {
         return Err(Error::Invalid(format!(
