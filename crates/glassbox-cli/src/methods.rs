@@ -163,6 +163,9 @@ pub fn command(entry: &'static dyn Entry) -> Command {
     if entry.has_plot() {
         c = c.arg(Arg::new("plot").long("plot").value_parser(clap::value_parser!(PathBuf)).help("Write the result's picture to this file (.svg, or .png rendered at twice the size)."));
     }
+    c = c.arg(Arg::new("out").long("out").value_parser(clap::value_parser!(PathBuf)).help(
+        "Also write the result itself (the envelope's `result`, e.g. a graph in the attribution-graph frontend's JSON) to this file.",
+    ));
     c.arg(Arg::new("json").long("json").action(ArgAction::SetTrue).help("Print the result's envelope as JSON instead of text."))
 }
 
@@ -240,6 +243,7 @@ pub fn with_controls<R>(json: bool, f: impl FnOnce() -> R) -> R {
 pub fn run(entry: &'static dyn Entry, m: &ArgMatches) -> Result<()> {
     let json = m.get_flag("json");
     let plot_path = if entry.has_plot() { m.get_one::<PathBuf>("plot").cloned() } else { None };
+    let out_path = m.get_one::<PathBuf>("out").cloned();
     if let Some(p) = &plot_path {
         // Before the computation: a path that cannot be written fails now, not after.
         crate::plot::check_path(p)?;
@@ -272,6 +276,11 @@ pub fn run(entry: &'static dyn Entry, m: &ArgMatches) -> Result<()> {
         if let Some(svg) = entry.plot(&envelope.result)? {
             crate::plot::write(p, &svg)?;
         }
+    }
+    if let Some(p) = &out_path {
+        let text = serde_json::to_string(&envelope.result)?;
+        glassbox::files::write_atomically(p, |tmp| std::fs::write(tmp, &text).map_err(|source| glassbox::Error::Io { path: tmp.to_path_buf(), source })).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("wrote {}", p.display());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&envelope)?);

@@ -89,6 +89,8 @@ pub enum SaeCommand {
     },
     /// Evaluate an SAE or transcoder on held-out text: explained variance, MSE, L0, dead and
     /// dense features, and the cross-entropy loss recovered when it replaces the activation.
+    /// A transcoder set's folder (config.yaml): each layer's explained variance, and the loss
+    /// recovered with every MLP replaced at once.
     Eval {
         #[command(flatten)]
         model: crate::ModelArg,
@@ -193,13 +195,31 @@ pub fn run(command: &SaeCommand) -> Result<()> {
             println!("{}", dir.display());
         }
         SaeCommand::Eval { model, sae, corpus, tokens, context, json } => {
-            let s = sae.load()?;
+            let set_dir = sae.sae.join(glassbox::sae::set::SET_CONFIG).is_file();
+            let s = if set_dir { None } else { Some(sae.load()?) };
             let m = crate::load_model(model)?;
             let files = glassbox::sae::corpus::corpus_files(corpus, &[])?;
             let docs = glassbox::sae::corpus::read_documents(&files)?;
             let mut seqs = glassbox::sae::corpus::sequences(&m, &docs, *context)?;
-            let per_seq = context - usize::from(m.tokenizer().bos().is_some());
+            let per_seq = context.saturating_sub(usize::from(m.tokenizer().bos().is_some())).max(1);
             seqs.truncate(tokens.div_ceil(per_seq).max(1));
+            let Some(s) = s else {
+                let set = crate::methods::load_transcoders(&sae.sae, &m)?;
+                let r = glassbox::sae::eval::evaluate_set(&m, &set, &seqs, 4)?;
+                glassbox::check_finite(&r)?;
+                if *json {
+                    return print_json(&r);
+                }
+                println!("{} tokens of held-out text, {} transcoders replacing every MLP at once", r.tokens, r.layers.len());
+                println!("{:>5} {:>19} {:>7} {:>6}", "layer", "explained variance", "L0", "dead");
+                for l in &r.layers {
+                    println!("{:>5} {:>19.4} {:>7.2} {:>5.2}%", l.layer, l.explained_variance, l.l0, 100.0 * l.dead_fraction);
+                }
+                println!("mean explained variance {:.4}", r.mean_explained_variance);
+                println!("CE loss              clean {:.4}, replacement model {:.4}, every MLP zero-ablated {:.4}", r.ce_clean, r.ce_replaced, r.ce_zero);
+                println!("CE loss recovered    {:.4}", r.ce_loss_recovered);
+                return Ok(());
+            };
             let r = finite(glassbox::sae::eval::evaluate(&m, &s, &seqs, 4)?)?;
             if *json {
                 return print_json(&r);

@@ -69,3 +69,19 @@ fn a_set_resumes_from_its_checkpoint_and_refuses_other_sizes() {
     let err = train_set(&model, seqs, &SetTrainOptions { d_sae: 32, ..opts }, &out, true, &mut |_| true).unwrap_err().to_string();
     assert!(err.contains("same model and sizes"), "{err}");
 }
+
+#[test]
+fn a_sets_evaluation_gives_each_layers_figures_as_one_transcoder_would() {
+    let model = tiny();
+    let set = glassbox::sae::set::TranscoderSet::load(&common::fixtures().join("transcoders/tiny-llama")).unwrap();
+    let seqs: Vec<Vec<u32>> = common::corpus_seqs(&model, 48).into_iter().take(8).collect();
+    let r = glassbox::sae::eval::evaluate_set(&model, &set, &seqs, 4).unwrap();
+    assert_eq!(r.layers.len(), 2);
+    for (l, t) in set.transcoders.iter().enumerate() {
+        let one = glassbox::sae::eval::evaluate(&model, t, &seqs, 4).unwrap();
+        assert!((one.explained_variance - r.layers[l].explained_variance).abs() < 1e-4, "layer {l}: {} against {}", one.explained_variance, r.layers[l].explained_variance);
+        assert!((one.l0 - r.layers[l].l0).abs() < 1e-4);
+        assert!((one.ce_clean - r.ce_clean).abs() < 1e-5, "the clean loss is the same run's");
+    }
+    assert!(r.ce_replaced.is_finite() && r.ce_zero.is_finite() && (r.ce_zero - r.ce_clean).abs() > 1e-4);
+}

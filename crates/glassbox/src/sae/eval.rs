@@ -61,6 +61,24 @@ fn cross_entropy(logits: &Tensor, rows: &[Vec<u32>]) -> Result<(f64, usize)> {
     Ok((total, count))
 }
 
+/// Adds the runs' summed next-token losses and counts (clean, replaced, zeroed) to `ce`.
+fn add_losses(ce: &mut [(f64, usize); 3], runs: [&crate::model::ForwardOutput; 3], rows: &[Vec<u32>]) -> Result<()> {
+    for (acc, out) in ce.iter_mut().zip(runs) {
+        let (t, c) = cross_entropy(&out.logits, rows)?;
+        acc.0 += t;
+        acc.1 += c;
+    }
+    Ok(())
+}
+
+/// Error when the text left no position to evaluate.
+fn no_positions(tokens: usize) -> Result<()> {
+    if tokens == 0 {
+        return Err(Error::Invalid("the text gives no positions to evaluate: every position is a sequence start or a special token".into()));
+    }
+    Ok(())
+}
+
 /// Evaluates `sae` on the sequences (made by `corpus::sequences`), `per_forward` at a time.
 pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize) -> Result<SaeEval> {
     sae.check(model)?;
@@ -106,15 +124,9 @@ pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize)
         };
         let with_sae = model.forward(&batch, &Hooks::new().intervene(Intervention::new(write, Action::Replace(splice(&recon)?))))?;
         let zero = model.forward(&batch, &Hooks::new().intervene(Intervention::new(write, Action::Replace(splice(&recon.zeros_like()?)?))))?;
-        for (i, out) in [&clean, &with_sae, &zero].into_iter().enumerate() {
-            let (t, c) = cross_entropy(&out.logits, rows)?;
-            ce[i].0 += t;
-            ce[i].1 += c;
-        }
+        add_losses(&mut ce, [&clean, &with_sae, &zero], rows)?;
     }
-    if tokens == 0 {
-        return Err(Error::Invalid("the text gives no positions to evaluate: every position is a sequence start or a special token".into()));
-    }
+    no_positions(tokens)?;
     let mean_y2: f64 = sum_y.iter().map(|s| s * s).sum::<f64>() / tokens as f64;
     let var = sum_y2 - mean_y2;
     let [c, s, z] = ce.map(|(t, n)| (t / n.max(1) as f64) as f32);
@@ -127,6 +139,145 @@ pub fn evaluate(model: &Model, sae: &Sae, seqs: &[Vec<u32>], per_forward: usize)
         dense_fraction: fires.iter().filter(|&&f| f as f64 > 0.1 * tokens as f64).count() as f32 / cfg.d_sae as f32,
         ce_clean: c,
         ce_sae: s,
+        ce_zero: z,
+        ce_loss_recovered: if (z - c).abs() > 1e-9 { (z - s) / (z - c) } else { f32::NAN },
+    })
+}
+
+/// One layer's figures in `evaluate_set`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerEval {
+    /// The layer.
+    pub layer: usize,
+    /// `1 − Σ ‖y − ŷ‖² / Σ ‖y − ȳ‖²` of its transcoder on the clean run's MLP input and output.
+    pub explained_variance: f32,
+    /// Mean active features per token.
+    pub l0: f32,
+    /// Features never active on the text.
+    pub dead_fraction: f32,
+}
+
+/// Result of `evaluate_set`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetEval {
+    /// Positions evaluated (sequence starts and special tokens left out).
+    pub tokens: usize,
+    /// Each layer's transcoder on the clean run.
+    pub layers: Vec<LayerEval>,
+    /// Mean explained variance over the layers.
+    pub mean_explained_variance: f32,
+    /// Mean next-token cross-entropy of the model.
+    pub ce_clean: f32,
+    /// With every MLP replaced by its transcoder at once (each reading the replaced model's
+    /// own MLP input): the replacement model's loss.
+    pub ce_replaced: f32,
+    /// With every MLP output zeroed.
+    pub ce_zero: f32,
+    /// `(ce_zero − ce_replaced) / (ce_zero − ce_clean)`.
+    pub ce_loss_recovered: f32,
+}
+
+/// Evaluates a transcoder set on the sequences, `per_forward` at a time: each layer's
+/// reconstruction on the clean run, and the replacement model's loss with every MLP replaced
+/// at once (at the kept positions, as `evaluate` does for one).
+pub fn evaluate_set(model: &Model, set: &super::set::TranscoderSet, seqs: &[Vec<u32>], per_forward: usize) -> Result<SetEval> {
+    use std::sync::{Arc, Mutex};
+    set.check(model)?;
+    if seqs.is_empty() {
+        return Err(Error::Invalid("no text to evaluate on: the corpus is shorter than one sequence".into()));
+    }
+    let n_layers = set.transcoders.len();
+    let shared: Vec<Arc<Sae>> = set.transcoders.iter().map(|t| Arc::new(t.clone())).collect();
+    let excluded = super::corpus::excluded_tokens(model);
+    let d_sae = |l: usize| set.transcoders[l].cfg.d_sae;
+    let mut fires: Vec<Vec<usize>> = (0..n_layers).map(|l| vec![0usize; d_sae(l)]).collect();
+    let mut sq_err = vec![0f64; n_layers];
+    let mut sum_y: Vec<Vec<f64>> = (0..n_layers).map(|l| vec![0f64; set.transcoders[l].cfg.d_out]).collect();
+    let mut sum_y2 = vec![0f64; n_layers];
+    let mut active = vec![0usize; n_layers];
+    let mut tokens = 0usize;
+    let mut ce = [(0f64, 0usize); 3];
+    for rows in seqs.chunks(per_forward.max(1)) {
+        crate::controls::check()?;
+        let batch = Batch::new(rows)?;
+        let points: Vec<_> = set.transcoders.iter().flat_map(|t| [t.cfg.hook, t.cfg.hook_out.unwrap_or(t.cfg.hook)]).collect();
+        let clean = model.forward(&batch, &Hooks::new().cache(points))?;
+        let kept = super::corpus::kept_rows(rows, &excluded)?;
+        let mut n_kept = 0;
+        for (l, t) in set.transcoders.iter().enumerate() {
+            let x = clean.cache.get(t.cfg.hook)?.to_dtype(DType::F32)?;
+            let y = clean.cache.get(t.cfg.hook_out.unwrap_or(t.cfg.hook))?.to_dtype(DType::F32)?;
+            let flat = |v: &Tensor| -> Result<Tensor> { Ok(v.reshape(((), v.dim(D::Minus1)?))?.index_select(&kept, 0)?) };
+            let (xr, y) = (t.rows(&flat(&x)?)?, flat(&y)?);
+            let enc = t.encode(&xr)?;
+            let recon = t.output(&xr, &enc)?;
+            sq_err[l] += (&y - &recon)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let yv = y.to_dtype(DType::F64)?;
+            for (s, v) in sum_y[l].iter_mut().zip(yv.sum(0)?.to_vec1::<f64>()?) {
+                *s += v;
+            }
+            sum_y2[l] += yv.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            let on = enc.acts.gt(0f32)?.to_dtype(DType::F32)?;
+            active[l] += on.sum_all()?.to_scalar::<f32>()? as usize;
+            for (f, c) in fires[l].iter_mut().zip(on.sum(0)?.to_vec1::<f32>()?) {
+                *f += c as usize;
+            }
+            n_kept = y.dim(0)?;
+        }
+        tokens += n_kept;
+        // Every MLP replaced at once: each transcoder reads the input of this very run.
+        let mut replaced = Hooks::new();
+        let mut zeroed = Hooks::new();
+        for (l, t) in shared.iter().enumerate() {
+            let slot: Arc<Mutex<Option<Tensor>>> = Arc::default();
+            let keep = slot.clone();
+            replaced = replaced.hook(t.cfg.hook, move |x, _| {
+                *keep.lock().map_err(|_| Error::Invalid("a poisoned lock".into()))? = Some(x.clone());
+                Ok(x.clone())
+            });
+            let (t2, kept2) = (t.clone(), kept.clone());
+            let out_hook = t.cfg.hook_out.unwrap_or(t.cfg.hook);
+            replaced = replaced.hook(out_hook, move |y, _| {
+                let x = slot.lock().map_err(|_| Error::Invalid("a poisoned lock".into()))?.take().ok_or_else(|| Error::Invalid(format!("layer {l}: the transcoder's input was not seen before its output")))?;
+                let shape = y.dims().to_vec();
+                let y_rows = y.reshape(((), shape[shape.len() - 1]))?.to_dtype(DType::F32)?;
+                let xr = t2.rows(&x.reshape(((), x.dim(D::Minus1)?))?.index_select(&kept2, 0)?)?;
+                let recon = t2.output(&xr, &t2.encode(&xr)?)?;
+                let delta = (recon - y_rows.index_select(&kept2, 0)?)?;
+                Ok(y_rows.index_add(&kept2, &delta, 0)?.reshape(shape.as_slice())?.to_dtype(y.dtype())?)
+            });
+            let kept3 = kept.clone();
+            zeroed = zeroed.hook(out_hook, move |y, _| {
+                let shape = y.dims().to_vec();
+                let y_rows = y.reshape(((), shape[shape.len() - 1]))?;
+                let delta = y_rows.index_select(&kept3, 0)?.neg()?;
+                Ok(y_rows.index_add(&kept3, &delta, 0)?.reshape(shape.as_slice())?)
+            });
+        }
+        let with_set = model.forward(&batch, &replaced)?;
+        let zero = model.forward(&batch, &zeroed)?;
+        add_losses(&mut ce, [&clean, &with_set, &zero], rows)?;
+    }
+    no_positions(tokens)?;
+    let layers: Vec<LayerEval> = (0..n_layers)
+        .map(|l| {
+            let mean_y2: f64 = sum_y[l].iter().map(|s| s * s).sum::<f64>() / tokens as f64;
+            let var = sum_y2[l] - mean_y2;
+            LayerEval {
+                layer: l,
+                explained_variance: (1.0 - sq_err[l] / var.max(f64::MIN_POSITIVE)) as f32,
+                l0: active[l] as f32 / tokens as f32,
+                dead_fraction: fires[l].iter().filter(|&&f| f == 0).count() as f32 / d_sae(l) as f32,
+            }
+        })
+        .collect();
+    let [c, s, z] = ce.map(|(t, n)| (t / n.max(1) as f64) as f32);
+    Ok(SetEval {
+        tokens,
+        mean_explained_variance: layers.iter().map(|l| l.explained_variance).sum::<f32>() / n_layers.max(1) as f32,
+        layers,
+        ce_clean: c,
+        ce_replaced: s,
         ce_zero: z,
         ce_loss_recovered: if (z - c).abs() > 1e-9 { (z - s) / (z - c) } else { f32::NAN },
     })

@@ -342,11 +342,11 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
-/// A small English corpus from the repository's own documentation, as sequences of `context`
-/// tokens.
+/// A small English corpus (a frozen copy of the README of 2026-12-07 in
+/// tests/fixtures/corpus, so that editing the README does not change what tests train on), as
+/// sequences of `context` tokens.
 pub fn corpus_seqs(model: &Model, context: usize) -> Vec<Vec<u32>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let files = glassbox::sae::corpus::corpus_files(&[root.join("README.md")], &[]).unwrap();
+    let files = glassbox::sae::corpus::corpus_files(&[fixtures().join("corpus")], &[]).unwrap();
     let docs = glassbox::sae::corpus::read_documents(&files).unwrap();
     glassbox::sae::corpus::sequences(model, &docs, context).unwrap()
 }

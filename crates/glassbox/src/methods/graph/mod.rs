@@ -208,6 +208,9 @@ pub struct FullGraph {
     pub n_active: usize,
 }
 
+/// The most non-zero edges a graph keeps before pruning (8 bytes each: 2 GB).
+const MAX_EDGES: usize = 250_000_000;
+
 /// One layer's active features, sorted by position then feature.
 struct LayerFeatures {
     /// `(position, feature, activation)`.
@@ -423,6 +426,7 @@ pub fn full_graph(model: &Model, set: &TranscoderSet, prompt: &Prompt, o: &Graph
     let n_all = index.logit(targets.len());
     let mut visited = vec![false; total];
     let mut chosen = 0usize;
+    let mut edges: usize = computed.iter().map(Vec::len).sum();
     while chosen < budget {
         let round: Vec<usize> = if budget == total {
             let mut r: Vec<usize> = (0..total).collect();
@@ -440,6 +444,13 @@ pub fn full_graph(model: &Model, set: &TranscoderSet, prompt: &Prompt, o: &Graph
             crate::controls::tick(chosen + chunk.len(), budget, "feature rows")?;
             let ts = chunk.iter().map(|&i| Ok(Target { at: At::Layer(all[i].0), pos: all[i].1, vector: encoder_vector(set, all[i].0, all[i].2)? })).collect::<Result<Vec<_>>>()?;
             let rows = rows_of(&rep, &layers, &index, &ts)?;
+            edges += rows.iter().map(Vec::len).sum::<usize>();
+            if edges > MAX_EDGES {
+                return Err(Error::Invalid(format!(
+                    "this graph's edges pass {MAX_EDGES} after {} feature rows (of {budget} asked) on a {n}-token prompt; lower max_feature_nodes, or shorten the prompt",
+                    chosen + chunk.len()
+                )));
+            }
             for (&i, r) in chunk.iter().zip(rows) {
                 visited[i] = true;
                 if ranked {
