@@ -353,3 +353,18 @@ pub fn attribution_graph(g: &crate::methods::graph::AttributionGraph, rows: usiz
     }
     out
 }
+
+/// A feature intervention: the logit difference before and after, and the graph's prediction.
+pub fn feature_intervention(r: &crate::methods::graph::intervene::FeatureIntervention, _rows: usize) -> String {
+    format!(
+        "Feature {} (activation {:.4}) set to {:.4} in the {} model\nlogit difference {:.4} -> {:.4}: effect {:+.4}; the graph's direct edge predicts {:+.4}\n",
+        r.node_id,
+        r.activation,
+        r.new_activation,
+        if r.frozen { "frozen replacement" } else { "real" },
+        r.clean_ld,
+        r.intervened_ld,
+        r.effect,
+        r.predicted_by_graph
+    )
+}

@@ -283,3 +283,31 @@ fn the_pruned_graph_is_in_the_frontend_layout() {
     }
     assert_eq!(v["metadata"]["schema_version"], 1);
 }
+
+#[test]
+fn a_frozen_intervention_moves_the_logit_difference_by_the_graphs_edge() {
+    use glassbox::methods::graph::intervene::{feature_intervention, InterventionOptions};
+    let model = common::load_tiny("tiny-llama");
+    let set = TranscoderSet::load(&common::fixtures().join("transcoders/tiny-llama")).unwrap();
+    let prompt = Prompt::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John").unwrap();
+    let g = graph(&model, &set, &prompt, &GraphOptions { max_feature_nodes: 0, ..Default::default() }).unwrap();
+    let full = full_graph(&model, &set, &prompt, &GraphOptions { max_feature_nodes: 0, ..Default::default() }).unwrap();
+    let mut checked = 0;
+    for (k, &(l, p, f, _)) in full.features.iter().enumerate().filter(|(_, x)| x.1 + 1 == prompt.tokens.len()) {
+        let edge = full.adjacency.rows[full.adjacency.n - 1].iter().find(|e| e.0 as usize == k).map_or(0.0, |e| e.1);
+        for scale in [0.0f32, 3.0] {
+            let o = InterventionOptions { layer: l, feature: f, position: Some(p), scale, frozen: true };
+            let r = feature_intervention(&model, &set, &prompt, &o).unwrap();
+            let want = (scale - 1.0) * edge;
+            assert!((r.effect - want).abs() <= 1e-4 * (1.0 + want.abs()), "{}: frozen effect {} against the graph's {want}", r.node_id, r.effect);
+            assert!((r.predicted_by_graph - want).abs() <= 1e-4 * (1.0 + want.abs()));
+            checked += 1;
+        }
+        let free = feature_intervention(&model, &set, &prompt, &InterventionOptions { layer: l, feature: f, position: Some(p), scale: 0.0, frozen: false }).unwrap();
+        assert!(free.effect.is_finite());
+    }
+    assert!(checked >= 4, "only {checked} interventions at the last position");
+    let _ = g;
+    let err = feature_intervention(&model, &set, &prompt, &InterventionOptions { layer: 0, feature: 0, position: Some(0), ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("position 0"), "{err}");
+}

@@ -306,6 +306,20 @@ static GRAPH: Def<graph::GraphOptions, graph::AttributionGraph> = Def {
     metric: |o| Some(o.target.name().to_string()),
 };
 
+static INTERVENE: Def<graph::intervene::InterventionOptions, graph::intervene::FeatureIntervention> = Def {
+    name: "feature-intervention",
+    python: "feature_intervention",
+    summary: "Set a transcoder feature to a multiple of its activation and see the logit difference change, beside the attribution graph's prediction.",
+    input: InputKind::Prompt,
+    needs: Needs { sae: false, model_b: false, transcoders: true },
+    run: |cx, i, o| graph::intervene::feature_intervention(cx.model, cx.transcoders()?, i.prompt()?, o),
+    report: crate::report::feature_intervention,
+    plot: None,
+    warnings: none,
+    many: None,
+    metric: |_| Some("logit_diff".into()),
+};
+
 /// Every method, in the order front ends list them.
 pub static CATALOG: &[&dyn Entry] = &[
     &ANALYZE,
@@ -323,6 +337,7 @@ pub static CATALOG: &[&dyn Entry] = &[
     &SAE_ATTRIBUTE,
     &SAE_CIRCUIT,
     &GRAPH,
+    &INTERVENE,
     &GENERATE,
     &ALIGN,
     &NEXT_TOKENS,

@@ -16,6 +16,7 @@
 //! frontend (Neuronpedia's) reads: `metadata`, `qParams`, `nodes`, `links`, plus glassbox's
 //! own summary under `glassbox`.
 
+pub mod intervene;
 mod linear;
 pub mod prune;
 
