@@ -131,6 +131,28 @@ pub fn edges(r: &EdgeAttribution, rows: usize) -> String {
     o
 }
 
+/// `evaluate`: the faithfulness curves, CPR and CMD.
+pub fn circuit_evaluation(r: &crate::methods::evaluate::CircuitEvaluation, rows: usize) -> String {
+    let mut o = String::new();
+    let steps = r.n_steps.map(|n| format!(", {n} steps")).unwrap_or_default();
+    line!(o, "edge scores: {}{steps}; {} edges; {} prompt(s); metric {}", r.method, r.n_edges, r.n_prompts, r.metric);
+    line!(o, "{} full model {:.4}   every edge patched {:.4}   (means over the prompts)", r.metric, r.clean_metric, r.corrupted_metric);
+    let ci = (1.0 - r.alpha) * 100.0;
+    line!(o, "CPR {:.4} [{:.4}, {:.4}]   (area under f, signed scores; higher is better)", r.cpr.mean, r.cpr.ci_lo, r.cpr.ci_hi);
+    line!(o, "CMD {:.4} [{:.4}, {:.4}]   (area under |1 − f|, absolute scores; 0 is best)   [{ci:.0}% bootstrap intervals over prompts]", r.cmd.mean, r.cmd.ci_lo, r.cmd.ci_hi);
+    line!(o, "{:>9} {:>8}   {:>26}   {:>26}", "edges %", "edges", "f (signed)", "f (absolute)");
+    for (k, f) in r.fractions.iter().enumerate() {
+        let (s, a) = (&r.signed, &r.absolute);
+        line!(o, "{:>9} {:>8}   {:>8.4} [{:>7.4}, {:>7.4}]   {:>8.4} [{:>7.4}, {:>7.4}]", format!("{}", f * 100.0), s.n_edges[k], s.faithfulness[k], s.ci_lo[k], s.ci_hi[k], a.faithfulness[k], a.ci_lo[k], a.ci_hi[k]);
+    }
+    line!(o, "f = (m(C) − m(∅)) / (m(N) − m(∅)); areas: {}", r.area_rule);
+    line!(o, "best-scored edges (mean score over the prompts):");
+    for e in r.top_edges.iter().take(rows) {
+        line!(o, "  {:<10} →  {:<14} {:>10.4}", e.sender, e.receiver, e.score);
+    }
+    o
+}
+
 /// The scores of a faithfulness block: sufficiency (and its Taylor estimate when there is one),
 /// comprehensiveness, F1 and the category.
 fn faithfulness_scores(o: &mut String, f: &Faithfulness) {

@@ -215,3 +215,46 @@ fn hooks_serialise_and_replay() {
     assert!(serde_json::to_string(&closure).is_err(), "a closure hook cannot be saved");
     assert!(serde_json::from_str::<Hooks>(r#"{"interventions":[{"point":"blocks.0.attn.hook_z","action":{"replace":{"dtype":"f32","shape":[2,2],"data":[1,2,3]}},"batch":null,"positions":null,"heads":null}]}"#).is_err());
 }
+
+/// The per-head attention inputs (`hook_q_input`, `hook_k_input`, `hook_v_input`): caching
+/// them leaves the logits as they were (to float rounding), and giving one head's query
+/// input another prompt's residual equals giving that head's `hook_q` the other prompt's
+/// queries: the split path normalises and projects each head exactly as the shared one.
+#[test]
+fn split_attention_inputs_match_the_shared_path() {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-olmo2", "tiny-opt-postln", "tiny-neox", "tiny-phi3"] {
+        let model = load_tiny(name);
+        let cfg = model.config().clone();
+        let (a, b) = (vec![10u32, 20, 30, 40, 50, 60], vec![11u32, 21, 31, 41, 51, 61]);
+        let (ba, bb) = (Batch::new(&[a]).unwrap(), Batch::new(&[b]).unwrap());
+        let layer = 1;
+        let split = [HookPoint::QInput(layer), HookPoint::KInput(layer), HookPoint::VInput(layer)];
+        let clean = model.forward(&ba, &Hooks::new()).unwrap();
+        let cached = model.forward(&ba, &Hooks::new().cache(split)).unwrap();
+        assert!(max_abs_diff(&clean.logits, &cached.logits) <= 1e-5, "{name}: the split path changed the logits");
+        let q_in = cached.cache.get(HookPoint::QInput(layer)).unwrap();
+        assert_eq!(q_in.dims(), &[1, 6, cfg.n_heads, cfg.d_model], "{name}");
+        let k_in = cached.cache.get(HookPoint::KInput(layer)).unwrap();
+        assert_eq!(k_in.dims(), &[1, 6, cfg.n_kv_heads, cfg.d_model], "{name}");
+
+        let other = model.forward(&bb, &Hooks::new().cache([HookPoint::ResidPre(layer), HookPoint::Q(layer), HookPoint::V(layer)])).unwrap();
+        let resid_b = other.cache.get(HookPoint::ResidPre(layer)).unwrap().unsqueeze(2).unwrap();
+        for (input, output, head) in [(HookPoint::QInput(layer), HookPoint::Q(layer), 1), (HookPoint::VInput(layer), HookPoint::V(layer), 0)] {
+            let n = input.n_heads(&cfg).unwrap();
+            let value = resid_b.broadcast_as((1, 6, n, cfg.d_model)).unwrap().contiguous().unwrap();
+            let by_input = model
+                .forward(&ba, &Hooks::new().intervene(Intervention::new(input, Action::Replace(value)).heads(vec![head])))
+                .unwrap()
+                .logits;
+            let by_output = model
+                .forward(&ba, &Hooks::new().intervene(Intervention::new(output, Action::Replace(other.cache.get(output).unwrap().clone())).heads(vec![head])))
+                .unwrap()
+                .logits;
+            let d = max_abs_diff(&by_input, &by_output);
+            assert!(d <= 1e-5, "{name} {input}: {d:e}");
+            assert!(max_abs_diff(&by_input, &clean.logits) > 1e-4, "{name} {input}: the patch changed nothing");
+        }
+    }
+    assert!("blocks.3.hook_q_input".parse::<HookPoint>().unwrap() == HookPoint::QInput(3));
+    assert_eq!(HookPoint::VInput(2).to_string(), "blocks.2.hook_v_input");
+}

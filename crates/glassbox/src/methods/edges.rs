@@ -119,7 +119,7 @@ pub fn is_edge(u: Sender, v: Receiver, n_layers: usize, parallel_block: bool) ->
     }
 }
 
-fn receivers(model: &Model) -> Vec<Receiver> {
+pub(crate) fn receivers(model: &Model) -> Vec<Receiver> {
     let c = &model.config();
     let mut v = Vec::new();
     for layer in 0..c.n_layers {
@@ -132,7 +132,7 @@ fn receivers(model: &Model) -> Vec<Receiver> {
     v
 }
 
-fn senders(model: &Model) -> Vec<Sender> {
+pub(crate) fn senders(model: &Model) -> Vec<Sender> {
     let c = &model.config();
     let mut v = vec![Sender::Embed];
     for layer in 0..c.n_layers {
@@ -263,11 +263,47 @@ crate::options! {
     }
 }
 
-/// Edge attribution patching of every edge (EAP, or EAP-IG).
-pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -> Result<EdgeAttribution> {
+/// Every edge of a model's graph: its senders and receivers (in `senders`/`receivers`
+/// order) and the (sender, receiver) index pairs that are edges.
+#[derive(Debug, Clone)]
+pub struct EdgeGraph {
+    /// The sending nodes.
+    pub senders: Vec<Sender>,
+    /// The receiving inputs.
+    pub receivers: Vec<Receiver>,
+    /// `(sender index, receiver index)` of every edge, senders outer, receivers inner.
+    pub edges: Vec<(usize, usize)>,
+}
+
+impl EdgeGraph {
+    /// The edge graph of `model`.
+    pub fn of(model: &Model) -> EdgeGraph {
+        let c = model.config();
+        let (senders, receivers) = (senders(model), receivers(model));
+        let mut edges = Vec::new();
+        for (i, u) in senders.iter().enumerate() {
+            for (j, v) in receivers.iter().enumerate() {
+                if is_edge(*u, *v, c.n_layers, c.parallel_block) {
+                    edges.push((i, j));
+                }
+            }
+        }
+        EdgeGraph { senders, receivers, edges }
+    }
+
+    /// Edge `e` as `sender->receiver`.
+    pub fn name(&self, e: usize) -> String {
+        let (i, j) = self.edges[e];
+        format!("{}->{}", self.senders[i].name(), self.receivers[j].name())
+    }
+}
+
+/// EAP or EAP-IG scores of every edge of `EdgeGraph::of(model)`, in its order, with the
+/// clean and corrupted metrics.
+pub fn all_edge_scores(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -> Result<(Vec<f32>, f32, f32)> {
     contrast.check(model)?;
     crate::methods::attribution::check_steps(opts.method, opts.n_steps)?;
-    let (method, top_k, n_steps) = (opts.method, opts.top_k, opts.n_steps);
+    let (method, n_steps) = (opts.method, opts.n_steps);
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let c = &model.config();
     let layers = c.n_layers;
@@ -339,35 +375,33 @@ pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) 
     };
 
     let scores = edge_scores(model, &deltas, &rgrads)?;
-    let (snd, rcv) = (senders(model), receivers(model));
-    let mut edges = Vec::new();
-    for (i, u) in snd.iter().enumerate() {
-        for (j, v) in rcv.iter().enumerate() {
-            if is_edge(*u, *v, layers, c.parallel_block) {
-                edges.push((i, j, scores[i][j]));
-            }
-        }
-    }
-    let values: Vec<f32> = edges.iter().map(|e| e.2).collect();
+    let graph = EdgeGraph::of(model);
+    Ok((graph.edges.iter().map(|&(i, j)| scores[i][j]).collect(), lds[0], lds[1]))
+}
+
+/// Edge attribution patching of every edge (EAP, or EAP-IG).
+pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -> Result<EdgeAttribution> {
+    let (values, clean_ld, corrupted_ld) = all_edge_scores(model, contrast, opts)?;
+    let graph = EdgeGraph::of(model);
     let top_edges = order_by_magnitude(&values)
         .into_iter()
-        .take(top_k)
+        .take(opts.top_k)
         .map(|k| {
-            let (i, j, s) = edges[k];
+            let (i, j) = graph.edges[k];
             Edge {
-                sender: snd[i].name(),
-                receiver: rcv[j].name(),
-                score: s,
+                sender: graph.senders[i].name(),
+                receiver: graph.receivers[j].name(),
+                score: values[k],
             }
         })
         .collect();
     Ok(EdgeAttribution {
-        method,
-        n_steps: (method == Method::IntegratedGradients).then_some(n_steps),
+        method: opts.method,
+        n_steps: (opts.method == Method::IntegratedGradients).then_some(opts.n_steps),
         metric: opts.metric.name().to_string(),
-        clean_ld: lds[0],
-        corrupted_ld: lds[1],
-        n_edges: edges.len(),
+        clean_ld,
+        corrupted_ld,
+        n_edges: values.len(),
         top_edges,
     })
 }

@@ -11,6 +11,7 @@ pub mod circuit;
 pub mod composition;
 pub mod metric;
 pub mod edges;
+pub mod evaluate;
 pub mod faithfulness;
 pub mod graph;
 pub mod logit_lens;

@@ -392,7 +392,8 @@ impl Model {
         if cfg.variants.post_ln {
             // Post-LN (OPT-350m): the sublayers read the raw residual; a norm follows each
             // residual addition.
-            let attn_out = self.attention(l, &resid_pre, mask, rope, kv.as_deref_mut(), st)?;
+            let split = self.split_inputs(l, &resid_pre, false, st)?;
+            let attn_out = self.attention(l, &resid_pre, split, mask, rope, kv.as_deref_mut(), st)?;
             let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
             let normalized = normalize_weighted(&(&resid_pre + &attn_out)?, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?;
             let resid_mid = st.apply(HookPoint::ResidMid(l), normalized)?;
@@ -403,12 +404,13 @@ impl Model {
             return st.apply(HookPoint::ResidPost(l), normalized);
         }
 
-        let attn_in = if cfg.variants.no_pre_norms {
+        let split = self.split_inputs(l, &resid_pre, !cfg.variants.no_pre_norms, st)?;
+        let attn_in = if cfg.variants.no_pre_norms || split.is_some() {
             resid_pre.clone()
         } else {
             normalize_weighted(&resid_pre, HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l), &lw.ln1, cfg, st)?
         };
-        let attn_out = post_norm(self.attention(l, &attn_in, mask, rope, kv, st)?, &lw.extra.ln1_post)?;
+        let attn_out = post_norm(self.attention(l, &attn_in, split, mask, rope, kv, st)?, &lw.extra.ln1_post)?;
         let attn_out = st.apply(HookPoint::AttnOut(l), attn_out)?;
 
         let mlp_in_resid = if cfg.parallel_block {
@@ -484,10 +486,56 @@ impl Model {
         }
     }
 
+    /// TransformerLens' split attention inputs, where a hook asks for `hook_q_input`,
+    /// `hook_k_input` or `hook_v_input` of layer `l`: the residual repeated once per head, hooked,
+    /// normalised per head (`normalize`) and projected by that head's rows alone. Returns the
+    /// queries, keys and values `[b, p, heads, d_head]`, or `None` where no hook asks (the usual
+    /// shared path).
+    fn split_inputs(&self, l: usize, resid: &Tensor, normalize: bool, st: &mut HookState) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+        let points = [HookPoint::QInput(l), HookPoint::KInput(l), HookPoint::VInput(l)];
+        if !points.iter().any(|&p| st.asks_for(p)) {
+            return Ok(None);
+        }
+        if normalize && (st.asks_for(HookPoint::Ln1Scale(l)) || st.asks_for(HookPoint::Ln1Normalized(l))) {
+            return Err(Error::Invalid(format!(
+                "layer {l}: a run cannot hook both the per-head inputs (hook_q_input, hook_k_input, hook_v_input) and ln1's hooks; the norm runs once per head there"
+            )));
+        }
+        let cfg = &self.config;
+        let (a, ln1) = (&self.weights.layers[l].attn, &self.weights.layers[l].ln1);
+        let (b, p, d) = resid.dims3()?;
+        let dh = cfg.d_head;
+        let mut out = Vec::with_capacity(3);
+        for (point, w, bias, n) in [
+            (points[0], &a.w_q, a.b_q.as_ref(), cfg.n_heads),
+            (points[1], &a.w_k, a.b_k.as_ref(), cfg.n_kv_heads),
+            (points[2], &a.w_v, a.b_v.as_ref(), cfg.n_kv_heads),
+        ] {
+            let x = st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)?;
+            let x = if normalize { weighted_norm(&x, ln1, cfg)? } else { x };
+            // [heads, b·p, d] × [heads, d, d_head]: each head's rows of the projection.
+            let xt = x.reshape((b * p, n, d))?.transpose(0, 1)?.contiguous()?;
+            let wt = w.tensor()?.to_dtype(x.dtype())?.reshape((n, dh, d))?.transpose(1, 2)?.contiguous()?;
+            let mut y = xt.matmul(&wt)?.transpose(0, 1)?.contiguous()?.reshape((b, p, n, dh))?;
+            if let Some(bias) = bias {
+                y = y.broadcast_add(&bias.to_dtype(y.dtype())?.reshape((n, dh))?)?;
+            }
+            out.push(y);
+        }
+        let v = out.pop();
+        let k = out.pop();
+        match (out.pop(), k, v) {
+            (Some(q), Some(k), Some(v)) => Ok(Some((q, k, v))),
+            _ => Err(Error::Invalid("split attention inputs: three projections expected".into())),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         l: usize,
         x: &Tensor,
+        split: Option<(Tensor, Tensor, Tensor)>,
         mask: &AttnMask,
         rope: Option<&Arc<RopeTables>>,
         past_kv: Option<&mut Option<(Tensor, Tensor)>>,
@@ -498,9 +546,14 @@ impl Model {
         let (b, p, _) = x.dims3()?;
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
 
-        let q = self.linear(x, &a.w_q, a.b_q.as_ref())?.reshape((b, p, h, dh))?;
-        let k = self.linear(x, &a.w_k, a.b_k.as_ref())?.reshape((b, p, kv, dh))?;
-        let v = self.linear(x, &a.w_v, a.b_v.as_ref())?.reshape((b, p, kv, dh))?;
+        let (q, k, v) = match split {
+            Some(qkv) => qkv,
+            None => (
+                self.linear(x, &a.w_q, a.b_q.as_ref())?.reshape((b, p, h, dh))?,
+                self.linear(x, &a.w_k, a.b_k.as_ref())?.reshape((b, p, kv, dh))?,
+                self.linear(x, &a.w_v, a.b_v.as_ref())?.reshape((b, p, kv, dh))?,
+            ),
+        };
         let mut q = st.apply(HookPoint::Q(l), q)?;
         let mut k = st.apply(HookPoint::K(l), k)?;
         let v = st.apply(HookPoint::V(l), v)?;

@@ -41,6 +41,16 @@ pub enum HookPoint {
     Ln1Scale(usize),
     /// `blocks.{l}.ln1.hook_normalized`: the attention norm's output before its weight and bias, `[b, p, d_model]`.
     Ln1Normalized(usize),
+    /// `blocks.{l}.hook_q_input`: the residual stream as each query head alone reads it, before
+    /// the attention norm, `[b, p, n_heads, d_model]` (TransformerLens' split inputs). Computed only
+    /// in runs that hook it explicitly (never by `cache_all`); the norm then runs once per head.
+    QInput(usize),
+    /// `blocks.{l}.hook_k_input`: the residual as each key/value head reads it for its keys,
+    /// `[b, p, n_kv_heads, d_model]` (see `QInput`).
+    KInput(usize),
+    /// `blocks.{l}.hook_v_input`: the residual as each key/value head reads it for its values,
+    /// `[b, p, n_kv_heads, d_model]` (see `QInput`).
+    VInput(usize),
     /// `blocks.{l}.attn.hook_q`: queries (before query norm and rotary), `[b, p, n_heads, d_head]`.
     Q(usize),
     /// `blocks.{l}.attn.hook_k`: keys (before key norm and rotary), `[b, p, n_kv_heads, d_head]`.
@@ -124,6 +134,14 @@ const BLOCK_HOOKS: &[(&str, BlockHook)] = &[
     ("hook_resid_post", HookPoint::ResidPost),
 ];
 
+/// The per-head attention inputs: named and parsed like the block hooks, but not in `all()`
+/// (a run computes them only where a hook asks for them).
+const SPLIT_HOOKS: &[(&str, BlockHook)] = &[
+    ("hook_q_input", HookPoint::QInput),
+    ("hook_k_input", HookPoint::KInput),
+    ("hook_v_input", HookPoint::VInput),
+];
+
 const GLOBAL_HOOKS: &[(&str, HookPoint)] = &[
     ("hook_embed", HookPoint::Embed),
     ("hook_pos_embed", HookPoint::PosEmbed),
@@ -146,7 +164,7 @@ impl HookPoint {
         use HookPoint::*;
         match *self {
             Embed | PosEmbed | LnFinalScale | LnFinalNormalized => None,
-            ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
+            ResidPre(l) | QInput(l) | KInput(l) | VInput(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
             | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l)
             | MlpIn(l) | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
             | RouterLogits(l) | ExpertWeights(l) | ExpertOut(l, _) | MlpOut(l) | ResidPost(l) => Some(l),
@@ -157,7 +175,7 @@ impl HookPoint {
     pub fn axes(&self) -> Axes {
         use HookPoint::*;
         match self {
-            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | Z(_) => Axes { pos: 1, head: Some(2) },
+            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | Z(_) | QInput(_) | KInput(_) | VInput(_) => Axes { pos: 1, head: Some(2) },
             AttnScores(_) | Pattern(_) => Axes { pos: 2, head: Some(1) },
             _ => Axes { pos: 1, head: None },
         }
@@ -167,8 +185,8 @@ impl HookPoint {
     pub fn n_heads(&self, cfg: &ModelConfig) -> Option<usize> {
         use HookPoint::*;
         match self {
-            K(_) | V(_) | RotK(_) => Some(cfg.n_kv_heads),
-            Q(_) | RotQ(_) | Z(_) | AttnScores(_) | Pattern(_) => Some(cfg.n_heads),
+            K(_) | V(_) | RotK(_) | KInput(_) | VInput(_) => Some(cfg.n_kv_heads),
+            Q(_) | RotQ(_) | Z(_) | QInput(_) | AttnScores(_) | Pattern(_) => Some(cfg.n_heads),
             _ => None,
         }
     }
@@ -261,6 +279,7 @@ impl fmt::Display for HookPoint {
         }
         let name = BLOCK_HOOKS
             .iter()
+            .chain(SPLIT_HOOKS)
             .find(|(_, c)| c(l) == *self)
             .map(|(n, _)| *n)
             .unwrap_or("?");
@@ -287,6 +306,7 @@ impl FromStr for HookPoint {
         }
         BLOCK_HOOKS
             .iter()
+            .chain(SPLIT_HOOKS)
             .find(|(n, _)| *n == name)
             .map(|(_, c)| c(layer))
             .ok_or_else(unknown)
@@ -720,6 +740,12 @@ impl<'a> HookState<'a> {
             CacheSpec::All => true,
             CacheSpec::Only(s) => s.contains(&point),
         }
+    }
+
+    /// Whether a hook names `point` itself (an intervention, a tap or a cache that lists it):
+    /// `cache_all` does not count.
+    pub fn asks_for(&self, point: HookPoint) -> bool {
+        self.by_point.contains_key(&point) || self.taps.contains(&point) || matches!(&self.hooks.cache, CacheSpec::Only(s) if s.contains(&point))
     }
 
     /// Whether the hook at `point` does anything (an intervention, a tap or the cache).

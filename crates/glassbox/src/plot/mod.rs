@@ -74,6 +74,7 @@ plot_impl!(crate::methods::stability::Stability, results::stability);
 plot_impl!(crate::methods::composition::Composition, results::composition);
 plot_impl!(crate::methods::sae_attribution::SaeAttribution, results::sae_attribution);
 plot_impl!(crate::methods::graph::AttributionGraph, results::attribution_graph);
+plot_impl!(crate::methods::evaluate::CircuitEvaluation, results::circuit_evaluation);
 
 impl Plot for crate::methods::analyze::Analysis {
     /// The circuit's heads coloured by their attention type (`head_types`) where the result has them.

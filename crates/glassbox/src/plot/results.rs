@@ -210,6 +210,23 @@ pub fn path_patching(p: &PathPatching) -> Svg {
     })
 }
 
+/// `evaluate`: faithfulness against circuit size (signed and absolute scores), 1 and 0 marked.
+pub fn circuit_evaluation(r: &crate::methods::evaluate::CircuitEvaluation) -> Svg {
+    let xs: Vec<String> = r.fractions.iter().map(|f| format!("{}%", f * 100.0)).collect();
+    let title = format!("Faithfulness of {} circuits (CPR {:.3}, CMD {:.3})", r.method, r.cpr.mean, r.cmd.mean);
+    line_chart(
+        &title,
+        "circuit size (share of edges)",
+        "faithfulness f",
+        &xs,
+        &[
+            Series { name: "signed scores (CPR)", values: &r.signed.faithfulness, colour: "#b2182b" },
+            Series { name: "absolute scores (CMD)", values: &r.absolute.faithfulness, colour: "#2166ac" },
+        ],
+        &[("full model", 1.0), ("every edge patched", 0.0)],
+    )
+}
+
 /// The logit lens: the logit difference after each layer, and each head's direct effect.
 pub fn logit_lens(l: &LogitLens) -> Svg {
     let xs: Vec<String> = std::iter::once("embed".to_string()).chain((0..l.logit_diffs.len().saturating_sub(1)).map(|i| format!("L{i}"))).collect();

@@ -125,6 +125,20 @@ static EDGES: Def<edges::EdgeOptions, edges::EdgeAttribution> = Def {
     metric: |o| Some(o.metric.name().to_string()),
 };
 
+static EVALUATE: Def<evaluate::EvaluateOptions, evaluate::CircuitEvaluation> = Def {
+    name: "evaluate",
+    python: "evaluate_circuits",
+    summary: "MIB's circuit evaluation: circuits of 0.1–100 % of the edges from a method's scores, each measured exactly by edge patching; faithfulness curves, CPR and CMD with intervals.",
+    input: InputKind::ContrastOrTask,
+    needs: ONLY_MODEL,
+    run: |cx, i, o| evaluate::evaluate(cx.model, &i.contrasts()?, o),
+    report: crate::report::circuit_evaluation,
+    plot: Some(plot_of),
+    warnings: evaluate::warnings,
+    many: None,
+    metric: |o| Some(o.metric.name().to_string()),
+};
+
 static LOGIT_LENS: Def<logit_lens::LogitLensOptions, logit_lens::LogitLens> = Def {
     name: "logit-lens",
     python: "logit_lens",
@@ -327,6 +341,7 @@ pub static CATALOG: &[&dyn Entry] = &[
     &PATCH,
     &PATH_PATCH,
     &EDGES,
+    &EVALUATE,
     &LOGIT_LENS,
     &TOKEN_ATTRIBUTION,
     &ATTENTION,
