@@ -291,6 +291,18 @@ impl EdgeGraph {
         EdgeGraph { senders, receivers, edges }
     }
 
+    /// The `k` edges of largest |score| (`scores` in the graph's edge order).
+    pub fn top_edges(&self, scores: &[f32], k: usize) -> Vec<Edge> {
+        order_by_magnitude(scores)
+            .into_iter()
+            .take(k)
+            .map(|e| {
+                let (i, j) = self.edges[e];
+                Edge { sender: self.senders[i].name(), receiver: self.receivers[j].name(), score: scores[e] }
+            })
+            .collect()
+    }
+
     /// Edge `e` as `sender->receiver`.
     pub fn name(&self, e: usize) -> String {
         let (i, j) = self.edges[e];
@@ -382,19 +394,7 @@ pub fn all_edge_scores(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -
 /// Edge attribution patching of every edge (EAP, or EAP-IG).
 pub fn edge_attribution(model: &Model, contrast: &Contrast, opts: &EdgeOptions) -> Result<EdgeAttribution> {
     let (values, clean_ld, corrupted_ld) = all_edge_scores(model, contrast, opts)?;
-    let graph = EdgeGraph::of(model);
-    let top_edges = order_by_magnitude(&values)
-        .into_iter()
-        .take(opts.top_k)
-        .map(|k| {
-            let (i, j) = graph.edges[k];
-            Edge {
-                sender: graph.senders[i].name(),
-                receiver: graph.receivers[j].name(),
-                score: values[k],
-            }
-        })
-        .collect();
+    let top_edges = EdgeGraph::of(model).top_edges(&values, opts.top_k);
     Ok(EdgeAttribution {
         method: opts.method,
         n_steps: (opts.method == Method::IntegratedGradients).then_some(opts.n_steps),

@@ -501,33 +501,31 @@ impl Model {
                 "layer {l}: a run cannot hook both the per-head inputs (hook_q_input, hook_k_input, hook_v_input) and ln1's hooks; the norm runs once per head there"
             )));
         }
+        let (a, cfg) = (&self.weights.layers[l].attn, &self.config);
+        let q = self.head_projection(l, resid, points[0], &a.w_q, a.b_q.as_ref(), cfg.n_heads, normalize, st)?;
+        let k = self.head_projection(l, resid, points[1], &a.w_k, a.b_k.as_ref(), cfg.n_kv_heads, normalize, st)?;
+        let v = self.head_projection(l, resid, points[2], &a.w_v, a.b_v.as_ref(), cfg.n_kv_heads, normalize, st)?;
+        Ok(Some((q, k, v)))
+    }
+
+    /// One projection of the split path: the residual repeated over `n` heads, hooked at
+    /// `point`, normalised per head by ln1 (`normalize`), each head projected by its own rows of
+    /// `w`: `[b, p, n, d_head]`.
+    #[allow(clippy::too_many_arguments)]
+    fn head_projection(&self, l: usize, resid: &Tensor, point: HookPoint, w: &Matrix, bias: Option<&Tensor>, n: usize, normalize: bool, st: &mut HookState) -> Result<Tensor> {
         let cfg = &self.config;
-        let (a, ln1) = (&self.weights.layers[l].attn, &self.weights.layers[l].ln1);
         let (b, p, d) = resid.dims3()?;
         let dh = cfg.d_head;
-        let mut out = Vec::with_capacity(3);
-        for (point, w, bias, n) in [
-            (points[0], &a.w_q, a.b_q.as_ref(), cfg.n_heads),
-            (points[1], &a.w_k, a.b_k.as_ref(), cfg.n_kv_heads),
-            (points[2], &a.w_v, a.b_v.as_ref(), cfg.n_kv_heads),
-        ] {
-            let x = st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)?;
-            let x = if normalize { weighted_norm(&x, ln1, cfg)? } else { x };
-            // [heads, b·p, d] × [heads, d, d_head]: each head's rows of the projection.
-            let xt = x.reshape((b * p, n, d))?.transpose(0, 1)?.contiguous()?;
-            let wt = w.tensor()?.to_dtype(x.dtype())?.reshape((n, dh, d))?.transpose(1, 2)?.contiguous()?;
-            let mut y = xt.matmul(&wt)?.transpose(0, 1)?.contiguous()?.reshape((b, p, n, dh))?;
-            if let Some(bias) = bias {
-                y = y.broadcast_add(&bias.to_dtype(y.dtype())?.reshape((n, dh))?)?;
-            }
-            out.push(y);
-        }
-        let v = out.pop();
-        let k = out.pop();
-        match (out.pop(), k, v) {
-            (Some(q), Some(k), Some(v)) => Ok(Some((q, k, v))),
-            _ => Err(Error::Invalid("split attention inputs: three projections expected".into())),
-        }
+        let x = st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)?;
+        let x = if normalize { weighted_norm(&x, &self.weights.layers[l].ln1, cfg)? } else { x };
+        // [heads, b·p, d] × [heads, d, d_head]: each head's rows of the projection.
+        let xt = x.reshape((b * p, n, d))?.transpose(0, 1)?.contiguous()?;
+        let wt = w.tensor()?.to_dtype(x.dtype())?.reshape((n, dh, d))?.transpose(1, 2)?.contiguous()?;
+        let y = xt.matmul(&wt)?.transpose(0, 1)?.contiguous()?.reshape((b, p, n, dh))?;
+        Ok(match bias {
+            Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?.reshape((n, dh))?)?,
+            None => y,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

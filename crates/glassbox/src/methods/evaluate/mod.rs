@@ -28,6 +28,9 @@ use crate::model::Model;
 /// MIB's circuit sizes, as fractions of the edges.
 pub const MIB_FRACTIONS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
 
+/// How many single-edge circuits `exact` scoring holds at once.
+const EXACT_CHUNK: usize = 256;
+
 /// The most patched runs (circuits × prompts) `exact` scoring may ask for.
 pub const MAX_EXACT_RUNS: usize = 200_000;
 
@@ -43,6 +46,17 @@ crate::choices! {
         Exact = "exact",
         /// Scores read from `scores_file`.
         File = "file",
+    }
+}
+
+impl ScoreMethod {
+    /// The attribution method behind EAP (Taylor) and EAP-IG (integrated gradients).
+    fn attribution_method(self) -> Method {
+        if self == ScoreMethod::EapIg {
+            Method::IntegratedGradients
+        } else {
+            Method::Taylor
+        }
     }
 }
 
@@ -173,8 +187,7 @@ fn check_options(opts: &EvaluateOptions) -> Result<()> {
     if !(opts.alpha > 0.0 && opts.alpha < 1.0) {
         return Err(Error::Invalid(format!("alpha must be in (0, 1), not {}", opts.alpha)));
     }
-    let method = if opts.method == ScoreMethod::EapIg { Method::IntegratedGradients } else { Method::Taylor };
-    check_steps(method, opts.n_steps)?;
+    check_steps(opts.method.attribution_method(), opts.n_steps)?;
     match (opts.method, &opts.scores_file) {
         (ScoreMethod::File, None) => Err(Error::Invalid("method `file` reads scores_file: give --scores-file FILE".into())),
         (m, Some(_)) if m != ScoreMethod::File => Err(Error::Invalid("scores_file is read by method `file` only; add --method file".into())),
@@ -185,25 +198,19 @@ fn check_options(opts: &EvaluateOptions) -> Result<()> {
 /// Edge scores from a file, in `graph`'s order, and how many graph edges it left out.
 fn scores_from_file(model: &Model, path: &str, graph: &EdgeGraph) -> Result<(Vec<f32>, usize)> {
     #[derive(Deserialize)]
-    struct Scored {
-        sender: String,
-        receiver: String,
-        score: f32,
-    }
-    #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
-        List(Vec<Scored>),
-        Edges { edges: Vec<Scored> },
-        Result { top_edges: Vec<Scored> },
+        List(Vec<Edge>),
+        Edges { edges: Vec<Edge> },
+        Result { top_edges: Vec<Edge> },
     }
     let text = crate::model::load::read_json_text(std::path::Path::new(path), 1 << 30)?;
-    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
-        if value.get("edges").is_some_and(|e| e.is_object()) {
-            return mib::from_json(model, graph, &value, path);
-        }
+    let not_scored = |e: serde_json::Error| Error::Invalid(format!("{path}: not a list of scored edges ({e}); write [{{\"sender\": \"L09H09\", \"receiver\": \"logits\", \"score\": 0.3}}, ...]"));
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(not_scored)?;
+    if value.get("edges").is_some_and(|e| e.is_object()) {
+        return mib::from_json(model, graph, &value, path);
     }
-    let form: Form = serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{path}: not a list of scored edges ({e}); write [{{\"sender\": \"L09H09\", \"receiver\": \"logits\", \"score\": 0.3}}, ...]")))?;
+    let form: Form = serde_json::from_value(value).map_err(not_scored)?;
     let list = match form {
         Form::List(l) | Form::Edges { edges: l } | Form::Result { top_edges: l } => l,
     };
@@ -232,21 +239,28 @@ fn mean_scores(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions, gr
     for (k, contrast) in contrasts.iter().enumerate() {
         let scores: Vec<f32> = match opts.method {
             ScoreMethod::Eap | ScoreMethod::EapIg => {
-                let method = if opts.method == ScoreMethod::EapIg { Method::IntegratedGradients } else { Method::Taylor };
-                let eo = EdgeOptions { method, n_steps: opts.n_steps, top_k: 0, metric: opts.metric.clone() };
+                let eo = EdgeOptions { method: opts.method.attribution_method(), n_steps: opts.n_steps, top_k: 0, metric: opts.metric.clone() };
                 all_edge_scores(model, contrast, &eo)?.0
             }
             ScoreMethod::Exact => {
+                // The full circuit, then each edge left out alone, a chunk of circuits at a
+                // time (n_edges circuits of n_edges edges would not fit in memory).
                 let scorer = Scorer::new(model, contrast, &opts.metric)?;
-                let mut circuits: Vec<Vec<bool>> = vec![vec![true; n_edges]];
-                circuits.extend((0..n_edges).map(|e| {
-                    let mut c = vec![true; n_edges];
-                    c[e] = false;
-                    c
-                }));
-                let refs: Vec<&[bool]> = circuits.iter().map(|c| c.as_slice()).collect();
-                let m = circuit_metrics(model, contrast, &scorer, graph, &refs, &mut |_| {})?;
-                m[1..].iter().map(|x| m[0] - x).collect()
+                let full = vec![true; n_edges];
+                let m_full = circuit_metrics(model, contrast, &scorer, graph, &[&full], &mut |_| {})?[0];
+                let mut scores = Vec::with_capacity(n_edges);
+                for start in (0..n_edges).step_by(EXACT_CHUNK) {
+                    let circuits: Vec<Vec<bool>> = (start..(start + EXACT_CHUNK).min(n_edges))
+                        .map(|e| {
+                            let mut c = full.clone();
+                            c[e] = false;
+                            c
+                        })
+                        .collect();
+                    let refs: Vec<&[bool]> = circuits.iter().map(|c| c.as_slice()).collect();
+                    scores.extend(circuit_metrics(model, contrast, &scorer, graph, &refs, &mut |_| {})?.into_iter().map(|x| m_full - x));
+                }
+                scores
             }
             ScoreMethod::File => return Err(Error::Invalid("internal: file scores are read, not computed".into())),
         };
@@ -353,14 +367,7 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
         Curve { n_edges: sizes.clone(), faithfulness: values, ci_lo: ivs.iter().map(|i| i.ci_lo).collect(), ci_hi: ivs.iter().map(|i| i.ci_hi).collect() }
     };
     let mean_of = |c: usize| m.iter().map(|r| r[c] as f64).sum::<f64>() / n as f64;
-    let top_edges = crate::methods::order_by_magnitude(&scores)
-        .into_iter()
-        .take(opts.top_k)
-        .map(|e| {
-            let (i, j) = graph.edges[e];
-            Edge { sender: graph.senders[i].name(), receiver: graph.receivers[j].name(), score: scores[e] }
-        })
-        .collect();
+    let top_edges = graph.top_edges(&scores, opts.top_k);
     Ok(CircuitEvaluation {
         method: opts.method,
         n_steps: (opts.method == ScoreMethod::EapIg).then_some(opts.n_steps),

@@ -2,9 +2,11 @@
 //! outside a circuit carries its sender's output from the corrupted run (MIB's "patching"
 //! intervention), for many circuits at once (one batch row per circuit).
 //!
-//! A receiver's input is the residual stream as the current run has it, minus, for every
-//! sender whose edge to it is outside the circuit, that sender's current output plus its
-//! corrupted output: `input_r = resid − Σ_{s ∉ C(r)} (out_s − out_s,corr)`. Senders inside the
+//! A receiver's input is the sum of its senders' outputs where each sender outside the
+//! circuit contributes its output from the corrupted run: `input_r = resid − Σ_{s ∉ C(r)}
+//! (out_s − out_s,corr)`, or equally `input_r = resid_corr + Σ_{s ∈ C(r)} (out_s − out_s,corr)`
+//! (the residual stream is the sum of its senders' outputs plus terms equal in both runs);
+//! each receiver of each row takes whichever form lists fewer senders. Senders inside the
 //! circuit keep the output they compute in this very run (from their own, possibly patched,
 //! inputs). The senders' outputs are read as the run goes (the embeddings at
 //! `hook_resid_pre` of layer 0, each head's result from `hook_z`, each MLP's `hook_mlp_out`),
@@ -21,7 +23,9 @@ use crate::methods::edges::{EdgeGraph, Receiver, Sender};
 use crate::methods::{Contrast, Scorer};
 use crate::model::{Action, Batch, HookPoint, Intervention, Model};
 
-/// The receivers that read the stream at one hook point: `(hook point, how many)`.
+/// The group of receivers that read the stream at one hook point (`4l` queries, `4l + 1` keys,
+/// `4l + 2` values, `4l + 3` the MLP of layer `l`, `4 · n_layers` the logits) and the
+/// receiver's index in it.
 fn receiver_group(r: Receiver, n_layers: usize) -> (usize, usize) {
     match r {
         Receiver::Q(h) => (4 * h.layer, h.head),
@@ -263,8 +267,8 @@ fn rows_per_batch(model: &Model, n_pos: usize) -> usize {
 }
 
 /// The metric of the clean prompt of `contrast` under each circuit, exactly (edges outside a
-/// circuit patched from the corrupted run), in batches of circuits; `progress(done, total)`
-/// after each batch.
+/// circuit patched from the corrupted run), in batches of circuits; `progress(n)` after each
+/// batch of `n` circuits.
 pub fn circuit_metrics(model: &Model, contrast: &Contrast, scorer: &Scorer, graph: &EdgeGraph, circuits: &[&[bool]], progress: &mut dyn FnMut(usize)) -> Result<Vec<f32>> {
     check_model(model)?;
     if let Some(c) = circuits.iter().find(|c| c.len() != graph.edges.len()) {

@@ -71,6 +71,9 @@ pub fn feature_intervention(model: &Model, set: &TranscoderSet, prompt: &Prompt,
     if o.feature >= t.cfg.d_sae {
         return Err(Error::Invalid(format!("feature {}: layer {}'s transcoder has {} features", o.feature, o.layer, t.cfg.d_sae)));
     }
+    if o.frozen && model.weights().layers.iter().any(|lw| lw.extra.ln1_post.is_some()) {
+        return Err(Error::Invalid("the frozen intervention does not yet freeze attention post-norms (Gemma 2/3, OLMo-2); run it with frozen: false".into()));
+    }
     let rep = Replacement::build(model, set, &prompt.tokens)?;
     let x = t.rows(&rep.mlp_in[o.layer])?;
     let a = t.encode(&x)?.acts.get(p)?.get(o.feature)?.to_scalar::<f32>()?;
@@ -78,10 +81,10 @@ pub fn feature_intervention(model: &Model, set: &TranscoderSet, prompt: &Prompt,
         return Err(Error::Invalid(format!("feature {} of layer {} is not active at position {p} on this prompt: scaling it changes nothing (the graph's nodes are the active features)", o.feature, o.layer)));
     }
     let delta_a = a * (o.scale - 1.0);
-    let dec = t.write_directions()?.get(o.feature)?.to_dtype(DType::F32)?;
+    let dec = t.write_directions()?.get(o.feature)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let d = model.config().d_model;
     let mut add = vec![0f32; n * d];
-    for (k, v) in dec.to_vec1::<f32>()?.iter().enumerate() {
+    for (k, v) in dec.iter().enumerate() {
         add[p * d + k] = v * delta_a;
     }
     let add = Tensor::from_vec(add, (1, n, d), &Device::Cpu)?.to_dtype(model.weights().dtype())?;
@@ -101,18 +104,14 @@ pub fn feature_intervention(model: &Model, set: &TranscoderSet, prompt: &Prompt,
         |_| Ok(()),
     )?;
     let g = grad_at.ok_or_else(|| Error::Invalid("the backward did not reach the feature's layer".into()))?;
-    let edge: f64 = dec.to_vec1::<f32>()?.iter().zip(&g).map(|(w, g)| f64::from(*w) * f64::from(*g) * f64::from(a)).sum();
+    let edge: f64 = dec.iter().zip(&g).map(|(w, g)| f64::from(*w) * f64::from(*g) * f64::from(a)).sum();
 
     let ld = |hooks: Hooks| -> Result<f32> {
-        let out = model.forward(&Batch::new(std::slice::from_ref(&prompt.tokens))?, &hooks.last_logits_only())?;
-        let l = out.last_logits()?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(l[prompt.correct as usize] - l[prompt.incorrect as usize])
+        let out = model.forward(&Batch::new(std::slice::from_ref(&prompt.tokens))?, &hooks.logits_for(&[prompt.correct, prompt.incorrect]))?;
+        Ok(out.logit_diff(&[prompt.correct], &[prompt.incorrect])?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0])
     };
     let clean_ld = ld(Hooks::new())?;
     let intervened_ld = if o.frozen {
-        if model.weights().layers.iter().any(|lw| lw.extra.ln1_post.is_some()) {
-            return Err(Error::Invalid("the frozen intervention does not yet freeze attention post-norms (Gemma 2/3, OLMo-2); run it with frozen: false".into()));
-        }
         let mut points = vec![HookPoint::LnFinalScale];
         for l in 0..model.config().n_layers {
             points.extend([HookPoint::Pattern(l), HookPoint::Ln1Scale(l), HookPoint::Ln2Scale(l), HookPoint::MlpOut(l)]);
