@@ -149,11 +149,14 @@ pub fn command(entry: &'static dyn Entry) -> Command {
         if required {
             a = a.required(true);
         }
-        if name == "task" {
+        if name == "task" || name == "prompts" {
             a = a.conflicts_with_all(["prompt", "correct", "incorrect", "corrupted"]);
         }
+        if name == "prompts" && t.input {
+            a = a.conflicts_with("task");
+        }
         if matches!(entry.input(), catalog::InputKind::ContrastOrTask) && ["prompt", "correct", "incorrect"].contains(&name) {
-            a = a.required_unless_present("task");
+            a = a.required_unless_present_any(["task", "prompts"]);
         }
         c = c.arg(a);
     }

@@ -196,6 +196,9 @@ fn run_method(state: &Arc<AppState>, method: &str, req: &MethodRequest) -> ApiRe
             return Err(ApiError::bad(format!("`{}` names a file; the dashboard reads no file from a request (use the command line)", f.name)));
         }
     }
+    if req.input.prompts.is_some() {
+        return Err(ApiError::bad("`prompts` names a file; the dashboard reads no file from a request (use --task, or the command line)"));
+    }
     let cx = catalog::Context { model: &state.model, sae: state.sae.as_ref(), model_b: state.model_b.as_ref(), transcoders: state.transcoders.as_ref() };
     let controls = glassbox::controls::Controls {
         progress: Some({

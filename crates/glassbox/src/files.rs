@@ -5,7 +5,37 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
+
+/// A file the options name (a front end that takes requests from others refuses it).
+pub const FILE: &str = "a file path";
+
+/// A path option (`steer_vector`, `scores_file`, `ground_truth`): text in the schema, marked as
+/// a file so that the dashboard refuses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FilePath(pub PathBuf);
+
+impl FilePath {
+    /// The path as text (lossy where it is not UTF-8), for messages and readers that take text.
+    pub fn text(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl From<&str> for FilePath {
+    fn from(s: &str) -> Self {
+        FilePath(PathBuf::from(s))
+    }
+}
+
+impl crate::schema::FieldType for FilePath {
+    fn kind() -> crate::schema::Kind {
+        crate::schema::Kind::Text { format: Some(FILE) }
+    }
+}
 
 /// A temporary name beside `out`, unique to this process and call.
 fn temporary(out: &Path) -> Result<PathBuf> {

@@ -144,10 +144,10 @@ fn evaluate_refuses_bad_options() {
     let dir = common::scratch("evaluate-scores");
     let bad = dir.join("bad.json");
     std::fs::write(&bad, r#"[{"sender": "L09H09", "receiver": "logits", "score": 1.0}]"#).unwrap();
-    let err = run(EvaluateOptions { method: ScoreMethod::File, scores_file: Some(bad.display().to_string()), ..Default::default() });
+    let err = run(EvaluateOptions { method: ScoreMethod::File, scores_file: Some(glassbox::files::FilePath(bad.clone())), ..Default::default() });
     assert!(err.contains("not an edge of this model"), "{err}");
     std::fs::write(&bad, "not json").unwrap();
-    assert!(run(EvaluateOptions { method: ScoreMethod::File, scores_file: Some(bad.display().to_string()), ..Default::default() }).contains("scored edges"));
+    assert!(run(EvaluateOptions { method: ScoreMethod::File, scores_file: Some(glassbox::files::FilePath(bad.clone())), ..Default::default() }).contains("scored edges"));
 }
 
 /// Scores from a file give the same circuits as the same scores computed in the run.
@@ -158,14 +158,14 @@ fn scores_from_a_file_give_the_same_curves() {
     let a = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &opts).unwrap();
     let path = common::scratch("evaluate-file").join("scores.json");
     std::fs::write(&path, serde_json::to_string(&serde_json::json!({ "edges": a.top_edges })).unwrap()).unwrap();
-    let b = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &EvaluateOptions { method: ScoreMethod::File, scores_file: Some(path.display().to_string()), ..opts.clone() }).unwrap();
+    let b = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &EvaluateOptions { method: ScoreMethod::File, scores_file: Some(glassbox::files::FilePath(path.clone())), ..opts.clone() }).unwrap();
     assert_eq!(a.signed.faithfulness, b.signed.faithfulness);
     assert_eq!(a.absolute.faithfulness, b.absolute.faithfulness);
 
     // MIB's JSON: every query head has its own key and value edges (MIB ungroups GQA), and
     // reading it back gives the same circuits.
     let mib = common::scratch("evaluate-mib").join("mib.json");
-    let opts = EvaluateOptions { mib_out: Some(mib.display().to_string()), ..opts };
+    let opts = EvaluateOptions { mib_out: Some(glassbox::files::FilePath(mib.clone())), ..opts };
     let c = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &opts).unwrap();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mib).unwrap()).unwrap();
     let cfg = model.config();
@@ -181,7 +181,7 @@ fn scores_from_a_file_give_the_same_curves() {
     assert!(json["edges"]["input->a0.h1<q>"]["score"].is_number());
     assert!(json["edges"]["a0.h1->m0"]["score"].is_number());
     assert_eq!(json["cfg"]["n_layers"], l);
-    let d = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &EvaluateOptions { method: ScoreMethod::File, scores_file: Some(mib.display().to_string()), mib_out: None, ..opts }).unwrap();
+    let d = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &EvaluateOptions { method: ScoreMethod::File, scores_file: Some(glassbox::files::FilePath(mib.clone())), mib_out: None, ..opts }).unwrap();
     assert_eq!(c.signed.faithfulness, d.signed.faithfulness);
     assert_eq!(d.edges_missing_from_file, Some(0));
 }

@@ -83,3 +83,35 @@ fn stability_of_attributions() {
         assert_eq!(s.rank_consistency, again.rank_consistency, "seeded");
     }
 }
+
+/// Every generated task on a tiny model: the answers are single tokens of the vocabulary, clean
+/// and counterfactual prompts have the same length and differ, the answers differ, seeded.
+#[test]
+fn standard_tasks_are_well_formed() {
+    use glassbox::tasks::{generate as task, TaskSpec};
+    let model = load_tiny("tiny-llama");
+    for name in ["arithmetic", "induction", "mcqa"] {
+        let spec = TaskSpec { task: name.into(), n: 16, seed: 3, corruption: None };
+        let set = task(&model, &spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(set.len(), 16, "{name}");
+        for p in &set {
+            let c = &p.contrast;
+            c.check(&model).unwrap();
+            assert_eq!(c.clean.len(), c.corrupted.len(), "{name}");
+            assert_ne!(c.correct_id, c.incorrect_id, "{name}");
+            assert_eq!(model.tokenizer().encode_plain(&c.correct).unwrap(), vec![c.correct_id], "{name}: {:?} is one token", c.correct);
+            assert_eq!(model.tokenizer().encode_plain(&c.incorrect).unwrap(), vec![c.incorrect_id], "{name}");
+        }
+        assert_eq!(set[0].contrast.clean, task(&model, &spec).unwrap()[0].contrast.clean, "{name}: seeded");
+        let with_corruption = TaskSpec { corruption: Some("abc".into()), ..spec };
+        assert!(task(&model, &with_corruption).unwrap_err().to_string().contains("corruption"), "{name}");
+    }
+    // The arithmetic answers are the operations' results, and the counterfactual's differ.
+    let set = task(&model, &TaskSpec { task: "arithmetic".into(), n: 8, seed: 1, corruption: None }).unwrap();
+    for p in &set {
+        let (a, b) = (p.features["a"].parse::<i64>().unwrap(), p.features["b"].parse::<i64>().unwrap());
+        let r = if p.features["operator"] == "+" { a + b } else { a - b };
+        assert_eq!(p.contrast.correct, r.to_string());
+        assert_eq!(p.contrast.clean_prompt, format!("{a}{}{b}=", p.features["operator"]));
+    }
+}

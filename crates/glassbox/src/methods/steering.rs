@@ -2,7 +2,7 @@
 //! activation space, taken as the difference between two prompts' mean activations or read
 //! from a file, added with a scale at every position while the model runs or generates.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -75,19 +75,7 @@ pub fn steering_hooks(model: &Model, point: HookPoint, vector: &Tensor, scale: f
     Ok(Hooks::new().intervene(Intervention::new(point, Action::Add(v))))
 }
 
-/// A file the options name (a front end that takes requests from others refuses it).
-pub const FILE: &str = "a file path";
-
-/// A path option (`steer_vector`): text in the schema, marked as a file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct FilePath(pub PathBuf);
-
-impl crate::schema::FieldType for FilePath {
-    fn kind() -> crate::schema::Kind {
-        crate::schema::Kind::Text { format: Some(FILE) }
-    }
-}
+pub use crate::files::{FilePath, FILE};
 
 crate::options! {
     /// Options of `generate`: how to continue the prompt, and optionally a steering vector.

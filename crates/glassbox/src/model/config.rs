@@ -207,6 +207,11 @@ pub struct Variants {
     pub final_softcap: Option<f64>,
     /// A mixture of experts in place of the MLP (see `Moe`).
     pub moe: Option<Moe>,
+    /// Attention without the causal mask: every position sees the whole prompt (tracr-compiled
+    /// models, TransformerLens' `attention_dir = "bidirectional"`). Such a model is not
+    /// generated from and has no KV cache.
+    #[serde(default)]
+    pub bidirectional: bool,
 }
 
 /// The largest model glassbox accepts, so that sizes from a file cannot ask for absurd memory

@@ -220,6 +220,9 @@ impl Model {
         let w = &self.weights;
         let past = match &start {
             Start::Continue { cache, batch } => {
+                if cfg.variants.bidirectional {
+                    return Err(Error::Invalid("this model's attention is bidirectional: every position reads the later ones, so a run cannot continue a cached sequence (nor generate)".into()));
+                }
                 if batch.lengths.iter().any(|&l| l != batch.n_pos()) {
                     return Err(Error::Invalid("a run that continues a cached sequence takes rows of one length (no padding)".into()));
                 }
@@ -282,7 +285,7 @@ impl Model {
         let last_layer = hooks.stop_after_layer.map_or(cfg.n_layers, |s| (s + 1).min(cfg.n_layers));
         for l in first_layer..last_layer {
             let la = cfg.layers[l];
-            let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, past, la.sliding_window, dtype));
+            let mask = masks.entry(la.sliding_window).or_insert_with(|| AttnMask::new(&lengths, n_pos, past, la.sliding_window, cfg.variants.bidirectional, dtype));
             // Tables for every position so far; a continued run rotates the new ones only.
             let layer_rope = rope
                 .map(|r| -> Result<Arc<RopeTables>> {
@@ -703,8 +706,8 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
         .reshape((b, kv * group, p, dh))?)
 }
 
-/// Which keys each query may see: causal, within the prompt's real length and the sliding
-/// window (`fused::attention::AttnMask`, a rule, not a matrix). The tiled attention core reads
+/// Which keys each query may see: causal (or, in a bidirectional model, every key), within
+/// the prompt's real length and the sliding window (`fused::attention::AttnMask`, a rule, not a matrix). The tiled attention core reads
 /// the rule; the chain of candle ops (a run that hooks the scores or the pattern) adds
 /// `additive()`, built only for such a run.
 struct AttnMask {
@@ -720,8 +723,8 @@ impl AttnMask {
     /// (past the prompt's end) see the whole real prompt: a sliding window could otherwise leave
     /// them no key at all, and a row of −∞ gives NaN, which would reach real positions through
     /// `0 · NaN` in the value products.
-    fn new(lengths: &[usize], p: usize, past: usize, window: Option<usize>, dtype: DType) -> Self {
-        AttnMask { rule: MaskRule { lengths: Arc::new(lengths.to_vec()), past, window }, queries: p, dtype, additive: std::cell::OnceCell::new() }
+    fn new(lengths: &[usize], p: usize, past: usize, window: Option<usize>, bidirectional: bool, dtype: DType) -> Self {
+        AttnMask { rule: MaskRule { lengths: Arc::new(lengths.to_vec()), past, window, bidirectional }, queries: p, dtype, additive: std::cell::OnceCell::new() }
     }
 
     /// The additive mask `[b, 1, queries, keys]`: 0 where a query may see a key, -inf elsewhere.

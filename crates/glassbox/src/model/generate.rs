@@ -139,6 +139,9 @@ impl Model {
         if prompt.is_empty() {
             return Err(Error::EmptyPrompt);
         }
+        if self.config.variants.bidirectional {
+            return Err(Error::Invalid("this model's attention is bidirectional (every position reads the later ones), so it does not generate text left to right".into()));
+        }
         let vocab = self.config.d_vocab;
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::Invalid(format!("token id {id} is outside the vocabulary of {vocab} tokens")));

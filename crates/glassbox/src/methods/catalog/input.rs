@@ -33,10 +33,10 @@ impl InputKind {
     pub fn keys(self) -> &'static [&'static str] {
         match self {
             InputKind::Contrast => &["prompt", "correct", "incorrect", "corrupted"],
-            InputKind::ContrastOrTask => &["prompt", "correct", "incorrect", "corrupted", "task", "n", "seed", "corruption"],
+            InputKind::ContrastOrTask => &["prompt", "correct", "incorrect", "corrupted", "task", "n", "seed", "corruption", "prompts"],
             InputKind::Prompt => &["prompt", "correct", "incorrect"],
             InputKind::Text => &["prompt"],
-            InputKind::Task => &["task", "n", "seed", "corruption"],
+            InputKind::Task => &["task", "n", "seed", "corruption", "prompts"],
             InputKind::Weights => &[],
         }
     }
@@ -59,7 +59,7 @@ crate::options! {
         pub incorrect: Option<String> = None,
         /// The corrupted prompt (as many tokens as the prompt); by default the two answers' words swapped.
         pub corrupted: Option<String> = None,
-        /// A generated prompt set instead of one prompt: the task (ioi).
+        /// A generated prompt set instead of one prompt: the task (ioi, arithmetic, induction, mcqa).
         pub task: Option<String> = None,
         /// Prompts in the task set.
         pub n: Option<usize> = None,
@@ -67,6 +67,9 @@ crate::options! {
         pub seed: Option<u64> = None,
         /// The task's corruption (ioi: name_swap or abc).
         pub corruption: Option<String> = None,
+        /// A prompt set from a JSONL file instead of a generated task: one object per line with
+        /// `prompt`, `correct`, `incorrect`, optionally `corrupted`, `id` and `group` (batch's format).
+        pub prompts: Option<String> = None,
     }
 }
 
@@ -163,7 +166,7 @@ pub fn resolve_input(model: &Model, kind: InputKind, spec: &InputSpec, method: &
             )));
         }
     }
-    let is_task = spec.task.is_some();
+    let is_task = spec.task.is_some() || spec.prompts.is_some();
     Ok(match kind {
         InputKind::Contrast => contrast_input(model, spec, method)?,
         InputKind::ContrastOrTask if is_task => task_input(model, spec)?,
@@ -190,9 +193,38 @@ fn contrast_input(model: &Model, spec: &InputSpec, method: &str) -> Result<Input
 }
 
 fn task_input(model: &Model, spec: &InputSpec) -> Result<Input> {
+    if let Some(path) = &spec.prompts {
+        if spec.task.is_some() || spec.n.is_some() || spec.corruption.is_some() {
+            return Err(Error::Invalid("give either a prompts file or a generated task (task, n, corruption), not both".into()));
+        }
+        let prompts = prompts_file(model, std::path::Path::new(path))?;
+        let t = TaskSpec { task: "given".into(), n: prompts.len(), seed: 0, corruption: None };
+        return Ok(Input::Set(t, prompts));
+    }
     let t = spec.task_spec();
     let prompts = crate::tasks::generate(model, &t)?;
     Ok(Input::Set(t, prompts))
+}
+
+/// The contrasts of a JSONL prompt file (`batch::read_jsonl`'s format), each tokenized and
+/// checked; any line left out is an error naming it.
+fn prompts_file(model: &Model, path: &std::path::Path) -> Result<Vec<TaskPrompt>> {
+    let (items, errors) = crate::batch::read_jsonl(path)?;
+    if let Some(e) = errors.first() {
+        return Err(Error::Invalid(format!("{} line {}: {} ({} lines left out in all)", path.display(), e.line, e.message, errors.len())));
+    }
+    if items.is_empty() {
+        return Err(Error::Invalid(format!("{} holds no prompts", path.display())));
+    }
+    items
+        .iter()
+        .map(|it| {
+            let at = |e: Error| Error::Invalid(format!("{} line {}: {e}", path.display(), it.line));
+            let contrast = Contrast::new(model, &it.prompt, &it.correct, &it.incorrect, it.corrupted.as_deref()).map_err(at)?;
+            contrast.check(model).map_err(at)?;
+            Ok(TaskPrompt { contrast, features: Default::default(), group: it.group.clone().unwrap_or_default() })
+        })
+        .collect()
 }
 
 /// What the input was, as the envelope records it.

@@ -102,3 +102,48 @@ pub fn from_json(model: &Model, graph: &EdgeGraph, value: &Value, path: &str) ->
     }
     Ok((scores, missing))
 }
+
+/// Each MIB edge name of `graph` (a key/value input once per query head of its group) with the
+/// index of its glassbox edge.
+pub fn edge_index(model: &Model, graph: &EdgeGraph) -> std::collections::HashMap<String, usize> {
+    let group = model.config().group_size();
+    let mut index = std::collections::HashMap::new();
+    for (e, &(i, j)) in graph.edges.iter().enumerate() {
+        let s = sender_name(graph.senders[i]);
+        for r in receiver_names(graph.receivers[j], group) {
+            index.insert(format!("{s}->{r}"), e);
+        }
+    }
+    index
+}
+
+/// The edges of `graph` that a circuit file puts in the circuit: MIB's JSON (`edges` with
+/// `in_graph`, as MIB writes InterpBench's and tracr's ground truths), or a JSON list of edge
+/// names (glassbox's `embed->L00H00.q` or MIB's `input->a0.h0<q>`). A glassbox edge is in the
+/// circuit when any of its MIB names is.
+pub fn circuit_edges(model: &Model, graph: &EdgeGraph, value: &Value, path: &str) -> Result<Vec<bool>> {
+    let mut index = edge_index(model, graph);
+    for e in 0..graph.edges.len() {
+        index.insert(graph.name(e), e);
+    }
+    let unknown = |name: &str| Error::Invalid(format!("{path}: `{}` is not an edge of this model (MIB names: input->a0.h1<q>, a0.h1->m0, m3->logits; glassbox names: embed->L00H01.q, L00H01->MLP00)", crate::error::printable(&name)));
+    let mut inside = vec![false; graph.edges.len()];
+    match value {
+        Value::Object(o) => {
+            let edges = o.get("edges").and_then(Value::as_object).ok_or_else(|| Error::Invalid(format!("{path}: no `edges` object (MIB's circuit JSON) and not a list of edge names")))?;
+            for (name, v) in edges {
+                let &e = index.get(name).ok_or_else(|| unknown(name))?;
+                let flag = v.get("in_graph").and_then(Value::as_bool).ok_or_else(|| Error::Invalid(format!("{path}: edge {} has no boolean `in_graph`", crate::error::printable(name))))?;
+                inside[e] |= flag;
+            }
+        }
+        Value::Array(names) => {
+            for n in names {
+                let name = n.as_str().ok_or_else(|| Error::Invalid(format!("{path}: a list of edge names holds {n}, not a string")))?;
+                inside[*index.get(name).ok_or_else(|| unknown(name))?] = true;
+            }
+        }
+        _ => return Err(Error::Invalid(format!("{path}: give MIB's circuit JSON or a list of edge names"))),
+    }
+    Ok(inside)
+}

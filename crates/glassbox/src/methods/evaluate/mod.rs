@@ -13,12 +13,15 @@
 
 mod mib;
 mod patch;
+pub mod truth;
 
 pub use patch::{check_model, circuit_metrics};
+pub use truth::GroundTruthScore;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::files::FilePath;
 use crate::methods::attribution::{check_steps, Method, DEFAULT_N_STEPS};
 use crate::methods::bootstrap::{interval, Interval};
 use crate::methods::edges::{all_edge_scores, Edge, EdgeGraph, EdgeOptions};
@@ -70,7 +73,7 @@ crate::options! {
         pub n_steps: usize = DEFAULT_N_STEPS,
         /// For `file`: a JSON list of `{"sender": "L09H09", "receiver": "logits", "score": 0.3}`
         /// (or `{"edges": [...]}`, or the edges of an `edges` result); edges it leaves out score 0.
-        pub scores_file: Option<String> = None,
+        pub scores_file: Option<FilePath> = None,
         /// Circuit sizes as fractions of the edges, increasing (MIB's by default).
         pub fractions: Vec<f64> = MIB_FRACTIONS.to_vec(),
         /// Bootstrap resamples of the prompts for the intervals.
@@ -81,7 +84,10 @@ crate::options! {
         pub seed: u64 = 0,
         /// Also write the mean edge scores as MIB's circuit-track JSON to this file (for MIB's
         /// own evaluation); `file` reads that format back.
-        pub mib_out: Option<String> = None,
+        pub mib_out: Option<FilePath> = None,
+        /// A circuit known to be true (MIB's circuit JSON with `in_graph`, or a JSON list of
+        /// edge names): the result gives the scores' edge and node AUROC against it.
+        pub ground_truth: Option<FilePath> = None,
         /// How many of the best-scored edges the result lists.
         pub top_k: usize = 20,
         /// The metric.
@@ -134,6 +140,9 @@ pub struct CircuitEvaluation {
     /// Graph edges the scores file did not give (scored 0), for `file`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub edges_missing_from_file: Option<usize>,
+    /// The scores against a known circuit (`ground_truth`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ground_truth: Option<GroundTruthScore>,
     /// The best-scored edges (mean score over the prompts), by decreasing |score|.
     pub top_edges: Vec<Edge>,
     /// Bootstrap resamples.
@@ -306,18 +315,19 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
         )));
     }
     if let Some(out) = &opts.mib_out {
-        crate::files::check_output_path(std::path::Path::new(out))?;
+        crate::files::check_output_path(&out.0)?;
     }
+    let truth = opts.ground_truth.as_ref().map(|path| truth::read(model, &graph, &path.text())).transpose()?;
     let (scores, missing) = match (&opts.method, &opts.scores_file) {
         (ScoreMethod::File, Some(path)) => {
-            let (s, m) = scores_from_file(model, path, &graph)?;
+            let (s, m) = scores_from_file(model, &path.text(), &graph)?;
             (s, Some(m))
         }
         _ => (mean_scores(model, contrasts, opts, &graph)?, None),
     };
     if let Some(out) = &opts.mib_out {
         let text = serde_json::to_string(&mib::to_json(model, &graph, &scores)).map_err(|e| Error::Invalid(format!("MIB JSON: {e}")))?;
-        crate::files::write_bytes(std::path::Path::new(out), text.as_bytes())?;
+        crate::files::write_bytes(&out.0, text.as_bytes())?;
     }
     let fr = &opts.fractions;
     let sizes: Vec<usize> = fr.iter().map(|f| (f * n_edges as f64).floor() as usize).collect();
@@ -368,6 +378,7 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
     };
     let mean_of = |c: usize| m.iter().map(|r| r[c] as f64).sum::<f64>() / n as f64;
     let top_edges = graph.top_edges(&scores, opts.top_k);
+    let ground_truth = truth.map(|t| truth::score(model, &graph, &scores, &t, &opts.ground_truth.as_ref().map(FilePath::text).unwrap_or_default()));
     Ok(CircuitEvaluation {
         method: opts.method,
         n_steps: (opts.method == ScoreMethod::EapIg).then_some(opts.n_steps),
@@ -383,6 +394,7 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
         cmd: interval(cmd as f32, cmds, opts.alpha, n),
         area_rule: AREA_RULE.to_string(),
         edges_missing_from_file: missing,
+        ground_truth,
         top_edges,
         n_boot: opts.n_boot,
         alpha: opts.alpha,

@@ -138,6 +138,9 @@ impl Replacement {
                 if cfg.parallel_block { "runs attention and the MLP in parallel" } else { "normalises after its sublayers" }
             )));
         }
+        if cfg.variants.bidirectional {
+            return Err(Error::Invalid("attribution graphs carry gradients back through causal attention only (a target reads no later position); this model's attention is bidirectional".into()));
+        }
         let read = read_of(set)?;
         let n_layers = cfg.n_layers;
         let mut points = vec![HookPoint::Embed, HookPoint::LnFinalScale];

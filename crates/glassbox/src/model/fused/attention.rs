@@ -12,7 +12,8 @@
 //! unit owns its keys), `dq` per query tile (each unit owns its queries).
 //!
 //! The mask is a rule, not a matrix (`AttnMask`): query `past + i` of prompt `b` sees keys
-//! `0..=past + i` inside the prompt's real length and the window; a padding query (past the
+//! `0..=past + i` inside the prompt's real length and the window (a bidirectional model's
+//! query sees the whole real prompt); a padding query (past the
 //! prompt's end) sees the whole real prompt, so no row is empty. f32 and f64; on CPUs with AVX2
 //! and FMA the tile loops are compiled for them.
 
@@ -39,6 +40,9 @@ pub struct AttnMask {
     pub past: usize,
     /// A sliding window: a query sees the `window` keys up to itself.
     pub window: Option<usize>,
+    /// Bidirectional attention (tracr-compiled and encoder models): every query sees the whole
+    /// real prompt, later keys included (no window).
+    pub bidirectional: bool,
 }
 
 impl AttnMask {
@@ -46,7 +50,7 @@ impl AttnMask {
     pub fn keys(&self, b: usize, i: usize) -> (usize, usize) {
         let q = self.past + i;
         let real = self.past + self.lengths[b];
-        if q >= real {
+        if q >= real || self.bidirectional {
             return (0, real);
         }
         let lo = self.window.map_or(0, |w| (q + 1).saturating_sub(w));
@@ -606,7 +610,7 @@ mod tests {
         for (p, past, window, softcap) in [(150usize, 0usize, None, None), (150, 0, Some(70usize), Some(0.7)), (70, 90, None, None), (70, 90, Some(100), Some(2.0))] {
             let kp = past + p;
             let lengths = vec![p, p - 37];
-            let mask = AttnMask { lengths: Arc::new(lengths.clone()), past, window };
+            let mask = AttnMask { lengths: Arc::new(lengths.clone()), past, window, bidirectional: false };
             let spec = AttnSpec { scale: 0.3, softcap, mask: mask.clone() };
             let (qs, ks, vs) = (data(b * p * h * dh, 1), data(b * kp * kv * dh, 2), data(b * kp * kv * dh, 3));
             let q = Var::from_vec(qs.clone(), (b, p, h, dh), &dev).unwrap();

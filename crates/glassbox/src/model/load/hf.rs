@@ -114,7 +114,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The tensor names in a safetensors file's header, each checked to appear once (a repeated
 /// name would otherwise silently replace the first).
-fn safetensors_names(path: &Path) -> Result<Vec<String>> {
+pub(super) fn safetensors_names(path: &Path) -> Result<Vec<String>> {
     use std::io::Read;
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
     let size = super::regular_file(path)?.len();
@@ -169,6 +169,9 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
         });
     }
     let text = super::read_json_text(&config_path, MAX_CONFIG_BYTES)?;
+    if serde_json::from_str::<Value>(&text).is_ok_and(|v| super::tl::is_tl_config(&v)) {
+        return super::tl::load_folder(dir, &text);
+    }
     let json = hf_config::parse(&text).map_err(|detail| Error::Corrupt { path: config_path.clone(), detail })?;
     let model_type = json.model_type.clone().unwrap_or_default();
     let family = FAMILIES

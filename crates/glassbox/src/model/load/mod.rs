@@ -9,6 +9,7 @@ pub mod hf;
 mod hf_config;
 mod layers;
 pub(crate) mod names;
+mod tl;
 
 use std::collections::HashSet;
 use std::io::Read;

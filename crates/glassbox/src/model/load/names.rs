@@ -83,7 +83,7 @@ pub struct TensorNames {
 }
 
 /// The fields most families leave out.
-const NONE: TensorNames = TensorNames {
+pub(crate) const NONE: TensorNames = TensorNames {
     linear: Linear::OutIn,
     embed: No,
     pos_embed: No,
