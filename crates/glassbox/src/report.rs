@@ -146,6 +146,10 @@ pub fn circuit_evaluation(r: &crate::methods::evaluate::CircuitEvaluation, rows:
         line!(o, "{:>9} {:>8}   {:>8.4} [{:>7.4}, {:>7.4}]   {:>8.4} [{:>7.4}, {:>7.4}]", format!("{}", f * 100.0), s.n_edges[k], s.faithfulness[k], s.ci_lo[k], s.ci_hi[k], a.faithfulness[k], a.ci_lo[k], a.ci_hi[k]);
     }
     line!(o, "f = (m(C) − m(∅)) / (m(N) − m(∅)); areas: {}", r.area_rule);
+    if let Some(a) = &r.agreement_with_exact {
+        let rho = |r: Option<f32>| r.map_or("n/a (constant scores)".to_string(), |r| format!("{r:.4}"));
+        line!(o, "agreement with exact single-edge patching: Spearman ρ {} (signed), {} (|score|); {:.0} % of the exact top 1 % of edges are in this method's top 1 %", rho(a.spearman), rho(a.spearman_abs), a.top1pct_overlap * 100.0);
+    }
     if let Some(g) = &r.ground_truth {
         let node = g.node_auroc.map_or("n/a (every component or none is true)".to_string(), |a| format!("{a:.4}"));
         line!(o, "ground truth ({}): {} true edges; edge AUROC {:.4} (|mean score|); {} of {} components true, node AUROC {node}; the whole true circuit is in the top {} edges", g.file, g.true_edges, g.edge_auroc, g.true_nodes, g.n_nodes, g.worst_true_rank);

@@ -202,3 +202,12 @@ fn areas_match_numpy() {
         close(cmd, case["cmd"].as_f64().unwrap(), "cmd");
     }
 }
+
+#[test]
+fn spearman_equals_scipy() {
+    // scipy.stats.spearmanr([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) (its documentation's example).
+    let r = evaluate::spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]);
+    assert!((r - 0.8207826816681233).abs() < 1e-12, "{r}");
+    assert!((evaluate::spearman(&[1.0, 2.0, 3.0], &[9.0, 4.0, 1.0]) + 1.0).abs() < 1e-12);
+    assert!(evaluate::spearman(&[1.0, 1.0], &[2.0, 3.0]).is_nan());
+}

@@ -80,15 +80,23 @@ fn quantized_weights_give_the_f32_figures_bit_for_bit() {
     common::assert_quantized_equals_dense(model, &[IOI, "The capital of France is"]);
 }
 
-/// The standard tasks on SmolLM2: the share of prompts where the model gives the correct answer
+/// The standard tasks on SmolLM2: every pair well formed (single-token answers, equal lengths),
+/// and the share of prompts where the model gives the correct answer
 /// a larger logit than the counterfactual's (printed; BENCHMARKS.md reports it). Arithmetic and
 /// induction must be right on most prompts.
 #[test]
 fn smollm2_prefers_the_correct_answer_on_the_standard_tasks() {
     use glassbox::tasks::{generate, TaskSpec};
     let model = smollm2();
-    for (task, must) in [("ioi", true), ("arithmetic", true), ("induction", true), ("mcqa", false)] {
+    for (task, must) in [("ioi", true), ("arithmetic", true), ("docstring", true), ("greater-than", true), ("induction", true), ("mcqa", false)] {
         let set = generate(model, &TaskSpec { task: task.into(), n: 32, seed: 0, corruption: None }).unwrap();
+        for p in &set {
+            let c = &p.contrast;
+            c.check(model).unwrap();
+            assert_eq!(c.clean.len(), c.corrupted.len(), "{task}");
+            assert_eq!(model.tokenizer().encode_plain(&c.correct).unwrap(), vec![c.correct_id], "{task}: {:?} is one token", c.correct);
+            assert_eq!(model.tokenizer().encode_plain(&c.incorrect).unwrap(), vec![c.incorrect_id], "{task}: {:?} is one token", c.incorrect);
+        }
         let batch = glassbox::Batch::new(&set.iter().map(|p| p.contrast.clean.clone()).collect::<Vec<_>>()).unwrap();
         let logits = model.forward(&batch, &Hooks::default()).unwrap().last_logits().unwrap().to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
         let right = set.iter().zip(&logits).filter(|(p, l)| l[p.contrast.correct_id as usize] > l[p.contrast.incorrect_id as usize]).count();

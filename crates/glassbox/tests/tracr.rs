@@ -75,11 +75,13 @@ fn exact_edge_scores_equal_numpy_and_recover_every_ground_truth() {
         let truth = glassbox::files::FilePath(dir.join("ground_truth.json"));
         let mut aurocs = Vec::new();
         for method in [ScoreMethod::Exact, ScoreMethod::Eap, ScoreMethod::EapIg] {
-            let opts = EvaluateOptions { method, ground_truth: Some(truth.clone()), top_k: 100_000, n_boot: 50, ..Default::default() };
+            let compare_exact = method != ScoreMethod::Exact;
+            let opts = EvaluateOptions { method, ground_truth: Some(truth.clone()), top_k: 100_000, n_boot: 50, compare_exact, ..Default::default() };
             let e = evaluate(&model, &cs, &opts).unwrap_or_else(|e| panic!("{name} {method:?}: {e}"));
             let g = e.ground_truth.as_ref().unwrap();
             assert_eq!(g.true_edges, r["ground_truth_edges"].as_array().unwrap().len(), "{name}");
-            aurocs.push(format!("{method:?} edge {:.3} node {}", g.edge_auroc, g.node_auroc.map_or("n/a".into(), |a| format!("{a:.3}"))));
+            let rho = e.agreement_with_exact.as_ref().map_or(String::new(), |a| format!(" ρ {:?} ρ|| {:?}", a.spearman, a.spearman_abs));
+            aurocs.push(format!("{method:?} edge {:.3} node {}{rho}", g.edge_auroc, g.node_auroc.map_or("n/a".into(), |a| format!("{a:.3}"))));
             if method != ScoreMethod::Exact {
                 continue;
             }

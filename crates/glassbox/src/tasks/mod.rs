@@ -2,6 +2,8 @@
 //! `inputs::TaskPrompt`) and import no method.
 
 pub mod arithmetic;
+pub mod docstring;
+pub mod greater_than;
 pub mod induction;
 pub mod ioi;
 pub mod mcqa;
@@ -14,7 +16,7 @@ pub use crate::rng::Rng;
 crate::options! {
     /// A generated prompt set: which task, how many prompts, the seed and the corruption.
     pub struct TaskSpec {
-        /// The task: `ioi`, `arithmetic`, `induction` or `mcqa`.
+        /// The task: `ioi`, `arithmetic`, `docstring`, `greater-than`, `induction` or `mcqa`.
         pub task: String = "ioi".to_string(),
         /// Prompts in the set.
         pub n: usize = 64,
@@ -29,7 +31,9 @@ crate::options! {
 pub const TASKS: &[(&str, &str)] = &[
     ("ioi", "indirect object identification (Wang et al. 2022): \"When Mary and John went to the store, John gave a drink to\" → \" Mary\""),
     ("arithmetic", "two-operand addition and subtraction (MIB): \"3+4=\" → \"7\", counterfactual operands with another result"),
+    ("greater-than", "greater-than (Hanna et al. 2023): \"The war lasted from the year 1732 to the year 17\" → a later decade than an earlier one, counterfactual start year 1701"),
     ("induction", "repeated random tokens (Olsson et al. 2022): \"A B C D … A B\" → \" C\", counterfactual with C changed in the first copy"),
+    ("docstring", "docstring argument completion (Heimersheim & Janiak 2023): \"def run(self, load, size, files, last): … :param load: … :param size: … :param\" → \" files\", counterfactual def with other names"),
     ("mcqa", "multiple choice with letter answers (MIB's MCQA): \"The apple is red. What color is the apple?\\nA. blue\\nB. red …\\nAnswer:\" → \" B\", counterfactual with the colour under another letter"),
 ];
 
@@ -44,10 +48,12 @@ pub fn generate(model: &Model, spec: &TaskSpec) -> Result<Vec<TaskPrompt>> {
             let prompts = ioi::generate(model, spec.n, spec.seed, corruption)?;
             ioi::scrub_prompts(model, &prompts)
         }
-        "arithmetic" | "induction" | "mcqa" if spec.corruption.is_some() => {
+        "arithmetic" | "docstring" | "greater-than" | "induction" | "mcqa" if spec.corruption.is_some() => {
             Err(Error::Invalid(format!("the task `{}` has one counterfactual of its own; leave out corruption", spec.task)))
         }
         "arithmetic" => arithmetic::generate(model, spec.n, spec.seed),
+        "docstring" => docstring::generate(model, spec.n, spec.seed),
+        "greater-than" => greater_than::generate(model, spec.n, spec.seed),
         "induction" => induction::generate(model, spec.n, spec.seed),
         "mcqa" => mcqa::generate(model, spec.n, spec.seed),
         other => Err(Error::Invalid(format!(

@@ -59,7 +59,7 @@ crate::options! {
         pub incorrect: Option<String> = None,
         /// The corrupted prompt (as many tokens as the prompt); by default the two answers' words swapped.
         pub corrupted: Option<String> = None,
-        /// A generated prompt set instead of one prompt: the task (ioi, arithmetic, induction, mcqa).
+        /// A generated prompt set instead of one prompt: the task (ioi, arithmetic, docstring, greater-than, induction, mcqa).
         pub task: Option<String> = None,
         /// Prompts in the task set.
         pub n: Option<usize> = None,

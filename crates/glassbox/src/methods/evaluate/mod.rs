@@ -88,6 +88,9 @@ crate::options! {
         /// A circuit known to be true (MIB's circuit JSON with `in_graph`, or a JSON list of
         /// edge names): the result gives the scores' edge and node AUROC against it.
         pub ground_truth: Option<FilePath> = None,
+        /// Also score every edge exactly and give the rank correlation of the method's scores
+        /// with the exact ones (small models: one patched run per edge and prompt).
+        pub compare_exact: bool = false,
         /// How many of the best-scored edges the result lists.
         pub top_k: usize = 20,
         /// The metric.
@@ -140,6 +143,9 @@ pub struct CircuitEvaluation {
     /// Graph edges the scores file did not give (scored 0), for `file`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub edges_missing_from_file: Option<usize>,
+    /// How the method's edge ranking agrees with exact single-edge patching (`compare_exact`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agreement_with_exact: Option<RankAgreement>,
     /// The scores against a known circuit (`ground_truth`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ground_truth: Option<GroundTruthScore>,
@@ -151,6 +157,59 @@ pub struct CircuitEvaluation {
     pub alpha: f32,
     /// Seed of the resampling.
     pub seed: u64,
+}
+
+/// Rank correlation of a method's mean edge scores with exact single-edge patching's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RankAgreement {
+    /// Spearman's ρ of the signed scores (average ranks for ties); absent when either side's
+    /// scores are all equal.
+    pub spearman: Option<f32>,
+    /// Spearman's ρ of the absolute scores (what circuits of absolute scores are built from).
+    pub spearman_abs: Option<f32>,
+    /// Share of the exact top 1 % of edges (by |score|, at least one) among the method's top 1 %.
+    pub top1pct_overlap: f32,
+}
+
+/// Ranks from 1, ties given their average rank.
+fn ranks(x: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut r = vec![0f64; x.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && x[idx[j + 1]] == x[idx[i]] {
+            j += 1;
+        }
+        for &k in &idx[i..=j] {
+            r[k] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's ρ: Pearson's correlation of the average ranks (NaN when either side is constant).
+pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let (va, vb): (f64, f64) = (ra.iter().map(|x| (x - ma).powi(2)).sum(), rb.iter().map(|y| (y - mb).powi(2)).sum());
+    cov / (va * vb).sqrt()
+}
+
+fn agreement(scores: &[f32], exact: &[f32]) -> RankAgreement {
+    let f = |v: &[f32], abs: bool| -> Vec<f64> { v.iter().map(|&x| if abs { (x as f64).abs() } else { x as f64 }).collect() };
+    let k = (scores.len() / 100).max(1);
+    let top = |v: &[f32]| -> std::collections::HashSet<usize> { ranking(v, true).into_iter().take(k).collect() };
+    let (a, b) = (top(scores), top(exact));
+    RankAgreement {
+        spearman: Some(spearman(&f(scores, false), &f(exact, false)) as f32).filter(|r| r.is_finite()),
+        spearman_abs: Some(spearman(&f(scores, true), &f(exact, true)) as f32).filter(|r| r.is_finite()),
+        top1pct_overlap: a.intersection(&b).count() as f32 / k as f32,
+    }
 }
 
 /// How the areas are integrated, in words.
@@ -308,7 +367,10 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
     }
     let graph = EdgeGraph::of(model);
     let n_edges = graph.edges.len();
-    if opts.method == ScoreMethod::Exact && n_edges.saturating_add(1).saturating_mul(contrasts.len()) > MAX_EXACT_RUNS {
+    if opts.compare_exact && opts.method == ScoreMethod::Exact {
+        return Err(Error::Invalid("compare_exact compares a method with exact scores; the method is exact already (choose eap, eap-ig or file)".into()));
+    }
+    if (opts.method == ScoreMethod::Exact || opts.compare_exact) && n_edges.saturating_add(1).saturating_mul(contrasts.len()) > MAX_EXACT_RUNS {
         return Err(Error::Invalid(format!(
             "exact edge scores need one patched run per edge and prompt: {n_edges} edges × {} prompts is more than {MAX_EXACT_RUNS}; use fewer prompts (--n), a smaller model, or eap / eap-ig",
             contrasts.len()
@@ -324,6 +386,12 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
             (s, Some(m))
         }
         _ => (mean_scores(model, contrasts, opts, &graph)?, None),
+    };
+    let agreement_with_exact = if opts.compare_exact {
+        let exact = mean_scores(model, contrasts, &EvaluateOptions { method: ScoreMethod::Exact, ..opts.clone() }, &graph)?;
+        Some(agreement(&scores, &exact))
+    } else {
+        None
     };
     if let Some(out) = &opts.mib_out {
         let text = serde_json::to_string(&mib::to_json(model, &graph, &scores)).map_err(|e| Error::Invalid(format!("MIB JSON: {e}")))?;
@@ -394,6 +462,7 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
         cmd: interval(cmd as f32, cmds, opts.alpha, n),
         area_rule: AREA_RULE.to_string(),
         edges_missing_from_file: missing,
+        agreement_with_exact,
         ground_truth,
         top_edges,
         n_boot: opts.n_boot,
