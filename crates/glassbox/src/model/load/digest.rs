@@ -111,7 +111,7 @@ pub(crate) fn files_sha256(paths: &[std::path::PathBuf]) -> std::io::Result<Stri
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for p in paths {
-        let mut f = std::fs::File::open(p)?;
+        let mut f = crate::files::open_regular(p)?;
         loop {
             let n = f.read(&mut buf)?;
             if n == 0 {

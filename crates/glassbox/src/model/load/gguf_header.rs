@@ -223,7 +223,7 @@ fn min_value_bytes(ty: u32, v1: bool) -> Option<u64> {
 /// Reads and checks the header of the GGUF file at `path` (see the module doc); the reader is
 /// returned for `Content::tensor`, whose reads then stay inside the file.
 pub(crate) fn read(path: &Path) -> Result<(Content, BufReader<File>)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut c = Cursor { inner: BufReader::new(file), pos: 0, size, path: path.to_path_buf(), values: 0 };
     let magic = c.array::<4>(What::Text("the magic bytes"))?;

@@ -118,7 +118,7 @@ pub(super) fn safetensors_names(path: &Path) -> Result<Vec<String>> {
     use std::io::Read;
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
     let size = super::regular_file(path)?.len();
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let mut n = [0u8; 8];
     f.read_exact(&mut n).map_err(|_| corrupt("not a safetensors file: shorter than its 8-byte header length".into()))?;
     let n = u64::from_le_bytes(n);
@@ -227,6 +227,15 @@ pub fn load_folder(dir: &Path) -> Result<Model> {
     }
     cfg.tied_embeddings = !stored_unembed;
     cfg.validate()?;
+    // A width the config states and the weights also give must agree.
+    if let (Some(w), T::Req(embed) | T::Opt(embed)) = (json.word_embed_proj_dim, family.names.embed) {
+        if let Some(cols) = src.shape(embed).and_then(|s| s.get(1).copied()).filter(|&c| c != w) {
+            return Err(Error::Corrupt {
+                path: config_path.clone(),
+                detail: format!("word_embed_proj_dim is {w} but the embedding `{embed}` has {cols} columns; the config contradicts the weights"),
+            });
+        }
+    }
     let weights = build_weights(&cfg, family.names, &mut src).map_err(|e| match e {
         Error::Candle(c) => Error::Corrupt {
             path: files[0].clone(),

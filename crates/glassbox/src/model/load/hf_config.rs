@@ -38,6 +38,8 @@ pub(crate) struct Json {
     pub intermediate_size: Option<usize>,
     pub n_inner: Option<usize>,
     pub ffn_dim: Option<usize>,
+    /// OPT's embedding width where it differs from the residual's (checked against the weights).
+    pub word_embed_proj_dim: Option<usize>,
     pub vocab_size: Option<usize>,
     pub max_position_embeddings: Option<usize>,
     pub n_positions: Option<usize>,

@@ -32,7 +32,7 @@ pub fn load_path(path: &Path) -> Result<Model> {
     }
     regular_file(path)?;
     let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::files::open_regular(path).map_err(|e| Error::io(path, e))?;
     let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
     if n == 4 && &magic == b"GGUF" {
         return gguf::load_file(path);
@@ -79,7 +79,7 @@ pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
         });
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
+    crate::files::open_regular(path)
         .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
         .map_err(|e| Error::io(path, e))?;
     Ok(bytes)
