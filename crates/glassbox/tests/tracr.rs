@@ -126,3 +126,14 @@ fn a_ground_truth_file_must_fit_the_model() {
     let opts = EvaluateOptions { method: ScoreMethod::Eap, ground_truth: Some(glassbox::files::FilePath(f.clone())), n_boot: 10, ..Default::default() };
     assert_eq!(evaluate(&model, &cs, &opts).unwrap().ground_truth.unwrap().true_edges, 3);
 }
+
+#[test]
+fn a_counterfactual_that_changes_nothing_is_an_error_not_a_nan() {
+    // sort_unique's last output is the largest token: "1 3" and "2 3" both give 3, and the
+    // answers' logits do not move, so f would be 0/0.
+    let dir = fixtures().join("tracr").join("sort_unique");
+    let model = Model::load(&dir).unwrap();
+    let c = Contrast::new(&model, "1 3", "3", "2", Some("2 3")).unwrap();
+    let e = evaluate(&model, &[c], &EvaluateOptions { method: ScoreMethod::Eap, n_boot: 10, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("same mean") && e.contains("counterfactual"), "{e}");
+}

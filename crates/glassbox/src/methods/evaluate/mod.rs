@@ -415,6 +415,14 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
             crate::controls::step(done, total, "circuits patched");
         })?);
     }
+    let mean_at = |c: usize| m.iter().map(|r| r[c] as f64).sum::<f64>() / m.len() as f64;
+    let (empty, full) = (mean_at(0), mean_at(1));
+    if full == empty {
+        return Err(Error::Invalid(format!(
+            "the full model and the empty circuit give the same mean {} ({full:.6}): faithfulness divides by their difference, so no circuit can be scored; choose a counterfactual that changes the answer",
+            opts.metric.name()
+        )));
+    }
     let all: Vec<usize> = (0..m.len()).collect();
     let n_fr = fr.len();
     let split = |f: Vec<f32>| -> (Vec<f32>, Vec<f32>) { (f[..n_fr].to_vec(), f[n_fr..].to_vec()) };
