@@ -32,9 +32,45 @@ impl Rng {
             items.swap(i, self.below(i + 1));
         }
     }
+    /// `k` different values drawn from `items` in order of drawing (uniform draws, repeats
+    /// drawn again); fewer when `items` holds fewer than `k` different values.
+    pub fn distinct<T: Copy + PartialEq>(&mut self, items: &[T], k: usize) -> Vec<T> {
+        let mut available: Vec<T> = Vec::new();
+        for &x in items {
+            if available.len() < k && !available.contains(&x) {
+                available.push(x);
+            }
+        }
+        let k = available.len();
+        let mut out = Vec::with_capacity(k);
+        while out.len() < k {
+            let x = items[self.below(items.len())];
+            if !out.contains(&x) {
+                out.push(x);
+            }
+        }
+        out
+    }
     /// Standard normal (Box–Muller).
     pub fn gaussian(&mut self) -> f64 {
         let (u, v) = (self.unit(), self.unit());
         (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng;
+
+    #[test]
+    fn distinct_draws_different_values_and_stops_when_there_are_too_few() {
+        let mut rng = Rng::new(5);
+        let d = rng.distinct(&[1, 2, 3, 4, 5, 6, 7], 4);
+        assert_eq!(d.len(), 4);
+        assert!(d.iter().all(|x| d.iter().filter(|y| *y == x).count() == 1), "{d:?}");
+        let mut few = rng.distinct(&[3, 3, 1, 3], 5);
+        few.sort();
+        assert_eq!(few, vec![1, 3]);
+        assert!(rng.distinct::<u8>(&[], 3).is_empty());
     }
 }

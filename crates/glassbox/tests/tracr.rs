@@ -137,3 +137,33 @@ fn a_counterfactual_that_changes_nothing_is_an_error_not_a_nan() {
     let e = evaluate(&model, &[c], &EvaluateOptions { method: ScoreMethod::Eap, n_boot: 10, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("same mean") && e.contains("counterfactual"), "{e}");
 }
+
+#[test]
+fn a_prompts_file_is_read_strictly() {
+    use glassbox::methods::catalog::{resolve_input, Input, InputKind, InputSpec};
+    let dir = fixtures().join("tracr").join("sort_unique");
+    let model = Model::load(&dir).unwrap();
+    let scratch = common::scratch("tracr-prompts-file");
+    let resolve = |body: &str, task: Option<&str>| -> Result<Input, String> {
+        let f = scratch.join("p.jsonl");
+        std::fs::write(&f, body).unwrap();
+        let spec = InputSpec { prompts: Some(f.to_string_lossy().into_owned()), task: task.map(Into::into), ..Default::default() };
+        resolve_input(&model, InputKind::ContrastOrTask, &spec, "evaluate").map_err(|e| e.to_string())
+    };
+    let good = std::fs::read_to_string(dir.join("prompts.jsonl")).unwrap();
+    match resolve(&good, None).unwrap() {
+        Input::Set(t, p) => assert_eq!((t.task.as_str(), p.len()), ("given", 24)),
+        other => panic!("{other:?}"),
+    }
+    for (body, task, expect) in [
+        ("", None, "holds no prompts"),
+        ("{\"prompt\": \"1 3\", \"incorrect\": \"2\"}\n", None, "line 1"),
+        ("not json\n", None, "line 1"),
+        ("{\"prompt\": \"1 3\", \"correct\": \"3\", \"incorrect\": \"2\", \"corrupted\": \"1 2 3\"}\n", None, "line 1"),
+        ("{\"prompt\": \"1 3\", \"correct\": \"3\", \"incorrect\": \"9\", \"corrupted\": \"2 3\"}\n", None, "line 1"),
+        (good.as_str(), Some("ioi"), "not both"),
+    ] {
+        let e = resolve(body, task).unwrap_err();
+        assert!(e.contains(expect), "{body:?}: {e}");
+    }
+}

@@ -36,13 +36,7 @@ pub fn generate(model: &Model, n: usize, seed: u64) -> Result<Vec<TaskPrompt>> {
     let mut rng = Rng::new(seed);
     sample_pairs(model, n, "docstring", |_| {
         // Eight different names: the def's four, and the counterfactual def's four.
-        let mut picks: Vec<&str> = Vec::with_capacity(8);
-        while picks.len() < 8 {
-            let w = names[rng.below(names.len())];
-            if !picks.contains(&w) {
-                picks.push(w);
-            }
-        }
+        let picks = rng.distinct(&names, 8);
         let args = [picks[0], picks[1], picks[2], picks[3]];
         let other = [picks[4], picks[5], picks[6], picks[7]];
         let function = FUNCTIONS[rng.below(FUNCTIONS.len())];

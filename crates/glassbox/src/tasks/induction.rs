@@ -43,13 +43,7 @@ pub fn generate(model: &Model, n: usize, seed: u64) -> Result<Vec<TaskPrompt>> {
     let bos: Vec<u32> = model.tokenize(" x")?.into_iter().take_while(|&t| Some(t) == model.tokenizer().bos_token()).collect();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut seq: Vec<u32> = Vec::with_capacity(LENGTH);
-        while seq.len() < LENGTH {
-            let t = pool[rng.below(pool.len())];
-            if !seq.contains(&t) {
-                seq.push(t);
-            }
-        }
+        let seq = rng.distinct(&pool, LENGTH);
         let k = 2 + rng.below(LENGTH - 3);
         let mut other = seq[0];
         while seq.contains(&other) {

@@ -33,23 +33,15 @@ pub fn generate(model: &Model, n: usize, seed: u64) -> Result<Vec<TaskPrompt>> {
     sample_pairs(model, n, "mcqa", |_| {
         let object = OBJECTS[rng.below(OBJECTS.len())];
         // Four different colours, the first the right one.
-        let mut picks: Vec<&str> = Vec::with_capacity(4);
-        while picks.len() < 4 {
-            let c = COLORS[rng.below(COLORS.len())];
-            if !picks.contains(&c) {
-                picks.push(c);
-            }
-        }
+        let picks = rng.distinct(COLORS, 4);
         let right = picks[0];
         let at = rng.below(4);
         let moved = (at + 1 + rng.below(3)) % 4;
-        let others = [picks[1], picks[2], picks[3]];
+        // The other three colours in their drawn order, the right one put at `slot`.
         let place = |slot: usize| -> [&str; 4] {
-            let mut o = [""; 4];
-            let mut rest = others.iter();
-            for (k, x) in o.iter_mut().enumerate() {
-                *x = if k == slot { right } else { rest.next().copied().unwrap_or(right) };
-            }
+            let mut o = [picks[1], picks[2], picks[3], picks[3]];
+            o.copy_within(slot..3, slot + 1);
+            o[slot] = right;
             o
         };
         let (options, counter) = (place(at), place(moved));

@@ -38,7 +38,6 @@ fn receiver_names(r: Receiver, group: usize) -> Vec<String> {
 /// The scores of `graph`'s edges as MIB's JSON.
 pub fn to_json(model: &Model, graph: &EdgeGraph, scores: &[f32]) -> Value {
     let c = model.config();
-    let group = c.group_size();
     let mut nodes = BTreeMap::new();
     nodes.insert("input".to_string(), json!({"in_graph": true}));
     for l in 0..c.n_layers {
@@ -48,13 +47,7 @@ pub fn to_json(model: &Model, graph: &EdgeGraph, scores: &[f32]) -> Value {
         nodes.insert(format!("m{l}"), json!({"in_graph": true}));
     }
     nodes.insert("logits".to_string(), json!({"in_graph": true}));
-    let mut edges = BTreeMap::new();
-    for (e, &(i, j)) in graph.edges.iter().enumerate() {
-        let s = sender_name(graph.senders[i]);
-        for r in receiver_names(graph.receivers[j], group) {
-            edges.insert(format!("{s}->{r}"), json!({"score": scores[e], "in_graph": true}));
-        }
-    }
+    let edges: BTreeMap<String, Value> = edge_index(model, graph).into_iter().map(|(name, e)| (name, json!({"score": scores[e], "in_graph": true}))).collect();
     json!({
         "cfg": {"n_layers": c.n_layers, "n_heads": c.n_heads, "parallel_attn_mlp": c.parallel_block, "d_model": c.d_model},
         "nodes": nodes,

@@ -171,7 +171,7 @@ pub struct RankAgreement {
     pub top1pct_overlap: f32,
 }
 
-/// Ranks from 1, ties given their average rank.
+/// Ranks from 1, ties given their average rank (Spearman's ρ, the AUROC's rank sum).
 fn ranks(x: &[f64]) -> Vec<f64> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
     idx.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
@@ -379,7 +379,7 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
     if let Some(out) = &opts.mib_out {
         crate::files::check_output_path(&out.0)?;
     }
-    let truth = opts.ground_truth.as_ref().map(|path| truth::read(model, &graph, &path.text())).transpose()?;
+    let truth = opts.ground_truth.as_ref().map(|path| truth::read(model, &graph, &path.text()).map(|t| (path.text(), t))).transpose()?;
     let (scores, missing) = match (&opts.method, &opts.scores_file) {
         (ScoreMethod::File, Some(path)) => {
             let (s, m) = scores_from_file(model, &path.text(), &graph)?;
@@ -415,8 +415,8 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
             crate::controls::step(done, total, "circuits patched");
         })?);
     }
-    let mean_at = |c: usize| m.iter().map(|r| r[c] as f64).sum::<f64>() / m.len() as f64;
-    let (empty, full) = (mean_at(0), mean_at(1));
+    let mean_of = |c: usize| m.iter().map(|r| r[c] as f64).sum::<f64>() / m.len() as f64;
+    let (empty, full) = (mean_of(0), mean_of(1));
     if full == empty {
         return Err(Error::Invalid(format!(
             "the full model and the empty circuit give the same mean {} ({full:.6}): faithfulness divides by their difference, so no circuit can be scored; choose a counterfactual that changes the answer",
@@ -452,17 +452,16 @@ pub fn evaluate(model: &Model, contrasts: &[Contrast], opts: &EvaluateOptions) -
         let ivs: Vec<Interval> = values.iter().enumerate().map(|(i, &v)| interval(v, points[offset + i].clone(), opts.alpha, n)).collect();
         Curve { n_edges: sizes.clone(), faithfulness: values, ci_lo: ivs.iter().map(|i| i.ci_lo).collect(), ci_hi: ivs.iter().map(|i| i.ci_hi).collect() }
     };
-    let mean_of = |c: usize| m.iter().map(|r| r[c] as f64).sum::<f64>() / n as f64;
     let top_edges = graph.top_edges(&scores, opts.top_k);
-    let ground_truth = truth.map(|t| truth::score(model, &graph, &scores, &t, &opts.ground_truth.as_ref().map(FilePath::text).unwrap_or_default()));
+    let ground_truth = truth.map(|(file, t)| truth::score(model, &graph, &scores, &t, &file));
     Ok(CircuitEvaluation {
         method: opts.method,
         n_steps: (opts.method == ScoreMethod::EapIg).then_some(opts.n_steps),
         metric: opts.metric.name().to_string(),
         n_prompts: n,
         n_edges,
-        clean_metric: mean_of(1) as f32,
-        corrupted_metric: mean_of(0) as f32,
+        clean_metric: full as f32,
+        corrupted_metric: empty as f32,
         fractions: fr.clone(),
         signed: curve(signed, 0),
         absolute: curve(absolute, n_fr),

@@ -43,20 +43,8 @@ pub fn auroc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     if n_pos == 0 || n_neg == 0 {
         return None;
     }
-    // Average ranks (1-based) over ties, then U = Σ ranks of positives − n_pos (n_pos + 1) / 2.
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum = 0f64;
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += (i..=j).filter(|&k| labels[idx[k]]).count() as f64 * avg;
-        i = j + 1;
-    }
+    // U = Σ average ranks of the positives − n_pos (n_pos + 1) / 2.
+    let rank_sum: f64 = super::ranks(scores).iter().zip(labels).filter(|(_, &l)| l).map(|(r, _)| r).sum();
     let u = rank_sum - (n_pos * (n_pos + 1)) as f64 / 2.0;
     Some(u / (n_pos as f64 * n_neg as f64))
 }
