@@ -142,7 +142,7 @@ pub enum Error {
     },
 
     /// An answer is not exactly one token of the model's vocabulary.
-    #[error("{text:?} is {n_tokens} tokens in this model's vocabulary ({}); answers must be one token{}", printable(pieces), printable(hint))]
+    #[error("{} is {n_tokens} tokens in this model's vocabulary ({}); answers must be one token{}", excerpt(&format!("{text:?}"), 200), excerpt(pieces, 200), excerpt(hint, 200))]
     NotSingleToken {
         /// The answer as given.
         text: String,
@@ -205,6 +205,17 @@ pub fn printable(x: &dyn std::fmt::Display) -> String {
         .chars()
         .flat_map(|c| if c.is_control() && c != '\n' { c.escape_debug().collect::<Vec<_>>() } else { vec![c] })
         .collect()
+}
+
+/// `printable(x)`, cut to its first `max_chars` characters with a note of the full length when
+/// it is longer: a message quoting what a user gave stays readable however long that was.
+pub fn excerpt(x: &dyn std::fmt::Display, max_chars: usize) -> String {
+    let s = printable(x);
+    let n = s.chars().count();
+    if n <= max_chars {
+        return s;
+    }
+    format!("{}… ({n} characters in all)", s.chars().take(max_chars).collect::<String>())
 }
 
 impl Error {

@@ -1,6 +1,8 @@
 //! Dataset runs (`glassbox::batch`): rows equal to running each prompt alone, Parquet that
 //! reads back, resumable parts, bad lines reported by number, and the summary's figures.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -9,6 +11,7 @@ use glassbox::batch::{self, table, BatchOptions, Item, RunSpec, Settings};
 use glassbox::methods::catalog::Context;
 use glassbox::methods::analyze::analyze;
 use glassbox::methods::attribution::{attribute, AttributionOptions};
+use common::ioi_items;
 use glassbox::Model;
 use serde_json::{Map, Value};
 
@@ -18,15 +21,6 @@ fn fixtures() -> PathBuf {
 
 fn tiny() -> Model {
     Model::load(&fixtures().join("tiny-llama")).unwrap()
-}
-
-fn ioi_items(model: &Model, n: usize) -> Vec<Item> {
-    glassbox::tasks::ioi::generate(model, n, 3, glassbox::tasks::ioi::Corruption::NameSwap)
-        .unwrap()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| Item { line: i + 1, id: format!("p{i}"), prompt: p.clean, correct: p.io, incorrect: p.subject, corrupted: Some(p.corrupted), group: Some(format!("t{}", p.template)) })
-        .collect()
 }
 
 fn settings(method: &str) -> Settings {

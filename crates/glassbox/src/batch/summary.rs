@@ -203,5 +203,7 @@ pub fn summarize(path: &Path, opts: &SummaryOptions) -> Result<Summary> {
         }
     }
     let groups = by_group.into_iter().map(|(g, rs)| (g, summarize_rows(&rs, opts, &mut rng))).collect();
-    Ok(Summary { method, all, groups, options: *opts })
+    let summary = Summary { method, all, groups, options: *opts };
+    crate::finite::check_finite(&summary).map_err(|e| Error::Invalid(format!("{}: {e}; the file holds values that are not finite numbers (is it damaged?)", path.display())))?;
+    Ok(summary)
 }

@@ -159,7 +159,8 @@ fn quote_name(name: &str) -> Result<&str> {
 }
 
 fn parquet_err(e: parquet::errors::ParquetError) -> Error {
-    Error::Invalid(format!("Parquet: {e}"))
+    // The reader's messages can quote a whole damaged value, byte by byte.
+    Error::Invalid(format!("Parquet: {}", crate::error::excerpt(&e, 300)))
 }
 
 impl From<parquet::errors::ParquetError> for Error {

@@ -190,6 +190,14 @@ fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// The tokenizers crate's ids of `text`; a panic inside it (it `expect`s on some inconsistent
+/// documents) is an error, not a crash.
+fn hf_encode(t: &tokenizers::Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.encode(text, special).map(|e| e.get_ids().to_vec())))
+        .map_err(|_| Error::Tokenizer("the tokenizer failed on this text (its tokenizer.json is inconsistent)".into()))?
+        .map_err(tk_err)
+}
+
 /// Every `Precompiled` normalizer in a tokenizer.json reads as one (the tokenizers crate
 /// would panic on a damaged one).
 fn check_precompiled(v: &serde_json::Value) -> std::result::Result<(), String> {
@@ -279,9 +287,14 @@ impl Tokenizer {
         let inner = std::panic::catch_unwind(|| serde_json::from_value::<tokenizers::Tokenizer>(json))
             .map_err(|_| corrupt(&"the tokenizers library could not read it"))?
             .map_err(|e| corrupt(&e))?;
-        // The token the post-processor puts first, if it adds one before the text.
-        let probe = |special: bool| inner.encode("a", special).map(|e| e.get_ids().to_vec()).unwrap_or_default();
-        let (with, without) = (probe(true), probe(false));
+        // The token the post-processor puts first, if it adds one before the text. A
+        // post-processor naming a special token the vocabulary lacks panics in the tokenizers
+        // crate on every encode: refused here, at load.
+        let probe = |special: bool| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.encode("a", special).map(|e| e.get_ids().to_vec()).unwrap_or_default()));
+        let (with, without) = match (probe(true), probe(false)) {
+            (Ok(w), Ok(wo)) => (w, wo),
+            _ => return Err(corrupt(&"its post-processor or vocabulary is inconsistent (encoding a word fails)")),
+        };
         let post_bos = (with.len() > without.len() && with.first() != without.first()).then(|| with[0]);
         Ok(Tokenizer { inner: Backend::Hf(Box::new(inner)), bos_id: post_bos, default: DefaultBos::PostProcessor { post_bos }, forced: None, eos_ids: Vec::new() })
     }
@@ -421,7 +434,7 @@ impl Tokenizer {
             return Err(Error::EmptyPrompt);
         }
         if let (None, DefaultBos::PostProcessor { .. }, Backend::Hf(t)) = (self.forced, self.default, &self.inner) {
-            return Ok(t.encode(text, true).map_err(tk_err)?.get_ids().to_vec());
+            return hf_encode(t, text, true);
         }
         let mut ids: Vec<u32> = self.bos().into_iter().collect();
         ids.extend(self.encode_plain(text)?);
@@ -431,7 +444,7 @@ impl Tokenizer {
     /// Token ids of `text` with nothing added (for answers and other continuations).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         match &self.inner {
-            Backend::Hf(t) => Ok(t.encode(text, false).map_err(tk_err)?.get_ids().to_vec()),
+            Backend::Hf(t) => hf_encode(t, text, false),
             Backend::Spm(t) => t.encode(text),
         }
     }

@@ -509,9 +509,30 @@ fn top_k_relu(h: &Tensor, k: usize) -> Result<Tensor> {
 fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let bytes = crate::model::load::read_limited(path, MAX_SAE_BYTES)?;
     let corrupt = |detail: String| Error::Corrupt { path: path.to_path_buf(), detail };
-    std::panic::catch_unwind(|| candle_core::safetensors::load_buffer(&bytes, &Device::Cpu))
+    let tensors = std::panic::catch_unwind(|| candle_core::safetensors::load_buffer(&bytes, &Device::Cpu))
         .map_err(|_| corrupt("not a readable safetensors file".into()))?
-        .map_err(|e| corrupt(format!("not a readable safetensors file ({e})")))
+        .map_err(|e| corrupt(format!("not a readable safetensors file ({e})")))?;
+    all_finite(tensors)
+}
+
+/// Largest weight magnitude an SAE may hold: trained SAEs stay within a few hundred, and
+/// below this bound encoding and decoding cannot overflow f32 for any sane input.
+const MAX_SAE_WEIGHT: f64 = 1e15;
+
+/// The tensors, when every value of each is finite (a NaN weight makes every figure NaN) and
+/// below `MAX_SAE_WEIGHT` in magnitude (a damaged file's 3e38 overflows the first product).
+fn all_finite(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    for (name, t) in &tensors {
+        crate::model::load::check_finite(t, name)?;
+        if t.elem_count() == 0 {
+            continue;
+        }
+        let big = t.to_dtype(candle_core::DType::F64)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        if big > MAX_SAE_WEIGHT {
+            return Err(Error::Invalid(format!("tensor `{}` holds a value of magnitude {big:.3e}; SAE weights beyond {MAX_SAE_WEIGHT:e} overflow in use, so the file is damaged", crate::error::printable(name))));
+        }
+    }
+    Ok(tensors)
 }
 
 /// The arrays of an uncompressed `.npz` (a zip of `.npy` files, as `np.savez` writes it):
@@ -531,7 +552,8 @@ fn read_npz(path: &Path) -> Result<HashMap<String, Tensor>> {
         let name_len = u16_at(&bytes, pos + 26).ok_or_else(short)?;
         let extra_len = u16_at(&bytes, pos + 28).ok_or_else(short)?;
         let name_start = pos + 30;
-        let name = String::from_utf8_lossy(bytes.get(name_start..name_start + name_len).ok_or_else(short)?).into_owned();
+        // Shown in messages: a damaged length can make it any bytes of the file.
+        let name = crate::error::excerpt(&String::from_utf8_lossy(bytes.get(name_start..name_start + name_len).ok_or_else(short)?), 80);
         let extra = bytes.get(name_start + name_len..name_start + name_len + extra_len).ok_or_else(short)?;
         if method != 0 {
             return Err(corrupt(format!("`{name}` is compressed (np.savez_compressed); save the parameters with np.savez or as safetensors")));
@@ -560,7 +582,7 @@ fn read_npz(path: &Path) -> Result<HashMap<String, Tensor>> {
     if out.is_empty() {
         return Err(corrupt("not an .npz file (no zip entries)".into()));
     }
-    Ok(out)
+    all_finite(out)
 }
 
 /// One `.npy` array: `<f4` or `<f8`, C order, any rank.
@@ -569,7 +591,7 @@ fn read_npy(b: &[u8]) -> std::result::Result<Tensor, String> {
         return Err("not a .npy array".into());
     }
     let major = *b.get(6).ok_or("truncated")?;
-    let (hlen, start) = if major == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes(b.get(8..12).ok_or("truncated")?.try_into().map_err(|_| "truncated")?) as usize, 12) };
+    let (hlen, start) = if major == 1 { (u16::from_le_bytes(b.get(8..10).ok_or("truncated")?.try_into().map_err(|_| "truncated")?) as usize, 10) } else { (u32::from_le_bytes(b.get(8..12).ok_or("truncated")?.try_into().map_err(|_| "truncated")?) as usize, 12) };
     let header = std::str::from_utf8(b.get(start..start + hlen).ok_or("truncated header")?).map_err(|_| "header not text")?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))?;

@@ -384,3 +384,13 @@ pub fn last_ld(model: &Model, tokens: &[u32], c: u32, i: u32, hooks: glassbox::H
     let out = model.forward(&glassbox::Batch::new(&[tokens.to_vec()]).unwrap(), &hooks.last_logits_only()).unwrap();
     out.logit_diff(&[c], &[i]).unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0]
 }
+
+/// `n` IOI prompts as a dataset run's items (ids `p0`…, groups by template).
+pub fn ioi_items(model: &Model, n: usize) -> Vec<glassbox::batch::Item> {
+    glassbox::tasks::ioi::generate(model, n, 3, glassbox::tasks::ioi::Corruption::NameSwap)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| glassbox::batch::Item { line: i + 1, id: format!("p{i}"), prompt: p.clean, correct: p.io, incorrect: p.subject, corrupted: Some(p.corrupted), group: Some(format!("t{}", p.template)) })
+        .collect()
+}

@@ -1,19 +1,32 @@
-//! A deterministic mutation fuzzer over the real loaders (issue 12), run by `cargo test`.
+//! A deterministic mutation fuzzer over every file glassbox reads, run by `cargo test`.
 //!
-//! Each case takes a tiny fixture model (a Hugging Face folder of one of the 13 families, or a
-//! GGUF file written as llama.cpp would), damages one part of it the way a bad download, a
-//! hostile file or a careless edit would — bytes of a GGUF file or of a safetensors header,
-//! values of the GGUF metadata, tensor shapes and values, keys of config.json, tokenizer.json
-//! — loads it with `Model::load`, and, if it loads, runs a forward pass with and without every
-//! hook cached. Every case must end in a model whose logits are finite, or in an error whose
-//! message is printable text; a panic fails the run, and so does a case that runs longer than
-//! `CASE_SECONDS` (a watchdog aborts the process naming the case) or allocates more than
-//! `MEMORY_BUDGET` bytes at once (the allocator refuses, naming the case).
+//! Each case takes a small valid input and damages one part of it the way a bad download, a
+//! hostile file or a careless edit would, then reads it with the real reader and uses what it
+//! read (`models.rs`, `formats.rs`):
+//! - models: a Hugging Face folder of every family, a TransformerLens checkpoint, a tracr
+//!   model (config.json, safetensors header and values, tokenizer.json), and GGUF files of
+//!   every GGUF mapping (bytes, metadata values, tensor shapes, values and names) — loaded,
+//!   then run forward with and without every hook cached;
+//! - SAE folders (SAELens `cfg.json` + safetensors of every architecture, Gemma Scope `.npz`:
+//!   zip structure and `.npy` headers) — loaded, then encoding and decoding a batch;
+//! - transcoder sets (`config.yaml`, each layer's file) — loaded and checked against the model;
+//! - Parquet results of a dataset run (bytes of the file and its footer, the parts of an
+//!   unfinished run and their `settings.json`) — summarized, read back, and resumed;
+//! - JSONL prompt sets (values, bytes, lines) — read as a dataset run's input and as a
+//!   method's `--prompts`, each contrast tokenized and checked.
+//!
+//! Every case must end in finite numbers or in an error whose message is printable text; a
+//! panic fails the run, and so does a case that runs longer than `CASE_SECONDS` (a watchdog
+//! aborts the process naming the case) or allocates more than `MEMORY_BUDGET` bytes at once
+//! (the allocator refuses, naming the case). The output counts cases per target.
 //!
 //! `FUZZ_CASES=N` sets the number of cases (default 3000), `FUZZ_SEED=S` the seed (default 0),
 //! `FUZZ_ONLY=I` runs case I alone and prints what it did.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod formats;
+mod models;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
@@ -24,8 +37,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor};
-use common::{fixtures, gguf_parts_from_fixture, write_gguf, GgufParts};
-use glassbox::{Batch, Hooks, Model};
+use common::GgufParts;
 
 const MEMORY_BUDGET: usize = 2 << 30;
 const CASE_SECONDS: u64 = 30;
@@ -141,11 +153,17 @@ fn interesting_f64(r: &mut Rng) -> f64 {
 /// Damages `bytes` in place, mostly within `hot` (the header region) where lengths and
 /// counts live. Returns what it did.
 fn mutate_bytes(bytes: &mut Vec<u8>, hot: usize, r: &mut Rng) -> String {
+    mutate_bytes_in(bytes, 0..hot, r)
+}
+
+/// Damages `bytes` in place, mostly within `hot` (a header or a footer). Returns what it did.
+fn mutate_bytes_in(bytes: &mut Vec<u8>, hot: std::ops::Range<usize>, r: &mut Rng) -> String {
     if bytes.is_empty() {
         return "empty".into();
     }
-    let region = if r.below(10) < 7 { hot.clamp(1, bytes.len()) } else { bytes.len() };
-    let at = r.below(region);
+    let lo = hot.start.min(bytes.len() - 1);
+    let hi = hot.end.clamp(lo + 1, bytes.len());
+    let at = if r.below(10) < 7 { lo + r.below(hi - lo) } else { r.below(bytes.len()) };
     match r.below(7) {
         0 => {
             let bit = r.below(8);
@@ -308,111 +326,61 @@ fn mutate_json(v: &mut serde_json::Value, r: &mut Rng) -> String {
     what
 }
 
-// ---- running one case ----
+/// What one case checks: `Ok(true)` when the damaged input was read and used to finite
+/// numbers, `Ok(false)` for a clear error, `Err` for a broken promise (a bad message, NaN).
+type Check = fn(&Path) -> Result<bool, String>;
 
-const HF_FAMILIES: &[&str] = &["tiny-gpt2", "tiny-llama", "tiny-llama-tied", "tiny-qwen2", "tiny-mistral", "tiny-mixtral", "tiny-neox", "tiny-opt", "tiny-opt-postln", "tiny-gptneo", "tiny-gemma", "tiny-gemma2", "tiny-gemma3"];
-const GGUF_FAMILIES: &[(&str, &str)] = &[("tiny-llama", "llama"), ("tiny-llama-tied", "llama"), ("tiny-qwen2", "qwen2"), ("tiny-mistral", "llama")];
+/// One damaged input: where it is, what was done to it, its target's name and its check.
+struct Case {
+    path: PathBuf,
+    what: String,
+    kind: &'static str,
+    check: Check,
+}
 
 #[derive(Default)]
 struct Tally {
     cases: usize,
-    loaded: usize,
+    used: usize,
     errors: usize,
     failures: Vec<String>,
 }
 
-/// Builds case `i`'s damaged model under `dir`; returns its path and what was done.
-fn build_case(i: u64, seed: u64, dir: &Path) -> (PathBuf, String, &'static str) {
-    let mut r = Rng::new(seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    match r.below(6) {
-        0 | 1 => {
-            let (name, arch) = *r.pick(GGUF_FAMILIES);
-            let path = dir.join("model.gguf");
-            let mut parts = gguf_parts_from_fixture(name, arch);
-            if r.below(2) == 0 {
-                let what = mutate_gguf_parts(&mut parts, &mut r);
-                write_gguf(&parts, &path);
-                (path, format!("{name} gguf: {what}"), "gguf-structure")
-            } else {
-                write_gguf(&parts, &path);
-                let mut bytes = std::fs::read(&path).unwrap();
-                // The metadata and tensor table come first; the data after.
-                let hot = bytes.len() - parts.tensors.iter().map(|(_, t)| t.elem_count() * 4).sum::<usize>().min(bytes.len() - 1);
-                let what = (0..1 + r.below(3)).map(|_| mutate_bytes(&mut bytes, hot, &mut r)).collect::<Vec<_>>().join(", ");
-                std::fs::write(&path, bytes).unwrap();
-                (path, format!("{name} gguf bytes: {what}"), "gguf-bytes")
-            }
-        }
-        k => {
-            let name = *r.pick(HF_FAMILIES);
-            for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-                std::fs::copy(fixtures().join(name).join(f), dir.join(f)).unwrap();
-            }
-            let (file, kind) = match k {
-                2 => ("config.json", "config"),
-                3 => ("model.safetensors", "safetensors"),
-                4 => ("tokenizer.json", "tokenizer"),
-                _ => ("config.json", "config"),
-            };
-            let path = dir.join(file);
-            let mut bytes = std::fs::read(&path).unwrap();
-            let what = if file.ends_with(".json") && r.below(4) != 0 {
-                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                let what = mutate_json(&mut v, &mut r);
-                bytes = serde_json::to_vec(&v).unwrap();
-                what
-            } else {
-                let hot = if file.ends_with(".safetensors") { 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize } else { bytes.len() };
-                (0..1 + r.below(3)).map(|_| mutate_bytes(&mut bytes, hot, &mut r)).collect::<Vec<_>>().join(", ")
-            };
-            std::fs::write(&path, bytes).unwrap();
-            (dir.to_path_buf(), format!("{name} {file}: {what}"), kind)
-        }
+/// An error is clear when its message is printable text of a readable length.
+fn check_message(e: &dyn std::fmt::Display) -> Result<(), String> {
+    let m = e.to_string();
+    if m.is_empty() || m.len() > 4000 || m.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(format!("unclear error message: {m:?}"));
+    }
+    Ok(())
+}
+
+/// `Ok(false)` for a clear error, `Err` for an unclear one: for `?` on a reader's result.
+fn clear(e: impl std::fmt::Display) -> Result<bool, String> {
+    check_message(&e).map(|()| false)
+}
+
+/// Every value finite, or the broken promise named.
+fn finite(values: &[f32], what: &str) -> Result<(), String> {
+    match values.iter().all(|x| x.is_finite()) {
+        true => Ok(()),
+        false => Err(format!("{what} returned non-finite values")),
     }
 }
 
-/// Loads and runs the damaged model: `Ok(true)` when it loaded and ran to finite logits,
-/// `Ok(false)` for a clear error, `Err` for a broken promise (a bad message, NaN logits).
-fn run_case(path: &Path) -> Result<bool, String> {
-    let check_message = |e: &glassbox::Error| -> Result<(), String> {
-        let m = e.to_string();
-        if m.is_empty() || m.len() > 4000 || m.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(format!("unclear error message: {m:?}"));
-        }
-        Ok(())
-    };
-    let model = match Model::load(path) {
-        Ok(m) => m,
-        Err(e) => {
-            check_message(&e)?;
-            return Ok(false);
-        }
-    };
-    let ids = match model.tokenize("When Mary and John went to the store") {
-        Ok(ids) => ids,
-        Err(e) => {
-            check_message(&e)?;
-            return Ok(false);
-        }
-    };
-    let batch = Batch::new(&[ids]).map_err(|e| e.to_string())?;
-    for hooks in [Hooks::new(), Hooks::new().cache_all()] {
-        match model.forward(&batch, &hooks) {
-            Ok(out) => {
-                let v = out.logits.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err("a forward pass returned non-finite logits".into());
-                }
-            }
-            Err(e) => {
-                check_message(&e)?;
-                return Ok(false);
-            }
-        }
+/// Builds case `i`'s damaged input under `dir`.
+fn build_case(i: u64, seed: u64, dir: &Path) -> Case {
+    let mut r = Rng::new(seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    match r.below(10) {
+        0 | 1 => models::gguf(&mut r, dir),
+        2..=4 => models::folder(&mut r, dir),
+        5 => formats::sae(&mut r, dir),
+        6 => formats::transcoders(&mut r, dir),
+        7 => formats::parquet(&mut r, dir),
+        _ => formats::jsonl(&mut r, dir),
     }
-    Ok(true)
 }
 
 fn main() {
@@ -444,15 +412,15 @@ fn main() {
         None => (0..n).collect(),
     };
     for &i in &cases {
-        let (path, what, kind) = build_case(i, seed, &dir);
+        let Case { path, what, kind, check } = build_case(i, seed, &dir);
         CASE.store(i, Relaxed);
         CASE_STARTED_MS.store(t0.elapsed().as_millis().max(1) as u64, Relaxed);
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(&path)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| check(&path)));
         CASE_STARTED_MS.store(0, Relaxed);
         let t = tallies.entry(kind).or_default();
         t.cases += 1;
         match outcome {
-            Ok(Ok(true)) => t.loaded += 1,
+            Ok(Ok(true)) => t.used += 1,
             Ok(Ok(false)) => t.errors += 1,
             Ok(Err(broken)) => t.failures.push(format!("case {i} ({what}): {broken}")),
             Err(p) => {
@@ -461,23 +429,21 @@ fn main() {
             }
         }
         if only.is_some() {
-            eprintln!("case {i}: {what}");
-            if let Err(e) = Model::load(&path) {
-                eprintln!("  error: {e}");
-            }
+            eprintln!("case {i} ({kind}): {what}");
         }
     }
     let secs = t0.elapsed().as_secs_f64();
     println!("\nfuzz_loaders: {} cases in {secs:.1} s (seed {seed})", cases.len());
-    println!("{:<16} {:>7} {:>9} {:>13} {:>9}", "target", "cases", "loaded", "clear error", "failures");
+    println!("{:<16} {:>7} {:>9} {:>13} {:>9}", "target", "cases", "read+used", "clear error", "failures");
     let mut failures = Vec::new();
     for (kind, t) in &tallies {
-        println!("{kind:<16} {:>7} {:>9} {:>13} {:>9}", t.cases, t.loaded, t.errors, t.failures.len());
+        println!("{kind:<16} {:>7} {:>9} {:>13} {:>9}", t.cases, t.used, t.errors, t.failures.len());
         failures.extend(t.failures.iter().cloned());
     }
     if !failures.is_empty() {
         for f in failures.iter().take(40) {
-            eprintln!("{f}");
+            let cut: String = f.chars().take(1500).collect();
+            eprintln!("{cut}");
         }
         eprintln!("{} of {} fuzz cases broke a promise", failures.len(), cases.len());
         std::process::exit(1);
