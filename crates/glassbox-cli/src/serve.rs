@@ -4,7 +4,10 @@
 //!
 //! Limits: request bodies of at most `MAX_BODY` bytes (plots `MAX_PLOT_BODY`), prompts of at
 //! most `--max-prompt-chars` characters, one analysis at a time with at most `--max-queue`
-//! waiting (503 past that). The model is loaded once and shared; each analysis runs on a
+//! waiting (503 past that), at most `--max-connections` connections open (one more is
+//! answered 503 and closed), and `--read-timeout` seconds for a request's headers (an idle
+//! kept-alive connection is closed after as long) and as many for its body (408): a client
+//! that trickles its request holds a connection, never the analysis. The model is loaded once and shared; each analysis runs on a
 //! blocking thread, so a slow one never stalls the page, the status endpoint or the plots.
 //! Nothing in a request names a file. A request that fails (malformed, too large, an error
 //! or even a panic in the method) gets a JSON `{"error": ...}` answer and the server goes on.
@@ -12,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::body::{Body, Bytes};
@@ -60,6 +63,13 @@ pub struct ServeArgs {
     /// Longest prompt (and answer) accepted, in characters.
     #[arg(long, default_value_t = 4000)]
     pub max_prompt_chars: usize,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, and again its body; an idle
+    /// connection is closed after as long.
+    #[arg(long, default_value_t = 10)]
+    pub read_timeout: u64,
     /// An SAE or transcoder folder, for the SAE methods.
     #[arg(long)]
     pub sae: Option<std::path::PathBuf>,
@@ -86,6 +96,7 @@ struct AppState {
     transcoders: Option<glassbox::sae::set::TranscoderSet>,
     max_queue: usize,
     max_prompt_chars: usize,
+    read_timeout: Duration,
     /// One permit: the analysis running.
     gate: Arc<tokio::sync::Semaphore>,
     waiting: AtomicUsize,
@@ -237,8 +248,13 @@ impl Drop for WaitingGuard<'_> {
 /// (which is still sending) reads the 413 answer instead of a broken connection.
 const DRAIN: usize = 1024 * 1024;
 
-/// The request's body, at most `limit` bytes, or 413 saying so.
-async fn body_bytes(req: Request, limit: usize) -> ApiResult<Bytes> {
+/// The request's body, at most `limit` bytes, within `timeout`; else 413 or 408 saying so.
+async fn body_bytes(req: Request, limit: usize, timeout: Duration) -> ApiResult<Bytes> {
+    let timed_out = || ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request's body did not arrive within {} s", timeout.as_secs()));
+    tokio::time::timeout(timeout, body_bytes_now(req, limit)).await.map_err(|_| timed_out())?
+}
+
+async fn body_bytes_now(req: Request, limit: usize) -> ApiResult<Bytes> {
     let too_large = |n: String| ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is {n}; this server takes at most {} KiB", limit / 1024));
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared.filter(|&l| l > DRAIN.max(limit) as u64) {
@@ -264,7 +280,7 @@ async fn method_inner(state: Arc<AppState>, command: String, req: Request) -> Ap
     if !known.contains(&command.as_str()) {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no method `{}` here; the methods are: {}", glassbox::error::printable(&command), known.join(", "))));
     }
-    let body = MethodRequest::parse(&body_bytes(req, MAX_BODY).await?)?;
+    let body = MethodRequest::parse(&body_bytes(req, MAX_BODY, state.read_timeout).await?)?;
     body.check_lengths(state.max_prompt_chars)?;
 
     // One analysis at a time; at most `max_queue` wait.
@@ -308,9 +324,9 @@ struct PlotRequest {
     result: Value,
 }
 
-async fn plot(Path(kind): Path<String>, req: Request) -> Response {
+async fn plot(State(state): State<Arc<AppState>>, Path(kind): Path<String>, req: Request) -> Response {
     let name = kind.clone();
-    answer_from_result(&kind, req, "image/svg+xml; charset=utf-8", "drawing failed unexpectedly", move |entry, result| {
+    answer_from_result(&kind, req, state.read_timeout, "image/svg+xml; charset=utf-8", "drawing failed unexpectedly", move |entry, result| {
         if !entry.has_plot() {
             return Err(ApiError(StatusCode::NOT_FOUND, format!("`{name}` draws no picture")));
         }
@@ -320,16 +336,16 @@ async fn plot(Path(kind): Path<String>, req: Request) -> Response {
 }
 
 /// `POST /api/report/<method>`: the result as the CLI's text report.
-async fn report(Path(kind): Path<String>, req: Request) -> Response {
-    answer_from_result(&kind, req, "text/plain; charset=utf-8", "the report failed unexpectedly", |entry, result| Ok(entry.report(result, 25)?)).await
+async fn report(State(state): State<Arc<AppState>>, Path(kind): Path<String>, req: Request) -> Response {
+    answer_from_result(&kind, req, state.read_timeout, "text/plain; charset=utf-8", "the report failed unexpectedly", |entry, result| Ok(entry.report(result, 25)?)).await
 }
 
 /// Answers a `PlotRequest` to method `kind` with the text `make(entry, result)` gives, as
 /// `content_type`. `make` runs off the event loop (it is quick, but a large result is still
 /// work); `failed` begins the message when it dies (a bug).
-async fn answer_from_result(kind: &str, req: Request, content_type: &'static str, failed: &str, make: impl FnOnce(&'static dyn catalog::Entry, &Value) -> Result<String, ApiError> + Send + 'static) -> Response {
+async fn answer_from_result(kind: &str, req: Request, timeout: Duration, content_type: &'static str, failed: &str, make: impl FnOnce(&'static dyn catalog::Entry, &Value) -> Result<String, ApiError> + Send + 'static) -> Response {
     let text = async {
-        let body: PlotRequest = parse_json(&body_bytes(req, MAX_PLOT_BODY).await?)?;
+        let body: PlotRequest = parse_json(&body_bytes(req, MAX_PLOT_BODY, timeout).await?)?;
         let entry = catalog::entry(kind).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
         match tokio::task::spawn_blocking(move || make(entry, &body.result)).await {
             Ok(r) => r,
@@ -438,8 +454,14 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
     let sae = a.sae.as_ref().map(|dir| glassbox::sae::Sae::load(dir, None).with_context(|| format!("loading the SAE in {}", dir.display()))).transpose()?;
     let model_b = a.model_b.as_ref().map(|name| crate::methods::load(name, None)).transpose()?;
     let transcoders = a.transcoders.as_ref().map(|dir| crate::methods::load_transcoders(dir, &model)).transpose()?;
+    if a.max_connections == 0 || a.max_connections > 100_000 {
+        anyhow::bail!("--max-connections {}: give 1 to 100000", a.max_connections);
+    }
+    if a.read_timeout == 0 || a.read_timeout > 3600 {
+        anyhow::bail!("--read-timeout {}: give 1 to 3600 seconds", a.read_timeout);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the server's runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, a.port))
             .await
             .with_context(|| format!("cannot listen on {ip}:{}; is another server using the port? (try --port 0 for any free port)", a.port))?;
@@ -459,6 +481,7 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
             transcoders,
             max_queue: a.max_queue,
             max_prompt_chars: a.max_prompt_chars,
+            read_timeout: Duration::from_secs(a.read_timeout),
             gate: Arc::new(tokio::sync::Semaphore::new(1)),
             waiting: AtomicUsize::new(0),
             running: Mutex::new(None),
@@ -469,6 +492,61 @@ pub fn serve(model: Model, a: &ServeArgs) -> Result<()> {
         println!("glassbox dashboard for {} listening on http://{shown}/ (Ctrl-C stops it)", state.model.name());
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        axum::serve(listener, router(state)).with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await.context("serving")
+        accept_loop(listener, router(state), a.max_connections, Duration::from_secs(a.read_timeout)).await;
+        Ok(())
+    });
+    // An analysis still running is not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
+}
+
+/// Serves connections until Ctrl-C: at most `max_connections` at once (one more gets a 503
+/// and is closed), each with `read_timeout` for a request's headers.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, max_connections: usize, read_timeout: Duration) {
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: wait, do not spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        match open.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(read_timeout);
+                    let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                });
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream, max_connections));
+            }
+        }
+    }
+}
+
+/// Answers a connection past the cap with 503 and closes it. What the client sent in the first
+/// moments is read first, so that closing does not reset the connection before it reads the
+/// answer.
+async fn refuse(mut stream: tokio::net::TcpStream, max_connections: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
+    let body = json!({ "error": format!("too many connections: this server keeps at most {max_connections} open (--max-connections); try again shortly") }).to_string();
+    let answer = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\ncache-control: no-store\r\n\r\n{body}", body.len());
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
     })
+    .await;
 }
