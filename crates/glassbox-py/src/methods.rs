@@ -294,6 +294,7 @@ fn run<'py>(
     let sae = sae.map(|s| s.inner.clone());
     let b = model_b.map(|b| b.inner.clone());
     let set = transcoders.map(|t| t.inner.clone());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let controls = glassbox::controls::Controls {
         progress: progress.map(|f| -> glassbox::controls::ProgressFn {
             std::sync::Arc::new(move |p: &glassbox::controls::Progress| {
@@ -302,9 +303,17 @@ fn run<'py>(
                 })
             })
         }),
-        cancel: None,
-        // A pending KeyboardInterrupt (or other signal exception) stops the run.
-        poll: Some(std::sync::Arc::new(|| Python::attach(|py| py.check_signals().is_err()))),
+        cancel: Some(stop.clone()),
+        // A pending KeyboardInterrupt (or other signal exception) stops the run. Python runs
+        // signal handlers on its main thread only, and reading a signal clears it: the flag
+        // carries it to the method's other stream, which would otherwise finish its half.
+        poll: Some(std::sync::Arc::new(move || {
+            let signalled = Python::attach(|py| py.check_signals().is_err());
+            if signalled {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            signalled
+        })),
     };
     let envelope = compute(py, || {
         let cx = Context { model: m, sae: sae.as_deref(), model_b: b.as_deref(), transcoders: set.as_deref() };
