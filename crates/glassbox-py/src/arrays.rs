@@ -18,6 +18,14 @@ pub fn to_numpy<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArray
 /// given. `what` names the array in errors.
 pub fn from_numpy(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
     let np = obj.py().import("numpy")?;
+    // Complex values would lose their imaginary part, strings and objects parse or fail by
+    // accident: only real numbers (and booleans) are read.
+    if let Ok(kind) = obj.getattr("dtype").and_then(|d| d.getattr("kind")).and_then(|k| k.extract::<String>()) {
+        if !matches!(kind.as_str(), "f" | "i" | "u" | "b") {
+            let dtype = obj.getattr("dtype").map(|d| d.to_string()).unwrap_or_default();
+            return Err(input(format!("{what} has dtype {dtype}; give real numbers (float32 is used)")));
+        }
+    }
     let arr = np.call_method1("ascontiguousarray", (obj, "float32")).map_err(|e| input(format!("{what} is not an array of numbers ({e})")))?;
     let arr = arr.cast_into::<PyArrayDyn<f32>>().map_err(|_| input(format!("{what} is not a numpy array of numbers")))?;
     let ro = arr.readonly();
