@@ -200,8 +200,9 @@ fn main() -> std::process::ExitCode {
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // Messages can quote a damaged file: control characters are shown escaped.
-            let clean = |s: &dyn std::fmt::Display| glassbox::error::printable(s);
+            // Messages can quote a damaged file or a huge argument: control characters are
+            // shown escaped and long runs without spaces cut.
+            let clean = |s: &dyn std::fmt::Display| glassbox::error::shorten_long_words(&glassbox::error::printable(s), 200);
             eprintln!("Error: {}", clean(&e));
             let causes: Vec<String> = e.chain().skip(1).map(|c| clean(&c)).collect();
             if !causes.is_empty() {
@@ -232,7 +233,15 @@ fn cli_command() -> clap::Command {
 }
 
 fn run_cli() -> Result<()> {
-    let matches = cli_command().get_matches();
+    let matches = match cli_command().try_get_matches() {
+        Ok(m) => m,
+        // clap's usage errors quote the argument whole; --help and --version go as they are.
+        Err(e) if e.use_stderr() => {
+            eprint!("{}", glassbox::error::shorten_long_words(&e.render().to_string(), 200));
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => e.exit(),
+    };
     match matches.subcommand() {
         Some((name, sub)) if glassbox::methods::catalog::entry(name).is_ok() && !["sae"].contains(&name) => {
             return methods::run(glassbox::methods::catalog::entry(name)?, sub);

@@ -244,22 +244,6 @@ fn connections_past_the_cap_get_503_and_the_server_recovers() {
     println!("connection cap 32: {refused} of 300 idle connections answered 503; answering again after {:.2} s", t.elapsed().as_secs_f64());
 }
 
-/// A small deterministic generator for the random requests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 #[test]
 fn hostile_requests_get_an_answer_or_a_closed_connection() {
     let mut server = Server::start(&model(), &["--read-timeout", "2"]);
@@ -300,7 +284,7 @@ fn hostile_requests_get_an_answer_or_a_closed_connection() {
         ("pipelined".into(), [valid.as_bytes(), valid.as_bytes()].concat()),
     ];
     // Random damage to a valid request: bytes flipped, cut, repeated or dropped.
-    let mut r = Rng(7);
+    let mut r = glassbox::rng::Rng::new(7);
     for i in 0..300 {
         let mut b = valid.clone().into_bytes();
         for _ in 0..1 + r.below(4) {

@@ -218,6 +218,34 @@ pub fn excerpt(x: &dyn std::fmt::Display, max_chars: usize) -> String {
     format!("{}… ({n} characters in all)", s.chars().take(max_chars).collect::<String>())
 }
 
+/// `text` with every run of more than `max_chars` characters without whitespace cut to its
+/// first `max_chars` and a note of its length: a message that quotes a user's 20,000-character
+/// argument keeps its words and what to do, not the argument.
+pub fn shorten_long_words(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(1 << 16));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        let n = word.chars().count();
+        if n > max_chars {
+            out.extend(word.chars().take(max_chars));
+            out.push_str(&format!("…({n} characters)"));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -567,3 +567,68 @@ fn configs_that_contradict_their_weights_are_refused() {
         assert!(e.contains("epsilon") && e.contains("(0, 1]"), "{eps}: {e}");
     }
 }
+
+/// Found by the format fuzzer (issue 30): a tokenizer.json whose post-processor names a
+/// special token it does not define made the tokenizers crate panic on every encode.
+#[test]
+fn a_post_processor_naming_a_missing_token_is_refused_at_load() {
+    let d = scratch("hard-post-processor");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("tl/ln_learned").join(f), d.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("tl/ln_learned/tokenizer.json")).unwrap()).unwrap();
+    tok["post_processor"]["special_tokens"].as_object_mut().unwrap().remove("t0");
+    std::fs::write(d.join("tokenizer.json"), tok.to_string()).unwrap();
+    let e = load_err(&d);
+    assert!(e.contains("tokenizer.json") && e.contains("post-processor"), "{e}");
+}
+
+/// Found by the format fuzzer: messages quoted a 10,000-character answer (and a damaged
+/// Parquet value, and a damaged zip entry's name) whole.
+#[test]
+fn messages_quote_at_most_an_excerpt_of_what_they_were_given() {
+    let model = load_tiny("tiny-llama");
+    let long = " a".repeat(5000);
+    let e = Contrast::new(&model, IOI, &long, " John", None).unwrap_err().to_string();
+    assert!(e.len() < 1000 && e.contains("answers must be one token") && e.contains("characters in all"), "{} bytes: {}", e.len(), &e[..e.len().min(300)]);
+    let text = format!("invalid value '{}' for '--metric'", "x".repeat(20_000));
+    let short = glassbox::error::shorten_long_words(&text, 200);
+    assert!(short.len() < 400 && short.starts_with("invalid value '") && short.ends_with("for '--metric'") && short.contains("(20002 characters)"), "{short}");
+}
+
+/// Found by the format fuzzer: SAE weights holding NaN, or a finite 3e38 that overflows the
+/// first product, loaded; a `.npy` entry of 8 bytes indexed past its end.
+#[test]
+fn damaged_sae_weights_are_refused_by_name() {
+    use glassbox::sae::Sae;
+    let src = fixtures().join("sae/standard");
+    let bytes = std::fs::read(src.join("sae_weights.safetensors")).unwrap();
+    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for (tag, value, needle) in [("nan", f32::NAN, "NaN or infinite"), ("huge", 3.0e38f32, "magnitude")] {
+        let d = scratch(&format!("hard-sae-{tag}"));
+        std::fs::copy(src.join("cfg.json"), d.join("cfg.json")).unwrap();
+        let mut b = bytes.clone();
+        b[header_end..header_end + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(d.join("sae_weights.safetensors"), b).unwrap();
+        let e = Sae::load(&d, None).err().unwrap_or_else(|| panic!("{tag}: loaded")).to_string();
+        assert!(e.contains(needle) && e.contains('`'), "{tag}: {e}");
+    }
+    // A zip whose one stored entry is the 8 bytes `\x93NUMPY\x01\x00`: no header length.
+    let d = scratch("hard-sae-short-npy");
+    let (name, data) = (b"W_enc.npy", b"\x93NUMPY\x01\x00");
+    let mut zip = Vec::new();
+    zip.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00\x00\x00\x00\x00\x00\x00");
+    zip.extend_from_slice(&0u32.to_le_bytes()); // crc (not read)
+    zip.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    zip.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    zip.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    zip.extend_from_slice(&0u16.to_le_bytes());
+    zip.extend_from_slice(name);
+    zip.extend_from_slice(data);
+    std::fs::write(d.join("params.npz"), zip).unwrap();
+    let e = match Sae::load(&d, Some(glassbox::HookPoint::ResidPost(0))) {
+        Ok(_) => panic!("a truncated .npy loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("W_enc.npy") && e.contains("truncated"), "{e}");
+}
