@@ -566,6 +566,19 @@ fn configs_that_contradict_their_weights_are_refused() {
         let e = with("tiny-llama", "rms_norm_eps", eps.clone());
         assert!(e.contains("epsilon") && e.contains("(0, 1]"), "{eps}: {e}");
     }
+    // Each dimension the weights also give: the error names the tensor, its shape and the
+    // config's value.
+    for (fixture, key, value) in [
+        ("tiny-llama", "head_dim", 8),
+        ("tiny-llama", "intermediate_size", 100),
+        ("tiny-llama", "vocab_size", 1000),
+        ("tiny-llama", "num_key_value_heads", 1),
+        ("tiny-mixtral", "num_local_experts", 3),
+        ("tiny-qwen2-moe", "num_experts", 3),
+    ] {
+        let e = with(fixture, key, serde_json::json!(value));
+        assert!(e.contains("has shape") && e.contains("expected"), "{fixture} {key} = {value}: {e}");
+    }
 }
 
 /// Found by the format fuzzer (issue 30): a tokenizer.json whose post-processor names a
