@@ -23,6 +23,7 @@ pub mod scrubbing;
 pub mod stability;
 pub mod steering;
 pub mod token_attribution;
+pub mod warnings;
 
 use std::fmt;
 

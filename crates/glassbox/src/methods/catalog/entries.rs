@@ -20,6 +20,29 @@ fn plot_of<R: Plot>(r: &R) -> Svg {
     r.plot()
 }
 
+/// What works instead of first-order scores of KL, per kind of score.
+const KL_HEADS: &str = "use integrated gradients (--method integrated_gradients), which integrates the gradient from the corrupted run, or exact patching (glassbox patch --metric kl)";
+const KL_EDGES: &str = "use EAP-IG (--method eap-ig), which integrates the gradient from the corrupted run, or exact edge scores (glassbox evaluate --method exact)";
+
+fn attribution_warnings(r: &attribution::Attribution, o: &attribution::AttributionOptions) -> Vec<String> {
+    let kl = warnings::first_order_kl(&o.metric, o.method == attribution::Method::Taylor, KL_HEADS);
+    let zero = || warnings::near_zero_scores(r.scores.iter().flatten().copied(), r.clean_ld - r.corrupted_ld, "attribution");
+    let residual = warnings::ig_residual(r.completeness_residual, r.n_steps);
+    kl.or_else(zero).into_iter().chain(residual).collect()
+}
+
+fn analyze_warnings(r: &AnalyzeResult, o: &analyze::AnalyzeOptions) -> Vec<String> {
+    let kl = warnings::first_order_kl(&o.metric, o.method == attribution::Method::Taylor, KL_HEADS);
+    match r {
+        AnalyzeResult::One(a) => kl.or_else(|| warnings::near_zero_scores(a.attributions.values().copied(), a.clean_ld - a.corrupted_ld, "head attribution")).into_iter().collect(),
+        AnalyzeResult::Set(s) => kl
+            .or_else(|| warnings::near_zero_scores(s.attributions.values().copied(), s.mean_clean_ld - s.mean_corrupted_ld, "mean head attribution"))
+            .into_iter()
+            .chain(warnings::few_prompts(s.n))
+            .collect(),
+    }
+}
+
 const ONLY_MODEL: Needs = Needs { sae: false, model_b: false, transcoders: false };
 
 /// `analyze`'s result: one prompt's analysis, or a prompt set's.
@@ -64,7 +87,7 @@ static ANALYZE: Def<analyze::AnalyzeOptions, AnalyzeResult> = Def {
         AnalyzeResult::Set(s) => crate::plot::results::set_analysis(s),
         AnalyzeResult::One(a) => a.plot(),
     }),
-    warnings: none,
+    warnings: analyze_warnings,
     many: None,
     metric: |o| Some(o.metric.name().to_string()),
 };
@@ -78,7 +101,7 @@ static ATTRIBUTION: Def<attribution::AttributionOptions, attribution::Attributio
     run: |cx, i, o| attribution::attribute(cx.model, i.contrast()?, o),
     report: crate::report::attribution,
     plot: Some(plot_of),
-    warnings: none,
+    warnings: attribution_warnings,
     many: Some(|cx, cs, o| attribution::attribute_many(cx.model, cs, o)),
     metric: |o| Some(o.metric.name().to_string()),
 };
@@ -120,7 +143,7 @@ static EDGES: Def<edges::EdgeOptions, edges::EdgeAttribution> = Def {
     run: |cx, i, o| edges::edge_attribution(cx.model, i.contrast()?, o),
     report: crate::report::edges,
     plot: Some(plot_of),
-    warnings: none,
+    warnings: |_, o| warnings::first_order_kl(&o.metric, o.method == attribution::Method::Taylor, KL_EDGES).into_iter().collect(),
     many: None,
     metric: |o| Some(o.metric.name().to_string()),
 };
@@ -134,7 +157,7 @@ static EVALUATE: Def<evaluate::EvaluateOptions, evaluate::CircuitEvaluation> = D
     run: |cx, i, o| evaluate::evaluate(cx.model, &i.contrasts()?, o),
     report: crate::report::circuit_evaluation,
     plot: Some(plot_of),
-    warnings: evaluate::warnings,
+    warnings: |r, o| warnings::first_order_kl(&o.metric, o.method == evaluate::ScoreMethod::Eap, KL_EDGES).into_iter().chain(evaluate::warnings(r, o)).collect(),
     many: None,
     metric: |o| Some(o.metric.name().to_string()),
 };
@@ -162,7 +185,7 @@ static TOKEN_ATTRIBUTION: Def<token_attribution::TokenAttributionOptions, token_
     run: |cx, i, o| token_attribution::token_attribution(cx.model, i.prompt()?, o),
     report: crate::report::token_attribution,
     plot: Some(plot_of),
-    warnings: none,
+    warnings: |r, _| warnings::ig_residual(r.completeness_residual, r.n_steps).into_iter().collect(),
     many: None,
     metric: |_| Some("logit_diff".into()),
 };

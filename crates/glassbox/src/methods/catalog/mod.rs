@@ -319,7 +319,10 @@ pub fn run_input(entry: &dyn Entry, cx: &Context, input: &Input, options: &Value
         }
         return Err(Error::Invalid(format!("`{}` reads {:?} input (its keys: {}); this input is another kind", entry.name(), entry.input(), entry.input().keys().join(", "))));
     }
-    let (result, metric, warnings) = entry.run(cx, input, &resolved)?;
+    let (result, metric, mut warnings) = entry.run(cx, input, &resolved)?;
+    if let Input::Contrast(c) = input {
+        warnings.splice(0..0, crate::methods::warnings::contrast_spacing(cx.model, c));
+    }
     Ok(Envelope {
         method: entry.name().to_string(),
         glassbox_version: env!("CARGO_PKG_VERSION").to_string(),
