@@ -90,8 +90,15 @@ pub enum BatchCommand {
         top_k: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Everything as JSON (every figure, every group).
         #[arg(long)]
         json: bool,
+        /// Each group's summary too (groups of fewer than 5 rows show means without intervals).
+        #[arg(long)]
+        by_group: bool,
+        /// Every figure, not one screen: each value of a per-head map, each group.
+        #[arg(long)]
+        full: bool,
     },
     /// Write a generated prompt set as JSONL (the input of `glassbox batch`).
     Prompts {
@@ -142,12 +149,12 @@ fn report_lines(errors: &[LineError], strict: bool, what: &str) -> Result<()> {
 
 pub fn run(args: &BatchArgs) -> Result<()> {
     match &args.command {
-        Some(BatchCommand::Summarize { file, n_boot, top_k, seed, json }) => {
+        Some(BatchCommand::Summarize { file, n_boot, top_k, seed, json, by_group, full }) => {
             let s = finite(summarize(file, &SummaryOptions { n_boot: *n_boot, top_k: *top_k, seed: *seed, ..Default::default() })?)?;
             if *json {
                 return print_json(&s);
             }
-            print_summary(&s);
+            print!("{}", summary_text(&s, *top_k, *by_group || *full, *full));
             Ok(())
         }
         Some(BatchCommand::Prompts { model, task, n, seed, out }) => {
@@ -289,29 +296,73 @@ impl StopEither<'_> {
     }
 }
 
-fn print_summary(s: &Summary) {
-    let print_set = |set: &glassbox::batch::summary::SetSummary, indent: &str| {
+/// A map's entries (`attributions.L00H00`, ...) of more than this many values are shown as
+/// their largest ones unless `--full`.
+const MAP_SHOWN: usize = 12;
+
+/// Groups of fewer rows show means without intervals.
+const GROUP_INTERVAL_ROWS: usize = 5;
+
+/// The summary as text: one screen by default (the scalar figures with intervals, each large
+/// map's `top_k` entries of largest |mean|, the circuit over the set), each group with
+/// `by_group`, every value with `full`.
+fn summary_text(s: &Summary, top_k: usize, by_group: bool, full: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let set_text = |o: &mut String, set: &glassbox::batch::summary::SetSummary, indent: &str, intervals: bool| {
+        let line = |o: &mut String, name: &str, i: &glassbox::methods::bootstrap::Interval| {
+            let _ = match intervals {
+                true => writeln!(o, "{indent}{name:<34} {:>10.4}  [{:.4}, {:.4}]", i.mean, i.ci_lo, i.ci_hi),
+                false => writeln!(o, "{indent}{name:<34} {:>10.4}", i.mean),
+            };
+        };
+        // Figures by the map they belong to (`faithfulness.f1` → `faithfulness`).
+        let mut maps: std::collections::BTreeMap<&str, Vec<(&String, &glassbox::methods::bootstrap::Interval)>> = Default::default();
         for (name, i) in &set.figures {
-            println!("{indent}{name:<24} {:>10.4}  [{:.4}, {:.4}]", i.mean, i.ci_lo, i.ci_hi);
+            maps.entry(name.split_once('.').map_or(name.as_str(), |(m, _)| m)).or_default().push((name, i));
+        }
+        for (map, mut entries) in maps {
+            if full || entries.len() <= MAP_SHOWN {
+                for (name, i) in entries {
+                    line(o, name, i);
+                }
+                continue;
+            }
+            entries.sort_by(|a, b| b.1.mean.abs().total_cmp(&a.1.mean.abs()));
+            let _ = writeln!(o, "{indent}{map}: {} values; the {} of largest |mean| (--full lists all)", entries.len(), top_k.min(entries.len()));
+            for (name, i) in entries.into_iter().take(top_k) {
+                line(o, &format!("  {name}"), i);
+            }
         }
         for (name, cells) in &set.top_cells {
-            println!("{indent}{name}: largest mean cells");
-            for c in cells {
-                println!("{indent}  {:<8} {:>10.4}  [{:.4}, {:.4}]", c.name, c.interval.mean, c.interval.ci_lo, c.interval.ci_hi);
+            let _ = writeln!(o, "{indent}{name}: largest mean cells");
+            for c in cells.iter().take(if full { usize::MAX } else { top_k }) {
+                line(o, &format!("  {}", c.name), &c.interval);
             }
         }
         if !set.circuit_frequency.is_empty() {
             let heads: Vec<String> = set.circuit.iter().map(|h| h.to_string()).collect();
-            println!("{indent}circuit over the set (heads in ≥ 50 % of the prompts' circuits): {}", if heads.is_empty() { "(none)".into() } else { heads.join(" ") });
-            for c in set.circuit_frequency.iter().take(10) {
-                println!("{indent}  {:<8} in {:.0} %", c.head.to_string(), 100.0 * c.frequency);
+            let _ = writeln!(o, "{indent}circuit over the set (heads in ≥ 50 % of the prompts' circuits): {}", if heads.is_empty() { "(none)".into() } else { heads.join(" ") });
+            for c in set.circuit_frequency.iter().take(if full { usize::MAX } else { 5 }) {
+                let _ = writeln!(o, "{indent}  {:<8} in {:.0} % of the prompts' circuits", c.head.to_string(), 100.0 * c.frequency);
             }
         }
     };
-    println!("{} rows{}; intervals: {:.0} % bootstrap over prompts ({} resamples)", s.all.n, s.method.as_ref().map(|m| format!(" of {m}")).unwrap_or_default(), 100.0 * (1.0 - s.options.alpha), s.options.n_boot);
-    print_set(&s.all, "  ");
-    for (g, set) in &s.groups {
-        println!("\ngroup {g} ({} rows)", set.n);
-        print_set(set, "  ");
+    let _ = writeln!(o, "{} rows{}; mean [{:.0} % bootstrap interval over prompts, {} resamples]", s.all.n, s.method.as_ref().map(|m| format!(" of {m}")).unwrap_or_default(), 100.0 * (1.0 - s.options.alpha), s.options.n_boot);
+    set_text(&mut o, &s.all, "  ", true);
+    if s.groups.is_empty() {
+        return o;
     }
+    if by_group {
+        for (g, set) in &s.groups {
+            let few = set.n < GROUP_INTERVAL_ROWS;
+            let _ = writeln!(o, "\ngroup {g} ({} row{}{})", set.n, if set.n == 1 { "" } else { "s" }, if few { format!("; means only: an interval needs {GROUP_INTERVAL_ROWS} rows or more") } else { String::new() });
+            set_text(&mut o, set, "  ", !few);
+        }
+    } else {
+        let sizes: Vec<usize> = s.groups.values().map(|g| g.n).collect();
+        let (lo, hi) = (sizes.iter().min().copied().unwrap_or(0), sizes.iter().max().copied().unwrap_or(0));
+        let _ = writeln!(o, "\n{} groups of {lo}–{hi} rows: --by-group summarises each, --full lists every figure, --json gives everything", s.groups.len());
+    }
+    o
 }

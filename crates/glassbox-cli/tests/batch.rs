@@ -162,3 +162,30 @@ fn generated_prompts_are_jsonl_the_run_reads() {
     check(&glassbox().args(["batch", "--model", &m, "--input", p.to_str().unwrap(), "--method", "logit-lens", "--out", out.to_str().unwrap()]).output().unwrap());
     assert_eq!(rows(&out).len(), 12);
 }
+
+/// `batch summarize` of 32 IOI rows of `analyze` fits one screen; each group and every figure
+/// are there when asked for (issue 27).
+#[test]
+fn the_summary_of_a_prompt_set_fits_one_screen() {
+    let dir = tmp("summary");
+    let out = dir.join("a.parquet");
+    let m = model();
+    check(&glassbox().args(["batch", "--model", &m, "--task", "ioi", "--n", "32", "--method", "analyze", "--out", out.to_str().unwrap()]).output().unwrap());
+    let text = |extra: &[&str]| -> String {
+        let o = glassbox().args(["batch", "summarize", out.to_str().unwrap()]).args(extra).output().unwrap();
+        check(&o);
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let short = text(&[]);
+    assert!(short.lines().count() <= 60, "{} lines:\n{short}", short.lines().count());
+    for needle in ["32 rows of analyze", "faithfulness.sufficiency", "circuit over the set", "--by-group"] {
+        assert!(short.contains(needle), "`{needle}` not in:\n{short}");
+    }
+    let groups = text(&["--by-group"]);
+    assert!(groups.contains("\ngroup ") && groups.lines().count() > short.lines().count());
+    // Groups too small for an interval show means only.
+    assert!(groups.lines().filter(|l| l.starts_with("group ") && l.contains("means only")).all(|l| l.contains("(1 row") || l.contains("(2 rows") || l.contains("(3 rows") || l.contains("(4 rows")), "{groups}");
+    let full = text(&["--full"]);
+    let heads = 2 * 4;
+    assert!(full.lines().filter(|l| l.trim_start().starts_with("attributions.L")).count() >= heads, "{full}");
+}
