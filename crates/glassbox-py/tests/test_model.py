@@ -74,10 +74,12 @@ def test_cache_helpers_sum_to_the_residual_stream(smollm2):
     assert np.array_equal(acc[-1], resid)
     # Direct effects of the heads at the last position through the frozen final norm.
     heads, hl = cache.stack_head_results(layer=None, pos_slice=-1, apply_ln=True, return_labels=True)
-    assert heads.shape == (30 * 9, 1, 1, 576) and hl[0] == "L0H0"
+    # An int pos_slice drops the position axis, as in TransformerLens.
+    assert heads.shape == (30 * 9, 1, 576) and hl[0] == "L0H0"
     attrs = cache.logit_attrs(heads, " Mary", " John")
+    assert attrs.shape == (30 * 9, 1)
     lens = glassbox.GlassboxV2(smollm2).logit_lens(IOI, " Mary", " John")
-    np.testing.assert_allclose(attrs[:, 0, 0].reshape(30, 9), np.array(lens["head_direct_effects"]), atol=1e-4)
+    np.testing.assert_allclose(attrs[:, 0].reshape(30, 9), np.array(lens["head_direct_effects"]), atol=1e-4)
 
 
 def zero_head_hook(head):

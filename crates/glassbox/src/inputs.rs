@@ -153,14 +153,14 @@ impl Contrast {
                 let (a, b) = (correct.trim(), incorrect.trim());
                 if a.is_empty() || b.is_empty() {
                     return Err(Error::Invalid(format!(
-                        "cannot build a corrupted prompt by swapping the answers' words: {:?} is only whitespace; pass --corrupted",
+                        "cannot build a corrupted prompt by swapping the answers' words: {:?} is only whitespace; give the corrupted prompt yourself (`--corrupted`, or the `corrupted` key in Python and the dashboard)",
                         if a.is_empty() { correct } else { incorrect }
                     )));
                 }
                 let swapped = swap_words(prompt, a, b);
                 if swapped == prompt {
                     return Err(Error::Invalid(format!(
-                        "cannot build a corrupted prompt by name swap: {a:?} and {b:?} do not occur as words in the prompt; pass --corrupted"
+                        "cannot build a corrupted prompt by name swap: {a:?} and {b:?} do not occur as words in the prompt; give the corrupted prompt yourself (`--corrupted`, or the `corrupted` key in Python and the dashboard)"
                     )));
                 }
                 (swapped, "name_swap")
