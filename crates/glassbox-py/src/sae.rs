@@ -46,19 +46,50 @@ impl Sae {
     }
 
     /// Feature activations of activations `x` (`[..., d_in]`, or `[..., heads, d_head]` for
-    /// `hook_z`): `[n, d_sae]`, one row per position.
+    /// `hook_z`): `[..., d_sae]`, the leading axes kept (SAELens' `encode`).
     fn encode<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let x = from_numpy(x, "x")?;
         let sae = self.inner.clone();
+        let lead = leading(&sae, &x)?;
         let acts = py.detach(move || -> glassbox::Result<candle_core::Tensor> { Ok(sae.encode(&sae.rows(&x)?)?.acts) }).py_err()?;
-        Ok(to_numpy(py, &acts)?.into_any())
+        Ok(to_numpy(py, &reshaped(acts, &lead)?)?.into_any())
+    }
+
+    /// Activations `[..., d_out]` from feature activations `acts` `[..., d_sae]`:
+    /// `acts · W_dec + b_dec` (SAELens' `decode`). An SAE that normalises its input needs the
+    /// input's scale to undo it: use `reconstruct(x)` there.
+    fn decode<'py>(&self, py: Python<'py>, acts: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let a = from_numpy(acts, "acts")?;
+        let sae = self.inner.clone();
+        if !matches!(sae.cfg.normalize, glassbox::sae::Normalize::None) {
+            return Err(input("this SAE normalises its input, so decoding needs the input's scale: use reconstruct(x)"));
+        }
+        let d_sae = sae.cfg.d_sae;
+        let dims = a.dims().to_vec();
+        if dims.last() != Some(&d_sae) {
+            return Err(input(format!("acts has shape {dims:?}; its last axis must be the SAE's {d_sae} features")));
+        }
+        let lead = dims[..dims.len() - 1].to_vec();
+        let y = py
+            .detach(move || -> glassbox::Result<candle_core::Tensor> {
+                let rows = a.reshape((a.elem_count() / d_sae, d_sae))?;
+                let n = rows.dim(0)?;
+                let ones = candle_core::Tensor::ones((n, 1), candle_core::DType::F32, rows.device())?;
+                let e = glassbox::sae::Encoded { acts: rows, out_scale: ones.clone(), out_shift: ones.zeros_like()? };
+                sae.decode(&e)
+            })
+            .py_err()?;
+        Ok(to_numpy(py, &reshaped(y, &lead)?)?.into_any())
     }
 
     /// The reconstruction of activations `x` (a transcoder's output, with its skip
-    /// connection): `[n, d_out]`.
+    /// connection), shaped as `x` when the SAE writes where it reads (`[..., d_out]`
+    /// otherwise): it can replace `x` in a hook.
     fn reconstruct<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let x = from_numpy(x, "x")?;
         let sae = self.inner.clone();
+        let lead = leading(&sae, &x)?;
+        let same = (sae.cfg.d_out == sae.cfg.d_in).then(|| x.dims().to_vec());
         let y = py
             .detach(move || -> glassbox::Result<candle_core::Tensor> {
                 let rows = sae.rows(&x)?;
@@ -66,19 +97,63 @@ impl Sae {
                 sae.output(&rows, &e)
             })
             .py_err()?;
+        let y = match same {
+            Some(dims) => y.reshape(dims).map_err(crate::errors::candle)?,
+            None => reshaped(y, &lead)?,
+        };
         Ok(to_numpy(py, &y)?.into_any())
     }
 
+    /// `reconstruct` (SAELens' `forward`).
+    fn forward<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.reconstruct(py, x)
+    }
+
+    /// `reconstruct` (calling the SAE as SAELens' module).
+    fn __call__<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.reconstruct(py, x)
+    }
+
     /// The decoder's rows `W_dec` `[d_sae, d_out]`.
+    #[getter(W_dec)]
+    fn w_dec_tl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(to_numpy(py, &self.inner.w_dec)?.into_any())
+    }
+
+    /// The encoder `W_enc` `[d_in, d_sae]`.
+    #[getter(W_enc)]
+    fn w_enc_tl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(to_numpy(py, &self.inner.w_enc)?.into_any())
+    }
+
+    /// The decoder's rows `W_dec` `[d_sae, d_out]` (also `W_dec`).
     #[getter]
     fn w_dec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(to_numpy(py, &self.inner.w_dec)?.into_any())
     }
 
-    /// The encoder `W_enc` `[d_in, d_sae]`.
+    /// The encoder `W_enc` `[d_in, d_sae]` (also `W_enc`).
     #[getter]
     fn w_enc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         Ok(to_numpy(py, &self.inner.w_enc)?.into_any())
+    }
+
+    /// The encoder's bias `b_enc` `[d_sae]`.
+    #[getter]
+    fn b_enc<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(to_numpy(py, &self.inner.b_enc)?.into_any())
+    }
+
+    /// The decoder's bias `b_dec` `[d_out]`.
+    #[getter]
+    fn b_dec<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(to_numpy(py, &self.inner.b_dec)?.into_any())
+    }
+
+    /// JumpReLU's thresholds `[d_sae]` (None for other activations).
+    #[getter]
+    fn threshold<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.inner.threshold.as_ref().map(|t| Ok(to_numpy(py, t)?.into_any())).transpose()
     }
 
     /// Neuronpedia's page of feature `f` (None without a Neuronpedia id).
@@ -93,6 +168,39 @@ impl Sae {
         let c = &self.inner.cfg;
         format!("SAE({:?}, d_in={}, d_sae={}, hook={:?}, format={:?})", c.architecture, c.d_in, c.d_sae, c.hook.to_string(), c.format)
     }
+}
+
+/// The leading axes of `x` that `sae.rows` flattens into rows (the longest prefix of its
+/// shape whose product is the number of rows).
+fn leading(sae: &glassbox::sae::Sae, x: &candle_core::Tensor) -> PyResult<Vec<usize>> {
+    let dims = x.dims();
+    let d_in = sae.cfg.d_in;
+    if d_in == 0 || !x.elem_count().is_multiple_of(d_in) {
+        // Not rows of this SAE: `rows` says so.
+        return Ok(Vec::new());
+    }
+    let n = x.elem_count() / d_in;
+    // The longest prefix whose product is `n` (`[2, 15, 576]` → `[2, 15]`; `[576]` → `[]`).
+    let mut best = None;
+    let mut prod = 1usize;
+    for k in 0..=dims.len() {
+        if prod == n {
+            best = Some(k);
+        }
+        match dims.get(k) {
+            Some(&d) if prod.saturating_mul(d) <= n => prod *= d,
+            _ => break,
+        }
+    }
+    Ok(best.map_or_else(|| vec![n], |k| dims[..k].to_vec()))
+}
+
+/// `t` `[n, width]` as `[*lead, width]`.
+fn reshaped(t: candle_core::Tensor, lead: &[usize]) -> PyResult<candle_core::Tensor> {
+    let width = t.dim(1).map_err(crate::errors::candle)?;
+    let mut dims = lead.to_vec();
+    dims.push(width);
+    t.reshape(dims).map_err(crate::errors::candle)
 }
 
 /// `sae_attribution`: the metric attributed to the SAE's features (gradient × activation for

@@ -59,3 +59,36 @@ def test_attribute_circuit_heads(tiny_llama):
     assert all(len(h["top_features"]) == 3 for h in res["heads"])
     with pytest.raises(glassbox.InputError, match="further on"):
         sfa.attribute_circuit_heads([(1, 0)], tiny_llama.to_tokens(IOI), " Mary", " John")
+
+
+def test_sae_objects_as_sae_lens_users_hold_them(tiny_llama):
+    """Leading axes kept, decode, forward, the parameters by SAELens' names, and a
+    reconstruction spliced into a hook (issue 28)."""
+    sae = glassbox.SAE.load(str(SAES / "standard"))
+    _, cache = tiny_llama.run_with_cache([IOI, IOI])
+    x = cache[sae.hook_name]
+    assert x.ndim == 3
+    acts = sae.encode(x)
+    assert acts.shape == x.shape[:-1] + (sae.cfg["d_sae"],)
+    np.testing.assert_allclose(acts.reshape(-1, acts.shape[-1]), sae.encode(x.reshape(-1, x.shape[-1])), rtol=1e-6, atol=1e-6)
+    rec = sae.reconstruct(x)
+    assert rec.shape == x.shape
+    np.testing.assert_allclose(sae.decode(acts), rec, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sae.forward(x), rec)
+    np.testing.assert_allclose(sae(x), rec)
+    np.testing.assert_allclose(acts @ sae.W_dec + sae.b_dec, rec, rtol=1e-5, atol=1e-5)
+    assert sae.W_enc.shape == (sae.cfg["d_in"], sae.cfg["d_sae"]) and sae.b_enc.shape == (sae.cfg["d_sae"],)
+    assert np.array_equal(sae.W_enc, sae.w_enc)
+    # One position alone, and a reconstruction in place of the activation.
+    assert sae.encode(x[0, -1]).shape == (sae.cfg["d_sae"],)
+    logits = tiny_llama.run_with_hooks(IOI, fwd_hooks=[(sae.hook_name, lambda act, hook: sae.reconstruct(act))])
+    assert logits.shape[-1] == tiny_llama.cfg.d_vocab and np.isfinite(logits).all()
+    with pytest.raises(glassbox.InputError, match="features"):
+        sae.decode(np.zeros((2, 3), dtype=np.float32))
+    z = glassbox.SAE.load(str(SAES / "hook_z"))
+    zx = tiny_llama.run_with_cache(IOI)[1][z.hook_name]
+    assert z.encode(zx).shape == zx.shape[:-2] + (z.cfg["d_sae"],)
+    assert z.reconstruct(zx).shape == zx.shape
+    ln = glassbox.SAE.load(str(SAES / "layernorm"))
+    with pytest.raises(glassbox.InputError, match="reconstruct"):
+        ln.decode(np.zeros((1, ln.cfg["d_sae"]), dtype=np.float32))
