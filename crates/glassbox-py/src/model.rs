@@ -176,6 +176,23 @@ pub fn batch_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<B
     Batch::new(&rows).py_err()
 }
 
+/// The items of a list of prompts (strings) or of a 2-D batch of token ids with more than one
+/// row, for the functions that take one prompt and map over a list (as TransformerLens does).
+fn many_prompts<'py>(input: &Bound<'py, PyAny>) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
+    if let Ok(list) = input.cast::<PyList>() {
+        if !list.is_empty() && list.iter().all(|x| x.is_instance_of::<PyString>()) {
+            return Ok(Some(list.iter().collect()));
+        }
+    }
+    if let Ok(rows) = token_rows(input) {
+        if rows.len() > 1 {
+            let py = input.py();
+            return rows.into_iter().map(|r| Ok(PyList::new(py, r)?.into_any())).collect::<PyResult<Vec<_>>>().map(Some);
+        }
+    }
+    Ok(None)
+}
+
 fn input_type_error() -> PyErr {
     PyTypeError::new_err("give a prompt (str), a list of prompts, or token ids (a list of ints or an integer array from to_tokens)")
 }
@@ -185,7 +202,7 @@ pub fn tokens_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<
     if let Ok(s) = input.cast::<PyString>() {
         return model.tokenize(&s.to_cow()?).py_err();
     }
-    let mut rows = token_rows(input).map_err(|_| input_type_error())?;
+    let mut rows = token_rows(input).map_err(|_| PyTypeError::new_err("give a prompt (str) or its token ids (a list of ints or an integer array from to_tokens)"))?;
     if rows.len() != 1 {
         return Err(input_error(format!("one prompt is expected here, not a batch of {}", rows.len())));
     }
@@ -423,14 +440,23 @@ impl Model {
         numpy::PyArray1::from_vec(py, ids).reshape(vec![batch.size(), batch.n_pos()])
     }
 
-    /// Each token of a prompt (or of token ids) as a string.
-    fn to_str_tokens(&self, input: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-        Ok(self.inner.to_str_tokens(&tokens_of(&self.inner, input)?))
+    /// Each token of a prompt (or of token ids) as a string; a list of them for a list of
+    /// prompts or a batch of ids.
+    fn to_str_tokens<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(items) = many_prompts(input)? {
+            let each = items.iter().map(|x| Ok(self.inner.to_str_tokens(&tokens_of(&self.inner, x)?))).collect::<PyResult<Vec<_>>>()?;
+            return Ok(PyList::new(py, each)?.into_any());
+        }
+        Ok(PyList::new(py, self.inner.to_str_tokens(&tokens_of(&self.inner, input)?))?.into_any())
     }
 
-    /// The text of token ids.
-    fn to_string(&self, tokens: &Bound<'_, PyAny>) -> PyResult<String> {
-        Ok(self.inner.to_string(&tokens_of(&self.inner, tokens)?))
+    /// The text of token ids; a list of texts for a batch of ids.
+    fn to_string<'py>(&self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(items) = many_prompts(tokens)? {
+            let each = items.iter().map(|x| Ok(self.inner.to_string(&tokens_of(&self.inner, x)?))).collect::<PyResult<Vec<_>>>()?;
+            return Ok(PyList::new(py, each)?.into_any());
+        }
+        Ok(PyString::new(py, &self.inner.to_string(&tokens_of(&self.inner, tokens)?)).into_any())
     }
 
     /// The id of a string that is one token (e.g. `" Mary"`); an error otherwise.
@@ -498,7 +524,12 @@ impl Model {
         correct: &Bound<'py, PyAny>,
         incorrect: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(items) = many_prompts(input)? {
+            // One prompt at a time: each its own gradients, in a list.
+            let each = items.iter().map(|x| self.grad(py, x, at.clone(), correct, incorrect, kwargs)).collect::<PyResult<Vec<_>>>()?;
+            return Ok(PyList::new(py, each)?.into_any());
+        }
         let mut kw = Kwargs::new(kwargs, "grad");
         let metric = kw.object("metric")?;
         let interventions: Option<Vec<Intervention>> = kw.get("interventions")?;
@@ -540,7 +571,7 @@ impl Model {
         for p in points {
             d.set_item(p.to_string(), to_numpy(py, grads.get(p).py_err()?)?)?;
         }
-        Ok(d)
+        Ok(d.into_any())
     }
 
     /// Continues a prompt with the key/value cache: greedy, or sampled when `temperature`,
@@ -549,6 +580,11 @@ impl Model {
     /// ids) or `dict` (tokens, text, log-probabilities, stop reason).
     #[pyo3(signature = (input, **kwargs))]
     fn generate<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(items) = many_prompts(input)? {
+            // Each prompt continued alone (same options and seed), the answers in a list.
+            let each = items.iter().map(|x| self.generate(py, x, kwargs)).collect::<PyResult<Vec<_>>>()?;
+            return Ok(PyList::new(py, each)?.into_any());
+        }
         let mut kw = Kwargs::new(kwargs, "generate");
         let max_new_tokens: usize = kw.or("max_new_tokens", 32)?;
         let temperature: Option<f32> = kw.get("temperature")?;

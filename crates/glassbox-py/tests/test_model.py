@@ -245,3 +245,21 @@ def test_glassbox_methods_beyond_the_reference(tiny_llama):
     assert 0 <= f["f1"] <= 1
     eapig = gb.edge_attribution_patching(IOI, None, " Mary", " John", method="eap-ig", n_steps=5)
     assert eapig["method"] == "integrated_gradients"
+
+
+def test_lists_of_prompts_where_one_prompt_is_taken(tiny_llama):
+    """TransformerLens code passes lists: each prompt is done alone, the answers in a list."""
+    prompts = [IOI, "The cat sat on the"]
+    toks = tiny_llama.to_str_tokens(prompts)
+    assert toks == [tiny_llama.to_str_tokens(p) for p in prompts]
+    ids = tiny_llama.to_tokens(IOI)
+    assert tiny_llama.to_str_tokens(ids) == tiny_llama.to_str_tokens(IOI)
+    assert tiny_llama.to_string(np.concatenate([ids, ids])) == [tiny_llama.to_string(ids)] * 2
+    texts = tiny_llama.generate(prompts, max_new_tokens=3)
+    assert texts == [tiny_llama.generate(p, max_new_tokens=3) for p in prompts]
+    grads = tiny_llama.grad(prompts, at=["blocks.0.hook_resid_pre"], correct=" Mary", incorrect=" John")
+    assert len(grads) == 2
+    one = tiny_llama.grad(IOI, at=["blocks.0.hook_resid_pre"], correct=" Mary", incorrect=" John")
+    assert np.array_equal(grads[0]["blocks.0.hook_resid_pre"], one["blocks.0.hook_resid_pre"])
+    with pytest.raises(TypeError, match="a prompt"):
+        tiny_llama.to_str_tokens(3.5)
