@@ -22,6 +22,9 @@ pub struct ActivationCache {
     pub model: Arc<glassbox::Model>,
     /// Real length of each prompt of the run.
     pub lengths: Vec<usize>,
+    /// `run_with_cache(remove_batch_dim=True)` of one prompt: arrays read by name come
+    /// without their batch axis (the stacking helpers keep it).
+    pub remove_batch_dim: bool,
 }
 
 /// TransformerLens' `utils.get_act_name`: the full hook name from a short one and a layer
@@ -137,6 +140,11 @@ fn drop_axis(t: Tensor, axis: usize, drop: bool) -> PyResult<Tensor> {
 }
 
 impl ActivationCache {
+    /// A cached activation as numpy, without its batch axis under `remove_batch_dim`.
+    fn array<'py>(&self, py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        to_numpy(py, &drop_axis(t.clone(), 0, self.remove_batch_dim)?)
+    }
+
     /// The last position of the run (the longest prompt's last token).
     fn last_position(&self) -> usize {
         self.lengths.iter().copied().max().unwrap_or(1).saturating_sub(1)
@@ -175,7 +183,7 @@ impl ActivationCache {
     fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let point = key_point(key, self.model.config().n_layers)?;
         match self.inner.values.get(&point) {
-            Some(t) => to_numpy(py, t),
+            Some(t) => self.array(py, t),
             None => Err(PyKeyError::new_err(format!("{point} was not cached in this run (names_filter)"))),
         }
     }
@@ -203,7 +211,7 @@ impl ActivationCache {
             .into_iter()
             .map(|k| {
                 let p: glassbox::HookPoint = k.parse().py_err()?;
-                Ok((k, to_numpy(py, &self.inner.values[&p])?))
+                Ok((k, self.array(py, &self.inner.values[&p])?))
             })
             .collect()
     }
@@ -218,14 +226,14 @@ impl ActivationCache {
         let inner = self.sliced(Some(positions))?;
         let n = self.lengths.iter().copied().max().unwrap_or(0);
         let kept = self::positions(Some(positions), n)?.map_or(n, |p| p.len());
-        Ok(ActivationCache { inner, model: self.model.clone(), lengths: vec![kept; self.lengths.len()] })
+        Ok(ActivationCache { inner, model: self.model.clone(), lengths: vec![kept; self.lengths.len()], remove_batch_dim: self.remove_batch_dim })
     }
 
     /// The cache restricted to some batch rows.
     fn batch_rows(&self, rows: Vec<usize>) -> PyResult<ActivationCache> {
         let inner = self.inner.batch_rows(&rows).py_err()?;
-        let lengths = rows.iter().map(|&r| self.lengths[r]).collect();
-        Ok(ActivationCache { inner, model: self.model.clone(), lengths })
+        let lengths: Vec<usize> = rows.iter().map(|&r| self.lengths[r]).collect();
+        Ok(ActivationCache { inner, model: self.model.clone(), remove_batch_dim: self.remove_batch_dim && lengths.len() == 1, lengths })
     }
 
     /// The residual stream entering each layer up to and including `layer` (as TransformerLens:

@@ -331,7 +331,8 @@ fn cache_points(model: &glassbox::Model, names_filter: Option<&Bound<'_, PyAny>>
 }
 
 /// Mean next-token cross-entropy of each row over its real positions: `[b]`.
-fn loss_per_row(logits: &Tensor, batch: &Batch) -> PyResult<Vec<f32>> {
+/// Each prompt's next-token cross-entropy at each of its real positions but the last.
+fn token_losses(logits: &Tensor, batch: &Batch) -> PyResult<Vec<Vec<f32>>> {
     let logits = logits.to_dtype(DType::F32).map_err(candle)?;
     let ids: Vec<Vec<u32>> = batch.ids.to_vec2().map_err(candle)?;
     let mut out = Vec::new();
@@ -344,10 +345,26 @@ fn loss_per_row(logits: &Tensor, batch: &Batch) -> PyResult<Vec<f32>> {
         let lse = (row.broadcast_sub(&max).and_then(|x| x.exp()).and_then(|x| x.sum_keepdim(D::Minus1)).and_then(|x| x.log()).and_then(|x| x + &max)).map_err(candle)?;
         let targets = Tensor::from_vec(ids[b][1..len].to_vec(), (len - 1, 1), row.device()).map_err(candle)?;
         let picked = row.gather(&targets, 1).map_err(candle)?;
-        let nll = (lse - picked).and_then(|x| x.mean_all()).and_then(|x| x.to_scalar::<f32>()).map_err(candle)?;
-        out.push(nll);
+        out.push((lse - picked).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1::<f32>()).map_err(candle)?);
     }
     Ok(out)
+}
+
+/// Each prompt's mean next-token cross-entropy.
+fn loss_per_row(logits: &Tensor, batch: &Batch) -> PyResult<Vec<f32>> {
+    Ok(token_losses(logits, batch)?.iter().map(|l| l.iter().sum::<f32>() / l.len() as f32).collect())
+}
+
+/// The loss as TransformerLens' `loss_per_token=True` gives it: `[batch, positions − 1]` when
+/// the prompts have equal lengths, else one array per prompt.
+fn per_token<'py>(py: Python<'py>, logits: &Tensor, batch: &Batch) -> PyResult<Bound<'py, PyAny>> {
+    let rows = token_losses(logits, batch)?;
+    let width = rows[0].len();
+    if rows.iter().all(|r| r.len() == width) {
+        let n = rows.len();
+        return Ok(numpy::PyArray1::from_vec(py, rows.concat()).reshape(vec![n, width])?.into_any());
+    }
+    Ok(PyList::new(py, rows.into_iter().map(|r| numpy::PyArray1::from_vec(py, r)))?.into_any())
 }
 
 impl Model {
@@ -356,14 +373,17 @@ impl Model {
         py.detach(|| m.forward(batch, &hooks)).map_err(|e| raise(e, slot))
     }
 
-    fn output<'py>(&self, py: Python<'py>, out: &glassbox::ForwardOutput, batch: &Batch, return_type: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+    fn output<'py>(&self, py: Python<'py>, out: &glassbox::ForwardOutput, batch: &Batch, return_type: Option<&str>, per_token_loss: bool) -> PyResult<Bound<'py, PyAny>> {
+        let loss = || -> PyResult<Bound<'py, PyAny>> {
+            match per_token_loss {
+                true => per_token(py, &out.logits, batch),
+                false => Ok(numpy::PyArray1::from_vec(py, loss_per_row(&out.logits, batch)?).into_any()),
+            }
+        };
         match return_type {
             Some("logits") => Ok(to_numpy(py, &out.logits)?.into_any()),
-            Some("loss") => Ok(numpy::PyArray1::from_vec(py, loss_per_row(&out.logits, batch)?).into_any()),
-            Some("both") => {
-                let loss = numpy::PyArray1::from_vec(py, loss_per_row(&out.logits, batch)?);
-                Ok(PyTuple::new(py, [to_numpy(py, &out.logits)?.into_any(), loss.into_any()])?.into_any())
-            }
+            Some("loss") => loss(),
+            Some("both") => Ok(PyTuple::new(py, [to_numpy(py, &out.logits)?.into_any(), loss()?])?.into_any()),
             None => Ok(py.None().into_bound(py)),
             Some(other) => Err(input_error(format!("return_type {other:?} is not one of logits, loss, both, None"))),
         }
@@ -434,10 +454,44 @@ impl Model {
 
     /// Token ids `[batch, positions]` (int64) of a prompt or a list of prompts (right-padded
     /// with 0; `to_tokens` of one prompt at a time keeps lengths exact).
-    fn to_tokens<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
-        let batch = batch_of(&self.inner, input)?;
-        let ids: Vec<i64> = batch.ids.flatten_all().and_then(|t| t.to_vec1::<u32>()).map_err(candle)?.into_iter().map(i64::from).collect();
-        numpy::PyArray1::from_vec(py, ids).reshape(vec![batch.size(), batch.n_pos()])
+    /// `prepend_bos` overrides the model's rule for this call; `padding_side="left"` pads on the
+    /// left (as TransformerLens can; a glassbox run of such an array reads every id as real).
+    #[pyo3(signature = (input, prepend_bos=None, padding_side="right"))]
+    fn to_tokens<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>, prepend_bos: Option<bool>, padding_side: &str) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+        if !matches!(padding_side, "right" | "left") {
+            return Err(input_error(format!("padding_side {padding_side:?} is not right or left")));
+        }
+        let rows: Vec<Vec<u32>> = match prepend_bos {
+            None => {
+                let batch = batch_of(&self.inner, input)?;
+                let ids: Vec<Vec<u32>> = batch.ids.to_vec2().map_err(candle)?;
+                ids.into_iter().zip(&batch.lengths).map(|(r, &n)| r[..n].to_vec()).collect()
+            }
+            Some(bos) => {
+                let texts: Vec<String> = match input.extract::<String>() {
+                    Ok(t) => vec![t],
+                    Err(_) => input.extract().map_err(|_| PyTypeError::new_err("prepend_bos applies to text: give a prompt (str) or a list of prompts"))?,
+                };
+                let tok = self.inner.tokenizer();
+                let first = match (bos, tok.bos_token()) {
+                    (true, None) => return Err(input_error("this model's tokenizer has no BOS token to prepend")),
+                    (true, b) => b,
+                    (false, _) => None,
+                };
+                texts.iter().map(|t| Ok(first.into_iter().chain(tok.encode_plain(t).py_err()?).collect())).collect::<PyResult<_>>()?
+            }
+        };
+        let width = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * width);
+        for r in &rows {
+            let pad = std::iter::repeat_n(0i64, width - r.len());
+            let row = r.iter().map(|&t| i64::from(t));
+            match padding_side {
+                "left" => ids.extend(pad.chain(row)),
+                _ => ids.extend(row.chain(pad)),
+            }
+        }
+        numpy::PyArray1::from_vec(py, ids).reshape(vec![rows.len(), width])
     }
 
     /// Each token of a prompt (or of token ids) as a string; a list of them for a list of
@@ -465,18 +519,30 @@ impl Model {
     }
 
     /// Runs the model: `return_type` `logits` (`[batch, positions, d_vocab]` float32),
-    /// `loss` (mean next-token cross-entropy per prompt), `both`, or None.
-    #[pyo3(signature = (input, return_type=Some("logits")))]
-    fn __call__<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>, return_type: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+    /// `loss` (mean next-token cross-entropy per prompt; per position with
+    /// `loss_per_token`), `both`, or None. `stop_at_layer=l` returns the residual stream
+    /// entering block `l` instead (`[batch, positions, d_model]`; negative counts from the end).
+    #[pyo3(signature = (input, return_type=Some("logits"), loss_per_token=false, stop_at_layer=None))]
+    fn __call__<'py>(&self, py: Python<'py>, input: &Bound<'py, PyAny>, return_type: Option<&str>, loss_per_token: bool, stop_at_layer: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
         let batch = batch_of(&self.inner, input)?;
         let slot = ErrorSlot::default();
+        if let Some(l) = stop_at_layer {
+            // The residual stream entering block `l` (negative: from the end), as TL returns it.
+            let n = self.inner.config().n_layers;
+            let j = if l < 0 { l + n as i64 } else { l };
+            let layer = usize::try_from(j).ok().filter(|&j| j < n).ok_or_else(|| input_error(format!("stop_at_layer {l} is out of range for a model of {n} layers")))?;
+            let point = glassbox::HookPoint::ResidPre(layer);
+            let out = self.run(py, &batch, Hooks::new().with_cache(CacheSpec::Only(std::iter::once(point).collect())), &slot)?;
+            return Ok(to_numpy(py, out.cache.get(point).py_err()?)?.into_any());
+        }
         let out = self.run(py, &batch, Hooks::new(), &slot)?;
-        self.output(py, &out, &batch, return_type)
+        self.output(py, &out, &batch, return_type, loss_per_token)
     }
 
     /// Runs the model caching activations: `(logits, cache)`. `names_filter`: None (every
     /// point), a name, a list of names, or a function of the name.
-    #[pyo3(signature = (input, names_filter=None, fwd_hooks=None, interventions=None))]
+    #[pyo3(signature = (input, names_filter=None, fwd_hooks=None, interventions=None, return_type=Some("logits"), remove_batch_dim=false))]
+    #[allow(clippy::too_many_arguments)]
     fn run_with_cache<'py>(
         &self,
         py: Python<'py>,
@@ -484,19 +550,26 @@ impl Model {
         names_filter: Option<&Bound<'py, PyAny>>,
         fwd_hooks: Option<&Bound<'py, PyAny>>,
         interventions: Option<Vec<Intervention>>,
-    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, ActivationCache)> {
+        return_type: Option<&str>,
+        remove_batch_dim: bool,
+    ) -> PyResult<(Bound<'py, PyAny>, ActivationCache)> {
         let batch = batch_of(&self.inner, input)?;
+        if remove_batch_dim && batch.size() != 1 {
+            return Err(input_error(format!("remove_batch_dim needs one prompt; this run has {}", batch.size())));
+        }
         let slot = ErrorSlot::default();
         let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?.with_cache(cache_points(&self.inner, names_filter)?);
         let out = self.run(py, &batch, hooks, &slot)?;
-        let logits = to_numpy(py, &out.logits)?;
-        Ok((logits, ActivationCache { inner: out.cache, model: self.inner.clone(), lengths: batch.lengths.clone() }))
+        let first = self.output(py, &out, &batch, return_type, false)?;
+        Ok((first, ActivationCache { inner: out.cache, model: self.inner.clone(), lengths: batch.lengths.clone(), remove_batch_dim }))
     }
 
     /// Runs the model with hooks: `fwd_hooks` is a list of `(name or filter, fn)` where
     /// `fn(activation, hook)` returns a replacement array or None (TransformerLens' form);
     /// `interventions` are declarative `Intervention`s (no Python call per hook).
-    #[pyo3(signature = (input, fwd_hooks=None, interventions=None, return_type=Some("logits")))]
+    /// `bwd_hooks` may be given empty (TransformerLens code passes `bwd_hooks=[]`); backward
+    /// hooks themselves need a backward pass, which `grad` is.
+    #[pyo3(signature = (input, fwd_hooks=None, interventions=None, return_type=Some("logits"), bwd_hooks=None))]
     fn run_with_hooks<'py>(
         &self,
         py: Python<'py>,
@@ -504,12 +577,16 @@ impl Model {
         fwd_hooks: Option<&Bound<'py, PyAny>>,
         interventions: Option<Vec<Intervention>>,
         return_type: Option<&str>,
+        bwd_hooks: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if bwd_hooks.is_some_and(|b| !b.is_none() && b.len().map_or(true, |n| n > 0)) {
+            return Err(input_error("backward hooks run in a backward pass, which a forward run has not: take gradients with model.grad(prompt, at=[hook names], correct=..., incorrect=...)"));
+        }
         let batch = batch_of(&self.inner, input)?;
         let slot = ErrorSlot::default();
         let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
         let out = self.run(py, &batch, hooks, &slot)?;
-        self.output(py, &out, &batch, return_type)
+        self.output(py, &out, &batch, return_type, false)
     }
 
     /// Gradients of a metric of one prompt with respect to the activations at `at` (names):

@@ -263,3 +263,36 @@ def test_lists_of_prompts_where_one_prompt_is_taken(tiny_llama):
     assert np.array_equal(grads[0]["blocks.0.hook_resid_pre"], one["blocks.0.hook_resid_pre"])
     with pytest.raises(TypeError, match="a prompt"):
         tiny_llama.to_str_tokens(3.5)
+
+
+def test_transformer_lens_arguments(tiny_llama, smollm2):
+    """Arguments TransformerLens code passes (issue 28)."""
+    m = tiny_llama
+    logits, cache = m.run_with_cache(IOI)
+    per_token = m(IOI, return_type="loss", loss_per_token=True)
+    assert per_token.shape == (1, logits.shape[1] - 1)
+    np.testing.assert_allclose(per_token.mean(), m(IOI, return_type="loss")[0], rtol=1e-6)
+    ragged = m([IOI, "The cat sat on the"], return_type="loss", loss_per_token=True)
+    assert isinstance(ragged, list) and len(ragged[1]) == len(m.to_str_tokens("The cat sat on the")) - 1
+    for layer, name in [(1, "blocks.1.hook_resid_pre"), (-1, "blocks.1.hook_resid_pre"), (0, "blocks.0.hook_resid_pre")]:
+        np.testing.assert_allclose(m(IOI, stop_at_layer=layer), cache[name], rtol=1e-5, atol=1e-5)
+    with pytest.raises(glassbox.InputError, match="stop_at_layer"):
+        m(IOI, stop_at_layer=5)
+    loss, c2 = m.run_with_cache(IOI, return_type="loss", remove_batch_dim=True)
+    assert loss.shape == (1,) and c2["blocks.0.hook_resid_pre"].shape == cache["blocks.0.hook_resid_pre"].shape[1:]
+    with pytest.raises(glassbox.InputError, match="one prompt"):
+        m.run_with_cache([IOI, IOI], remove_batch_dim=True)
+    np.testing.assert_allclose(m.run_with_hooks(IOI, fwd_hooks=[], bwd_hooks=[]), m(IOI), rtol=0, atol=0)
+    with pytest.raises(glassbox.InputError, match="model.grad"):
+        m.run_with_hooks(IOI, bwd_hooks=[("blocks.0.hook_resid_pre", lambda g, hook: None)])
+    plain = smollm2.to_tokens(IOI)
+    bos = smollm2.to_tokens(IOI, prepend_bos=True)
+    none = smollm2.to_tokens(IOI, prepend_bos=False)
+    assert bos.shape[1] == none.shape[1] + 1 and np.array_equal(bos[0, 1:], none[0])
+    assert np.array_equal(plain, bos) or np.array_equal(plain, none)
+    right = m.to_tokens([IOI, "The cat"])
+    left = m.to_tokens([IOI, "The cat"], padding_side="left")
+    n = len(m.to_tokens("The cat")[0])
+    assert np.array_equal(left[1, -n:], right[1, :n]) and (left[1, :-n] == 0).all()
+    with pytest.raises(glassbox.InputError, match="padding_side"):
+        m.to_tokens(IOI, padding_side="middle")
