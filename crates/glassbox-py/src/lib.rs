@@ -14,6 +14,7 @@ mod kwargs;
 mod methods;
 mod model;
 mod sae;
+mod weights;
 
 /// The native module.
 #[pymodule]

@@ -701,6 +701,92 @@ impl Model {
         }
     }
 
+    // TransformerLens' weight names and shapes (src/weights.rs says how each is made).
+    #[getter(W_E)]
+    fn w_e<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_e(py)
+    }
+
+    #[getter(W_pos)]
+    fn w_pos<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.tl_w_pos(py)
+    }
+
+    #[getter(W_U)]
+    fn w_u<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_u(py)
+    }
+
+    #[getter(b_U)]
+    fn b_u<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_u(py)
+    }
+
+    #[getter(W_Q)]
+    fn w_q<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_q(py)
+    }
+
+    #[getter(W_K)]
+    fn w_k<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_k(py)
+    }
+
+    #[getter(W_V)]
+    fn w_v<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_v(py)
+    }
+
+    #[getter(W_O)]
+    fn w_o<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_o(py)
+    }
+
+    #[getter(b_Q)]
+    fn b_q<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_q(py)
+    }
+
+    #[getter(b_K)]
+    fn b_k<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_k(py)
+    }
+
+    #[getter(b_V)]
+    fn b_v<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_v(py)
+    }
+
+    #[getter(b_O)]
+    fn b_o<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_o(py)
+    }
+
+    #[getter(W_in)]
+    fn w_in<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_in(py)
+    }
+
+    #[getter(W_gate)]
+    fn w_gate<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.tl_w_gate(py)
+    }
+
+    #[getter(W_out)]
+    fn w_out<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_w_out(py)
+    }
+
+    #[getter(b_in)]
+    fn b_in<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_in(py)
+    }
+
+    #[getter(b_out)]
+    fn b_out<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.tl_b_out(py)
+    }
+
     fn __repr__(&self) -> String {
         let c = &self.inner.config();
         format!("Model({:?}, {} layers, {} heads, d_model {})", self.inner.name(), c.n_layers, c.n_heads, c.d_model)

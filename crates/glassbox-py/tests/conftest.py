@@ -23,12 +23,12 @@ def glassbox_bin() -> Path:
 
 
 def read_safetensors(path: Path) -> dict:
-    """Every tensor of a safetensors file as a numpy array (F32, F64, I64, I32)."""
+    """Every tensor of a safetensors file as a numpy array (F32, F64, I64, I32, BOOL)."""
     data = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     body = data[8 + n:]
-    dtypes = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+    dtypes = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
     out = {}
     for name, info in header.items():
         if name == "__metadata__":

@@ -68,3 +68,59 @@ def test_layers_out_of_range_are_errors(cache):
         cache.accumulated_resid(layer=n + 1)
     with pytest.raises(glassbox.InputError, match="out of range"):
         cache.stack_head_results(layer=-n - 3)
+
+
+@pytest.mark.parametrize("name", ["ln_learned", "lnpre_rotary_gqa"])
+def test_weights_have_transformer_lens_names_and_shapes(name):
+    """model.W_Q etc. equal the tensors TransformerLens saved in the checkpoint's state dict,
+    stacked over layers, grouped keys and values repeated per query head."""
+    from conftest import read_safetensors
+
+    folder = FIXTURES / "tl" / name
+    sd = read_safetensors(folder / "model.safetensors")
+    model = glassbox.Model.load(str(folder))
+    cfg = model.cfg
+    n, h = cfg.n_layers, cfg.n_heads
+
+    def tl(key):
+        per = []
+        for l in range(n):
+            w = sd.get(f"blocks.{l}.{key}")
+            if w is None:  # grouped-query attention keeps `_W_K` [n_kv_heads, ...]
+                w = np.repeat(sd[f"blocks.{l}.{key.replace('.', '._', 1)}"], h // cfg.n_key_value_heads, axis=0)
+            per.append(w)
+        return np.stack(per)
+
+    pairs = {
+        "W_E": sd["embed.W_E"], "W_U": sd["unembed.W_U"], "b_U": sd["unembed.b_U"],
+        "W_Q": tl("attn.W_Q"), "W_K": tl("attn.W_K"), "W_V": tl("attn.W_V"), "W_O": tl("attn.W_O"),
+        "b_Q": tl("attn.b_Q"), "b_K": tl("attn.b_K"), "b_V": tl("attn.b_V"), "b_O": tl("attn.b_O"),
+        "W_in": tl("mlp.W_in"), "W_out": tl("mlp.W_out"),
+    }
+    if "pos_embed.W_pos" in sd:
+        pairs["W_pos"] = sd["pos_embed.W_pos"]
+    else:
+        assert model.W_pos is None
+    if f"blocks.0.mlp.W_gate" in sd:
+        pairs["W_gate"] = tl("mlp.W_gate")
+    else:
+        # TransformerLens adds a gated MLP's b_in after the product; glassbox folds it into b_out.
+        pairs["b_in"], pairs["b_out"] = tl("mlp.b_in"), tl("mlp.b_out")
+        assert model.W_gate is None
+    for attr, want in pairs.items():
+        got = getattr(model, attr)
+        assert got.shape == want.shape, f"{name} {attr}: {got.shape} against TransformerLens' {want.shape}"
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=f"{name} {attr}")
+
+
+def test_weights_of_a_quantized_model(smollm2):
+    """A GGUF's weights dequantized, in TransformerLens' shapes."""
+    c = smollm2.cfg
+    assert smollm2.W_Q.shape == (c.n_layers, c.n_heads, c.d_model, c.d_head)
+    assert smollm2.W_K.shape == (c.n_layers, c.n_heads, c.d_model, c.d_head)
+    assert smollm2.W_in.shape == (c.n_layers, c.d_model, c.d_mlp) and smollm2.W_gate.shape == smollm2.W_in.shape
+    assert smollm2.W_U.shape == (c.d_model, c.d_vocab) and smollm2.W_pos is None
+    # Keys and values repeated per query head: heads of one group are equal.
+    k = smollm2.W_K
+    group = c.n_heads // c.n_key_value_heads
+    assert np.array_equal(k[:, 0], k[:, group - 1])

@@ -97,6 +97,24 @@ class Model:
     def cfg(self) -> Config: ...
     @property
     def hook_names(self) -> List[str]: ...
+    # TransformerLens' weight names and shapes; numpy copies, made (and dequantized) on access.
+    W_E: npt.NDArray[np.float32]
+    W_pos: Optional[npt.NDArray[np.float32]]
+    W_U: npt.NDArray[np.float32]
+    b_U: npt.NDArray[np.float32]
+    W_Q: npt.NDArray[np.float32]
+    W_K: npt.NDArray[np.float32]
+    W_V: npt.NDArray[np.float32]
+    W_O: npt.NDArray[np.float32]
+    b_Q: npt.NDArray[np.float32]
+    b_K: npt.NDArray[np.float32]
+    b_V: npt.NDArray[np.float32]
+    b_O: npt.NDArray[np.float32]
+    W_in: npt.NDArray[np.float32]
+    W_gate: Optional[npt.NDArray[np.float32]]
+    W_out: npt.NDArray[np.float32]
+    b_in: npt.NDArray[np.float32]
+    b_out: npt.NDArray[np.float32]
     def to_tokens(self, input: Union[str, List[str]], prepend_bos: Optional[bool] = None, padding_side: Literal["right", "left"] = "right") -> npt.NDArray[np.int64]: ...
     def to_str_tokens(self, input: Input) -> Union[List[str], List[List[str]]]: ...
     def to_string(self, tokens: Input) -> Union[str, List[str]]: ...
