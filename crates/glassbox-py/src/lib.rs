@@ -14,6 +14,7 @@ mod kwargs;
 mod methods;
 mod model;
 mod sae;
+mod tokenizer;
 mod weights;
 
 /// The native module.
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<model::HookPoint>()?;
     m.add_class::<model::Intervention>()?;
     m.add_class::<cache::ActivationCache>()?;
+    m.add_class::<tokenizer::Tokenizer>()?;
     methods::register(m)?;
     sae::register(m)?;
     batch::register(m)?;

@@ -701,6 +701,12 @@ impl Model {
         }
     }
 
+    /// The tokenizer as TransformerLens code reaches it (`encode`, `decode`, ...).
+    #[getter]
+    fn tokenizer(&self) -> crate::tokenizer::Tokenizer {
+        crate::tokenizer::Tokenizer { model: self.inner.clone() }
+    }
+
     // TransformerLens' weight names and shapes (src/weights.rs says how each is made).
     #[getter(W_E)]
     fn w_e<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

@@ -296,3 +296,16 @@ def test_transformer_lens_arguments(tiny_llama, smollm2):
     assert np.array_equal(left[1, -n:], right[1, :n]) and (left[1, :-n] == 0).all()
     with pytest.raises(glassbox.InputError, match="padding_side"):
         m.to_tokens(IOI, padding_side="middle")
+
+
+def test_the_tokenizer_as_transformer_lens_code_reaches_it(smollm2):
+    tok = smollm2.tokenizer
+    ids = tok.encode(IOI)
+    assert ids == [int(i) for i in smollm2.to_tokens(IOI, prepend_bos=True)[0]]
+    assert tok.encode(IOI, add_special_tokens=False) == ids[1:]
+    assert tok.decode(ids, skip_special_tokens=True) == IOI
+    assert tok(IOI)["input_ids"] == ids and tok([IOI, "Hi"])["input_ids"][0] == ids
+    assert ids[0] == tok.bos_token_id and tok.vocab_size == len(tok) == smollm2.cfg.d_vocab
+    assert len(tok.convert_ids_to_tokens(ids)) == len(ids)
+    with pytest.raises(glassbox.InputError, match="outside the vocabulary"):
+        tok.decode([-1])
