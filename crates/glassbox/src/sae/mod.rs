@@ -527,7 +527,11 @@ fn all_finite(tensors: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor
         if t.elem_count() == 0 {
             continue;
         }
-        let big = t.to_dtype(candle_core::DType::F64)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        // The largest magnitude from the largest and the smallest value: two reductions over
+        // the weights as they are, with no f64 or absolute-value copy of an SAE's matrices.
+        let flat = t.to_dtype(candle_core::DType::F32)?.flatten_all()?;
+        let (hi, lo) = (flat.max(0)?.to_scalar::<f32>()?, flat.min(0)?.to_scalar::<f32>()?);
+        let big = f64::from(hi.abs().max(lo.abs()));
         if big > MAX_SAE_WEIGHT {
             return Err(Error::Invalid(format!("tensor `{}` holds a value of magnitude {big:.3e}; SAE weights beyond {MAX_SAE_WEIGHT:e} overflow in use, so the file is damaged", crate::error::printable(name))));
         }
