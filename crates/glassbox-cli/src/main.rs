@@ -197,6 +197,7 @@ fn main() -> std::process::ExitCode {
         // Sound here: no other thread has started yet (see glassbox::threads).
         std::env::set_var(k, v);
     }
+    glassbox::threads::tune_allocator();
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

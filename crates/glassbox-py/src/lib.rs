@@ -22,6 +22,8 @@ mod weights;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The thread settings glassbox's binaries use (glassbox::threads::candle_env) are set by
     // `glassbox/__init__.py` through os.environ before this module is imported.
+    // Freed memory kept for reuse (see glassbox::threads::tune_allocator).
+    glassbox::threads::tune_allocator();
     errors::register(m)?;
     m.add_class::<model::Model>()?;
     m.add_class::<model::Config>()?;

@@ -23,6 +23,7 @@ fn main() {
         // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
+    glassbox::threads::tune_allocator();
     let path = default_model_path();
     let rss_start = peak_rss_mb();
     let load = median_secs(3, || {

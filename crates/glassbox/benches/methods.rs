@@ -20,6 +20,7 @@ fn main() {
         // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
+    glassbox::threads::tune_allocator();
     let model = load_default();
     let contrast = Contrast::new(&model, IOI, " Mary", " John", None).unwrap();
     let (c, i) = (contrast.correct_id, contrast.incorrect_id);

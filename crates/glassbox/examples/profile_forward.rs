@@ -6,6 +6,7 @@ fn main() {
         // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
+    glassbox::threads::tune_allocator();
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
     eprintln!("{} weight matrices kept quantized", model.quantized_matrices());

@@ -1,5 +1,6 @@
 //! Runs one method in a loop on the default model (for profilers):
-//! `profile_method taylor|ig|analyze|patching|eap N`.
+//! `profile_method taylor|ig|analyze|patching|eap N [PREFIX_FILE]` (a file's text put before
+//! the IOI prompt makes a long prompt).
 use glassbox::methods::analyze::{analyze, AnalyzeOptions};
 use glassbox::methods::attribution::{attribute, AttributionOptions, Method};
 use glassbox::methods::edges::{edge_attribution, EdgeOptions};
@@ -11,11 +12,14 @@ fn main() {
         // Sound here: no other thread has started yet.
         std::env::set_var(k, v);
     }
+    glassbox::threads::tune_allocator();
     let path = registry::resolve(registry::DEFAULT_MODEL, &mut |m| eprintln!("{m}")).unwrap();
     let model = Model::load(&path).unwrap();
     let which = std::env::args().nth(1).unwrap_or_else(|| "taylor".into());
     let n: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(10);
-    let c = Contrast::new(&model, "When Mary and John went to the store, John gave a drink to", " Mary", " John", None).unwrap();
+    let prefix = std::env::args().nth(3).map(|f| std::fs::read_to_string(f).unwrap() + " ").unwrap_or_default();
+    let prompt = prefix + "When Mary and John went to the store, John gave a drink to";
+    let c = Contrast::new(&model, &prompt, " Mary", " John", None).unwrap();
     let method = if which == "ig" { Method::IntegratedGradients } else { Method::Taylor };
     let opts = AttributionOptions { method, ..Default::default() };
     let t = std::time::Instant::now();

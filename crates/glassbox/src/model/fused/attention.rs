@@ -14,8 +14,13 @@
 //! The mask is a rule, not a matrix (`AttnMask`): query `past + i` of prompt `b` sees keys
 //! `0..=past + i` inside the prompt's real length and the window (a bidirectional model's
 //! query sees the whole real prompt); a padding query (past the
-//! prompt's end) sees the whole real prompt, so no row is empty. f32 and f64; on CPUs with AVX2
-//! and FMA the tile loops are compiled for them.
+//! prompt's end) sees the whole real prompt, so no row is empty. f32 and f64.
+//!
+//! Every product inside a tile (`Q Kᵀ`, `P V`, `dZ Vᵀ`, `Pᵀ dZ`, `dSᵀ Q`, `dS K`) is one call of
+//! `Elem::gemm_acc` (register-blocked AVX2 for f32 where the CPU has it); only the softmax runs
+//! row by row. The backward visits each (query tile, key tile) pair once: a unit owns a chunk of
+//! one head's query tiles, their rows of `dq`, and a buffer for the `dk`, `dv` of the keys they
+//! see, summed over the units of each key/value head at the end.
 
 use std::sync::{Arc, OnceLock};
 
@@ -129,9 +134,6 @@ impl Dims {
     fn q_tiles(&self) -> usize {
         self.p.div_ceil(BQ)
     }
-    fn k_tiles(&self) -> usize {
-        self.kp.div_ceil(BK)
-    }
     /// Unit `u` of the per-query-tile loops as `(prompt, head, query tile)`.
     fn query_unit(&self, u: usize) -> (usize, usize, usize) {
         (u / (self.h * self.q_tiles()), (u / self.q_tiles()) % self.h, u % self.q_tiles())
@@ -149,79 +151,14 @@ impl Dims {
     }
 }
 
-/// `a · b + c`, as one fused multiply-add where the CPU has one (the tile loops' only product).
-#[inline(always)]
-fn madd<T: Elem, const FMA: bool>(a: T, b: T, c: T) -> T {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Keys `j0..j1` of key/value head `g` of prompt `bi`: keys transposed (`kt[t][j]`, rows of
-/// `BK`) and values as rows (`vr[j][t]`); with `vt`, the values transposed too.
-fn gather<T: Elem>(d: &Dims, (k, v): (&[T], &[T]), (bi, g, j0, j1): (usize, usize, usize, usize), kt: &mut [T], vr: &mut [T], vt: Option<&mut [T]>) {
+/// Keys (or values) `j0..j1` of key/value head `g` of prompt `bi`, transposed into `out`
+/// (`out[t][c]`, rows of `BK`); `width` is the rows' width (`dh` or `dv`), `at(bi, j, g)` where
+/// a row starts.
+fn gather_t<T: Elem>(src: &[T], width: usize, at: impl Fn(usize, usize, usize) -> usize, (bi, g, j0, j1): (usize, usize, usize, usize), out: &mut [T]) {
     for (c, j) in (j0..j1).enumerate() {
-        let (kj, vj) = (d.k(bi, j, g), d.v(bi, j, g));
-        for (t, &x) in k[kj..kj + d.dh].iter().enumerate() {
-            kt[t * BK + c] = x;
+        for (t, &x) in src[at(bi, j, g)..][..width].iter().enumerate() {
+            out[t * BK + c] = x;
         }
-        vr[c * d.dv..(c + 1) * d.dv].copy_from_slice(&v[vj..vj + d.dv]);
-    }
-    if let Some(vt) = vt {
-        for (c, j) in (j0..j1).enumerate() {
-            for (t, &x) in v[d.v(bi, j, g)..][..d.dv].iter().enumerate() {
-                vt[t * BK + c] = x;
-            }
-        }
-    }
-}
-
-/// `out[c] = Σ_t a[t] · m[t][c]` for the `n` columns of a transposed tile (rows of `BK`); the
-/// sums stay in registers over the whole row (columns past `n` are computed and dropped).
-#[inline(always)]
-fn row_times_tile<T: Elem, const FMA: bool>(a: &[T], m: &[T], n: usize, out: &mut [T]) {
-    let mut acc = [T::zero(); BK];
-    for (t, &x) in a.iter().enumerate() {
-        let row = &m[t * BK..(t + 1) * BK];
-        for (s, &w) in acc.iter_mut().zip(row) {
-            *s = madd::<T, FMA>(x, w, *s);
-        }
-    }
-    out[..n].copy_from_slice(&acc[..n]);
-}
-
-/// `out += Σ_c p[c] · rows[c]` for `n` rows of width `out.len()`, in chunks of 64 columns whose
-/// sums stay in registers while the rows pass.
-#[inline(always)]
-fn probs_times_rows<T: Elem, const FMA: bool>(p: &[T], rows: &[T], n: usize, out: &mut [T]) {
-    let w = out.len();
-    for (ci, o) in out.chunks_mut(64).enumerate() {
-        let off = ci * 64;
-        if o.len() == 64 {
-            let mut acc = [T::zero(); 64];
-            acc.copy_from_slice(o);
-            for (c, &pc) in p[..n].iter().enumerate() {
-                let r = &rows[c * w + off..c * w + off + 64];
-                for (s, &x) in acc.iter_mut().zip(r) {
-                    *s = madd::<T, FMA>(pc, x, *s);
-                }
-            }
-            o.copy_from_slice(&acc);
-        } else {
-            for (c, &pc) in p[..n].iter().enumerate() {
-                axpy::<T, FMA>(o, pc, &rows[c * w + off..c * w + off + o.len()]);
-            }
-        }
-    }
-}
-
-/// `y += a · x`
-#[inline(always)]
-fn axpy<T: Elem, const FMA: bool>(y: &mut [T], a: T, x: &[T]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = madd::<T, FMA>(a, x, *y);
     }
 }
 
@@ -248,23 +185,55 @@ impl AttnSpec {
     }
 }
 
-/// Scratch of one unit: the tiles and one row's scores.
+/// `out[c] = exp(s[c] − shift)`, 0 where `s[c]` is −∞ (a key the query does not see); returns
+/// the sum. `tmp` is scratch of the same length.
+fn exp_shifted<T: Elem>(s: &[T], shift: T, tmp: &mut [T], out: &mut [T]) -> T {
+    for (a, &x) in tmp.iter_mut().zip(s) {
+        *a = shift - x;
+    }
+    T::exp_neg(tmp, out);
+    let mut sum = T::zero();
+    for (p, &x) in out.iter_mut().zip(s) {
+        if x == T::neg_infinity() {
+            *p = T::zero();
+        }
+        sum += *p;
+    }
+    sum
+}
+
+/// Scratch of one unit: the key and value tiles transposed, and tiles of `BQ × BK` for the
+/// scores (then `dS`), the probabilities, `dP` and the caps' `tanh`.
 struct Scratch<T> {
     kt: Vec<T>,
-    vr: Vec<T>,
     vt: Vec<T>,
-    kr: Vec<T>,
     s: Vec<T>,
-    e: Vec<T>,
-    caps: Vec<T>,
+    p: Vec<T>,
     dp: Vec<T>,
+    caps: Vec<T>,
+    tmp: Vec<T>,
 }
 
 impl<T: Elem> Scratch<T> {
     fn new(d: &Dims) -> Self {
         let z = T::zero();
-        Scratch { kt: vec![z; d.dh * BK], vr: vec![z; BK * d.dv], vt: vec![z; d.dv * BK], kr: vec![z; BK * d.dh], s: vec![z; BK], e: vec![z; BK], caps: vec![z; BK], dp: vec![z; BK] }
+        let tile = vec![z; BQ * BK];
+        Scratch { kt: vec![z; d.dh * BK], vt: vec![z; d.dv * BK], s: tile.clone(), p: tile.clone(), dp: tile.clone(), caps: tile, tmp: vec![z; BK] }
     }
+}
+
+/// One unit of the backward pass: query tiles `qt0..qt1` of head `hh` of prompt `bi`, whose
+/// gradients of keys `key0..key1` (of the head's key/value head) go to a buffer of its own at
+/// `buf` (`(key1 − key0) · (dh + dv)` values: `dk` rows, then `dv` rows).
+#[derive(Clone, Copy)]
+struct BwdUnit {
+    bi: usize,
+    hh: usize,
+    qt0: usize,
+    qt1: usize,
+    key0: usize,
+    key1: usize,
+    buf: usize,
 }
 
 impl AttnOp {
@@ -273,14 +242,13 @@ impl AttnOp {
         MIN_PART / (BQ * d.kp.min(4 * BK) * d.dh).max(1) + 1
     }
 
-    /// Runs `unit(u, scratch, avx)` for every unit `u < units`, split across the kernels'
-    /// threads with one scratch per part; `avx` says whether AVX2 and FMA are there.
-    fn for_units<T: Elem>(d: &Dims, units: usize, unit: &(dyn Fn(usize, &mut Scratch<T>, bool) + Sync)) {
-        let avx = kernels::available();
-        kernels::for_ranges(units, Self::min_units(d), &|u0, u1| {
+    /// Runs `unit(u, scratch)` for every unit `u < units`, split across the kernels' threads
+    /// with one scratch per part.
+    fn for_units<T: Elem>(d: &Dims, units: usize, min_units: usize, unit: &(dyn Fn(usize, &mut Scratch<T>) + Sync)) {
+        kernels::for_ranges(units, min_units, &|u0, u1| {
             let mut sc = Scratch::<T>::new(d);
             for u in u0..u1 {
-                unit(u, &mut sc, avx);
+                unit(u, &mut sc);
             }
         });
     }
@@ -289,33 +257,20 @@ impl AttnOp {
         let mut z = vec![T::zero(); d.b * d.p * d.h * d.dv];
         let mut lse = vec![0f64; d.b * d.h * d.p];
         let (zs, ls) = (Shared::of(&mut z), Shared::of(&mut lse));
-        Self::for_units(d, d.b * d.h * d.q_tiles(), &|u, sc, avx| {
-            if avx {
-                // SAFETY: the CPU has AVX2 and FMA (`available`); the unit writes only its own
-                // rows of z and lse.
-                unsafe { self.fwd_unit_avx(d, (q, k, v), d.query_unit(u), sc, (&zs, &ls)) }
-            } else {
-                // SAFETY: as above, without the instruction sets.
-                unsafe { self.fwd_unit::<T, false>(d, (q, k, v), d.query_unit(u), sc, (&zs, &ls)) }
-            }
+        Self::for_units(d, d.b * d.h * d.q_tiles(), Self::min_units(d), &|u, sc| {
+            // SAFETY: the unit writes only its own rows of z and lse.
+            unsafe { self.fwd_unit(d, (q, k, v), d.query_unit(u), sc, (&zs, &ls)) }
         });
         (z, lse)
     }
 
-    /// # Safety
-    /// The CPU has AVX2 and FMA, and no other part writes this unit's rows of `z` and `lse`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fwd_unit_avx<T: Elem>(&self, d: &Dims, qkv: (&[T], &[T], &[T]), unit: (usize, usize, usize), sc: &mut Scratch<T>, out: (&Shared<T>, &Shared<f64>)) {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.fwd_unit::<T, true>(d, qkv, unit, sc, out) }
-    }
-
     /// Query tile `qt` of head `hh` of prompt `bi`: its rows of `z` and of the log-sum-exp.
+    /// Per key tile: `S = Q Kᵀ` as one tile product, the online softmax row by row, then
+    /// `acc += P V` as one tile product.
     ///
     /// # Safety
     /// No other part writes this unit's rows of `z` and `lse` while it runs.
-    #[inline(always)]
-    unsafe fn fwd_unit<T: Elem, const FMA: bool>(&self, d: &Dims, (q, k, v): (&[T], &[T], &[T]), (bi, hh, qt): (usize, usize, usize), sc: &mut Scratch<T>, (zs, ls): (&Shared<T>, &Shared<f64>)) {
+    unsafe fn fwd_unit<T: Elem>(&self, d: &Dims, (q, k, v): (&[T], &[T], &[T]), (bi, hh, qt): (usize, usize, usize), sc: &mut Scratch<T>, (zs, ls): (&Shared<T>, &Shared<f64>)) {
         let mask = &self.spec.mask;
         let g = hh / d.group();
         let (i0, i1) = d.query_rows(qt);
@@ -323,38 +278,31 @@ impl AttnOp {
         let mut m = vec![T::neg_infinity(); rows];
         let mut l = vec![T::zero(); rows];
         let mut acc = vec![T::zero(); rows * d.dv];
+        let qa = &q[d.q(bi, i0, hh)..];
         for (j0, j1) in d.key_tiles_seen(mask, bi, (i0, i1)) {
             let n = j1 - j0;
-            gather(d, (k, v), (bi, g, j0, j1), &mut sc.kt, &mut sc.vr, None);
-            for (r, i) in (i0..i1).enumerate() {
-                let (klo, khi) = mask.keys(bi, i);
+            gather_t(k, d.dh, |b, j, g| d.k(b, j, g), (bi, g, j0, j1), &mut sc.kt);
+            sc.s[..rows * BK].fill(T::zero());
+            T::gemm_acc((rows, n, d.dh), (qa, d.h * d.dh, 1), (&sc.kt, BK), (&mut sc.s, BK));
+            for r in 0..rows {
+                let (klo, khi) = mask.keys(bi, i0 + r);
+                let (srow, prow) = (&mut sc.s[r * BK..r * BK + n], &mut sc.p[r * BK..r * BK + n]);
                 if khi <= j0 || klo >= j1 {
+                    prow.fill(T::zero());
                     continue;
                 }
-                row_times_tile::<T, FMA>(&q[d.q(bi, i, hh)..][..d.dh], &sc.kt, n, &mut sc.s);
-                self.spec.finish_scores(&mut sc.s[..n], &mut sc.caps, (j0, klo, khi));
-                let tile_max = sc.s[..n].iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
+                self.spec.finish_scores(srow, &mut sc.caps[..n], (j0, klo, khi));
+                let tile_max = srow.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
                 let new_m = Float::max(m[r], tile_max);
                 let corr = if m[r] == T::neg_infinity() { T::zero() } else { (m[r] - new_m).exp() };
-                for (a, &s) in sc.dp[..n].iter_mut().zip(&sc.s[..n]) {
-                    *a = new_m - s;
-                }
-                T::exp_neg(&sc.dp[..n], &mut sc.e[..n]);
-                let row = &mut acc[r * d.dv..(r + 1) * d.dv];
+                let sum = exp_shifted(srow, new_m, &mut sc.tmp[..n], prow);
                 if corr != T::one() {
-                    row.iter_mut().for_each(|a| *a *= corr);
+                    acc[r * d.dv..(r + 1) * d.dv].iter_mut().for_each(|a| *a *= corr);
                 }
-                let mut sum = T::zero();
-                for (p, &s) in sc.e[..n].iter_mut().zip(&sc.s[..n]) {
-                    if s == T::neg_infinity() {
-                        *p = T::zero();
-                    }
-                    sum += *p;
-                }
-                probs_times_rows::<T, FMA>(&sc.e, &sc.vr, n, row);
                 l[r] = l[r] * corr + sum;
                 m[r] = new_m;
             }
+            T::gemm_acc((rows, d.dv, n), (&sc.p, BK, 1), (&v[d.v(bi, j0, g)..], d.kv * d.dv), (&mut acc, d.dv));
         }
         for (r, i) in (i0..i1).enumerate() {
             let zi = d.z(bi, i, hh);
@@ -372,6 +320,39 @@ impl AttnOp {
         }
     }
 
+    /// The backward units: each head's query tiles in as many chunks of equal work as give
+    /// every thread a few units, each chunk with the key range its queries see.
+    fn bwd_units(&self, d: &Dims) -> Vec<BwdUnit> {
+        let mask = &self.spec.mask;
+        let chunks = (4 * crate::threads::kernel_threads()).div_ceil(d.b * d.h).clamp(1, d.q_tiles());
+        let mut units = Vec::new();
+        let mut buf = 0;
+        for bi in 0..d.b {
+            let work: Vec<usize> = (0..d.q_tiles()).map(|qt| d.key_tiles_seen(mask, bi, d.query_rows(qt)).count()).collect();
+            let total: usize = work.iter().sum::<usize>().max(1);
+            // Cut where the running work passes each chunk's share.
+            let mut cuts = vec![0];
+            let mut run = 0;
+            for (qt, w) in work.iter().enumerate() {
+                run += w;
+                if cuts.len() < chunks && run * chunks >= total * cuts.len() && qt + 1 < d.q_tiles() {
+                    cuts.push(qt + 1);
+                }
+            }
+            cuts.push(d.q_tiles());
+            for hh in 0..d.h {
+                for c in cuts.windows(2) {
+                    let (qt0, qt1) = (c[0], c[1]);
+                    let (lo, hi) = (qt0..qt1).flat_map(|qt| d.key_tiles_seen(mask, bi, d.query_rows(qt))).fold((d.kp, 0), |(lo, hi), (j0, j1)| (lo.min(j0), hi.max(j1)));
+                    let (key0, key1) = if lo < hi { (lo, hi) } else { (0, 0) };
+                    units.push(BwdUnit { bi, hh, qt0, qt1, key0, key1, buf });
+                    buf += (key1 - key0) * (d.dh + d.dv);
+                }
+            }
+        }
+        units
+    }
+
     /// `[dq, dk, dv]` from `dz`, the output `z` and the log-sum-exp of the forward pass.
     fn grad<T: Elem>(&self, d: &Dims, (q, k, v): (&[T], &[T], &[T]), z: &[T], dz: &[T], lse: &[f64]) -> (Vec<T>, Vec<T>, Vec<T>) {
         // D_i = dz_i · z_i per query row and head, [b, h, p].
@@ -384,151 +365,96 @@ impl AttnOp {
                 }
             }
         }
-        let (mut dq, mut dk, mut dv) = (vec![T::zero(); q.len()], vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
+        let units = self.bwd_units(d);
+        let size = units.last().map_or(0, |u| u.buf + (u.key1 - u.key0) * (d.dh + d.dv));
+        let mut kvbuf = vec![T::zero(); size];
+        let mut dq = vec![T::zero(); q.len()];
         let ctx = GradCtx { d: *d, q, k, v, dz, lse, dd: &dd };
-        // dk and dv: one unit per key tile of a key/value head (its keys are its own).
-        let (dks, dvs) = (Shared::of(&mut dk), Shared::of(&mut dv));
-        Self::for_units(d, d.b * d.kv * d.k_tiles(), &|u, sc, avx| {
-            let unit = (u / (d.kv * d.k_tiles()), (u / d.k_tiles()) % d.kv, u % d.k_tiles());
-            if avx {
-                // SAFETY: AVX2 and FMA are there; the unit writes only its keys' rows.
-                unsafe { self.dkv_unit_avx(&ctx, unit, sc, (&dks, &dvs)) }
-            } else {
-                // SAFETY: as above, without the instruction sets.
-                unsafe { self.dkv_unit::<T, false>(&ctx, unit, sc, (&dks, &dvs)) }
-            }
+        let (dqs, bufs) = (Shared::of(&mut dq), Shared::of(&mut kvbuf));
+        Self::for_units(d, units.len(), 1, &|u, sc| {
+            let unit = units[u];
+            let len = (unit.key1 - unit.key0) * (d.dh + d.dv);
+            // SAFETY: the unit's buffer and its query rows of dq are its own.
+            unsafe { self.bwd_unit(&ctx, unit, sc, &dqs, bufs.slice(unit.buf, unit.buf + len)) }
         });
-        // dq: one unit per query tile of a head.
-        let dqs = Shared::of(&mut dq);
-        Self::for_units(d, d.b * d.h * d.q_tiles(), &|u, sc, avx| {
-            if avx {
-                // SAFETY: AVX2 and FMA are there; the unit writes only its queries' rows.
-                unsafe { self.dq_unit_avx(&ctx, d.query_unit(u), sc, &dqs) }
-            } else {
-                // SAFETY: as above, without the instruction sets.
-                unsafe { self.dq_unit::<T, false>(&ctx, d.query_unit(u), sc, &dqs) }
+        // Each key/value head's gradients: the sum over its query heads' units.
+        let (mut dk, mut dv) = (vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
+        for u in &units {
+            let g = u.hh / d.group();
+            let (bk, bv) = kvbuf[u.buf..u.buf + (u.key1 - u.key0) * (d.dh + d.dv)].split_at((u.key1 - u.key0) * d.dh);
+            for (c, j) in (u.key0..u.key1).enumerate() {
+                let (kj, vj) = (d.k(u.bi, j, g), d.v(u.bi, j, g));
+                dk[kj..kj + d.dh].iter_mut().zip(&bk[c * d.dh..(c + 1) * d.dh]).for_each(|(a, &b)| *a += b);
+                dv[vj..vj + d.dv].iter_mut().zip(&bv[c * d.dv..(c + 1) * d.dv]).for_each(|(a, &b)| *a += b);
             }
-        });
+        }
         (dq, dk, dv)
     }
 
-    /// The probabilities of query row `i` (head `hh`) against the key tile in `sc`, and `dS`
-    /// (into `sc.s`): `P` into `sc.e`, `dP` into `sc.dp`. `n` keys from `j0`.
-    #[inline(always)]
-    fn row_grads<T: Elem, const FMA: bool>(&self, c: &GradCtx<T>, (bi, hh, i): (usize, usize, usize), (j0, n): (usize, usize), sc: &mut Scratch<T>) {
-        let d = &c.d;
-        let (klo, khi) = self.spec.mask.keys(bi, i);
-        row_times_tile::<T, FMA>(&c.q[d.q(bi, i, hh)..][..d.dh], &sc.kt, n, &mut sc.s);
-        self.spec.finish_scores(&mut sc.s[..n], &mut sc.caps, (j0, klo, khi));
-        let li = (bi * d.h + hh) * d.p + i;
-        let l = t::<T>(c.lse[li]);
-        for (e, &s) in sc.e[..n].iter_mut().zip(&sc.s[..n]) {
-            *e = if s == T::neg_infinity() { T::zero() } else { (s - l).exp() };
-        }
-        row_times_tile::<T, FMA>(&c.dz[d.z(bi, i, hh)..][..d.dv], &sc.vt, n, &mut sc.dp);
-        let (dd, scale) = (c.dd[li], t::<T>(self.spec.scale));
-        for cc in 0..n {
-            let mut ds = sc.e[cc] * (sc.dp[cc] - dd);
-            if self.spec.softcap.is_some() {
-                let th = sc.caps[cc];
-                ds *= T::one() - th * th;
-            }
-            sc.s[cc] = if sc.e[cc] == T::zero() { T::zero() } else { ds * scale };
-        }
-    }
-
-    /// # Safety
-    /// AVX2 and FMA are there; no other part writes this unit's rows of `dk` and `dv`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dkv_unit_avx<T: Elem>(&self, c: &GradCtx<T>, unit: (usize, usize, usize), sc: &mut Scratch<T>, out: (&Shared<T>, &Shared<T>)) {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.dkv_unit::<T, true>(c, unit, sc, out) }
-    }
-
-    /// Key tile `kt` of key/value head `g` of prompt `bi`: its rows of `dk` and `dv`, from every
-    /// query of the group's heads that sees one of its keys.
+    /// One backward unit (FlashAttention-2's backward on tiles): per query tile and key tile
+    /// it sees, `S = Q Kᵀ` and `dP = dZ Vᵀ` as tile products, `P` from the forward's
+    /// log-sum-exp, `dS = P ⊙ (dP − D)` (times the cap's slope and the scale), then
+    /// `dV += Pᵀ dZ`, `dK += dSᵀ Q` into the unit's buffer and `dQ += dS K`.
     ///
     /// # Safety
-    /// No other part writes this unit's rows of `dk` and `dv` while it runs.
-    #[inline(always)]
-    unsafe fn dkv_unit<T: Elem, const FMA: bool>(&self, c: &GradCtx<T>, (bi, g, kt): (usize, usize, usize), sc: &mut Scratch<T>, (dks, dvs): (&Shared<T>, &Shared<T>)) {
-        let d = &c.d;
-        let (j0, j1) = (kt * BK, ((kt + 1) * BK).min(d.kp));
-        let n = j1 - j0;
-        gather(d, (c.k, c.v), (bi, g, j0, j1), &mut sc.kt, &mut sc.vr, Some(&mut sc.vt));
-        let mut dkt = vec![T::zero(); n * d.dh];
-        let mut dvt = vec![T::zero(); n * d.dv];
-        for hh in g * d.group()..(g + 1) * d.group() {
-            for i in 0..d.p {
-                let (klo, khi) = self.spec.mask.keys(bi, i);
-                if khi <= j0 || klo >= j1 {
-                    continue;
-                }
-                self.row_grads::<T, FMA>(c, (bi, hh, i), (j0, n), sc);
-                let (qi, zi) = (d.q(bi, i, hh), d.z(bi, i, hh));
-                for cc in 0..n {
-                    if sc.e[cc] == T::zero() {
-                        continue;
-                    }
-                    axpy::<T, FMA>(&mut dvt[cc * d.dv..(cc + 1) * d.dv], sc.e[cc], &c.dz[zi..zi + d.dv]);
-                    axpy::<T, FMA>(&mut dkt[cc * d.dh..(cc + 1) * d.dh], sc.s[cc], &c.q[qi..qi + d.dh]);
-                }
-            }
-        }
-        for (cc, j) in (j0..j1).enumerate() {
-            let (kj, vj) = (d.k(bi, j, g), d.v(bi, j, g));
-            // SAFETY: key j of head g of prompt bi belongs to this unit alone.
-            unsafe { dks.slice(kj, kj + d.dh) }.copy_from_slice(&dkt[cc * d.dh..(cc + 1) * d.dh]);
-            // SAFETY: as above.
-            unsafe { dvs.slice(vj, vj + d.dv) }.copy_from_slice(&dvt[cc * d.dv..(cc + 1) * d.dv]);
-        }
-    }
-
-    /// # Safety
-    /// AVX2 and FMA are there; no other part writes this unit's rows of `dq`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dq_unit_avx<T: Elem>(&self, c: &GradCtx<T>, unit: (usize, usize, usize), sc: &mut Scratch<T>, dqs: &Shared<T>) {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { self.dq_unit::<T, true>(c, unit, sc, dqs) }
-    }
-
-    /// Query tile `qt` of head `hh` of prompt `bi`: its rows of `dq`.
-    ///
-    /// # Safety
-    /// No other part writes this unit's rows of `dq` while it runs.
-    #[inline(always)]
-    unsafe fn dq_unit<T: Elem, const FMA: bool>(&self, c: &GradCtx<T>, (bi, hh, qt): (usize, usize, usize), sc: &mut Scratch<T>, dqs: &Shared<T>) {
+    /// No other part writes this unit's query rows of `dq` while it runs (`buf` is its own).
+    unsafe fn bwd_unit<T: Elem>(&self, c: &GradCtx<T>, u: BwdUnit, sc: &mut Scratch<T>, dqs: &Shared<T>, buf: &mut [T]) {
         let d = &c.d;
         let mask = &self.spec.mask;
+        let (bi, hh) = (u.bi, u.hh);
         let g = hh / d.group();
-        let (i0, i1) = d.query_rows(qt);
-        let rows = i1 - i0;
-        let mut acc = vec![T::zero(); rows * d.dh];
-        for (j0, j1) in d.key_tiles_seen(mask, bi, (i0, i1)) {
-            let n = j1 - j0;
-            gather(d, (c.k, c.v), (bi, g, j0, j1), &mut sc.kt, &mut sc.vr, Some(&mut sc.vt));
-            for (cc, j) in (j0..j1).enumerate() {
-                let kj = d.k(bi, j, g);
-                sc.kr[cc * d.dh..(cc + 1) * d.dh].copy_from_slice(&c.k[kj..kj + d.dh]);
-            }
-            for (r, i) in (i0..i1).enumerate() {
-                let (klo, khi) = mask.keys(bi, i);
-                if khi <= j0 || klo >= j1 {
-                    continue;
-                }
-                self.row_grads::<T, FMA>(c, (bi, hh, i), (j0, n), sc);
-                let row = &mut acc[r * d.dh..(r + 1) * d.dh];
-                for cc in 0..n {
-                    if sc.s[cc] != T::zero() {
-                        axpy::<T, FMA>(row, sc.s[cc], &sc.kr[cc * d.dh..(cc + 1) * d.dh]);
+        let (dkb, dvb) = buf.split_at_mut((u.key1 - u.key0) * d.dh);
+        let scale = t::<T>(self.spec.scale);
+        for qt in u.qt0..u.qt1 {
+            let (i0, i1) = d.query_rows(qt);
+            let rows = i1 - i0;
+            let (qa, za) = (&c.q[d.q(bi, i0, hh)..], &c.dz[d.z(bi, i0, hh)..]);
+            let mut dqa = vec![T::zero(); rows * d.dh];
+            for (j0, j1) in d.key_tiles_seen(mask, bi, (i0, i1)) {
+                let n = j1 - j0;
+                gather_t(c.k, d.dh, |b, j, g| d.k(b, j, g), (bi, g, j0, j1), &mut sc.kt);
+                gather_t(c.v, d.dv, |b, j, g| d.v(b, j, g), (bi, g, j0, j1), &mut sc.vt);
+                sc.s[..rows * BK].fill(T::zero());
+                sc.dp[..rows * BK].fill(T::zero());
+                T::gemm_acc((rows, n, d.dh), (qa, d.h * d.dh, 1), (&sc.kt, BK), (&mut sc.s, BK));
+                T::gemm_acc((rows, n, d.dv), (za, d.h * d.dv, 1), (&sc.vt, BK), (&mut sc.dp, BK));
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let (klo, khi) = mask.keys(bi, i);
+                    let (srow, prow) = (&mut sc.s[r * BK..r * BK + n], &mut sc.p[r * BK..r * BK + n]);
+                    if khi <= j0 || klo >= j1 {
+                        prow.fill(T::zero());
+                        srow.fill(T::zero());
+                        continue;
+                    }
+                    let caps = &mut sc.caps[r * BK..r * BK + n];
+                    self.spec.finish_scores(srow, caps, (j0, klo, khi));
+                    let li = (bi * d.h + hh) * d.p + i;
+                    exp_shifted(srow, t::<T>(c.lse[li]), &mut sc.tmp[..n], prow);
+                    let dd = c.dd[li];
+                    for cc in 0..n {
+                        let p = prow[cc];
+                        srow[cc] = if p == T::zero() {
+                            T::zero()
+                        } else {
+                            let mut ds = p * (sc.dp[r * BK + cc] - dd);
+                            if self.spec.softcap.is_some() {
+                                ds *= T::one() - caps[cc] * caps[cc];
+                            }
+                            ds * scale
+                        };
                     }
                 }
+                let (ko, vo) = ((j0 - u.key0) * d.dh, (j0 - u.key0) * d.dv);
+                T::gemm_acc((n, d.dv, rows), (&sc.p, 1, BK), (za, d.h * d.dv), (&mut dvb[vo..], d.dv));
+                T::gemm_acc((n, d.dh, rows), (&sc.s, 1, BK), (qa, d.h * d.dh), (&mut dkb[ko..], d.dh));
+                T::gemm_acc((rows, d.dh, n), (&sc.s, BK, 1), (&c.k[d.k(bi, j0, g)..], d.kv * d.dh), (&mut dqa, d.dh));
             }
-        }
-        for (r, i) in (i0..i1).enumerate() {
-            let qi = d.q(bi, i, hh);
-            // SAFETY: row i of head hh of prompt bi belongs to this unit alone.
-            unsafe { dqs.slice(qi, qi + d.dh) }.copy_from_slice(&acc[r * d.dh..(r + 1) * d.dh]);
+            for (r, i) in (i0..i1).enumerate() {
+                let qi = d.q(bi, i, hh);
+                // SAFETY: row i of head hh of prompt bi belongs to this unit alone.
+                unsafe { dqs.slice(qi, qi + d.dh) }.copy_from_slice(&dqa[r * d.dh..(r + 1) * d.dh]);
+            }
         }
     }
 }
@@ -657,6 +583,37 @@ mod tests {
             };
             let numeric = (moved(1.0) - moved(-1.0)) / (2.0 * eps);
             assert!((analytic - numeric).abs() < 1e-6 * numeric.abs().max(1.0), "p {p}, past {past}, window {window:?}: gradient {analytic} vs finite difference {numeric}");
+        }
+    }
+
+    /// The f32 path (the register-blocked tile products where the CPU has them) against the f64
+    /// path on the same values: output and the gradients of all three inputs, for head widths
+    /// that are and are not multiples of 8 and 16, a window and a soft cap, two prompts.
+    #[test]
+    fn f32_tiles_match_f64() {
+        let dev = Device::Cpu;
+        for (p, past, h, kv, dh, window, softcap) in [(200usize, 0usize, 4usize, 2usize, 64usize, None, None), (130, 20, 3, 1, 20, Some(50usize), Some(1.5)), (70, 0, 2, 2, 256, None, None)] {
+            let (b, kp) = (2usize, past + p);
+            let mask = AttnMask { lengths: Arc::new(vec![p, p - 11]), past, window, bidirectional: false };
+            let spec = AttnSpec { scale: 0.2, softcap, mask };
+            let shapes = [(b, p, h, dh), (b, kp, kv, dh), (b, kp, kv, dh), (b, p, h, dh)];
+            let vals: Vec<Vec<f64>> = shapes.iter().enumerate().map(|(s, &(a, c, e, f))| data(a * c * e * f, s as u64 + 11)).collect();
+            let run = |dtype: candle_core::DType| {
+                let vars: Vec<Var> = (0..3).map(|i| Var::from_tensor(&Tensor::from_vec(vals[i].clone(), shapes[i], &dev).unwrap().to_dtype(dtype).unwrap()).unwrap()).collect();
+                let w = Tensor::from_vec(vals[3].clone(), shapes[3], &dev).unwrap().to_dtype(dtype).unwrap();
+                let z = attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), &spec).unwrap();
+                let grads = (&z * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                let flat = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+                let mut out = vec![flat(&z)];
+                out.extend(vars.iter().map(|v| flat(grads.get(v.as_tensor()).unwrap())));
+                out
+            };
+            let (single, double) = (run(candle_core::DType::F32), run(candle_core::DType::F64));
+            for (what, (a, e)) in ["z", "dq", "dk", "dv"].iter().zip(single.iter().zip(&double)) {
+                let scale = e.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-3);
+                let err = a.iter().zip(e).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+                assert!(err <= 1e-4 * scale, "p {p}, dh {dh}, window {window:?}: {what} in f32 differs from f64 by {err} (largest {scale})");
+            }
         }
     }
 }

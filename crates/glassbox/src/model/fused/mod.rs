@@ -27,6 +27,25 @@ pub(crate) trait Elem: WithDType + Float + std::ops::AddAssign + std::ops::MulAs
             *o = (-x).exp();
         }
     }
+
+    /// `c[i · ldc + j] += Σ_t a[i · rs + t · cs] · b[t · ldb + j]` for `i < m`, `j < n`,
+    /// `t < kd`: the products inside an attention tile. Panics if an operand is too short.
+    fn gemm_acc(dims: (usize, usize, usize), a: (&[Self], usize, usize), b: (&[Self], usize), c: (&mut [Self], usize)) {
+        gemm_plain(dims, a, b, c);
+    }
+}
+
+/// `Elem::gemm_acc` as plain loops (f64, and f32 without the kernels).
+fn gemm_plain<T: Elem>((m, n, kd): (usize, usize, usize), (a, rs, cs): (&[T], usize, usize), (b, ldb): (&[T], usize), (c, ldc): (&mut [T], usize)) {
+    for i in 0..m {
+        let crow = &mut c[i * ldc..i * ldc + n];
+        for t in 0..kd {
+            let x = a[i * rs + t * cs];
+            for (o, &w) in crow.iter_mut().zip(&b[t * ldb..t * ldb + n]) {
+                *o += x * w;
+            }
+        }
+    }
 }
 impl Elem for f32 {
     fn exp_neg(x: &[f32], out: &mut [f32]) {
@@ -36,6 +55,14 @@ impl Elem for f32 {
             for (o, &x) in out.iter_mut().zip(x) {
                 *o = (-x).exp();
             }
+        }
+    }
+
+    fn gemm_acc(dims: (usize, usize, usize), (a, rs, cs): (&[f32], usize, usize), b: (&[f32], usize), c: (&mut [f32], usize)) {
+        if kernels::available() {
+            kernels::gemm_acc(dims, kernels::Strided { a, rs, cs }, b, c);
+        } else {
+            gemm_plain(dims, (a, rs, cs), b, c);
         }
     }
 }

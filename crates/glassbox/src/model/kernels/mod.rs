@@ -10,6 +10,7 @@
 //! - `products`: the f32 and quantized products (`x_wt`, `g_w`, `x_wt_q`, `g_w_q`).
 //! - `dequant`: quantized blocks to f32, bit for bit as candle.
 //! - `math`: the vectorised `exp`.
+//! - `tile`: the small products inside an attention tile (`C += A · B`, `A` strided).
 //!
 //! Every `unsafe fn` states its contract under `# Safety`; the safe functions check sizes
 //! and the CPU before they call one.
@@ -18,11 +19,13 @@ mod dequant;
 mod math;
 mod products;
 mod schedule;
+mod tile;
 
 pub(crate) use dequant::dequant_row;
 pub use math::exp_neg;
 pub use products::{g_w, g_w_q, x_wt, x_wt_q};
 pub use schedule::{concurrently, for_ranges, map_in_two_streams};
+pub use tile::{gemm_acc, Strided};
 
 /// Whether the kernels beat `gemm` for `m` token rows against an `n × k` weight: up to 256
 /// rows for layer-sized weights, up to 32 rows for vocabulary-sized ones (where `gemm`'s

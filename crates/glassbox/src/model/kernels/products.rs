@@ -27,7 +27,12 @@ pub fn g_w(g: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: acc is this part's own m×k buffer; g and w are read-only.
         unsafe {
-            avx::g_w_rows(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, avx::Rows::F32(w.as_ptr()), (j0, j1))
+            let b = avx::Bwd { g: g.as_ptr(), acc, m, n, k };
+            if m > avx::MT {
+                avx::tiled_rows(b, w.as_ptr(), (j0, j1))
+            } else {
+                avx::g_w_rows(b, avx::Rows::F32(w.as_ptr()), (j0, j1))
+            }
         }
     })
 }
@@ -57,7 +62,9 @@ pub fn g_w_q(g: &[f32], q: &QMatrix, m: usize) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: acc is this part's own m×k buffer; g and q are read-only.
         unsafe {
-            if q.format() == GgmlDType::Q4_1 {
+            if m > avx::MT {
+                avx::tiled_rows_q(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, q, (j0, j1))
+            } else if q.format() == GgmlDType::Q4_1 {
                 avx::g_w_rows(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, avx::Rows::Q41(q.bytes().as_ptr(), q.row_bytes()), (j0, j1))
             } else {
                 avx::g_w_rows_q(avx::Bwd { g: g.as_ptr(), acc, m, n, k }, q, (j0, j1))
@@ -374,6 +381,7 @@ mod avx {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn x_wt_cols_q(p: Fwd, q: &QMatrix, (j0, j1): (usize, usize)) {
         let (m, k) = (p.m, p.k);
+
         with_scratch(JP * k, |scratch| {
             let (bytes, row_bytes) = (q.bytes().as_ptr(), q.row_bytes());
             let mut jp = j0;
@@ -399,6 +407,51 @@ mod avx {
                 jp += rows;
             }
         })
+    }
+
+    /// Token rows from which the backward product runs as blocked tile products (`tiled_rows`);
+    /// below it the panels of `g_w_rows`, which need no dequantized copy of the weight.
+    pub(super) const MT: usize = 96;
+
+    /// `acc += g[:, j0..j1] · w[j0..j1, :]` for many token rows, from f32 weight rows at `w`
+    /// (row j at `w + j k`), as a blocked product: for each block of 256 columns and 96 token
+    /// rows (an accumulator block that stays in L2), every panel of 96 weight rows is multiplied
+    /// in by the tile kernel (6 token rows × 16 columns in registers).
+    ///
+    /// # Safety
+    /// AVX2 and FMA are there; `b` holds valid pointers for its sizes; `w` holds weight rows
+    /// `j0..j1` (`k` floats each); no other part writes `acc`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tiled_rows(b: Bwd, w: *const f32, (j0, j1): (usize, usize)) {
+        const KC: usize = 256;
+        const MC: usize = 96;
+        let Bwd { g, acc, m, n, k } = b;
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for i0 in (0..m).step_by(MC) {
+                let mc = MC.min(m - i0);
+                for jb in (j0..j1).step_by(JB) {
+                    let rows = JB.min(j1 - jb);
+                    // SAFETY: token rows i0..i0 + mc, weight rows jb..jb + rows and columns
+                    // k0..k0 + kc are inside the operands (row strides n, k and k).
+                    unsafe { crate::model::kernels::tile::avx::gemm_acc((mc, kc, rows), (g.add(i0 * n + jb), n, 1), (w.wrapping_add(jb * k + k0), k), (acc.add(i0 * k + k0), k)) };
+                }
+            }
+        }
+    }
+
+    /// `tiled_rows` for a quantized weight: rows `j0..j1` dequantized into one buffer first
+    /// (so the same sums as on the dequantized weight, bit for bit).
+    ///
+    /// # Safety
+    /// As `tiled_rows`, with `n = q.rows()`, `k = q.cols()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tiled_rows_q(b: Bwd, q: &QMatrix, (j0, j1): (usize, usize)) {
+        let k = b.k;
+        let mut rows = vec![0f32; (j1 - j0) * k];
+        q.dequantize_rows(j0, j1, &mut rows);
+        // SAFETY: `rows` holds weight rows j0..j1 from `base + j0 k`.
+        unsafe { tiled_rows(b, rows.as_ptr().wrapping_sub(j0 * k), (j0, j1)) }
     }
 
     /// `acc += g[:, j0..j1] · w[j0..j1, :]` for quantized weight rows other than Q4_1: each
