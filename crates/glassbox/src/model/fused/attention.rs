@@ -163,43 +163,58 @@ fn gather_t<T: Elem>(src: &[T], width: usize, at: impl Fn(usize, usize, usize) -
 }
 
 impl AttnSpec {
-    /// The scores of one query row against a key tile (raw products in `s`): scaled, capped
-    /// (the caps' `tanh` kept in `caps` for the backward), keys the query does not see −∞.
+    /// The scores of one query row on the keys it sees (raw products in `s`, only that range):
+    /// scaled, then capped (the caps' `tanh` kept in `caps` for the backward).
     #[inline(always)]
-    fn finish_scores<T: Elem>(&self, s: &mut [T], caps: &mut [T], (j0, lo, hi): (usize, usize, usize)) {
+    fn finish_scores<T: Elem>(&self, s: &mut [T], caps: &mut [T]) {
         let scale = t::<T>(self.scale);
-        for (c, x) in s.iter_mut().enumerate() {
-            let j = j0 + c;
-            if j < lo || j >= hi {
-                *x = T::neg_infinity();
-                continue;
-            }
-            *x *= scale;
-            if let Some(cap) = self.softcap {
-                let cap = t::<T>(cap);
+        s.iter_mut().for_each(|x| *x *= scale);
+        if let Some(cap) = self.softcap {
+            let cap = t::<T>(cap);
+            for (x, c) in s.iter_mut().zip(caps.iter_mut()) {
                 let th = (*x / cap).tanh();
-                caps[c] = th;
+                *c = th;
                 *x = th * cap;
             }
         }
     }
 }
 
-/// `out[c] = exp(s[c] − shift)`, 0 where `s[c]` is −∞ (a key the query does not see); returns
-/// the sum. `tmp` is scratch of the same length.
+/// The keys `c0..c1` of a tile (of `n` keys from `j0`) that a query seeing keys `lo..hi` sees;
+/// `None` when it sees none of them.
+fn seen_in_tile((j0, n): (usize, usize), (lo, hi): (usize, usize)) -> Option<(usize, usize)> {
+    let (c0, c1) = (lo.max(j0) - j0, hi.min(j0 + n).saturating_sub(j0));
+    (c0 < c1).then_some((c0, c1))
+}
+
+/// The largest value of `s` (eight running maxima, so the loop vectorises).
+fn max_of<T: Elem>(s: &[T]) -> T {
+    let mut m = [T::neg_infinity(); 8];
+    let chunks = s.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &b) in m.iter_mut().zip(c) {
+            *a = if b > *a { b } else { *a };
+        }
+    }
+    rest.iter().chain(&m).fold(T::neg_infinity(), |a, &b| if b > a { b } else { a })
+}
+
+/// `out[c] = exp(s[c] − shift)`; returns the sum. `tmp` is scratch of the same length.
 fn exp_shifted<T: Elem>(s: &[T], shift: T, tmp: &mut [T], out: &mut [T]) -> T {
     for (a, &x) in tmp.iter_mut().zip(s) {
         *a = shift - x;
     }
     T::exp_neg(tmp, out);
-    let mut sum = T::zero();
-    for (p, &x) in out.iter_mut().zip(s) {
-        if x == T::neg_infinity() {
-            *p = T::zero();
+    let mut acc = [T::zero(); 8];
+    let chunks = out.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &b) in acc.iter_mut().zip(c) {
+            *a += b;
         }
-        sum += *p;
     }
-    sum
+    rest.iter().chain(&acc).fold(T::zero(), |a, &b| a + b)
 }
 
 /// Scratch of one unit: the key and value tiles transposed, and tiles of `BQ × BK` for the
@@ -285,17 +300,14 @@ impl AttnOp {
             sc.s[..rows * BK].fill(T::zero());
             T::gemm_acc((rows, n, d.dh), (qa, d.h * d.dh, 1), (&sc.kt, BK), (&mut sc.s, BK));
             for r in 0..rows {
-                let (klo, khi) = mask.keys(bi, i0 + r);
                 let (srow, prow) = (&mut sc.s[r * BK..r * BK + n], &mut sc.p[r * BK..r * BK + n]);
-                if khi <= j0 || klo >= j1 {
-                    prow.fill(T::zero());
-                    continue;
-                }
-                self.spec.finish_scores(srow, &mut sc.caps[..n], (j0, klo, khi));
-                let tile_max = srow.iter().fold(T::neg_infinity(), |a, &b| Float::max(a, b));
-                let new_m = Float::max(m[r], tile_max);
+                prow.fill(T::zero());
+                let Some((c0, c1)) = seen_in_tile((j0, n), mask.keys(bi, i0 + r)) else { continue };
+                let seen = &mut srow[c0..c1];
+                self.spec.finish_scores(seen, &mut sc.caps[c0..c1]);
+                let new_m = Float::max(m[r], max_of(seen));
                 let corr = if m[r] == T::neg_infinity() { T::zero() } else { (m[r] - new_m).exp() };
-                let sum = exp_shifted(srow, new_m, &mut sc.tmp[..n], prow);
+                let sum = exp_shifted(seen, new_m, &mut sc.tmp[c0..c1], &mut prow[c0..c1]);
                 if corr != T::one() {
                     acc[r * d.dv..(r + 1) * d.dv].iter_mut().for_each(|a| *a *= corr);
                 }
@@ -420,29 +432,31 @@ impl AttnOp {
                 T::gemm_acc((rows, n, d.dv), (za, d.h * d.dv, 1), (&sc.vt, BK), (&mut sc.dp, BK));
                 for r in 0..rows {
                     let i = i0 + r;
-                    let (klo, khi) = mask.keys(bi, i);
                     let (srow, prow) = (&mut sc.s[r * BK..r * BK + n], &mut sc.p[r * BK..r * BK + n]);
-                    if khi <= j0 || klo >= j1 {
-                        prow.fill(T::zero());
-                        srow.fill(T::zero());
+                    let seen = seen_in_tile((j0, n), mask.keys(bi, i));
+                    // Outside the keys the query sees, P and dS are zero.
+                    let (c0, c1) = seen.unwrap_or((0, 0));
+                    prow[..c0].fill(T::zero());
+                    prow[c1..].fill(T::zero());
+                    srow[..c0].fill(T::zero());
+                    srow[c1..].fill(T::zero());
+                    if seen.is_none() {
                         continue;
                     }
-                    let caps = &mut sc.caps[r * BK..r * BK + n];
-                    self.spec.finish_scores(srow, caps, (j0, klo, khi));
+                    let caps = &mut sc.caps[r * BK + c0..r * BK + c1];
+                    let (sseen, pseen) = (&mut srow[c0..c1], &mut prow[c0..c1]);
+                    self.spec.finish_scores(sseen, caps);
                     let li = (bi * d.h + hh) * d.p + i;
-                    exp_shifted(srow, t::<T>(c.lse[li]), &mut sc.tmp[..n], prow);
+                    exp_shifted(sseen, t::<T>(c.lse[li]), &mut sc.tmp[c0..c1], pseen);
                     let dd = c.dd[li];
-                    for cc in 0..n {
-                        let p = prow[cc];
-                        srow[cc] = if p == T::zero() {
-                            T::zero()
-                        } else {
-                            let mut ds = p * (sc.dp[r * BK + cc] - dd);
-                            if self.spec.softcap.is_some() {
-                                ds *= T::one() - caps[cc] * caps[cc];
-                            }
-                            ds * scale
-                        };
+                    let dp = &sc.dp[r * BK + c0..r * BK + c1];
+                    for ((ds, &p), &dp) in sseen.iter_mut().zip(pseen.iter()).zip(dp) {
+                        *ds = p * (dp - dd) * scale;
+                    }
+                    if self.spec.softcap.is_some() {
+                        for (ds, &th) in sseen.iter_mut().zip(caps.iter()) {
+                            *ds *= T::one() - th * th;
+                        }
                     }
                 }
                 let (ko, vo) = ((j0 - u.key0) * d.dh, (j0 - u.key0) * d.dv);
