@@ -83,7 +83,7 @@ def main():
                     results.setdefault((size, method, name), []).append(r)
                     print(f"{name} {method} {r[3]} tokens: {r[0]:.2f} s wall, {r[1]:.2f} s in the method, {r[2]:.0f} MB", file=sys.stderr)
     rate1 = sgemm_rate(a.python)
-    print(f"model {a.model}; numpy sgemm (2048³, 2 threads): {rate0:.0f} GFLOP/s before, {rate1:.0f} after; medians of {a.rounds} interleaved rounds\n")
+    print(f"model {a.model}; numpy sgemm (2048³, 2 threads): {rate0:.0f} GFLOP/s before, {rate1:.0f} after; medians of {a.rounds} interleaved rounds (of two, the slower)\n")
     print("| tokens | method | " + " | ".join(f"{n}: method s / wall s / peak MB" for n, _ in bins) + " |")
     print("|---|---|" + "---|" * len(bins))
     for size in sizes:
