@@ -251,6 +251,13 @@ struct BwdUnit {
     buf: usize,
 }
 
+impl BwdUnit {
+    /// The values of its buffer.
+    fn len(&self, d: &Dims) -> usize {
+        (self.key1 - self.key0) * (d.dh + d.dv)
+    }
+}
+
 impl AttnOp {
     /// Units (of one query tile of one head) a part gets at least, by the work of one.
     fn min_units(d: &Dims) -> usize {
@@ -352,13 +359,20 @@ impl AttnOp {
                 }
             }
             cuts.push(d.q_tiles());
-            for hh in 0..d.h {
-                for c in cuts.windows(2) {
-                    let (qt0, qt1) = (c[0], c[1]);
-                    let (lo, hi) = (qt0..qt1).flat_map(|qt| d.key_tiles_seen(mask, bi, d.query_rows(qt))).fold((d.kp, 0), |(lo, hi), (j0, j1)| (lo.min(j0), hi.max(j1)));
+            // Each chunk's key range (the mask is the same for every head).
+            let chunk_keys: Vec<(usize, usize, usize, usize)> = cuts
+                .windows(2)
+                .map(|c| {
+                    let (lo, hi) = (c[0]..c[1]).flat_map(|qt| d.key_tiles_seen(mask, bi, d.query_rows(qt))).fold((d.kp, 0), |(lo, hi), (j0, j1)| (lo.min(j0), hi.max(j1)));
                     let (key0, key1) = if lo < hi { (lo, hi) } else { (0, 0) };
-                    units.push(BwdUnit { bi, hh, qt0, qt1, key0, key1, buf });
-                    buf += (key1 - key0) * (d.dh + d.dv);
+                    (c[0], c[1], key0, key1)
+                })
+                .collect();
+            for hh in 0..d.h {
+                for &(qt0, qt1, key0, key1) in &chunk_keys {
+                    let unit = BwdUnit { bi, hh, qt0, qt1, key0, key1, buf };
+                    buf += unit.len(d);
+                    units.push(unit);
                 }
             }
         }
@@ -378,22 +392,21 @@ impl AttnOp {
             }
         }
         let units = self.bwd_units(d);
-        let size = units.last().map_or(0, |u| u.buf + (u.key1 - u.key0) * (d.dh + d.dv));
+        let size = units.last().map_or(0, |u| u.buf + u.len(d));
         let mut kvbuf = vec![T::zero(); size];
         let mut dq = vec![T::zero(); q.len()];
         let ctx = GradCtx { d: *d, q, k, v, dz, lse, dd: &dd };
         let (dqs, bufs) = (Shared::of(&mut dq), Shared::of(&mut kvbuf));
         Self::for_units(d, units.len(), 1, &|u, sc| {
             let unit = units[u];
-            let len = (unit.key1 - unit.key0) * (d.dh + d.dv);
             // SAFETY: the unit's buffer and its query rows of dq are its own.
-            unsafe { self.bwd_unit(&ctx, unit, sc, &dqs, bufs.slice(unit.buf, unit.buf + len)) }
+            unsafe { self.bwd_unit(&ctx, unit, sc, &dqs, bufs.slice(unit.buf, unit.buf + unit.len(d))) }
         });
         // Each key/value head's gradients: the sum over its query heads' units.
         let (mut dk, mut dv) = (vec![T::zero(); k.len()], vec![T::zero(); v.len()]);
         for u in &units {
             let g = u.hh / d.group();
-            let (bk, bv) = kvbuf[u.buf..u.buf + (u.key1 - u.key0) * (d.dh + d.dv)].split_at((u.key1 - u.key0) * d.dh);
+            let (bk, bv) = kvbuf[u.buf..u.buf + u.len(d)].split_at((u.key1 - u.key0) * d.dh);
             for (c, j) in (u.key0..u.key1).enumerate() {
                 let (kj, vj) = (d.k(u.bi, j, g), d.v(u.bi, j, g));
                 dk[kj..kj + d.dh].iter_mut().zip(&bk[c * d.dh..(c + 1) * d.dh]).for_each(|(a, &b)| *a += b);

@@ -381,7 +381,6 @@ mod avx {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn x_wt_cols_q(p: Fwd, q: &QMatrix, (j0, j1): (usize, usize)) {
         let (m, k) = (p.m, p.k);
-
         with_scratch(JP * k, |scratch| {
             let (bytes, row_bytes) = (q.bytes().as_ptr(), q.row_bytes());
             let mut jp = j0;
@@ -440,18 +439,19 @@ mod avx {
         }
     }
 
-    /// `tiled_rows` for a quantized weight: rows `j0..j1` dequantized into one buffer first
-    /// (so the same sums as on the dequantized weight, bit for bit).
+    /// `tiled_rows` for a quantized weight: rows `j0..j1` dequantized first into the thread's
+    /// scratch buffer (so the same sums as on the dequantized weight, bit for bit).
     ///
     /// # Safety
     /// As `tiled_rows`, with `n = q.rows()`, `k = q.cols()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tiled_rows_q(b: Bwd, q: &QMatrix, (j0, j1): (usize, usize)) {
         let k = b.k;
-        let mut rows = vec![0f32; (j1 - j0) * k];
-        q.dequantize_rows(j0, j1, &mut rows);
-        // SAFETY: `rows` holds weight rows j0..j1 from `base + j0 k`.
-        unsafe { tiled_rows(b, rows.as_ptr().wrapping_sub(j0 * k), (j0, j1)) }
+        with_scratch((j1 - j0) * k, |rows| {
+            q.dequantize_rows(j0, j1, rows);
+            // SAFETY: `rows` holds weight rows j0..j1 from `base + j0 k`.
+            unsafe { tiled_rows(b, rows.as_ptr().wrapping_sub(j0 * k), (j0, j1)) }
+        })
     }
 
     /// `acc += g[:, j0..j1] · w[j0..j1, :]` for quantized weight rows other than Q4_1: each

@@ -47,30 +47,12 @@ pub(super) mod avx {
             let mut j = 0;
             while j + 16 <= n {
                 // SAFETY: rows i..i + mr and columns j..j + 16 are inside the operands.
-                unsafe {
-                    match mr {
-                        1 => block::<1, 2>(kd, a, b, c, (i, j)),
-                        2 => block::<2, 2>(kd, a, b, c, (i, j)),
-                        3 => block::<3, 2>(kd, a, b, c, (i, j)),
-                        4 => block::<4, 2>(kd, a, b, c, (i, j)),
-                        5 => block::<5, 2>(kd, a, b, c, (i, j)),
-                        _ => block::<6, 2>(kd, a, b, c, (i, j)),
-                    }
-                }
+                unsafe { rows_block::<2>(mr, kd, a, b, c, (i, j)) }
                 j += 16;
             }
             if j + 8 <= n {
                 // SAFETY: as above, for columns j..j + 8.
-                unsafe {
-                    match mr {
-                        1 => block::<1, 1>(kd, a, b, c, (i, j)),
-                        2 => block::<2, 1>(kd, a, b, c, (i, j)),
-                        3 => block::<3, 1>(kd, a, b, c, (i, j)),
-                        4 => block::<4, 1>(kd, a, b, c, (i, j)),
-                        5 => block::<5, 1>(kd, a, b, c, (i, j)),
-                        _ => block::<6, 1>(kd, a, b, c, (i, j)),
-                    }
-                }
+                unsafe { rows_block::<1>(mr, kd, a, b, c, (i, j)) }
                 j += 8;
             }
             // The last columns (fewer than eight), plain loops.
@@ -87,6 +69,26 @@ pub(super) mod avx {
                 }
             }
             i += mr;
+        }
+    }
+
+    /// Rows `i..i + mr` (1 to 6), columns `j..j + 8 NV` of `C += A · B`: `block` for that row count.
+    ///
+    /// # Safety
+    /// As `gemm_acc`, for those rows and columns.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_block<const NV: usize>(mr: usize, kd: usize, a: (*const f32, usize, usize), b: (*const f32, usize), c: (*mut f32, usize), ij: (usize, usize)) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match mr {
+                1 => block::<1, NV>(kd, a, b, c, ij),
+                2 => block::<2, NV>(kd, a, b, c, ij),
+                3 => block::<3, NV>(kd, a, b, c, ij),
+                4 => block::<4, NV>(kd, a, b, c, ij),
+                5 => block::<5, NV>(kd, a, b, c, ij),
+                _ => block::<6, NV>(kd, a, b, c, ij),
+            }
         }
     }
 
