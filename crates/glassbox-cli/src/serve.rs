@@ -524,7 +524,10 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, max_connect
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut http = hyper::server::conn::http1::Builder::new();
-                    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(read_timeout);
+                    // A client may close its sending side once its request is out (shutdown of
+                    // writes): with hyper's default, a request read together with that end of file
+                    // closed the connection unanswered.
+                    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(read_timeout).half_close(true);
                     let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
                 });
             }

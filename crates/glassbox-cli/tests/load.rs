@@ -244,6 +244,34 @@ fn connections_past_the_cap_get_503_and_the_server_recovers() {
     println!("connection cap 32: {refused} of 300 idle connections answered 503; answering again after {:.2} s", t.elapsed().as_secs_f64());
 }
 
+/// Clients that send their request and close their sending side at once (before the server
+/// has read anything) are answered, not dropped: each of 64 such connections, opened together
+/// so that most wait in the accept queue with request and end of file already there, gets 200.
+#[test]
+fn requests_followed_by_a_closed_sending_side_are_answered() {
+    let server = Server::start(&model(), &["--max-connections", "128"]);
+    let addr = host_port(&server.url);
+    let request = format!("GET /api/status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut clients: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            s
+        })
+        .collect();
+    let mut unanswered = Vec::new();
+    for (i, s) in clients.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if status_of(&String::from_utf8_lossy(&answer)) != Some(200) {
+            unanswered.push(i);
+        }
+    }
+    assert!(unanswered.is_empty(), "{} of 64 half-closed requests got no answer (clients {unanswered:?})", unanswered.len());
+}
+
 #[test]
 fn hostile_requests_get_an_answer_or_a_closed_connection() {
     let mut server = Server::start(&model(), &["--read-timeout", "2"]);

@@ -211,3 +211,39 @@ fn spearman_equals_scipy() {
     assert!((evaluate::spearman(&[1.0, 2.0, 3.0], &[9.0, 4.0, 1.0]) + 1.0).abs() < 1e-12);
     assert!(evaluate::spearman(&[1.0, 1.0], &[2.0, 3.0]).is_nan());
 }
+
+/// An attention-only model (a TransformerLens checkpoint) has MIB's edge graph without MLP
+/// nodes: embeddings and heads send, queries, keys, values and logits receive. Its full and
+/// empty circuits give the clean and corrupted metrics, and removing a head's out-edges is
+/// patching its `hook_z`.
+#[test]
+fn attention_only_models_have_no_mlp_edges() {
+    let model = Model::load(&fixtures().join("tl").join("attn_only_ln")).unwrap();
+    let c = model.config().clone();
+    let graph = EdgeGraph::of(&model);
+    assert!(graph.edges.iter().all(|&(i, j)| !matches!(graph.senders[i], Sender::Mlp(_)) && !matches!(graph.receivers[j], Receiver::Mlp(_))));
+    // The embeddings reach every receiver; layer l's heads the receivers of later layers and the logits.
+    let per_layer = c.n_heads + 2 * c.n_kv_heads;
+    let expected = c.n_layers * per_layer + 1 + (0..c.n_layers).map(|l| c.n_heads * ((c.n_layers - l - 1) * per_layer + 1)).sum::<usize>();
+    assert_eq!(graph.edges.len(), expected);
+
+    let contrast = Contrast::new(&model, "t3 t7 t1 t9 t4", " t5", " t6", Some("t3 t8 t1 t9 t4")).unwrap();
+    let scorer = Scorer::new(&model, &contrast, &Metric::default()).unwrap();
+    let (ci, ii) = (contrast.correct_id, contrast.incorrect_id);
+    let head = Head { layer: 0, head: 1 };
+    let n = graph.edges.len();
+    let circuits = [vec![true; n], vec![false; n], without(&graph, |s, _| s == Sender::Head(head))];
+    let refs: Vec<&[bool]> = circuits.iter().map(|c| c.as_slice()).collect();
+    let m: Vec<f64> = circuit_metrics(&model, &contrast, &scorer, &graph, &refs, &mut |_| {}).unwrap().into_iter().map(f64::from).collect();
+    close(m[0], ld(&model, &contrast.clean, ci, ii, Hooks::new()), "full circuit");
+    close(m[1], ld(&model, &contrast.corrupted, ci, ii, Hooks::new()), "empty circuit");
+    let z0 = corrupted_at(&model, &contrast, HookPoint::Z(0));
+    let by_hand = ld(&model, &contrast.clean, ci, ii, Hooks::new().intervene(Intervention::new(HookPoint::Z(0), Action::Replace(z0)).heads(vec![1])));
+    close(m[2], by_hand, "head out-edges");
+    assert!((m[2] - m[0]).abs() > 1e-5, "removing L0H1's out-edges changed nothing");
+
+    let opts = EvaluateOptions { method: ScoreMethod::Exact, fractions: vec![0.5, 1.0], n_boot: 10, ..Default::default() };
+    let r = evaluate::evaluate(&model, std::slice::from_ref(&contrast), &opts).unwrap();
+    assert_eq!(r.signed.faithfulness[1], 1.0);
+    assert!(r.top_edges.iter().all(|e| !e.sender.starts_with("MLP") && !e.receiver.starts_with("MLP")));
+}

@@ -1,8 +1,8 @@
 //! TransformerLens checkpoints (config.json from `HookedTransformerConfig.to_dict()`, the state
-//! dict as safetensors) load and give TransformerLens' own logits at every position: four random
+//! dict as safetensors) load and give TransformerLens' own logits at every position: six random
 //! checkpoints of scripts/fixtures/tl_checkpoints.py covering LN / LNPre / RMS / no norms,
 //! learned and rotary positions (halves and adjacent pairs, partial), grouped keys and values,
-//! gated MLPs and bidirectional attention.
+//! gated MLPs, bidirectional attention and attention-only models.
 
 mod common;
 
@@ -16,7 +16,7 @@ fn reference(name: &str) -> serde_json::Value {
 
 #[test]
 fn transformer_lens_checkpoints_give_transformer_lens_logits() {
-    for name in ["ln_learned", "lnpre_rotary_gqa", "rms_rotary_adjacent", "none_bidirectional"] {
+    for name in ["ln_learned", "lnpre_rotary_gqa", "rms_rotary_adjacent", "none_bidirectional", "attn_only_ln", "attn_only_lnpre_rotary"] {
         let model = Model::load(&fixtures().join("tl").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let r = reference(name);
         for p in r["prompts"].as_array().unwrap() {
@@ -54,7 +54,8 @@ fn transformer_lens_configs_glassbox_does_not_compute_are_refused_by_name() {
     let src = fixtures().join("tl").join("ln_learned");
     let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     for (key, value, expect) in [
-        ("attn_only", serde_json::json!(true), "attn_only"),
+        // Set on a checkpoint that has MLP weights.
+        ("attn_only", serde_json::json!(true), "attn_only is set, yet the state dict holds"),
         ("normalization_type", serde_json::json!("LNX"), "normalization_type"),
         ("positional_embedding_type", serde_json::json!("shortformer"), "shortformer"),
         ("d_vocab_out", serde_json::json!(7), "d_vocab_out"),
@@ -87,4 +88,25 @@ fn transformer_lens_configs_glassbox_does_not_compute_are_refused_by_name() {
     candle_core::safetensors::save(&t, dir.as_path().join("model.safetensors")).unwrap();
     let e = Model::load(dir.as_path()).err().unwrap().to_string();
     assert!(e.contains("W_extra"), "{e}");
+}
+
+/// An attention-only checkpoint has no MLP hooks but `hook_mlp_in`/`hook_mlp_out` (zero), its
+/// MLPs are refused as attribution components and as a transcoder set's target, and its
+/// `d_mlp` is 0 whatever the config left there.
+#[test]
+fn attention_only_models_run_without_mlps() {
+    let model = Model::load(&fixtures().join("tl").join("attn_only_ln")).unwrap();
+    assert!(model.config().variants.attn_only);
+    assert_eq!(model.config().d_mlp, 0);
+    let ids = model.tokenize("t3 t7 t1 t9 t4").unwrap();
+    let out = model.forward(&Batch::new(std::slice::from_ref(&ids)).unwrap(), &Hooks::new().cache([glassbox::HookPoint::MlpOut(1)])).unwrap();
+    assert!(out.cache.get(glassbox::HookPoint::MlpOut(1)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|&x| x == 0.0));
+    let e = model.forward(&Batch::new(std::slice::from_ref(&ids)).unwrap(), &Hooks::new().cache([glassbox::HookPoint::MlpPost(0)])).err().unwrap().to_string();
+    assert!(e.contains("attention-only"), "{e}");
+    let contrast = glassbox::methods::Contrast::new(&model, "t3 t7 t1 t9 t4", " t5", " t6", Some("t3 t8 t1 t9 t4")).unwrap();
+    let mlp = glassbox::methods::attribution::AttributionOptions { component: glassbox::methods::attribution::Component::Mlp, ..Default::default() };
+    let e = glassbox::methods::attribution::attribute(&model, &contrast, &mlp).unwrap_err().to_string();
+    assert!(e.contains("attention-only"), "{e}");
+    let heads = glassbox::methods::attribution::attribute(&model, &contrast, &Default::default()).unwrap();
+    assert!(heads.scores.iter().flatten().any(|&s| s != 0.0));
 }

@@ -47,6 +47,14 @@ crate::choices! {
 }
 
 impl Component {
+    /// Error when `model` lacks this component (MLPs of an attention-only model).
+    pub fn check(self, model: &Model) -> Result<()> {
+        if self == Component::Mlp && model.config().variants.attn_only {
+            return Err(Error::Invalid("this model is attention-only: it has no MLPs to attribute; use component heads or attn_out".into()));
+        }
+        Ok(())
+    }
+
     /// The hook point attributed at `layer`: `hook_z`, `hook_mlp_out` or `hook_attn_out`.
     pub fn point(self, layer: usize) -> HookPoint {
         match self {
@@ -213,6 +221,7 @@ pub(crate) fn attribute_caching(
 ) -> Result<(Attribution, Option<Runs>)> {
     contrast.check(model)?;
     check_steps(opts.method, opts.n_steps)?;
+    opts.component.check(model)?;
     let (component, method, n_steps) = (opts.component, opts.method, opts.n_steps);
     let scorer = Scorer::new(model, contrast, &opts.metric)?;
     let layers = model.config().n_layers;
@@ -322,6 +331,7 @@ pub fn attribute_many(model: &Model, contrasts: &[Contrast], opts: &AttributionO
     for c in contrasts {
         c.check(model)?;
     }
+    opts.component.check(model)?;
     let component = opts.component;
     let points: Vec<HookPoint> = (0..model.config().n_layers).map(|l| component.point(l)).collect();
     let correct: Vec<u32> = contrasts.iter().map(|c| c.correct_id).collect();
@@ -382,6 +392,7 @@ pub(crate) fn taylor_many(
     component: Component,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<Vec<f32>>>> {
+    component.check(model)?;
     if let Some(c) = corrupted.iter().find(|c| c.len() != clean.len()) {
         return Err(Error::Invalid(format!(
             "a corrupted prompt has {} tokens, the clean one {}: position-aligned attribution needs equal lengths",

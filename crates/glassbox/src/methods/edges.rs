@@ -109,8 +109,13 @@ impl Receiver {
     }
 }
 
-/// Whether `u`'s output reaches `v`'s input in a model with these settings.
-pub fn is_edge(u: Sender, v: Receiver, n_layers: usize, parallel_block: bool) -> bool {
+/// Whether `u`'s output reaches `v`'s input in a model of config `c`. An attention-only
+/// model's MLPs (zero, kept for the layout) neither send nor receive.
+pub fn is_edge(u: Sender, v: Receiver, c: &crate::model::config::ModelConfig) -> bool {
+    let (n_layers, parallel_block) = (c.n_layers, c.parallel_block);
+    if c.variants.attn_only && (matches!(u, Sender::Mlp(_)) || matches!(v, Receiver::Mlp(_))) {
+        return false;
+    }
     let lv = v.layer(n_layers);
     match u {
         Sender::Embed => true,
@@ -283,7 +288,7 @@ impl EdgeGraph {
         let mut edges = Vec::new();
         for (i, u) in senders.iter().enumerate() {
             for (j, v) in receivers.iter().enumerate() {
-                if is_edge(*u, *v, c.n_layers, c.parallel_block) {
+                if is_edge(*u, *v, c) {
                     edges.push((i, j));
                 }
             }

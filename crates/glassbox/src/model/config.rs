@@ -212,6 +212,12 @@ pub struct Variants {
     /// generated from and has no KV cache.
     #[serde(default)]
     pub bidirectional: bool,
+    /// No MLPs: each block is attention alone (TransformerLens' `attn_only` toy models).
+    /// `d_mlp` is 0; `hook_mlp_in` and `hook_mlp_out` remain, the latter always zero, so that
+    /// patching and edge methods keep one layout; the norm before the MLP and the MLP's inner
+    /// hooks do not exist.
+    #[serde(default)]
+    pub attn_only: bool,
 }
 
 /// The largest model glassbox accepts, so that sizes from a file cannot ask for absurd memory
@@ -298,11 +304,22 @@ impl ModelConfig {
     /// epsilon ≤ 0 or a rotary base ≤ 0 would give NaN).
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String| Err(Error::Invalid(format!("model config: {what}")));
-        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_head == 0 || self.d_mlp == 0 || self.d_vocab == 0 || self.n_ctx == 0 {
+        let mlp_ok = if self.variants.attn_only { self.d_mlp == 0 } else { self.d_mlp > 0 };
+        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_head == 0 || !mlp_ok || self.d_vocab == 0 || self.n_ctx == 0 {
             return bad(format!(
-                "layers ({}), d_model ({}), heads ({}), d_head ({}), d_mlp ({}), vocabulary ({}) and context ({}) must be positive",
-                self.n_layers, self.d_model, self.n_heads, self.d_head, self.d_mlp, self.d_vocab, self.n_ctx
+                "layers ({}), d_model ({}), heads ({}), d_head ({}), d_mlp ({}{}), vocabulary ({}) and context ({}) must be positive",
+                self.n_layers,
+                self.d_model,
+                self.n_heads,
+                self.d_head,
+                self.d_mlp,
+                if self.variants.attn_only { ": 0 in an attention-only model" } else { "" },
+                self.d_vocab,
+                self.n_ctx
             ));
+        }
+        if self.variants.attn_only && (self.variants.moe.is_some() || self.parallel_block || self.variants.post_ln) {
+            return bad("an attention-only model has no MLP, so no mixture of experts, parallel block or post-LN MLP norm".into());
         }
         for (what, value, max) in [
             ("layers", self.n_layers, LIMITS.layers),

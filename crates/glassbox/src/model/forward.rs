@@ -422,12 +422,17 @@ impl Model {
             st.apply(HookPoint::ResidMid(l), (&resid_pre + &attn_out)?)?
         };
         let mlp_read = st.apply(HookPoint::MlpIn(l), mlp_in_resid.clone())?;
-        let mlp_in = if cfg.variants.no_pre_norms {
-            mlp_read
+        let mlp_out = if cfg.variants.attn_only {
+            // No MLP: its output is zero, so that its hooks keep every method's layout.
+            mlp_read.zeros_like()?
         } else {
-            normalize_weighted(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), &lw.ln2, cfg, st)?
+            let mlp_in = if cfg.variants.no_pre_norms {
+                mlp_read
+            } else {
+                normalize_weighted(&mlp_read, HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l), &lw.ln2, cfg, st)?
+            };
+            post_norm(self.mlp_or_moe(l, &mlp_in, st)?, &lw.extra.ln2_post)?
         };
-        let mlp_out = post_norm(self.mlp_or_moe(l, &mlp_in, st)?, &lw.extra.ln2_post)?;
         let mlp_out = st.apply(HookPoint::MlpOut(l), mlp_out)?;
 
         let resid_post = if cfg.parallel_block {

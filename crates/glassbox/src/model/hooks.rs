@@ -227,20 +227,26 @@ impl HookPoint {
     pub fn present_in(&self, cfg: &ModelConfig) -> bool {
         use crate::model::config::Positions;
         let moe = cfg.variants.moe.is_some();
+        let mlp = !cfg.variants.attn_only;
         match self {
             HookPoint::PosEmbed => matches!(cfg.positions, Positions::Learned { .. }),
-            HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => !cfg.variants.no_pre_norms,
+            HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) => !cfg.variants.no_pre_norms,
+            HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => !cfg.variants.no_pre_norms && mlp,
             // Parallel blocks (GPT-J, NeoX) have no stream between attention and MLP.
             HookPoint::ResidMid(_) => !cfg.parallel_block,
             HookPoint::RotQ(_) | HookPoint::RotK(_) => matches!(cfg.positions, Positions::Rotary(_)),
-            HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe,
-            HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe,
+            HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe && mlp,
+            HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe && mlp,
             HookPoint::RouterLogits(_) | HookPoint::ExpertWeights(_) | HookPoint::ExpertOut(..) => moe,
             _ => true,
         }
     }
 
     fn absent_because(&self, cfg: &ModelConfig) -> &'static str {
+        let mlp_part = matches!(self, HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) | HookPoint::MlpPre(_) | HookPoint::MlpPost(_) | HookPoint::MlpPreLinear(_));
+        if cfg.variants.attn_only && mlp_part {
+            return "it is attention-only: it has no MLP (hook_mlp_out is zero)";
+        }
         match self {
             HookPoint::PosEmbed => "it has no learned position embedding",
             HookPoint::Ln1Scale(_) | HookPoint::Ln1Normalized(_) | HookPoint::Ln2Scale(_) | HookPoint::Ln2Normalized(_) => {

@@ -167,6 +167,9 @@ impl TranscoderSet {
 
     /// Error unless every transcoder fits `model` and there is one per layer.
     pub fn check(&self, model: &crate::model::Model) -> Result<()> {
+        if model.config().variants.attn_only {
+            return Err(Error::Invalid("this model is attention-only: a transcoder set replaces MLPs, and it has none".into()));
+        }
         if self.transcoders.len() != model.config().n_layers {
             return Err(Error::Invalid(format!(
                 "this transcoder set has {} transcoders; the model has {} layers (a set replaces every MLP)",

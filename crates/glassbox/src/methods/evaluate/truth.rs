@@ -82,7 +82,9 @@ pub fn read(model: &Model, graph: &EdgeGraph, path: &str) -> Result<Vec<bool>> {
 pub fn score(model: &Model, graph: &EdgeGraph, scores: &[f32], truth: &[bool], file: &str) -> GroundTruthScore {
     let abs: Vec<f64> = scores.iter().map(|s| (*s as f64).abs()).collect();
     let edge_auroc = auroc(&abs, truth).unwrap_or(f64::NAN);
-    let components: Vec<Sender> = graph.senders.iter().copied().filter(|s| !matches!(s, Sender::Embed)).collect();
+    // The heads and MLPs that send along some edge (an attention-only model's MLPs do not).
+    let sends: std::collections::HashSet<usize> = graph.edges.iter().map(|&(i, _)| i).collect();
+    let components: Vec<Sender> = graph.senders.iter().enumerate().filter(|(i, s)| !matches!(s, Sender::Embed) && sends.contains(i)).map(|(_, s)| *s).collect();
     let (mut node_score, mut node_true) = (vec![0f64; components.len()], vec![false; components.len()]);
     for e in 0..graph.edges.len() {
         for c in ends(model, graph, e, &components) {

@@ -318,10 +318,11 @@ pub(crate) fn build_weights(
         }
         Ok(Norm { w: wt, b: fetch(src, b, l, &[width], None)? })
     };
-    // A block norm the name map leaves out (OLMo-2's pre-norms) is the identity, unused by
-    // the forward (`Variants::no_pre_norms`).
+    // A block norm the name map leaves out (OLMo-2's pre-norms, the MLP norm of an
+    // attention-only model) is the identity, unused by the forward (`Variants::no_pre_norms`,
+    // `Variants::attn_only`).
     let norm = |src: &mut dyn TensorSource, w: T, b: T, l: usize| -> Result<Norm> {
-        if w == T::No && cfg.variants.no_pre_norms {
+        if w == T::No && (cfg.variants.no_pre_norms || cfg.variants.attn_only) {
             return Ok(Norm { w: Tensor::ones(d, DType::F32, &candle_core::Device::Cpu)?, b: None });
         }
         norm_of(src, w, b, l, d)
@@ -458,7 +459,8 @@ pub(crate) fn build_weights(
             }
             None => None,
         };
-        let dense = moe.is_none();
+        // Attention-only models have no MLP weights: empty matrices, never multiplied.
+        let dense = moe.is_none() && !cfg.variants.attn_only;
         // One matrix `[gate; up]` (Phi-3), or the two apart.
         let gate_up = if dense && names.mlp_gate_up != T::No {
             let both = required_matrix(fetch_matrix(src, names.mlp_gate_up, l, &[2 * m, d], lin)?, names.mlp_gate_up, l)?;

@@ -143,17 +143,19 @@ impl TlConfig {
         if let Some(f) = self.rest.get("rotary_scaling_factor").and_then(|v| v.as_f64()).filter(|&f| f != 1.0) {
             return Err(invalid(format!("rotary_scaling_factor {f}: scaled rotary frequencies are not read from TransformerLens configs")));
         }
-        if self.attn_only {
-            return Err(invalid("attn_only: attention-only models (no MLPs) are not run by glassbox yet".into()));
-        }
         let d_vocab = usize::try_from(self.d_vocab).map_err(|_| invalid(format!("d_vocab {} must be positive (the checkpoint's own vocabulary size)", self.d_vocab)))?;
         if let Some(out) = self.d_vocab_out.filter(|&o| o != -1 && o != self.d_vocab) {
             return Err(invalid(format!(
                 "d_vocab_out {out} differs from d_vocab {d_vocab}; glassbox reads one vocabulary for input and output (give W_U a column per input token)"
             )));
         }
-        let d_mlp = self.d_mlp.ok_or_else(|| invalid("no d_mlp".into()))?;
-        let d_mlp = usize::try_from(d_mlp).ok().filter(|&m| m > 0).ok_or_else(|| invalid(format!("d_mlp {d_mlp} must be positive")))?;
+        // An attention-only model's d_mlp (often left at a default) sizes nothing.
+        let d_mlp = if self.attn_only {
+            0
+        } else {
+            let d_mlp = self.d_mlp.ok_or_else(|| invalid("no d_mlp".into()))?;
+            usize::try_from(d_mlp).ok().filter(|&m| m > 0).ok_or_else(|| invalid(format!("d_mlp {d_mlp} must be positive")))?
+        };
         let bidirectional = match self.attention_dir.as_deref() {
             None | Some("causal") => false,
             Some("bidirectional") => true,
@@ -199,7 +201,7 @@ impl TlConfig {
             norm: NormConfig { kind, eps: self.eps.unwrap_or(1e-5) },
             positions,
             attn_scale,
-            mlp: MlpConfig { activation: self.activation()?, gated: self.gated_mlp.unwrap_or(false) },
+            mlp: if self.attn_only { MlpConfig { activation: Activation::Relu, gated: false } } else { MlpConfig { activation: self.activation()?, gated: self.gated_mlp.unwrap_or(false) } },
             parallel_block: self.parallel_attn_mlp.unwrap_or(false),
             tied_embeddings: false,
             embed_scale: None,
@@ -210,6 +212,7 @@ impl TlConfig {
                 attn_softcap: softcap(self.attn_scores_soft_cap),
                 final_softcap: softcap(self.output_logits_soft_cap),
                 bidirectional,
+                attn_only: self.attn_only,
                 ..Default::default()
             },
         };
@@ -220,9 +223,11 @@ impl TlConfig {
 
 /// Where `build_weights` finds each weight of a converted checkpoint: `[out, in]` matrices
 /// under the names `TlSource` gives them.
-fn names(norms: Norms, gated: bool) -> TensorNames {
+fn names(norms: Norms, gated: bool, attn_only: bool) -> TensorNames {
     let w = |n: &'static str| if norms == Norms::None { T::No } else { T::Req(n) };
     let bias = |n: &'static str| if norms == Norms::None { T::No } else { T::Opt(n) };
+    // What exists only with an MLP.
+    let mlp = |t: T| if attn_only { T::No } else { t };
     TensorNames {
         linear: Linear::OutIn,
         embed: T::Req("embed.W_E"),
@@ -239,14 +244,14 @@ fn names(norms: Norms, gated: bool) -> TensorNames {
         },
         o: T::Req("blocks.{l}.attn.o"),
         bo: T::Opt("blocks.{l}.attn.b_O"),
-        ln2_w: w("blocks.{l}.ln2.w"),
-        ln2_b: bias("blocks.{l}.ln2.b"),
-        mlp_in: T::Req("blocks.{l}.mlp.in"),
-        mlp_b_in: T::Opt("blocks.{l}.mlp.b_in"),
-        mlp_gate: if gated { T::Req("blocks.{l}.mlp.gate") } else { T::No },
+        ln2_w: mlp(w("blocks.{l}.ln2.w")),
+        ln2_b: mlp(bias("blocks.{l}.ln2.b")),
+        mlp_in: mlp(T::Req("blocks.{l}.mlp.in")),
+        mlp_b_in: mlp(T::Opt("blocks.{l}.mlp.b_in")),
+        mlp_gate: if gated { mlp(T::Req("blocks.{l}.mlp.gate")) } else { T::No },
         mlp_b_gate: T::No,
-        mlp_out: T::Req("blocks.{l}.mlp.out"),
-        mlp_b_out: T::Opt("blocks.{l}.mlp.b_out"),
+        mlp_out: mlp(T::Req("blocks.{l}.mlp.out")),
+        mlp_b_out: mlp(T::Opt("blocks.{l}.mlp.b_out")),
         ln_final_w: w("ln_final.w"),
         ln_final_b: bias("ln_final.b"),
         unembed: T::Req("unembed.U"),
@@ -322,6 +327,9 @@ impl TlSource {
             if layer.is_some() && TL_BUFFERS.contains(&rest) {
                 continue;
             }
+            if cfg.variants.attn_only && layer.is_some() && (rest.starts_with("mlp.") || rest.starts_with("ln2.")) {
+                return Err(invalid(format!("attn_only is set, yet the state dict holds `{name}`: an attention-only model has no MLP; set attn_only to false or save the model without MLP weights")));
+            }
             let at = |s: &str| format!("blocks.{}.{s}", layer.unwrap_or(0));
             let (new, shape, how): (String, Vec<usize>, Convert) = match (layer, rest) {
                 (Some(_), "attn.W_Q") => (at("attn.q"), vec![h, d, dh], Convert::HeadsIn),
@@ -372,7 +380,9 @@ impl TlSource {
             let ones = Tensor::ones(d, DType::F32, &Device::Cpu)?;
             for l in 0..cfg.n_layers {
                 tensors.insert(format!("blocks.{l}.ln1.w"), ones.clone());
-                tensors.insert(format!("blocks.{l}.ln2.w"), ones.clone());
+                if !cfg.variants.attn_only {
+                    tensors.insert(format!("blocks.{l}.ln2.w"), ones.clone());
+                }
             }
             tensors.insert("ln_final.w".into(), ones);
         }
@@ -392,7 +402,7 @@ pub(crate) fn load_folder(dir: &Path, text: &str) -> Result<Model> {
         return Err(Error::NotAModel { path: dir.to_path_buf(), reason: "a TransformerLens checkpoint folder holds model.safetensors (the state dict in TransformerLens' names); this one has none".into() });
     }
     let mut src = TlSource::read(&file, &cfg, norms)?;
-    let weights = build_weights(&cfg, &names(norms, cfg.mlp.gated), &mut src)?;
+    let weights = build_weights(&cfg, &names(norms, cfg.mlp.gated, cfg.variants.attn_only), &mut src)?;
     super::check_all_used(&src, &cfg.architecture)?;
     cfg.tied_embeddings = weights.unembed.same_as(&weights.embed);
     let tok = dir.join("tokenizer.json");
