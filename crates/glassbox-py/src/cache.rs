@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use glassbox::{Decompose, Stack};
+use glassbox::{Decompose, HookPoint, Stack, StackNorm};
 use numpy::PyArrayDyn;
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
@@ -86,22 +86,25 @@ fn key_point(key: &Bound<'_, PyAny>, n_layers: usize) -> PyResult<glassbox::Hook
     Err(PyKeyError::new_err("a cache key is a hook name or a (name, layer) tuple"))
 }
 
-/// `None`, an int or a list of ints: the positions to keep. An int drops the position axis
-/// from what the helper returns (TransformerLens' `pos_slice=-1`); see `is_single`.
-fn positions(pos_slice: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Option<Vec<usize>>> {
-    let Some(p) = pos_slice else { return Ok(None) };
-    if p.is_none() {
-        return Ok(None);
-    }
+/// `None`, an int or a list of ints (negative from the end) as indices below `n`: `what` names
+/// the argument and what it counts in errors (`("pos_slice", "positions")`).
+fn indices(arg: Option<&Bound<'_, PyAny>>, n: usize, what: (&str, &str)) -> PyResult<Option<Vec<usize>>> {
+    let Some(p) = arg.filter(|p| !p.is_none()) else { return Ok(None) };
     let wrap = |i: i64| -> PyResult<usize> {
         let j = if i < 0 { i + n as i64 } else { i };
-        usize::try_from(j).ok().filter(|&j| j < n).ok_or_else(|| input(format!("position {i} is out of range for {n} positions")))
+        usize::try_from(j).ok().filter(|&j| j < n).ok_or_else(|| input(format!("{} {i} is out of range for {n} {}", what.0, what.1)))
     };
     if let Ok(i) = p.extract::<i64>() {
         return Ok(Some(vec![wrap(i)?]));
     }
-    let list: Vec<i64> = p.extract().map_err(|_| input("pos_slice is an int or a list of ints"))?;
+    let list: Vec<i64> = p.extract().map_err(|_| input(format!("{} is an int or a list of ints", what.0)))?;
     Ok(Some(list.into_iter().map(wrap).collect::<PyResult<_>>()?))
+}
+
+/// The positions `pos_slice` keeps. An int drops the position axis from what the helper
+/// returns (TransformerLens' `pos_slice=-1`); see `is_single`.
+fn positions(pos_slice: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Option<Vec<usize>>> {
+    indices(pos_slice, n, ("pos_slice", "positions"))
 }
 
 /// A stack of rank 3 (`[components, batch, d_model]`: no position axis) with a position axis
@@ -130,6 +133,22 @@ fn up_to_layer(layer: Option<i64>, n_layers: usize) -> PyResult<Option<usize>> {
     }
 }
 
+/// The norm convention of the stacking helpers' `apply_ln` (`StackNorm`): TransformerLens'
+/// frozen scale without the weight unless `apply_weight`, or the recomputed final norm.
+fn stack_norm(recompute_ln: bool, apply_weight: bool) -> PyResult<StackNorm> {
+    match (recompute_ln, apply_weight) {
+        (true, true) => Err(input("recompute_ln applies the final norm whole (weight and bias included); apply_weight is for the frozen scale: give one of them")),
+        (true, false) => Ok(StackNorm::Recomputed),
+        (false, true) => Ok(StackNorm::FrozenWeighted),
+        (false, false) => Ok(StackNorm::Frozen),
+    }
+}
+
+/// TransformerLens' `batch_slice`: the prompts it keeps.
+fn batch_slice_rows(batch_slice: Option<&Bound<'_, PyAny>>, n: usize) -> PyResult<Option<Vec<usize>>> {
+    indices(batch_slice, n, ("batch_slice", "prompts"))
+}
+
 /// `t` without its axis `axis` when `drop` (it has length 1 there).
 fn drop_axis(t: Tensor, axis: usize, drop: bool) -> PyResult<Tensor> {
     if drop {
@@ -139,7 +158,58 @@ fn drop_axis(t: Tensor, axis: usize, drop: bool) -> PyResult<Tensor> {
     }
 }
 
+/// A stack handed in from Python, as `[components, batch, pos, d_model]`, with the cache rows
+/// and positions it is read against and how to give it back in the caller's shape.
+struct StackIn {
+    stack: Stack,
+    cache: glassbox::ActivationCache,
+    /// The stack had no position axis (an int `pos_slice` dropped it).
+    no_pos: bool,
+    /// The caller asked for one position (an int `pos_slice`).
+    single: bool,
+    /// The stack had no batch axis.
+    no_batch: bool,
+}
+
+impl StackIn {
+    /// `t` (`[components, batch, pos, ...]`) in the caller's shape.
+    fn shape_back(&self, t: Tensor) -> PyResult<Tensor> {
+        drop_axis(drop_axis(t, 2, self.no_pos || self.single)?, 1, self.no_batch)
+    }
+}
+
 impl ActivationCache {
+    /// A residual stack from Python (`[components, batch, pos, d]`, `[components, batch, d]`
+    /// after an int `pos_slice`, either without its batch axis when `has_batch_dim=False`),
+    /// with `batch_slice` applied to it (when it has a batch axis) and to the cache, and the
+    /// cache at `pos_slice` (at each prompt's last position for a stack without positions).
+    fn stack_in(&self, residual_stack: &Bound<'_, PyAny>, pos_slice: Option<&Bound<'_, PyAny>>, batch_slice: Option<&Bound<'_, PyAny>>, has_batch_dim: bool) -> PyResult<StackIn> {
+        let mut t = from_numpy(residual_stack, "the residual stack")?;
+        let rows = batch_slice_rows(batch_slice, self.lengths.len())?;
+        if !has_batch_dim {
+            t = t.unsqueeze(1).map_err(candle)?;
+        } else if let Some(r) = &rows {
+            let idx = Tensor::new(r.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(), t.device()).map_err(candle)?;
+            t = t.index_select(&idx, 1).map_err(candle)?;
+        }
+        let (t, no_pos) = positionless(t)?;
+        let n = t.dim(0).map_err(candle)?;
+        let stack = Stack { tensor: t, labels: (0..n).map(|i| i.to_string()).collect() };
+        let picked;
+        let c = match rows {
+            Some(r) => {
+                picked = self.batch_rows(r)?;
+                &picked
+            }
+            None => self,
+        };
+        let cache = match pos_slice.filter(|p| !p.is_none()) {
+            None if no_pos => c.inner.at_positions(&[c.last_position()]).py_err()?,
+            _ => c.sliced(pos_slice)?,
+        };
+        Ok(StackIn { stack, cache, no_pos, single: is_single(pos_slice), no_batch: !has_batch_dim })
+    }
+
     /// A cached activation as numpy, without its batch axis under `remove_batch_dim`.
     fn array<'py>(&self, py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         to_numpy(py, &drop_axis(t.clone(), 0, self.remove_batch_dim)?)
@@ -160,6 +230,30 @@ impl ActivationCache {
 
     /// A stack `[components, batch, pos, ...]` as numpy, without its position axis when
     /// `single` (an int `pos_slice`), with its labels when `return_labels`.
+    /// The stack `build` makes from the cache at `pos_slice`, through the norm `ln` names
+    /// (`(layer, mlp_input, how)`, as `apply_ln_to_stack_as`) when given, out as `stack_out`.
+    fn stack_with_ln<'py>(
+        &self,
+        py: Python<'py>,
+        pos_slice: Option<&Bound<'py, PyAny>>,
+        return_labels: bool,
+        ln: Option<(Option<usize>, bool, StackNorm)>,
+        build: impl FnOnce(&glassbox::ActivationCache, &glassbox::Model) -> glassbox::Result<Stack> + Send,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.sliced(pos_slice)?;
+        let model = &self.model;
+        let stack = py
+            .detach(|| -> glassbox::Result<Stack> {
+                let stack = build(&c, model)?;
+                match ln {
+                    Some((layer, mlp_input, how)) => c.apply_ln_to_stack_as(model, &stack, layer, mlp_input, how),
+                    None => Ok(stack),
+                }
+            })
+            .py_err()?;
+        self.stack_out(py, stack, return_labels, is_single(pos_slice))
+    }
+
     fn stack_out<'py>(&self, py: Python<'py>, stack: Stack, return_labels: bool, single: bool) -> PyResult<Bound<'py, PyAny>> {
         let arr = to_numpy(py, &drop_axis(stack.tensor, 2, single)?)?.into_any();
         if return_labels {
@@ -238,33 +332,68 @@ impl ActivationCache {
 
     /// The residual stream entering each layer up to and including `layer` (as TransformerLens:
     /// `layer + 1` streams; all, plus the final stream, for None, -1 or n_layers; another
-    /// negative counts back), with `resid_mid` when `incl_mid`, through the frozen final norm
-    /// when `apply_ln`: `[components, batch, pos, d_model]`, without the position axis for an
-    /// int `pos_slice` (and the labels when `return_labels`).
-    #[pyo3(signature = (layer=None, incl_mid=false, apply_ln=false, pos_slice=None, return_labels=false))]
-    fn accumulated_resid<'py>(&self, py: Python<'py>, layer: Option<i64>, incl_mid: bool, apply_ln: bool, pos_slice: Option<&Bound<'py, PyAny>>, return_labels: bool) -> PyResult<Bound<'py, PyAny>> {
+    /// negative counts back), with `resid_mid` when `incl_mid` (and `layer`'s own when
+    /// `mlp_input`): `[components, batch, pos, d_model]`, without the position axis for an int
+    /// `pos_slice` (and the labels when `return_labels`).
+    ///
+    /// `apply_ln` follows TransformerLens: at the unembedding (layer None) each stream goes
+    /// through the final norm with statistics of its own, weight and bias included (each
+    /// stream's logit lens; `recompute_ln=None` means this rule); at a block, through that
+    /// block's norm with the run's frozen scale and no weight. `recompute_ln=False` freezes
+    /// the final norm's scale too, and `apply_weight=True` then multiplies by the norm's weight
+    /// (glassbox's linear form: `logit_attrs` of it are direct effects).
+    #[pyo3(signature = (layer=None, incl_mid=false, apply_ln=false, pos_slice=None, mlp_input=false, return_labels=false, recompute_ln=None, apply_weight=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn accumulated_resid<'py>(
+        &self,
+        py: Python<'py>,
+        layer: Option<i64>,
+        incl_mid: bool,
+        apply_ln: bool,
+        pos_slice: Option<&Bound<'py, PyAny>>,
+        mlp_input: bool,
+        return_labels: bool,
+        recompute_ln: Option<bool>,
+        apply_weight: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         // TransformerLens' `layer` includes that layer's `resid_pre` (`layer + 1` streams); the
         // library's counts the layers before it.
         let n_layers = self.model.config().n_layers;
-        let layer = up_to_layer(layer, n_layers)?.map(|l| l + 1).filter(|&l| l <= n_layers);
-        let c = self.sliced(pos_slice)?;
-        let mut stack = py.detach(|| c.accumulated_resid(&self.model, layer, incl_mid, apply_ln)).py_err()?;
-        if incl_mid && layer.is_some() {
-            // TransformerLens stops at `layer`'s resid_pre: without that layer's resid_mid.
-            let keep = stack.labels.len() - 1;
-            stack.labels.truncate(keep);
-            stack.tensor = stack.tensor.narrow(0, 0, keep).map_err(candle)?;
+        let tl_layer = up_to_layer(layer, n_layers)?.filter(|&l| l < n_layers);
+        if mlp_input && tl_layer.is_none() {
+            return Err(input("mlp_input adds a block's resid_mid; the final stream (layer None) has none"));
         }
-        self.stack_out(py, stack, return_labels, is_single(pos_slice))
+        let how = stack_norm(recompute_ln.unwrap_or(tl_layer.is_none()), apply_weight)?;
+        self.stack_with_ln(py, pos_slice, return_labels, apply_ln.then_some((tl_layer, mlp_input, how)), |c, model| {
+                let mut stack = c.accumulated_resid(model, tl_layer.map(|l| l + 1), incl_mid, false)?;
+                if let Some(l) = tl_layer {
+                    // TransformerLens stops at `layer`'s resid_pre: that layer's resid_mid only
+                    // with `mlp_input`.
+                    if incl_mid {
+                        let keep = stack.labels.len() - 1;
+                        stack.labels.truncate(keep);
+                        stack.tensor = stack.tensor.narrow(0, 0, keep)?;
+                    }
+                    if mlp_input {
+                        stack.tensor = Tensor::cat(&[&stack.tensor, &c.get(HookPoint::ResidMid(l))?.unsqueeze(0)?], 0)?;
+                        stack.labels.push(format!("{l}_mid"));
+                    }
+                }
+                Ok(stack)
+            })
     }
 
     /// The residual stream at `layer` as the sum of its parts: embeddings (when
     /// `incl_embeds`) and each earlier block's attention and MLP outputs (`mode`: `all`,
-    /// `attn` or `mlp`).
+    /// `attn` or `mlp`; `mlp_input` adds `layer`'s own attention output). `apply_ln` as
+    /// TransformerLens: through the norm that reads the stream at `layer` with the run's
+    /// frozen scale and no weight (`apply_weight=True` multiplies by it).
     #[pyo3(signature = (layer=None, mode="all", **kwargs))]
     fn decompose_resid<'py>(&self, py: Python<'py>, layer: Option<i64>, mode: &str, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Bound<'py, PyAny>> {
         let mut kw = Kwargs::new(kwargs, "decompose_resid");
         let apply_ln: bool = kw.or("apply_ln", false)?;
+        let apply_weight: bool = kw.or("apply_weight", false)?;
+        let mlp_input: bool = kw.or("mlp_input", false)?;
         let pos_slice = kw.object("pos_slice")?;
         let incl_embeds: bool = kw.or("incl_embeds", true)?;
         let return_labels: bool = kw.or("return_labels", false)?;
@@ -275,63 +404,125 @@ impl ActivationCache {
             "mlp" => Decompose::Mlp,
             other => return Err(input(format!("mode {other:?} is not all, attn or mlp"))),
         };
-        let layer = up_to_layer(layer, self.model.config().n_layers)?;
-        let c = self.sliced(pos_slice.as_ref())?;
-        let stack = py.detach(|| c.decompose_resid(&self.model, layer, mode, apply_ln, incl_embeds)).py_err()?;
-        self.stack_out(py, stack, return_labels, is_single(pos_slice.as_ref()))
+        let n_layers = self.model.config().n_layers;
+        let layer = up_to_layer(layer, n_layers)?.filter(|&l| l < n_layers);
+        if mlp_input && layer.is_none() {
+            return Err(input("mlp_input adds a block's attention output; the final stream (layer None) has no MLP after it"));
+        }
+        let how = stack_norm(false, apply_weight)?;
+        self.stack_with_ln(py, pos_slice.as_ref(), return_labels, apply_ln.then_some((layer, mlp_input, how)), |c, model| {
+            let mut stack = c.decompose_resid(model, layer, mode, false, incl_embeds)?;
+            if let (true, Some(l), false) = (mlp_input, layer, mode == Decompose::Mlp) {
+                stack.tensor = Tensor::cat(&[&stack.tensor, &c.get(HookPoint::AttnOut(l))?.unsqueeze(0)?], 0)?;
+                stack.labels.push(format!("{l}_attn_out"));
+            }
+            Ok(stack)
+        })
     }
 
     /// Each head's output as it joins the residual stream (labels `L{l}H{h}`), for the layers
-    /// before `layer`; `incl_remainder` adds everything else as one component.
-    #[pyo3(signature = (layer=None, return_labels=false, incl_remainder=false, pos_slice=None, apply_ln=false))]
-    fn stack_head_results<'py>(&self, py: Python<'py>, layer: Option<i64>, return_labels: bool, incl_remainder: bool, pos_slice: Option<&Bound<'py, PyAny>>, apply_ln: bool) -> PyResult<Bound<'py, PyAny>> {
+    /// before `layer`; `incl_remainder` adds everything else as one component. `apply_ln` as
+    /// TransformerLens: through the norm reading the stream at `layer` (the final norm for
+    /// None), frozen scale, no weight (`apply_weight=True` multiplies by it: then
+    /// `logit_attrs` gives each head's direct effect).
+    #[pyo3(signature = (layer=None, return_labels=false, incl_remainder=false, pos_slice=None, apply_ln=false, apply_weight=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn stack_head_results<'py>(
+        &self,
+        py: Python<'py>,
+        layer: Option<i64>,
+        return_labels: bool,
+        incl_remainder: bool,
+        pos_slice: Option<&Bound<'py, PyAny>>,
+        apply_ln: bool,
+        apply_weight: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let layer = up_to_layer(layer, self.model.config().n_layers)?;
-        let c = self.sliced(pos_slice)?;
-        let stack = py.detach(|| c.stack_head_results(&self.model, layer, apply_ln, incl_remainder)).py_err()?;
-        self.stack_out(py, stack, return_labels, is_single(pos_slice))
+        let ln = apply_ln.then_some((layer, false, stack_norm(false, apply_weight)?));
+        self.stack_with_ln(py, pos_slice, return_labels, ln, |c, model| c.stack_head_results(model, layer, false, incl_remainder))
     }
 
     /// Each MLP neuron's output as it joins the stream (labels `L{l}N{n}`); large, so give a
-    /// `pos_slice`.
-    #[pyo3(signature = (layer=None, return_labels=false, incl_remainder=false, pos_slice=None, apply_ln=false))]
-    fn stack_neuron_results<'py>(&self, py: Python<'py>, layer: Option<i64>, return_labels: bool, incl_remainder: bool, pos_slice: Option<&Bound<'py, PyAny>>, apply_ln: bool) -> PyResult<Bound<'py, PyAny>> {
+    /// `pos_slice`. `apply_ln` and `apply_weight` as in `stack_head_results`.
+    #[pyo3(signature = (layer=None, return_labels=false, incl_remainder=false, pos_slice=None, apply_ln=false, apply_weight=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn stack_neuron_results<'py>(
+        &self,
+        py: Python<'py>,
+        layer: Option<i64>,
+        return_labels: bool,
+        incl_remainder: bool,
+        pos_slice: Option<&Bound<'py, PyAny>>,
+        apply_ln: bool,
+        apply_weight: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let layer = up_to_layer(layer, self.model.config().n_layers)?;
-        let c = self.sliced(pos_slice)?;
-        let stack = py.detach(|| c.stack_neuron_results(&self.model, layer, apply_ln, incl_remainder)).py_err()?;
-        self.stack_out(py, stack, return_labels, is_single(pos_slice))
+        let ln = apply_ln.then_some((layer, false, stack_norm(false, apply_weight)?));
+        self.stack_with_ln(py, pos_slice, return_labels, ln, |c, model| c.stack_neuron_results(model, layer, false, incl_remainder))
     }
 
-    /// A stack `[components, batch, pos, d_model]` through the final norm with the run's scale
-    /// frozen (linear, so the parts still sum to the normalised stream).
-    #[pyo3(signature = (residual_stack, pos_slice=None))]
-    fn apply_ln_to_stack<'py>(&self, py: Python<'py>, residual_stack: &Bound<'py, PyAny>, pos_slice: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        // A stack without its position axis (`[components, batch, d_model]`, from an int
-        // `pos_slice`) goes through as one position.
-        let (t, no_pos) = positionless(from_numpy(residual_stack, "the residual stack")?)?;
-        let n = t.dim(0).map_err(candle)?;
-        let stack = Stack { tensor: t, labels: (0..n).map(|i| i.to_string()).collect() };
-        let c = match pos_slice.filter(|p| !p.is_none()) {
-            None if no_pos => self.inner.at_positions(&[self.last_position()]).py_err()?,
-            _ => self.sliced(pos_slice)?,
-        };
-        let out = py.detach(|| c.apply_ln_to_stack(&self.model, &stack)).py_err()?;
-        to_numpy(py, &drop_axis(out.tensor, 2, no_pos || is_single(pos_slice))?)
+    /// A stack `[components, batch, pos, d_model]` through the norm that reads the stream at
+    /// `layer` (None or n_layers: the final norm; a block's attention norm, or its MLP norm
+    /// with `mlp_input`), as TransformerLens without folded norms: centred (LayerNorm) and
+    /// divided by the run's frozen scale, **without** the norm's weight. `apply_weight=True`
+    /// multiplies by the weight (glassbox's form: on the final norm, `logit_attrs` of the
+    /// result are direct effects); `recompute_ln=True` applies the whole final norm to each
+    /// component with statistics of its own. `batch_slice` picks prompts (of the stack too,
+    /// unless `has_batch_dim=False`).
+    #[pyo3(signature = (residual_stack, layer=None, mlp_input=false, pos_slice=None, batch_slice=None, has_batch_dim=true, recompute_ln=false, apply_weight=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn apply_ln_to_stack<'py>(
+        &self,
+        py: Python<'py>,
+        residual_stack: &Bound<'py, PyAny>,
+        layer: Option<i64>,
+        mlp_input: bool,
+        pos_slice: Option<&Bound<'py, PyAny>>,
+        batch_slice: Option<&Bound<'py, PyAny>>,
+        has_batch_dim: bool,
+        recompute_ln: bool,
+        apply_weight: bool,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let how = stack_norm(recompute_ln, apply_weight)?;
+        let layer = up_to_layer(layer, self.model.config().n_layers)?;
+        let s = self.stack_in(residual_stack, pos_slice, batch_slice, has_batch_dim)?;
+        let out = py.detach(|| s.cache.apply_ln_to_stack_as(&self.model, &s.stack, layer, mlp_input, how)).py_err()?;
+        to_numpy(py, &s.shape_back(out.tensor)?)
     }
 
-    /// Each component's logit of `tokens` (minus `incorrect_tokens`' when given) at every
-    /// batch row and position: `[components, batch, pos]`. On a stack through
-    /// `apply_ln_to_stack` these are the direct effects. Tokens are ids or one-token strings.
-    #[pyo3(signature = (residual_stack, tokens, incorrect_tokens=None))]
-    fn logit_attrs<'py>(&self, py: Python<'py>, residual_stack: &Bound<'py, PyAny>, tokens: &Bound<'py, PyAny>, incorrect_tokens: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let (t, no_pos) = positionless(from_numpy(residual_stack, "the residual stack")?)?;
-        let n = t.dim(0).map_err(candle)?;
-        let stack = Stack { tensor: t, labels: (0..n).map(|i| i.to_string()).collect() };
+    /// Each component's logit of `tokens` (minus `incorrect_tokens`' when given) at every batch
+    /// row and position, `[components, batch, pos]`, as TransformerLens computes it: the stack
+    /// through the final norm with the run's frozen scale (`apply_ln_to_stack`), then the dot
+    /// product with the tokens' unembedding columns. glassbox does not fold the final norm's
+    /// weight into `W_U`, so by default this is TransformerLens' figure without `fold_ln`;
+    /// `apply_weight=True` includes the weight, and then these are the components' direct
+    /// effects (what TransformerLens gives on a model loaded with `fold_ln`). Give the raw
+    /// stack, not one through `apply_ln_to_stack`. Tokens are ids or one-token strings.
+    #[pyo3(signature = (residual_stack, tokens, incorrect_tokens=None, pos_slice=None, batch_slice=None, has_batch_dim=true, apply_weight=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn logit_attrs<'py>(
+        &self,
+        py: Python<'py>,
+        residual_stack: &Bound<'py, PyAny>,
+        tokens: &Bound<'py, PyAny>,
+        incorrect_tokens: Option<&Bound<'py, PyAny>>,
+        pos_slice: Option<&Bound<'py, PyAny>>,
+        batch_slice: Option<&Bound<'py, PyAny>>,
+        has_batch_dim: bool,
+        apply_weight: bool,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let how = stack_norm(false, apply_weight)?;
         let token = self.token_id(tokens)?;
         let incorrect = incorrect_tokens.map(|i| self.token_id(i)).transpose()?;
-        // Without a position axis the stack is read at the last position of each prompt.
-        let cache = if no_pos { self.inner.at_positions(&[self.last_position()]).py_err()? } else { self.inner.clone() };
-        let out = py.detach(|| cache.logit_attrs(&self.model, &stack, token, incorrect)).py_err()?;
-        to_numpy(py, &drop_axis(out, 2, no_pos)?)
+        let s = self.stack_in(residual_stack, pos_slice, batch_slice, has_batch_dim)?;
+        let model = &self.model;
+        let out = py
+            .detach(|| -> glassbox::Result<Tensor> {
+                let normed = s.cache.apply_ln_to_stack_as(model, &s.stack, None, false, how)?;
+                s.cache.logit_attrs(model, &normed, token, incorrect)
+            })
+            .py_err()?;
+        to_numpy(py, &s.shape_back(out.unsqueeze(3).map_err(candle)?)?.squeeze(candle_core::D::Minus1).map_err(candle)?)
     }
 
     fn __repr__(&self) -> String {

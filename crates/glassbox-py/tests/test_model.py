@@ -72,14 +72,24 @@ def test_cache_helpers_sum_to_the_residual_stream(smollm2):
     assert np.abs(parts.sum(0) - resid).max() <= 1e-3 * np.abs(resid).max()
     acc = cache.accumulated_resid(layer=None)
     assert np.array_equal(acc[-1], resid)
-    # Direct effects of the heads at the last position through the frozen final norm.
-    heads, hl = cache.stack_head_results(layer=None, pos_slice=-1, apply_ln=True, return_labels=True)
+    # Direct effects of the heads at the last position: logit_attrs puts the raw stack through
+    # the frozen final norm itself (as TransformerLens); apply_weight=True includes the norm's
+    # weight, which glassbox does not fold into W_U.
+    heads, hl = cache.stack_head_results(layer=None, pos_slice=-1, return_labels=True)
     # An int pos_slice drops the position axis, as in TransformerLens.
     assert heads.shape == (30 * 9, 1, 576) and hl[0] == "L0H0"
-    attrs = cache.logit_attrs(heads, " Mary", " John")
+    attrs = cache.logit_attrs(heads, " Mary", " John", pos_slice=-1, apply_weight=True)
     assert attrs.shape == (30 * 9, 1)
     lens = glassbox.GlassboxV2(smollm2).logit_lens(IOI, " Mary", " John")
     np.testing.assert_allclose(attrs[:, 0].reshape(30, 9), np.array(lens["head_direct_effects"]), atol=1e-4)
+    # The same through the stacking helper's apply_ln and the plain unembedding columns.
+    normed = cache.stack_head_results(layer=None, pos_slice=-1, apply_ln=True, apply_weight=True)
+    direction = smollm2.W_U[:, smollm2.to_single_token(" Mary")] - smollm2.W_U[:, smollm2.to_single_token(" John")]
+    np.testing.assert_allclose(normed @ direction, attrs, atol=1e-4)
+    # Without the weight (TransformerLens' default without folding) the figures differ.
+    assert np.abs(cache.logit_attrs(heads, " Mary", " John", pos_slice=-1) - attrs).max() > 1e-3
+    with pytest.raises(glassbox.InputError, match="recompute_ln"):
+        cache.apply_ln_to_stack(heads, pos_slice=-1, recompute_ln=True, apply_weight=True)
 
 
 def zero_head_hook(head):

@@ -41,12 +41,23 @@ def glassbox_value(cache, key):
         name, layer = key.split(",")
         return cache[name, int(layer)]
     name, kw = parse(key)
+    layer, pos = kw.get("layer"), kw.get("pos_slice")
+    ln, mlp = kw.get("apply_ln", False), kw.get("mlp_input", False)
     if name == "accumulated_resid":
-        return cache.accumulated_resid(layer=kw.get("layer"), incl_mid=kw.get("incl_mid", False), pos_slice=kw.get("pos_slice"))
+        return cache.accumulated_resid(layer=layer, incl_mid=kw.get("incl_mid", False), mlp_input=mlp, apply_ln=ln, pos_slice=pos)
     if name == "decompose_resid":
-        return cache.decompose_resid(layer=kw.get("layer"), pos_slice=kw.get("pos_slice"))
+        return cache.decompose_resid(layer=layer, mlp_input=mlp, apply_ln=ln, pos_slice=pos)
     if name == "stack_head_results":
-        return cache.stack_head_results(layer=kw.get("layer"), pos_slice=kw.get("pos_slice"))
+        return cache.stack_head_results(layer=layer, apply_ln=ln, pos_slice=pos)
+    if name == "apply_ln_to_stack":
+        # The stacks the recording script normalised (see scripts/fixtures/tl_cache_parity.py).
+        if kw.get("recompute_ln"):
+            return cache.apply_ln_to_stack(cache.accumulated_resid(pos_slice=pos), recompute_ln=True, pos_slice=pos)
+        stack = cache.decompose_resid(layer=layer, mlp_input=mlp, pos_slice=pos)
+        return cache.apply_ln_to_stack(stack, layer=layer, mlp_input=mlp, pos_slice=pos)
+    if name == "logit_attrs":
+        stack = cache.stack_head_results(layer=-1, pos_slice=pos)
+        return cache.logit_attrs(stack, kw["tokens"], incorrect_tokens=kw.get("incorrect_tokens"), pos_slice=pos)
     raise KeyError(key)
 
 

@@ -41,5 +41,5 @@ pub use error::{Error, Result};
 pub use finite::check_finite;
 pub use model::{
     Action, ActivationCache, Batch, Decompose, ForwardOutput, Gradients, HookPoint, Hooks, Intervention, Model,
-    GenerateOptions, Generation, KvCache, ModelConfig, Sampling, StopReason, Stack, Start,
+    GenerateOptions, Generation, KvCache, ModelConfig, Sampling, StopReason, Stack, StackNorm, Start,
 };

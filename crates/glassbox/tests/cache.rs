@@ -124,3 +124,42 @@ fn slicing_tokens_and_strings() {
     assert_eq!(strs.concat(), IOI);
     let _ = Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu);
 }
+
+/// The norm conventions of `apply_ln_to_stack_as` on every family: `FrozenWeighted` at the
+/// final norm is glassbox's `apply_ln_to_stack`; `Frozen` times the weight is `FrozenWeighted`;
+/// `Recomputed` is each component through the final norm on its own; at a block, `Frozen` of
+/// the stream entering it is its attention norm's `hook_normalized` (where the block reads a
+/// normalised stream); `Recomputed` there is refused.
+#[test]
+fn stack_norm_conventions() {
+    use glassbox::StackNorm;
+    for name in FAMILIES {
+        let model = load_tiny(name);
+        let out = run(&model);
+        let c = &out.cache;
+        let acc = c.accumulated_resid(&model, None, false, false).unwrap();
+        let weighted = c.apply_ln_to_stack_as(&model, &acc, None, false, StackNorm::FrozenWeighted).unwrap();
+        let ours = c.apply_ln_to_stack(&model, &acc).unwrap();
+        assert!(max_abs_diff(&weighted.tensor, &ours.tensor) <= 1e-6, "{name}: FrozenWeighted is apply_ln_to_stack");
+        let recomputed = c.apply_ln_to_stack_as(&model, &acc, None, false, StackNorm::Recomputed).unwrap();
+        for k in 0..acc.labels.len() {
+            let one = model.final_norm(&acc.tensor.get(k).unwrap()).unwrap();
+            assert!(max_abs_diff(&recomputed.tensor.get(k).unwrap(), &one) <= 1e-5, "{name}: Recomputed component {k}");
+        }
+        if model.config().variants.no_final_norm {
+            continue;
+        }
+        let plain = c.apply_ln_to_stack_as(&model, &acc, None, false, StackNorm::Frozen).unwrap();
+        let w = &model.weights().ln_final.w;
+        assert!(max_abs_diff(&plain.tensor.broadcast_mul(w).unwrap(), &weighted.tensor) <= 1e-5, "{name}: Frozen × weight = FrozenWeighted");
+        if HookPoint::Ln1Scale(1).present_in(model.config()) && !model.config().variants.post_ln {
+            // The stream entering block 1, through its attention norm with the frozen scale.
+            let stream = c.accumulated_resid(&model, Some(2), false, false).unwrap();
+            let normed = c.apply_ln_to_stack_as(&model, &stream, Some(1), false, StackNorm::Frozen).unwrap();
+            let want = c.get(HookPoint::Ln1Normalized(1)).unwrap();
+            assert!(max_abs_diff(&normed.tensor.get(1).unwrap(), want) <= 1e-4, "{name}: block 1's frozen norm of its own stream is its hook_normalized");
+            let e = c.apply_ln_to_stack_as(&model, &stream, Some(1), false, StackNorm::Recomputed).unwrap_err().to_string();
+            assert!(e.contains("final norm only"), "{e}");
+        }
+    }
+}

@@ -36,6 +36,25 @@ pub struct Stack {
     pub labels: Vec<String>,
 }
 
+/// How `apply_ln_to_stack_as` puts a stack through a norm. TransformerLens (without folded
+/// norms) uses `Frozen` everywhere but in `accumulated_resid` at the unembedding, where it uses
+/// `Recomputed`; glassbox's own helpers (`apply_ln_to_stack`, the `apply_ln` flags) use
+/// `FrozenWeighted`, whose final-norm images give direct effects under `logit_attrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StackNorm {
+    /// Centred where the norm is a LayerNorm and divided by the scale the run cached for that
+    /// norm; no weight, no bias (TransformerLens' `apply_ln_to_stack`). Linear.
+    Frozen,
+    /// `Frozen` times the norm's weight (what TransformerLens folds into the next matrix with
+    /// `fold_ln`). Linear.
+    FrozenWeighted,
+    /// The final norm applied to each component with statistics of its own, weight and bias
+    /// included (TransformerLens' `recompute_ln=True`: each stream's logit lens). Final norm
+    /// only; not linear.
+    Recomputed,
+}
+
 /// Which components `decompose_resid` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,6 +202,53 @@ impl ActivationCache {
             dir = (dir - model.unembed_rows(&[i])?.squeeze(0)?)?;
         }
         Ok(stack.tensor.broadcast_mul(&dir)?.sum(3)?)
+    }
+
+    /// A stack through the norm that reads the stream at `layer` (`None`: the final norm;
+    /// `Some(l)`: block `l`'s attention norm, or its MLP norm when `mlp_input`), as `how` says
+    /// (`StackNorm`). The scale comes from the run (`hook_scale` of that norm, cached, with
+    /// the stack's batch rows and positions). A model without that norm returns the stack
+    /// unchanged where it has no final norm, and an error for a block norm it lacks.
+    pub fn apply_ln_to_stack_as(&self, model: &Model, stack: &Stack, layer: Option<usize>, mlp_input: bool, how: StackNorm) -> Result<Stack> {
+        let c = &model.config;
+        let (norm, scale_at) = match layer.filter(|&l| l != c.n_layers) {
+            None => {
+                if mlp_input {
+                    return Err(Error::Invalid("mlp_input names a block's MLP norm; the final norm (layer None or n_layers) has none".into()));
+                }
+                if c.variants.no_final_norm {
+                    return Ok(stack.clone());
+                }
+                (&model.weights().ln_final, HookPoint::LnFinalScale)
+            }
+            Some(l) => {
+                if l > c.n_layers {
+                    return Err(Error::LayerOutOfRange { layer: l, n_layers: c.n_layers });
+                }
+                if how == StackNorm::Recomputed {
+                    return Err(Error::Invalid(format!("recompute_ln applies to the final norm only (layer None or {}); layer {l}'s norm takes the frozen scale", c.n_layers)));
+                }
+                let point = if mlp_input { HookPoint::Ln2Scale(l) } else { HookPoint::Ln1Scale(l) };
+                if !point.present_in(c) {
+                    return Err(Error::Invalid(format!("{point} is absent from this model: it has no such norm before block {l}'s {}", if mlp_input { "MLP" } else { "attention" })));
+                }
+                let lw = &model.weights().layers[l];
+                (if mlp_input { &lw.ln2 } else { &lw.ln1 }, point)
+            }
+        };
+        let tensor = match how {
+            StackNorm::Recomputed => model.final_norm(&stack.tensor)?,
+            StackNorm::Frozen | StackNorm::FrozenWeighted => {
+                let scale = self.get(scale_at)?.unsqueeze(0)?; // [1, b, p, 1]
+                let x = model.centre(&stack.tensor)?.broadcast_div(&scale)?;
+                if how == StackNorm::FrozenWeighted {
+                    x.broadcast_mul(&norm.w)?
+                } else {
+                    x
+                }
+            }
+        };
+        Ok(Stack { tensor, labels: stack.labels.clone() })
     }
 
     fn maybe_ln(&self, model: &Model, stack: Stack, apply_ln: bool) -> Result<Stack> {

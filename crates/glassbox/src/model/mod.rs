@@ -22,7 +22,7 @@ use candle_core::DType;
 
 use crate::error::{Error, Result};
 pub use config::ModelConfig;
-pub use cache::{ActivationCache, Decompose, Stack};
+pub use cache::{ActivationCache, Decompose, Stack, StackNorm};
 pub use generate::{GenerateOptions, Generation, Sampling, StopReason};
 pub use forward::{Batch, ForwardOutput, Gradients, KvCache, Start};
 pub use hooks::{Action, HookPoint, Hooks, Intervention};
