@@ -56,7 +56,7 @@ pub fn get_act_name(name: &str, layer: Option<usize>, layer_type: Option<&str>) 
             _ => return Err(input(format!("{name} at a layer needs layer_type \"ln1\" or \"ln2\""))),
         },
         (_, None) => return Err(input(format!("the hook {name:?} needs a layer"))),
-        ("q" | "k" | "v" | "z" | "rot_q" | "rot_k" | "pattern" | "attn_scores", Some(l)) => format!("blocks.{l}.attn.hook_{name}"),
+        ("q" | "k" | "v" | "z" | "result" | "rot_q" | "rot_k" | "pattern" | "attn_scores", Some(l)) => format!("blocks.{l}.attn.hook_{name}"),
         ("pre" | "post" | "pre_linear" | "router_logits" | "expert_weights", Some(l)) => format!("blocks.{l}.mlp.hook_{name}"),
         (_, Some(l)) => format!("blocks.{l}.hook_{name}"),
     };
@@ -292,7 +292,7 @@ impl ActivationCache {
 
     /// The cached hook names, in forward order.
     fn keys(&self) -> Vec<String> {
-        glassbox::HookPoint::all_for(self.model.config()).into_iter().filter(|p| self.inner.values.contains_key(p)).map(|p| p.to_string()).collect()
+        glassbox::HookPoint::all_with_requested(self.model.config()).into_iter().filter(|p| self.inner.values.contains_key(p)).map(|p| p.to_string()).collect()
     }
 
     fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

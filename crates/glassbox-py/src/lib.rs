@@ -10,6 +10,7 @@ mod arrays;
 mod batch;
 mod cache;
 mod errors;
+mod hooks;
 mod kwargs;
 mod methods;
 mod model;
@@ -27,8 +28,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<model::Model>()?;
     m.add_class::<model::Config>()?;
-    m.add_class::<model::HookPoint>()?;
-    m.add_class::<model::Intervention>()?;
+    m.add_class::<hooks::HookPoint>()?;
+    m.add_class::<hooks::Intervention>()?;
     m.add_class::<cache::ActivationCache>()?;
     m.add_class::<tokenizer::Tokenizer>()?;
     methods::register(m)?;

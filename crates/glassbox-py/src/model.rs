@@ -1,27 +1,31 @@
 //! `glassbox.Model`: loading, tokens, runs with a cache or with hooks (Python functions, or
 //! declarative interventions that never call back into Python), gradients and generation.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor, D};
 use glassbox::methods::metric::Scorer;
 use glassbox::methods::Metric;
 use glassbox::model::hooks::CacheSpec;
-use glassbox::{registry, Action, Batch, GenerateOptions, Hooks, Sampling};
+use glassbox::{registry, Batch, GenerateOptions, Hooks, Sampling};
 use numpy::{PyArrayDyn, PyArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::arrays::{from_numpy, to_numpy, token_rows};
+use crate::arrays::{to_numpy, token_rows};
 use crate::cache::ActivationCache;
 use crate::errors::{candle, input as input_error, IntoPy};
+use crate::hooks::{build_hooks, cache_points, raise, ErrorSlot, Intervention, USE_ATTN_IN, USE_ATTN_RESULT, USE_SPLIT_QKV_INPUT};
 use crate::kwargs::Kwargs;
 
 /// A loaded model (shared, read-only): run it, hook it, differentiate it, generate from it.
 #[pyclass(module = "glassbox._native", frozen)]
 pub struct Model {
     pub inner: Arc<glassbox::Model>,
+    /// TransformerLens' `set_use_*` switches (`hooks::USE_ATTN_RESULT`, ...).
+    pub uses: AtomicU8,
 }
 
 /// A model's shape, with TransformerLens' names (`model.cfg.n_layers`, ...).
@@ -73,85 +77,6 @@ impl Config {
             "Config(model_name={:?}, architecture={:?}, n_layers={}, n_heads={}, n_key_value_heads={}, d_model={}, d_head={}, d_mlp={}, d_vocab={}, n_ctx={})",
             self.model_name, self.architecture, self.n_layers, self.n_heads, self.n_key_value_heads, self.d_model, self.d_head, self.d_mlp, self.d_vocab, self.n_ctx
         )
-    }
-}
-
-/// A hook point as a Python hook function sees it: `hook.name` is the TransformerLens name.
-#[pyclass(module = "glassbox._native", frozen)]
-pub struct HookPoint {
-    pub inner: glassbox::HookPoint,
-}
-
-#[pymethods]
-impl HookPoint {
-    /// Parses a TransformerLens name (`blocks.3.attn.hook_z`).
-    #[new]
-    fn new(name: &str) -> PyResult<Self> {
-        Ok(HookPoint { inner: name.parse().py_err()? })
-    }
-    /// The TransformerLens name.
-    #[getter]
-    fn name(&self) -> String {
-        self.inner.to_string()
-    }
-    /// The block the point is in (`None` for embeddings and the final norm).
-    fn layer(&self) -> Option<usize> {
-        self.inner.layer()
-    }
-    fn __repr__(&self) -> String {
-        format!("HookPoint({:?})", self.inner.to_string())
-    }
-    fn __str__(&self) -> String {
-        self.inner.to_string()
-    }
-}
-
-/// A declarative intervention, run inside the forward without calling back into Python:
-/// `action` is `zero`, `mean` (over the batch), `replace` or `add` (with `value`, broadcast to
-/// the hook's shape), restricted to `heads`, `positions` and `batch` rows when given.
-#[pyclass(module = "glassbox._native", frozen)]
-#[derive(Clone)]
-pub struct Intervention {
-    pub inner: glassbox::Intervention,
-}
-
-#[pymethods]
-impl Intervention {
-    #[new]
-    #[pyo3(signature = (hook, action, value=None, heads=None, positions=None, batch=None))]
-    fn new(
-        hook: &str,
-        action: &str,
-        value: Option<&Bound<'_, PyAny>>,
-        heads: Option<Vec<usize>>,
-        positions: Option<Vec<usize>>,
-        batch: Option<Vec<usize>>,
-    ) -> PyResult<Self> {
-        let point: glassbox::HookPoint = hook.parse().py_err()?;
-        let action = match (action, value) {
-            ("zero", None) => Action::Zero,
-            ("mean", None) => Action::MeanOverBatch,
-            ("replace", Some(v)) => Action::Replace(from_numpy(v, "the replacement value")?),
-            ("add", Some(v)) => Action::Add(from_numpy(v, "the added value")?),
-            ("zero" | "mean", Some(_)) => return Err(input_error(format!("the {action} intervention takes no value"))),
-            ("replace" | "add", None) => return Err(input_error(format!("the {action} intervention needs a value (an array)"))),
-            (other, _) => return Err(input_error(format!("unknown intervention {other:?}; use zero, mean, replace or add"))),
-        };
-        let mut i = glassbox::Intervention::new(point, action);
-        i.heads = heads;
-        i.positions = positions;
-        i.batch = batch;
-        Ok(Intervention { inner: i })
-    }
-    fn __repr__(&self) -> String {
-        let a = match &self.inner.action {
-            Action::Zero => "zero",
-            Action::MeanOverBatch => "mean",
-            Action::Replace(_) => "replace",
-            Action::Add(_) => "add",
-            Action::Closure(_) => "closure",
-        };
-        format!("Intervention({:?}, {a:?}, heads={:?}, positions={:?}, batch={:?})", self.inner.point.to_string(), self.inner.heads, self.inner.positions, self.inner.batch)
     }
 }
 
@@ -217,119 +142,6 @@ pub fn tokens_of(model: &glassbox::Model, input: &Bound<'_, PyAny>) -> PyResult<
     Ok(row)
 }
 
-/// A Python exception raised inside a hook function, kept for the caller to re-raise.
-type ErrorSlot = Arc<Mutex<Option<PyErr>>>;
-
-/// The hook points a `fwd_hooks` entry names: a TransformerLens name, or a filter function of
-/// the name (TransformerLens' `name_filter`).
-fn points_named(model: &glassbox::Model, spec: &Bound<'_, PyAny>) -> PyResult<Vec<glassbox::HookPoint>> {
-    if let Ok(s) = spec.cast::<PyString>() {
-        let p: glassbox::HookPoint = s.to_cow()?.parse().py_err()?;
-        p.check(model.config()).py_err()?;
-        return Ok(vec![p]);
-    }
-    if spec.is_callable() {
-        let mut out = Vec::new();
-        for p in glassbox::HookPoint::all_for(model.config()) {
-            if spec.call1((p.to_string(),))?.is_truthy()? {
-                out.push(p);
-            }
-        }
-        return Ok(out);
-    }
-    Err(PyTypeError::new_err("a hook is named by a string (blocks.3.attn.hook_z) or a filter function of the name"))
-}
-
-/// An `Action::Closure` that calls `func(activation, hook)` with the GIL held: `None` keeps the
-/// activation (with any in-place change to the array it was given), an array replaces it
-/// (same shape). An exception inside `func` stops the run and is re-raised as it was.
-fn python_action(func: Py<PyAny>, slot: ErrorSlot) -> Action {
-    Action::closure(move |x: &Tensor, point: glassbox::HookPoint| -> glassbox::Result<Tensor> {
-        Python::attach(|py| {
-            let fail = |e: PyErr, slot: &ErrorSlot| {
-                if let Ok(mut s) = slot.lock() {
-                    s.get_or_insert(e);
-                }
-                glassbox::Error::Intervention { point: point.to_string(), detail: "the Python hook raised an exception".into() }
-            };
-            let arr = to_numpy(py, x).map_err(|e| fail(e, &slot))?;
-            let before: Vec<f32> = arr.readonly().as_slice().map(<[f32]>::to_vec).unwrap_or_default();
-            let hook = Py::new(py, HookPoint { inner: point }).map_err(|e| fail(e, &slot))?;
-            let ret = func.call1(py, (arr.clone(), hook)).map_err(|e| fail(e, &slot))?;
-            let (new, what) = if ret.is_none(py) {
-                // TransformerLens semantics: an in-place edit of the array counts.
-                let after = arr.readonly();
-                let after = after.as_slice().map_err(|e| fail(e.into(), &slot))?;
-                if after == before.as_slice() {
-                    return Ok(x.clone());
-                }
-                (from_numpy(arr.as_any(), "the array the hook edited").map_err(|e| fail(e, &slot))?, "edited")
-            } else {
-                (from_numpy(ret.bind(py), "the array the hook returned").map_err(|e| fail(e, &slot))?, "returned")
-            };
-            if new.dims() != x.dims() {
-                return Err(glassbox::Error::Intervention {
-                    point: point.to_string(),
-                    detail: format!("the hook {what} an array of shape {:?}; the activation has shape {:?}", new.dims(), x.dims()),
-                });
-            }
-            Ok(new.to_dtype(x.dtype())?)
-        })
-    })
-}
-
-/// Hooks from `fwd_hooks` (Python functions) and `interventions`, plus what to cache.
-fn build_hooks(model: &glassbox::Model, fwd_hooks: Option<&Bound<'_, PyAny>>, interventions: Option<Vec<Intervention>>, slot: &ErrorSlot) -> PyResult<Hooks> {
-    let mut hooks = Hooks::new();
-    for i in interventions.unwrap_or_default() {
-        i.inner.point.check(model.config()).py_err()?;
-        hooks = hooks.intervene(i.inner);
-    }
-    if let Some(list) = fwd_hooks {
-        for item in list.try_iter()? {
-            let item = item?;
-            let pair = item.cast::<PyTuple>().map_err(|_| PyTypeError::new_err("fwd_hooks is a list of (name or filter, function) pairs"))?;
-            if pair.len() != 2 {
-                return Err(PyTypeError::new_err("fwd_hooks is a list of (name or filter, function) pairs"));
-            }
-            let func = pair.get_item(1)?;
-            if !func.is_callable() {
-                return Err(PyTypeError::new_err("the second item of a fwd_hooks pair must be a function (activation, hook) -> array or None"));
-            }
-            for p in points_named(model, &pair.get_item(0)?)? {
-                hooks = hooks.intervene(glassbox::Intervention::new(p, python_action(func.clone().unbind(), slot.clone())));
-            }
-        }
-    }
-    Ok(hooks)
-}
-
-/// Re-raises the exception a Python hook raised, if one did; else the library's error.
-fn raise(e: glassbox::Error, slot: &ErrorSlot) -> PyErr {
-    match slot.lock().ok().and_then(|mut s| s.take()) {
-        Some(py_err) => py_err,
-        None => crate::errors::to_py(e),
-    }
-}
-
-/// The points `names_filter` selects: all (None), a name, a list of names, or a filter function.
-fn cache_points(model: &glassbox::Model, names_filter: Option<&Bound<'_, PyAny>>) -> PyResult<CacheSpec> {
-    let Some(f) = names_filter else { return Ok(CacheSpec::All) };
-    if f.is_none() {
-        return Ok(CacheSpec::All);
-    }
-    let points: Vec<glassbox::HookPoint> = if let Ok(list) = f.cast::<PyList>() {
-        let mut v = Vec::new();
-        for name in list.iter() {
-            v.extend(points_named(model, &name)?);
-        }
-        v
-    } else {
-        points_named(model, f)?
-    };
-    Ok(CacheSpec::Only(points.into_iter().collect()))
-}
-
 /// Mean next-token cross-entropy of each row over its real positions: `[b]`.
 /// Each prompt's next-token cross-entropy at each of its real positions but the last.
 fn token_losses(logits: &Tensor, batch: &Batch) -> PyResult<Vec<Vec<f32>>> {
@@ -368,6 +180,24 @@ fn per_token<'py>(py: Python<'py>, logits: &Tensor, batch: &Batch) -> PyResult<B
 }
 
 impl Model {
+    /// The `set_use_*` switches now on.
+    fn uses(&self) -> u8 {
+        self.uses.load(Ordering::Relaxed)
+    }
+
+    /// Turns switch `bit` on or off; `hook_attn_in` and the split inputs exclude each other.
+    fn set_use(&self, bit: u8, on: bool) -> PyResult<()> {
+        let now = if on { self.uses() | bit } else { self.uses() & !bit };
+        if now & USE_ATTN_IN != 0 && now & USE_SPLIT_QKV_INPUT != 0 {
+            return Err(input_error("hook_attn_in and the split inputs (hook_q_input, ...) feed the same projections: turn one off first"));
+        }
+        if now & USE_ATTN_IN != 0 && !glassbox::HookPoint::AttnIn(0).present_in(self.inner.config()) {
+            return Err(input_error("this model's keys and values have fewer heads than its queries, so it has no hook_attn_in; use set_use_split_qkv_input"));
+        }
+        self.uses.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn run(&self, py: Python<'_>, batch: &Batch, hooks: Hooks, slot: &ErrorSlot) -> PyResult<glassbox::ForwardOutput> {
         let m = self.inner.clone();
         py.detach(|| m.forward(batch, &hooks)).map_err(|e| raise(e, slot))
@@ -405,7 +235,7 @@ impl Model {
             model.set_prepend_bos(prepend_bos)?;
             Ok(model)
         });
-        Ok(Model { inner: Arc::new(model.py_err()?) })
+        Ok(Model { inner: Arc::new(model.py_err()?), uses: AtomicU8::new(0) })
     }
 
     /// The model's name.
@@ -446,10 +276,31 @@ impl Model {
         }
     }
 
-    /// Every hook point of this model, by TransformerLens name.
+    /// Every hook point of this model, by TransformerLens name (the points computed only on
+    /// request, `hook_result`, `hook_attn_in`, `hook_q_input`, ..., included: a run computes
+    /// them where a hook names them or a `set_use_*` switch is on).
     #[getter]
     fn hook_names(&self) -> Vec<String> {
-        glassbox::HookPoint::all_for(self.inner.config()).iter().map(ToString::to_string).collect()
+        glassbox::HookPoint::all_with_requested(self.inner.config()).iter().map(ToString::to_string).collect()
+    }
+
+    /// TransformerLens' switch: filter functions and `run_with_cache()` include
+    /// `blocks.{l}.attn.hook_result` (each head's output, `[batch, pos, head, d_model]`).
+    fn set_use_attn_result(&self, use_attn_result: bool) -> PyResult<()> {
+        self.set_use(USE_ATTN_RESULT, use_attn_result)
+    }
+
+    /// TransformerLens' switch: filter functions and `run_with_cache()` include
+    /// `blocks.{l}.hook_attn_in` (each head's input for query, key and value), and leave out
+    /// ln1's hooks (the norm then runs once per head).
+    fn set_use_attn_in(&self, use_attn_in: bool) -> PyResult<()> {
+        self.set_use(USE_ATTN_IN, use_attn_in)
+    }
+
+    /// TransformerLens' switch: filter functions and `run_with_cache()` include
+    /// `hook_q_input`, `hook_k_input` and `hook_v_input`, and leave out ln1's hooks.
+    fn set_use_split_qkv_input(&self, use_split_qkv_input: bool) -> PyResult<()> {
+        self.set_use(USE_SPLIT_QKV_INPUT, use_split_qkv_input)
     }
 
     /// Token ids `[batch, positions]` (int64) of a prompt or a list of prompts (right-padded
@@ -558,7 +409,7 @@ impl Model {
             return Err(input_error(format!("remove_batch_dim needs one prompt; this run has {}", batch.size())));
         }
         let slot = ErrorSlot::default();
-        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?.with_cache(cache_points(&self.inner, names_filter)?);
+        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot, self.uses())?.with_cache(cache_points(&self.inner, names_filter, self.uses())?);
         let out = self.run(py, &batch, hooks, &slot)?;
         let first = self.output(py, &out, &batch, return_type, false)?;
         Ok((first, ActivationCache { inner: out.cache, model: self.inner.clone(), lengths: batch.lengths.clone(), remove_batch_dim }))
@@ -584,7 +435,7 @@ impl Model {
         }
         let batch = batch_of(&self.inner, input)?;
         let slot = ErrorSlot::default();
-        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot)?;
+        let hooks = build_hooks(&self.inner, fwd_hooks, interventions, &slot, self.uses())?;
         let out = self.run(py, &batch, hooks, &slot)?;
         self.output(py, &out, &batch, return_type, false)
     }
@@ -689,7 +540,7 @@ impl Model {
         };
         let opts = GenerateOptions { max_new_tokens, sampling, stop_at_eos, stop_tokens: stop_tokens.unwrap_or_default() };
         let slot = ErrorSlot::default();
-        let hooks = build_hooks(&self.inner, fwd_hooks.as_ref(), interventions, &slot)?;
+        let hooks = build_hooks(&self.inner, fwd_hooks.as_ref(), interventions, &slot, self.uses())?;
         let m = self.inner.clone();
         let g = py.detach(|| m.generate_from_tokens(&tokens, &opts, &hooks)).map_err(|e| raise(e, &slot))?;
         match return_type.as_str() {

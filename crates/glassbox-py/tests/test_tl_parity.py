@@ -17,10 +17,23 @@ RECORD = json.loads((FOLDER / "cache_parity.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def cache():
-    model = glassbox.Model.load(str(FOLDER), prepend_bos=False)
+def model():
+    return glassbox.Model.load(str(FOLDER), prepend_bos=False)
+
+
+@pytest.fixture(scope="module")
+def cache(model):
     _, cache = model.run_with_cache([RECORD["tokens"]])
     return cache
+
+
+@pytest.fixture(scope="module")
+def switched():
+    """A model with TransformerLens' switches on: runs cache hook_result and hook_attn_in."""
+    model = glassbox.Model.load(str(FOLDER), prepend_bos=False)
+    model.set_use_attn_result(True)
+    model.set_use_attn_in(True)
+    return model, model.run_with_cache([RECORD["tokens"]])[1]
 
 
 def parse(key):
@@ -32,11 +45,16 @@ def parse(key):
             kwargs[a] = True
             continue
         k, v = a.split("=")
-        kwargs[k] = None if v == "None" else int(v)
+        kwargs[k] = None if v == "None" else int(v) if v.lstrip("-").isdigit() else v
     return name, kwargs
 
 
-def glassbox_value(cache, key):
+def zero_head(x, hook, head):
+    x[:, :, head] = 0.0
+    return x
+
+
+def glassbox_value(model, cache, key):
     if re.match(r"^\w+,-?\d+$", key):
         name, layer = key.split(",")
         return cache[name, int(layer)]
@@ -55,6 +73,9 @@ def glassbox_value(cache, key):
             return cache.apply_ln_to_stack(cache.accumulated_resid(pos_slice=pos), recompute_ln=True, pos_slice=pos)
         stack = cache.decompose_resid(layer=layer, mlp_input=mlp, pos_slice=pos)
         return cache.apply_ln_to_stack(stack, layer=layer, mlp_input=mlp, pos_slice=pos)
+    if name == "zero_head":
+        logits = model.run_with_hooks([RECORD["tokens"]], fwd_hooks=[(kw["hook"], lambda x, h: zero_head(x, h, kw["head"]))])
+        return logits[0, -1]
     if name == "logit_attrs":
         stack = cache.stack_head_results(layer=-1, pos_slice=pos)
         return cache.logit_attrs(stack, kw["tokens"], incorrect_tokens=kw.get("incorrect_tokens"), pos_slice=pos)
@@ -62,9 +83,11 @@ def glassbox_value(cache, key):
 
 
 @pytest.mark.parametrize("key", sorted(RECORD["cases"]))
-def test_cache_helpers_match_transformer_lens(cache, key):
+def test_cache_helpers_match_transformer_lens(model, cache, switched, key):
     want = RECORD["cases"][key]
-    got = np.asarray(glassbox_value(cache, key), dtype=np.float64)
+    if key.split(",")[0] in ("result", "attn_in", "zero_head"):
+        model, cache = switched
+    got = np.asarray(glassbox_value(model, cache, key), dtype=np.float64)
     assert list(got.shape) == want["shape"], f"{key}: shape {got.shape}, TransformerLens {want['shape']}"
     ref = np.asarray(want["values"]).reshape(want["shape"])
     scale = max(1.0, np.abs(ref).max())

@@ -258,3 +258,62 @@ fn split_attention_inputs_match_the_shared_path() {
     assert!("blocks.3.hook_q_input".parse::<HookPoint>().unwrap() == HookPoint::QInput(3));
     assert_eq!(HookPoint::VInput(2).to_string(), "blocks.2.hook_v_input");
 }
+
+/// `hook_result` (each head's output before the sum) and `hook_attn_in` (one input per head
+/// for query, key and value): hooking them leaves the logits as they were; the heads' results
+/// plus the output bias are `hook_attn_out` (before a post-norm); zeroing a head's result is
+/// zeroing its `hook_z`; giving one head's `hook_attn_in` another prompt's residual is giving
+/// it that prompt's `hook_q_input`, `hook_k_input` and `hook_v_input` together. Models with
+/// fewer key/value heads than query heads have no `hook_attn_in`, and a run cannot hook it
+/// beside the split inputs.
+#[test]
+fn head_results_and_attention_inputs() {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-gemma3", "tiny-neox", "tiny-opt-postln", "tiny-phi3", "tiny-qwen2"] {
+        let model = load_tiny(name);
+        let cfg = model.config().clone();
+        let (a, b) = (vec![10u32, 20, 30, 40, 50, 60], vec![11u32, 21, 31, 41, 51, 61]);
+        let (ba, bb) = (Batch::new(&[a]).unwrap(), Batch::new(&[b]).unwrap());
+        let layer = 1;
+        let clean = model.forward(&ba, &Hooks::new().cache([HookPoint::AttnOut(layer)])).unwrap();
+        let with_result = model.forward(&ba, &Hooks::new().cache([HookPoint::Result(layer)])).unwrap();
+        assert!(max_abs_diff(&clean.logits, &with_result.logits) <= 1e-5, "{name}: hooking hook_result changed the logits");
+        let result = with_result.cache.get(HookPoint::Result(layer)).unwrap();
+        assert_eq!(result.dims(), &[1, 6, cfg.n_heads, cfg.d_model], "{name}");
+        if model.weights().layers[layer].extra.ln1_post.is_none() {
+            let mut summed = result.sum(2).unwrap();
+            if let Some(bias) = &model.weights().layers[layer].attn.b_o {
+                summed = summed.broadcast_add(bias).unwrap();
+            }
+            assert!(max_abs_diff(&summed, clean.cache.get(HookPoint::AttnOut(layer)).unwrap()) <= 1e-5, "{name}: results + bias = attn_out");
+        }
+        let zero = |p: HookPoint| model.forward(&ba, &Hooks::new().intervene(Intervention::new(p, Action::Zero).heads(vec![2]))).unwrap().logits;
+        let d = max_abs_diff(&zero(HookPoint::Result(layer)), &zero(HookPoint::Z(layer)));
+        assert!(d <= 1e-5, "{name}: zeroing head 2's result vs its z: {d:e}");
+
+        if cfg.n_kv_heads != cfg.n_heads {
+            let e = model.forward(&ba, &Hooks::new().cache([HookPoint::AttnIn(layer)])).err().unwrap().to_string();
+            assert!(e.contains("hook_q_input"), "{name}: {e}");
+            continue;
+        }
+        let cached = model.forward(&ba, &Hooks::new().cache([HookPoint::AttnIn(layer)])).unwrap();
+        assert!(max_abs_diff(&clean.logits, &cached.logits) <= 1e-5, "{name}: hooking hook_attn_in changed the logits");
+        assert_eq!(cached.cache.get(HookPoint::AttnIn(layer)).unwrap().dims(), &[1, 6, cfg.n_heads, cfg.d_model]);
+        let other = model.forward(&bb, &Hooks::new().cache([HookPoint::ResidPre(layer)])).unwrap();
+        let value = other.cache.get(HookPoint::ResidPre(layer)).unwrap().unsqueeze(2).unwrap().broadcast_as((1, 6, cfg.n_heads, cfg.d_model)).unwrap().contiguous().unwrap();
+        let patch = |points: &[HookPoint]| {
+            let mut hooks = Hooks::new();
+            for &p in points {
+                hooks = hooks.intervene(Intervention::new(p, Action::Replace(value.clone())).heads(vec![1]));
+            }
+            model.forward(&ba, &hooks).unwrap().logits
+        };
+        let by_attn_in = patch(&[HookPoint::AttnIn(layer)]);
+        let by_split = patch(&[HookPoint::QInput(layer), HookPoint::KInput(layer), HookPoint::VInput(layer)]);
+        assert!(max_abs_diff(&by_attn_in, &by_split) <= 1e-5, "{name}: hook_attn_in vs the three split inputs");
+        assert!(max_abs_diff(&by_attn_in, &clean.logits) > 1e-4, "{name}: the patch changed nothing");
+        let e = model.forward(&ba, &Hooks::new().cache([HookPoint::AttnIn(layer), HookPoint::QInput(layer)])).err().unwrap().to_string();
+        assert!(e.contains("not both"), "{name}: {e}");
+    }
+    assert_eq!("blocks.3.attn.hook_result".parse::<HookPoint>().unwrap(), HookPoint::Result(3));
+    assert_eq!(HookPoint::AttnIn(2).to_string(), "blocks.2.hook_attn_in");
+}

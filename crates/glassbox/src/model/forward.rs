@@ -501,8 +501,14 @@ impl Model {
     /// shared path).
     fn split_inputs(&self, l: usize, resid: &Tensor, normalize: bool, st: &mut HookState) -> Result<Option<(Tensor, Tensor, Tensor)>> {
         let points = [HookPoint::QInput(l), HookPoint::KInput(l), HookPoint::VInput(l)];
-        if !points.iter().any(|&p| st.asks_for(p)) {
+        let attn_in = st.asks_for(HookPoint::AttnIn(l));
+        if !attn_in && !points.iter().any(|&p| st.asks_for(p)) {
             return Ok(None);
+        }
+        if attn_in && points.iter().any(|&p| st.asks_for(p)) {
+            return Err(Error::Invalid(format!(
+                "layer {l}: a run hooks either hook_attn_in (one input per head for query, key and value) or hook_q_input/hook_k_input/hook_v_input, not both"
+            )));
         }
         if normalize && (st.asks_for(HookPoint::Ln1Scale(l)) || st.asks_for(HookPoint::Ln1Normalized(l))) {
             return Err(Error::Invalid(format!(
@@ -510,22 +516,33 @@ impl Model {
             )));
         }
         let (a, cfg) = (&self.weights.layers[l].attn, &self.config);
-        let q = self.head_projection(l, resid, points[0], &a.w_q, a.b_q.as_ref(), cfg.n_heads, normalize, st)?;
-        let k = self.head_projection(l, resid, points[1], &a.w_k, a.b_k.as_ref(), cfg.n_kv_heads, normalize, st)?;
-        let v = self.head_projection(l, resid, points[2], &a.w_v, a.b_v.as_ref(), cfg.n_kv_heads, normalize, st)?;
+        // The residual repeated over `n` heads and hooked at `point`.
+        let per_head = |point: HookPoint, n: usize, st: &mut HookState| -> Result<Tensor> {
+            let (b, p, d) = resid.dims3()?;
+            st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)
+        };
+        if attn_in {
+            // One input per head for all three (query, key and value heads pair one to one).
+            let x = per_head(HookPoint::AttnIn(l), cfg.n_heads, st)?;
+            let q = self.head_projection(l, &x, &a.w_q, a.b_q.as_ref(), normalize)?;
+            let k = self.head_projection(l, &x, &a.w_k, a.b_k.as_ref(), normalize)?;
+            let v = self.head_projection(l, &x, &a.w_v, a.b_v.as_ref(), normalize)?;
+            return Ok(Some((q, k, v)));
+        }
+        let q = self.head_projection(l, &per_head(points[0], cfg.n_heads, st)?, &a.w_q, a.b_q.as_ref(), normalize)?;
+        let k = self.head_projection(l, &per_head(points[1], cfg.n_kv_heads, st)?, &a.w_k, a.b_k.as_ref(), normalize)?;
+        let v = self.head_projection(l, &per_head(points[2], cfg.n_kv_heads, st)?, &a.w_v, a.b_v.as_ref(), normalize)?;
         Ok(Some((q, k, v)))
     }
 
-    /// One projection of the split path: the residual repeated over `n` heads, hooked at
-    /// `point`, normalised per head by ln1 (`normalize`), each head projected by its own rows of
-    /// `w`: `[b, p, n, d_head]`.
-    #[allow(clippy::too_many_arguments)]
-    fn head_projection(&self, l: usize, resid: &Tensor, point: HookPoint, w: &Matrix, bias: Option<&Tensor>, n: usize, normalize: bool, st: &mut HookState) -> Result<Tensor> {
+    /// One projection of the split path: per-head inputs `x: [b, p, n, d_model]` normalised
+    /// per head by ln1 (`normalize`), each head projected by its own rows of `w`:
+    /// `[b, p, n, d_head]`.
+    fn head_projection(&self, l: usize, x: &Tensor, w: &Matrix, bias: Option<&Tensor>, normalize: bool) -> Result<Tensor> {
         let cfg = &self.config;
-        let (b, p, d) = resid.dims3()?;
+        let (b, p, n, d) = x.dims4()?;
         let dh = cfg.d_head;
-        let x = st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)?;
-        let x = if normalize { weighted_norm(&x, &self.weights.layers[l].ln1, cfg)? } else { x };
+        let x = if normalize { weighted_norm(x, &self.weights.layers[l].ln1, cfg)? } else { x.clone() };
         // [heads, b·p, d] × [heads, d, d_head]: each head's rows of the projection.
         let xt = x.reshape((b * p, n, d))?.transpose(0, 1)?.contiguous()?;
         let wt = w.tensor()?.to_dtype(x.dtype())?.reshape((n, dh, d))?.transpose(1, 2)?.contiguous()?;
@@ -600,6 +617,15 @@ impl Model {
             fused::attention(&q, &k, &v, &spec)?
         };
         let z = st.apply(HookPoint::Z(l), z)?;
+        if st.asks_for(HookPoint::Result(l)) {
+            // Each head's output apart, hooked, then summed with the bias.
+            let result = st.apply(HookPoint::Result(l), self.head_outputs(l, &z)?)?;
+            let out = result.sum(2)?;
+            return Ok(match &a.b_o {
+                Some(bias) => out.broadcast_add(&bias.to_dtype(out.dtype())?)?,
+                None => out,
+            });
+        }
         self.linear(&z.reshape((b, p, h * dh))?, &a.w_o, a.b_o.as_ref())
     }
 

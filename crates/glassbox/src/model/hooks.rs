@@ -41,6 +41,11 @@ pub enum HookPoint {
     Ln1Scale(usize),
     /// `blocks.{l}.ln1.hook_normalized`: the attention norm's output before its weight and bias, `[b, p, d_model]`.
     Ln1Normalized(usize),
+    /// `blocks.{l}.hook_attn_in`: the residual stream as each head reads it for its query, key
+    /// and value alike, before the attention norm, `[b, p, n_heads, d_model]` (TransformerLens'
+    /// `use_attn_in`; models with one key/value head per query head). Computed only in runs
+    /// that hook it explicitly, as `QInput`.
+    AttnIn(usize),
     /// `blocks.{l}.hook_q_input`: the residual stream as each query head alone reads it, before
     /// the attention norm, `[b, p, n_heads, d_model]` (TransformerLens' split inputs). Computed only
     /// in runs that hook it explicitly (never by `cache_all`); the norm then runs once per head.
@@ -68,6 +73,11 @@ pub enum HookPoint {
     Pattern(usize),
     /// `blocks.{l}.attn.hook_z`: pattern-weighted values before the output projection, `[b, p, n_heads, d_head]`.
     Z(usize),
+    /// `blocks.{l}.attn.hook_result`: each head's output, `z` through its rows of the output
+    /// projection, before the heads are summed and the bias (and a post-norm) applied,
+    /// `[b, p, n_heads, d_model]` (TransformerLens' `use_attn_result`). Computed only in runs
+    /// that hook it explicitly (never by `cache_all`).
+    Result(usize),
     /// `blocks.{l}.hook_attn_out`: the attention output added to the residual (after its post-norm
     /// where the model has one), `[b, p, d_model]`.
     AttnOut(usize),
@@ -137,9 +147,11 @@ const BLOCK_HOOKS: &[(&str, BlockHook)] = &[
 /// The per-head attention inputs: named and parsed like the block hooks, but not in `all()`
 /// (a run computes them only where a hook asks for them).
 const SPLIT_HOOKS: &[(&str, BlockHook)] = &[
+    ("hook_attn_in", HookPoint::AttnIn),
     ("hook_q_input", HookPoint::QInput),
     ("hook_k_input", HookPoint::KInput),
     ("hook_v_input", HookPoint::VInput),
+    ("attn.hook_result", HookPoint::Result),
 ];
 
 const GLOBAL_HOOKS: &[(&str, HookPoint)] = &[
@@ -164,8 +176,8 @@ impl HookPoint {
         use HookPoint::*;
         match *self {
             Embed | PosEmbed | LnFinalScale | LnFinalNormalized => None,
-            ResidPre(l) | QInput(l) | KInput(l) | VInput(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
-            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | AttnOut(l) | ResidMid(l)
+            ResidPre(l) | AttnIn(l) | QInput(l) | KInput(l) | VInput(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
+            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | Result(l) | AttnOut(l) | ResidMid(l)
             | MlpIn(l) | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
             | RouterLogits(l) | ExpertWeights(l) | ExpertOut(l, _) | MlpOut(l) | ResidPost(l) => Some(l),
         }
@@ -175,7 +187,7 @@ impl HookPoint {
     pub fn axes(&self) -> Axes {
         use HookPoint::*;
         match self {
-            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | Z(_) | QInput(_) | KInput(_) | VInput(_) => Axes { pos: 1, head: Some(2) },
+            Q(_) | K(_) | V(_) | RotQ(_) | RotK(_) | Z(_) | Result(_) | AttnIn(_) | QInput(_) | KInput(_) | VInput(_) => Axes { pos: 1, head: Some(2) },
             AttnScores(_) | Pattern(_) => Axes { pos: 2, head: Some(1) },
             _ => Axes { pos: 1, head: None },
         }
@@ -186,7 +198,7 @@ impl HookPoint {
         use HookPoint::*;
         match self {
             K(_) | V(_) | RotK(_) | KInput(_) | VInput(_) => Some(cfg.n_kv_heads),
-            Q(_) | RotQ(_) | Z(_) | QInput(_) | AttnScores(_) | Pattern(_) => Some(cfg.n_heads),
+            Q(_) | RotQ(_) | Z(_) | Result(_) | AttnIn(_) | QInput(_) | AttnScores(_) | Pattern(_) => Some(cfg.n_heads),
             _ => None,
         }
     }
@@ -199,6 +211,22 @@ impl HookPoint {
         }
         v.extend([HookPoint::LnFinalScale, HookPoint::LnFinalNormalized]);
         v
+    }
+
+    /// `all_for` with the points a run computes only where a hook asks for them
+    /// (`hook_attn_in`, `hook_q_input`/`hook_k_input`/`hook_v_input` after each `resid_pre`,
+    /// `hook_result` after each `hook_z`), in forward order.
+    pub fn all_with_requested(cfg: &ModelConfig) -> Vec<HookPoint> {
+        let mut out = Vec::new();
+        for p in Self::all_for(cfg) {
+            out.push(p);
+            match p {
+                HookPoint::ResidPre(l) => out.extend([HookPoint::AttnIn(l), HookPoint::QInput(l), HookPoint::KInput(l), HookPoint::VInput(l)].into_iter().filter(|q| q.present_in(cfg))),
+                HookPoint::Z(l) => out.push(HookPoint::Result(l)),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Error unless this point exists in a model of config `cfg` (see `present_in`).
@@ -235,6 +263,7 @@ impl HookPoint {
             // Parallel blocks (GPT-J, NeoX) have no stream between attention and MLP.
             HookPoint::ResidMid(_) => !cfg.parallel_block,
             HookPoint::RotQ(_) | HookPoint::RotK(_) => matches!(cfg.positions, Positions::Rotary(_)),
+            HookPoint::AttnIn(_) => cfg.n_kv_heads == cfg.n_heads,
             HookPoint::MlpPreLinear(_) => cfg.mlp.gated && !moe && mlp,
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) => !moe && mlp,
             HookPoint::RouterLogits(_) | HookPoint::ExpertWeights(_) | HookPoint::ExpertOut(..) => moe,
@@ -254,6 +283,7 @@ impl HookPoint {
             }
             HookPoint::ResidMid(_) => "its attention and MLP read the same stream in parallel",
             HookPoint::RotQ(_) | HookPoint::RotK(_) => "it has no rotary embedding",
+            HookPoint::AttnIn(_) => "its keys and values have fewer heads than its queries; hook hook_q_input, hook_k_input and hook_v_input instead",
             HookPoint::MlpPreLinear(_) if cfg.variants.moe.is_none() => "its MLP is not gated",
             HookPoint::MlpPre(_) | HookPoint::MlpPost(_) | HookPoint::MlpPreLinear(_) => "its MLP is a mixture of experts; use the router and expert hooks",
             _ => "it has no mixture of experts",

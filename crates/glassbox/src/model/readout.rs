@@ -113,6 +113,13 @@ impl Model {
     /// plus `attn_bias_result` sum to `hook_attn_out`.
     pub fn head_results(&self, layer: usize, z: &Tensor, post_scale: Option<&Tensor>) -> Result<Tensor> {
         self.config.check_layer(layer)?;
+        let out = self.head_outputs(layer, z)?;
+        self.through_post_norm(&self.weights.layers[layer].extra.ln1_post, out, post_scale.map(|s| s.unsqueeze(2)).transpose()?.as_ref())
+    }
+
+    /// Each head's `z` through its rows of the output projection, before any post-norm and
+    /// without the bias (`hook_result`): `[b, p, h, d_model]`.
+    pub(crate) fn head_outputs(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
         let lw = &self.weights.layers[layer];
         let (b, p, h, dh) = z.dims4()?;
         let d = self.config.d_model;
@@ -120,8 +127,7 @@ impl Model {
         let w_o = lw.attn.w_o.transposed()?.reshape((h, dh, d))?.to_dtype(z.dtype())?;
         // [b·p, h, dh] × [h, dh, d] per head
         let zz = z.reshape((b * p, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, b·p, dh]
-        let out = zz.matmul(&w_o)?.transpose(0, 1)?.reshape((b, p, h, d))?; // [b, p, h, d]
-        self.through_post_norm(&lw.extra.ln1_post, out, post_scale.map(|s| s.unsqueeze(2)).transpose()?.as_ref())
+        Ok(zz.matmul(&w_o)?.transpose(0, 1)?.reshape((b, p, h, d))?) // [b, p, h, d]
     }
 
     /// The attention output bias as it joins the stream `[b, p, d_model]` (zeros without a
