@@ -13,7 +13,9 @@ from conftest import IOI, IOI_CORRUPTED
 
 
 def is_head(h):
-    return isinstance(h, tuple) and len(h) == 2 and all(isinstance(x, int) for x in h)
+    """A (layer, head) pair: a tuple, or a HeadKey (a result's dict key, a tuple in use and a
+    string in JSON)."""
+    return isinstance(h, (tuple, glassbox.HeadKey)) and len(h) == 2 and all(isinstance(x, int) for x in h)
 
 
 def test_quickstart(smollm2):
@@ -159,3 +161,35 @@ def test_bootstrap_metrics(gb):
     assert set(s) == {"mean", "std", "ci_lo", "ci_hi", "n"}
     assert s["n"] == 2 and s["ci_lo"] <= s["mean"] <= s["ci_hi"]
     assert set(boot) >= {"sufficiency", "comprehensiveness", "f1"}
+
+
+def test_results_are_json_and_head_keys_act_as_tuples(gb, tokens, tmp_path):
+    """json.dumps of every GlassboxV2 result works; a head key is the reference's tuple in
+    every use and glassbox's head name in JSON; glassbox.plot takes the result as a plain
+    dict (e.g. after a JSON round trip of its lists) and .save writes SVG and PNG."""
+    import json
+
+    tokens_c, tokens_corr, t_tok, d_tok = tokens
+    r = gb.analyze(prompt=IOI, correct=" Mary", incorrect=" John")
+    attrs, _ = gb.attribution_patching(tokens_c, tokens_corr, t_tok, d_tok)
+    results = {
+        "analyze": r,
+        "attribution_patching": attrs,
+        "logit_lens": gb.logit_lens(tokens_c, t_tok, d_tok),
+        "edge_attribution_patching": gb.edge_attribution_patching(tokens_c, tokens_corr, t_tok, d_tok, top_k=5),
+        "token_attribution": gb.token_attribution(tokens_c, t_tok, d_tok),
+        "attention_patterns": gb.attention_patterns(tokens_c, heads=[(9, 8)]),
+    }
+    for name, value in results.items():
+        text = json.dumps(value)
+        assert text, name
+    key = next(iter(attrs))
+    layer, head = key
+    assert key == (layer, head) and attrs[(layer, head)] == attrs[key] and hash(key) == hash((layer, head))
+    assert repr(key) == repr((layer, head)) and key[0] == layer and sorted(attrs)[0] == (0, 0)
+    assert json.loads(json.dumps(attrs))[f"L{layer:02}H{head:02}"] == attrs[key]
+    svg = glassbox.plot("analyze", dict(r))
+    assert svg.startswith("<svg") or svg.startswith("<?xml")
+    r.save(str(tmp_path / "a.svg"))
+    r.save(str(tmp_path / "a.png"))
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

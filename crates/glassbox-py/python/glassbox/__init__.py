@@ -36,7 +36,7 @@ from ._native import (  # noqa: E402
     __version__,
 )
 from ._native import contrast, contrast_from_tokens, prompt, task_prompts  # noqa: E402
-from .analysis import GlassboxV2, HeadCompositionAnalyzer, SAEFeatureAttributor  # noqa: E402
+from .analysis import GlassboxV2, HeadCompositionAnalyzer, HeadKey, SAEFeatureAttributor  # noqa: E402
 from .pictures import Result, plot  # noqa: E402
 from . import methods as _methods  # noqa: E402
 from .methods import method_help, methods, run  # noqa: E402
@@ -51,6 +51,7 @@ __all__ = [
     "GlassboxError",
     "GlassboxV2",
     "HeadCompositionAnalyzer",
+    "HeadKey",
     "HookPoint",
     "InputError",
     "Intervention",

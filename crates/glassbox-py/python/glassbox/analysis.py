@@ -23,7 +23,60 @@ Tokens = Any  # a prompt string, a list of ids, or an integer array from ``model
 Answer = Union[str, int]
 Head = Tuple[int, int]
 
-__all__ = ["GlassboxV2", "HeadCompositionAnalyzer", "SAEFeatureAttributor"]
+__all__ = ["GlassboxV2", "HeadCompositionAnalyzer", "SAEFeatureAttributor", "HeadKey"]
+
+
+class HeadKey(str):
+    """A head as a result's dict key: the reference's ``(layer, head)`` tuple wherever a
+    tuple is used (``attrs[(9, 6)]``, ``for (layer, head), s in attrs.items()``, ``key[0]``,
+    equality, hashing and order, ``repr``), and the string ``"L09H06"`` (glassbox's head name)
+    where JSON needs a string key, so that ``json.dumps`` of a result works."""
+
+    def __new__(cls, layer: int, head: int) -> "HeadKey":
+        key = super().__new__(cls, f"L{int(layer):02}H{int(head):02}")
+        key._pair = (int(layer), int(head))
+        return key
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HeadKey):
+            return self._pair == other._pair
+        if isinstance(other, tuple):
+            return self._pair == other
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        return hash(self._pair)
+
+    def __lt__(self, other: object) -> bool:
+        return self._pair < tuple(other) if isinstance(other, (tuple, HeadKey)) else NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return self._pair <= tuple(other) if isinstance(other, (tuple, HeadKey)) else NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        return self._pair > tuple(other) if isinstance(other, (tuple, HeadKey)) else NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        return self._pair >= tuple(other) if isinstance(other, (tuple, HeadKey)) else NotImplemented
+
+    def __iter__(self):
+        return iter(self._pair)
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._pair[i]
+
+    def __repr__(self) -> str:
+        return repr(self._pair)
+
+    def __reduce__(self):
+        return (HeadKey, self._pair)
 
 
 def _head(h: Sequence[int]) -> Head:
@@ -63,8 +116,8 @@ def _options(**kw: Any) -> Dict[str, Any]:
 
 
 def _head_scores(scores: List[List[float]]) -> Dict[Head, float]:
-    """``scores[layer][head]`` as ``{(layer, head): score}``."""
-    return {(layer, head): float(s) for layer, row in enumerate(scores) for head, s in enumerate(row)}
+    """``scores[layer][head]`` as ``{(layer, head): score}`` (keys are ``HeadKey``s)."""
+    return {HeadKey(layer, head): float(s) for layer, row in enumerate(scores) for head, s in enumerate(row)}
 
 
 class GlassboxV2:
@@ -124,7 +177,7 @@ class GlassboxV2:
         r = _call("analyze", self.model, c, opts)
         raw = copy.deepcopy(r)
         r["circuit"] = _heads(r["circuit"])
-        r["attributions"] = {_parse_head_name(k): v for k, v in r["attributions"].items()}
+        r["attributions"] = {HeadKey(*_parse_head_name(k)): v for k, v in r["attributions"].items()}
         cfg = self.model.cfg
         for h in r["top_heads"]:
             h["head"] = (h["layer"], h["head"])

@@ -19,13 +19,22 @@ def plot(kind: str, result: Dict[str, Any]) -> str:
     ``kind`` returned: any catalog method that draws (``glassbox.methods()`` lists them)."""
     if isinstance(result, Result) and result.kind == kind:
         return result.plot()
-    return _native.plot(kind, _plain(result))
+    plain = _plain(result)
+    if kind == "analyze" and isinstance(plain, dict):
+        # GlassboxV2.analyze's top heads carry the reference's (layer, head) pair and the
+        # model's shape; the picture reads the library's form.
+        plain["top_heads"] = [
+            {k: (v[1] if k == "head" and isinstance(v, list) else v) for k, v in h.items() if k not in ("n_layers", "n_heads")}
+            if isinstance(h, dict) else h
+            for h in plain.get("top_heads", [])
+        ]
+    return _native.plot(kind, plain)
 
 
 def _plain(x: Any) -> Any:
-    """Tuples (the reference API's heads) as lists, tuple keys as ``L9H6`` names: JSON's forms."""
+    """Tuples (the reference API's heads) as lists, tuple keys as ``L09H06`` names: JSON's forms."""
     if isinstance(x, dict):
-        return {(f"L{k[0]}H{k[1]}" if isinstance(k, tuple) else k): _plain(v) for k, v in x.items()}
+        return {(f"L{k[0]:02}H{k[1]:02}" if isinstance(k, tuple) else str(k) if isinstance(k, str) else k): _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x
