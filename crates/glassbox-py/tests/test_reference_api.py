@@ -193,3 +193,32 @@ def test_results_are_json_and_head_keys_act_as_tuples(gb, tokens, tmp_path):
     r.save(str(tmp_path / "a.svg"))
     r.save(str(tmp_path / "a.png"))
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_reference_keys_are_there(gb, tokens, smollm2):
+    """The keys Glassbox 4.6 returns beside glassbox's own (read from its source:
+    core.py and composition.py of glassbox-mech-interp 4.6.0), with its types."""
+    tokens_c, tokens_corr, t_tok, d_tok = tokens
+    attrs, _ = gb.attribution_patching(tokens_c, tokens_corr, t_tok, d_tok)
+    top = gb.get_top_heads(attrs, top_k=5)
+    assert [(h["layer"], h["head"]) for h in top] == sorted(attrs, key=attrs.get, reverse=True)[:5]
+    assert all(isinstance(h["attr"], float) and 0.0 <= h["rel_depth"] <= 1.0 for h in top)
+    eap = gb.edge_attribution_patching(tokens_c, tokens_corr, t_tok, d_tok, top_k=5)
+    assert len(eap["edge_scores"]) == eap["n_edges"] and len(eap["top_edges"]) == 5
+    e = eap["top_edges"][0]
+    assert eap["edge_scores"][f"{e['sender']}->{e['receiver']}"] == e["score"]
+    stab = gb.attribution_stability(tokens_c, t_tok, d_tok, n_corruptions=4)
+    n = smollm2.cfg.n_layers * smollm2.cfg.n_heads
+    for key in ("mean_attributions", "std_attributions", "stability_scores"):
+        assert len(stab[key]) == n and all(is_head(k) and isinstance(v, float) for k, v in stab[key].items()), key
+    best = stab["top_stable_heads"][0]
+    assert stab["mean_attributions"][best["head"]] == pytest.approx(best["mean"])
+    tok = gb.token_attribution(tokens_c, t_tok, d_tok)
+    assert tok["token_strs"] == smollm2.to_str_tokens(IOI) and len(tok["attributions"]) == len(tok["token_ids"])
+    assert tok["abs_attributions"] == [abs(a) for a in tok["attributions"]]
+    attn = gb.attention_patterns(tokens_c, heads=[(9, 8)])
+    pattern = np.asarray(attn["patterns"]["L09H08"])
+    assert pattern.shape == (len(attn["token_strs"]),) * 2 and attn["last_tok_attn"]["L09H08"] == list(pattern[-1])
+    comp = glassbox.HeadCompositionAnalyzer(smollm2).composition_matrix([(0, 1), (1, 2)], [(3, 0), (4, 4), (5, 5)], kind="k")
+    assert np.asarray(comp["matrix"]).shape == (3, 2) and comp["senders"] == ["L00H01", "L01H02"]
+    assert comp["matrix"][1][0] == pytest.approx(glassbox.HeadCompositionAnalyzer(smollm2).k_composition_score(0, 1, 4, 4))

@@ -201,9 +201,23 @@ class GlassboxV2:
     ) -> Tuple[Dict[Head, float], float]:
         """Per-head attribution of the clean-minus-corrupted metric: ``({(layer, head): score},
         clean_ld)``. ``method``: ``taylor`` (attribution patching, one backward pass) or
-        ``integrated_gradients`` (``n_steps`` steps, exact path integral)."""
+        ``integrated_gradients`` (``n_steps`` steps, exact path integral). ``n_steps`` defaults
+        to 20 where the reference takes 10: on SmolLM2's IOI prompt the completeness residual
+        is 7.9e-5 with 20 midpoint steps and 3.1e-4 with 10."""
         r = self._attribute(tokens_clean, tokens_corrupted, target_token, distractor_token, "heads", method, n_steps, metric)
         return _head_scores(r["scores"]), float(r["clean_ld"])
+
+    def get_top_heads(self, attributions: Dict[Head, float], top_k: int = 10) -> List[Dict[str, Any]]:
+        """The ``top_k`` heads of ``attributions`` (from ``attribution_patching``) by score,
+        highest first, as the reference returns them: ``layer``, ``head``, ``attr`` and
+        ``rel_depth`` (layer / (n_layers − 1)), the input ``functional_circuit_alignment``
+        takes (with the model's shape, so that its null draws from the real model)."""
+        if int(top_k) < 1:
+            raise InputError(f"top_k must be at least 1; got {top_k}")
+        cfg = self.model.cfg
+        ranked = sorted(((tuple(k), float(v)) for k, v in attributions.items()), key=lambda kv: kv[1], reverse=True)[: int(top_k)]
+        return [{"layer": int(l), "head": int(h), "attr": a, "rel_depth": l / max(cfg.n_layers - 1, 1),
+                 "n_layers": cfg.n_layers, "n_heads": cfg.n_heads} for (l, h), a in ranked]
 
     def mlp_attribution(
         self,
@@ -279,37 +293,69 @@ class GlassboxV2:
         metric: Any = None,
     ) -> Dict[str, Any]:
         """Every sender → receiver edge scored (EAP, Syed et al. 2024; ``method="eap-ig"`` for
-        integrated gradients): ``top_edges`` (``sender``, ``receiver``, ``score``), ``n_edges``."""
+        integrated gradients): ``top_edges`` (``sender``, ``receiver``, ``score``), ``n_edges``,
+        and ``edge_scores``, every edge's score by ``"sender->receiver"``. glassbox's edges are
+        MIB's (embeddings, heads and MLPs into each head's query, key and value, each MLP and the
+        logits); the reference scores head → ``resid_pre`` of each later layer instead."""
         c = self._contrast(tokens_clean, tokens_corrupted, target_token, distractor_token)
-        return Result(_call("edges", self.model, c, _options(**_method(method, n_steps), top_k=top_k, metric=_metric(metric))), "edges")
+        if int(top_k) < 1:
+            raise InputError(f"top_k must be at least 1; got {top_k}")
+        # Every edge, for the reference's edge_scores (its picture and top_edges keep top_k).
+        r = _call("edges", self.model, c, _options(**_method(method, n_steps), top_k=1 << 62, metric=_metric(metric)))
+        edges = r["top_edges"]
+        r["top_edges"] = edges[: int(top_k)]
+        raw = copy.deepcopy(r)
+        r["edge_scores"] = {f"{e['sender']}->{e['receiver']}": e["score"] for e in edges}
+        return Result(r, "edges", raw)
 
     def attribution_stability(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,
                               n_corruptions: int = 25, seed: int = 42, p: Optional[float] = None) -> Dict[str, Any]:
         """Per-head stability across random corruptions and the Kendall τ-b
-        ``rank_consistency``; ``top_stable_heads`` carry ``head`` as a tuple."""
+        ``rank_consistency``; ``top_stable_heads`` carry ``head`` as a tuple;
+        ``mean_attributions``, ``std_attributions`` and ``stability_scores`` map each head to its
+        figure. ``n_corruptions`` defaults to 25 where the reference takes 10: on SmolLM2's IOI
+        prompt a head's stability moves between seeds by 0.048 on average with 25 corruptions
+        and by 0.071 with 10."""
         r = _call("stability", self.model, self._prompt(tokens, target_token, distractor_token),
                   _options(n_corruptions=n_corruptions, seed=seed, p=p))
         raw = copy.deepcopy(r)
         for h in r["top_stable_heads"]:
             h["head"] = _head(h["head"])
+        # The reference's per-head maps.
+        r["mean_attributions"] = _head_scores(r.pop("mean"))
+        r["std_attributions"] = _head_scores(r.pop("std"))
+        r["stability_scores"] = _head_scores(r["stability"])
         return Result(r, "stability", raw)
 
     def token_attribution(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,
                           method: str = "gradient_x_input", n_steps: int = 20, baseline: Any = None) -> Dict[str, Any]:
         """Input-token saliency: ``tokens`` and ``top_tokens`` (``token_str``, ``attribution``,
-        ``position``)."""
+        ``position``), and the reference's lists ``token_ids``, ``token_strs``, ``attributions``
+        and ``abs_attributions``."""
         opts = _options(method=method, n_steps=int(n_steps), baseline=baseline)
-        return Result(_call("token-attribution", self.model, self._prompt(tokens, target_token, distractor_token), opts), "token-attribution")
+        r = _call("token-attribution", self.model, self._prompt(tokens, target_token, distractor_token), opts)
+        raw = copy.deepcopy(r)
+        # The reference's per-token lists.
+        r["token_ids"] = [t["token_id"] for t in r["tokens"]]
+        r["token_strs"] = [t["token_str"] for t in r["tokens"]]
+        r["attributions"] = [t["attribution"] for t in r["tokens"]]
+        r["abs_attributions"] = [abs(a) for a in r["attributions"]]
+        return Result(r, "token-attribution", raw)
 
     def attention_patterns(self, tokens: Tokens, heads: Optional[Sequence[Head]] = None, top_k: int = 10,
                            seed: Optional[int] = None) -> Dict[str, Any]:
         """Patterns, ``entropy`` and ``head_types`` (keys ``L09H09``) of the given heads, or of
-        the ``top_k`` most distinctive heads when ``heads`` is None."""
+        the ``top_k`` most distinctive heads when ``heads`` is None; the reference's
+        ``patterns`` (``[query, key]`` lists), ``last_tok_attn`` (the last query's row) and
+        ``token_strs`` beside them."""
         opts = _options(heads=[list(h) for h in heads] if heads is not None else None, top_k=top_k, seed=seed)
         r = _call("attention", self.model, tokens, opts)
         raw = copy.deepcopy(r)
         for h in r["heads"]:
             h["head"] = _head(h["head"])
+        r["patterns"] = {h["name"]: h["pattern"] for h in r["heads"]}
+        r["last_tok_attn"] = {h["name"]: h["pattern"][-1] for h in r["heads"]}
+        r["token_strs"] = list(r["tokens"])
         return Result(r, "attention", raw)
 
     # ---- across models ---------------------------------------------------------------------
@@ -406,6 +452,22 @@ class HeadCompositionAnalyzer:
     def v_composition_score(self, sender_layer: int, sender_head: int, receiver_layer: int, receiver_head: int) -> float:
         """How much the receiver's values read what the sender writes."""
         return _native.composition_score(self.model, (sender_layer, sender_head), (receiver_layer, receiver_head), "v")
+
+    def composition_matrix(self, senders: Sequence[Head], receivers: Sequence[Head], kind: str = "q") -> Dict[str, Any]:
+        """The reference's matrix of one composition ``kind`` (``q``, ``k`` or ``v``):
+        ``matrix[i][j]`` = receiver ``i`` composing with sender ``j`` (a list of lists),
+        ``senders``/``receivers`` as ``L09H06`` names, and the 10 ``top_pairs`` by score."""
+        kind = str(kind).lower()
+        if kind not in ("q", "k", "v"):
+            raise InputError(f"kind must be 'q', 'k' or 'v'; got {kind!r}")
+        senders, receivers = _heads(senders), _heads(receivers)
+        name = lambda h: f"L{h[0]:02}H{h[1]:02}"  # noqa: E731
+        matrix = [[float(_native.composition_score(self.model, s, r, kind)) for s in senders] for r in receivers]
+        pairs = [{"sender": name(s), "receiver": name(r), "score": matrix[i][j], "kind": kind}
+                 for i, r in enumerate(receivers) for j, s in enumerate(senders)]
+        pairs.sort(key=lambda p: p["score"], reverse=True)
+        return {"matrix": matrix, "senders": [name(s) for s in senders], "receivers": [name(r) for r in receivers],
+                "kind": kind, "top_pairs": pairs[:10]}
 
     def all_composition_scores(self, circuit: Sequence[Head], min_score: Optional[float] = None) -> Dict[str, Any]:
         """Scores between every ordered pair of the circuit's heads (earlier → later):

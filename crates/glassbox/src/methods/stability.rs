@@ -57,6 +57,12 @@ pub struct Stability {
     pub rank_consistency: f32,
     /// `stability[layer][head]`
     pub stability: Vec<Vec<f32>>,
+    /// `mean[layer][head]`: each head's mean attribution over the corruptions.
+    #[serde(default)]
+    pub mean: Vec<Vec<f32>>,
+    /// `std[layer][head]`: its sample standard deviation.
+    #[serde(default)]
+    pub std: Vec<Vec<f32>>,
     /// Heads with the largest |mean attribution| × stability, first.
     pub top_stable_heads: Vec<HeadStability>,
 }
@@ -154,7 +160,8 @@ pub fn attribution_stability_with_progress(model: &Model, prompt: &Prompt, opts:
         ));
     }
     let rank_consistency = taus.iter().sum::<f32>() / taus.len() as f32;
-    let stability = per_head.chunks(cfg.n_heads).map(|c| c.iter().map(|h| h.stability).collect()).collect();
+    let grid = |f: fn(&HeadStability) -> f32| -> Vec<Vec<f32>> { per_head.chunks(cfg.n_heads).map(|c| c.iter().map(f).collect()).collect() };
+    let (stability, mean, std) = (grid(|h| h.stability), grid(|h| h.mean), grid(|h| h.std));
     let mut top = per_head;
     top.sort_by(|a, b| (b.mean.abs() * b.stability).total_cmp(&(a.mean.abs() * a.stability)));
     top.truncate(20);
@@ -164,6 +171,8 @@ pub fn attribution_stability_with_progress(model: &Model, prompt: &Prompt, opts:
         seed,
         rank_consistency,
         stability,
+        mean,
+        std,
         top_stable_heads: top,
     })
 }
