@@ -552,6 +552,14 @@ impl Model {
         }
     }
 
+    /// TransformerLens' `model.blocks[l]`: one layer's weights and hook points by TL's
+    /// attribute names (`model.blocks[3].attn.W_Q`, `.mlp.W_in`, `.hook_resid_pre.name`,
+    /// `.attn.hook_z`), each weight the layer's slice of the stacked property, read when asked.
+    #[getter]
+    fn blocks<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("glassbox._blocks")?.getattr("Blocks")?.call1((slf,))
+    }
+
     /// The tokenizer as TransformerLens code reaches it (`encode`, `decode`, ...).
     #[getter]
     fn tokenizer(&self) -> crate::tokenizer::Tokenizer {

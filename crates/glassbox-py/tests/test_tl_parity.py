@@ -158,3 +158,26 @@ def test_weights_of_a_quantized_model(smollm2):
     k = smollm2.W_K
     group = c.n_heads // c.n_key_value_heads
     assert np.array_equal(k[:, 0], k[:, group - 1])
+
+
+def test_blocks_give_each_layers_weights_and_hook_points(model):
+    """TransformerLens' model.blocks[l]: weights as the layer's slice of the stacked
+    properties, hook points by attribute, usable as hook names; negative indices, slices and
+    out-of-range errors as a list's."""
+    n = RECORD["n_layers"]
+    assert len(model.blocks) == n and len(list(model.blocks)) == n
+    last = model.blocks[-1]
+    np.testing.assert_array_equal(last.attn.W_Q, model.W_Q[n - 1])
+    np.testing.assert_array_equal(model.blocks[0].mlp.W_in, model.W_in[0])
+    np.testing.assert_array_equal(model.blocks[0].attn.b_O, model.b_O[0])
+    assert model.blocks[1].hook_resid_pre.name == "blocks.1.hook_resid_pre"
+    assert model.blocks[0].attn.hook_z.name == "blocks.0.attn.hook_z"
+    assert model.blocks[0].ln1.hook_scale.name == "blocks.0.ln1.hook_scale"
+    assert [b.layer for b in model.blocks[-2:]] == [n - 2, n - 1]
+    with pytest.raises(IndexError):
+        model.blocks[n]
+    assert not hasattr(model.blocks[0], "hook_nonsense") and not hasattr(model.blocks[0].attn, "W_nonsense")
+    # A hook named through blocks runs as any other.
+    seen = []
+    model.run_with_hooks([RECORD["tokens"]], fwd_hooks=[(model.blocks[1].attn.hook_z.name, lambda z, hook: seen.append(hook.name))])
+    assert seen == ["blocks.1.attn.hook_z"]

@@ -38,6 +38,7 @@ from ._native import (  # noqa: E402
 from ._native import contrast, contrast_from_tokens, prompt, task_prompts  # noqa: E402
 from .analysis import GlassboxV2, HeadCompositionAnalyzer, HeadKey, SAEFeatureAttributor  # noqa: E402
 from .pictures import Result, plot  # noqa: E402
+from .transformer_lens import HookedTransformer  # noqa: E402
 from . import methods as _methods  # noqa: E402
 from .methods import method_help, methods, run  # noqa: E402
 
@@ -53,6 +54,7 @@ __all__ = [
     "HeadCompositionAnalyzer",
     "HeadKey",
     "HookPoint",
+    "HookedTransformer",
     "InputError",
     "Intervention",
     "Model",
