@@ -22,8 +22,8 @@ pub struct ActivationCache {
     pub model: Arc<glassbox::Model>,
     /// Real length of each prompt of the run.
     pub lengths: Vec<usize>,
-    /// `run_with_cache(remove_batch_dim=True)` of one prompt: arrays read by name come
-    /// without their batch axis (the stacking helpers keep it).
+    /// `run_with_cache(remove_batch_dim=True)` of one prompt: arrays read by name and the
+    /// stacking helpers' stacks come without their batch axis, and stacks handed in have none.
     pub remove_batch_dim: bool,
 }
 
@@ -184,6 +184,9 @@ impl ActivationCache {
     /// with `batch_slice` applied to it (when it has a batch axis) and to the cache, and the
     /// cache at `pos_slice` (at each prompt's last position for a stack without positions).
     fn stack_in(&self, residual_stack: &Bound<'_, PyAny>, pos_slice: Option<&Bound<'_, PyAny>>, batch_slice: Option<&Bound<'_, PyAny>>, has_batch_dim: bool) -> PyResult<StackIn> {
+        // A cache without its batch axis (`remove_batch_dim`) hands out and takes stacks
+        // without one.
+        let has_batch_dim = has_batch_dim && !self.remove_batch_dim;
         let mut t = from_numpy(residual_stack, "the residual stack")?;
         let rows = batch_slice_rows(batch_slice, self.lengths.len())?;
         if !has_batch_dim {
@@ -254,8 +257,11 @@ impl ActivationCache {
         self.stack_out(py, stack, return_labels, is_single(pos_slice))
     }
 
+    /// A stack `[components, batch, pos, d]` as numpy, without its position axis when `single`
+    /// and without its batch axis under `remove_batch_dim` (as TransformerLens' helpers on such
+    /// a cache).
     fn stack_out<'py>(&self, py: Python<'py>, stack: Stack, return_labels: bool, single: bool) -> PyResult<Bound<'py, PyAny>> {
-        let arr = to_numpy(py, &drop_axis(stack.tensor, 2, single)?)?.into_any();
+        let arr = to_numpy(py, &drop_axis(drop_axis(stack.tensor, 2, single)?, 1, self.remove_batch_dim)?)?.into_any();
         if return_labels {
             Ok(PyTuple::new(py, [arr, PyList::new(py, &stack.labels)?.into_any()])?.into_any())
         } else {

@@ -87,6 +87,9 @@ def test_cache_helpers_match_transformer_lens(model, cache, switched, key):
     want = RECORD["cases"][key]
     if key.split(",")[0] in ("result", "attn_in", "zero_head"):
         model, cache = switched
+    if key.startswith("rb:"):
+        # A run_with_cache(remove_batch_dim=True) cache.
+        cache, key = model.run_with_cache([RECORD["tokens"]], remove_batch_dim=True)[1], key[3:]
     got = np.asarray(glassbox_value(model, cache, key), dtype=np.float64)
     assert list(got.shape) == want["shape"], f"{key}: shape {got.shape}, TransformerLens {want['shape']}"
     ref = np.asarray(want["values"]).reshape(want["shape"])
