@@ -81,7 +81,7 @@ def test_cache_helpers_sum_to_the_residual_stream(smollm2):
     attrs = cache.logit_attrs(heads, " Mary", " John", pos_slice=-1, apply_weight=True)
     assert attrs.shape == (30 * 9, 1)
     lens = glassbox.GlassboxV2(smollm2).logit_lens(IOI, " Mary", " John")
-    np.testing.assert_allclose(attrs[:, 0].reshape(30, 9), np.array(lens["head_direct_effects"]), atol=1e-4)
+    np.testing.assert_allclose(attrs[:, 0].reshape(30, 9), np.array([lens["head_direct_effects"][layer] for layer in range(30)]), atol=1e-4)
     # The same through the stacking helper's apply_ln and the plain unembedding columns.
     normed = cache.stack_head_results(layer=None, pos_slice=-1, apply_ln=True, apply_weight=True)
     direction = smollm2.W_U[:, smollm2.to_single_token(" Mary")] - smollm2.W_U[:, smollm2.to_single_token(" John")]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import glassbox
-from conftest import IOI, IOI_CORRUPTED
+from conftest import FIXTURES, IOI, IOI_CORRUPTED
 
 
 def is_head(h):
@@ -210,9 +210,10 @@ def test_the_reference_keys_are_there(gb, tokens, smollm2):
     stab = gb.attribution_stability(tokens_c, t_tok, d_tok, n_corruptions=4)
     n = smollm2.cfg.n_layers * smollm2.cfg.n_heads
     for key in ("mean_attributions", "std_attributions", "stability_scores"):
-        assert len(stab[key]) == n and all(is_head(k) and isinstance(v, float) for k, v in stab[key].items()), key
+        assert len(stab[key]) == n and all(isinstance(v, float) for v in stab[key]), key
     best = stab["top_stable_heads"][0]
-    assert stab["mean_attributions"][best["head"]] == pytest.approx(best["mean"])
+    at = best["head"][0] * smollm2.cfg.n_heads + best["head"][1]
+    assert stab["mean_attributions"][at] == pytest.approx(best["mean"]) and stab["std_attributions"][at] == pytest.approx(best["std"])
     tok = gb.token_attribution(tokens_c, t_tok, d_tok)
     assert tok["token_strs"] == smollm2.to_str_tokens(IOI) and len(tok["attributions"]) == len(tok["token_ids"])
     assert tok["abs_attributions"] == [abs(a) for a in tok["attributions"]]
@@ -222,3 +223,78 @@ def test_the_reference_keys_are_there(gb, tokens, smollm2):
     comp = glassbox.HeadCompositionAnalyzer(smollm2).composition_matrix([(0, 1), (1, 2)], [(3, 0), (4, 4), (5, 5)], kind="k")
     assert np.asarray(comp["matrix"]).shape == (3, 2) and comp["senders"] == ["L00H01", "L01H02"]
     assert comp["matrix"][1][0] == pytest.approx(glassbox.HeadCompositionAnalyzer(smollm2).k_composition_score(0, 1, 4, 4))
+
+
+RECORDED = FIXTURES / "reference_api" / "keys.json"
+
+
+def _kind(v):
+    """A value's kind as the recording script names it (arrays and tensors are lists)."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str) and not isinstance(v, glassbox.HeadKey):
+        return "str"
+    if v is None:
+        return "None"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return "list"
+    if isinstance(v, dict):
+        return "dict"
+    return type(v).__name__
+
+
+def _conforms(ours, want, where):
+    """Every key the reference returns is in `ours`, with the same kind."""
+    if isinstance(want, str):
+        assert _kind(ours) == want, f"{where}: {_kind(ours)}, the reference {want}"
+    elif "tuple" in want:
+        assert isinstance(ours, tuple) and len(ours) == len(want["tuple"]), where
+        for i, (o, w) in enumerate(zip(ours, want["tuple"])):
+            _conforms(o, w, f"{where}[{i}]")
+    elif "map" in want:
+        assert isinstance(ours, dict) and ours, where
+        assert _kind(next(iter(ours.values()))) == want["map"], f"{where}: values {_kind(next(iter(ours.values())))}, the reference {want['map']}"
+    else:
+        missing = sorted(set(want["keys"]) - set(ours))
+        assert not missing, f"{where}: the reference's keys {missing} are missing"
+        for k, w in want["keys"].items():
+            assert _kind(ours[k]) == w, f"{where}[{k!r}]: {_kind(ours[k])}, the reference {w}"
+
+
+@pytest.mark.skipif(not RECORDED.exists(), reason="tests/fixtures/reference_api/keys.json is recorded by scripts/fixtures/reference_api_keys.py")
+def test_every_key_the_reference_returns_is_there_with_its_type():
+    """On the checkpoint the recording used, each GlassboxV2 method returns every key Glassbox
+    4.6 returned, with the same kind (arrays as lists: glassbox's results are JSON)."""
+    import json
+
+    record = json.loads(RECORDED.read_text())
+    model = glassbox.Model.load(str(FIXTURES / "tl" / record["checkpoint"]))
+    gb = glassbox.GlassboxV2(model)
+    prompt, corrupted, correct, incorrect = "t3 t7 t1 t9 t4", "t3 t8 t1 t9 t4", " t5", " t6"
+    tc, tk = model.to_tokens(prompt), model.to_tokens(corrupted)
+    t_tok, d_tok = model.to_single_token(correct), model.to_single_token(incorrect)
+    calls = {
+        "analyze": lambda: gb.analyze(prompt, correct, incorrect, corrupted=corrupted),
+        "attribution_patching": lambda: gb.attribution_patching(tc, tk, t_tok, d_tok),
+        "mlp_attribution": lambda: gb.mlp_attribution(tc, tk, t_tok, d_tok),
+        "logit_lens": lambda: gb.logit_lens(tc, correct, incorrect),
+        "edge_attribution_patching": lambda: gb.edge_attribution_patching(tc, tk, t_tok, d_tok),
+        "attribution_stability": lambda: gb.attribution_stability(tc, t_tok, d_tok),
+        "minimum_faithful_circuit": lambda: gb.minimum_faithful_circuit(tc, tk, t_tok, d_tok),
+        "token_attribution": lambda: gb.token_attribution(tc, t_tok, d_tok),
+        "attention_patterns": lambda: gb.attention_patterns(tc, heads=[(1, 2)]),
+        "get_top_heads": lambda: gb.get_top_heads(gb.attribution_patching(tc, tk, t_tok, d_tok)[0], top_k=3)[0],
+        "composition_matrix": lambda: glassbox.HeadCompositionAnalyzer(model).composition_matrix([(0, 1)], [(1, 2)], kind="q"),
+    }
+    assert set(record["methods"]) <= set(calls)
+    # Glassbox 4.x's own heuristics beyond the seed's API, not given by glassbox (said in
+    # GlassboxV2.analyze's docstring and the README).
+    not_given = {"analyze": {"counterfactual_validation", "evidence_tier"}}
+    for method, want in record["methods"].items():
+        if "keys" in want:
+            want = {"keys": {k: v for k, v in want["keys"].items() if k not in not_given.get(method, ())}}
+        _conforms(calls[method](), want, method)

@@ -170,7 +170,11 @@ class GlassboxV2:
         (``(layer, head)`` tuples), ``faithfulness`` (``sufficiency``, ``comprehensiveness``,
         ``f1``, ``category``, ``suff_is_approx``; exact, with ``taylor_sufficiency`` beside),
         ``attributions`` (``{(layer, head): score}``), ``top_heads``, ``clean_ld``,
-        ``corrupted_ld``, and ``logit_lens`` when ``include_logit_lens``."""
+        ``corrupted_ld``, and ``logit_lens`` when ``include_logit_lens``; the reference's
+        ``n_heads``, ``corr_prompt``, ``corruption_metadata``, ``mlp_attributions`` (Taylor, by
+        layer) and ``model_metadata`` beside them. Not given: the reference's
+        ``counterfactual_validation`` and ``evidence_tier`` (its own heuristics, beyond the
+        seed's API)."""
         c = self._contrast(prompt, corrupted, correct, incorrect)
         opts = _options(**_method(method, n_steps), logit_lens=include_logit_lens, target=target,
                         max_heads=max_heads, ablation=ablation, include_mlps=include_mlps, metric=_metric(metric))
@@ -185,6 +189,22 @@ class GlassboxV2:
             h["n_layers"], h["n_heads"] = cfg.n_layers, cfg.n_heads
         for s in r["trajectory"]:
             s["head"] = _head(s["head"])
+        # The reference's further keys. MLP attributions are one more backward pass (Taylor),
+        # none for an attention-only model.
+        r["n_heads"] = len(r["circuit"])
+        r["corr_prompt"] = r["corrupted_prompt"]
+        r["corruption_metadata"] = {
+            "strategy": r["corruption"],
+            "rationale": "the corrupted prompt as given" if r["corruption"] == "given"
+            else "the two answers' words swapped in the prompt, keeping its token count",
+        }
+        if cfg.d_mlp > 0:
+            mlp = _call("attribution", self.model, c, _options(component="mlp", metric=_metric(metric)))
+            r["mlp_attributions"] = {str(layer): float(row[0]) for layer, row in enumerate(mlp["scores"])}
+        else:
+            r["mlp_attributions"] = {}
+        r["model_metadata"] = {"model_name": self.model.name, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+                               "d_model": cfg.d_model, "d_head": cfg.d_head, "glassbox_version": _native.__version__}
         return Result(r, "analyze", raw)
 
     # ---- attribution --------------------------------------------------------------------
@@ -278,8 +298,17 @@ class GlassboxV2:
 
     def logit_lens(self, tokens: Tokens, target_token: Answer, distractor_token: Answer) -> Dict[str, Any]:
         """``logit_diffs`` (at the embedding and after each layer), ``logit_shifts`` (per
-        block), ``head_direct_effects[layer][head]``, ``mlp_direct_effects``, top tokens."""
-        return Result(_call("logit-lens", self.model, self._prompt(tokens, target_token, distractor_token)), "logit-lens")
+        block), ``head_direct_effects`` (``{layer: [effect per head]}``), ``mlp_direct_effects``
+        (``{layer: effect}``), top tokens, and
+        the reference's ``target_token`` / ``distractor_token`` (the answers as text)."""
+        r = _call("logit-lens", self.model, self._prompt(tokens, target_token, distractor_token))
+        raw = copy.deepcopy(r)
+        text = lambda t: t if isinstance(t, str) else self.model.to_string([int(t)])  # noqa: E731
+        r["target_token"], r["distractor_token"] = text(target_token), text(distractor_token)
+        # The reference's forms: {layer: [effect per head]} and {layer: effect}.
+        r["head_direct_effects"] = dict(enumerate(r["head_direct_effects"]))
+        r["mlp_direct_effects"] = dict(enumerate(r["mlp_direct_effects"]))
+        return Result(r, "logit-lens", raw)
 
     def edge_attribution_patching(
         self,
@@ -312,8 +341,9 @@ class GlassboxV2:
                               n_corruptions: int = 25, seed: int = 42, p: Optional[float] = None) -> Dict[str, Any]:
         """Per-head stability across random corruptions and the Kendall τ-b
         ``rank_consistency``; ``top_stable_heads`` carry ``head`` as a tuple;
-        ``mean_attributions``, ``std_attributions`` and ``stability_scores`` map each head to its
-        figure. ``n_corruptions`` defaults to 25 where the reference takes 10: on SmolLM2's IOI
+        ``mean_attributions``, ``std_attributions`` and ``stability_scores`` list every head's
+        figure, layer by layer, as the reference does (glassbox's standard deviation is the
+        sample one, over n − 1, and its stability is clipped at 0). ``n_corruptions`` defaults to 25 where the reference takes 10: on SmolLM2's IOI
         prompt a head's stability moves between seeds by 0.048 on average with 25 corruptions
         and by 0.071 with 10."""
         r = _call("stability", self.model, self._prompt(tokens, target_token, distractor_token),
@@ -321,10 +351,11 @@ class GlassboxV2:
         raw = copy.deepcopy(r)
         for h in r["top_stable_heads"]:
             h["head"] = _head(h["head"])
-        # The reference's per-head maps.
-        r["mean_attributions"] = _head_scores(r.pop("mean"))
-        r["std_attributions"] = _head_scores(r.pop("std"))
-        r["stability_scores"] = _head_scores(r["stability"])
+        # The reference's per-head lists (every head, layer by layer).
+        flat = lambda grid: [float(v) for row in grid for v in row]  # noqa: E731
+        r["mean_attributions"] = flat(r.pop("mean"))
+        r["std_attributions"] = flat(r.pop("std"))
+        r["stability_scores"] = flat(r["stability"])
         return Result(r, "stability", raw)
 
     def token_attribution(self, tokens: Tokens, target_token: Answer, distractor_token: Answer,

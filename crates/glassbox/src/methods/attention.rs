@@ -4,7 +4,7 @@
 //! - `previous_token`: attention to `q − 1`; `bos_sink`: to position 0; `self_attention`: to `q`;
 //! - `max_attention`: the row's largest weight; `entropy`: the row's entropy divided by
 //!   `ln(q + 1)`, its maximum under the causal mask (0 = one key, 1 = uniform);
-//! - `induction` and `duplicate_token`, TransformerLens-style, on a sequence of `REPEAT_LEN`
+//! - `induction` and `duplicate_token`, TransformerLens-style, on a sequence of `REPEAT_LEN` (fewer where the context is shorter)
 //!   random tokens repeated twice (after BOS where the model uses one): mean attention from each
 //!   second-half token to the token after its first occurrence (`induction`) or to its first
 //!   occurrence (`duplicate_token`).
@@ -145,13 +145,20 @@ fn mean(xs: impl Iterator<Item = f32>) -> f32 {
     }
 }
 
+/// The length of each half of the repeated sequence: `REPEAT_LEN`, or what fits twice (after
+/// a BOS) in a model of a shorter context (toy and TransformerLens checkpoints).
+fn repeat_len(model: &Model) -> usize {
+    let bos = usize::from(model.tokenizer().bos().is_some());
+    REPEAT_LEN.min(model.config().n_ctx.saturating_sub(bos) / 2).max(1)
+}
+
 /// The repeated random sequence for induction scores (seeded, avoiding the lowest ids, where
-/// special tokens live).
+/// special tokens live): `repeat_len` tokens twice, after BOS where the model uses one.
 pub fn repeated_tokens(model: &Model, seed: u64) -> Vec<u32> {
     let vocab = model.config().d_vocab as u64;
     let lo = (vocab / 10).max(1);
     let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
-    let half: Vec<u32> = (0..REPEAT_LEN)
+    let half: Vec<u32> = (0..repeat_len(model))
         .map(|_| {
             s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (lo + (s >> 33) % (vocab - lo).max(1)) as u32
@@ -174,7 +181,8 @@ type Patterns = Vec<Vec<Vec<Vec<f32>>>>;
 /// Head scores from the prompt's patterns (and a run of the repeated random sequence).
 fn scores_from(model: &Model, prompt: &Patterns, seed: u64) -> Result<Vec<Vec<HeadScores>>> {
     let rep_tokens = repeated_tokens(model, seed);
-    let offset = rep_tokens.len() - 2 * REPEAT_LEN;
+    let n = repeat_len(model);
+    let offset = rep_tokens.len() - 2 * n;
     let rep = patterns(model, &rep_tokens)?;
     Ok(prompt
         .iter()
@@ -184,7 +192,7 @@ fn scores_from(model: &Model, prompt: &Patterns, seed: u64) -> Result<Vec<Vec<He
                 .zip(rl)
                 .map(|(a, r)| {
                     let rows = 1..a.len();
-                    let second = offset + REPEAT_LEN..rep_tokens.len();
+                    let second = offset + n..rep_tokens.len();
                     HeadScores {
                         previous_token: mean(rows.clone().map(|q| a[q][q - 1])),
                         bos_sink: mean(rows.clone().map(|q| a[q][0])),
@@ -194,8 +202,8 @@ fn scores_from(model: &Model, prompt: &Patterns, seed: u64) -> Result<Vec<Vec<He
                             let h: f32 = a[q][..=q].iter().filter(|&&x| x > 0.0).map(|&x| -x * x.ln()).sum();
                             h / ((q + 1) as f32).ln()
                         })),
-                        induction: mean(second.clone().map(|q| r[q][q - REPEAT_LEN + 1])),
-                        duplicate_token: mean(second.map(|q| r[q][q - REPEAT_LEN])),
+                        induction: mean(second.clone().map(|q| r[q][q - n + 1])),
+                        duplicate_token: mean(second.map(|q| r[q][q - n])),
                     }
                 })
                 .collect()
