@@ -516,33 +516,37 @@ impl Model {
             )));
         }
         let (a, cfg) = (&self.weights.layers[l].attn, &self.config);
-        // The residual repeated over `n` heads and hooked at `point`.
+        // The residual repeated over `n` heads, hooked at `point`, then normalised per head by
+        // ln1 (`normalize`).
         let per_head = |point: HookPoint, n: usize, st: &mut HookState| -> Result<Tensor> {
             let (b, p, d) = resid.dims3()?;
-            st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)
+            let x = st.apply(point, resid.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous()?)?;
+            if normalize {
+                weighted_norm(&x, &self.weights.layers[l].ln1, cfg)
+            } else {
+                Ok(x)
+            }
         };
         if attn_in {
-            // One input per head for all three (query, key and value heads pair one to one).
+            // One input per head for all three (query, key and value heads pair one to one),
+            // normalised once.
             let x = per_head(HookPoint::AttnIn(l), cfg.n_heads, st)?;
-            let q = self.head_projection(l, &x, &a.w_q, a.b_q.as_ref(), normalize)?;
-            let k = self.head_projection(l, &x, &a.w_k, a.b_k.as_ref(), normalize)?;
-            let v = self.head_projection(l, &x, &a.w_v, a.b_v.as_ref(), normalize)?;
+            let q = self.head_projection(&x, &a.w_q, a.b_q.as_ref())?;
+            let k = self.head_projection(&x, &a.w_k, a.b_k.as_ref())?;
+            let v = self.head_projection(&x, &a.w_v, a.b_v.as_ref())?;
             return Ok(Some((q, k, v)));
         }
-        let q = self.head_projection(l, &per_head(points[0], cfg.n_heads, st)?, &a.w_q, a.b_q.as_ref(), normalize)?;
-        let k = self.head_projection(l, &per_head(points[1], cfg.n_kv_heads, st)?, &a.w_k, a.b_k.as_ref(), normalize)?;
-        let v = self.head_projection(l, &per_head(points[2], cfg.n_kv_heads, st)?, &a.w_v, a.b_v.as_ref(), normalize)?;
+        let q = self.head_projection(&per_head(points[0], cfg.n_heads, st)?, &a.w_q, a.b_q.as_ref())?;
+        let k = self.head_projection(&per_head(points[1], cfg.n_kv_heads, st)?, &a.w_k, a.b_k.as_ref())?;
+        let v = self.head_projection(&per_head(points[2], cfg.n_kv_heads, st)?, &a.w_v, a.b_v.as_ref())?;
         Ok(Some((q, k, v)))
     }
 
-    /// One projection of the split path: per-head inputs `x: [b, p, n, d_model]` normalised
-    /// per head by ln1 (`normalize`), each head projected by its own rows of `w`:
-    /// `[b, p, n, d_head]`.
-    fn head_projection(&self, l: usize, x: &Tensor, w: &Matrix, bias: Option<&Tensor>, normalize: bool) -> Result<Tensor> {
-        let cfg = &self.config;
+    /// One projection of the split path: per-head inputs `x: [b, p, n, d_model]` (already
+    /// through ln1), each head projected by its own rows of `w`: `[b, p, n, d_head]`.
+    fn head_projection(&self, x: &Tensor, w: &Matrix, bias: Option<&Tensor>) -> Result<Tensor> {
         let (b, p, n, d) = x.dims4()?;
-        let dh = cfg.d_head;
-        let x = if normalize { weighted_norm(x, &self.weights.layers[l].ln1, cfg)? } else { x.clone() };
+        let dh = self.config.d_head;
         // [heads, b·p, d] × [heads, d, d_head]: each head's rows of the projection.
         let xt = x.reshape((b * p, n, d))?.transpose(0, 1)?.contiguous()?;
         let wt = w.tensor()?.to_dtype(x.dtype())?.reshape((n, dh, d))?.transpose(1, 2)?.contiguous()?;
